@@ -1,0 +1,28 @@
+//! The server's configuration: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use cutover_core::database::DatabaseArgs;
+use cutover_core::telemetry::LogFormat;
+
+/// Cutover's HTTP API server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cutover-api", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CUTOVER_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// How many times a command is re-run after losing an optimistic-concurrency race before
+    /// the client gets a 409.
+    #[arg(long, env = "CUTOVER_COMMAND_RETRIES", default_value_t = 5)]
+    pub command_retries: u32,
+
+    /// Log line format.
+    #[arg(long, env = "CUTOVER_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}

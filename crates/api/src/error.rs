@@ -1,0 +1,207 @@
+//! The one error type of the API. Every failure, including malformed JSON, paths and query
+//! strings, is answered as `application/problem+json` (RFC 9457). Internal errors are logged
+//! once here and answered without detail.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cutover_core::domain::collection::{CollectionError, InvalidCollectionInput};
+use cutover_core::read_source::ReadSourceError;
+use cutover_core::store::CommandError;
+use serde::Serialize;
+
+/// Why a request failed, by the status it answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request itself is malformed (JSON syntax, a path or query value).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 405
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409
+    #[error("{0}")]
+    Conflict(String),
+    /// 410
+    #[error("{0}")]
+    Gone(String),
+    /// 412: `If-Match` named another version.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// 413
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed but breaks a rule; `field` names the offending field when known.
+    #[error("{detail}")]
+    Unprocessable {
+        detail: String,
+        field: Option<String>,
+    },
+    /// 503: the database cannot be reached right now.
+    #[error("the database is unavailable; try again shortly")]
+    Unavailable,
+    /// 500, with the cause logged and never shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
+            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            Self::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// A 422 about `field`.
+    pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
+        Self::Unprocessable {
+            detail: detail.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let (status, slug) = self.parts();
+        let kind = format!("/problems/{slug}");
+        let field = match &self {
+            Self::Unprocessable { field, .. } => field.as_deref(),
+            _ => None,
+        };
+        let body = Problem {
+            kind: &kind,
+            title: status.canonical_reason().unwrap_or("error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            field,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable
+            }
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<ReadSourceError> for ApiError {
+    fn from(e: ReadSourceError) -> Self {
+        match e {
+            ReadSourceError::Database(db) => db.into(),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Self::Unprocessable {
+                detail: e.body_text(),
+                field: None,
+            },
+            JsonRejection::JsonSyntaxError(e) => Self::BadRequest(e.body_text()),
+            JsonRejection::MissingJsonContentType(e) => Self::UnsupportedMediaType(e.body_text()),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge { limit: BODY_LIMIT }
+            }
+            other => Self::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<InvalidCollectionInput> for ApiError {
+    fn from(e: InvalidCollectionInput) -> Self {
+        Self::invalid(e.field(), e.to_string())
+    }
+}
+
+impl From<CollectionError> for ApiError {
+    fn from(e: CollectionError) -> Self {
+        let detail = e.to_string();
+        match e {
+            CollectionError::AlreadyExists => Self::Conflict(detail),
+            CollectionError::NotFound => Self::NotFound(detail),
+            CollectionError::Deleted => Self::Gone(detail),
+        }
+    }
+}
+
+impl<E> From<CommandError<E>> for ApiError
+where
+    E: std::error::Error + Into<ApiError> + Send + Sync + 'static,
+{
+    fn from(e: CommandError<E>) -> Self {
+        match e {
+            CommandError::Rejected(domain) => domain.into(),
+            CommandError::VersionMismatch { .. } => Self::PreconditionFailed(e.to_string()),
+            CommandError::Conflict { .. } => Self::Conflict(e.to_string()),
+            CommandError::Database(db) => db.into(),
+            other => Self::Internal(other.into()),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Cutover's HTTP API (axum). Handlers turn requests into commands, run them through the
+//! event store, and answer with state read back from the read models after the commit.
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use cutover_core::store::EventStore;
+use tower_http::trace::TraceLayer;
+
+pub mod config;
+pub mod error;
+mod extract;
+mod routes;
+
+use error::ApiError;
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: EventStore,
+}
+
+/// The whole API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::health::router())
+        .merge(routes::collections::router())
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,62 @@
+//! `cutover-api`: serves the HTTP API. Without `DATABASE_URL` it starts a private Postgres
+//! cluster and stops it again on shutdown.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use cutover_api::config::Config;
+use cutover_api::{app, AppState};
+use cutover_core::database::Database;
+use cutover_core::store::EventStore;
+use cutover_core::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(config.log_format, "info,sqlx=warn,tower_http=info");
+    let database = Database::open(&config.database)
+        .await
+        .context("preparing the database")?;
+    if let Some(local) = &database.local {
+        tracing::info!(url = %local.url(cutover_core::database::LOCAL_DATABASE), "using the private Postgres cluster");
+    }
+    let store = EventStore::new(
+        database.pool.clone(),
+        cutover_projections::inline_projectors(),
+        config.command_retries,
+    );
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    tracing::info!(address = %config.bind, "listening");
+    let served = axum::serve(listener, app(AppState { store }))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP");
+    database.close().await.context("closing the database")?;
+    served
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

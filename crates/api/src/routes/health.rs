@@ -1,0 +1,43 @@
+//! `GET /health`: 200 when Postgres answers, 503 when it does not.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::AppState;
+
+/// How long the health check waits for Postgres.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.store.pool());
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "database": "up"})),
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health check: database down");
+            unavailable()
+        }
+        Err(_) => {
+            tracing::warn!("health check: database did not answer in time");
+            unavailable()
+        }
+    }
+}
+
+fn unavailable() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable", "database": "down"})),
+    )
+}

@@ -1,0 +1,500 @@
+//! Collections: a named set of research material inside a project.
+//!
+//! The aggregate id is the collection's uuid. Values that carry rules (`CollectionName`,
+//! `Description`, `ResearchLinks`) are built by `parse`, so a command that reaches the
+//! aggregate is already well-formed; the aggregate only decides what the collection's history
+//! allows.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Longest collection name, in characters, after trimming.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+/// Most tags on one collection.
+pub const MAX_TAGS: usize = 50;
+/// Longest tag, in characters, after trimming.
+pub const MAX_TAG_CHARS: usize = 64;
+/// Most linked question ids, and separately most linked hypothesis ids.
+pub const MAX_LINKED_IDS: usize = 200;
+
+/// A value that broke one of the collection's input rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCollectionInput {
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("name has {0} characters; at most {MAX_NAME_CHARS} are allowed")]
+    NameTooLong(usize),
+    #[error("description has {0} characters; at most {MAX_DESCRIPTION_CHARS} are allowed")]
+    DescriptionTooLong(usize),
+    #[error("{0} tags given; at most {MAX_TAGS} are allowed")]
+    TooManyTags(usize),
+    #[error("tag {0} is empty")]
+    EmptyTag(usize),
+    #[error("tag {index} has {chars} characters; at most {MAX_TAG_CHARS} are allowed")]
+    TagTooLong { index: usize, chars: usize },
+    #[error("{field} has {count} ids; at most {MAX_LINKED_IDS} are allowed")]
+    TooManyLinks { field: &'static str, count: usize },
+}
+
+impl InvalidCollectionInput {
+    /// The request field the broken rule is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::EmptyName | Self::NameTooLong(_) => "name",
+            Self::DescriptionTooLong(_) => "description",
+            Self::TooManyTags(_) | Self::EmptyTag(_) | Self::TagTooLong { .. } => "tags",
+            Self::TooManyLinks { field, .. } => field,
+        }
+    }
+}
+
+/// A collection name: 1–200 characters once surrounding white space is trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionName(String);
+
+impl CollectionName {
+    /// # Errors
+    /// `EmptyName` or `NameTooLong` when the trimmed name is outside 1–200 characters.
+    pub fn parse(raw: &str) -> Result<Self, InvalidCollectionInput> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 {
+            return Err(InvalidCollectionInput::EmptyName);
+        }
+        if chars > MAX_NAME_CHARS {
+            return Err(InvalidCollectionInput::NameTooLong(chars));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A free-text description of up to 10,000 characters; empty is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Description(String);
+
+impl Description {
+    /// # Errors
+    /// `DescriptionTooLong` past 10,000 characters.
+    pub fn parse(raw: &str) -> Result<Self, InvalidCollectionInput> {
+        let chars = raw.chars().count();
+        if chars > MAX_DESCRIPTION_CHARS {
+            return Err(InvalidCollectionInput::DescriptionTooLong(chars));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The research a collection links to: tags, project question ids and hypothesis ids.
+/// Tags are trimmed; repeated tags and ids are kept once, in the order first given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResearchLinks {
+    tags: Vec<String>,
+    question_ids: Vec<Uuid>,
+    hypothesis_ids: Vec<Uuid>,
+}
+
+impl ResearchLinks {
+    /// # Errors
+    /// A tag count over 50, an empty tag or one over 64 characters, or over 200 ids of a kind.
+    pub fn parse(
+        tags: &[String],
+        question_ids: &[Uuid],
+        hypothesis_ids: &[Uuid],
+    ) -> Result<Self, InvalidCollectionInput> {
+        if tags.len() > MAX_TAGS {
+            return Err(InvalidCollectionInput::TooManyTags(tags.len()));
+        }
+        let mut clean_tags: Vec<String> = Vec::with_capacity(tags.len());
+        for (index, tag) in tags.iter().enumerate() {
+            let tag = tag.trim();
+            let chars = tag.chars().count();
+            if chars == 0 {
+                return Err(InvalidCollectionInput::EmptyTag(index));
+            }
+            if chars > MAX_TAG_CHARS {
+                return Err(InvalidCollectionInput::TagTooLong { index, chars });
+            }
+            if !clean_tags.iter().any(|t| t == tag) {
+                clean_tags.push(tag.to_owned());
+            }
+        }
+        Ok(Self {
+            tags: clean_tags,
+            question_ids: distinct_ids("question_ids", question_ids)?,
+            hypothesis_ids: distinct_ids("hypothesis_ids", hypothesis_ids)?,
+        })
+    }
+}
+
+fn distinct_ids(field: &'static str, ids: &[Uuid]) -> Result<Vec<Uuid>, InvalidCollectionInput> {
+    if ids.len() > MAX_LINKED_IDS {
+        return Err(InvalidCollectionInput::TooManyLinks {
+            field,
+            count: ids.len(),
+        });
+    }
+    let mut out: Vec<Uuid> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !out.contains(id) {
+            out.push(*id);
+        }
+    }
+    Ok(out)
+}
+
+/// What a client may ask of a collection. Every command names the project the client believes
+/// the collection is in; a collection in another project is treated as not found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollectionCommand {
+    CreateCollection {
+        project_id: Uuid,
+        name: CollectionName,
+        description: Description,
+    },
+    UpdateCollection {
+        project_id: Uuid,
+        name: CollectionName,
+        description: Description,
+    },
+    SetResearchLinks {
+        project_id: Uuid,
+        links: ResearchLinks,
+    },
+    DeleteCollection {
+        project_id: Uuid,
+    },
+}
+
+/// Facts about a collection. Stored forever: names and shapes never change; a new shape is a
+/// new variant or a new `event_version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CollectionEvent {
+    CollectionCreated {
+        project_id: Uuid,
+        name: String,
+        description: String,
+    },
+    CollectionUpdated {
+        name: String,
+        description: String,
+    },
+    CollectionResearchLinksSet {
+        tags: Vec<String>,
+        question_ids: Vec<Uuid>,
+        hypothesis_ids: Vec<Uuid>,
+    },
+    CollectionDeleted {},
+}
+
+impl DomainEvent for CollectionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::CollectionCreated { .. } => "CollectionCreated",
+            Self::CollectionUpdated { .. } => "CollectionUpdated",
+            Self::CollectionResearchLinksSet { .. } => "CollectionResearchLinksSet",
+            Self::CollectionDeleted {} => "CollectionDeleted",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// A rule of the collection's life that a command broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollectionError {
+    #[error("a collection with this id already exists")]
+    AlreadyExists,
+    #[error("no such collection in this project")]
+    NotFound,
+    #[error("the collection has been deleted")]
+    Deleted,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+enum Lifecycle {
+    #[default]
+    Absent,
+    Active,
+    Deleted,
+}
+
+/// The collection aggregate: only what its rules need (does it exist, in which project, is it
+/// deleted). The read models hold the rest.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Collection {
+    lifecycle: Lifecycle,
+    project_id: Option<Uuid>,
+}
+
+impl Collection {
+    fn ensure_live_in(&self, project_id: Uuid) -> Result<(), CollectionError> {
+        if self.project_id != Some(project_id) {
+            return Err(CollectionError::NotFound);
+        }
+        match self.lifecycle {
+            Lifecycle::Active => Ok(()),
+            Lifecycle::Deleted => Err(CollectionError::Deleted),
+            Lifecycle::Absent => Err(CollectionError::NotFound),
+        }
+    }
+}
+
+impl Aggregate for Collection {
+    const TYPE: &'static str = "collection";
+    type Command = CollectionCommand;
+    type Event = CollectionEvent;
+    type Error = CollectionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let event = match command {
+            CollectionCommand::CreateCollection {
+                project_id,
+                name,
+                description,
+            } => {
+                if self.lifecycle != Lifecycle::Absent {
+                    return Err(CollectionError::AlreadyExists);
+                }
+                CollectionEvent::CollectionCreated {
+                    project_id,
+                    name: name.0,
+                    description: description.0,
+                }
+            }
+            CollectionCommand::UpdateCollection {
+                project_id,
+                name,
+                description,
+            } => {
+                self.ensure_live_in(project_id)?;
+                CollectionEvent::CollectionUpdated {
+                    name: name.0,
+                    description: description.0,
+                }
+            }
+            CollectionCommand::SetResearchLinks { project_id, links } => {
+                self.ensure_live_in(project_id)?;
+                CollectionEvent::CollectionResearchLinksSet {
+                    tags: links.tags,
+                    question_ids: links.question_ids,
+                    hypothesis_ids: links.hypothesis_ids,
+                }
+            }
+            CollectionCommand::DeleteCollection { project_id } => {
+                self.ensure_live_in(project_id)?;
+                CollectionEvent::CollectionDeleted {}
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            CollectionEvent::CollectionCreated { project_id, .. } => {
+                self.lifecycle = Lifecycle::Active;
+                self.project_id = Some(project_id);
+            }
+            CollectionEvent::CollectionUpdated { .. }
+            | CollectionEvent::CollectionResearchLinksSet { .. } => {}
+            CollectionEvent::CollectionDeleted {} => self.lifecycle = Lifecycle::Deleted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    type CollectionTest = TestFramework<Collection>;
+
+    const PROJECT: Uuid = Uuid::from_u128(0x1111);
+    const OTHER_PROJECT: Uuid = Uuid::from_u128(0x2222);
+
+    fn created() -> CollectionEvent {
+        CollectionEvent::CollectionCreated {
+            project_id: PROJECT,
+            name: "Interviews".into(),
+            description: "Round one".into(),
+        }
+    }
+
+    fn name(raw: &str) -> CollectionName {
+        CollectionName::parse(raw).unwrap()
+    }
+
+    fn update(project_id: Uuid) -> CollectionCommand {
+        CollectionCommand::UpdateCollection {
+            project_id,
+            name: name("Renamed"),
+            description: Description::parse("new words").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_new_collection_is_created_with_its_trimmed_name() {
+        CollectionTest::with(())
+            .given_no_previous_events()
+            .when(CollectionCommand::CreateCollection {
+                project_id: PROJECT,
+                name: name("  Interviews "),
+                description: Description::parse("Round one").unwrap(),
+            })
+            .then_expect_events(vec![created()]);
+    }
+
+    #[test]
+    fn creating_an_existing_collection_is_refused() {
+        CollectionTest::with(())
+            .given(vec![created()])
+            .when(CollectionCommand::CreateCollection {
+                project_id: PROJECT,
+                name: name("Again"),
+                description: Description::default(),
+            })
+            .then_expect_error(CollectionError::AlreadyExists);
+    }
+
+    #[test]
+    fn a_live_collection_is_updated() {
+        CollectionTest::with(())
+            .given(vec![created()])
+            .when(update(PROJECT))
+            .then_expect_events(vec![CollectionEvent::CollectionUpdated {
+                name: "Renamed".into(),
+                description: "new words".into(),
+            }]);
+    }
+
+    #[test]
+    fn updating_a_collection_that_never_existed_is_not_found() {
+        CollectionTest::with(())
+            .given_no_previous_events()
+            .when(update(PROJECT))
+            .then_expect_error(CollectionError::NotFound);
+    }
+
+    #[test]
+    fn a_collection_is_not_found_through_another_project() {
+        CollectionTest::with(())
+            .given(vec![created()])
+            .when(update(OTHER_PROJECT))
+            .then_expect_error(CollectionError::NotFound);
+    }
+
+    #[test]
+    fn updating_a_deleted_collection_is_refused() {
+        CollectionTest::with(())
+            .given(vec![created(), CollectionEvent::CollectionDeleted {}])
+            .when(update(PROJECT))
+            .then_expect_error(CollectionError::Deleted);
+    }
+
+    #[test]
+    fn linking_a_deleted_collection_is_refused() {
+        CollectionTest::with(())
+            .given(vec![created(), CollectionEvent::CollectionDeleted {}])
+            .when(CollectionCommand::SetResearchLinks {
+                project_id: PROJECT,
+                links: ResearchLinks::default(),
+            })
+            .then_expect_error(CollectionError::Deleted);
+    }
+
+    #[test]
+    fn deleting_twice_is_refused() {
+        CollectionTest::with(())
+            .given(vec![created(), CollectionEvent::CollectionDeleted {}])
+            .when(CollectionCommand::DeleteCollection {
+                project_id: PROJECT,
+            })
+            .then_expect_error(CollectionError::Deleted);
+    }
+
+    #[test]
+    fn research_links_keep_each_tag_and_id_once_in_first_order() {
+        let q1 = Uuid::from_u128(1);
+        let q2 = Uuid::from_u128(2);
+        let links = ResearchLinks::parse(
+            &[" ux ".into(), "ux".into(), "pricing".into()],
+            &[q2, q1, q2],
+            &[],
+        )
+        .unwrap();
+        CollectionTest::with(())
+            .given(vec![created()])
+            .when(CollectionCommand::SetResearchLinks {
+                project_id: PROJECT,
+                links,
+            })
+            .then_expect_events(vec![CollectionEvent::CollectionResearchLinksSet {
+                tags: vec!["ux".into(), "pricing".into()],
+                question_ids: vec![q2, q1],
+                hypothesis_ids: vec![],
+            }]);
+    }
+
+    #[test]
+    fn names_are_one_to_two_hundred_characters_after_trimming() {
+        assert_eq!(
+            CollectionName::parse("   "),
+            Err(InvalidCollectionInput::EmptyName)
+        );
+        assert!(CollectionName::parse(&"é".repeat(200)).is_ok());
+        assert_eq!(
+            CollectionName::parse(&"é".repeat(201)),
+            Err(InvalidCollectionInput::NameTooLong(201))
+        );
+    }
+
+    #[test]
+    fn descriptions_stop_at_ten_thousand_characters() {
+        assert!(Description::parse(&"x".repeat(10_000)).is_ok());
+        assert_eq!(
+            Description::parse(&"x".repeat(10_001)),
+            Err(InvalidCollectionInput::DescriptionTooLong(10_001))
+        );
+    }
+
+    #[test]
+    fn tags_are_bounded_in_count_and_length() {
+        let fifty_one: Vec<String> = (0..51).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            ResearchLinks::parse(&fifty_one, &[], &[]),
+            Err(InvalidCollectionInput::TooManyTags(51))
+        );
+        assert_eq!(
+            ResearchLinks::parse(&["ok".into(), "x".repeat(65)], &[], &[]),
+            Err(InvalidCollectionInput::TagTooLong {
+                index: 1,
+                chars: 65
+            })
+        );
+        assert_eq!(
+            ResearchLinks::parse(&[" ".into()], &[], &[]),
+            Err(InvalidCollectionInput::EmptyTag(0))
+        );
+    }
+}

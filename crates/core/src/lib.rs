@@ -1,0 +1,13 @@
+//! Cutover's core: the domain (aggregates, commands, events — no IO) and the Postgres event
+//! store that appends a command's events and runs the inline projectors in one transaction.
+//!
+//! Everything that talks HTTP lives in `cutover-api`; everything that shapes read models lives
+//! in `cutover-projections`. Both depend on this crate, never the other way round.
+
+pub mod database;
+pub mod domain;
+pub mod local_postgres;
+pub mod projection;
+pub mod read_source;
+pub mod store;
+pub mod telemetry;

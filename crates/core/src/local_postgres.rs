@@ -1,0 +1,284 @@
+//! A private Postgres cluster in a project-local folder, for when no `DATABASE_URL` is given.
+//!
+//! It uses the machine's own Postgres binaries (Debian's `/usr/lib/postgresql/<v>/bin`, or
+//! `initdb` on the `PATH`, or `CUTOVER_PG_BINDIR`). The cluster listens only on a Unix socket
+//! inside its folder, so it never clashes with another server's port. Postgres refuses to run
+//! as root: when this process is root, the cluster's files belong to the `postgres` system user
+//! and its programs run as that user through `runuser`.
+//!
+//! Several processes may share one folder (the test suite runs many): a file lock serialises
+//! initialisation and start, and a cluster found running is reused, not restarted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The cluster could not be set up or started; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPostgresError {
+    #[error(
+        "no Postgres server binaries found (looked in CUTOVER_PG_BINDIR, /usr/lib/postgresql/*/bin \
+         and PATH); install them with `apt-get install postgresql` or set DATABASE_URL"
+    )]
+    NoBinaries,
+    #[error(
+        "running as root, and Postgres refuses to run as root, but there is no `postgres` system \
+         user to run it as; `apt-get install postgresql` creates one"
+    )]
+    NoPostgresUser,
+    #[error("socket path {0} is longer than Unix sockets allow; use a shorter CUTOVER_DATA_DIR")]
+    SocketPathTooLong(PathBuf),
+    #[error("{action} failed: {detail}")]
+    Command { action: String, detail: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPostgresError {
+    let context = context.into();
+    move |source| LocalPostgresError::Io { context, source }
+}
+
+/// A running private cluster.
+#[derive(Debug)]
+pub struct LocalPostgres {
+    data: PathBuf,
+    socket_dir: PathBuf,
+    bin_dir: PathBuf,
+    run_as: Option<nix::unistd::User>,
+    started_here: bool,
+}
+
+/// Longest socket file path (`sun_path` is 108 bytes including the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+impl LocalPostgres {
+    /// Ensures a cluster in `root` exists and runs; initialises it on first use.
+    ///
+    /// Blocking: call it from `spawn_blocking` in async code.
+    ///
+    /// # Errors
+    /// No binaries, no `postgres` user when root, or `initdb`/`pg_ctl` failing (the message
+    /// carries their output and the log file's path).
+    pub fn ensure_running(root: &Path) -> Result<Self, LocalPostgresError> {
+        fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+        let root = root
+            .canonicalize()
+            .map_err(io(format!("resolving {}", root.display())))?;
+        let bin_dir = find_bin_dir()?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            Some(
+                nix::unistd::User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .ok_or(LocalPostgresError::NoPostgresUser)?,
+            )
+        } else {
+            None
+        };
+        let lock = lock_file(&root)?;
+        let cluster = Self {
+            data: root.join("data"),
+            socket_dir: root.join("run"),
+            bin_dir,
+            run_as,
+            started_here: false,
+        };
+        let socket = cluster.socket_dir.join(".s.PGSQL.5432");
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(LocalPostgresError::SocketPathTooLong(socket));
+        }
+        cluster.prepare_folder(&root)?;
+        let started = cluster.start_if_stopped(&root)?;
+        drop(lock);
+        Ok(Self {
+            started_here: started,
+            ..cluster
+        })
+    }
+
+    /// A connection URL for database `dbname` as the superuser `postgres`, over the socket.
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{dbname}?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    /// Whether this call started the server (rather than finding it running).
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// Stops the server with a fast shutdown, if this process started it.
+    ///
+    /// # Errors
+    /// `pg_ctl stop` failed.
+    pub fn stop_if_started_here(&self) -> Result<(), LocalPostgresError> {
+        if !self.started_here {
+            return Ok(());
+        }
+        self.pg_ctl(
+            &["stop", "-m", "fast", "-w"],
+            "stopping the private Postgres",
+        )
+    }
+
+    fn prepare_folder(&self, root: &Path) -> Result<(), LocalPostgresError> {
+        fs::create_dir_all(&self.socket_dir)
+            .map_err(io(format!("creating {}", self.socket_dir.display())))?;
+        if let Some(user) = &self.run_as {
+            for path in [root, self.socket_dir.as_path()] {
+                std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                    .map_err(io(format!("giving {} to postgres", path.display())))?;
+            }
+        }
+        if self.data.join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        if self.data.exists() {
+            // A half-made cluster from an interrupted initdb: start again.
+            fs::remove_dir_all(&self.data)
+                .map_err(io(format!("removing {}", self.data.display())))?;
+        }
+        let data = self.data.display().to_string();
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            "initialising the private Postgres cluster",
+        )?;
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .map_err(io("opening postgresql.conf"))?;
+        writeln!(
+            conf,
+            "\n# Cutover's private cluster: socket only, set at each start.\ninclude_if_exists = 'cutover.conf'"
+        )
+        .map_err(io("writing postgresql.conf"))?;
+        Ok(())
+    }
+
+    fn start_if_stopped(&self, root: &Path) -> Result<bool, LocalPostgresError> {
+        if self.is_running() {
+            return Ok(false);
+        }
+        let settings = format!(
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nmax_connections = 300\n\
+             shared_buffers = '256MB'\n",
+            self.socket_dir.display().to_string().replace('\'', "''")
+        );
+        let conf_path = self.data.join("cutover.conf");
+        fs::write(&conf_path, settings).map_err(io("writing cutover.conf"))?;
+        if let Some(user) = &self.run_as {
+            std::os::unix::fs::chown(&conf_path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(io("giving cutover.conf to postgres"))?;
+        }
+        let log = root.join("postgres.log").display().to_string();
+        self.pg_ctl(
+            &["start", "-w", "-t", "120", "-l", &log],
+            &format!("starting the private Postgres (its log: {log})"),
+        )?;
+        Ok(true)
+    }
+
+    fn is_running(&self) -> bool {
+        self.command(
+            "pg_ctl",
+            &["status", "-D", &self.data.display().to_string()],
+        )
+        .output()
+        .map(|out| out.status.success())
+        .unwrap_or(false)
+    }
+
+    fn pg_ctl(&self, args: &[&str], action: &str) -> Result<(), LocalPostgresError> {
+        let data = self.data.display().to_string();
+        let mut full = vec!["-D", data.as_str()];
+        full.extend_from_slice(args);
+        self.run("pg_ctl", &full, action)
+    }
+
+    fn run(&self, program: &str, args: &[&str], action: &str) -> Result<(), LocalPostgresError> {
+        let output = self
+            .command(program, args)
+            .output()
+            .map_err(io(format!("{action}: running {program}")))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(LocalPostgresError::Command {
+            action: action.to_owned(),
+            detail: format!(
+                "{program} exited with {}: {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let program = self.bin_dir.join(program);
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(&user.name).arg("--").arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        // pg_ctl's children must not inherit a working directory postgres cannot enter.
+        cmd.args(args).current_dir("/");
+        cmd
+    }
+}
+
+fn lock_file(root: &Path) -> Result<File, LocalPostgresError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("cluster.lock"))
+        .map_err(io("opening the cluster lock file"))?;
+    file.lock().map_err(io("locking the cluster lock file"))?;
+    Ok(file)
+}
+
+fn find_bin_dir() -> Result<PathBuf, LocalPostgresError> {
+    if let Some(dir) = std::env::var_os("CUTOVER_PG_BINDIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let debian = Path::new("/usr/lib/postgresql");
+    if let Ok(entries) = fs::read_dir(debian) {
+        let mut versions: Vec<(u32, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        if let Some((_, bin)) = versions.pop() {
+            return Ok(bin);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
+        .ok_or(LocalPostgresError::NoBinaries)
+}

@@ -1,0 +1,322 @@
+//! The Postgres event store and the command path.
+//!
+//! A command runs in one transaction: take the aggregate's advisory lock, load its events,
+//! let the aggregate decide, append the new events (postgres-es's `events` layout plus a global
+//! `position`, the committing transaction id and `recorded_at`), run every inline projector on
+//! them, commit. Either all of that commits or none of it does. cqrs-es's own
+//! `CqrsFramework` is not used because it updates views only after its commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::projection::{project_all, ProjectionError, Projector};
+
+/// One event as the log holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Global position: unique, handed out at insert time (not commit time).
+    pub position: i64,
+    /// Id of the transaction that appended the event (`xid8`, as a number).
+    pub transaction_id: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The aggregate's version after this event; starts at 1.
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// Decodes the payload into the aggregate's event type.
+    ///
+    /// # Errors
+    /// The payload does not match the event type's shape.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        E::deserialize(&self.payload)
+    }
+}
+
+/// How a command ended when it did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    /// The client demanded a version (`If-Match`) that is not the current one.
+    #[error("expected version {expected}, but the current version is {actual}")]
+    VersionMismatch { expected: i64, actual: i64 },
+    /// Other writers kept winning the race for the next sequence number.
+    #[error("gave up after {attempts} attempts: other writers kept appending to this aggregate")]
+    Conflict { attempts: u32 },
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error(
+        "a stored event of {aggregate_type} {aggregate_id} at sequence {sequence} cannot be read"
+    )]
+    CorruptEvent {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("an event could not be serialized")]
+    Serialize(#[source] serde_json::Error),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What a committed (or accepted no-op) command reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The aggregate's version (the sequence of its last event).
+    pub version: i64,
+    /// The global position of the aggregate's last event.
+    pub position: i64,
+    /// The events this command appended; empty when the command changed nothing.
+    pub events: Vec<StoredEvent>,
+}
+
+/// Appends events and runs the inline projectors in the same transaction.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    projectors: Arc<[Arc<dyn Projector>]>,
+    max_retries: u32,
+}
+
+const SELECT_STREAM: &str = "\
+SELECT sequence, position, payload
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+ ORDER BY sequence";
+
+const APPEND: &str = "\
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7
+  FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(sequence, event_type, event_version, payload)
+ ORDER BY e.sequence
+RETURNING position, transaction_id::text::bigint AS transaction_id, sequence, recorded_at";
+
+/// Serialises the commands of one aggregate across every server instance sharing the database,
+/// so concurrent commands queue instead of failing the race for a sequence number.
+const LOCK_AGGREGATE: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+const UNIQUE_VIOLATION: &str = "23505";
+
+impl EventStore {
+    /// `max_retries`: how many times a command is re-run after losing an append race.
+    pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, max_retries: u32) -> Self {
+        Self {
+            pool,
+            projectors: projectors.into(),
+            max_retries,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn projectors(&self) -> &[Arc<dyn Projector>] {
+        &self.projectors
+    }
+
+    /// Runs `command` against aggregate `aggregate_id` of type `A`.
+    ///
+    /// With `expected_version`, the command runs only if the aggregate is at that version.
+    ///
+    /// # Errors
+    /// See [`CommandError`]; on any error nothing was appended or projected.
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %aggregate_id), err(level = "debug"))]
+    pub async fn execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        expected_version: Option<i64>,
+        metadata: &Value,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let attempts = self.max_retries + 1;
+        for attempt in 1..=attempts {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(LOCK_AGGREGATE)
+                .bind(format!("{}/{}", A::TYPE, aggregate_id))
+                .execute(&mut *tx)
+                .await?;
+            let (mut aggregate, version, position) = load::<A>(&mut tx, aggregate_id).await?;
+            if let Some(expected) = expected_version {
+                if expected != version {
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        actual: version,
+                    });
+                }
+            }
+            let sink = EventSink::default();
+            aggregate
+                .handle(command.clone(), services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let new_events = sink.collect().await;
+            if new_events.is_empty() {
+                tx.rollback().await?;
+                return Ok(Committed {
+                    version,
+                    position,
+                    events: Vec::new(),
+                });
+            }
+            let stored =
+                match append::<A>(&mut tx, aggregate_id, version, &new_events, metadata).await {
+                    Ok(stored) => stored,
+                    Err(AppendError::Conflict) => {
+                        tx.rollback().await?;
+                        tracing::debug!(attempt, "append conflict; retrying");
+                        tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+                        continue;
+                    }
+                    Err(AppendError::Serialize(e)) => return Err(CommandError::Serialize(e)),
+                    Err(AppendError::Database(e)) => return Err(CommandError::Database(e)),
+                };
+            project_all(&self.projectors, &mut tx, &stored).await?;
+            tx.commit().await?;
+            let last = stored
+                .last()
+                .map_or((version, position), |e| (e.sequence, e.position));
+            return Ok(Committed {
+                version: last.0,
+                position: last.1,
+                events: stored,
+            });
+        }
+        Err(CommandError::Conflict { attempts })
+    }
+}
+
+/// Rebuilds aggregate `A` from its stream: returns it with its version and last position
+/// (both 0 for a stream with no events).
+async fn load<A>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+) -> Result<(A, i64, i64), CommandError<A::Error>>
+where
+    A: Aggregate,
+    A::Error: 'static,
+{
+    let rows = sqlx::query(SELECT_STREAM)
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .fetch_all(conn)
+        .await?;
+    let mut aggregate = A::default();
+    let (mut version, mut position) = (0_i64, 0_i64);
+    for row in rows {
+        version = row.try_get("sequence")?;
+        position = row.try_get("position")?;
+        let payload: Value = row.try_get("payload")?;
+        let event = serde_json::from_value::<A::Event>(payload).map_err(|source| {
+            CommandError::CorruptEvent {
+                aggregate_type: A::TYPE.to_owned(),
+                aggregate_id: aggregate_id.to_owned(),
+                sequence: version,
+                source,
+            }
+        })?;
+        aggregate.apply(event);
+    }
+    Ok((aggregate, version, position))
+}
+
+enum AppendError {
+    Conflict,
+    Serialize(serde_json::Error),
+    Database(sqlx::Error),
+}
+
+async fn append<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    version: i64,
+    events: &[A::Event],
+    metadata: &Value,
+) -> Result<Vec<StoredEvent>, AppendError> {
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let sequences: Vec<i64> = (version + 1..=version + count).collect();
+    let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
+    let event_versions: Vec<String> = events.iter().map(DomainEvent::event_version).collect();
+    let payloads = events
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(AppendError::Serialize)?;
+    let rows = sqlx::query(APPEND)
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(&sequences)
+        .bind(&event_types)
+        .bind(&event_versions)
+        .bind(&payloads)
+        .bind(metadata)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+                AppendError::Conflict
+            }
+            _ => AppendError::Database(e),
+        })?;
+    let mut by_sequence: HashMap<i64, (i64, i64, DateTime<Utc>)> = HashMap::new();
+    for row in rows {
+        let read = (|| {
+            Ok::<_, sqlx::Error>((
+                row.try_get::<i64, _>("sequence")?,
+                row.try_get::<i64, _>("position")?,
+                row.try_get::<i64, _>("transaction_id")?,
+                row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+            ))
+        })()
+        .map_err(AppendError::Database)?;
+        by_sequence.insert(read.0, (read.1, read.2, read.3));
+    }
+    let mut stored = Vec::with_capacity(events.len());
+    for (((sequence, event_type), event_version), payload) in sequences
+        .into_iter()
+        .zip(event_types)
+        .zip(event_versions)
+        .zip(payloads)
+    {
+        let Some(&(position, transaction_id, recorded_at)) = by_sequence.get(&sequence) else {
+            return Err(AppendError::Database(sqlx::Error::RowNotFound));
+        };
+        stored.push(StoredEvent {
+            position,
+            transaction_id,
+            aggregate_type: A::TYPE.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence,
+            event_type,
+            event_version,
+            payload,
+            metadata: metadata.clone(),
+            recorded_at,
+        });
+    }
+    Ok(stored)
+}

@@ -1,0 +1,141 @@
+//! Legacy read model of collections: table `collections`, one row per collection, soft delete
+//! (`is_active = false`). The shape the old system had.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate as _;
+use cutover_core::domain::collection::{Collection, CollectionEvent};
+use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::store::StoredEvent;
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::{collection_id, db, decode, find_row, list_rows};
+
+const NAME: &str = "collections";
+
+const INSERT: &str = "\
+INSERT INTO collections (collection_id, project_id, collection_name, description, is_active,
+                         created_at, updated_at, last_sequence)
+VALUES ($1, $2, $3, $4, true, $5, $5, $6)
+ON CONFLICT (collection_id) DO NOTHING";
+
+const UPDATE: &str = "\
+UPDATE collections
+   SET collection_name = $2, description = $3, updated_at = $4, last_sequence = $5
+ WHERE collection_id = $1 AND last_sequence < $5";
+
+const TOUCH: &str = "\
+UPDATE collections SET updated_at = $2, last_sequence = $3
+ WHERE collection_id = $1 AND last_sequence < $3";
+
+const SOFT_DELETE: &str = "\
+UPDATE collections SET is_active = false, updated_at = $2, last_sequence = $3
+ WHERE collection_id = $1 AND last_sequence < $3";
+
+const SELECT_ONE: &str = "\
+SELECT collection_id, project_id, collection_name, description, is_active, created_at,
+       updated_at, last_sequence
+  FROM collections
+ WHERE project_id = $1 AND collection_id = $2";
+
+const SELECT_PAGE: &str = "\
+SELECT collection_id, project_id, collection_name, description, is_active, created_at,
+       updated_at, last_sequence
+  FROM collections
+ WHERE project_id = $1 AND is_active AND collection_id > $2
+ ORDER BY collection_id
+ LIMIT $3";
+
+/// Projector of the legacy `collections` table.
+pub struct LegacyCollections;
+
+#[async_trait]
+impl Projector for LegacyCollections {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Collection::TYPE]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            let id = collection_id(NAME, event)?;
+            let query = match decode::<CollectionEvent>(NAME, event)? {
+                CollectionEvent::CollectionCreated {
+                    project_id,
+                    name,
+                    description,
+                } => sqlx::query(INSERT)
+                    .bind(id)
+                    .bind(project_id)
+                    .bind(name)
+                    .bind(description)
+                    .bind(event.recorded_at)
+                    .bind(event.sequence),
+                CollectionEvent::CollectionUpdated { name, description } => sqlx::query(UPDATE)
+                    .bind(id)
+                    .bind(name)
+                    .bind(description)
+                    .bind(event.recorded_at)
+                    .bind(event.sequence),
+                CollectionEvent::CollectionResearchLinksSet { .. } => sqlx::query(TOUCH)
+                    .bind(id)
+                    .bind(event.recorded_at)
+                    .bind(event.sequence),
+                CollectionEvent::CollectionDeleted {} => sqlx::query(SOFT_DELETE)
+                    .bind(id)
+                    .bind(event.recorded_at)
+                    .bind(event.sequence),
+            };
+            query.execute(&mut *conn).await.map_err(db(NAME))?;
+        }
+        Ok(())
+    }
+}
+
+/// A row of the legacy `collections` table.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct LegacyCollection {
+    pub collection_id: Uuid,
+    pub project_id: Uuid,
+    pub collection_name: String,
+    pub description: String,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub last_sequence: i64,
+}
+
+/// The row of collection `collection_id` in project `project_id`, deleted or not.
+///
+/// # Errors
+/// A database error.
+pub async fn find<'e>(
+    executor: impl PgExecutor<'e>,
+    project_id: Uuid,
+    collection_id: Uuid,
+) -> Result<Option<LegacyCollection>, sqlx::Error> {
+    find_row(executor, SELECT_ONE, project_id, collection_id).await
+}
+
+/// Up to `limit` active collections of `project_id` with ids after `after`, by id.
+///
+/// # Errors
+/// A database error.
+pub async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+    project_id: Uuid,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<LegacyCollection>, sqlx::Error> {
+    list_rows(executor, SELECT_PAGE, project_id, after, limit).await
+}

@@ -1,0 +1,147 @@
+//! New read model of collections: table `project_collections`, the project/collection junction
+//! with the research links; a deleted collection's row is removed.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate as _;
+use cutover_core::domain::collection::{Collection, CollectionEvent};
+use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::store::StoredEvent;
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::{collection_id, db, decode, find_row, list_rows};
+
+const NAME: &str = "project_collections";
+
+const INSERT: &str = "\
+INSERT INTO project_collections (project_id, collection_id, research_context, tags,
+                                 linked_project_question_ids, linked_project_hypothesis_ids,
+                                 created_at, updated_at, last_sequence)
+VALUES ($1, $2, $3, '{}', '{}', '{}', $4, $4, $5)
+ON CONFLICT (project_id, collection_id) DO NOTHING";
+
+const UPDATE_CONTEXT: &str = "\
+UPDATE project_collections
+   SET research_context = $2, updated_at = $3, last_sequence = $4
+ WHERE collection_id = $1 AND last_sequence < $4";
+
+const UPDATE_LINKS: &str = "\
+UPDATE project_collections
+   SET tags = $2, linked_project_question_ids = $3, linked_project_hypothesis_ids = $4,
+       updated_at = $5, last_sequence = $6
+ WHERE collection_id = $1 AND last_sequence < $6";
+
+const DELETE: &str = "DELETE FROM project_collections WHERE collection_id = $1";
+
+const SELECT_ONE: &str = "\
+SELECT project_id, collection_id, research_context, tags, linked_project_question_ids,
+       linked_project_hypothesis_ids, created_at, updated_at, last_sequence
+  FROM project_collections
+ WHERE project_id = $1 AND collection_id = $2";
+
+const SELECT_PAGE: &str = "\
+SELECT project_id, collection_id, research_context, tags, linked_project_question_ids,
+       linked_project_hypothesis_ids, created_at, updated_at, last_sequence
+  FROM project_collections
+ WHERE project_id = $1 AND collection_id > $2
+ ORDER BY collection_id
+ LIMIT $3";
+
+/// Projector of the new `project_collections` table.
+pub struct ProjectCollections;
+
+#[async_trait]
+impl Projector for ProjectCollections {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Collection::TYPE]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            let id = collection_id(NAME, event)?;
+            let query = match decode::<CollectionEvent>(NAME, event)? {
+                CollectionEvent::CollectionCreated {
+                    project_id,
+                    description,
+                    ..
+                } => sqlx::query(INSERT)
+                    .bind(project_id)
+                    .bind(id)
+                    .bind(description)
+                    .bind(event.recorded_at)
+                    .bind(event.sequence),
+                CollectionEvent::CollectionUpdated { description, .. } => {
+                    sqlx::query(UPDATE_CONTEXT)
+                        .bind(id)
+                        .bind(description)
+                        .bind(event.recorded_at)
+                        .bind(event.sequence)
+                }
+                CollectionEvent::CollectionResearchLinksSet {
+                    tags,
+                    question_ids,
+                    hypothesis_ids,
+                } => sqlx::query(UPDATE_LINKS)
+                    .bind(id)
+                    .bind(tags)
+                    .bind(question_ids)
+                    .bind(hypothesis_ids)
+                    .bind(event.recorded_at)
+                    .bind(event.sequence),
+                CollectionEvent::CollectionDeleted {} => sqlx::query(DELETE).bind(id),
+            };
+            query.execute(&mut *conn).await.map_err(db(NAME))?;
+        }
+        Ok(())
+    }
+}
+
+/// A row of the new `project_collections` table.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ProjectCollection {
+    pub project_id: Uuid,
+    pub collection_id: Uuid,
+    pub research_context: String,
+    pub tags: Vec<String>,
+    pub linked_project_question_ids: Vec<Uuid>,
+    pub linked_project_hypothesis_ids: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub last_sequence: i64,
+}
+
+/// The row of collection `collection_id` in project `project_id`; none once deleted.
+///
+/// # Errors
+/// A database error.
+pub async fn find<'e>(
+    executor: impl PgExecutor<'e>,
+    project_id: Uuid,
+    collection_id: Uuid,
+) -> Result<Option<ProjectCollection>, sqlx::Error> {
+    find_row(executor, SELECT_ONE, project_id, collection_id).await
+}
+
+/// Up to `limit` collections of `project_id` with ids after `after`, by id.
+///
+/// # Errors
+/// A database error.
+pub async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+    project_id: Uuid,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<ProjectCollection>, sqlx::Error> {
+    list_rows(executor, SELECT_PAGE, project_id, after, limit).await
+}

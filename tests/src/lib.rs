@@ -1,0 +1,259 @@
+//! The test harness: a real Postgres and the real router on a real socket.
+//!
+//! With `DATABASE_URL` set, tests use that server; otherwise a private cluster is started (once,
+//! shared by every test process) in `target/test-postgres`. Each test gets a database of its
+//! own, copied from a template database that holds the migrated schema, so tests never see each
+//! other's rows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::sync::OnceLock;
+
+use cutover_api::{app, AppState};
+use cutover_core::database::MIGRATOR;
+use cutover_core::local_postgres::LocalPostgres;
+use cutover_core::store::EventStore;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor as _, PgPool};
+
+/// Where the test databases are created, and the template they are copied from.
+struct Server {
+    admin: PgConnectOptions,
+    template: String,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to prepare the test server")
+                .block_on(prepare_server())
+        })
+        .join()
+        .expect("preparing the test Postgres server")
+    })
+}
+
+async fn prepare_server() -> Server {
+    let admin = match std::env::var("DATABASE_URL") {
+        Ok(url) => PgConnectOptions::from_str(&url).expect("DATABASE_URL is a Postgres URL"),
+        Err(_) => {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres");
+            let local = LocalPostgres::ensure_running(&root)
+                .unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
+            PgConnectOptions::from_str(&local.url("postgres")).expect("the private cluster's URL")
+        }
+    };
+    let template = format!("cutover_tpl_{}", schema_fingerprint());
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin.clone())
+        .await
+        .expect("connecting to the test Postgres");
+    let mut conn = pool.acquire().await.expect("an admin connection");
+    // Other test processes build the same template: one at a time.
+    conn.execute("SELECT pg_advisory_lock(8675309)")
+        .await
+        .expect("the template lock");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("looking up the template");
+    if !exists {
+        let building = format!("{template}_building");
+        conn.execute(format!("DROP DATABASE IF EXISTS {building}").as_str())
+            .await
+            .expect("dropping a half-built template");
+        conn.execute(format!("CREATE DATABASE {building}").as_str())
+            .await
+            .expect("creating the template");
+        let schema_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(admin.clone().database(&building))
+            .await
+            .expect("connecting to the template");
+        MIGRATOR
+            .run(&schema_pool)
+            .await
+            .expect("migrating the template");
+        schema_pool.close().await;
+        conn.execute(format!("ALTER DATABASE {building} RENAME TO {template}").as_str())
+            .await
+            .expect("naming the template");
+    }
+    conn.execute("SELECT pg_advisory_unlock(8675309)")
+        .await
+        .expect("releasing the template lock");
+    drop(conn);
+    pool.close().await;
+    Server { admin, template }
+}
+
+/// Changes whenever a migration is added or edited, so a stale template is never reused.
+fn schema_fingerprint() -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for migration in MIGRATOR.iter() {
+        migration.version.hash(&mut hasher);
+        migration.checksum.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+/// A database of one test's own, with the schema applied.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub options: PgConnectOptions,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let server = server();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server.admin.clone())
+            .await
+            .expect("connecting to the test Postgres");
+        admin
+            .execute(format!("CREATE DATABASE {name} TEMPLATE {}", server.template).as_str())
+            .await
+            .expect("creating the test database");
+        admin.close().await;
+        let options = server.admin.clone().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(40)
+            .connect_with(options.clone())
+            .await
+            .expect("connecting to the test database");
+        Self {
+            pool,
+            options,
+            name,
+        }
+    }
+
+    /// A second, independent pool on the same database (for sessions a test drives by hand).
+    pub async fn another_pool(&self, max_connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(self.options.clone())
+            .await
+            .expect("connecting to the test database")
+    }
+
+    /// How many events the log holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("counting events")
+    }
+}
+
+/// The real router served on a loopback port, over a test database.
+pub struct TestApp {
+    pub db: TestDb,
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+/// Options of [`TestApp::spawn_with`].
+pub struct AppOptions {
+    pub command_retries: u32,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self { command_retries: 5 }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: AppOptions) -> Self {
+        let db = TestDb::new().await;
+        let store = EventStore::new(
+            db.pool.clone(),
+            cutover_projections::inline_projectors(),
+            options.command_retries,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let address = listener.local_addr().expect("the bound address");
+        tokio::spawn(async move {
+            axum::serve(listener, app(AppState { store }))
+                .await
+                .expect("serving the test app");
+        });
+        Self {
+            db,
+            address,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.put(self.url(path))
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
+    /// Switches a domain's read source directly in the database.
+    pub async fn set_read_source(&self, domain: &str, source: &str) {
+        sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")
+            .bind(domain)
+            .bind(source)
+            .execute(&self.db.pool)
+            .await
+            .expect("switching the read source");
+    }
+}
+
+/// Reads a response as JSON, asserting its status first (with the body in the message).
+pub async fn json_with_status(
+    response: reqwest::Response,
+    expected: reqwest::StatusCode,
+) -> serde_json::Value {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.text().await.expect("a response body");
+    assert_eq!(status, expected, "unexpected status; body: {text}");
+    if !status.is_success() {
+        assert_eq!(
+            content_type, "application/problem+json",
+            "error bodies are problem+json; body: {text}"
+        );
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
+}

@@ -1,0 +1,268 @@
+//! DESIGN.md's guarantees, each proven by a test that could fail.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cutover_tests::{json_with_status, AppOptions, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::collections::{collection_path, create};
+
+/// Makes every write to `project_collections` fail, as a broken read model would.
+async fn break_new_read_model(app: &TestApp) {
+    for statement in [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'project_collections refuses writes'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON project_collections \
+         FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(statement).execute(&app.db.pool).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn atomic_commands_a_failing_read_model_leaves_no_event_and_no_legacy_row() {
+    let app = TestApp::spawn().await;
+    break_new_read_model(&app).await;
+    let project = Uuid::new_v4();
+
+    let response = app
+        .post(&format!("/projects/{project}/collections"))
+        .json(&json!({"name": "Interviews"}))
+        .send()
+        .await
+        .unwrap();
+
+    json_with_status(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(app.db.event_count().await, 0);
+    let legacy_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM collections")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(legacy_rows, 0);
+}
+
+#[tokio::test]
+async fn atomic_commands_a_failed_update_changes_neither_the_log_nor_the_legacy_row() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    break_new_read_model(&app).await;
+
+    let response = app
+        .put(&collection_path(project, &created))
+        .json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+
+    json_with_status(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(app.db.event_count().await, 1);
+    let name: String = sqlx::query_scalar("SELECT collection_name FROM collections")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "Interviews");
+}
+
+#[tokio::test]
+async fn write_then_read_every_command_answer_equals_a_fresh_get() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let path = collection_path(project, &created);
+    let updated = json_with_status(
+        app.put(&path)
+            .json(&json!({"name": "Renamed", "description": "new"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+
+    for source in ["legacy", "new"] {
+        app.set_read_source("collections", source).await;
+        let linked = json_with_status(
+            app.put(&format!("{path}/links"))
+                .json(&json!({"tags": [source]}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let fresh = json_with_status(app.get(&path).send().await.unwrap(), StatusCode::OK).await;
+
+        assert_eq!(linked["collection"], fresh["collection"], "{source}");
+        assert_eq!(linked["version"], fresh["version"]);
+        assert_eq!(linked["read_source"], source);
+    }
+    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY sequence")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(created["position"], positions[0]);
+    assert_eq!(updated["position"], positions[1]);
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_twenty_parallel_updates_all_land_with_versions_2_to_21() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let path = collection_path(project, &created);
+
+    let updates = (0..20).map(|i| {
+        let request = app.put(&path).json(&json!({"name": format!("name {i}")}));
+        async move { request.send().await.unwrap() }
+    });
+    let responses = futures_join_all(updates).await;
+
+    let mut versions = BTreeSet::new();
+    for response in responses {
+        let body = json_with_status(response, StatusCode::OK).await;
+        versions.insert(body["version"].as_i64().unwrap());
+    }
+    assert_eq!(versions, (2..=21).collect());
+    assert_eq!(app.db.event_count().await, 21);
+    let sequences: Vec<i64> = sqlx::query_scalar("SELECT sequence FROM events ORDER BY sequence")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sequences, (1..=21).collect::<Vec<_>>());
+    let (last_sequence, name): (i64, String) =
+        sqlx::query_as("SELECT last_sequence, collection_name FROM collections")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(last_sequence, 21);
+    let last_name: String = sqlx::query_scalar(
+        "SELECT payload->'CollectionUpdated'->>'name' FROM events WHERE sequence = 21",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(name, last_name, "the legacy row shows the last update");
+}
+
+/// Runs every future concurrently on the test's runtime and collects the outputs in order.
+async fn futures_join_all<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_if_match_on_a_stale_version_is_412_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let path = collection_path(project, &created);
+    json_with_status(
+        app.put(&path)
+            .header("if-match", "\"1\"")
+            .json(&json!({"name": "second"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+
+    let stale = app
+        .put(&path)
+        .header("if-match", "\"1\"")
+        .json(&json!({"name": "third"}))
+        .send()
+        .await
+        .unwrap();
+
+    json_with_status(stale, StatusCode::PRECONDITION_FAILED).await;
+    assert_eq!(app.db.event_count().await, 2);
+}
+
+/// Appends `CollectionUpdated` at `sequence` in a transaction the caller commits, the way a
+/// writer that does not take the aggregate lock (another tool, an older instance) would.
+async fn foreign_append(
+    app: &TestApp,
+    collection_id: &str,
+    sequence: i64,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = app.db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('collection', $1, $2, 'CollectionUpdated', '1.0', \
+                 '{\"CollectionUpdated\": {\"name\": \"foreign\", \"description\": \"\"}}', '{}')",
+    )
+    .bind(collection_id)
+    .bind(sequence)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let id = created["collection"]["collection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rival = foreign_append(&app, &id, 2).await;
+
+    let request = app
+        .put(&collection_path(project, &created))
+        .json(&json!({"name": "mine"}))
+        .send();
+    let pending = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rival.commit().await.unwrap();
+    let body = json_with_status(pending.await.unwrap().unwrap(), StatusCode::OK).await;
+
+    assert_eq!(
+        body["version"], 3,
+        "the command ran again on top of the rival's event"
+    );
+    assert_eq!(body["collection"]["collection_name"], "mine");
+    assert_eq!(app.db.event_count().await, 3);
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_a_conflict_that_outlasts_the_retries_is_409_and_appends_nothing() {
+    let app = TestApp::spawn_with(AppOptions { command_retries: 0 }).await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let id = created["collection"]["collection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rival = foreign_append(&app, &id, 2).await;
+
+    let request = app
+        .put(&collection_path(project, &created))
+        .json(&json!({"name": "mine"}))
+        .send();
+    let pending = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rival.commit().await.unwrap();
+
+    json_with_status(pending.await.unwrap().unwrap(), StatusCode::CONFLICT).await;
+    assert_eq!(
+        app.db.event_count().await,
+        2,
+        "only the rival's event was added"
+    );
+}

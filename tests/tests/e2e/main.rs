@@ -1,0 +1,9 @@
+//! End-to-end tests: real Postgres, the real router over real HTTP.
+
+// A failed step in a test (and in its helpers) should panic with the error it met.
+#![allow(clippy::unwrap_used)]
+
+mod collections;
+mod event_log;
+mod guarantees;
+mod health;
