@@ -1,7 +1,7 @@
 //! The test harness: a real Postgres and the real router on a real socket.
 //!
 //! With `DATABASE_URL` set, tests use that server; otherwise a private cluster is started (once,
-//! shared by every test process) in `target/test-postgres`. Each test gets a database of its
+//! shared by every test process) in `CUTOVER_TEST_PG_DIR`, by default `target/test-postgres`. Each test gets a database of its
 //! own, copied from a template database that holds the migrated schema, so tests never see each
 //! other's rows.
 
@@ -42,7 +42,10 @@ async fn prepare_server() -> Server {
     let admin = match std::env::var("DATABASE_URL") {
         Ok(url) => PgConnectOptions::from_str(&url).expect("DATABASE_URL is a Postgres URL"),
         Err(_) => {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres");
+            let root = std::env::var_os("CUTOVER_TEST_PG_DIR").map_or_else(
+                || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres"),
+                PathBuf::from,
+            );
             let local = LocalPostgres::ensure_running(&root)
                 .unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
             PgConnectOptions::from_str(&local.url("postgres")).expect("the private cluster's URL")

@@ -27,6 +27,11 @@ pub enum LocalPostgresError {
          user to run it as; `apt-get install postgresql` creates one"
     )]
     NoPostgresUser,
+    #[error(
+        "the postgres user cannot reach {0}: {1} is not searchable by other users; choose a data \
+         folder elsewhere (CUTOVER_DATA_DIR) or make it searchable (chmod o+x)"
+    )]
+    Unreachable(PathBuf, PathBuf),
     #[error("socket path {0} is longer than Unix sockets allow; use a shorter CUTOVER_DATA_DIR")]
     SocketPathTooLong(PathBuf),
     #[error("{action} failed: {detail}")]
@@ -81,6 +86,9 @@ impl LocalPostgres {
         } else {
             None
         };
+        if let Some(user) = &run_as {
+            check_reachable(&root, user)?;
+        }
         let lock = lock_file(&root)?;
         let cluster = Self {
             data: root.join("data"),
@@ -245,6 +253,24 @@ impl LocalPostgres {
         cmd.args(args).current_dir("/");
         cmd
     }
+}
+
+/// Fails unless every folder above `root` lets `user` through.
+fn check_reachable(root: &Path, user: &nix::unistd::User) -> Result<(), LocalPostgresError> {
+    use std::os::unix::fs::MetadataExt as _;
+    for ancestor in root.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor).map_err(io(format!("reading {}", ancestor.display())))?;
+        let searchable = meta.mode() & 0o001 != 0
+            || (meta.uid() == user.uid.as_raw() && meta.mode() & 0o100 != 0)
+            || (meta.gid() == user.gid.as_raw() && meta.mode() & 0o010 != 0);
+        if !searchable {
+            return Err(LocalPostgresError::Unreachable(
+                root.to_owned(),
+                ancestor.to_owned(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn lock_file(root: &Path) -> Result<File, LocalPostgresError> {

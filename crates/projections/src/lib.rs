@@ -51,35 +51,42 @@ fn db(projector: &'static str) -> impl Fn(sqlx::Error) -> ProjectionError {
     move |source| ProjectionError::Database { projector, source }
 }
 
-/// Runs a one-row collection query taking (project_id, collection_id).
-async fn find_row<'e, T>(
+/// A read-model row of one collection, with the queries that read it.
+pub trait CollectionRow: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
+    /// One collection, by `$1` project id and `$2` collection id.
+    const SELECT_ONE: &'static str;
+    /// Up to `$3` collections of project `$1` with ids after `$2`, by id.
+    const SELECT_PAGE: &'static str;
+}
+
+/// The row of collection `collection_id` in project `project_id`, if the table has one.
+///
+/// # Errors
+/// A database error.
+pub async fn find<'e, T: CollectionRow>(
     executor: impl sqlx::PgExecutor<'e>,
-    sql: &'static str,
     project_id: uuid::Uuid,
     collection_id: uuid::Uuid,
-) -> Result<Option<T>, sqlx::Error>
-where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-{
-    sqlx::query_as(sql)
+) -> Result<Option<T>, sqlx::Error> {
+    sqlx::query_as(T::SELECT_ONE)
         .bind(project_id)
         .bind(collection_id)
         .fetch_optional(executor)
         .await
 }
 
-/// Runs a page query of collections taking (project_id, after, limit).
-async fn list_rows<'e, T>(
+/// Up to `limit` listed collections of `project_id` with ids after `after`, by id (the legacy
+/// table lists only active ones).
+///
+/// # Errors
+/// A database error.
+pub async fn list<'e, T: CollectionRow>(
     executor: impl sqlx::PgExecutor<'e>,
-    sql: &'static str,
     project_id: uuid::Uuid,
     after: uuid::Uuid,
     limit: i64,
-) -> Result<Vec<T>, sqlx::Error>
-where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-{
-    sqlx::query_as(sql)
+) -> Result<Vec<T>, sqlx::Error> {
+    sqlx::query_as(T::SELECT_PAGE)
         .bind(project_id)
         .bind(after)
         .bind(limit)

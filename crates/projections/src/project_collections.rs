@@ -8,10 +8,10 @@ use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::projection::{ProjectionError, Projector};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{collection_id, db, decode, find_row, list_rows};
+use crate::{collection_id, db, decode, CollectionRow};
 
 const NAME: &str = "project_collections";
 
@@ -121,27 +121,7 @@ pub struct ProjectCollection {
     pub last_sequence: i64,
 }
 
-/// The row of collection `collection_id` in project `project_id`; none once deleted.
-///
-/// # Errors
-/// A database error.
-pub async fn find<'e>(
-    executor: impl PgExecutor<'e>,
-    project_id: Uuid,
-    collection_id: Uuid,
-) -> Result<Option<ProjectCollection>, sqlx::Error> {
-    find_row(executor, SELECT_ONE, project_id, collection_id).await
-}
-
-/// Up to `limit` collections of `project_id` with ids after `after`, by id.
-///
-/// # Errors
-/// A database error.
-pub async fn list<'e>(
-    executor: impl PgExecutor<'e>,
-    project_id: Uuid,
-    after: Uuid,
-    limit: i64,
-) -> Result<Vec<ProjectCollection>, sqlx::Error> {
-    list_rows(executor, SELECT_PAGE, project_id, after, limit).await
+impl CollectionRow for ProjectCollection {
+    const SELECT_ONE: &'static str = SELECT_ONE;
+    const SELECT_PAGE: &'static str = SELECT_PAGE;
 }

@@ -212,17 +212,16 @@ async fn foreign_append(
     tx
 }
 
-#[tokio::test]
-async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried() {
-    let app = TestApp::spawn().await;
+/// Sends an update to a fresh collection while a rival transaction holds sequence 2 open, and
+/// commits the rival once the update is waiting on it.
+async fn update_racing_a_rival(app: &TestApp) -> reqwest::Response {
     let project = Uuid::new_v4();
-    let created = create(&app, project, "Interviews").await;
+    let created = create(app, project, "Interviews").await;
     let id = created["collection"]["collection_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let rival = foreign_append(&app, &id, 2).await;
-
+    let rival = foreign_append(app, &id, 2).await;
     let request = app
         .put(&collection_path(project, &created))
         .json(&json!({"name": "mine"}))
@@ -230,8 +229,16 @@ async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried(
     let pending = tokio::spawn(request);
     tokio::time::sleep(Duration::from_millis(300)).await;
     rival.commit().await.unwrap();
-    let body = json_with_status(pending.await.unwrap().unwrap(), StatusCode::OK).await;
+    pending.await.unwrap().unwrap()
+}
 
+#[tokio::test]
+async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried() {
+    let app = TestApp::spawn().await;
+
+    let response = update_racing_a_rival(&app).await;
+
+    let body = json_with_status(response, StatusCode::OK).await;
     assert_eq!(
         body["version"], 3,
         "the command ran again on top of the rival's event"
@@ -243,23 +250,10 @@ async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried(
 #[tokio::test]
 async fn optimistic_concurrency_a_conflict_that_outlasts_the_retries_is_409_and_appends_nothing() {
     let app = TestApp::spawn_with(AppOptions { command_retries: 0 }).await;
-    let project = Uuid::new_v4();
-    let created = create(&app, project, "Interviews").await;
-    let id = created["collection"]["collection_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let rival = foreign_append(&app, &id, 2).await;
 
-    let request = app
-        .put(&collection_path(project, &created))
-        .json(&json!({"name": "mine"}))
-        .send();
-    let pending = tokio::spawn(request);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    rival.commit().await.unwrap();
+    let response = update_racing_a_rival(&app).await;
 
-    json_with_status(pending.await.unwrap().unwrap(), StatusCode::CONFLICT).await;
+    json_with_status(response, StatusCode::CONFLICT).await;
     assert_eq!(
         app.db.event_count().await,
         2,

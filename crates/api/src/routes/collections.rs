@@ -11,8 +11,9 @@ use cutover_core::domain::collection::{
 };
 use cutover_core::read_source::{self, Domain, ReadSource};
 use cutover_core::store::Committed;
-use cutover_projections::collections::{self as legacy, LegacyCollection};
-use cutover_projections::project_collections::{self as new, ProjectCollection};
+use cutover_projections::collections::LegacyCollection;
+use cutover_projections::project_collections::ProjectCollection;
+use cutover_projections::{find, list as list_page};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -187,12 +188,12 @@ async fn list(
     let pool = state.store.pool();
     let source = read_source::current(pool, Domain::Collections).await?;
     let items: Vec<CollectionView> = match source {
-        ReadSource::Legacy => legacy::list(pool, project_id, after, limit)
+        ReadSource::Legacy => list_page::<LegacyCollection>(pool, project_id, after, limit)
             .await?
             .into_iter()
             .map(CollectionView::Legacy)
             .collect(),
-        ReadSource::New => new::list(pool, project_id, after, limit)
+        ReadSource::New => list_page::<ProjectCollection>(pool, project_id, after, limit)
             .await?
             .into_iter()
             .map(CollectionView::New)
@@ -262,10 +263,10 @@ async fn read(
     let pool = state.store.pool();
     let source = read_source::current(pool, Domain::Collections).await?;
     let view = match source {
-        ReadSource::Legacy => legacy::find(pool, project_id, collection_id)
+        ReadSource::Legacy => find::<LegacyCollection>(pool, project_id, collection_id)
             .await?
             .map(CollectionView::Legacy),
-        ReadSource::New => new::find(pool, project_id, collection_id)
+        ReadSource::New => find::<ProjectCollection>(pool, project_id, collection_id)
             .await?
             .map(CollectionView::New),
     };
