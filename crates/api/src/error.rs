@@ -5,6 +5,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cutover_core::domain::batch::{BatchError, InvalidBatchInput};
 use cutover_core::domain::collection::{CollectionError, InvalidCollectionInput};
 use cutover_core::read_source::ReadSourceError;
 use cutover_core::store::CommandError;
@@ -187,6 +188,25 @@ impl From<CollectionError> for ApiError {
             CollectionError::AlreadyExists => Self::Conflict(detail),
             CollectionError::NotFound => Self::NotFound(detail),
             CollectionError::Deleted => Self::Gone(detail),
+        }
+    }
+}
+
+impl From<InvalidBatchInput> for ApiError {
+    fn from(e: InvalidBatchInput) -> Self {
+        Self::invalid(e.field(), e.to_string())
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        let detail = e.to_string();
+        match e {
+            BatchError::AlreadyStarted | BatchError::ConflictingPredictionCount { .. } => {
+                Self::Conflict(detail)
+            }
+            BatchError::NotFound => Self::NotFound(detail),
+            BatchError::UnknownPlayer(_) => Self::invalid("player_lookup", detail),
         }
     }
 }

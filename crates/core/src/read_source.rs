@@ -18,12 +18,14 @@ pub enum ReadSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Domain {
     Collections,
+    Batches,
 }
 
 impl Domain {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Collections => "collections",
+            Self::Batches => "batches",
         }
     }
 }

@@ -6,8 +6,9 @@
 //! them, commit. Either all of that commits or none of it does. cqrs-es's own
 //! `CqrsFramework` is not used because it updates views only after its commit.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -94,12 +95,66 @@ pub struct EventStore {
     pool: PgPool,
     projectors: Arc<[Arc<dyn Projector>]>,
     max_retries: u32,
+    cache: Arc<AggregateCache>,
 }
 
-const SELECT_STREAM: &str = "\
+/// Aggregates as of their last committed command in this process, so that a command on a long
+/// stream (a batch with thousands of completions) reads only the events it has not seen.
+///
+/// An entry is taken out while a command runs (under the aggregate's advisory lock, so no
+/// other command of this aggregate runs anywhere) and put back only after a commit; the
+/// events appended meanwhile by anyone else are read from the log on top of it. An entry is
+/// therefore always the exact state of some prefix of the stream.
+#[derive(Default)]
+struct AggregateCache {
+    entries: Mutex<HashMap<(&'static str, String), CachedAggregate>>,
+}
+
+struct CachedAggregate {
+    version: i64,
+    position: i64,
+    state: Box<dyn Any + Send>,
+}
+
+/// Most aggregates kept in the cache; past that an arbitrary one is dropped.
+const CACHE_CAPACITY: usize = 1_000;
+
+impl AggregateCache {
+    fn take<A: Aggregate + 'static>(&self, aggregate_id: &str) -> Option<(A, i64, i64)> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.remove(&(A::TYPE, aggregate_id.to_owned()))?;
+        let state = entry.state.downcast::<A>().ok()?;
+        Some((*state, entry.version, entry.position))
+    }
+
+    fn put<A: Aggregate + 'static>(
+        &self,
+        aggregate_id: &str,
+        state: A,
+        version: i64,
+        position: i64,
+    ) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CACHE_CAPACITY {
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(
+            (A::TYPE, aggregate_id.to_owned()),
+            CachedAggregate {
+                version,
+                position,
+                state: Box::new(state),
+            },
+        );
+    }
+}
+
+const SELECT_STREAM_AFTER: &str = "\
 SELECT sequence, position, payload
   FROM events
- WHERE aggregate_type = $1 AND aggregate_id = $2
+ WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence";
 
 const APPEND: &str = "\
@@ -122,6 +177,7 @@ impl EventStore {
             pool,
             projectors: projectors.into(),
             max_retries,
+            cache: Arc::default(),
         }
     }
 
@@ -149,7 +205,7 @@ impl EventStore {
         metadata: &Value,
     ) -> Result<Committed, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Aggregate + 'static,
         A::Command: Clone,
         A::Error: 'static,
     {
@@ -160,9 +216,12 @@ impl EventStore {
                 .bind(format!("{}/{}", A::TYPE, aggregate_id))
                 .execute(&mut *tx)
                 .await?;
-            let (mut aggregate, version, position) = load::<A>(&mut tx, aggregate_id).await?;
+            let cached = self.cache.take::<A>(aggregate_id);
+            let (mut aggregate, version, position) =
+                load::<A>(&mut tx, aggregate_id, cached).await?;
             if let Some(expected) = expected_version {
                 if expected != version {
+                    self.cache.put(aggregate_id, aggregate, version, position);
                     return Err(CommandError::VersionMismatch {
                         expected,
                         actual: version,
@@ -177,6 +236,7 @@ impl EventStore {
             let new_events = sink.collect().await;
             if new_events.is_empty() {
                 tx.rollback().await?;
+                self.cache.put(aggregate_id, aggregate, version, position);
                 return Ok(Committed {
                     version,
                     position,
@@ -197,12 +257,13 @@ impl EventStore {
                 };
             project_all(&self.projectors, &mut tx, &stored).await?;
             tx.commit().await?;
-            let last = stored
+            let (version, position) = stored
                 .last()
                 .map_or((version, position), |e| (e.sequence, e.position));
+            self.cache.put(aggregate_id, aggregate, version, position);
             return Ok(Committed {
-                version: last.0,
-                position: last.1,
+                version,
+                position,
                 events: stored,
             });
         }
@@ -210,23 +271,25 @@ impl EventStore {
     }
 }
 
-/// Rebuilds aggregate `A` from its stream: returns it with its version and last position
-/// (both 0 for a stream with no events).
+/// Brings aggregate `A` up to date from its stream, starting from `cached` (a state as of some
+/// version) or from nothing: returns it with its version and last position (both 0 for a
+/// stream with no events).
 async fn load<A>(
     conn: &mut PgConnection,
     aggregate_id: &str,
+    cached: Option<(A, i64, i64)>,
 ) -> Result<(A, i64, i64), CommandError<A::Error>>
 where
     A: Aggregate,
     A::Error: 'static,
 {
-    let rows = sqlx::query(SELECT_STREAM)
+    let (mut aggregate, mut version, mut position) = cached.unwrap_or_default();
+    let rows = sqlx::query(SELECT_STREAM_AFTER)
         .bind(A::TYPE)
         .bind(aggregate_id)
+        .bind(version)
         .fetch_all(conn)
         .await?;
-    let mut aggregate = A::default();
-    let (mut version, mut position) = (0_i64, 0_i64);
     for row in rows {
         version = row.try_get("sequence")?;
         position = row.try_get("position")?;

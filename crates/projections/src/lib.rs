@@ -9,6 +9,9 @@ use std::sync::Arc;
 use cutover_core::projection::{ProjectionError, Projector};
 use cutover_core::store::StoredEvent;
 
+pub mod batch_completions;
+pub mod batch_state;
+pub mod batches;
 pub mod collections;
 pub mod project_collections;
 
@@ -17,6 +20,8 @@ pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
     vec![
         Arc::new(collections::LegacyCollections),
         Arc::new(project_collections::ProjectCollections),
+        Arc::new(batch_state::LegacyBatchState),
+        Arc::new(batch_completions::BatchCompletions),
     ]
 }
 

@@ -2,8 +2,8 @@
 //! every answer is read back from the domain's read source after the commit.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::{post, put};
 use axum::Router;
 use cutover_core::domain::collection::{
@@ -19,7 +19,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{etag, IfMatch, Json, Path, Query};
+use crate::extract::{IfMatch, Json, Path, Query};
+use crate::routes::document;
 use crate::AppState;
 
 /// Default and largest page of `GET /projects/{project_id}/collections`.
@@ -73,19 +74,6 @@ struct PageQuery {
 enum CollectionView {
     Legacy(LegacyCollection),
     New(ProjectCollection),
-}
-
-/// The answer of every collection route that names one collection.
-#[derive(Debug, Serialize)]
-struct CollectionDocument {
-    read_source: ReadSource,
-    /// The collection's version: the sequence of its last event.
-    version: i64,
-    /// The event-log position the command reached (commands only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    position: Option<i64>,
-    /// `null` when the read source no longer holds the collection (deleted, new shape).
-    collection: Option<CollectionView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,7 +158,7 @@ async fn fetch(
         CollectionView::Legacy(row) => row.last_sequence,
         CollectionView::New(row) => row.last_sequence,
     };
-    Ok(document(source, version, None, Some(view)))
+    Ok(document(source, version, None, "collection", Some(view)))
 }
 
 async fn list(
@@ -251,6 +239,7 @@ async fn respond(
         source,
         committed.version,
         Some(committed.position),
+        "collection",
         view,
     ))
 }
@@ -271,23 +260,4 @@ async fn read(
             .map(CollectionView::New),
     };
     Ok((source, view))
-}
-
-fn document(
-    read_source: ReadSource,
-    version: i64,
-    position: Option<i64>,
-    collection: Option<CollectionView>,
-) -> Response {
-    let mut headers = HeaderMap::new();
-    if let Ok(tag) = HeaderValue::from_str(&etag(version)) {
-        headers.insert(header::ETAG, tag);
-    }
-    let body = CollectionDocument {
-        read_source,
-        version,
-        position,
-        collection,
-    };
-    (headers, axum::Json(body)).into_response()
 }
