@@ -2,15 +2,13 @@
 //! `batch_counters` row per batch, kept in step by one statement per run of completions.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate as _;
 use cutover_core::domain::batch::PredictionBatch;
 use cutover_core::projection::{ProjectionError, Projector};
 use cutover_core::store::StoredEvent;
-use serde::Serialize;
 use sqlx::PgConnection;
 
-use crate::batches::{apply_steps, BatchRow, BatchStatements};
+use crate::batches::{apply_steps, BatchRow, BatchStatements, BatchSummary};
 
 const NAME: &str = "batch_completions";
 
@@ -52,6 +50,11 @@ SELECT batch_id, expected_count, completed_count, total_predictions, is_complete
   FROM batch_counters
  WHERE batch_id = $1";
 
+const SELECT_COMPLETION: &str = "\
+SELECT player_lookup, predictions_count, completed_at
+  FROM batch_completions
+ WHERE batch_id = $1 AND player_lookup = $2";
+
 const SELECT_COMPLETIONS: &str = "\
 SELECT player_lookup, predictions_count, completed_at
   FROM batch_completions
@@ -81,20 +84,10 @@ impl Projector for BatchCompletions {
     }
 }
 
-/// A row of the new `batch_counters` table.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct BatchCounters {
-    pub batch_id: String,
-    pub expected_count: i32,
-    pub completed_count: i32,
-    pub total_predictions: i64,
-    pub is_complete: bool,
-    pub last_updated: DateTime<Utc>,
-    #[serde(skip)]
-    pub last_sequence: i64,
-}
-
-impl BatchRow for BatchCounters {
+/// The new model's batch row is its summary: `batch_counters` holds exactly those fields.
+impl BatchRow for BatchSummary {
     const SELECT_ONE: &'static str = SELECT_ONE;
+    const SELECT_SUMMARY: &'static str = SELECT_ONE;
+    const SELECT_COMPLETION: &'static str = SELECT_COMPLETION;
     const SELECT_COMPLETIONS: &'static str = SELECT_COMPLETIONS;
 }

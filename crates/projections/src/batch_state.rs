@@ -47,6 +47,19 @@ SELECT batch_id, expected_players, completed_players, predictions_by_player, tot
   FROM batch_state
  WHERE batch_id = $1";
 
+const SELECT_SUMMARY: &str = "\
+SELECT batch_id, cardinality(expected_players) AS expected_count,
+       cardinality(completed_players) AS completed_count, total_predictions, is_complete,
+       updated_at AS last_updated, last_sequence
+  FROM batch_state
+ WHERE batch_id = $1";
+
+const SELECT_COMPLETION: &str = "\
+SELECT $2::text AS player_lookup, (predictions_by_player ->> $2)::int AS predictions_count,
+       NULL::timestamptz AS completed_at
+  FROM batch_state
+ WHERE batch_id = $1 AND predictions_by_player ? $2";
+
 const SELECT_COMPLETIONS: &str = "\
 SELECT p AS player_lookup, (b.predictions_by_player ->> p)::int AS predictions_count,
        NULL::timestamptz AS completed_at
@@ -93,5 +106,7 @@ pub struct BatchState {
 
 impl BatchRow for BatchState {
     const SELECT_ONE: &'static str = SELECT_ONE;
+    const SELECT_SUMMARY: &'static str = SELECT_SUMMARY;
+    const SELECT_COMPLETION: &'static str = SELECT_COMPLETION;
     const SELECT_COMPLETIONS: &'static str = SELECT_COMPLETIONS;
 }

@@ -141,10 +141,29 @@ pub struct CompletionRow {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+/// A batch's counters, as command answers carry them (whichever the read source: the legacy
+/// row's arrays are counted, not sent).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct BatchSummary {
+    pub batch_id: String,
+    pub expected_count: i32,
+    pub completed_count: i32,
+    pub total_predictions: i64,
+    pub is_complete: bool,
+    pub last_updated: DateTime<Utc>,
+    /// The batch's event sequence the row reflects: its version.
+    #[serde(skip)]
+    pub last_sequence: i64,
+}
+
 /// A read-model row of one batch, with the queries that read it and its completions.
 pub trait BatchRow: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
     /// One batch, by `$1` batch id.
     const SELECT_ONE: &'static str;
+    /// The [`BatchSummary`] of batch `$1`.
+    const SELECT_SUMMARY: &'static str;
+    /// The completion of player `$2` in batch `$1`, as a [`CompletionRow`].
+    const SELECT_COMPLETION: &'static str;
     /// Up to `$3` completions of batch `$1` with player lookups after `$2`, by lookup.
     const SELECT_COMPLETIONS: &'static str;
 }
@@ -159,6 +178,36 @@ pub async fn find<'e, T: BatchRow>(
 ) -> Result<Option<T>, sqlx::Error> {
     sqlx::query_as(T::SELECT_ONE)
         .bind(batch_id)
+        .fetch_optional(executor)
+        .await
+}
+
+/// The summary of batch `batch_id` in `T`'s read model.
+///
+/// # Errors
+/// A database error.
+pub async fn summary<'e, T: BatchRow>(
+    executor: impl sqlx::PgExecutor<'e>,
+    batch_id: &str,
+) -> Result<Option<BatchSummary>, sqlx::Error> {
+    sqlx::query_as(T::SELECT_SUMMARY)
+        .bind(batch_id)
+        .fetch_optional(executor)
+        .await
+}
+
+/// The completion of `player` in batch `batch_id` in `T`'s read model.
+///
+/// # Errors
+/// A database error.
+pub async fn completion<'e, T: BatchRow>(
+    executor: impl sqlx::PgExecutor<'e>,
+    batch_id: &str,
+    player: &str,
+) -> Result<Option<CompletionRow>, sqlx::Error> {
+    sqlx::query_as(T::SELECT_COMPLETION)
+        .bind(batch_id)
+        .bind(player)
         .fetch_optional(executor)
         .await
 }

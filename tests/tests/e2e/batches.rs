@@ -62,12 +62,20 @@ async fn starting_a_batch_answers_201_with_the_legacy_document_read_back() {
     let body = json_with_status(response, StatusCode::CREATED).await;
     assert_eq!(body["version"], 1);
     assert_eq!(body["read_source"], "legacy");
-    let batch = &body["batch"];
+    let summary = &body["batch"];
+    assert_eq!(summary["expected_count"], 2);
+    assert_eq!(summary["completed_count"], 0);
+    assert_eq!(summary["total_predictions"], 0);
+    assert_eq!(summary["is_complete"], false);
+    let document = json_with_status(
+        app.get("/batches/wk-12:a").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let batch = &document["batch"];
     assert_eq!(batch["expected_players"], json!(["ann", "bob"]));
     assert_eq!(batch["completed_players"], json!([]));
     assert_eq!(batch["predictions_by_player"], json!({}));
-    assert_eq!(batch["total_predictions"], 0);
-    assert_eq!(batch["is_complete"], false);
 }
 
 #[tokio::test]
@@ -81,9 +89,14 @@ async fn a_completion_is_201_and_its_redelivery_is_200_and_counts_once() {
     assert_eq!(first["version"], 2);
     assert_eq!(again["version"], 2);
     assert_eq!(again["position"], first["position"]);
-    assert_eq!(first["batch"]["completed_players"], json!(["ann"]));
-    assert_eq!(first["batch"]["predictions_by_player"], json!({"ann": 7}));
+    assert_eq!(first["batch"]["completed_count"], 1);
+    assert_eq!(first["batch"]["total_predictions"], 7);
+    assert_eq!(
+        first["completion"],
+        json!({"player_lookup": "ann", "predictions_count": 7})
+    );
     assert_eq!(again["batch"], first["batch"]);
+    assert_eq!(again["completion"], first["completion"]);
     assert_eq!(count_events(&app, "PlayerCompleted").await, 1);
     assert_eq!(both_shapes(&app, "b1").await, (1, 1, 1, 7, 7));
 }
@@ -160,8 +173,11 @@ async fn a_bulk_records_every_completion_in_one_command_and_completes_the_batch(
     let body = json_with_status(response, StatusCode::CREATED).await;
     assert_eq!(body["version"], 5, "bob, cy, then the batch completed");
     assert_eq!(body["batch"]["is_complete"], true);
+    assert_eq!(body["batch"]["completed_count"], 3);
+    let document =
+        json_with_status(app.get("/batches/b1").send().await.unwrap(), StatusCode::OK).await;
     assert_eq!(
-        body["batch"]["completed_players"],
+        document["batch"]["completed_players"],
         json!(["ann", "bob", "cy"])
     );
     assert_eq!(both_shapes(&app, "b1").await, (3, 3, 3, 6, 6));

@@ -12,9 +12,10 @@ use cutover_core::domain::batch::{
 };
 use cutover_core::read_source::{self, Domain, ReadSource};
 use cutover_core::store::Committed;
-use cutover_projections::batch_completions::BatchCounters;
 use cutover_projections::batch_state::BatchState;
-use cutover_projections::batches::{completions, find, CompletionRow};
+use cutover_projections::batches::{
+    completion, completions, find, summary, BatchRow, BatchSummary, CompletionRow,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -70,7 +71,7 @@ struct PageQuery {
 #[serde(untagged)]
 enum BatchView {
     Legacy(BatchState),
-    New(BatchCounters),
+    New(BatchSummary),
 }
 
 #[derive(Debug, Serialize)]
@@ -91,7 +92,7 @@ async fn start(
         expected_players: ExpectedPlayers::parse(&body.expected_players)?,
     };
     let committed = execute(&state, &batch_id, command, expected).await?;
-    let mut response = respond(&state, &batch_id, &committed).await?;
+    let mut response = respond(&state, &batch_id, &committed, None).await?;
     *response.status_mut() = StatusCode::CREATED;
     if let Ok(location) = HeaderValue::from_str(&format!("/batches/{}", batch_id.as_str())) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -109,7 +110,11 @@ async fn record(
     let completion = Completion::parse(&body.player_lookup, body.predictions_count)?;
     let command = BatchCommand::RecordCompletion(completion);
     let committed = execute(&state, &batch_id, command, expected).await?;
-    created_or_ok(respond(&state, &batch_id, &committed).await?, &committed)
+    let player = Some(body.player_lookup.as_str());
+    created_or_ok(
+        respond(&state, &batch_id, &committed, player).await?,
+        &committed,
+    )
 }
 
 async fn record_bulk(
@@ -135,7 +140,10 @@ async fn record_bulk(
         .collect::<Result<Vec<_>, _>>()?;
     let command = BatchCommand::RecordCompletions(completions);
     let committed = execute(&state, &batch_id, command, expected).await?;
-    created_or_ok(respond(&state, &batch_id, &committed).await?, &committed)
+    created_or_ok(
+        respond(&state, &batch_id, &committed, None).await?,
+        &committed,
+    )
 }
 
 async fn fetch(
@@ -149,7 +157,7 @@ async fn fetch(
         BatchView::Legacy(row) => row.last_sequence,
         BatchView::New(row) => row.last_sequence,
     };
-    Ok(document(source, version, None, "batch", Some(view)))
+    Ok(document(source, version, None, &[("batch", json!(view))]))
 }
 
 async fn list_completions(
@@ -173,7 +181,7 @@ async fn list_completions(
     let id = batch_id.as_str();
     let items = match source {
         ReadSource::Legacy => completions::<BatchState>(pool, id, &after, limit).await?,
-        ReadSource::New => completions::<BatchCounters>(pool, id, &after, limit).await?,
+        ReadSource::New => completions::<BatchSummary>(pool, id, &after, limit).await?,
     };
     let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
     let next = items
@@ -223,19 +231,46 @@ async fn execute(
         .await?)
 }
 
+/// Write-then-read: the batch's summary (and the player's completion, for a single one) read
+/// back from the read source after the commit.
 async fn respond(
     state: &AppState,
     batch_id: &BatchId,
     committed: &Committed,
+    player: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let (source, view) = read(state, batch_id).await?;
+    let pool = state.store.pool();
+    let source = read_source::current(pool, Domain::Batches).await?;
+    let mut rows = match source {
+        ReadSource::Legacy => read_back::<BatchState>(state, batch_id, player).await?,
+        ReadSource::New => read_back::<BatchSummary>(state, batch_id, player).await?,
+    };
+    if player.is_none() {
+        rows.truncate(1);
+    }
     Ok(document(
         source,
         committed.version,
         Some(committed.position),
-        "batch",
-        view,
+        &rows,
     ))
+}
+
+async fn read_back<T: BatchRow>(
+    state: &AppState,
+    batch_id: &BatchId,
+    player: Option<&str>,
+) -> Result<Vec<(&'static str, serde_json::Value)>, ApiError> {
+    let pool = state.store.pool();
+    let batch = summary::<T>(pool, batch_id.as_str()).await?;
+    let completion = match player {
+        Some(player) => completion::<T>(pool, batch_id.as_str(), player).await?,
+        None => None,
+    };
+    Ok(vec![
+        ("batch", json!(batch)),
+        ("completion", json!(completion)),
+    ])
 }
 
 async fn read(
@@ -248,7 +283,7 @@ async fn read(
         ReadSource::Legacy => find::<BatchState>(pool, batch_id.as_str())
             .await?
             .map(BatchView::Legacy),
-        ReadSource::New => find::<BatchCounters>(pool, batch_id.as_str())
+        ReadSource::New => find::<BatchSummary>(pool, batch_id.as_str())
             .await?
             .map(BatchView::New),
     };

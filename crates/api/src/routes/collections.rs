@@ -158,7 +158,12 @@ async fn fetch(
         CollectionView::Legacy(row) => row.last_sequence,
         CollectionView::New(row) => row.last_sequence,
     };
-    Ok(document(source, version, None, "collection", Some(view)))
+    Ok(document(
+        source,
+        version,
+        None,
+        &[("collection", json!(view))],
+    ))
 }
 
 async fn list(
@@ -239,8 +244,7 @@ async fn respond(
         source,
         committed.version,
         Some(committed.position),
-        "collection",
-        view,
+        &[("collection", json!(view))],
     ))
 }
 

@@ -8,18 +8,16 @@ pub mod health;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use cutover_core::read_source::ReadSource;
-use serde::Serialize;
 
 /// The answer of every route that names one aggregate:
-/// `{"read_source", "version", "position"?, <key>: <the read-model row or null>}`, with the
+/// `{"read_source", "version", "position"?, <key>: <read-model row or null>, ...}`, with the
 /// version as `ETag`. `position` (commands only) is the event-log position the command reached;
-/// the row is `null` when the read source no longer holds the aggregate.
+/// a row is `null` when the read source does not hold it (any more).
 pub fn document(
     read_source: ReadSource,
     version: i64,
     position: Option<i64>,
-    key: &'static str,
-    row: Option<impl Serialize>,
+    rows: &[(&'static str, serde_json::Value)],
 ) -> Response {
     let mut body = serde_json::Map::new();
     body.insert("read_source".into(), serde_json::json!(read_source));
@@ -27,7 +25,9 @@ pub fn document(
     if let Some(position) = position {
         body.insert("position".into(), position.into());
     }
-    body.insert(key.into(), serde_json::json!(row));
+    for (key, row) in rows {
+        body.insert((*key).into(), row.clone());
+    }
     let mut response = axum::Json(body).into_response();
     if let Ok(tag) = HeaderValue::from_str(&crate::extract::etag(version)) {
         response.headers_mut().insert(header::ETAG, tag);
