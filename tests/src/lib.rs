@@ -166,6 +166,8 @@ pub struct TestApp {
     pub db: TestDb,
     pub address: SocketAddr,
     pub client: reqwest::Client,
+    /// Set to true to shut the server's live streams down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Options of [`TestApp::spawn_with`].
@@ -195,8 +197,10 @@ impl TestApp {
             .await
             .expect("a loopback port");
         let address = listener.local_addr().expect("the bound address");
+        let (shutdown, stopping) = tokio::sync::watch::channel(false);
+        let state = AppState::new(store, stopping);
         tokio::spawn(async move {
-            axum::serve(listener, app(AppState { store }))
+            axum::serve(listener, app(state))
                 .await
                 .expect("serving the test app");
         });
@@ -204,6 +208,7 @@ impl TestApp {
             db,
             address,
             client: reqwest::Client::new(),
+            shutdown,
         }
     }
 

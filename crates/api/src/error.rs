@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cutover_core::domain::batch::{BatchError, InvalidBatchInput};
 use cutover_core::domain::collection::{CollectionError, InvalidCollectionInput};
+use cutover_core::domain::competency::{CompetencyError, InvalidCompetencyInput};
 use cutover_core::read_source::ReadSourceError;
 use cutover_core::store::CommandError;
 use serde::Serialize;
@@ -208,6 +209,18 @@ impl From<BatchError> for ApiError {
             BatchError::NotFound => Self::NotFound(detail),
             BatchError::UnknownPlayer(_) => Self::invalid("player_lookup", detail),
         }
+    }
+}
+
+impl From<InvalidCompetencyInput> for ApiError {
+    fn from(e: InvalidCompetencyInput) -> Self {
+        Self::invalid(e.field(), e.to_string())
+    }
+}
+
+impl From<CompetencyError> for ApiError {
+    fn from(e: CompetencyError) -> Self {
+        Self::Conflict(e.to_string())
     }
 }
 

@@ -9,14 +9,27 @@ use tower_http::trace::TraceLayer;
 pub mod config;
 pub mod error;
 mod extract;
+mod feed;
 mod routes;
 
 use error::ApiError;
+use feed::FeedSignals;
+use tokio::sync::watch;
 
 /// What every handler shares; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub store: EventStore,
+    pub feed: FeedSignals,
+}
+
+impl AppState {
+    /// The state of a server on `store`; starts listening for appended events. Live event
+    /// streams end when `shutdown` turns true.
+    pub fn new(store: EventStore, shutdown: watch::Receiver<bool>) -> Self {
+        let feed = FeedSignals::start(store.pool().clone(), shutdown);
+        Self { store, feed }
+    }
 }
 
 /// The whole API.
@@ -25,6 +38,8 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::health::router())
         .merge(routes::collections::router())
         .merge(routes::batches::router())
+        .merge(routes::competencies::router())
+        .merge(routes::events::router())
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))

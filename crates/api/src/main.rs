@@ -28,8 +28,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(address = %config.bind, "listening");
-    let served = axum::serve(listener, app(AppState { store }))
-        .with_graceful_shutdown(shutdown_signal())
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let served = axum::serve(listener, app(AppState::new(store, stopping)))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Live event streams end, so that open connections do not hold the shutdown.
+            stop.send_replace(true);
+        })
         .await
         .context("serving HTTP");
     database.close().await.context("closing the database")?;

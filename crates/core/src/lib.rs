@@ -7,6 +7,7 @@
 pub mod database;
 pub mod domain;
 pub mod local_postgres;
+pub mod log;
 pub mod projection;
 pub mod read_source;
 pub mod store;

@@ -19,6 +19,7 @@ pub enum ReadSource {
 pub enum Domain {
     Collections,
     Batches,
+    Competencies,
 }
 
 impl Domain {
@@ -26,6 +27,7 @@ impl Domain {
         match self {
             Self::Collections => "collections",
             Self::Batches => "batches",
+            Self::Competencies => "competencies",
         }
     }
 }

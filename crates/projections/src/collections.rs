@@ -1,17 +1,14 @@
 //! Legacy read model of collections: table `collections`, one row per collection, soft delete
 //! (`is_active = false`). The shape the old system had.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate as _;
 use cutover_core::domain::collection::{Collection, CollectionEvent};
-use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::projection::ProjectionError;
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{collection_id, db, decode, CollectionRow};
+use crate::{collection_id, CollectionRow, EventProjector, Statement};
 
 const NAME: &str = "collections";
 
@@ -51,53 +48,42 @@ SELECT collection_id, project_id, collection_name, description, is_active, creat
 /// Projector of the legacy `collections` table.
 pub struct LegacyCollections;
 
-#[async_trait]
-impl Projector for LegacyCollections {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl EventProjector for LegacyCollections {
+    const NAME: &'static str = NAME;
+    type Aggregate = Collection;
 
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &[Collection::TYPE]
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        for event in events {
-            let id = collection_id(NAME, event)?;
-            let query = match decode::<CollectionEvent>(NAME, event)? {
-                CollectionEvent::CollectionCreated {
-                    project_id,
-                    name,
-                    description,
-                } => sqlx::query(INSERT)
-                    .bind(id)
-                    .bind(project_id)
-                    .bind(name)
-                    .bind(description)
-                    .bind(event.recorded_at)
-                    .bind(event.sequence),
-                CollectionEvent::CollectionUpdated { name, description } => sqlx::query(UPDATE)
-                    .bind(id)
-                    .bind(name)
-                    .bind(description)
-                    .bind(event.recorded_at)
-                    .bind(event.sequence),
-                CollectionEvent::CollectionResearchLinksSet { .. } => sqlx::query(TOUCH)
-                    .bind(id)
-                    .bind(event.recorded_at)
-                    .bind(event.sequence),
-                CollectionEvent::CollectionDeleted {} => sqlx::query(SOFT_DELETE)
-                    .bind(id)
-                    .bind(event.recorded_at)
-                    .bind(event.sequence),
-            };
-            query.execute(&mut *conn).await.map_err(db(NAME))?;
-        }
-        Ok(())
+    fn statement(
+        event: &StoredEvent,
+        decoded: CollectionEvent,
+    ) -> Result<Statement, ProjectionError> {
+        let id = collection_id(NAME, event)?;
+        Ok(match decoded {
+            CollectionEvent::CollectionCreated {
+                project_id,
+                name,
+                description,
+            } => sqlx::query(INSERT)
+                .bind(id)
+                .bind(project_id)
+                .bind(name)
+                .bind(description)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionUpdated { name, description } => sqlx::query(UPDATE)
+                .bind(id)
+                .bind(name)
+                .bind(description)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionResearchLinksSet { .. } => sqlx::query(TOUCH)
+                .bind(id)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionDeleted {} => sqlx::query(SOFT_DELETE)
+                .bind(id)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+        })
     }
 }
 

@@ -6,23 +6,81 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use cqrs_es::Aggregate;
 use cutover_core::projection::{ProjectionError, Projector};
 use cutover_core::store::StoredEvent;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 
 pub mod batch_completions;
 pub mod batch_state;
 pub mod batches;
 pub mod collections;
+pub mod legacy_competencies;
 pub mod project_collections;
+pub mod student_competencies;
 
 /// Every inline projector, in the order they run inside a command's transaction.
 pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
     vec![
-        Arc::new(collections::LegacyCollections),
-        Arc::new(project_collections::ProjectCollections),
+        Arc::new(PerEvent(collections::LegacyCollections)),
+        Arc::new(PerEvent(project_collections::ProjectCollections)),
         Arc::new(batch_state::LegacyBatchState),
         Arc::new(batch_completions::BatchCompletions),
+        Arc::new(PerEvent(legacy_competencies::LegacyCompetencies)),
+        Arc::new(PerEvent(student_competencies::StudentCompetencies)),
     ]
+}
+
+/// One SQL statement with its parameters bound.
+type Statement = Query<'static, Postgres, PgArguments>;
+
+/// A projector that writes each event with one statement.
+trait EventProjector: Send + Sync + 'static {
+    /// The projection's name.
+    const NAME: &'static str;
+    /// The aggregate whose events it reads.
+    type Aggregate: Aggregate;
+
+    /// The statement that applies `event`, already decoded.
+    ///
+    /// # Errors
+    /// The event does not fit the projection (a malformed aggregate id).
+    fn statement(
+        event: &StoredEvent,
+        decoded: <Self::Aggregate as Aggregate>::Event,
+    ) -> Result<Statement, ProjectionError>;
+}
+
+/// Runs an [`EventProjector`] as a [`Projector`].
+struct PerEvent<P>(P);
+
+#[async_trait]
+impl<P: EventProjector> Projector for PerEvent<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[<P::Aggregate as Aggregate>::TYPE]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            let decoded = decode(P::NAME, event)?;
+            P::statement(event, decoded)?
+                .execute(&mut *conn)
+                .await
+                .map_err(db(P::NAME))?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the uuid of a collection event's aggregate.

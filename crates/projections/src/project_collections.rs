@@ -1,17 +1,14 @@
 //! New read model of collections: table `project_collections`, the project/collection junction
 //! with the research links; a deleted collection's row is removed.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate as _;
 use cutover_core::domain::collection::{Collection, CollectionEvent};
-use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::projection::ProjectionError;
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{collection_id, db, decode, CollectionRow};
+use crate::{collection_id, CollectionRow, EventProjector, Statement};
 
 const NAME: &str = "project_collections";
 
@@ -52,57 +49,44 @@ SELECT project_id, collection_id, research_context, tags, linked_project_questio
 /// Projector of the new `project_collections` table.
 pub struct ProjectCollections;
 
-#[async_trait]
-impl Projector for ProjectCollections {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl EventProjector for ProjectCollections {
+    const NAME: &'static str = NAME;
+    type Aggregate = Collection;
 
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &[Collection::TYPE]
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        for event in events {
-            let id = collection_id(NAME, event)?;
-            let query = match decode::<CollectionEvent>(NAME, event)? {
-                CollectionEvent::CollectionCreated {
-                    project_id,
-                    description,
-                    ..
-                } => sqlx::query(INSERT)
-                    .bind(project_id)
-                    .bind(id)
-                    .bind(description)
-                    .bind(event.recorded_at)
-                    .bind(event.sequence),
-                CollectionEvent::CollectionUpdated { description, .. } => {
-                    sqlx::query(UPDATE_CONTEXT)
-                        .bind(id)
-                        .bind(description)
-                        .bind(event.recorded_at)
-                        .bind(event.sequence)
-                }
-                CollectionEvent::CollectionResearchLinksSet {
-                    tags,
-                    question_ids,
-                    hypothesis_ids,
-                } => sqlx::query(UPDATE_LINKS)
-                    .bind(id)
-                    .bind(tags)
-                    .bind(question_ids)
-                    .bind(hypothesis_ids)
-                    .bind(event.recorded_at)
-                    .bind(event.sequence),
-                CollectionEvent::CollectionDeleted {} => sqlx::query(DELETE).bind(id),
-            };
-            query.execute(&mut *conn).await.map_err(db(NAME))?;
-        }
-        Ok(())
+    fn statement(
+        event: &StoredEvent,
+        decoded: CollectionEvent,
+    ) -> Result<Statement, ProjectionError> {
+        let id = collection_id(NAME, event)?;
+        Ok(match decoded {
+            CollectionEvent::CollectionCreated {
+                project_id,
+                description,
+                ..
+            } => sqlx::query(INSERT)
+                .bind(project_id)
+                .bind(id)
+                .bind(description)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionUpdated { description, .. } => sqlx::query(UPDATE_CONTEXT)
+                .bind(id)
+                .bind(description)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionResearchLinksSet {
+                tags,
+                question_ids,
+                hypothesis_ids,
+            } => sqlx::query(UPDATE_LINKS)
+                .bind(id)
+                .bind(tags)
+                .bind(question_ids)
+                .bind(hypothesis_ids)
+                .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionDeleted {} => sqlx::query(DELETE).bind(id),
+        })
     }
 }
 

@@ -102,7 +102,7 @@ async fn a_completion_is_201_and_its_redelivery_is_200_and_counts_once() {
 }
 
 #[tokio::test]
-async fn a_redelivered_completion_sent_twice_at_once_counts_once() {
+async fn idempotency_a_redelivered_completion_sent_twice_at_once_counts_once() {
     let app = TestApp::spawn().await;
     start(&app, "b1", &["ann", "bob"]).await;
 
@@ -190,7 +190,7 @@ async fn a_bulk_records_every_completion_in_one_command_and_completes_the_batch(
 }
 
 #[tokio::test]
-async fn a_bulk_with_one_bad_item_changes_nothing() {
+async fn bad_input_a_bulk_with_one_bad_item_changes_nothing() {
     let app = TestApp::spawn().await;
     start(&app, "b1", &["ann", "bob"]).await;
     json_with_status(complete(&app, "b1", "ann", 1).await, StatusCode::CREATED).await;

@@ -262,7 +262,7 @@ async fn refused(app: &TestApp, request: reqwest::RequestBuilder, status: Status
 }
 
 #[tokio::test]
-async fn malformed_input_is_400_and_appends_nothing() {
+async fn bad_input_malformed_requests_are_400_and_append_nothing() {
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
     let created = create(&app, project, "Interviews").await;
@@ -314,7 +314,7 @@ async fn malformed_input_is_400_and_appends_nothing() {
 }
 
 #[tokio::test]
-async fn broken_rules_are_422_naming_the_field_and_append_nothing() {
+async fn bad_input_broken_rules_are_422_naming_the_field_and_append_nothing() {
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
     let created = create(&app, project, "Interviews").await;

@@ -5,6 +5,8 @@
 
 mod batches;
 mod collections;
+mod competencies;
 mod event_log;
+mod feed;
 mod guarantees;
 mod health;

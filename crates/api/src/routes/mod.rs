@@ -3,6 +3,8 @@
 
 pub mod batches;
 pub mod collections;
+pub mod competencies;
+pub mod events;
 pub mod health;
 
 use axum::http::{header, HeaderValue};

@@ -3,3 +3,4 @@
 
 pub mod batch;
 pub mod collection;
+pub mod competency;

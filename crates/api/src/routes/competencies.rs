@@ -1,0 +1,274 @@
+//! Competencies: record attempts and reviews of a student's subskill; read competencies from
+//! the domain's read source; the skill analytics (new shape only) for dashboards.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use cutover_core::domain::competency::{
+    Attempt, CompetencyCommand, FullReview, Review, StudentSubskill, SubskillKey,
+};
+use cutover_core::read_source::{self, Domain, ReadSource};
+use cutover_core::store::Committed;
+use cutover_projections::legacy_competencies::{self as legacy, Collection};
+use cutover_projections::student_competencies as typed;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{IfMatch, Json, Path, Query};
+use crate::routes::document;
+use crate::AppState;
+
+/// Default and largest page of the list routes.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/students/{student_id}/attempts", post(record_attempt))
+        .route("/students/{student_id}/reviews", post(record_review))
+        .route("/students/{student_id}/competencies", get(list))
+        .route(
+            "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
+            get(fetch),
+        )
+        .route("/analytics/skills", get(analytics))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttemptBody {
+    subject: String,
+    skill_id: String,
+    subskill_id: String,
+    score: f64,
+    #[serde(default)]
+    analysis: String,
+    #[serde(default)]
+    feedback: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    subject: String,
+    skill_id: String,
+    subskill_id: String,
+    problem_id: String,
+    full_review: FullReview,
+    score: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnalyticsQuery {
+    subject: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Page<T> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_source: Option<ReadSource>,
+    items: Vec<T>,
+}
+
+async fn record_attempt(
+    State(state): State<AppState>,
+    Path(student_id): Path<i64>,
+    IfMatch(expected): IfMatch,
+    Json(body): Json<AttemptBody>,
+) -> Result<Response, ApiError> {
+    let key = SubskillKey::parse(student_id, &body.subject, &body.skill_id, &body.subskill_id)?;
+    let attempt_id = Uuid::now_v7();
+    let attempt = Attempt::parse(attempt_id, body.score, &body.analysis, &body.feedback)?;
+    let command = CompetencyCommand::RecordAttempt {
+        key: key.clone(),
+        attempt,
+    };
+    let committed = execute(&state, &key, command, expected, "RecordAttempt").await?;
+    let pool = state.store.pool();
+    let source = read_source::current(pool, Domain::Competencies).await?;
+    let (attempt, competency) = match source {
+        ReadSource::Legacy => (
+            json!(legacy::find(pool, Collection::Attempts, &attempt_id.to_string()).await?),
+            json!(legacy::find(pool, Collection::Competencies, &key.competency_id()).await?),
+        ),
+        ReadSource::New => (
+            json!(typed::attempt(pool, attempt_id).await?),
+            json!(typed::competency(pool, &key).await?),
+        ),
+    };
+    let rows = [("attempt", attempt), ("competency", competency)];
+    Ok(created(source, &committed, &rows, &key))
+}
+
+async fn record_review(
+    State(state): State<AppState>,
+    Path(student_id): Path<i64>,
+    IfMatch(expected): IfMatch,
+    Json(body): Json<ReviewBody>,
+) -> Result<Response, ApiError> {
+    let key = SubskillKey::parse(student_id, &body.subject, &body.skill_id, &body.subskill_id)?;
+    let review_id = Uuid::now_v7();
+    let review = Review::parse(review_id, &body.problem_id, body.full_review, body.score)?;
+    let command = CompetencyCommand::RecordReview {
+        key: key.clone(),
+        review,
+    };
+    let committed = execute(&state, &key, command, expected, "RecordReview").await?;
+    let pool = state.store.pool();
+    let source = read_source::current(pool, Domain::Competencies).await?;
+    let review = match source {
+        ReadSource::Legacy => {
+            json!(legacy::find(pool, Collection::Reviews, &review_id.to_string()).await?)
+        }
+        ReadSource::New => json!(typed::review(pool, review_id).await?),
+    };
+    Ok(created(source, &committed, &[("review", review)], &key))
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    Path((student_id, subject, skill_id, subskill_id)): Path<(i64, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let key = SubskillKey::parse(student_id, &subject, &skill_id, &subskill_id)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let pool = state.store.pool();
+    let source = read_source::current(pool, Domain::Competencies).await?;
+    let (version, row) = match source {
+        ReadSource::Legacy => legacy::find(pool, Collection::Competencies, &key.competency_id())
+            .await?
+            .map(|doc| (doc.last_sequence, json!(doc))),
+        ReadSource::New => typed::competency(pool, &key)
+            .await?
+            .map(|row| (row.last_sequence, json!(row))),
+    }
+    .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
+    Ok(document(source, version, None, &[("competency", row)]))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(student_id): Path<i64>,
+    Query(page): Query<PageQuery>,
+) -> Result<axum::Json<Page<Value>>, ApiError> {
+    if student_id < 1 {
+        return Err(ApiError::BadRequest(
+            "student_id must be a positive integer".to_owned(),
+        ));
+    }
+    let (limit, offset) = bounds(page.limit, page.offset)?;
+    let pool = state.store.pool();
+    let source = read_source::current(pool, Domain::Competencies).await?;
+    let items: Vec<Value> = match source {
+        ReadSource::Legacy => legacy::student_competencies(pool, student_id, limit, offset)
+            .await?
+            .into_iter()
+            .map(|doc| json!(doc))
+            .collect(),
+        ReadSource::New => typed::student_competencies(pool, student_id, limit, offset)
+            .await?
+            .into_iter()
+            .map(|row| json!(row))
+            .collect(),
+    };
+    Ok(axum::Json(Page {
+        read_source: Some(source),
+        items,
+    }))
+}
+
+async fn analytics(
+    State(state): State<AppState>,
+    Query(query): Query<AnalyticsQuery>,
+) -> Result<axum::Json<Page<typed::SkillAnalytics>>, ApiError> {
+    let (limit, offset) = bounds(query.limit, query.offset)?;
+    let items =
+        typed::skill_analytics(state.store.pool(), query.subject.as_deref(), limit, offset).await?;
+    Ok(axum::Json(Page {
+        read_source: None,
+        items,
+    }))
+}
+
+fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let offset = offset.unwrap_or(0);
+    if !(0..=1_000_000).contains(&offset) {
+        return Err(ApiError::BadRequest(
+            "offset must be between 0 and 1000000".to_owned(),
+        ));
+    }
+    Ok((limit, offset))
+}
+
+async fn execute(
+    state: &AppState,
+    key: &SubskillKey,
+    command: CompetencyCommand,
+    expected_version: Option<i64>,
+    name: &str,
+) -> Result<Committed, ApiError> {
+    Ok(state
+        .store
+        .execute::<StudentSubskill>(
+            &key.competency_id(),
+            command,
+            &(),
+            expected_version,
+            &json!({ "command": name }),
+        )
+        .await?)
+}
+
+/// A 201 with the rows read back and the competency's address.
+fn created(
+    source: ReadSource,
+    committed: &Committed,
+    rows: &[(&'static str, Value)],
+    key: &SubskillKey,
+) -> Response {
+    let mut response = document(source, committed.version, Some(committed.position), rows);
+    *response.status_mut() = StatusCode::CREATED;
+    let location = format!(
+        "/students/{}/competencies/{}/{}/{}",
+        key.student_id,
+        encode(&key.subject),
+        encode(&key.skill_id),
+        encode(&key.subskill_id)
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Percent-encodes a path segment (everything but unreserved characters).
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

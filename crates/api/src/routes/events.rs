@@ -1,0 +1,249 @@
+//! The event feed for downstream consumers: pages of the log in gap-free order, and a live
+//! Server-Sent Events stream woken by LISTEN/NOTIFY. Both resume from a position they gave.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use cutover_core::log::{self, LogCursor};
+use cutover_core::store::StoredEvent;
+use futures_util::stream::{self, Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::extract::Query;
+use crate::AppState;
+
+/// Default and largest page of `GET /events`.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1_000;
+/// Events a live stream reads per query.
+const STREAM_BATCH: i64 = 500;
+/// How soon a stream looks again when committed events wait behind an older transaction.
+const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
+/// How soon a stream looks again after the database failed it.
+const ERROR_RETRY: Duration = Duration::from_secs(1);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/events", get(page))
+        .route("/events/stream", get(live))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    /// Resume after the event at this position (0, the default, is the start of the log).
+    after: Option<i64>,
+    limit: Option<i64>,
+    /// Only events of these aggregate types (comma-separated).
+    aggregate_type: Option<String>,
+}
+
+/// One event as the feed serves it.
+#[derive(Debug, Serialize)]
+struct FeedEvent {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<StoredEvent> for FeedEvent {
+    fn from(e: StoredEvent) -> Self {
+        Self {
+            position: e.position,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload: e.payload,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct FeedPage {
+    events: Vec<FeedEvent>,
+    /// Pass as `after` to continue; the same `after` when nothing new was safe to serve.
+    next: i64,
+}
+
+async fn page(
+    State(state): State<AppState>,
+    Query(query): Query<FeedQuery>,
+) -> Result<axum::Json<FeedPage>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let after = query.after.unwrap_or(0);
+    let pool = state.store.pool();
+    let cursor = resolve(pool, after).await?;
+    let types = aggregate_types(query.aggregate_type.as_deref())?;
+    let events = log::read_safe(pool, cursor, limit, types.as_deref()).await?;
+    let next = events.last().map_or(after, |e| e.position);
+    Ok(axum::Json(FeedPage {
+        events: events.into_iter().map(FeedEvent::from).collect(),
+        next,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    after: Option<i64>,
+    aggregate_type: Option<String>,
+}
+
+/// `GET /events/stream`: every event after `after` (or after `Last-Event-ID`, which a
+/// reconnecting browser sends), then new events as they commit. Each SSE message has the
+/// event's position as its id and the event as JSON data.
+async fn live(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let after = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a position".into()))?,
+        None => query.after.unwrap_or(0),
+    };
+    let pool = state.store.pool().clone();
+    let cursor = resolve(&pool, after).await?;
+    let types = aggregate_types(query.aggregate_type.as_deref())?;
+    let tail = Tail {
+        pool,
+        cursor,
+        types,
+        appended: state.feed.appended(),
+        shutdown: state.feed.shutdown(),
+    };
+    let events = stream::unfold(tail, Tail::next_batch)
+        .flat_map(stream::iter)
+        .map(|event| Ok(sse_event(event)));
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// The state of one live stream.
+struct Tail {
+    pool: PgPool,
+    cursor: LogCursor,
+    types: Option<Vec<String>>,
+    appended: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Tail {
+    /// The next events, waiting until there are some; `None` ends the stream (shutdown).
+    async fn next_batch(mut self) -> Option<(Vec<StoredEvent>, Self)> {
+        loop {
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            // Mark the current wake-up as seen before reading, so a commit during the read
+            // wakes the next wait.
+            self.appended.borrow_and_update();
+            let wait =
+                match log::read_safe(&self.pool, self.cursor, STREAM_BATCH, self.types.as_deref())
+                    .await
+                {
+                    Ok(events) if !events.is_empty() => {
+                        if let Some(last) = events.last() {
+                            self.cursor = LogCursor::after(last);
+                        }
+                        return Some((events, self));
+                    }
+                    Ok(_) => match log::held_back(&self.pool, self.cursor).await {
+                        Ok(true) => Some(HELD_BACK_RECHECK),
+                        Ok(false) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event stream: cannot read the log");
+                            Some(ERROR_RETRY)
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream: cannot read the log");
+                        Some(ERROR_RETRY)
+                    }
+                };
+            let recheck = async {
+                match wait {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.appended.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                stopped = self.shutdown.changed() => {
+                    if stopped.is_err() {
+                        return None;
+                    }
+                }
+                () = recheck => {}
+            }
+        }
+    }
+}
+
+fn sse_event(event: StoredEvent) -> Event {
+    let id = event.position.to_string();
+    let data = serde_json::to_string(&FeedEvent::from(event))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    Event::default().id(id).data(data)
+}
+
+/// The cursor of a position a client gave; unknown positions are a 400.
+async fn resolve(pool: &PgPool, after: i64) -> Result<LogCursor, ApiError> {
+    if after < 0 {
+        return Err(ApiError::BadRequest(
+            "after must be a position, 0 or more".into(),
+        ));
+    }
+    log::cursor_at(pool, after).await?.ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "after={after} is not the position of an event; resume from a position the feed gave"
+        ))
+    })
+}
+
+fn aggregate_types(raw: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let types: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if types.is_empty() || types.len() > 20 || types.iter().any(|t| t.len() > 100) {
+        return Err(ApiError::BadRequest(
+            "aggregate_type is a comma-separated list of 1–20 aggregate types".into(),
+        ));
+    }
+    Ok(Some(types))
+}
