@@ -143,6 +143,15 @@ impl TestDb {
         }
     }
 
+    /// The same database through a pool of its own, as a second server instance has.
+    pub async fn same_database(&self) -> Self {
+        Self {
+            pool: self.another_pool(40).await,
+            options: self.options.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     /// A second, independent pool on the same database (for sessions a test drives by hand).
     pub async fn another_pool(&self, max_connections: u32) -> PgPool {
         PgPoolOptions::new()
@@ -150,6 +159,15 @@ impl TestDb {
             .connect_with(self.options.clone())
             .await
             .expect("connecting to the test database")
+    }
+
+    /// The event store of a CLI or tool working on this database beside the servers.
+    pub fn store(&self) -> EventStore {
+        EventStore::new(
+            self.pool.clone(),
+            cutover_projections::inline_projectors(),
+            5,
+        )
     }
 
     /// How many events the log holds.
@@ -187,7 +205,15 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: AppOptions) -> Self {
-        let db = TestDb::new().await;
+        Self::spawn_on(TestDb::new().await, options).await
+    }
+
+    /// Another server instance on the database of `self`.
+    pub async fn second_instance(&self) -> Self {
+        Self::spawn_on(self.db.same_database().await, AppOptions::default()).await
+    }
+
+    async fn spawn_on(db: TestDb, options: AppOptions) -> Self {
         let store = EventStore::new(
             db.pool.clone(),
             cutover_projections::inline_projectors(),

@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::batches::router())
         .merge(routes::competencies::router())
         .merge(routes::events::router())
+        .merge(routes::admin::router())
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))

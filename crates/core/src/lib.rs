@@ -6,6 +6,7 @@
 
 pub mod database;
 pub mod domain;
+pub mod import;
 pub mod local_postgres;
 pub mod log;
 pub mod projection;

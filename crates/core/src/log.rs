@@ -67,6 +67,16 @@ pub async fn cursor_at<'e>(
     }))
 }
 
+/// How far a read may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Horizon {
+    /// Only events that no in-flight transaction can precede: what any reader may take.
+    Safe,
+    /// Every visible event. Only for a reader that holds the append lock exclusively (or reads
+    /// in a snapshot taken while it was held), when no append can be in flight.
+    Everything,
+}
+
 /// Up to `limit` events after `after` in log order that no in-flight transaction can precede,
 /// optionally only of the given aggregate types.
 ///
@@ -78,10 +88,29 @@ pub async fn read_safe<'e>(
     limit: i64,
     aggregate_types: Option<&[String]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    read(executor, after, limit, aggregate_types, Horizon::Safe).await
+}
+
+/// Up to `limit` events after `after` in log order, up to `horizon`, optionally only of the
+/// given aggregate types.
+///
+/// # Errors
+/// A database error, or a stored row that does not fit [`StoredEvent`].
+pub async fn read<'e>(
+    executor: impl PgExecutor<'e>,
+    after: LogCursor,
+    limit: i64,
+    aggregate_types: Option<&[String]>,
+    horizon: Horizon,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let bound = match horizon {
+        Horizon::Safe => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+        Horizon::Everything => "",
+    };
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events
           WHERE (transaction_id, position) > ($1::text::xid8, $2)
-            AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            {bound}
             AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
           ORDER BY transaction_id, position
           LIMIT $4"

@@ -40,6 +40,9 @@ pub trait Projector: Send + Sync + 'static {
     /// The projection's stable name, as the registry and the CLI know it.
     fn name(&self) -> &'static str;
 
+    /// The tables it owns (unqualified names).
+    fn tables(&self) -> &'static [&'static str];
+
     /// The aggregate types whose events this projector reads; others are never passed to it.
     fn aggregate_types(&self) -> &'static [&'static str];
 

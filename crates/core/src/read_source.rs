@@ -14,6 +14,15 @@ pub enum ReadSource {
     New,
 }
 
+impl ReadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::New => "new",
+        }
+    }
+}
+
 /// The domains that have two read-model shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Domain {

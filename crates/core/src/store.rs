@@ -151,11 +151,18 @@ impl AggregateCache {
     }
 }
 
-const SELECT_STREAM_AFTER: &str = "\
-SELECT sequence, position, payload
-  FROM events
- WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
- ORDER BY sequence";
+/// The stream's events after a version, and the projections the command must keep up to date
+/// (read after the append lock, so a swap or retirement that committed is seen). The single
+/// `active` row comes back even when the stream has no new events.
+const LOAD: &str = "\
+WITH active AS (
+    SELECT coalesce(array_agg(name), '{}') AS names FROM projections WHERE inline_active
+)
+SELECT active.names, e.sequence, e.position, e.payload
+  FROM active
+  LEFT JOIN events AS e
+    ON e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > $3
+ ORDER BY e.sequence";
 
 const APPEND: &str = "\
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
@@ -164,9 +171,17 @@ SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7
  ORDER BY e.sequence
 RETURNING position, transaction_id::text::bigint AS transaction_id, sequence, recorded_at";
 
-/// Serialises the commands of one aggregate across every server instance sharing the database,
-/// so concurrent commands queue instead of failing the race for a sequence number.
-const LOCK_AGGREGATE: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+/// The append lock, in SQL: every writer of the log holds it shared for its transaction; a
+/// rebuild's swap (and a retirement) holds it exclusively, so that no append is in flight
+/// while tables are swapped and the set of inline projections changes.
+pub const APPEND_LOCK: &str = "hashtextextended('cutover:appends', 0)";
+
+/// Takes the append lock (shared) and the aggregate's lock. The aggregate lock serialises the
+/// commands of one aggregate across every server instance sharing the database, so concurrent
+/// commands queue instead of failing the race for a sequence number.
+const LOCK_AGGREGATE: &str = "\
+SELECT pg_advisory_xact_lock_shared(hashtextextended('cutover:appends', 0)),
+       pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 const UNIQUE_VIOLATION: &str = "23505";
 
@@ -217,7 +232,7 @@ impl EventStore {
                 .execute(&mut *tx)
                 .await?;
             let cached = self.cache.take::<A>(aggregate_id);
-            let (mut aggregate, version, position) =
+            let (mut aggregate, version, position, active) =
                 load::<A>(&mut tx, aggregate_id, cached).await?;
             if let Some(expected) = expected_version {
                 if expected != version {
@@ -255,7 +270,13 @@ impl EventStore {
                     Err(AppendError::Serialize(e)) => return Err(CommandError::Serialize(e)),
                     Err(AppendError::Database(e)) => return Err(CommandError::Database(e)),
                 };
-            project_all(&self.projectors, &mut tx, &stored).await?;
+            let inline: Vec<Arc<dyn Projector>> = self
+                .projectors
+                .iter()
+                .filter(|p| active.iter().any(|name| name == p.name()))
+                .cloned()
+                .collect();
+            project_all(&inline, &mut tx, &stored).await?;
             tx.commit().await?;
             let (version, position) = stored
                 .last()
@@ -273,25 +294,33 @@ impl EventStore {
 
 /// Brings aggregate `A` up to date from its stream, starting from `cached` (a state as of some
 /// version) or from nothing: returns it with its version and last position (both 0 for a
-/// stream with no events).
+/// stream with no events), and the names of the projections maintained inline.
 async fn load<A>(
     conn: &mut PgConnection,
     aggregate_id: &str,
     cached: Option<(A, i64, i64)>,
-) -> Result<(A, i64, i64), CommandError<A::Error>>
+) -> Result<(A, i64, i64, Vec<String>), CommandError<A::Error>>
 where
     A: Aggregate,
     A::Error: 'static,
 {
     let (mut aggregate, mut version, mut position) = cached.unwrap_or_default();
-    let rows = sqlx::query(SELECT_STREAM_AFTER)
+    let rows = sqlx::query(LOAD)
         .bind(A::TYPE)
         .bind(aggregate_id)
         .bind(version)
         .fetch_all(conn)
         .await?;
+    let active: Vec<String> = match rows.first() {
+        Some(row) => row.try_get("names")?,
+        None => Vec::new(),
+    };
     for row in rows {
-        version = row.try_get("sequence")?;
+        // The one row of a stream with no new events carries no event.
+        let Some(sequence) = row.try_get::<Option<i64>, _>("sequence")? else {
+            continue;
+        };
+        version = sequence;
         position = row.try_get("position")?;
         let payload: Value = row.try_get("payload")?;
         let event = serde_json::from_value::<A::Event>(payload).map_err(|source| {
@@ -304,7 +333,7 @@ where
         })?;
         aggregate.apply(event);
     }
-    Ok((aggregate, version, position))
+    Ok((aggregate, version, position, active))
 }
 
 enum AppendError {

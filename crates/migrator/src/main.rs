@@ -1,18 +1,30 @@
-//! `cutover`: the operator's command line.
+//! `cutover`: the operator's command line — schema, projections (status, rebuild, verify,
+//! retire), read sources, adopting legacy rows, and synthetic history for benchmarks.
+
+mod seed;
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::database::{Database, DatabaseArgs};
+use cutover_core::read_source::ReadSource;
+use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
+use cutover_projections::rebuild::{self, Progress, Purpose};
+use cutover_projections::{inline_projectors, registry, verify};
+use indicatif::{ProgressBar, ProgressStyle};
 
-/// Cutover's operator CLI.
+/// Cutover's operator CLI. Acts on the same registry as every server instance.
 #[derive(Debug, Parser)]
 #[command(name = "cutover", version, about)]
 struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
 
-    /// Log line format.
+    /// Log line format (logs go to stderr; filter with RUST_LOG).
     #[arg(
         long,
         env = "CUTOVER_LOG_FORMAT",
@@ -30,21 +42,276 @@ struct Cli {
 enum Command {
     /// Apply the schema migrations (the server also applies them at start).
     Migrate,
+    /// Every projection's state, row counts, version, last position and lag; each domain's
+    /// read source.
+    Status,
+    /// Rebuild projections from the log while commands keep being accepted, then swap the
+    /// rebuilt tables in. Brings a retired projection back.
+    Rebuild {
+        /// Projection names (see `cutover status`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        projections: Vec<String>,
+        /// Rebuild every projection in one pass over the log.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Compare, on 100% of rows, each domain's legacy and new read models, and each live
+    /// projection with a fresh rebuild. Exits with status 1 when anything differs.
+    Verify {
+        /// collections, batches or competencies; all when omitted.
+        domain: Option<String>,
+    },
+    /// Switch what a domain's GET routes read, at once, on every instance.
+    ReadSource {
+        /// collections, batches or competencies.
+        domain: String,
+        source: SourceArg,
+    },
+    /// Stop maintaining a projection and drop its tables (refused while it is its domain's
+    /// read source). `cutover rebuild` brings it back.
+    Retire { projection: String },
+    /// Append one genesis event per row of `import_collections` (legacy rows of an existing
+    /// deployment). Rows that already have a history are skipped, so a second run appends
+    /// nothing.
+    ImportLegacy,
+    /// Write a synthetic history of about N events, then rebuild every projection from it.
+    Seed {
+        /// How many events to write.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Leave the read models as they are (they will not reflect the new events until a
+        /// rebuild).
+        #[arg(long)]
+        no_rebuild: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SourceArg {
+    Legacy,
+    New,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, "warn");
-    match cli.command {
-        Command::Migrate => {
-            let database = Database::open(&cli.database)
-                .await
-                .context("applying the schema")?;
-            let applied = cutover_core::database::MIGRATOR.iter().count();
-            database.close().await.context("closing the database")?;
-            println!("schema is up to date ({applied} migrations)");
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let database = Database::open(&cli.database)
+        .await
+        .context("opening the database")?;
+    let result = command(&database, cli.command).await;
+    database.close().await.context("closing the database")?;
+    result
+}
+
+async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCode> {
+    let pool = &database.pool;
+    let projectors = inline_projectors();
+    match command {
+        Command::Migrate => {
+            let applied = cutover_core::database::MIGRATOR.iter().count();
+            println!("schema is up to date ({applied} migrations)");
+        }
+        Command::Status => {
+            println!(
+                "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  rows",
+                "projection", "domain", "shape", "state", "version", "position", "lag"
+            );
+            for projection in registry::projections(pool).await? {
+                let status = registry::status(pool, &projectors, &projection.name).await?;
+                let state = if status.projection.state == "rebuilding" && !status.rebuild_running {
+                    "interrupted".to_owned()
+                } else {
+                    status.projection.state.clone()
+                };
+                let rows = status
+                    .rows
+                    .iter()
+                    .map(|(table, n)| format!("{table}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!(
+                    "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  {}",
+                    projection.name,
+                    projection.domain,
+                    projection.shape,
+                    state,
+                    projection.version,
+                    status.last_position.map_or("-".into(), |p| p.to_string()),
+                    status.lag.map_or("-".into(), |l| l.to_string()),
+                    if rows.is_empty() { "-".into() } else { rows }
+                );
+            }
+            println!();
+            for (domain, source) in registry::read_sources(pool).await? {
+                println!("read source of {domain}: {source}");
+            }
+        }
+        Command::Rebuild { projections, all } => {
+            let names = if all {
+                vec!["all".to_owned()]
+            } else {
+                projections
+            };
+            let selected = rebuild::select(&projectors, &names)?;
+            let job = rebuild::Job::start(pool, selected, Purpose::Rebuild).await?;
+            let label: Vec<&str> = job.projectors().iter().map(|p| p.name()).collect();
+            let label = label.join(", ");
+            let mut reporter = Reporter::new(&format!("rebuild {label}"));
+            let outcome = job.run(|p| reporter.update(p)).await?;
+            reporter.finish();
+            let rate = outcome.events as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "rebuilt {label}: {} events in {:.1} s ({rate:.0} events/s); appends held back {:.1} ms at the swap; reached position {}",
+                outcome.events,
+                outcome.elapsed.as_secs_f64(),
+                outcome.swap_hold.as_secs_f64() * 1000.0,
+                outcome.position
+            );
+        }
+        Command::Verify { domain } => {
+            let report = verify::verify(pool, &projectors, domain.as_deref()).await?;
+            for skipped in &report.skipped {
+                println!("skipped: {skipped}");
+            }
+            for d in &report.differences {
+                println!(
+                    "DIFFERENCE {} {} {} key={} field={}: {} vs {}",
+                    d.check, d.projection, d.table, d.key, d.field, d.left, d.right
+                );
+            }
+            if report.difference_count > report.differences.len() {
+                println!(
+                    "... and {} more",
+                    report.difference_count - report.differences.len()
+                );
+            }
+            println!(
+                "verified {}: {} rows compared, {} differences",
+                report.domains.join(", "),
+                report.rows_compared,
+                report.difference_count
+            );
+            if !report.consistent() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::ReadSource { domain, source } => {
+            let source = match source {
+                SourceArg::Legacy => ReadSource::Legacy,
+                SourceArg::New => ReadSource::New,
+            };
+            registry::set_read_source(pool, &domain, source).await?;
+            println!("{domain} now reads from {}", source.as_str());
+        }
+        Command::Retire { projection } => {
+            registry::retire(pool, &projection).await?;
+            println!(
+                "{projection} is retired: its tables are dropped and commands no longer update it"
+            );
+        }
+        Command::ImportLegacy => {
+            let store = EventStore::new(pool.clone(), projectors, 5);
+            let imported = cutover_core::import::import_collections(&store).await?;
+            for (id, reason) in &imported.refused {
+                println!("refused {id}: {reason}");
+            }
+            println!(
+                "imported {} collections; {} already had a history; {} refused",
+                imported.appended,
+                imported.already_present,
+                imported.refused.len()
+            );
+            if !imported.refused.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Seed { events, no_rebuild } => {
+            let started = Instant::now();
+            let mut bar = Reporter::new("seed");
+            let written = seed::seed(pool, events, |n| bar.report(n, events)).await?;
+            bar.finish();
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "seeded {written} events in {secs:.1} s ({:.0} events/s)",
+                written as f64 / secs.max(1e-9)
+            );
+            if !no_rebuild {
+                let job = rebuild::Job::start(pool, projectors, Purpose::Rebuild).await?;
+                let mut reporter = Reporter::new("rebuild all");
+                let outcome = job.run(|p| reporter.update(p)).await?;
+                reporter.finish();
+                println!(
+                    "rebuilt every projection: {} events in {:.1} s ({:.0} events/s); appends held back {:.1} ms at the swap",
+                    outcome.events,
+                    outcome.elapsed.as_secs_f64(),
+                    outcome.events as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
+                    outcome.swap_hold.as_secs_f64() * 1000.0
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Progress: a bar on a terminal, a plain line every few seconds otherwise.
+struct Reporter {
+    bar: Option<ProgressBar>,
+    label: String,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Reporter {
+    fn new(label: &str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, ETA {eta})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(label.to_owned());
+            bar
+        });
+        Self {
+            bar,
+            label: label.to_owned(),
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, progress: Progress) {
+        let done = u64::try_from(progress.events_done).unwrap_or(0);
+        let total = u64::try_from(progress.events_total.max(progress.events_done)).unwrap_or(0);
+        self.report(done, total);
+    }
+
+    fn report(&mut self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total.max(done));
+            bar.set_position(done);
+        } else if self.last_line.elapsed() >= Duration::from_secs(2) {
+            self.last_line = Instant::now();
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("{}: {done}/{total} events ({rate:.0} events/s)", self.label);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

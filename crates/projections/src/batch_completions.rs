@@ -71,6 +71,10 @@ impl Projector for BatchCompletions {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["batch_completions", "batch_counters"]
+    }
+
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[PredictionBatch::TYPE]
     }

@@ -77,6 +77,10 @@ impl Projector for LegacyBatchState {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["batch_state"]
+    }
+
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[PredictionBatch::TYPE]
     }

@@ -17,7 +17,8 @@ enum BatchStep<'e> {
         event: &'e StoredEvent,
         expected_players: Vec<String>,
     },
-    /// Consecutive `PlayerCompleted` events of one batch, sequences `first..=last`.
+    /// Consecutive `PlayerCompleted` events of one batch from one command, sequences
+    /// `first..=last`.
     Completions {
         batch_id: &'e str,
         first_sequence: i64,
@@ -58,9 +59,13 @@ fn steps<'e>(
                     ..
                 }) = steps.last_mut()
                 {
-                    if *batch_id == event.aggregate_id && *last_sequence + 1 == event.sequence {
+                    // One run is one command's completions: they share the batch, follow each
+                    // other and carry the same time.
+                    if *batch_id == event.aggregate_id
+                        && *last_sequence + 1 == event.sequence
+                        && *recorded_at == event.recorded_at
+                    {
                         *last_sequence = event.sequence;
-                        *recorded_at = event.recorded_at;
                         players.push(player_lookup);
                         counts.push(count);
                         continue;

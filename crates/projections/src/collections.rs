@@ -18,6 +18,12 @@ INSERT INTO collections (collection_id, project_id, collection_name, description
 VALUES ($1, $2, $3, $4, true, $5, $5, $6)
 ON CONFLICT (collection_id) DO NOTHING";
 
+const IMPORT: &str = "\
+INSERT INTO collections (collection_id, project_id, collection_name, description, is_active,
+                         created_at, updated_at, last_sequence)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (collection_id) DO NOTHING";
+
 const UPDATE: &str = "\
 UPDATE collections
    SET collection_name = $2, description = $3, updated_at = $4, last_sequence = $5
@@ -50,6 +56,7 @@ pub struct LegacyCollections;
 
 impl EventProjector for LegacyCollections {
     const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] = &["collections"];
     type Aggregate = Collection;
 
     fn statement(
@@ -78,6 +85,22 @@ impl EventProjector for LegacyCollections {
             CollectionEvent::CollectionResearchLinksSet { .. } => sqlx::query(TOUCH)
                 .bind(id)
                 .bind(event.recorded_at)
+                .bind(event.sequence),
+            CollectionEvent::CollectionImported {
+                project_id,
+                name,
+                description,
+                is_active,
+                created_at,
+                updated_at,
+            } => sqlx::query(IMPORT)
+                .bind(id)
+                .bind(project_id)
+                .bind(name)
+                .bind(description)
+                .bind(is_active)
+                .bind(created_at)
+                .bind(updated_at)
                 .bind(event.sequence),
             CollectionEvent::CollectionDeleted {} => sqlx::query(SOFT_DELETE)
                 .bind(id)

@@ -45,6 +45,8 @@ pub struct LegacyCompetencies;
 
 impl EventProjector for LegacyCompetencies {
     const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] =
+        &["legacy_attempts", "legacy_reviews", "legacy_competencies"];
     type Aggregate = StudentSubskill;
 
     fn statement(

@@ -20,7 +20,10 @@ pub mod batches;
 pub mod collections;
 pub mod legacy_competencies;
 pub mod project_collections;
+pub mod rebuild;
+pub mod registry;
 pub mod student_competencies;
+pub mod verify;
 
 /// Every inline projector, in the order they run inside a command's transaction.
 pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
@@ -41,6 +44,8 @@ type Statement = Query<'static, Postgres, PgArguments>;
 trait EventProjector: Send + Sync + 'static {
     /// The projection's name.
     const NAME: &'static str;
+    /// The tables it owns.
+    const TABLES: &'static [&'static str];
     /// The aggregate whose events it reads.
     type Aggregate: Aggregate;
 
@@ -61,6 +66,10 @@ struct PerEvent<P>(P);
 impl<P: EventProjector> Projector for PerEvent<P> {
     fn name(&self) -> &'static str {
         P::NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        P::TABLES
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {

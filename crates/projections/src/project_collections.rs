@@ -19,6 +19,15 @@ INSERT INTO project_collections (project_id, collection_id, research_context, ta
 VALUES ($1, $2, $3, '{}', '{}', '{}', $4, $4, $5)
 ON CONFLICT (project_id, collection_id) DO NOTHING";
 
+/// An imported collection that was deleted in the old system has no row here.
+const IMPORT: &str = "\
+INSERT INTO project_collections (project_id, collection_id, research_context, tags,
+                                 linked_project_question_ids, linked_project_hypothesis_ids,
+                                 created_at, updated_at, last_sequence)
+SELECT $1, $2, $3, '{}', '{}', '{}', $4, $5, $6
+ WHERE $7
+ON CONFLICT (project_id, collection_id) DO NOTHING";
+
 const UPDATE_CONTEXT: &str = "\
 UPDATE project_collections
    SET research_context = $2, updated_at = $3, last_sequence = $4
@@ -51,6 +60,7 @@ pub struct ProjectCollections;
 
 impl EventProjector for ProjectCollections {
     const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] = &["project_collections"];
     type Aggregate = Collection;
 
     fn statement(
@@ -85,6 +95,21 @@ impl EventProjector for ProjectCollections {
                 .bind(hypothesis_ids)
                 .bind(event.recorded_at)
                 .bind(event.sequence),
+            CollectionEvent::CollectionImported {
+                project_id,
+                description,
+                is_active,
+                created_at,
+                updated_at,
+                ..
+            } => sqlx::query(IMPORT)
+                .bind(project_id)
+                .bind(id)
+                .bind(description)
+                .bind(created_at)
+                .bind(updated_at)
+                .bind(event.sequence)
+                .bind(is_active),
             CollectionEvent::CollectionDeleted {} => sqlx::query(DELETE).bind(id),
         })
     }

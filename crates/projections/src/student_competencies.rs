@@ -16,7 +16,9 @@ const NAME: &str = "student_competencies";
 
 /// The attempt row, the competency it leads to, and the subskill's analytics. The analytics
 /// count an attempt only when its row was inserted now, so replaying an attempt cannot count
-/// it twice; a student is counted at their first attempt on the subskill.
+/// it twice; a student is counted at their first attempt on the subskill. Every update is
+/// independent of the order attempts of different students are applied in, so a rebuild gives
+/// the rows live projection gave.
 const RECORD_ATTEMPT: &str = "\
 WITH attempt AS (
     INSERT INTO student_attempts (attempt_id, student_id, subject, skill_id, subskill_id, score,
@@ -43,7 +45,7 @@ ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
        students = s.students + EXCLUDED.students,
        score_sum = s.score_sum + EXCLUDED.score_sum,
        mean_score = ((s.score_sum + EXCLUDED.score_sum) / (s.attempts + 1))::double precision,
-       last_updated = EXCLUDED.last_updated";
+       last_updated = greatest(s.last_updated, EXCLUDED.last_updated)";
 
 const RECORD_REVIEW: &str = "\
 INSERT INTO student_reviews (review_id, student_id, subject, skill_id, subskill_id, problem_id,
@@ -59,6 +61,12 @@ pub struct StudentCompetencies;
 
 impl EventProjector for StudentCompetencies {
     const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] = &[
+        "student_attempts",
+        "student_reviews",
+        "student_competencies",
+        "skill_analytics",
+    ];
     type Aggregate = StudentSubskill;
 
     fn statement(

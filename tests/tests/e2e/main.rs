@@ -10,3 +10,4 @@ mod event_log;
 mod feed;
 mod guarantees;
 mod health;
+mod migration;

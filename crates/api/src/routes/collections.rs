@@ -210,7 +210,7 @@ async fn execute(
     command: CollectionCommand,
     expected_version: Option<i64>,
 ) -> Result<Committed, ApiError> {
-    let metadata = json!({ "command": command_name(&command) });
+    let metadata = json!({ "command": command.name() });
     Ok(state
         .store
         .execute::<Collection>(
@@ -221,15 +221,6 @@ async fn execute(
             &metadata,
         )
         .await?)
-}
-
-fn command_name(command: &CollectionCommand) -> &'static str {
-    match command {
-        CollectionCommand::CreateCollection { .. } => "CreateCollection",
-        CollectionCommand::UpdateCollection { .. } => "UpdateCollection",
-        CollectionCommand::SetResearchLinks { .. } => "SetResearchLinks",
-        CollectionCommand::DeleteCollection { .. } => "DeleteCollection",
-    }
 }
 
 /// Write-then-read: the committed command's answer, read back from the read source.

@@ -1,6 +1,7 @@
 //! The resources of the API; each module exposes `router()` and they are merged in
 //! [`crate::app`].
 
+pub mod admin;
 pub mod batches;
 pub mod collections;
 pub mod competencies;

@@ -5,6 +5,7 @@
 //! aggregate is already well-formed; the aggregate only decides what the collection's history
 //! allows.
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,29 @@ pub enum CollectionCommand {
     DeleteCollection {
         project_id: Uuid,
     },
+    /// Adopts a collection that the old system created, with no events behind it. A collection
+    /// that already has a history is left as it is, so importing twice appends once.
+    ImportCollection {
+        project_id: Uuid,
+        name: CollectionName,
+        description: Description,
+        is_active: bool,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    },
+}
+
+impl CollectionCommand {
+    /// The command's name, as event metadata records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CreateCollection { .. } => "CreateCollection",
+            Self::UpdateCollection { .. } => "UpdateCollection",
+            Self::SetResearchLinks { .. } => "SetResearchLinks",
+            Self::DeleteCollection { .. } => "DeleteCollection",
+            Self::ImportCollection { .. } => "ImportCollection",
+        }
+    }
 }
 
 /// Facts about a collection. Stored forever: names and shapes never change; a new shape is a
@@ -196,6 +220,15 @@ pub enum CollectionEvent {
         hypothesis_ids: Vec<Uuid>,
     },
     CollectionDeleted {},
+    /// The genesis of a collection adopted from the old system, with its old timestamps.
+    CollectionImported {
+        project_id: Uuid,
+        name: String,
+        description: String,
+        is_active: bool,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for CollectionEvent {
@@ -205,6 +238,7 @@ impl DomainEvent for CollectionEvent {
             Self::CollectionUpdated { .. } => "CollectionUpdated",
             Self::CollectionResearchLinksSet { .. } => "CollectionResearchLinksSet",
             Self::CollectionDeleted {} => "CollectionDeleted",
+            Self::CollectionImported { .. } => "CollectionImported",
         }
         .to_owned()
     }
@@ -305,6 +339,26 @@ impl Aggregate for Collection {
                 self.ensure_live_in(project_id)?;
                 CollectionEvent::CollectionDeleted {}
             }
+            CollectionCommand::ImportCollection {
+                project_id,
+                name,
+                description,
+                is_active,
+                created_at,
+                updated_at,
+            } => {
+                if self.lifecycle != Lifecycle::Absent {
+                    return Ok(());
+                }
+                CollectionEvent::CollectionImported {
+                    project_id,
+                    name: name.0,
+                    description: description.0,
+                    is_active,
+                    created_at,
+                    updated_at,
+                }
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -319,6 +373,18 @@ impl Aggregate for Collection {
             CollectionEvent::CollectionUpdated { .. }
             | CollectionEvent::CollectionResearchLinksSet { .. } => {}
             CollectionEvent::CollectionDeleted {} => self.lifecycle = Lifecycle::Deleted,
+            CollectionEvent::CollectionImported {
+                project_id,
+                is_active,
+                ..
+            } => {
+                self.project_id = Some(project_id);
+                self.lifecycle = if is_active {
+                    Lifecycle::Active
+                } else {
+                    Lifecycle::Deleted
+                };
+            }
         }
     }
 }
@@ -454,6 +520,55 @@ mod tests {
                 question_ids: vec![q2, q1],
                 hypothesis_ids: vec![],
             }]);
+    }
+
+    fn import(is_active: bool) -> CollectionCommand {
+        CollectionCommand::ImportCollection {
+            project_id: PROJECT,
+            name: name("Old"),
+            description: Description::default(),
+            is_active,
+            created_at: DateTime::UNIX_EPOCH,
+            updated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn an_imported_collection_begins_its_history_with_the_old_row() {
+        CollectionTest::with(())
+            .given_no_previous_events()
+            .when(import(false))
+            .then_expect_events(vec![CollectionEvent::CollectionImported {
+                project_id: PROJECT,
+                name: "Old".into(),
+                description: String::new(),
+                is_active: false,
+                created_at: DateTime::UNIX_EPOCH,
+                updated_at: DateTime::UNIX_EPOCH,
+            }]);
+    }
+
+    #[test]
+    fn importing_a_collection_that_has_a_history_appends_nothing() {
+        CollectionTest::with(())
+            .given(vec![created()])
+            .when(import(true))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_imported_inactive_collection_counts_as_deleted() {
+        CollectionTest::with(())
+            .given(vec![CollectionEvent::CollectionImported {
+                project_id: PROJECT,
+                name: "Old".into(),
+                description: String::new(),
+                is_active: false,
+                created_at: DateTime::UNIX_EPOCH,
+                updated_at: DateTime::UNIX_EPOCH,
+            }])
+            .when(update(PROJECT))
+            .then_expect_error(CollectionError::Deleted);
     }
 
     #[test]

@@ -1,0 +1,514 @@
+//! Rebuilding projections from the log, while commands keep being accepted.
+//!
+//! A rebuild creates the projections' tables afresh in a schema of its own (from the templates
+//! in `cutover_templates`), replays the whole log into them in gap-free order, in batches that
+//! each commit their rows together with the job's progress, catches up with what was appended
+//! meanwhile, then swaps: in one short transaction that holds the append lock exclusively (so
+//! no append is in flight and new ones wait), it applies the last events, drops the live tables
+//! and moves the rebuilt ones in. Every event is applied exactly once: before the swap only the
+//! live tables get inline writes; from the swap on only the new ones do.
+//!
+//! A rebuild holds a session advisory lock per projection for its whole run, so two rebuilds of
+//! one projection cannot run at once on any instance, and a killed rebuild releases it with its
+//! connection. A failed or interrupted rebuild leaves the live tables as they were; its schema
+//! is dropped and the next run starts over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover_core::log::{self, Horizon, LogCursor};
+use cutover_core::projection::{project_all, Projector};
+use cutover_core::store::{StoredEvent, APPEND_LOCK};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::registry::{rebuild_lock_key, AdminError};
+
+/// Events replayed per batch transaction.
+pub const BATCH: i64 = 5_000;
+/// The swap is attempted once a catch-up batch finds fewer new events than this, so that the
+/// final catch-up, done while appends wait, is short.
+const SWAP_WHEN_BEHIND_BY: usize = 200;
+/// Longest the swap waits for a table lock (readers of the live tables) before giving up and
+/// trying again; appends wait at most this long.
+const SWAP_LOCK_TIMEOUT: &str = "2s";
+const SWAP_ATTEMPTS: u32 = 5;
+
+/// Why a job builds tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Replace the live tables.
+    Rebuild,
+    /// Build a scratch copy to compare with the live tables (verify); never swapped in.
+    Verify,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Rebuild => "rebuild",
+            Self::Verify => "verify",
+        }
+    }
+}
+
+/// How far a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub events_done: i64,
+    pub events_total: i64,
+    pub position: i64,
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub job_id: Uuid,
+    pub events: i64,
+    pub elapsed: Duration,
+    /// How long appends were held back while the tables were swapped in.
+    pub swap_hold: Duration,
+    pub position: i64,
+}
+
+/// A running job: its projections, its schema, how far it is.
+pub struct Job {
+    pool: PgPool,
+    projectors: Vec<Arc<dyn Projector>>,
+    names: Vec<String>,
+    types: Vec<String>,
+    purpose: Purpose,
+    id: Uuid,
+    schema: String,
+    cursor: LogCursor,
+    progress: Progress,
+    started: Instant,
+    /// Holds the session locks of a rebuild; dropping it closes it, which releases them.
+    _locks: Option<PgConnection>,
+}
+
+/// Resolves projection names (`all` for every one) to projectors.
+///
+/// # Errors
+/// `UnknownProjection` for a name no projector has.
+pub fn select(
+    projectors: &[Arc<dyn Projector>],
+    names: &[String],
+) -> Result<Vec<Arc<dyn Projector>>, AdminError> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(projectors.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            projectors
+                .iter()
+                .find(|p| p.name() == name)
+                .cloned()
+                .ok_or_else(|| AdminError::UnknownProjection(name.clone()))
+        })
+        .collect()
+}
+
+impl Job {
+    /// Claims `projectors` and prepares empty tables for them in a schema of the job's own.
+    ///
+    /// # Errors
+    /// `Refused` when a rebuild of one of them runs already; a database error.
+    pub async fn start(
+        pool: &PgPool,
+        projectors: Vec<Arc<dyn Projector>>,
+        purpose: Purpose,
+    ) -> Result<Self, AdminError> {
+        let names: Vec<String> = projectors.iter().map(|p| p.name().to_owned()).collect();
+        let mut types: Vec<String> = projectors
+            .iter()
+            .flat_map(|p| p.aggregate_types().iter().map(|t| (*t).to_owned()))
+            .collect();
+        types.sort();
+        types.dedup();
+        let locks = match purpose {
+            Purpose::Rebuild => Some(claim(pool, &names).await?),
+            Purpose::Verify => None,
+        };
+        let id = Uuid::now_v7();
+        let schema = format!("cutover_job_{}", id.simple());
+        let events_total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
+                .bind(&types)
+                .fetch_one(pool)
+                .await?;
+        let mut tx = pool.begin().await?;
+        if purpose == Purpose::Rebuild {
+            let interrupted: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE rebuild_jobs
+                    SET status = 'failed', error = 'interrupted', finished_at = now()
+                  WHERE status = 'running' AND purpose = 'rebuild' AND projections && $1
+              RETURNING id",
+            )
+            .bind(&names)
+            .fetch_all(&mut *tx)
+            .await?;
+            for old in interrupted {
+                sqlx::query(&format!(
+                    "DROP SCHEMA IF EXISTS cutover_job_{} CASCADE",
+                    old.simple()
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE projections SET state = 'rebuilding', changed_at = now()
+                  WHERE name = ANY($1)",
+            )
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO rebuild_jobs (id, projections, purpose, status, events_total)
+             VALUES ($1, $2, $3, 'running', $4)",
+        )
+        .bind(id)
+        .bind(&names)
+        .bind(purpose.as_str())
+        .bind(events_total)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut *tx)
+            .await?;
+        for projector in &projectors {
+            for table in projector.tables() {
+                sqlx::query(&format!(
+                    "CREATE TABLE {schema}.{table} (LIKE cutover_templates.{table} INCLUDING ALL)"
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Self {
+            pool: pool.clone(),
+            projectors,
+            names,
+            types,
+            purpose,
+            id,
+            schema,
+            cursor: LogCursor::START,
+            progress: Progress {
+                events_done: 0,
+                events_total,
+                position: 0,
+            },
+            started: Instant::now(),
+            _locks: locks,
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The schema the job builds its tables in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn projectors(&self) -> &[Arc<dyn Projector>] {
+        &self.projectors
+    }
+
+    /// Replays the log into the job's tables up to what is safe to read now, calling
+    /// `on_progress` after each batch.
+    ///
+    /// # Errors
+    /// A database or projection error; the job's tables are left for the caller to drop.
+    pub async fn catch_up(
+        &mut self,
+        on_progress: &mut impl FnMut(Progress),
+    ) -> Result<(), AdminError> {
+        loop {
+            let applied = self.batch().await?;
+            on_progress(self.progress);
+            if applied < SWAP_WHEN_BEHIND_BY {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One batch in its own transaction: the events, their rows, and the job's progress.
+    async fn batch(&mut self) -> Result<usize, AdminError> {
+        let mut tx = self.pool.begin().await?;
+        let events = log::read_safe(&mut *tx, self.cursor, BATCH, Some(&self.types)).await?;
+        if events.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        self.apply(&mut tx, &events).await?;
+        sqlx::query(
+            "UPDATE public.rebuild_jobs
+                SET events_done = $2, position = $3, updated_at = now(),
+                    events_total = greatest(events_total, $2)
+              WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(self.progress.events_done)
+        .bind(self.progress.position)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(events.len())
+    }
+
+    /// Applies `events` to the job's tables in `conn`'s transaction and moves the cursor.
+    async fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), AdminError> {
+        sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
+            .execute(&mut *conn)
+            .await?;
+        project_all(&self.projectors, conn, events).await?;
+        sqlx::query("SET LOCAL search_path TO DEFAULT")
+            .execute(&mut *conn)
+            .await?;
+        if let Some(last) = events.last() {
+            self.cursor = LogCursor::after(last);
+            self.progress.position = last.position;
+        }
+        self.progress.events_done += i64::try_from(events.len()).unwrap_or(i64::MAX);
+        Ok(())
+    }
+
+    /// Applies every event after the cursor, with no horizon: only for a transaction in which
+    /// no append can be in flight (it holds the append lock, or its snapshot was taken while the
+    /// lock was held).
+    ///
+    /// # Errors
+    /// A database or projection error.
+    pub async fn finish_in(&mut self, conn: &mut PgConnection) -> Result<(), AdminError> {
+        loop {
+            let events = log::read(
+                &mut *conn,
+                self.cursor,
+                BATCH,
+                Some(&self.types),
+                Horizon::Everything,
+            )
+            .await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            self.apply(conn, &events).await?;
+        }
+    }
+
+    /// Rebuilds: catches up, then swaps the tables in.
+    ///
+    /// # Errors
+    /// `RebuildFailed` with the cause; the live tables are untouched and the job is marked
+    /// failed.
+    pub async fn run(
+        mut self,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Result<Outcome, AdminError> {
+        let result = self.run_inner(&mut on_progress).await;
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                let reason = e.to_string();
+                if let Err(cleanup) = self.fail(&reason).await {
+                    tracing::error!(error = %cleanup, job = %self.id, "cannot record the failed rebuild");
+                }
+                Err(AdminError::RebuildFailed {
+                    projections: self.names.join(", "),
+                    reason,
+                })
+            }
+        }
+    }
+
+    async fn run_inner(
+        &mut self,
+        on_progress: &mut impl FnMut(Progress),
+    ) -> Result<Outcome, AdminError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.catch_up(on_progress).await?;
+            match self.swap().await {
+                Ok(hold) => {
+                    on_progress(self.progress);
+                    return Ok(Outcome {
+                        job_id: self.id,
+                        events: self.progress.events_done,
+                        elapsed: self.started.elapsed(),
+                        swap_hold: hold,
+                        position: self.progress.position,
+                    });
+                }
+                Err(AdminError::Database(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("55P03") && attempt < SWAP_ATTEMPTS =>
+                {
+                    tracing::warn!(job = %self.id, attempt, "swap could not lock the live tables in time; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The swap: appends wait from the moment the exclusive append lock is requested until the
+    /// commit; that span is returned.
+    async fn swap(&mut self) -> Result<Duration, AdminError> {
+        let saved = (self.cursor, self.progress);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+            .execute(&mut *tx)
+            .await?;
+        let held_from = Instant::now();
+        let swapped = async {
+            sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
+                .execute(&mut *tx)
+                .await?;
+            self.finish_in(&mut tx).await?;
+            for projector in &self.projectors {
+                for table in projector.tables() {
+                    sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}"))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(&format!(
+                        "ALTER TABLE {}.{table} SET SCHEMA public",
+                        self.schema
+                    ))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            sqlx::query(
+                "UPDATE projections
+                    SET state = 'live', inline_active = true, version = version + 1,
+                        rebuilt_to = $2, changed_at = now()
+                  WHERE name = ANY($1)",
+            )
+            .bind(&self.names)
+            .bind(self.progress.position)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE rebuild_jobs
+                    SET status = 'succeeded', events_done = $2, position = $3,
+                        events_total = greatest(events_total, $2), updated_at = now(),
+                        finished_at = now()
+                  WHERE id = $1",
+            )
+            .bind(self.id)
+            .bind(self.progress.events_done)
+            .bind(self.progress.position)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                .execute(&mut *tx)
+                .await?;
+            Ok::<_, AdminError>(())
+        }
+        .await;
+        if let Err(e) = swapped {
+            // Nothing of the swap committed: the events it applied will be read again.
+            (self.cursor, self.progress) = saved;
+            return Err(e);
+        }
+        tx.commit().await?;
+        let hold = held_from.elapsed();
+        sqlx::query("UPDATE rebuild_jobs SET swap_hold_ms = $2 WHERE id = $1")
+            .bind(self.id)
+            .bind(hold.as_secs_f64() * 1000.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(hold)
+    }
+
+    /// Marks the job failed, gives the projections their state back and drops the job's
+    /// tables.
+    async fn fail(&self, reason: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE rebuild_jobs SET status = 'failed', error = $2, finished_at = now(),
+                    updated_at = now()
+              WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        if self.purpose == Purpose::Rebuild {
+            sqlx::query(
+                "UPDATE projections
+                    SET state = CASE WHEN inline_active THEN 'live' ELSE 'retired' END,
+                        changed_at = now()
+                  WHERE name = ANY($1) AND state = 'rebuilding'",
+            )
+            .bind(&self.names)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Ends a scratch job, failed or not: records it and drops its tables.
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn discard(self, failure: Option<&str>) -> Result<(), sqlx::Error> {
+        match failure {
+            None => {
+                sqlx::query(
+                    "UPDATE rebuild_jobs SET status = 'succeeded', events_done = $2,
+                            position = $3, finished_at = now(), updated_at = now()
+                      WHERE id = $1",
+                )
+                .bind(self.id)
+                .bind(self.progress.events_done)
+                .bind(self.progress.position)
+                .execute(&self.pool)
+                .await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+            Some(reason) => self.fail(reason).await,
+        }
+    }
+}
+
+/// Takes the rebuild lock of every projection in `names` on one connection, or none of them.
+async fn claim(pool: &PgPool, names: &[String]) -> Result<PgConnection, AdminError> {
+    // Detached from the pool: a pooled connection would go back with its session locks held.
+    let mut conn = pool.acquire().await?.detach();
+    let mut taken: Vec<&String> = Vec::new();
+    for name in names {
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(rebuild_lock_key(name))
+            .fetch_one(&mut conn)
+            .await?;
+        if !free {
+            for held in taken {
+                sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                    .bind(rebuild_lock_key(held))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            return Err(AdminError::Refused(format!(
+                "a rebuild of {name} is already running"
+            )));
+        }
+        taken.push(name);
+    }
+    Ok(conn)
+}

@@ -1,0 +1,330 @@
+//! The projection registry: what each projection is, its state, and each domain's read source.
+//! Every admin action (CLI or HTTP, on any instance) reads and changes these rows, so all
+//! instances see one truth.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cutover_core::read_source::ReadSource;
+use cutover_core::store::APPEND_LOCK;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// An admin action could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no projection named {0:?}")]
+    UnknownProjection(String),
+    #[error("no domain named {0:?}; the domains are collections, batches and competencies")]
+    UnknownDomain(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("rebuild of {projections} failed: {reason}")]
+    RebuildFailed { projections: String, reason: String },
+    #[error(transparent)]
+    Projection(#[from] cutover_core::projection::ProjectionError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A registry row.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Projection {
+    pub name: String,
+    pub domain: String,
+    pub shape: String,
+    pub tables: Vec<String>,
+    pub version: i32,
+    pub state: String,
+    pub inline_active: bool,
+    pub rebuilt_to: Option<i64>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// A rebuild job's row, with its rate and estimated time left.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Job {
+    pub id: Uuid,
+    pub projections: Vec<String>,
+    pub purpose: String,
+    pub status: String,
+    pub events_done: i64,
+    pub events_total: i64,
+    pub position: i64,
+    pub swap_hold_ms: Option<f64>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Events per second so far.
+    #[sqlx(default)]
+    pub events_per_second: f64,
+    /// Seconds left at the current rate, while running.
+    #[sqlx(default)]
+    pub eta_seconds: Option<f64>,
+}
+
+impl Job {
+    fn with_rate(mut self) -> Self {
+        let end = self.finished_at.unwrap_or(self.updated_at);
+        let elapsed = (end - self.started_at).num_milliseconds() as f64 / 1000.0;
+        if elapsed > 0.0 {
+            self.events_per_second = self.events_done as f64 / elapsed;
+        }
+        if self.status == "running" && self.events_per_second > 0.0 {
+            let left = (self.events_total - self.events_done).max(0) as f64;
+            self.eta_seconds = Some(left / self.events_per_second);
+        }
+        self
+    }
+}
+
+/// A projection with its row counts, how far it is, and its latest job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub projection: Projection,
+    /// Rows in each of its tables (none while retired).
+    pub rows: BTreeMap<String, i64>,
+    /// The log position its tables reflect: the head of its events while maintained inline.
+    pub last_position: Option<i64>,
+    /// Events of its aggregate types its tables do not reflect yet.
+    pub lag: Option<i64>,
+    /// Whether a rebuild of it runs right now (on any instance).
+    pub rebuild_running: bool,
+    pub latest_job: Option<Job>,
+}
+
+const SELECT_PROJECTIONS: &str = "\
+SELECT name, domain, shape, tables, version, state, inline_active, rebuilt_to, changed_at
+  FROM projections";
+
+const SELECT_JOB: &str = "\
+SELECT id, projections, purpose, status, events_done, events_total, position, swap_hold_ms,
+       error, started_at, updated_at, finished_at
+  FROM rebuild_jobs";
+
+/// Every projection, by domain and shape.
+///
+/// # Errors
+/// A database error.
+pub async fn projections(pool: &PgPool) -> Result<Vec<Projection>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{SELECT_PROJECTIONS} ORDER BY domain, shape, name"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// The projection `name`.
+///
+/// # Errors
+/// `UnknownProjection`, or a database error.
+pub async fn projection(conn: &mut PgConnection, name: &str) -> Result<Projection, AdminError> {
+    sqlx::query_as(&format!("{SELECT_PROJECTIONS} WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| AdminError::UnknownProjection(name.to_owned()))
+}
+
+/// The job `id`.
+///
+/// # Errors
+/// A database error.
+pub async fn job(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    let job: Option<Job> = sqlx::query_as(&format!("{SELECT_JOB} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(job.map(Job::with_rate))
+}
+
+/// The session-lock key that a running rebuild of `projection` holds.
+pub(crate) fn rebuild_lock_key(projection: &str) -> String {
+    format!("cutover:rebuild:{projection}")
+}
+
+/// The status of projection `name`.
+///
+/// # Errors
+/// `UnknownProjection`, or a database error.
+pub async fn status(
+    pool: &PgPool,
+    projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
+    name: &str,
+) -> Result<Status, AdminError> {
+    let mut conn = pool.acquire().await?;
+    let projection = projection(&mut conn, name).await?;
+    let mut rows = BTreeMap::new();
+    if projection.inline_active {
+        for table in &projection.tables {
+            let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM public.{table}"))
+                .fetch_one(&mut *conn)
+                .await?;
+            rows.insert(table.clone(), count);
+        }
+    }
+    let types: Vec<String> = projectors
+        .iter()
+        .find(|p| p.name() == name)
+        .map(|p| {
+            p.aggregate_types()
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let head: Option<i64> =
+        sqlx::query_scalar("SELECT max(position) FROM events WHERE aggregate_type = ANY($1)")
+            .bind(&types)
+            .fetch_one(&mut *conn)
+            .await?;
+    let (last_position, lag) = if projection.inline_active {
+        (Some(head.unwrap_or(0)), Some(0))
+    } else {
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
+                .bind(&types)
+                .fetch_one(&mut *conn)
+                .await?;
+        (None, Some(total))
+    };
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(rebuild_lock_key(name))
+        .fetch_one(&mut *conn)
+        .await?;
+    if free {
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(rebuild_lock_key(name))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let latest_job: Option<Job> = sqlx::query_as(&format!(
+        "{SELECT_JOB} WHERE $1 = ANY(projections) AND purpose = 'rebuild' \
+          ORDER BY started_at DESC LIMIT 1"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(Status {
+        projection,
+        rows,
+        last_position,
+        lag,
+        rebuild_running: !free,
+        latest_job: latest_job.map(Job::with_rate),
+    })
+}
+
+/// Each domain's read source.
+///
+/// # Errors
+/// A database error.
+pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT domain, source FROM read_sources ORDER BY domain")
+        .fetch_all(pool)
+        .await
+}
+
+/// Switches what `domain`'s GET routes read. Refused when that shape's projection is retired
+/// (its tables do not exist).
+///
+/// # Errors
+/// `UnknownDomain`, `Refused`, or a database error.
+pub async fn set_read_source(
+    pool: &PgPool,
+    domain: &str,
+    source: ReadSource,
+) -> Result<(), AdminError> {
+    let shape = source.as_str();
+    let mut tx = pool.begin().await?;
+    let target: Option<(String, bool)> = sqlx::query_as(
+        "SELECT name, inline_active FROM projections WHERE domain = $1 AND shape = $2 FOR SHARE",
+    )
+    .bind(domain)
+    .bind(shape)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((name, live)) = target else {
+        return Err(AdminError::UnknownDomain(domain.to_owned()));
+    };
+    if !live {
+        return Err(AdminError::Refused(format!(
+            "projection {name} is retired: rebuild it before reading {domain} from it"
+        )));
+    }
+    sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")
+        .bind(domain)
+        .bind(shape)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Stops maintaining projection `name` and drops its tables. Refused while it is its domain's
+/// read source or while a rebuild of it runs. Appends wait for the moment it takes.
+///
+/// # Errors
+/// `UnknownProjection`, `Refused`, or a database error.
+pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError> {
+    let mut lock = pool.acquire().await?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(rebuild_lock_key(name))
+        .fetch_one(&mut *lock)
+        .await?;
+    if !free {
+        return Err(AdminError::Refused(format!(
+            "a rebuild of {name} is running; retire it once the rebuild ends"
+        )));
+    }
+    let result = retire_locked(pool, name).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(rebuild_lock_key(name))
+        .execute(&mut *lock)
+        .await?;
+    result
+}
+
+async fn retire_locked(pool: &PgPool, name: &str) -> Result<Projection, AdminError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
+        .execute(&mut *tx)
+        .await?;
+    let projection = projection(&mut tx, name).await?;
+    if projection.state == "retired" {
+        return Err(AdminError::Refused(format!("{name} is already retired")));
+    }
+    let read_source: Option<String> =
+        sqlx::query_scalar("SELECT source FROM read_sources WHERE domain = $1")
+            .bind(&projection.domain)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if read_source.as_deref() == Some(projection.shape.as_str()) {
+        return Err(AdminError::Refused(format!(
+            "{name} is the read source of {}: switch the read source first",
+            projection.domain
+        )));
+    }
+    for table in &projection.tables {
+        sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let retired: Projection = sqlx::query_as(
+        "UPDATE projections SET state = 'retired', inline_active = false, changed_at = now()
+          WHERE name = $1
+      RETURNING name, domain, shape, tables, version, state, inline_active, rebuilt_to,
+                changed_at",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(retired)
+}

@@ -1,0 +1,687 @@
+//! Migration is a rebuild: rebuild under live writes, verify, cut over and back, retire and
+//! restore, adopt legacy rows — through the library the CLI uses and through the admin API.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::import::import_collections;
+use cutover_projections::inline_projectors;
+use cutover_projections::rebuild::{self, Job, Purpose};
+use cutover_projections::verify::{verify, Report};
+use cutover_tests::{json_with_status, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::collections::create;
+
+async fn verify_all(app: &TestApp) -> Report {
+    verify(&app.db.pool, &inline_projectors(), None)
+        .await
+        .unwrap()
+}
+
+async fn rebuild(app: &TestApp, names: &[&str]) -> rebuild::Outcome {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let selected = rebuild::select(&inline_projectors(), &names).unwrap();
+    Job::start(&app.db.pool, selected, Purpose::Rebuild)
+        .await
+        .unwrap()
+        .run(|_| {})
+        .await
+        .unwrap()
+}
+
+/// Rows of `table` as JSON, in a stable order.
+async fn rows(app: &TestApp, table: &str) -> Value {
+    sqlx::query_scalar(&format!(
+        "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]') FROM {table} AS t"
+    ))
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+async fn some_history(app: &TestApp) -> Uuid {
+    let project = Uuid::new_v4();
+    for name in ["a", "b", "c"] {
+        let created = create(app, project, name).await;
+        let id = created["collection"]["collection_id"].as_str().unwrap();
+        json_with_status(
+            app.put(&format!("/projects/{project}/collections/{id}/links"))
+                .json(&json!({"tags": [name]}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    json_with_status(
+        app.post("/batches")
+            .json(&json!({"batch_id": "b1", "expected_players": ["ann", "bob"]}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    json_with_status(
+        app.post("/students/1/attempts")
+            .json(&json!({"subject": "math", "skill_id": "f", "subskill_id": "a", "score": 7}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    project
+}
+
+/// What the writers had acknowledged: (key, position) of every 2xx, and the failures.
+#[derive(Default)]
+struct Acknowledged {
+    created: Vec<(String, i64)>,
+    completions: Vec<(String, i64)>,
+    attempts: Vec<(String, i64)>,
+    failures: Vec<String>,
+}
+
+type Written = (Vec<(String, i64)>, Vec<String>);
+
+/// A writer: sends `request(i)` for i = 1, 2, … until `stop` (or `max` requests), and keeps
+/// `key(i, body)` with the position of each acknowledged command.
+fn writer(
+    app: &TestApp,
+    stop: Arc<AtomicBool>,
+    max: usize,
+    request: impl Fn(usize) -> (String, Value) + Send + 'static,
+    key: impl Fn(usize, &Value) -> String + Send + 'static,
+) -> tokio::task::JoinHandle<Written> {
+    let (client, base) = (app.client.clone(), app.url(""));
+    tokio::spawn(async move {
+        let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+        for i in 1..=max {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let (path, body) = request(i);
+            let response = client
+                .post(format!("{base}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap();
+            if status.is_success() {
+                acknowledged.push((key(i, &answer), answer["position"].as_i64().unwrap()));
+            } else {
+                failures.push(format!("{status}: {answer}"));
+            }
+        }
+        (acknowledged, failures)
+    })
+}
+
+/// Runs three writers (collections, completions of one hot batch, attempts) until `stop`.
+async fn write_until(app: &TestApp, stop: Arc<AtomicBool>) -> Acknowledged {
+    let players: Vec<String> = (0..5_000).map(|i| format!("p{i}")).collect();
+    json_with_status(
+        app.post("/batches")
+            .json(&json!({"batch_id": "hot", "expected_players": players}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let project = Uuid::new_v4();
+    let collections = writer(
+        app,
+        stop.clone(),
+        usize::MAX,
+        move |i| {
+            (
+                format!("/projects/{project}/collections"),
+                json!({"name": format!("c{i}")}),
+            )
+        },
+        |_, body| {
+            body["collection"]["collection_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        },
+    );
+    let completions = writer(
+        app,
+        stop.clone(),
+        4_999,
+        |i| {
+            let body = json!({"player_lookup": format!("p{i}"), "predictions_count": 1});
+            ("/batches/hot/completions".to_owned(), body)
+        },
+        |i, _| format!("p{i}"),
+    );
+    let attempts = writer(
+        app,
+        stop,
+        usize::MAX,
+        |i| {
+            let body =
+                json!({"subject": "math", "skill_id": "s", "subskill_id": "t", "score": i % 11});
+            (format!("/students/{}/attempts", 100 + i % 7), body)
+        },
+        |i, _| i.to_string(),
+    );
+    let (created, mut failures) = collections.await.unwrap();
+    let (completions, more) = completions.await.unwrap();
+    failures.extend(more);
+    let (attempts, more) = attempts.await.unwrap();
+    failures.extend(more);
+    Acknowledged {
+        created,
+        completions,
+        attempts,
+        failures,
+    }
+}
+
+#[tokio::test]
+async fn rebuild_equals_live_while_commands_keep_coming_and_nothing_is_dropped_or_doubled() {
+    let app = TestApp::spawn().await;
+    some_history(&app).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = {
+        let stop = stop.clone();
+        let app_ref = &app;
+        async move { write_until(app_ref, stop).await }
+    };
+    let rebuilds = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            outcomes.push(rebuild(&app, &["all"]).await);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        outcomes
+    };
+
+    let (acknowledged, outcomes) = tokio::join!(writers, rebuilds);
+
+    assert!(
+        acknowledged.failures.is_empty(),
+        "{:?}",
+        acknowledged.failures
+    );
+    let swap_positions: Vec<i64> = outcomes.iter().map(|o| o.position).collect();
+    let all_positions: Vec<i64> = acknowledged
+        .created
+        .iter()
+        .map(|(_, p)| *p)
+        .chain(acknowledged.completions.iter().map(|(_, p)| *p))
+        .chain(acknowledged.attempts.iter().map(|(_, p)| *p))
+        .collect();
+    assert!(
+        all_positions.iter().any(|p| *p < swap_positions[0])
+            && all_positions.iter().any(|p| *p > swap_positions[2]),
+        "commands ran before and after the swaps"
+    );
+    let report = verify_all(&app).await;
+    assert!(
+        report.consistent(),
+        "{:?}",
+        &report.differences[..report.differences.len().min(3)]
+    );
+    // Every acknowledged command is in the log and in both read models exactly once.
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE position = ANY($1)")
+        .bind(&all_positions)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, i64::try_from(all_positions.len()).unwrap());
+    let ids: Vec<Uuid> = acknowledged
+        .created
+        .iter()
+        .map(|(id, _)| id.parse().unwrap())
+        .collect();
+    let (legacy, new): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM collections WHERE collection_id = ANY($1)),
+                (SELECT count(*) FROM project_collections WHERE collection_id = ANY($1))",
+    )
+    .bind(&ids)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((legacy, new), (ids.len() as i64, ids.len() as i64));
+    let (array, completed_rows, counter): (i64, i64, i64) = sqlx::query_as(
+        "SELECT cardinality(completed_players)::bigint,
+                (SELECT count(*) FROM batch_completions WHERE batch_id = 'hot'),
+                (SELECT completed_count::bigint FROM batch_counters WHERE batch_id = 'hot')
+           FROM batch_state WHERE batch_id = 'hot'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    let acknowledged_completions = acknowledged.completions.len() as i64;
+    assert_eq!(
+        (array, completed_rows, counter),
+        (
+            acknowledged_completions,
+            acknowledged_completions,
+            acknowledged_completions
+        )
+    );
+    let attempts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM legacy_attempts WHERE student_id >= 100),
+                (SELECT count(*) FROM student_attempts WHERE student_id >= 100)",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    let acknowledged_attempts = acknowledged.attempts.len() as i64;
+    assert_eq!(attempts, (acknowledged_attempts, acknowledged_attempts));
+}
+
+#[tokio::test]
+async fn verify_names_a_tampered_row_and_a_rebuild_repairs_it() {
+    let app = TestApp::spawn().await;
+    some_history(&app).await;
+    let victim: Uuid =
+        sqlx::query_scalar("SELECT min(collection_id::text)::uuid FROM project_collections")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "UPDATE project_collections SET research_context = 'tampered' WHERE collection_id = $1",
+    )
+    .bind(victim)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    let report = json_with_status(
+        app.get("/admin/consistency").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+
+    assert_eq!(report["consistent"], false);
+    let differences = report["differences"].as_array().unwrap();
+    assert!(differences.iter().any(|d| d["check"] == "live_vs_rebuild"
+        && d["projection"] == "project_collections"
+        && d["key"]["collection_id"] == victim.to_string()
+        && d["field"] == "research_context"
+        && d["left"] == "tampered"
+        && d["right"] == "what we learned"));
+    assert!(differences
+        .iter()
+        .any(|d| d["check"] == "legacy_vs_new" && d["field"] == "description/research_context"));
+    let started = json_with_status(
+        app.post("/admin/projections/project_collections/rebuild")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let job = started["job"].as_str().unwrap().to_owned();
+    let mut finished = Value::Null;
+    for _ in 0..100 {
+        finished = json_with_status(app.get(&job).send().await.unwrap(), StatusCode::OK).await;
+        if finished["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    assert!(finished["events_per_second"].as_f64().unwrap() > 0.0);
+    assert!(verify_all(&app).await.consistent());
+    let status = json_with_status(
+        app.get("/admin/projections/project_collections")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(status["version"], 2);
+    assert_eq!(status["state"], "live");
+    assert_eq!(status["latest_job"]["status"], "succeeded");
+    assert!(status["latest_job"]["swap_hold_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn an_interrupted_rebuild_leaves_the_live_tables_intact_and_a_rerun_succeeds() {
+    let app = TestApp::spawn().await;
+    let project = some_history(&app).await;
+    let before = (
+        rows(&app, "collections").await,
+        rows(&app, "project_collections").await,
+    );
+    let selected = rebuild::select(&inline_projectors(), &["collections".to_owned()]).unwrap();
+    let mut job = Job::start(&app.db.pool, selected, Purpose::Rebuild)
+        .await
+        .unwrap();
+    job.catch_up(&mut |_| {}).await.unwrap();
+    let schema = job.schema().to_owned();
+
+    drop(job); // killed before the swap: its lock connection goes away with it
+
+    assert_eq!(
+        (
+            rows(&app, "collections").await,
+            rows(&app, "project_collections").await
+        ),
+        before
+    );
+    let status = json_with_status(
+        app.get("/admin/projections/collections")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(status["state"], "rebuilding");
+    assert_eq!(status["rebuild_running"], false);
+    create(&app, project, "written meanwhile").await;
+    let outcome = rebuild(&app, &["collections"]).await;
+    assert!(outcome.events > 0);
+    let leftover: Option<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+            .bind(&schema)
+            .fetch_optional(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(leftover, None, "the interrupted job's tables were dropped");
+    let interrupted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rebuild_jobs WHERE status = 'failed' AND error = 'interrupted'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(interrupted, 1);
+    assert!(verify_all(&app).await.consistent());
+}
+
+#[tokio::test]
+async fn retire_then_rebuild_restores_identical_rows() {
+    let app = TestApp::spawn().await;
+    let project = some_history(&app).await;
+    let before = rows(&app, "project_collections").await;
+
+    let retired = json_with_status(
+        app.post("/admin/projections/project_collections/retire")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let created_while_retired = create(&app, project, "while retired").await;
+
+    assert_eq!(retired["state"], "retired");
+    let table: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('public.project_collections')::text")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(table, None, "the retired projection's table is dropped");
+    json_with_status(
+        app.put("/admin/read-sources/collections")
+            .json(&json!({"source": "new"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let report = verify_all(&app).await;
+    assert!(report.consistent());
+    assert!(!report.skipped.is_empty());
+
+    rebuild(&app, &["project_collections"]).await;
+
+    let after = rows(&app, "project_collections").await;
+    for row in before.as_array().unwrap() {
+        assert!(
+            after.as_array().unwrap().contains(row),
+            "{row} came back identical"
+        );
+    }
+    let id = created_while_retired["collection"]["collection_id"]
+        .as_str()
+        .unwrap();
+    assert!(
+        after.to_string().contains(id),
+        "what happened while retired is there too"
+    );
+    assert!(verify_all(&app).await.consistent());
+    let status = json_with_status(
+        app.get("/admin/projections/project_collections")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(status["state"], "live");
+    assert_eq!(status["inline_active"], true);
+}
+
+#[tokio::test]
+async fn import_legacy_twice_appends_once() {
+    let app = TestApp::spawn().await;
+    let (active, inactive, invalid) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let project = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO import_collections (collection_id, project_id, collection_name, description,
+                                         is_active, created_at, updated_at)
+         VALUES ($1, $4, 'Old notes', 'from 2019', true, '2019-05-01T10:00:00Z', '2020-01-02T03:04:05Z'),
+                ($2, $4, 'Gone', '', false, '2019-06-01T10:00:00Z', '2019-07-01T10:00:00Z'),
+                ($3, $4, '   ', '', true, '2019-06-01T10:00:00Z', '2019-07-01T10:00:00Z')",
+    )
+    .bind(active)
+    .bind(inactive)
+    .bind(invalid)
+    .bind(project)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let store = app.db.store();
+
+    let first = import_collections(&store).await.unwrap();
+    let second = import_collections(&store).await.unwrap();
+
+    assert_eq!((first.appended, first.already_present), (2, 0));
+    assert_eq!((second.appended, second.already_present), (0, 2));
+    assert_eq!(first.refused.len(), 1);
+    assert_eq!(first.refused[0].0, invalid);
+    assert_eq!(app.db.event_count().await, 2);
+    let legacy = json_with_status(
+        app.get(&format!("/projects/{project}/collections/{active}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(legacy["collection"]["collection_name"], "Old notes");
+    assert_eq!(legacy["collection"]["created_at"], "2019-05-01T10:00:00Z");
+    assert_eq!(legacy["collection"]["updated_at"], "2020-01-02T03:04:05Z");
+    json_with_status(
+        app.get(&format!("/projects/{project}/collections/{inactive}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::GONE,
+    )
+    .await;
+    let new_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM project_collections")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        new_rows, 1,
+        "a collection deleted in the old system has no new row"
+    );
+    json_with_status(
+        app.put(&format!("/projects/{project}/collections/{active}"))
+            .json(&json!({"name": "Adopted"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(verify_all(&app).await.consistent());
+}
+
+#[tokio::test]
+async fn a_read_source_switch_and_a_rebuild_are_seen_by_every_instance_at_once() {
+    let first = TestApp::spawn().await;
+    let second = first.second_instance().await;
+    let project = Uuid::new_v4();
+    let created = create(&first, project, "shared").await;
+    let path = format!(
+        "/projects/{project}/collections/{}",
+        created["collection"]["collection_id"].as_str().unwrap()
+    );
+
+    let before = json_with_status(second.get(&path).send().await.unwrap(), StatusCode::OK).await;
+    json_with_status(
+        first
+            .put("/admin/read-sources/collections")
+            .json(&json!({"source": "new"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let after = json_with_status(second.get(&path).send().await.unwrap(), StatusCode::OK).await;
+
+    assert_eq!(before["read_source"], "legacy");
+    assert_eq!(before["collection"]["collection_name"], "shared");
+    assert_eq!(after["read_source"], "new");
+    assert_eq!(after["collection"]["research_context"], "what we learned");
+    let sources = json_with_status(
+        second.get("/admin/read-sources").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(sources["collections"], "new");
+
+    let started = json_with_status(
+        first
+            .post("/admin/projections/batch_state/rebuild")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = json_with_status(
+            second
+                .get("/admin/projections/batch_state")
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        if seen["latest_job"]["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["latest_job"]["id"], started["job_id"]);
+    assert_eq!(seen["latest_job"]["status"], "succeeded");
+    let after_rebuild = create(&second, project, "after").await;
+    assert_eq!(after_rebuild["read_source"], "new");
+}
+
+#[tokio::test]
+async fn admin_actions_that_the_state_does_not_allow_are_refused_clearly() {
+    let app = TestApp::spawn().await;
+    some_history(&app).await;
+    let selected = rebuild::select(&inline_projectors(), &["batch_state".to_owned()]).unwrap();
+    let running = Job::start(&app.db.pool, selected, Purpose::Rebuild)
+        .await
+        .unwrap();
+
+    let cases = [
+        (
+            app.post("/admin/projections/batch_state/rebuild"),
+            StatusCode::CONFLICT,
+        ),
+        (
+            app.post("/admin/projections/all/rebuild"),
+            StatusCode::CONFLICT,
+        ),
+        (
+            app.post("/admin/projections/batch_state/retire"),
+            StatusCode::CONFLICT,
+        ),
+        (
+            app.post("/admin/projections/collections/retire"),
+            StatusCode::CONFLICT,
+        ),
+        (
+            app.post("/admin/projections/nope/rebuild"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.post("/admin/projections/nope/retire"),
+            StatusCode::NOT_FOUND,
+        ),
+        (app.get("/admin/projections/nope"), StatusCode::NOT_FOUND),
+        (
+            app.get(&format!("/admin/jobs/{}", Uuid::new_v4())),
+            StatusCode::NOT_FOUND,
+        ),
+        (app.get("/admin/jobs/42"), StatusCode::BAD_REQUEST),
+        (
+            app.get("/admin/consistency?domain=nope"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.put("/admin/read-sources/nope")
+                .json(&json!({"source": "new"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.put("/admin/read-sources/collections")
+                .json(&json!({"source": "old"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (request, status) in cases {
+        let body = json_with_status(request.send().await.unwrap(), status).await;
+        assert!(!body["detail"].as_str().unwrap().is_empty());
+    }
+    let busy = json_with_status(
+        app.post("/admin/projections/batch_state/rebuild")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(busy["detail"].as_str().unwrap().contains("already running"));
+    running.run(|_| {}).await.unwrap();
+    json_with_status(
+        app.post("/admin/projections/batch_completions/retire")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+}
