@@ -30,18 +30,13 @@ impl LogCursor {
         transaction_id: 0,
         position: 0,
     };
-
-    /// Just after `event`.
-    pub fn after(event: &StoredEvent) -> Self {
-        Self {
-            transaction_id: event.transaction_id,
-            position: event.position,
-        }
-    }
 }
 
+/// The payload and metadata are sent only for wanted events (`$3`: the wanted types).
 const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS transaction_id, \
-    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+    aggregate_type, aggregate_id, sequence, event_type, event_version, \
+    CASE WHEN $3::text[] IS NULL OR aggregate_type = ANY($3) THEN payload END AS payload, \
+    CASE WHEN $3::text[] IS NULL OR aggregate_type = ANY($3) THEN metadata END AS metadata, \
     recorded_at";
 
 /// The cursor just after the event at `position`; `None` when no event has it. Position 0
@@ -77,8 +72,20 @@ pub enum Horizon {
     Everything,
 }
 
-/// Up to `limit` events after `after` in log order that no in-flight transaction can precede,
-/// optionally only of the given aggregate types.
+/// What one read of the log found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Read {
+    /// The events of the wanted aggregate types, in log order.
+    pub events: Vec<StoredEvent>,
+    /// Just after the last event looked at, wanted or not; `None` when there was none. The
+    /// next read starts here.
+    pub scanned_to: Option<LogCursor>,
+    /// How many events were looked at.
+    pub scanned: usize,
+}
+
+/// Up to `limit` events after `after` in log order that no in-flight transaction can precede;
+/// of them, those of the given aggregate types.
 ///
 /// # Errors
 /// A database error, or a stored row that does not fit [`StoredEvent`].
@@ -87,12 +94,17 @@ pub async fn read_safe<'e>(
     after: LogCursor,
     limit: i64,
     aggregate_types: Option<&[String]>,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
+) -> Result<Read, sqlx::Error> {
     read(executor, after, limit, aggregate_types, Horizon::Safe).await
 }
 
-/// Up to `limit` events after `after` in log order, up to `horizon`, optionally only of the
+/// Up to `limit` events after `after` in log order, up to `horizon`; of them, those of the
 /// given aggregate types.
+///
+/// The scan always follows the `(transaction_id, position)` index and filters types as it
+/// goes (the payload of an unwanted event is not even sent): a type condition in the `WHERE`
+/// clause lets the planner pick a scan that sorts every remaining event of those types, which
+/// on a large log costs seconds per page.
 ///
 /// # Errors
 /// A database error, or a stored row that does not fit [`StoredEvent`].
@@ -102,17 +114,19 @@ pub async fn read<'e>(
     limit: i64,
     aggregate_types: Option<&[String]>,
     horizon: Horizon,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
+) -> Result<Read, sqlx::Error> {
     let bound = match horizon {
         Horizon::Safe => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
         Horizon::Everything => "",
     };
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events
+        "SELECT {EVENT_COLUMNS},
+                $3::text[] IS NULL OR aggregate_type = ANY($3) AS wanted
+           FROM events
           WHERE (transaction_id, position) > ($1::text::xid8, $2)
             {bound}
-            AND ($3::text[] IS NULL OR aggregate_type = ANY($3))
-          ORDER BY transaction_id, position
+          -- the table's columns, not the output's bigint transaction_id: the index order
+          ORDER BY events.transaction_id, events.position
           LIMIT $4"
     );
     let rows = sqlx::query(&sql)
@@ -122,7 +136,20 @@ pub async fn read<'e>(
         .bind(limit)
         .fetch_all(executor)
         .await?;
-    rows.iter().map(stored_event).collect()
+    let mut read = Read {
+        scanned: rows.len(),
+        ..Read::default()
+    };
+    for row in &rows {
+        read.scanned_to = Some(LogCursor {
+            transaction_id: row.try_get("transaction_id")?,
+            position: row.try_get("position")?,
+        });
+        if row.try_get::<bool, _>("wanted")? {
+            read.events.push(stored_event(row)?);
+        }
+    }
+    Ok(read)
 }
 
 /// Whether committed events after `after` are being held back because an older transaction

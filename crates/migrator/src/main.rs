@@ -95,7 +95,7 @@ enum SourceArg {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, "warn");
+    telemetry::init(cli.log_format, "warn,sqlx::query=error");
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -16,9 +16,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_core::log::{self, Horizon, LogCursor};
+use cutover_core::log::{self, Horizon, LogCursor, Read};
 use cutover_core::projection::{project_all, Projector};
-use cutover_core::store::{StoredEvent, APPEND_LOCK};
+use cutover_core::store::APPEND_LOCK;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -241,12 +241,12 @@ impl Job {
     /// One batch in its own transaction: the events, their rows, and the job's progress.
     async fn batch(&mut self) -> Result<usize, AdminError> {
         let mut tx = self.pool.begin().await?;
-        let events = log::read_safe(&mut *tx, self.cursor, BATCH, Some(&self.types)).await?;
-        if events.is_empty() {
+        let read = log::read_safe(&mut *tx, self.cursor, BATCH, Some(&self.types)).await?;
+        if read.scanned == 0 {
             tx.rollback().await?;
             return Ok(0);
         }
-        self.apply(&mut tx, &events).await?;
+        self.apply(&mut tx, &read).await?;
         sqlx::query(
             "UPDATE public.rebuild_jobs
                 SET events_done = $2, position = $3, updated_at = now(),
@@ -259,27 +259,26 @@ impl Job {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(events.len())
+        Ok(read.scanned)
     }
 
-    /// Applies `events` to the job's tables in `conn`'s transaction and moves the cursor.
-    async fn apply(
-        &mut self,
-        conn: &mut PgConnection,
-        events: &[StoredEvent],
-    ) -> Result<(), AdminError> {
-        sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
-            .execute(&mut *conn)
-            .await?;
-        project_all(&self.projectors, conn, events).await?;
-        sqlx::query("SET LOCAL search_path TO DEFAULT")
-            .execute(&mut *conn)
-            .await?;
-        if let Some(last) = events.last() {
-            self.cursor = LogCursor::after(last);
-            self.progress.position = last.position;
+    /// Applies what `read` found to the job's tables in `conn`'s transaction and moves the
+    /// cursor past everything it looked at.
+    async fn apply(&mut self, conn: &mut PgConnection, read: &Read) -> Result<(), AdminError> {
+        if !read.events.is_empty() {
+            sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
+                .execute(&mut *conn)
+                .await?;
+            project_all(&self.projectors, conn, &read.events).await?;
+            sqlx::query("SET LOCAL search_path TO DEFAULT")
+                .execute(&mut *conn)
+                .await?;
         }
-        self.progress.events_done += i64::try_from(events.len()).unwrap_or(i64::MAX);
+        if let Some(cursor) = read.scanned_to {
+            self.cursor = cursor;
+            self.progress.position = cursor.position;
+        }
+        self.progress.events_done += i64::try_from(read.events.len()).unwrap_or(i64::MAX);
         Ok(())
     }
 
@@ -291,7 +290,7 @@ impl Job {
     /// A database or projection error.
     pub async fn finish_in(&mut self, conn: &mut PgConnection) -> Result<(), AdminError> {
         loop {
-            let events = log::read(
+            let read = log::read(
                 &mut *conn,
                 self.cursor,
                 BATCH,
@@ -299,10 +298,10 @@ impl Job {
                 Horizon::Everything,
             )
             .await?;
-            if events.is_empty() {
+            if read.scanned == 0 {
                 return Ok(());
             }
-            self.apply(conn, &events).await?;
+            self.apply(conn, &read).await?;
         }
     }
 

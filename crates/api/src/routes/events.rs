@@ -81,7 +81,8 @@ impl From<StoredEvent> for FeedEvent {
 #[derive(Debug, Serialize)]
 struct FeedPage {
     events: Vec<FeedEvent>,
-    /// Pass as `after` to continue; the same `after` when nothing new was safe to serve.
+    /// Pass as `after` to continue: the last event looked at (filtered out or not); the same
+    /// `after` when nothing new was safe to serve.
     next: i64,
 }
 
@@ -99,10 +100,10 @@ async fn page(
     let pool = state.store.pool();
     let cursor = resolve(pool, after).await?;
     let types = aggregate_types(query.aggregate_type.as_deref())?;
-    let events = log::read_safe(pool, cursor, limit, types.as_deref()).await?;
-    let next = events.last().map_or(after, |e| e.position);
+    let read = log::read_safe(pool, cursor, limit, types.as_deref()).await?;
+    let next = read.scanned_to.map_or(after, |c| c.position);
     Ok(axum::Json(FeedPage {
-        events: events.into_iter().map(FeedEvent::from).collect(),
+        events: read.events.into_iter().map(FeedEvent::from).collect(),
         next,
     }))
 }
@@ -169,11 +170,14 @@ impl Tail {
                 match log::read_safe(&self.pool, self.cursor, STREAM_BATCH, self.types.as_deref())
                     .await
                 {
-                    Ok(events) if !events.is_empty() => {
-                        if let Some(last) = events.last() {
-                            self.cursor = LogCursor::after(last);
+                    Ok(read) if read.scanned > 0 => {
+                        if let Some(cursor) = read.scanned_to {
+                            self.cursor = cursor;
                         }
-                        return Some((events, self));
+                        if read.events.is_empty() {
+                            continue;
+                        }
+                        return Some((read.events, self));
                     }
                     Ok(_) => match log::held_back(&self.pool, self.cursor).await {
                         Ok(true) => Some(HELD_BACK_RECHECK),
