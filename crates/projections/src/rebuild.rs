@@ -247,17 +247,7 @@ impl Job {
             return Ok(0);
         }
         self.apply(&mut tx, &read).await?;
-        sqlx::query(
-            "UPDATE public.rebuild_jobs
-                SET events_done = $2, position = $3, updated_at = now(),
-                    events_total = greatest(events_total, $2)
-              WHERE id = $1",
-        )
-        .bind(self.id)
-        .bind(self.progress.events_done)
-        .bind(self.progress.position)
-        .execute(&mut *tx)
-        .await?;
+        self.record(&mut tx, "running").await?;
         tx.commit().await?;
         Ok(read.scanned)
     }
@@ -396,18 +386,7 @@ impl Job {
             .bind(self.progress.position)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "UPDATE rebuild_jobs
-                    SET status = 'succeeded', events_done = $2, position = $3,
-                        events_total = greatest(events_total, $2), updated_at = now(),
-                        finished_at = now()
-                  WHERE id = $1",
-            )
-            .bind(self.id)
-            .bind(self.progress.events_done)
-            .bind(self.progress.position)
-            .execute(&mut *tx)
-            .await?;
+            self.record(&mut tx, "succeeded").await?;
             sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
                 .execute(&mut *tx)
                 .await?;
@@ -427,6 +406,24 @@ impl Job {
             .execute(&self.pool)
             .await?;
         Ok(hold)
+    }
+
+    /// Records the job's progress, and its end when `status` is not `running`.
+    async fn record(&self, conn: &mut PgConnection, status: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE public.rebuild_jobs
+                SET status = $4, events_done = $2, position = $3,
+                    events_total = greatest(events_total, $2), updated_at = now(),
+                    finished_at = CASE WHEN $4 = 'running' THEN NULL ELSE now() END
+              WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(self.progress.events_done)
+        .bind(self.progress.position)
+        .bind(status)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 
     /// Marks the job failed, gives the projections their state back and drops the job's
@@ -466,16 +463,8 @@ impl Job {
     pub async fn discard(self, failure: Option<&str>) -> Result<(), sqlx::Error> {
         match failure {
             None => {
-                sqlx::query(
-                    "UPDATE rebuild_jobs SET status = 'succeeded', events_done = $2,
-                            position = $3, finished_at = now(), updated_at = now()
-                      WHERE id = $1",
-                )
-                .bind(self.id)
-                .bind(self.progress.events_done)
-                .bind(self.progress.position)
-                .execute(&self.pool)
-                .await?;
+                let mut conn = self.pool.acquire().await?;
+                self.record(&mut conn, "succeeded").await?;
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
                     .execute(&self.pool)
                     .await?;

@@ -43,6 +43,15 @@ async fn rows(app: &TestApp, table: &str) -> Value {
     .unwrap()
 }
 
+async fn projection_status(app: &TestApp, name: &str) -> Value {
+    let response = app
+        .get(&format!("/admin/projections/{name}"))
+        .send()
+        .await
+        .unwrap();
+    json_with_status(response, StatusCode::OK).await
+}
+
 async fn some_history(app: &TestApp) -> Uuid {
     let project = Uuid::new_v4();
     for name in ["a", "b", "c"] {
@@ -340,14 +349,7 @@ async fn verify_names_a_tampered_row_and_a_rebuild_repairs_it() {
     assert_eq!(finished["status"], "succeeded", "{finished}");
     assert!(finished["events_per_second"].as_f64().unwrap() > 0.0);
     assert!(verify_all(&app).await.consistent());
-    let status = json_with_status(
-        app.get("/admin/projections/project_collections")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let status = projection_status(&app, "project_collections").await;
     assert_eq!(status["version"], 2);
     assert_eq!(status["state"], "live");
     assert_eq!(status["latest_job"]["status"], "succeeded");
@@ -378,14 +380,7 @@ async fn an_interrupted_rebuild_leaves_the_live_tables_intact_and_a_rerun_succee
         ),
         before
     );
-    let status = json_with_status(
-        app.get("/admin/projections/collections")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let status = projection_status(&app, "collections").await;
     assert_eq!(status["state"], "rebuilding");
     assert_eq!(status["rebuild_running"], false);
     create(&app, project, "written meanwhile").await;
@@ -461,14 +456,7 @@ async fn retire_then_rebuild_restores_identical_rows() {
         "what happened while retired is there too"
     );
     assert!(verify_all(&app).await.consistent());
-    let status = json_with_status(
-        app.get("/admin/projections/project_collections")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let status = projection_status(&app, "project_collections").await;
     assert_eq!(status["state"], "live");
     assert_eq!(status["inline_active"], true);
 }
@@ -587,15 +575,7 @@ async fn a_read_source_switch_and_a_rebuild_are_seen_by_every_instance_at_once()
     .await;
     let mut seen = Value::Null;
     for _ in 0..100 {
-        seen = json_with_status(
-            second
-                .get("/admin/projections/batch_state")
-                .send()
-                .await
-                .unwrap(),
-            StatusCode::OK,
-        )
-        .await;
+        seen = projection_status(&second, "batch_state").await;
         if seen["latest_job"]["status"] == "succeeded" {
             break;
         }
