@@ -380,7 +380,15 @@ async fn an_interrupted_rebuild_leaves_the_live_tables_intact_and_a_rerun_succee
         ),
         before
     );
-    let status = projection_status(&app, "collections").await;
+    // The server notices the closed connection and releases its lock within moments.
+    let mut status = projection_status(&app, "collections").await;
+    for _ in 0..100 {
+        if status["rebuild_running"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = projection_status(&app, "collections").await;
+    }
     assert_eq!(status["state"], "rebuilding");
     assert_eq!(status["rebuild_running"], false);
     create(&app, project, "written meanwhile").await;
