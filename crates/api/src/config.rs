@@ -22,6 +22,10 @@ pub struct Config {
     #[arg(long, env = "CUTOVER_COMMAND_RETRIES", default_value_t = 5)]
     pub command_retries: u32,
 
+    /// How long an `Idempotency-Key` and its first response are remembered, in seconds.
+    #[arg(long, env = "CUTOVER_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+
     /// Log line format.
     #[arg(long, env = "CUTOVER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -233,6 +233,7 @@ where
             CommandError::Rejected(domain) => domain.into(),
             CommandError::VersionMismatch { .. } => Self::PreconditionFailed(e.to_string()),
             CommandError::Conflict { .. } => Self::Conflict(e.to_string()),
+            CommandError::KeyReused => Self::invalid("Idempotency-Key", e.to_string()),
             CommandError::Database(db) => db.into(),
             other => Self::Internal(other.into()),
         }

@@ -5,7 +5,13 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
+use std::time::Duration;
+
+use cutover_core::store::Idempotency;
+use sha2::{Digest as _, Sha256};
+
 use crate::error::ApiError;
+use crate::AppState;
 
 /// A JSON body.
 #[derive(axum::extract::FromRequest)]
@@ -53,6 +59,72 @@ fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .filter(|v| *v >= 0)
         .map(Some)
         .ok_or_else(bad)
+}
+
+/// Longest `Idempotency-Key`, in characters.
+pub const MAX_KEY_CHARS: usize = 255;
+
+/// The `Idempotency-Key` header (1–255 visible ASCII characters), with what identifies the
+/// request it came with.
+pub struct IdempotencyKey {
+    key: Option<String>,
+    method: String,
+    path: String,
+    ttl: Duration,
+}
+
+impl FromRequestParts<AppState> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = match parts.headers.get("idempotency-key") {
+            None => None,
+            Some(value) => {
+                let bytes = value.as_bytes();
+                let visible = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+                if bytes.is_empty() || bytes.len() > MAX_KEY_CHARS || !visible {
+                    return Err(ApiError::BadRequest(format!(
+                        "Idempotency-Key must be 1-{MAX_KEY_CHARS} visible ASCII characters"
+                    )));
+                }
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+        };
+        Ok(Self {
+            key,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            ttl: state.idempotency_ttl,
+        })
+    }
+}
+
+impl IdempotencyKey {
+    /// The key with the fingerprint of this request (method, path and `body` as parsed), or
+    /// `None` when the request came without a key.
+    pub fn for_body(&self, body: &impl serde::Serialize) -> Option<Idempotency> {
+        let key = self.key.clone()?;
+        let mut digest = Sha256::new();
+        digest.update(self.method.as_bytes());
+        digest.update(b" ");
+        digest.update(self.path.as_bytes());
+        digest.update(b"\n");
+        // Serializing a parsed body cannot fail; an empty body stands in if it somehow did.
+        digest.update(serde_json::to_vec(body).unwrap_or_default());
+        let fingerprint = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(Idempotency {
+            key,
+            fingerprint,
+            ttl: self.ttl,
+        })
+    }
 }
 
 /// The `ETag` of an aggregate version.

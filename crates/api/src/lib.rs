@@ -1,6 +1,8 @@
 //! Cutover's HTTP API (axum). Handlers turn requests into commands, run them through the
 //! event store, and answer with state read back from the read models after the commit.
 
+use std::time::Duration;
+
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use cutover_core::store::EventStore;
@@ -21,14 +23,23 @@ use tokio::sync::watch;
 pub struct AppState {
     pub store: EventStore,
     pub feed: FeedSignals,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
 }
+
+/// Default of [`AppState::idempotency_ttl`]: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl AppState {
     /// The state of a server on `store`; starts listening for appended events. Live event
     /// streams end when `shutdown` turns true.
     pub fn new(store: EventStore, shutdown: watch::Receiver<bool>) -> Self {
         let feed = FeedSignals::start(store.pool().clone(), shutdown);
-        Self { store, feed }
+        Self {
+            store,
+            feed,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+        }
     }
 }
 

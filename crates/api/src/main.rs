@@ -1,6 +1,8 @@
 //! `cutover-api`: serves the HTTP API. Without `DATABASE_URL` it starts a private Postgres
 //! cluster and stops it again on shutdown.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use clap::Parser as _;
 use cutover_api::config::Config;
@@ -29,7 +31,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(address = %config.bind, "listening");
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let served = axum::serve(listener, app(AppState::new(store, stopping)))
+    let mut state = AppState::new(store, stopping.clone());
+    state.idempotency_ttl = Duration::from_secs(config.idempotency_ttl_secs);
+    tokio::spawn(forget_expired_keys(database.pool.clone(), stopping));
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // Live event streams end, so that open connections do not hold the shutdown.
@@ -39,6 +44,25 @@ async fn main() -> anyhow::Result<()> {
         .context("serving HTTP");
     database.close().await.context("closing the database")?;
     served
+}
+
+/// Deletes expired idempotency keys every few minutes, a bounded number at a time.
+async fn forget_expired_keys(pool: sqlx::PgPool, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(300)) => {}
+            _ = stopping.changed() => return,
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key IN (
+                 SELECT key FROM idempotency_keys WHERE expires_at < now() LIMIT 10000)",
+        )
+        .execute(&pool)
+        .await;
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, "cannot delete expired idempotency keys");
+        }
+    }
 }
 
 async fn shutdown_signal() {

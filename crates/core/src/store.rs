@@ -72,6 +72,9 @@ pub enum CommandError<E: std::error::Error + 'static> {
         #[source]
         source: serde_json::Error,
     },
+    /// The idempotency key was used before with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    KeyReused,
     #[error("an event could not be serialized")]
     Serialize(#[source] serde_json::Error),
     #[error(transparent)]
@@ -204,13 +207,12 @@ impl EventStore {
         &self.projectors
     }
 
-    /// Runs `command` against aggregate `aggregate_id` of type `A`.
+    /// Runs `command` against aggregate `aggregate_id` of type `A` and commits.
     ///
     /// With `expected_version`, the command runs only if the aggregate is at that version.
     ///
     /// # Errors
     /// See [`CommandError`]; on any error nothing was appended or projected.
-    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %aggregate_id), err(level = "debug"))]
     pub async fn execute<A>(
         &self,
         aggregate_id: &str,
@@ -224,6 +226,44 @@ impl EventStore {
         A::Command: Clone,
         A::Error: 'static,
     {
+        let request = Request {
+            aggregate_id,
+            command,
+            services,
+            expected_version,
+            metadata,
+        };
+        match self.begin::<A>(request, None).await? {
+            Begun::Open(pending) => Ok(pending.commit(None).await?),
+            Begun::Replayed(_) => Err(CommandError::KeyReused),
+        }
+    }
+
+    /// Runs a command up to, not including, its commit: its events are appended and projected
+    /// in a transaction the caller can read back from (write-then-read) before
+    /// [`Pending::commit`]. With an idempotency key seen before for the same request, nothing
+    /// runs and the stored response comes back instead.
+    ///
+    /// # Errors
+    /// See [`CommandError`]; on any error nothing was appended or projected.
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %request.aggregate_id), err(level = "debug"))]
+    pub async fn begin<A>(
+        &self,
+        request: Request<'_, A>,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Begun<A>, CommandError<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let Request {
+            aggregate_id,
+            command,
+            services,
+            expected_version,
+            metadata,
+        } = request;
         let attempts = self.max_retries + 1;
         for attempt in 1..=attempts {
             let mut tx = self.pool.begin().await?;
@@ -231,6 +271,12 @@ impl EventStore {
                 .bind(format!("{}/{}", A::TYPE, aggregate_id))
                 .execute(&mut *tx)
                 .await?;
+            if let Some(key) = idempotency {
+                if let Some(stored) = claim_key(&mut tx, key).await? {
+                    tx.rollback().await?;
+                    return Ok(Begun::Replayed(stored));
+                }
+            }
             let cached = self.cache.take::<A>(aggregate_id);
             let (mut aggregate, version, position, active) =
                 load::<A>(&mut tx, aggregate_id, cached).await?;
@@ -249,16 +295,9 @@ impl EventStore {
                 .await
                 .map_err(CommandError::Rejected)?;
             let new_events = sink.collect().await;
-            if new_events.is_empty() {
-                tx.rollback().await?;
-                self.cache.put(aggregate_id, aggregate, version, position);
-                return Ok(Committed {
-                    version,
-                    position,
-                    events: Vec::new(),
-                });
-            }
-            let stored =
+            let stored = if new_events.is_empty() {
+                Vec::new()
+            } else {
                 match append::<A>(&mut tx, aggregate_id, version, &new_events, metadata).await {
                     Ok(stored) => stored,
                     Err(AppendError::Conflict) => {
@@ -269,7 +308,8 @@ impl EventStore {
                     }
                     Err(AppendError::Serialize(e)) => return Err(CommandError::Serialize(e)),
                     Err(AppendError::Database(e)) => return Err(CommandError::Database(e)),
-                };
+                }
+            };
             let inline: Vec<Arc<dyn Projector>> = self
                 .projectors
                 .iter()
@@ -277,18 +317,152 @@ impl EventStore {
                 .cloned()
                 .collect();
             project_all(&inline, &mut tx, &stored).await?;
-            tx.commit().await?;
             let (version, position) = stored
                 .last()
                 .map_or((version, position), |e| (e.sequence, e.position));
-            self.cache.put(aggregate_id, aggregate, version, position);
-            return Ok(Committed {
-                version,
-                position,
-                events: stored,
-            });
+            return Ok(Begun::Open(Pending {
+                tx,
+                cache: Arc::clone(&self.cache),
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate,
+                key: idempotency.map(|k| k.key.clone()),
+                committed: Committed {
+                    version,
+                    position,
+                    events: stored,
+                },
+            }));
         }
         Err(CommandError::Conflict { attempts })
+    }
+}
+
+/// What a command is: the aggregate, the command, and what it is run with.
+pub struct Request<'a, A: Aggregate> {
+    pub aggregate_id: &'a str,
+    pub command: A::Command,
+    pub services: &'a A::Services,
+    /// Run only if the aggregate is at this version (`If-Match`).
+    pub expected_version: Option<i64>,
+    pub metadata: &'a Value,
+}
+
+/// A client's `Idempotency-Key` and what identifies its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// A digest of the request (method, path, body): the same key with another request is
+    /// refused.
+    pub fingerprint: String,
+    /// How long the key is remembered.
+    pub ttl: Duration,
+}
+
+/// A response as it was first sent, kept under its idempotency key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+/// How [`EventStore::begin`] went.
+pub enum Begun<A: Aggregate + 'static> {
+    /// The command ran; commit it.
+    Open(Pending<A>),
+    /// The same request came with this key before: its response, nothing ran.
+    Replayed(StoredResponse),
+}
+
+/// A command that ran and awaits its commit. Dropping it rolls everything back.
+pub struct Pending<A: Aggregate + 'static> {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    cache: Arc<AggregateCache>,
+    aggregate_id: String,
+    aggregate: A,
+    key: Option<String>,
+    committed: Committed,
+}
+
+impl<A: Aggregate + 'static> Pending<A> {
+    /// What the command reached (its events are not committed yet).
+    pub fn committed(&self) -> &Committed {
+        &self.committed
+    }
+
+    /// The command's transaction, to read the read models back from.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Commits; with an idempotency key, `response` is stored under it in the same
+    /// transaction.
+    ///
+    /// # Errors
+    /// A database error: nothing was committed.
+    pub async fn commit(
+        mut self,
+        response: Option<&StoredResponse>,
+    ) -> Result<Committed, sqlx::Error> {
+        if let (Some(key), Some(response)) = (&self.key, response) {
+            sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
+                .bind(key)
+                .bind(sqlx::types::Json(response))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        self.cache.put(
+            &self.aggregate_id,
+            self.aggregate,
+            self.committed.version,
+            self.committed.position,
+        );
+        Ok(self.committed)
+    }
+}
+
+/// Takes `key` for this command, or finds it taken: `Some(response)` when the same request
+/// was answered before. A key taken by a transaction still running is waited for. An expired
+/// key is taken afresh.
+///
+/// # Errors
+/// `KeyReused` when the key came with another request; a database error.
+async fn claim_key<E: std::error::Error + 'static>(
+    conn: &mut PgConnection,
+    key: &Idempotency,
+) -> Result<Option<StoredResponse>, CommandError<E>> {
+    let ttl_secs = key.ttl.as_secs_f64();
+    let claimed: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (key, fingerprint, expires_at)
+         VALUES ($1, $2, now() + make_interval(secs => $3))
+         ON CONFLICT (key) DO UPDATE
+            SET fingerprint = EXCLUDED.fingerprint, expires_at = EXCLUDED.expires_at,
+                response = NULL, created_at = now()
+          WHERE idempotency_keys.expires_at <= now()
+         RETURNING true",
+    )
+    .bind(&key.key)
+    .bind(&key.fingerprint)
+    .bind(ttl_secs)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if claimed.is_some() {
+        return Ok(None);
+    }
+    let (fingerprint, response): (String, Option<sqlx::types::Json<StoredResponse>>) =
+        sqlx::query_as("SELECT fingerprint, response FROM idempotency_keys WHERE key = $1")
+            .bind(&key.key)
+            .fetch_one(&mut *conn)
+            .await?;
+    if fingerprint != key.fingerprint {
+        return Err(CommandError::KeyReused);
+    }
+    match response {
+        Some(stored) => Ok(Some(stored.0)),
+        // Taken by a command that committed no response: cannot happen through this store,
+        // whose key rows and responses commit together.
+        None => Err(CommandError::KeyReused),
     }
 }
 

@@ -10,4 +10,5 @@ mod event_log;
 mod feed;
 mod guarantees;
 mod health;
+mod idempotency;
 mod migration;

@@ -2,8 +2,8 @@
 //! nothing), read the batch and its completions from the domain's read source.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cutover_core::domain::batch::{
@@ -11,17 +11,18 @@ use cutover_core::domain::batch::{
     MAX_PLAYERS,
 };
 use cutover_core::read_source::{self, Domain, ReadSource};
-use cutover_core::store::Committed;
+use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::batch_state::BatchState;
 use cutover_projections::batches::{
     completion, completions, find, summary, BatchRow, BatchSummary, CompletionRow,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::PgConnection;
 
 use crate::error::ApiError;
-use crate::extract::{IfMatch, Json, Path, Query};
-use crate::routes::document;
+use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
+use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of `GET /batches/{batch_id}/completions`.
@@ -39,21 +40,21 @@ pub fn router() -> Router<AppState> {
         .route("/batches/{batch_id}/completions/bulk", post(record_bulk))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
     batch_id: String,
     expected_players: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CompletionBody {
     player_lookup: String,
     predictions_count: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
     completions: Vec<CompletionBody>,
@@ -85,42 +86,68 @@ struct CompletionPage {
 async fn start(
     State(state): State<AppState>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
     Json(body): Json<StartBody>,
 ) -> Result<Response, ApiError> {
     let batch_id = BatchId::parse(&body.batch_id)?;
     let command = BatchCommand::StartBatch {
         expected_players: ExpectedPlayers::parse(&body.expected_players)?,
     };
-    let committed = execute(&state, &batch_id, command, expected).await?;
-    let mut response = respond(&state, &batch_id, &committed, None).await?;
-    *response.status_mut() = StatusCode::CREATED;
-    if let Ok(location) = HeaderValue::from_str(&format!("/batches/{}", batch_id.as_str())) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    let location = format!("/batches/{}", batch_id.as_str());
+    let idempotency = key.for_body(&body);
+    let id = batch_id.clone();
+    execute(
+        &state,
+        &batch_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move {
+                let answer = respond(conn, &id, &committed, None).await?;
+                Ok(with_location(
+                    with_status(answer, StatusCode::CREATED),
+                    location,
+                ))
+            })
+        },
+    )
+    .await
 }
 
 async fn record(
     State(state): State<AppState>,
     Path(batch_id): Path<String>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
     Json(body): Json<CompletionBody>,
 ) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
     let completion = Completion::parse(&body.player_lookup, body.predictions_count)?;
     let command = BatchCommand::RecordCompletion(completion);
-    let committed = execute(&state, &batch_id, command, expected).await?;
-    let player = Some(body.player_lookup.as_str());
-    created_or_ok(
-        respond(&state, &batch_id, &committed, player).await?,
-        &committed,
+    let idempotency = key.for_body(&body);
+    let id = batch_id.clone();
+    execute(
+        &state,
+        &batch_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move {
+                let answer = respond(conn, &id, &committed, Some(&body.player_lookup)).await?;
+                Ok(created_or_ok(answer, &committed))
+            })
+        },
     )
+    .await
 }
 
 async fn record_bulk(
     State(state): State<AppState>,
     Path(batch_id): Path<String>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
     Json(body): Json<BulkBody>,
 ) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
@@ -139,11 +166,22 @@ async fn record_bulk(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let command = BatchCommand::RecordCompletions(completions);
-    let committed = execute(&state, &batch_id, command, expected).await?;
-    created_or_ok(
-        respond(&state, &batch_id, &committed, None).await?,
-        &committed,
+    let idempotency = key.for_body(&body);
+    let id = batch_id.clone();
+    execute(
+        &state,
+        &batch_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move {
+                let answer = respond(conn, &id, &committed, None).await?;
+                Ok(created_or_ok(answer, &committed))
+            })
+        },
     )
+    .await
 }
 
 async fn fetch(
@@ -157,7 +195,7 @@ async fn fetch(
         BatchView::Legacy(row) => row.last_sequence,
         BatchView::New(row) => row.last_sequence,
     };
-    Ok(document(source, version, None, &[("batch", json!(view))]))
+    Ok(Answer(document(source, version, None, &[("batch", json!(view))])).into_response())
 }
 
 async fn list_completions(
@@ -201,49 +239,51 @@ fn path_batch_id(raw: &str) -> Result<BatchId, ApiError> {
 }
 
 /// 201 when the command appended events, 200 when it was an idempotent repeat.
-fn created_or_ok(mut response: Response, committed: &Committed) -> Result<Response, ApiError> {
-    if !committed.events.is_empty() {
-        *response.status_mut() = StatusCode::CREATED;
+fn created_or_ok(answer: StoredResponse, committed: &Committed) -> StoredResponse {
+    if committed.events.is_empty() {
+        answer
+    } else {
+        with_status(answer, StatusCode::CREATED)
     }
-    Ok(response)
 }
 
+/// Runs a batch command; `respond` reads its answer back before the commit.
 async fn execute(
     state: &AppState,
     batch_id: &BatchId,
     command: BatchCommand,
     expected_version: Option<i64>,
-) -> Result<Committed, ApiError> {
+    idempotency: Option<Idempotency>,
+    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+) -> Result<Response, ApiError> {
     let name = match &command {
         BatchCommand::StartBatch { .. } => "StartBatch",
         BatchCommand::RecordCompletion(_) => "RecordCompletion",
         BatchCommand::RecordCompletions(_) => "RecordCompletions",
     };
-    Ok(state
-        .store
-        .execute::<PredictionBatch>(
-            batch_id.as_str(),
-            command,
-            &(),
-            expected_version,
-            &json!({ "command": name }),
-        )
-        .await?)
+    let metadata = json!({ "command": name });
+    let request = Request::<PredictionBatch> {
+        aggregate_id: batch_id.as_str(),
+        command,
+        services: &(),
+        expected_version,
+        metadata: &metadata,
+    };
+    run(state, request, idempotency, respond).await
 }
 
 /// Write-then-read: the batch's summary (and the player's completion, for a single one) read
-/// back from the read source after the commit.
+/// back from the read source in the command's transaction.
 async fn respond(
-    state: &AppState,
+    conn: &mut PgConnection,
     batch_id: &BatchId,
     committed: &Committed,
     player: Option<&str>,
-) -> Result<Response, ApiError> {
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Batches).await?;
+) -> Result<StoredResponse, ApiError> {
+    let source = read_source::current(&mut *conn, Domain::Batches).await?;
     let mut rows = match source {
-        ReadSource::Legacy => read_back::<BatchState>(state, batch_id, player).await?,
-        ReadSource::New => read_back::<BatchSummary>(state, batch_id, player).await?,
+        ReadSource::Legacy => read_back::<BatchState>(conn, batch_id, player).await?,
+        ReadSource::New => read_back::<BatchSummary>(conn, batch_id, player).await?,
     };
     if player.is_none() {
         rows.truncate(1);
@@ -257,14 +297,13 @@ async fn respond(
 }
 
 async fn read_back<T: BatchRow>(
-    state: &AppState,
+    conn: &mut PgConnection,
     batch_id: &BatchId,
     player: Option<&str>,
 ) -> Result<Vec<(&'static str, serde_json::Value)>, ApiError> {
-    let pool = state.store.pool();
-    let batch = summary::<T>(pool, batch_id.as_str()).await?;
+    let batch = summary::<T>(&mut *conn, batch_id.as_str()).await?;
     let completion = match player {
-        Some(player) => completion::<T>(pool, batch_id.as_str(), player).await?,
+        Some(player) => completion::<T>(&mut *conn, batch_id.as_str(), player).await?,
         None => None,
     };
     Ok(vec![

@@ -2,25 +2,26 @@
 //! every answer is read back from the domain's read source after the commit.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{post, put};
 use axum::Router;
 use cutover_core::domain::collection::{
     Collection, CollectionCommand, CollectionName, Description, ResearchLinks,
 };
 use cutover_core::read_source::{self, Domain, ReadSource};
-use cutover_core::store::Committed;
+use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::collections::LegacyCollection;
 use cutover_projections::project_collections::ProjectCollection;
 use cutover_projections::{find, list as list_page};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{IfMatch, Json, Path, Query};
-use crate::routes::document;
+use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
+use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of `GET /projects/{project_id}/collections`.
@@ -41,7 +42,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Body of create and update.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CollectionBody {
     name: String,
@@ -50,7 +51,7 @@ struct CollectionBody {
 }
 
 /// Body of `PUT …/links`: the complete new set of research links.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct LinksBody {
     #[serde(default)]
@@ -88,6 +89,7 @@ async fn create(
     State(state): State<AppState>,
     Path(project_id): Path<Uuid>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
     Json(body): Json<CollectionBody>,
 ) -> Result<Response, ApiError> {
     let command = CollectionCommand::CreateCollection {
@@ -96,21 +98,32 @@ async fn create(
         description: Description::parse(&body.description)?,
     };
     let collection_id = Uuid::now_v7();
-    let committed = execute(&state, collection_id, command, expected).await?;
-    let mut response = respond(&state, project_id, collection_id, &committed).await?;
-    *response.status_mut() = StatusCode::CREATED;
-    if let Ok(location) = HeaderValue::from_str(&format!(
-        "/projects/{project_id}/collections/{collection_id}"
-    )) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    let location = format!("/projects/{project_id}/collections/{collection_id}");
+    let idempotency = key.for_body(&body);
+    execute(
+        &state,
+        collection_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move {
+                let answer = respond(conn, project_id, collection_id, &committed).await?;
+                Ok(with_location(
+                    with_status(answer, StatusCode::CREATED),
+                    location,
+                ))
+            })
+        },
+    )
+    .await
 }
 
 async fn update(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
     Json(body): Json<CollectionBody>,
 ) -> Result<Response, ApiError> {
     let command = CollectionCommand::UpdateCollection {
@@ -118,37 +131,70 @@ async fn update(
         name: CollectionName::parse(&body.name)?,
         description: Description::parse(&body.description)?,
     };
-    let committed = execute(&state, collection_id, command, expected).await?;
-    respond(&state, project_id, collection_id, &committed).await
+    let idempotency = key.for_body(&body);
+    execute(
+        &state,
+        collection_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
+        },
+    )
+    .await
 }
 
 async fn set_links(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
     Json(body): Json<LinksBody>,
 ) -> Result<Response, ApiError> {
     let links = ResearchLinks::parse(&body.tags, &body.question_ids, &body.hypothesis_ids)?;
     let command = CollectionCommand::SetResearchLinks { project_id, links };
-    let committed = execute(&state, collection_id, command, expected).await?;
-    respond(&state, project_id, collection_id, &committed).await
+    let idempotency = key.for_body(&body);
+    execute(
+        &state,
+        collection_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
+        },
+    )
+    .await
 }
 
 async fn delete(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
     IfMatch(expected): IfMatch,
+    key: IdempotencyKey,
 ) -> Result<Response, ApiError> {
     let command = CollectionCommand::DeleteCollection { project_id };
-    let committed = execute(&state, collection_id, command, expected).await?;
-    respond(&state, project_id, collection_id, &committed).await
+    let idempotency = key.for_body(&());
+    execute(
+        &state,
+        collection_id,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
+        },
+    )
+    .await
 }
 
 async fn fetch(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Response, ApiError> {
-    let (source, view) = read(&state, project_id, collection_id).await?;
+    let mut conn = state.store.pool().acquire().await?;
+    let (source, view) = read(&mut conn, project_id, collection_id).await?;
     let not_found = || ApiError::NotFound("no such collection in this project".to_owned());
     let view = view.ok_or_else(not_found)?;
     let version = match &view {
@@ -158,12 +204,13 @@ async fn fetch(
         CollectionView::Legacy(row) => row.last_sequence,
         CollectionView::New(row) => row.last_sequence,
     };
-    Ok(document(
+    Ok(Answer(document(
         source,
         version,
         None,
         &[("collection", json!(view))],
     ))
+    .into_response())
 }
 
 async fn list(
@@ -204,33 +251,35 @@ async fn list(
     }))
 }
 
+/// Runs a collection command; `respond` reads its answer back before the commit.
 async fn execute(
     state: &AppState,
     collection_id: Uuid,
     command: CollectionCommand,
     expected_version: Option<i64>,
-) -> Result<Committed, ApiError> {
+    idempotency: Option<Idempotency>,
+    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+) -> Result<Response, ApiError> {
     let metadata = json!({ "command": command.name() });
-    Ok(state
-        .store
-        .execute::<Collection>(
-            &collection_id.to_string(),
-            command,
-            &(),
-            expected_version,
-            &metadata,
-        )
-        .await?)
+    let aggregate_id = collection_id.to_string();
+    let request = Request::<Collection> {
+        aggregate_id: &aggregate_id,
+        command,
+        services: &(),
+        expected_version,
+        metadata: &metadata,
+    };
+    run(state, request, idempotency, respond).await
 }
 
-/// Write-then-read: the committed command's answer, read back from the read source.
+/// Write-then-read: the command's answer, read back from the read source in its transaction.
 async fn respond(
-    state: &AppState,
+    conn: &mut PgConnection,
     project_id: Uuid,
     collection_id: Uuid,
     committed: &Committed,
-) -> Result<Response, ApiError> {
-    let (source, view) = read(state, project_id, collection_id).await?;
+) -> Result<StoredResponse, ApiError> {
+    let (source, view) = read(conn, project_id, collection_id).await?;
     Ok(document(
         source,
         committed.version,
@@ -240,17 +289,16 @@ async fn respond(
 }
 
 async fn read(
-    state: &AppState,
+    conn: &mut PgConnection,
     project_id: Uuid,
     collection_id: Uuid,
 ) -> Result<(ReadSource, Option<CollectionView>), ApiError> {
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Collections).await?;
+    let source = read_source::current(&mut *conn, Domain::Collections).await?;
     let view = match source {
-        ReadSource::Legacy => find::<LegacyCollection>(pool, project_id, collection_id)
+        ReadSource::Legacy => find::<LegacyCollection>(&mut *conn, project_id, collection_id)
             .await?
             .map(CollectionView::Legacy),
-        ReadSource::New => find::<ProjectCollection>(pool, project_id, collection_id)
+        ReadSource::New => find::<ProjectCollection>(&mut *conn, project_id, collection_id)
             .await?
             .map(CollectionView::New),
     };

@@ -2,24 +2,25 @@
 //! the domain's read source; the skill analytics (new shape only) for dashboards.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cutover_core::domain::competency::{
     Attempt, CompetencyCommand, FullReview, Review, StudentSubskill, SubskillKey,
 };
 use cutover_core::read_source::{self, Domain, ReadSource};
-use cutover_core::store::Committed;
+use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::legacy_competencies::{self as legacy, Collection};
 use cutover_projections::student_competencies as typed;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{IfMatch, Json, Path, Query};
-use crate::routes::document;
+use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
+use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of the list routes.
@@ -38,7 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/analytics/skills", get(analytics))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct AttemptBody {
     subject: String,
@@ -51,7 +52,7 @@ struct AttemptBody {
     feedback: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ReviewBody {
     subject: String,
@@ -88,6 +89,7 @@ async fn record_attempt(
     State(state): State<AppState>,
     Path(student_id): Path<i64>,
     IfMatch(expected): IfMatch,
+    idempotency_key: IdempotencyKey,
     Json(body): Json<AttemptBody>,
 ) -> Result<Response, ApiError> {
     let key = SubskillKey::parse(student_id, &body.subject, &body.skill_id, &body.subskill_id)?;
@@ -97,29 +99,47 @@ async fn record_attempt(
         key: key.clone(),
         attempt,
     };
-    let committed = execute(&state, &key, command, expected, "RecordAttempt").await?;
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Competencies).await?;
-    let (attempt, competency) = match source {
-        ReadSource::Legacy => (
-            json!(legacy::find(pool, Collection::Attempts, &attempt_id.to_string()).await?),
-            json!(legacy::find(pool, Collection::Competencies, &key.competency_id()).await?),
-        ),
-        ReadSource::New => (
-            json!(typed::attempt(pool, attempt_id).await?),
-            json!(typed::competency(pool, &key).await?),
-        ),
-    };
-    let rows = [("attempt", attempt), ("competency", competency)];
-    Ok(created(source, &committed, &rows, &key))
+    let idempotency = idempotency_key.for_body(&body);
+    let subskill = key.clone();
+    execute(
+        &state,
+        &key,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move {
+                let source = read_source::current(&mut *conn, Domain::Competencies).await?;
+                let (attempt, competency) = match source {
+                    ReadSource::Legacy => {
+                        let id = attempt_id.to_string();
+                        let attempt = legacy::find(&mut *conn, Collection::Attempts, &id).await?;
+                        let id = subskill.competency_id();
+                        let competency =
+                            legacy::find(&mut *conn, Collection::Competencies, &id).await?;
+                        (json!(attempt), json!(competency))
+                    }
+                    ReadSource::New => (
+                        json!(typed::attempt(&mut *conn, attempt_id).await?),
+                        json!(typed::competency(&mut *conn, &subskill).await?),
+                    ),
+                };
+                let rows = [("attempt", attempt), ("competency", competency)];
+                Ok(created(source, &committed, &rows, &subskill))
+            })
+        },
+    )
+    .await
 }
 
 async fn record_review(
     State(state): State<AppState>,
     Path(student_id): Path<i64>,
     IfMatch(expected): IfMatch,
+    idempotency_key: IdempotencyKey,
     Json(body): Json<ReviewBody>,
 ) -> Result<Response, ApiError> {
+    let idempotency = idempotency_key.for_body(&body);
     let key = SubskillKey::parse(student_id, &body.subject, &body.skill_id, &body.subskill_id)?;
     let review_id = Uuid::now_v7();
     let review = Review::parse(review_id, &body.problem_id, body.full_review, body.score)?;
@@ -127,16 +147,33 @@ async fn record_review(
         key: key.clone(),
         review,
     };
-    let committed = execute(&state, &key, command, expected, "RecordReview").await?;
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Competencies).await?;
-    let review = match source {
-        ReadSource::Legacy => {
-            json!(legacy::find(pool, Collection::Reviews, &review_id.to_string()).await?)
-        }
-        ReadSource::New => json!(typed::review(pool, review_id).await?),
-    };
-    Ok(created(source, &committed, &[("review", review)], &key))
+    let subskill = key.clone();
+    execute(
+        &state,
+        &key,
+        command,
+        expected,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move {
+                let source = read_source::current(&mut *conn, Domain::Competencies).await?;
+                let review = match source {
+                    ReadSource::Legacy => {
+                        let id = review_id.to_string();
+                        json!(legacy::find(&mut *conn, Collection::Reviews, &id).await?)
+                    }
+                    ReadSource::New => json!(typed::review(&mut *conn, review_id).await?),
+                };
+                Ok(created(
+                    source,
+                    &committed,
+                    &[("review", review)],
+                    &subskill,
+                ))
+            })
+        },
+    )
+    .await
 }
 
 async fn fetch(
@@ -156,7 +193,7 @@ async fn fetch(
             .map(|row| (row.last_sequence, json!(row))),
     }
     .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
-    Ok(document(source, version, None, &[("competency", row)]))
+    Ok(Answer(document(source, version, None, &[("competency", row)])).into_response())
 }
 
 async fn list(
@@ -219,23 +256,29 @@ fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiErro
     Ok((limit, offset))
 }
 
+/// Runs a competency command; `respond` reads its answer back before the commit.
 async fn execute(
     state: &AppState,
     key: &SubskillKey,
     command: CompetencyCommand,
     expected_version: Option<i64>,
-    name: &str,
-) -> Result<Committed, ApiError> {
-    Ok(state
-        .store
-        .execute::<StudentSubskill>(
-            &key.competency_id(),
-            command,
-            &(),
-            expected_version,
-            &json!({ "command": name }),
-        )
-        .await?)
+    idempotency: Option<Idempotency>,
+    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+) -> Result<Response, ApiError> {
+    let name = match &command {
+        CompetencyCommand::RecordAttempt { .. } => "RecordAttempt",
+        CompetencyCommand::RecordReview { .. } => "RecordReview",
+    };
+    let metadata = json!({ "command": name });
+    let aggregate_id = key.competency_id();
+    let request = Request::<StudentSubskill> {
+        aggregate_id: &aggregate_id,
+        command,
+        services: &(),
+        expected_version,
+        metadata: &metadata,
+    };
+    run(state, request, idempotency, respond).await
 }
 
 /// A 201 with the rows read back and the competency's address.
@@ -244,9 +287,8 @@ fn created(
     committed: &Committed,
     rows: &[(&'static str, Value)],
     key: &SubskillKey,
-) -> Response {
-    let mut response = document(source, committed.version, Some(committed.position), rows);
-    *response.status_mut() = StatusCode::CREATED;
+) -> StoredResponse {
+    let answer = document(source, committed.version, Some(committed.position), rows);
     let location = format!(
         "/students/{}/competencies/{}/{}/{}",
         key.student_id,
@@ -254,10 +296,7 @@ fn created(
         encode(&key.skill_id),
         encode(&key.subskill_id)
     );
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
+    with_location(with_status(answer, StatusCode::CREATED), location)
 }
 
 /// Percent-encodes a path segment (everything but unreserved characters).

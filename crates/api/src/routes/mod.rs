@@ -1,5 +1,7 @@
 //! The resources of the API; each module exposes `router()` and they are merged in
-//! [`crate::app`].
+//! [`crate::app`]. This module holds what their command routes share: running a command with
+//! its idempotency key, reading the answer back in the command's transaction, and the shape of
+//! that answer.
 
 pub mod admin;
 pub mod batches;
@@ -8,9 +10,16 @@ pub mod competencies;
 pub mod events;
 pub mod health;
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cqrs_es::Aggregate;
 use cutover_core::read_source::ReadSource;
+use cutover_core::store::{Begun, Committed, Idempotency, Request, StoredResponse};
+use futures_util::future::BoxFuture;
+use sqlx::PgConnection;
+
+use crate::error::ApiError;
+use crate::AppState;
 
 /// The answer of every route that names one aggregate:
 /// `{"read_source", "version", "position"?, <key>: <read-model row or null>, ...}`, with the
@@ -21,7 +30,7 @@ pub fn document(
     version: i64,
     position: Option<i64>,
     rows: &[(&'static str, serde_json::Value)],
-) -> Response {
+) -> StoredResponse {
     let mut body = serde_json::Map::new();
     body.insert("read_source".into(), serde_json::json!(read_source));
     body.insert("version".into(), version.into());
@@ -31,9 +40,79 @@ pub fn document(
     for (key, row) in rows {
         body.insert((*key).into(), row.clone());
     }
-    let mut response = axum::Json(body).into_response();
-    if let Ok(tag) = HeaderValue::from_str(&crate::extract::etag(version)) {
-        response.headers_mut().insert(header::ETAG, tag);
+    StoredResponse {
+        status: StatusCode::OK.as_u16(),
+        headers: vec![(
+            header::ETAG.as_str().to_owned(),
+            crate::extract::etag(version),
+        )],
+        body: serde_json::Value::Object(body),
     }
-    response
+}
+
+/// A stored (or fresh) answer as an HTTP response.
+pub struct Answer(pub StoredResponse);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::OK);
+        let mut response = (status, axum::Json(self.0.body)).into_response();
+        for (name, value) in self.0.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
+    }
+}
+
+/// Reads a command's answer back inside its transaction, before the commit.
+pub type Respond<'c> = BoxFuture<'c, Result<StoredResponse, ApiError>>;
+
+/// Runs `request` (with its idempotency key, if any); builds the answer with `respond` in the
+/// command's transaction, commits both together, and sends it. A repeat of a request already
+/// answered under its key gets the stored answer, and nothing runs.
+///
+/// # Errors
+/// The command's error, the read-back's, or the commit's.
+pub async fn run<A>(
+    state: &AppState,
+    request: Request<'_, A>,
+    idempotency: Option<Idempotency>,
+    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+) -> Result<Response, ApiError>
+where
+    A: Aggregate + 'static,
+    A::Command: Clone,
+    A::Error: Into<ApiError> + Send + Sync + 'static,
+{
+    let mut pending = match state
+        .store
+        .begin::<A>(request, idempotency.as_ref())
+        .await?
+    {
+        Begun::Replayed(stored) => return Ok(Answer(stored).into_response()),
+        Begun::Open(pending) => pending,
+    };
+    let committed = pending.committed().clone();
+    let answer = respond(pending.conn(), committed).await?;
+    pending.commit(Some(&answer)).await?;
+    Ok(Answer(answer).into_response())
+}
+
+/// Sets the answer's status.
+pub fn with_status(mut answer: StoredResponse, status: StatusCode) -> StoredResponse {
+    answer.status = status.as_u16();
+    answer
+}
+
+/// Adds a `Location` header to the answer.
+pub fn with_location(mut answer: StoredResponse, location: String) -> StoredResponse {
+    answer
+        .headers
+        .push((header::LOCATION.as_str().to_owned(), location));
+    answer
 }

@@ -199,7 +199,7 @@ impl Review {
 }
 
 /// The parts of a full review, each a JSON object.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FullReview {
     pub observation: Map<String, Value>,
