@@ -269,6 +269,75 @@ impl TestApp {
     }
 }
 
+/// The path of a binary of this workspace, built by `cargo test` (the binary's own package
+/// has an integration test, which makes cargo build it before any test runs).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the suite with `cargo test --workspace` (scripts/test)",
+        path.display()
+    );
+    path
+}
+
+/// A Postgres cluster of one test's own, which the test may restart: started in
+/// `CUTOVER_TEST_PG_DIR` + `-<name>` (default `target/test-postgres-<name>`), with one
+/// migrated database. Stopped when dropped.
+pub struct OwnCluster {
+    pub cluster: LocalPostgres,
+    pub url: String,
+}
+
+impl OwnCluster {
+    pub async fn start(name: &str) -> Self {
+        let base = std::env::var_os("CUTOVER_TEST_PG_DIR").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres"),
+            PathBuf::from,
+        );
+        let root = PathBuf::from(format!("{}-{name}", base.display()));
+        let cluster = tokio::task::spawn_blocking(move || LocalPostgres::ensure_running(&root))
+            .await
+            .expect("starting the cluster")
+            .unwrap_or_else(|e| panic!("starting the test's own Postgres: {e}"));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&cluster.url("postgres"))
+            .await
+            .expect("connecting to the test's own Postgres");
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await
+            .expect("dropping the previous run's database");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("creating the database");
+        admin.close().await;
+        let url = cluster.url(name);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connecting to the database");
+        MIGRATOR.run(&pool).await.expect("migrating");
+        pool.close().await;
+        Self { cluster, url }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.cluster.stop_if_started_here() {
+            eprintln!("stopping the test's own Postgres: {e}");
+        }
+    }
+}
+
 /// Reads a response as JSON, asserting its status first (with the body in the message).
 pub async fn json_with_status(
     response: reqwest::Response,

@@ -52,6 +52,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPostgre
 /// A running private cluster.
 #[derive(Debug)]
 pub struct LocalPostgres {
+    root: PathBuf,
     data: PathBuf,
     socket_dir: PathBuf,
     bin_dir: PathBuf,
@@ -91,6 +92,7 @@ impl LocalPostgres {
         }
         let lock = lock_file(&root)?;
         let cluster = Self {
+            root: root.clone(),
             data: root.join("data"),
             socket_dir: root.join("run"),
             bin_dir,
@@ -102,7 +104,7 @@ impl LocalPostgres {
             return Err(LocalPostgresError::SocketPathTooLong(socket));
         }
         cluster.prepare_folder(&root)?;
-        let started = cluster.start_if_stopped(&root)?;
+        let started = cluster.start_if_stopped()?;
         drop(lock);
         Ok(Self {
             started_here: started,
@@ -135,6 +137,25 @@ impl LocalPostgres {
             &["stop", "-m", "fast", "-w"],
             "stopping the private Postgres",
         )
+    }
+
+    /// Restarts the server with a fast shutdown (every connection is cut), as an operator's
+    /// `pg_ctl restart -m fast` would.
+    ///
+    /// # Errors
+    /// `pg_ctl restart` failed.
+    pub fn restart(&self) -> Result<(), LocalPostgresError> {
+        let log = self.log_path();
+        self.pg_ctl(
+            &["restart", "-m", "fast", "-w", "-t", "120", "-l", &log],
+            "restarting the private Postgres",
+        )
+    }
+
+    /// The server's log file. (`pg_ctl` must always be given it: a server started without one
+    /// keeps pg_ctl's output pipes open for ever.)
+    fn log_path(&self) -> String {
+        self.root.join("postgres.log").display().to_string()
     }
 
     fn prepare_folder(&self, root: &Path) -> Result<(), LocalPostgresError> {
@@ -180,7 +201,7 @@ impl LocalPostgres {
         Ok(())
     }
 
-    fn start_if_stopped(&self, root: &Path) -> Result<bool, LocalPostgresError> {
+    fn start_if_stopped(&self) -> Result<bool, LocalPostgresError> {
         if self.is_running() {
             return Ok(false);
         }
@@ -195,7 +216,7 @@ impl LocalPostgres {
             std::os::unix::fs::chown(&conf_path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
                 .map_err(io("giving cutover.conf to postgres"))?;
         }
-        let log = root.join("postgres.log").display().to_string();
+        let log = self.log_path();
         self.pg_ctl(
             &["start", "-w", "-t", "120", "-l", &log],
             &format!("starting the private Postgres (its log: {log})"),

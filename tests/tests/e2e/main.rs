@@ -7,6 +7,7 @@ mod batches;
 mod collections;
 mod competencies;
 mod event_log;
+mod faults;
 mod feed;
 mod guarantees;
 mod health;
