@@ -191,11 +191,16 @@ pub struct TestApp {
 /// Options of [`TestApp::spawn_with`].
 pub struct AppOptions {
     pub command_retries: u32,
+    /// `CUTOVER_TOKENS` of the server; `None` for none.
+    pub tokens: Option<&'static str>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { command_retries: 5 }
+        Self {
+            command_retries: 5,
+            tokens: None,
+        }
     }
 }
 
@@ -224,7 +229,10 @@ impl TestApp {
             .expect("a loopback port");
         let address = listener.local_addr().expect("the bound address");
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
-        let state = AppState::new(store, stopping);
+        let mut state = AppState::new(store, stopping);
+        state.tokens = cutover_core::auth::Tokens::load(options.tokens, None)
+            .expect("valid test tokens")
+            .map(std::sync::Arc::new);
         tokio::spawn(async move {
             axum::serve(listener, app(state))
                 .await

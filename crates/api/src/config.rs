@@ -26,6 +26,16 @@ pub struct Config {
     #[arg(long, env = "CUTOVER_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
 
+    /// Bearer tokens, as comma-separated `scope:token` entries (scopes: read, write, admin).
+    /// With no tokens at all, the server accepts every request and only listens on loopback.
+    #[arg(long, env = "CUTOVER_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+
+    /// A file of tokens, one `scope sha256-hex-of-token` per line (`#` comments); combined
+    /// with `--tokens`.
+    #[arg(long, env = "CUTOVER_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+
     /// Log line format.
     #[arg(long, env = "CUTOVER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -1,13 +1,17 @@
 //! Cutover's HTTP API (axum). Handlers turn requests into commands, run them through the
 //! event store, and answer with state read back from the read models after the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::Router;
+use cutover_core::auth::Tokens;
 use cutover_core::store::EventStore;
 use tower_http::trace::TraceLayer;
 
+mod auth;
 pub mod config;
 pub mod error;
 mod extract;
@@ -25,6 +29,8 @@ pub struct AppState {
     pub feed: FeedSignals,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// The bearer tokens requests need; `None` accepts every request (loopback only).
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 /// Default of [`AppState::idempotency_ttl`]: 24 hours.
@@ -39,6 +45,7 @@ impl AppState {
             store,
             feed,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            tokens: None,
         }
     }
 }
@@ -52,6 +59,10 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::competencies::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))

@@ -1,12 +1,14 @@
 //! `cutover-api`: serves the HTTP API. Without `DATABASE_URL` it starts a private Postgres
 //! cluster and stops it again on shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use cutover_api::config::Config;
 use cutover_api::{app, AppState};
+use cutover_core::auth::Tokens;
 use cutover_core::database::Database;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry;
@@ -15,6 +17,16 @@ use cutover_core::telemetry;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.log_format, "info,sqlx=warn,tower_http=info");
+    let tokens = Tokens::load(config.tokens.as_deref(), config.tokens_file.as_deref())
+        .context("reading the tokens")?;
+    if tokens.is_none() && !config.bind.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {}: no tokens are configured, so every request would be \
+             accepted. Set CUTOVER_TOKENS or CUTOVER_TOKENS_FILE, or bind a loopback address \
+             such as 127.0.0.1",
+            config.bind
+        );
+    }
     let database = Database::open(&config.database)
         .await
         .context("preparing the database")?;
@@ -33,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut state = AppState::new(store, stopping.clone());
     state.idempotency_ttl = Duration::from_secs(config.idempotency_ttl_secs);
+    state.tokens = tokens.map(Arc::new);
     tokio::spawn(forget_expired_keys(database.pool.clone(), stopping));
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {

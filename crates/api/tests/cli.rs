@@ -28,3 +28,22 @@ fn help_explains_every_flag_and_its_environment_variable() {
         );
     }
 }
+
+#[test]
+fn a_non_loopback_bind_without_tokens_refuses_to_start_and_says_why() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cutover-api"))
+        .args(["--bind", "0.0.0.0:0"])
+        .env_remove("CUTOVER_TOKENS")
+        .env_remove("CUTOVER_TOKENS_FILE")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("running cutover-api");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CUTOVER_TOKENS"), "{stderr}");
+}

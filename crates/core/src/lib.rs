@@ -4,6 +4,7 @@
 //! Everything that talks HTTP lives in `cutover-api`; everything that shapes read models lives
 //! in `cutover-projections`. Both depend on this crate, never the other way round.
 
+pub mod auth;
 pub mod database;
 pub mod domain;
 pub mod import;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use cutover_core::auth::{Scope, Tokens};
 use cutover_core::database::{Database, DatabaseArgs};
 use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
@@ -23,6 +24,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
+
+    /// The admin token the destructive commands (rebuild, retire, read-source, import-legacy,
+    /// seed) need when tokens are configured (CUTOVER_TOKENS / CUTOVER_TOKENS_FILE, as for
+    /// the server).
+    #[arg(long, env = "CUTOVER_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// Configured tokens, as for the server: comma-separated `scope:token` entries.
+    #[arg(long, env = "CUTOVER_TOKENS", hide_env_values = true, global = true)]
+    tokens: Option<String>,
+
+    /// A file of configured tokens, as for the server.
+    #[arg(long, env = "CUTOVER_TOKENS_FILE", global = true)]
+    tokens_file: Option<std::path::PathBuf>,
 
     /// Log line format (logs go to stderr; filter with RUST_LOG).
     #[arg(
@@ -105,7 +120,33 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Refuses a destructive command without an admin token, when tokens are configured.
+fn check_token(cli: &Cli) -> anyhow::Result<()> {
+    let destructive = matches!(
+        cli.command,
+        Command::Rebuild { .. }
+            | Command::Retire { .. }
+            | Command::ReadSource { .. }
+            | Command::ImportLegacy
+            | Command::Seed { .. }
+    );
+    let Some(tokens) = Tokens::load(cli.tokens.as_deref(), cli.tokens_file.as_deref())
+        .context("reading the tokens")?
+    else {
+        return Ok(());
+    };
+    if !destructive {
+        return Ok(());
+    }
+    let scope = cli.token.as_deref().and_then(|t| tokens.scope_of(t));
+    if scope != Some(Scope::Admin) {
+        anyhow::bail!("this command needs an admin token: pass --token or set CUTOVER_TOKEN");
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    check_token(&cli)?;
     let database = Database::open(&cli.database)
         .await
         .context("opening the database")?;

@@ -39,3 +39,30 @@ fn an_unknown_read_source_is_refused_before_touching_a_database() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("sideways"));
 }
+
+#[test]
+fn destructive_commands_need_an_admin_token_when_tokens_are_configured() {
+    let run = |token: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        command
+            .args(["retire", "collections"])
+            .env("CUTOVER_TOKENS", "read:r,admin:a")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env_remove("CUTOVER_TOKEN");
+        if let Some(token) = token {
+            command.env("CUTOVER_TOKEN", token);
+        }
+        command.output().expect("running cutover")
+    };
+
+    for token in [None, Some("r"), Some("wrong")] {
+        let output = run(token);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("needs an admin token"));
+    }
+    let with_admin = run(Some("a"));
+    assert!(
+        String::from_utf8_lossy(&with_admin.stderr).contains("opening the database"),
+        "an admin token gets as far as the database"
+    );
+}

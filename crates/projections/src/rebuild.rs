@@ -374,6 +374,10 @@ impl Job {
                     ))
                     .execute(&mut *tx)
                     .await?;
+                    // A new table has no grants: the read-only role reads it again.
+                    sqlx::query(&format!("GRANT SELECT ON public.{table} TO cutover_reader"))
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
             sqlx::query(

@@ -249,7 +249,11 @@ async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried(
 
 #[tokio::test]
 async fn optimistic_concurrency_a_conflict_that_outlasts_the_retries_is_409_and_appends_nothing() {
-    let app = TestApp::spawn_with(AppOptions { command_retries: 0 }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        command_retries: 0,
+        ..AppOptions::default()
+    })
+    .await;
 
     let response = update_racing_a_rival(&app).await;
 

@@ -3,6 +3,7 @@
 // A failed step in a test (and in its helpers) should panic with the error it met.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod batches;
 mod collections;
 mod competencies;

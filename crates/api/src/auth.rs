@@ -1,0 +1,57 @@
+//! Access control: each route needs a scope (`/health` none, other GET routes `read`,
+//! commands `write`, `/admin` `admin`), proven by `Authorization: Bearer <token>`. With no
+//! tokens configured every request is accepted; the server then only listens on loopback.
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use cutover_core::auth::Scope;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The scope a request needs; `None` for the public routes.
+fn required(method: &Method, path: &str) -> Option<Scope> {
+    if path == "/health" {
+        None
+    } else if path == "/admin" || path.starts_with("/admin/") {
+        Some(Scope::Admin)
+    } else if method == Method::GET || method == Method::HEAD {
+        Some(Scope::Read)
+    } else {
+        Some(Scope::Write)
+    }
+}
+
+/// Refuses a request whose token is missing (401), unknown (401) or of too small a scope (403).
+pub async fn authorize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (Some(tokens), Some(needed)) = (
+        state.tokens.as_deref(),
+        required(request.method(), request.uri().path()),
+    ) else {
+        return Ok(next.run(request).await);
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <token>".to_owned()))?;
+    let scope = tokens
+        .scope_of(presented)
+        .ok_or_else(|| ApiError::Unauthorized("the token is not valid".to_owned()))?;
+    if scope < needed {
+        return Err(ApiError::Forbidden(format!(
+            "this route needs a token with scope {}; this one has {}",
+            needed.as_str(),
+            scope.as_str()
+        )));
+    }
+    Ok(next.run(request).await)
+}
