@@ -367,10 +367,10 @@ async fn bad_input_broken_rules_are_422_naming_the_field_and_append_nothing() {
 }
 
 #[tokio::test]
-async fn a_body_over_one_mebibyte_is_413_and_appends_nothing() {
+async fn bad_input_a_three_megabyte_body_is_413_and_appends_nothing() {
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
-    let huge = json!({"name": "x", "description": "d".repeat(2 * 1024 * 1024)});
+    let huge = json!({"name": "x", "description": "d".repeat(3 * 1024 * 1024)});
 
     let request = app
         .post(&format!("/projects/{project}/collections"))

@@ -14,3 +14,4 @@ mod guarantees;
 mod health;
 mod idempotency;
 mod migration;
+mod replay;
