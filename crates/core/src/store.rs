@@ -235,6 +235,7 @@ impl EventStore {
         };
         match self.begin::<A>(request, None).await? {
             Begun::Open(pending) => Ok(pending.commit(None).await?),
+            // Only a command sent with an idempotency key can be replayed; this one has none.
             Begun::Replayed(_) => Err(CommandError::KeyReused),
         }
     }
