@@ -1,8 +1,9 @@
 //! Rebuilding projections from the log, while commands keep being accepted.
 //!
 //! A rebuild creates the projections' tables afresh in a schema of its own (from the templates
-//! in `cutover_templates`), replays the whole log into them in gap-free order, in batches that
-//! each commit their rows together with the job's progress, catches up with what was appended
+//! in `cutover_templates`), replays the whole log into them in gap-free order, in batches (each
+//! projector writes a batch in a short transaction of its own, in parallel with the others,
+//! and the job's progress is recorded after them), catches up with what was appended
 //! meanwhile, then swaps: in one short transaction that holds the append lock exclusively (so
 //! no append is in flight and new ones wait), it applies the last events, drops the live tables
 //! and moves the rebuilt ones in. Every event is applied exactly once: before the swap only the
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use cutover_core::log::{self, Horizon, LogCursor, Read};
 use cutover_core::projection::{project_all, Projector};
-use cutover_core::store::APPEND_LOCK;
+use cutover_core::store::{StoredEvent, APPEND_LOCK};
+use futures_util::future::try_join_all;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -150,12 +152,7 @@ impl Job {
             .fetch_all(&mut *tx)
             .await?;
             for old in interrupted {
-                sqlx::query(&format!(
-                    "DROP SCHEMA IF EXISTS cutover_job_{} CASCADE",
-                    old.simple()
-                ))
-                .execute(&mut *tx)
-                .await?;
+                drop_schemas(&mut tx, old).await?;
             }
             sqlx::query(
                 "UPDATE projections SET state = 'rebuilding', changed_at = now()
@@ -238,17 +235,26 @@ impl Job {
         }
     }
 
-    /// One batch in its own transaction: the events, their rows, and the job's progress.
+    /// One batch: the events, then each projector's rows in a short transaction of its own —
+    /// projectors own disjoint tables, so they write in parallel — then the job's progress.
     async fn batch(&mut self) -> Result<usize, AdminError> {
-        let mut tx = self.pool.begin().await?;
-        let read = log::read_safe(&mut *tx, self.cursor, BATCH, Some(&self.types)).await?;
+        let read = log::read_safe(&self.pool, self.cursor, BATCH, Some(&self.types)).await?;
         if read.scanned == 0 {
-            tx.rollback().await?;
             return Ok(0);
         }
-        self.apply(&mut tx, &read).await?;
-        self.record(&mut tx, "running").await?;
-        tx.commit().await?;
+        if !read.events.is_empty() {
+            let writes = self.projectors.iter().map(|projector| async {
+                let mut tx = self.pool.begin().await?;
+                self.write(&mut tx, std::slice::from_ref(projector), &read.events)
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, AdminError>(())
+            });
+            try_join_all(writes).await?;
+        }
+        self.advance(&read);
+        let mut conn = self.pool.acquire().await?;
+        self.record(&mut conn, "running").await?;
         Ok(read.scanned)
     }
 
@@ -256,20 +262,36 @@ impl Job {
     /// cursor past everything it looked at.
     async fn apply(&mut self, conn: &mut PgConnection, read: &Read) -> Result<(), AdminError> {
         if !read.events.is_empty() {
-            sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
-                .execute(&mut *conn)
-                .await?;
-            project_all(&self.projectors, conn, &read.events).await?;
-            sqlx::query("SET LOCAL search_path TO DEFAULT")
-                .execute(&mut *conn)
-                .await?;
+            self.write(conn, &self.projectors, &read.events).await?;
         }
+        self.advance(read);
+        Ok(())
+    }
+
+    /// Writes `events` with `projectors` into the job's tables, in `conn`'s transaction.
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        projectors: &[Arc<dyn Projector>],
+        events: &[StoredEvent],
+    ) -> Result<(), AdminError> {
+        sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
+            .execute(&mut *conn)
+            .await?;
+        project_all(projectors, conn, events).await?;
+        sqlx::query("SET LOCAL search_path TO DEFAULT")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the cursor past everything `read` looked at.
+    fn advance(&mut self, read: &Read) {
         if let Some(cursor) = read.scanned_to {
             self.cursor = cursor;
             self.progress.position = cursor.position;
         }
         self.progress.events_done += i64::try_from(read.events.len()).unwrap_or(i64::MAX);
-        Ok(())
     }
 
     /// Applies every event after the cursor, with no horizon: only for a transaction in which
@@ -363,11 +385,19 @@ impl Job {
                 .execute(&mut *tx)
                 .await?;
             self.finish_in(&mut tx).await?;
+            // The live tables are moved aside, not dropped: dropping large tables takes a while,
+            // and appends wait until this transaction ends. They are dropped after the commit.
+            sqlx::query(&format!("CREATE SCHEMA {}_old", self.schema))
+                .execute(&mut *tx)
+                .await?;
             for projector in &self.projectors {
                 for table in projector.tables() {
-                    sqlx::query(&format!("DROP TABLE IF EXISTS public.{table}"))
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(&format!(
+                        "ALTER TABLE IF EXISTS public.{table} SET SCHEMA {}_old",
+                        self.schema
+                    ))
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query(&format!(
                         "ALTER TABLE {}.{table} SET SCHEMA public",
                         self.schema
@@ -391,9 +421,6 @@ impl Job {
             .execute(&mut *tx)
             .await?;
             self.record(&mut tx, "succeeded").await?;
-            sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-                .execute(&mut *tx)
-                .await?;
             Ok::<_, AdminError>(())
         }
         .await;
@@ -409,6 +436,7 @@ impl Job {
             .bind(hold.as_secs_f64() * 1000.0)
             .execute(&self.pool)
             .await?;
+        drop_schemas(&mut *self.pool.acquire().await?, self.id).await?;
         Ok(hold)
     }
 
@@ -477,6 +505,17 @@ impl Job {
             Some(reason) => self.fail(reason).await,
         }
     }
+}
+
+/// Drops what is left of job `id`: its (now empty) schema and the tables it swapped out.
+async fn drop_schemas(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    let schema = format!("cutover_job_{}", id.simple());
+    for name in [format!("{schema}_old"), schema] {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Takes the rebuild lock of every projection in `names` on one connection, or none of them.
