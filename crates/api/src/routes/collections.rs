@@ -132,15 +132,13 @@ async fn update(
         description: Description::parse(&body.description)?,
     };
     let idempotency = key.for_body(&body);
-    execute(
+    change(
         &state,
+        project_id,
         collection_id,
         command,
         expected,
         idempotency,
-        move |conn, committed| {
-            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
-        },
     )
     .await
 }
@@ -155,15 +153,13 @@ async fn set_links(
     let links = ResearchLinks::parse(&body.tags, &body.question_ids, &body.hypothesis_ids)?;
     let command = CollectionCommand::SetResearchLinks { project_id, links };
     let idempotency = key.for_body(&body);
-    execute(
+    change(
         &state,
+        project_id,
         collection_id,
         command,
         expected,
         idempotency,
-        move |conn, committed| {
-            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
-        },
     )
     .await
 }
@@ -176,15 +172,13 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     let command = CollectionCommand::DeleteCollection { project_id };
     let idempotency = key.for_body(&());
-    execute(
+    change(
         &state,
+        project_id,
         collection_id,
         command,
         expected,
         idempotency,
-        move |conn, committed| {
-            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
-        },
     )
     .await
 }
@@ -249,6 +243,28 @@ async fn list(
         items,
         next,
     }))
+}
+
+/// Runs a command on an existing collection and answers with it as read back.
+async fn change(
+    state: &AppState,
+    project_id: Uuid,
+    collection_id: Uuid,
+    command: CollectionCommand,
+    expected_version: Option<i64>,
+    idempotency: Option<Idempotency>,
+) -> Result<Response, ApiError> {
+    execute(
+        state,
+        collection_id,
+        command,
+        expected_version,
+        idempotency,
+        move |conn, committed| {
+            Box::pin(async move { respond(conn, project_id, collection_id, &committed).await })
+        },
+    )
+    .await
 }
 
 /// Runs a collection command; `respond` reads its answer back before the commit.
