@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use cutover_core::domain::batch::{BatchError, InvalidBatchInput};
 use cutover_core::domain::collection::{CollectionError, InvalidCollectionInput};
 use cutover_core::domain::competency::{CompetencyError, InvalidCompetencyInput};
+use cutover_core::projection::ProjectionError;
 use cutover_core::read_source::ReadSourceError;
 use cutover_core::store::CommandError;
 use serde::Serialize;
@@ -137,15 +138,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether `e` means the database cannot be reached right now (down, restarting, out of
+/// connections), rather than that something is wrong with the request or the code.
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::Unavailable
-            }
-            other => Self::Internal(other.into()),
+        if unreachable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::Unavailable;
         }
+        Self::Internal(e.into())
     }
 }
 
@@ -246,6 +262,7 @@ where
             CommandError::Conflict { .. } => Self::Conflict(e.to_string()),
             CommandError::KeyReused => Self::invalid("Idempotency-Key", e.to_string()),
             CommandError::Database(db) => db.into(),
+            CommandError::Projection(ProjectionError::Database { source, .. }) => source.into(),
             other => Self::Internal(other.into()),
         }
     }

@@ -51,6 +51,8 @@ struct Acknowledged {
     collections: Vec<Uuid>,
     players: Vec<String>,
     refused: usize,
+    /// Answers other than 2xx and 503 (a fault must never look like a server bug).
+    unexpected: Vec<u16>,
 }
 
 /// One client: creates collections and completes players until `stop`, keeping what was
@@ -89,6 +91,9 @@ async fn client_loop(
             continue;
         };
         if !response.status().is_success() {
+            if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                acknowledged.unexpected.push(response.status().as_u16());
+            }
             acknowledged.refused += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -153,6 +158,7 @@ async fn nothing_acknowledged_is_lost_when_the_server_is_killed_or_postgres_rest
         acknowledged.collections.extend(one.collections);
         acknowledged.players.extend(one.players);
         acknowledged.refused += one.refused;
+        acknowledged.unexpected.extend(one.unexpected);
     }
     server.kill().await.expect("stopping the server");
 
@@ -215,6 +221,11 @@ async fn nothing_acknowledged_is_lost_when_the_server_is_killed_or_postgres_rest
     );
     assert!(collections > 0 && players > 0, "the load made progress");
     assert!(acknowledged.refused > 0, "the faults were felt");
+    assert!(
+        acknowledged.unexpected.is_empty(),
+        "while Postgres restarted, answers were 503, not {:?}",
+        acknowledged.unexpected
+    );
     assert_eq!(
         in_log, collections,
         "every acknowledged create is in the log once"
