@@ -277,14 +277,16 @@ async fn compare_all(
     report: &mut Report,
 ) -> Result<(), AdminError> {
     job.catch_up(&mut |_| {}).await?;
-    // A snapshot with no append in flight: hold the append lock while it is taken.
-    let mut gate = pool.begin().await?;
-    sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
-        .execute(&mut *gate)
-        .await?;
+    // A snapshot with no append in flight: hold the append lock while it is taken. Both
+    // connections are taken first, so that commands queued behind the lock (holding pooled
+    // connections) cannot starve the snapshot of one.
     let mut snapshot = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *snapshot)
+        .await?;
+    let mut gate = pool.begin().await?;
+    sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
+        .execute(&mut *gate)
         .await?;
     sqlx::query("SELECT 1").execute(&mut *snapshot).await?;
     gate.commit().await?;
