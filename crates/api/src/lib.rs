@@ -1,5 +1,5 @@
 //! Cutover's HTTP API (axum). Handlers turn requests into commands, run them through the
-//! event store, and answer with state read back from the read models after the commit.
+//! event store, and answer with state read back from the read models in the command's transaction.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Collections: commands append events (both read models update in the same transaction);
-//! every answer is read back from the domain's read source after the commit.
+//! every answer is read back from the domain's read source in the command's transaction.
 
 use axum::extract::State;
 use axum::http::StatusCode;
