@@ -63,15 +63,18 @@ pub enum ApiError {
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error, as RFC 9457 `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `/problems/<kind>`: validation, not-found, conflict, gone, …
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
+    kind: String,
+    title: String,
     status: u16,
     detail: String,
+    /// The request field a broken rule is about.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    field: Option<String>,
 }
 
 impl ApiError {
@@ -116,11 +119,11 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let body = Problem {
-            kind: &kind,
-            title: status.canonical_reason().unwrap_or("error"),
+            kind,
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
-            field,
+            field: field.map(str::to_owned),
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();

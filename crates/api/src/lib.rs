@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 mod extract;
 mod feed;
+pub mod openapi;
 mod routes;
 
 use error::ApiError;
@@ -59,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::competencies::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())
+        .merge(openapi::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

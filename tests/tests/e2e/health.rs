@@ -51,3 +51,56 @@ async fn unknown_routes_and_methods_answer_problem_json() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_openapi_description_covers_every_route_and_needs_no_token() {
+    let app = TestApp::spawn_with(cutover_tests::AppOptions {
+        tokens: Some("admin:a"),
+        ..cutover_tests::AppOptions::default()
+    })
+    .await;
+
+    let spec = json_with_status(
+        app.get("/openapi.json").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths: Vec<&String> = spec["paths"].as_object().unwrap().keys().collect();
+    for route in [
+        "/health",
+        "/projects/{project_id}/collections",
+        "/projects/{project_id}/collections/{collection_id}",
+        "/projects/{project_id}/collections/{collection_id}/links",
+        "/batches",
+        "/batches/{batch_id}",
+        "/batches/{batch_id}/completions",
+        "/batches/{batch_id}/completions/bulk",
+        "/students/{student_id}/attempts",
+        "/students/{student_id}/reviews",
+        "/students/{student_id}/competencies",
+        "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
+        "/analytics/skills",
+        "/events",
+        "/events/stream",
+        "/admin/projections",
+        "/admin/projections/{name}",
+        "/admin/projections/{name}/rebuild",
+        "/admin/projections/{name}/retire",
+        "/admin/jobs/{id}",
+        "/admin/read-sources",
+        "/admin/read-sources/{domain}",
+        "/admin/consistency",
+    ] {
+        assert!(
+            paths.iter().any(|p| *p == route),
+            "{route} is not described"
+        );
+    }
+    assert_eq!(paths.len(), 23);
+    let create = &spec["paths"]["/projects/{project_id}/collections"]["post"];
+    assert!(create["responses"]["422"]["content"]["application/problem+json"].is_object());
+    assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(spec["components"]["schemas"]["CollectionBody"].is_object());
+}

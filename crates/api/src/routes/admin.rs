@@ -43,6 +43,18 @@ impl From<AdminError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/projections",
+    tag = "admin",
+    description = "Every projection with its status.",
+    responses(
+        (status = 200, description = "the projections", body = Vec<crate::openapi::AnyObject>),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, ApiError> {
     let pool = state.store.pool();
     let mut all = Vec::new();
@@ -52,6 +64,20 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
     Ok(axum::Json(all))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/projections/{name}",
+    tag = "admin",
+    description = "One projection with its status and latest job.",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "the projection", body = crate::openapi::AnyObject),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -71,6 +97,21 @@ struct Started {
 
 /// 202: the rebuild runs in the background on this instance; its progress is in
 /// `GET /admin/projections/{name}` and `GET /admin/jobs/{id}` on every instance.
+#[utoipa::path(
+    post,
+    path = "/admin/projections/{name}/rebuild",
+    tag = "admin",
+    description = "Starts a rebuild (name may be all).",
+    params(("name" = String, Path)),
+    responses(
+        (status = 202, description = "started", body = crate::openapi::AnyObject),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn start_rebuild(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -104,6 +145,21 @@ async fn start_rebuild(
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/projections/{name}/retire",
+    tag = "admin",
+    description = "Retires a projection.",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "retired", body = crate::openapi::AnyObject),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn retire(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -113,6 +169,21 @@ async fn retire(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/jobs/{id}",
+    tag = "admin",
+    description = "A rebuild job and its progress.",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "the job", body = crate::openapi::AnyObject),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn job(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -123,6 +194,18 @@ async fn job(
         .ok_or_else(|| ApiError::NotFound("no such job".to_owned()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/read-sources",
+    tag = "admin",
+    description = "Each domain's read source.",
+    responses(
+        (status = 200, description = "the read sources", body = crate::openapi::AnyObject),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn read_sources(
     State(state): State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
@@ -134,12 +217,34 @@ async fn read_sources(
     Ok(axum::Json(serde_json::Value::Object(body)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReadSourceBody {
+    /// legacy or new
+    #[schema(value_type = String)]
     source: ReadSource,
 }
 
+#[utoipa::path(
+    put,
+    path = "/admin/read-sources/{domain}",
+    tag = "admin",
+    description = "Switches a domain's read source.",
+    params(("domain" = String, Path)),
+    request_body = ReadSourceBody,
+    responses(
+        (status = 200, description = "switched", body = crate::openapi::AnyObject),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn set_read_source(
     State(state): State<AppState>,
     Path(domain): Path<String>,
@@ -164,6 +269,21 @@ struct Consistency {
     report: Report,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/consistency",
+    tag = "admin",
+    description = "Verifies legacy against new and live against a fresh rebuild.",
+    params(("domain" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "the report", body = crate::openapi::AnyObject),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn consistency(
     State(state): State<AppState>,
     Query(query): Query<ConsistencyQuery>,

@@ -40,21 +40,21 @@ pub fn router() -> Router<AppState> {
         .route("/batches/{batch_id}/completions/bulk", post(record_bulk))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
     batch_id: String,
     expected_players: Vec<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompletionBody {
     player_lookup: String,
     predictions_count: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
     completions: Vec<CompletionBody>,
@@ -83,6 +83,26 @@ struct CompletionPage {
     next: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/batches",
+    tag = "batches",
+    description = "Starts a batch for its expected players.",
+    params(("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = StartBody,
+    responses(
+        (status = 201, description = "started", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn start(
     State(state): State<AppState>,
     IfMatch(expected): IfMatch,
@@ -115,6 +135,28 @@ async fn start(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/batches/{batch_id}/completions",
+    tag = "batches",
+    description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
+    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = CompletionBody,
+    responses(
+        (status = 201, description = "recorded", body = crate::openapi::Document),
+        (status = 200, description = "already recorded", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn record(
     State(state): State<AppState>,
     Path(batch_id): Path<String>,
@@ -143,6 +185,28 @@ async fn record(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/batches/{batch_id}/completions/bulk",
+    tag = "batches",
+    description = "Records up to 10,000 completions, all or nothing.",
+    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = BulkBody,
+    responses(
+        (status = 201, description = "recorded", body = crate::openapi::Document),
+        (status = 200, description = "all already recorded", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn record_bulk(
     State(state): State<AppState>,
     Path(batch_id): Path<String>,
@@ -184,6 +248,21 @@ async fn record_bulk(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/batches/{batch_id}",
+    tag = "batches",
+    description = "The batch, from the domain's read source.",
+    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -")),
+    responses(
+        (status = 200, description = "the batch", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn fetch(
     State(state): State<AppState>,
     Path(batch_id): Path<String>,
@@ -198,6 +277,21 @@ async fn fetch(
     Ok(Answer(document(source, version, None, &[("batch", json!(view))])).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/batches/{batch_id}/completions",
+    tag = "batches",
+    description = "A page of the batch's completions, by player lookup.",
+    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("after" = Option<String>, Query, description = "the next page's cursor")),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_completions(
     State(state): State<AppState>,
     Path(batch_id): Path<String>,

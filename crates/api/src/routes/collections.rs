@@ -42,7 +42,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Body of create and update.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CollectionBody {
     name: String,
@@ -51,7 +51,7 @@ struct CollectionBody {
 }
 
 /// Body of `PUT …/links`: the complete new set of research links.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LinksBody {
     #[serde(default)]
@@ -85,6 +85,24 @@ struct CollectionPage {
     next: Option<Uuid>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects/{project_id}/collections",
+    tag = "collections",
+    description = "Creates a collection; the answer is read back from the read source.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = CollectionBody,
+    responses(
+        (status = 201, description = "created", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     Path(project_id): Path<Uuid>,
@@ -119,6 +137,28 @@ async fn create(
     .await
 }
 
+#[utoipa::path(
+    put,
+    path = "/projects/{project_id}/collections/{collection_id}",
+    tag = "collections",
+    description = "Renames a collection and sets its description.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = CollectionBody,
+    responses(
+        (status = 200, description = "updated", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
@@ -143,6 +183,28 @@ async fn update(
     .await
 }
 
+#[utoipa::path(
+    put,
+    path = "/projects/{project_id}/collections/{collection_id}/links",
+    tag = "collections",
+    description = "Replaces the collection's tags, question ids and hypothesis ids.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = LinksBody,
+    responses(
+        (status = 200, description = "linked", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn set_links(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
@@ -164,6 +226,25 @@ async fn set_links(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/projects/{project_id}/collections/{collection_id}",
+    tag = "collections",
+    description = "Deletes a collection (a soft delete in the legacy shape).",
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    responses(
+        (status = 200, description = "deleted", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn delete(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
@@ -183,6 +264,22 @@ async fn delete(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects/{project_id}/collections/{collection_id}",
+    tag = "collections",
+    description = "The collection, from the domain's read source.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection")),
+    responses(
+        (status = 200, description = "the collection", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn fetch(
     State(state): State<AppState>,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
@@ -207,6 +304,20 @@ async fn fetch(
     .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects/{project_id}/collections",
+    tag = "collections",
+    description = "A page of the project's live collections, by id.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, description = "the next page's cursor")),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     Path(project_id): Path<Uuid>,

@@ -39,7 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/analytics/skills", get(analytics))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AttemptBody {
     subject: String,
@@ -52,13 +52,15 @@ struct AttemptBody {
     feedback: String,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReviewBody {
     subject: String,
     skill_id: String,
     subskill_id: String,
     problem_id: String,
+    /// {observation, analysis, evaluation {score}, feedback}, each a JSON object
+    #[schema(value_type = Object)]
     full_review: FullReview,
     score: f64,
 }
@@ -85,6 +87,26 @@ struct Page<T> {
     items: Vec<T>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/students/{student_id}/attempts",
+    tag = "competencies",
+    description = "Records an attempt; the answer carries the attempt and the competency it led to.",
+    params(("student_id" = i64, Path, description = "a positive integer"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = AttemptBody,
+    responses(
+        (status = 201, description = "recorded", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn record_attempt(
     State(state): State<AppState>,
     Path(student_id): Path<i64>,
@@ -132,6 +154,26 @@ async fn record_attempt(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/students/{student_id}/reviews",
+    tag = "competencies",
+    description = "Records a problem review.",
+    params(("student_id" = i64, Path, description = "a positive integer"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    request_body = ReviewBody,
+    responses(
+        (status = 201, description = "recorded", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn record_review(
     State(state): State<AppState>,
     Path(student_id): Path<i64>,
@@ -176,6 +218,21 @@ async fn record_review(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
+    tag = "competencies",
+    description = "One competency.",
+    params(("student_id" = i64, Path, description = "a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path)),
+    responses(
+        (status = 200, description = "the competency", body = crate::openapi::Document),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn fetch(
     State(state): State<AppState>,
     Path((student_id, subject, skill_id, subskill_id)): Path<(i64, String, String, String)>,
@@ -196,6 +253,20 @@ async fn fetch(
     Ok(Answer(document(source, version, None, &[("competency", row)])).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/students/{student_id}/competencies",
+    tag = "competencies",
+    description = "A page of the student's competencies.",
+    params(("student_id" = i64, Path, description = "a positive integer"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, description = "0-1000000")),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     Path(student_id): Path<i64>,
@@ -227,6 +298,20 @@ async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/analytics/skills",
+    tag = "competencies",
+    description = "Attempts, students and mean score per subskill.",
+    params(("subject" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn analytics(
     State(state): State<AppState>,
     Query(query): Query<AnalyticsQuery>,

@@ -86,6 +86,20 @@ struct FeedPage {
     next: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    description = "A page of the event log in gap-free order.",
+    params(("after" = Option<i64>, Query, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, description = "comma-separated aggregate types")),
+    responses(
+        (status = 200, description = "events and next", body = crate::openapi::AnyObject),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn page(
     State(state): State<AppState>,
     Query(query): Query<FeedQuery>,
@@ -118,6 +132,20 @@ struct StreamQuery {
 /// `GET /events/stream`: every event after `after` (or after `Last-Event-ID`, which a
 /// reconnecting browser sends), then new events as they commit. Each SSE message has the
 /// event's position as its id and the event as JSON data.
+#[utoipa::path(
+    get,
+    path = "/events/stream",
+    tag = "events",
+    description = "The event feed as Server-Sent Events.",
+    params(("after" = Option<i64>, Query), ("aggregate_type" = Option<String>, Query), ("Last-Event-ID" = Option<i64>, Header)),
+    responses(
+        (status = 200, description = "a stream of events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,

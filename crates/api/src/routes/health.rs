@@ -17,6 +17,16 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    description = "200 when Postgres answers, 503 when not.",
+    responses(
+        (status = 200, description = "Postgres answers", body = crate::openapi::AnyObject),
+        (status = 503, description = "Postgres does not answer", body = crate::openapi::AnyObject)
+    )
+)]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.store.pool());
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {

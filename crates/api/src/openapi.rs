@@ -1,0 +1,97 @@
+//! The OpenAPI 3.1 description of every route, generated from the handlers' annotations and
+//! their request types, served at `/openapi.json`.
+
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::Problem;
+use crate::routes::{admin, batches, collections, competencies, events, health};
+use crate::AppState;
+
+/// The answer about one aggregate: where it was read from, its version, the event-log
+/// position a command reached, and the read-model rows (`collection`, `batch`, `completion`,
+/// `attempt`, `competency` or `review`, as the route says) in the read source's shape.
+#[derive(Serialize, ToSchema)]
+pub struct Document {
+    /// `legacy` or `new`.
+    read_source: String,
+    version: i64,
+    /// Commands only.
+    position: Option<i64>,
+    /// The row of the route's resource, `null` when the read source does not hold it.
+    #[schema(value_type = Option<Object>)]
+    collection: Option<Value>,
+}
+
+/// A page of rows.
+#[derive(Serialize, ToSchema)]
+pub struct Page {
+    /// `legacy` or `new`, where two shapes exist.
+    read_source: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<Value>,
+    /// Where the next page starts (a cursor, or `null` on the last page).
+    #[schema(value_type = Option<String>)]
+    next: Option<Value>,
+}
+
+/// A JSON object (a registry row, a job, a report, an event page).
+#[derive(Serialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct AnyObject(Value);
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "A token with scope read (GET routes), write (commands) or admin \
+                             (/admin). Needed only when the server has tokens configured.",
+                        ))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cutover",
+        description = "Ledger-first data-model migrations: commands append events and update the legacy and the new read model in one transaction."
+    ),
+    paths(
+        health::health,
+        collections::create, collections::fetch, collections::update, collections::set_links,
+        collections::delete, collections::list,
+        batches::start, batches::fetch, batches::record, batches::record_bulk,
+        batches::list_completions,
+        competencies::record_attempt, competencies::record_review, competencies::list,
+        competencies::fetch, competencies::analytics,
+        events::page, events::live,
+        admin::list, admin::status, admin::start_rebuild, admin::retire, admin::job,
+        admin::read_sources, admin::set_read_source, admin::consistency
+    ),
+    components(schemas(Problem, Document, Page, AnyObject)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/openapi.json",
+        get(|| async { axum::Json(ApiDoc::openapi()) }),
+    )
+}
