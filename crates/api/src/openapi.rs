@@ -6,7 +6,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::error::Problem;
 use crate::routes::{admin, batches, collections, competencies, events, health};
@@ -43,6 +43,78 @@ pub struct Page {
 #[derive(Serialize, ToSchema)]
 #[schema(value_type = Object)]
 pub struct AnyObject(Value);
+
+/// The errors a route may answer, as `application/problem+json` (a route gives those its
+/// rules allow: a GET never 412s).
+#[derive(IntoResponses)]
+pub enum Errors {
+    #[response(
+        status = 400,
+        description = "malformed request: JSON, a path or query value, If-Match or Idempotency-Key",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(Problem),
+    #[response(
+        status = 401,
+        description = "no token, or an unknown one",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "the token's scope does not allow the route",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 404,
+        description = "no such resource",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 409,
+        description = "the state does not allow it, or the append race was lost too often",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    #[response(
+        status = 410,
+        description = "deleted",
+        content_type = "application/problem+json"
+    )]
+    Gone(Problem),
+    #[response(
+        status = 412,
+        description = "If-Match names another version",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(Problem),
+    #[response(
+        status = 413,
+        description = "a body over 1 MiB",
+        content_type = "application/problem+json"
+    )]
+    PayloadTooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "a body that is not JSON",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(Problem),
+    #[response(
+        status = 422,
+        description = "a broken rule, or an Idempotency-Key reused with another request",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(Problem),
+    #[response(
+        status = 503,
+        description = "the database cannot be reached; Retry-After says when to try again",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
 
 struct BearerAuth;
 

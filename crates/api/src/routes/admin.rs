@@ -50,9 +50,7 @@ impl From<AdminError> for ApiError {
     description = "Every projection with its status.",
     responses(
         (status = 200, description = "the projections", body = Vec<crate::openapi::AnyObject>),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, ApiError> {
@@ -72,10 +70,7 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
     params(("name" = String, Path)),
     responses(
         (status = 200, description = "the projection", body = crate::openapi::AnyObject),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn status(
@@ -105,11 +100,7 @@ struct Started {
     params(("name" = String, Path)),
     responses(
         (status = 202, description = "started", body = crate::openapi::AnyObject),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn start_rebuild(
@@ -153,11 +144,7 @@ async fn start_rebuild(
     params(("name" = String, Path)),
     responses(
         (status = 200, description = "retired", body = crate::openapi::AnyObject),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn retire(
@@ -177,11 +164,7 @@ async fn retire(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, description = "the job", body = crate::openapi::AnyObject),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn job(
@@ -201,9 +184,7 @@ async fn job(
     description = "Each domain's read source.",
     responses(
         (status = 200, description = "the read sources", body = crate::openapi::AnyObject),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn read_sources(
@@ -234,15 +215,7 @@ struct ReadSourceBody {
     request_body = ReadSourceBody,
     responses(
         (status = 200, description = "switched", body = crate::openapi::AnyObject),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn set_read_source(
@@ -277,11 +250,7 @@ struct Consistency {
     params(("domain" = Option<String>, Query)),
     responses(
         (status = 200, description = "the report", body = crate::openapi::AnyObject),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn consistency(

@@ -92,15 +92,7 @@ struct CompletionPage {
     request_body = StartBody,
     responses(
         (status = 201, description = "started", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn start(
@@ -145,16 +137,7 @@ async fn start(
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
         (status = 200, description = "already recorded", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn record(
@@ -195,16 +178,7 @@ async fn record(
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
         (status = 200, description = "all already recorded", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn record_bulk(
@@ -256,11 +230,7 @@ async fn record_bulk(
     params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -")),
     responses(
         (status = 200, description = "the batch", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn fetch(
@@ -285,11 +255,7 @@ async fn fetch(
     params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("after" = Option<String>, Query, description = "the next page's cursor")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn list_completions(

@@ -94,13 +94,7 @@ struct CollectionPage {
     request_body = CollectionBody,
     responses(
         (status = 201, description = "created", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn create(
@@ -146,17 +140,7 @@ async fn create(
     request_body = CollectionBody,
     responses(
         (status = 200, description = "updated", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn update(
@@ -192,17 +176,7 @@ async fn update(
     request_body = LinksBody,
     responses(
         (status = 200, description = "linked", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn set_links(
@@ -234,15 +208,7 @@ async fn set_links(
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
     responses(
         (status = 200, description = "deleted", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn delete(
@@ -272,12 +238,7 @@ async fn delete(
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection")),
     responses(
         (status = 200, description = "the collection", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 410, description = "deleted", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn fetch(
@@ -312,10 +273,7 @@ async fn fetch(
     params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, description = "the next page's cursor")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn list(

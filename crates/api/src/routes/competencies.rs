@@ -96,15 +96,7 @@ struct Page<T> {
     request_body = AttemptBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn record_attempt(
@@ -163,15 +155,7 @@ async fn record_attempt(
     request_body = ReviewBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "body over 1 MiB", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "a broken rule", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflict", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn record_review(
@@ -226,11 +210,7 @@ async fn record_review(
     params(("student_id" = i64, Path, description = "a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path)),
     responses(
         (status = 200, description = "the competency", body = crate::openapi::Document),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn fetch(
@@ -261,10 +241,7 @@ async fn fetch(
     params(("student_id" = i64, Path, description = "a positive integer"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, description = "0-1000000")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn list(
@@ -306,10 +283,7 @@ async fn list(
     params(("subject" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn analytics(

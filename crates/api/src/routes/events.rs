@@ -94,10 +94,7 @@ struct FeedPage {
     params(("after" = Option<i64>, Query, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, description = "comma-separated aggregate types")),
     responses(
         (status = 200, description = "events and next", body = crate::openapi::AnyObject),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn page(
@@ -140,10 +137,7 @@ struct StreamQuery {
     params(("after" = Option<i64>, Query), ("aggregate_type" = Option<String>, Query), ("Last-Event-ID" = Option<i64>, Header)),
     responses(
         (status = 200, description = "a stream of events", content_type = "text/event-stream", body = String),
-        (status = 400, description = "malformed request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "no or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "token scope too small", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "database unavailable", body = crate::error::Problem, content_type = "application/problem+json")
+        crate::openapi::Errors
     )
 )]
 async fn live(
