@@ -6,7 +6,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::error::Problem;
 use crate::routes::{admin, batches, collections, competencies, events, health};
@@ -114,6 +114,18 @@ pub enum Errors {
         content_type = "application/problem+json"
     )]
     Unavailable(Problem),
+}
+
+/// The headers every command route reads.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CommandHeaders {
+    /// Run only if the aggregate is at this version, e.g. `"3"` (412 otherwise).
+    #[param(rename = "If-Match")]
+    pub if_match: Option<String>,
+    /// 1–255 visible ASCII characters: a repeat of the same request gets the first answer.
+    #[param(rename = "Idempotency-Key")]
+    pub idempotency_key: Option<String>,
 }
 
 struct BearerAuth;

@@ -88,7 +88,7 @@ struct CompletionPage {
     path = "/batches",
     tag = "batches",
     description = "Starts a batch for its expected players.",
-    params(("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(crate::openapi::CommandHeaders),
     request_body = StartBody,
     responses(
         (status = 201, description = "started", body = crate::openapi::Document),
@@ -132,7 +132,7 @@ async fn start(
     path = "/batches/{batch_id}/completions",
     tag = "batches",
     description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
-    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
     request_body = CompletionBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
@@ -173,7 +173,7 @@ async fn record(
     path = "/batches/{batch_id}/completions/bulk",
     tag = "batches",
     description = "Records up to 10,000 completions, all or nothing.",
-    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
     request_body = BulkBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),

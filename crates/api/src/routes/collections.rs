@@ -90,7 +90,7 @@ struct CollectionPage {
     path = "/projects/{project_id}/collections",
     tag = "collections",
     description = "Creates a collection; the answer is read back from the read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("project_id" = Uuid, Path, description = "the project"), crate::openapi::CommandHeaders),
     request_body = CollectionBody,
     responses(
         (status = 201, description = "created", body = crate::openapi::Document),
@@ -136,7 +136,7 @@ async fn create(
     path = "/projects/{project_id}/collections/{collection_id}",
     tag = "collections",
     description = "Renames a collection and sets its description.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     request_body = CollectionBody,
     responses(
         (status = 200, description = "updated", body = crate::openapi::Document),
@@ -172,7 +172,7 @@ async fn update(
     path = "/projects/{project_id}/collections/{collection_id}/links",
     tag = "collections",
     description = "Replaces the collection's tags, question ids and hypothesis ids.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     request_body = LinksBody,
     responses(
         (status = 200, description = "linked", body = crate::openapi::Document),
@@ -205,7 +205,7 @@ async fn set_links(
     path = "/projects/{project_id}/collections/{collection_id}",
     tag = "collections",
     description = "Deletes a collection (a soft delete in the legacy shape).",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     responses(
         (status = 200, description = "deleted", body = crate::openapi::Document),
         crate::openapi::Errors

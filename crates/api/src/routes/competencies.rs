@@ -92,7 +92,7 @@ struct Page<T> {
     path = "/students/{student_id}/attempts",
     tag = "competencies",
     description = "Records an attempt; the answer carries the attempt and the competency it led to.",
-    params(("student_id" = i64, Path, description = "a positive integer"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("student_id" = i64, Path, description = "a positive integer"), crate::openapi::CommandHeaders),
     request_body = AttemptBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
@@ -151,7 +151,7 @@ async fn record_attempt(
     path = "/students/{student_id}/reviews",
     tag = "competencies",
     description = "Records a problem review.",
-    params(("student_id" = i64, Path, description = "a positive integer"), ("If-Match" = Option<String>, Header, description = "demand this version, e.g. \"3\""), ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
+    params(("student_id" = i64, Path, description = "a positive integer"), crate::openapi::CommandHeaders),
     request_body = ReviewBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
