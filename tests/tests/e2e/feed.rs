@@ -130,17 +130,18 @@ async fn gap_free_global_order_the_feed_never_skips_an_event_that_commits_late()
 }
 
 #[tokio::test]
-async fn bad_feed_queries_are_400() {
+async fn bad_feed_queries_are_400_and_an_unknown_position_404() {
     let app = TestApp::spawn().await;
     create(&app, Uuid::new_v4(), "a").await;
 
     for query in [
-        "after=999",
         "after=-1",
         "after=x",
         "limit=0",
         "limit=1001",
         "aggregate_type=",
+        "aggregate_type=collection,,batch",
+        "aggregate_type=has%20space",
         "colour=red",
     ] {
         json_with_status(
@@ -149,11 +150,9 @@ async fn bad_feed_queries_are_400() {
         )
         .await;
     }
-    json_with_status(
-        app.get("/events/stream?after=999").send().await.unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    for path in ["/events?after=999", "/events/stream?after=999"] {
+        json_with_status(app.get(path).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    }
 }
 
 /// Reads SSE messages from `response` until `count` have arrived (or the time runs out),

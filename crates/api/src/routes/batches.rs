@@ -132,7 +132,7 @@ async fn start(
     path = "/batches/{batch_id}/completions",
     tag = "batches",
     description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
-    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
+    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
     request_body = CompletionBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
@@ -173,7 +173,7 @@ async fn record(
     path = "/batches/{batch_id}/completions/bulk",
     tag = "batches",
     description = "Records up to 10,000 completions, all or nothing.",
-    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
+    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
     request_body = BulkBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
@@ -227,7 +227,7 @@ async fn record_bulk(
     path = "/batches/{batch_id}",
     tag = "batches",
     description = "The batch, from the domain's read source.",
-    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -")),
+    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -")),
     responses(
         (status = 200, description = "the batch", body = crate::openapi::Document),
         crate::openapi::Errors
@@ -252,7 +252,7 @@ async fn fetch(
     path = "/batches/{batch_id}/completions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
-    params(("batch_id" = String, Path, description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("after" = Option<String>, Query, description = "the next page's cursor")),
+    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("after" = Option<String>, Query, description = "the next page's cursor")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors

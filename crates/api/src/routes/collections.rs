@@ -270,7 +270,7 @@ async fn fetch(
     path = "/projects/{project_id}/collections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, description = "the next page's cursor")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, description = "the next page's cursor")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors

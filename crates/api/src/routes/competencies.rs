@@ -92,7 +92,7 @@ struct Page<T> {
     path = "/students/{student_id}/attempts",
     tag = "competencies",
     description = "Records an attempt; the answer carries the attempt and the competency it led to.",
-    params(("student_id" = i64, Path, description = "a positive integer"), crate::openapi::CommandHeaders),
+    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), crate::openapi::CommandHeaders),
     request_body = AttemptBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
@@ -151,7 +151,7 @@ async fn record_attempt(
     path = "/students/{student_id}/reviews",
     tag = "competencies",
     description = "Records a problem review.",
-    params(("student_id" = i64, Path, description = "a positive integer"), crate::openapi::CommandHeaders),
+    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), crate::openapi::CommandHeaders),
     request_body = ReviewBody,
     responses(
         (status = 201, description = "recorded", body = crate::openapi::Document),
@@ -207,7 +207,7 @@ async fn record_review(
     path = "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
     tag = "competencies",
     description = "One competency.",
-    params(("student_id" = i64, Path, description = "a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path)),
+    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), ("subject" = String, Path, min_length = 1, max_length = 100), ("skill_id" = String, Path, min_length = 1, max_length = 100), ("subskill_id" = String, Path, min_length = 1, max_length = 100)),
     responses(
         (status = 200, description = "the competency", body = crate::openapi::Document),
         crate::openapi::Errors
@@ -238,7 +238,7 @@ async fn fetch(
     path = "/students/{student_id}/competencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
-    params(("student_id" = i64, Path, description = "a positive integer"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, description = "0-1000000")),
+    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, minimum = 0, maximum = 1000000, description = "0-1000000")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors
@@ -280,7 +280,7 @@ async fn list(
     path = "/analytics/skills",
     tag = "competencies",
     description = "Attempts, students and mean score per subskill.",
-    params(("subject" = Option<String>, Query), ("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query)),
+    params(("subject" = Option<String>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("offset" = Option<i64>, Query, minimum = 0, maximum = 1000000)),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors

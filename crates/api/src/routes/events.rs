@@ -91,7 +91,7 @@ struct FeedPage {
     path = "/events",
     tag = "events",
     description = "A page of the event log in gap-free order.",
-    params(("after" = Option<i64>, Query, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, description = "comma-separated aggregate types")),
+    params(("after" = Option<i64>, Query, minimum = 0, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$", description = "comma-separated aggregate types")),
     responses(
         (status = 200, description = "events and next", body = crate::openapi::AnyObject),
         crate::openapi::Errors
@@ -134,7 +134,7 @@ struct StreamQuery {
     path = "/events/stream",
     tag = "events",
     description = "The event feed as Server-Sent Events.",
-    params(("after" = Option<i64>, Query), ("aggregate_type" = Option<String>, Query), ("Last-Event-ID" = Option<i64>, Header)),
+    params(("after" = Option<i64>, Query, minimum = 0), ("aggregate_type" = Option<String>, Query, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$"), ("Last-Event-ID" = Option<i64>, Header, minimum = 0)),
     responses(
         (status = 200, description = "a stream of events", content_type = "text/event-stream", body = String),
         crate::openapi::Errors
@@ -252,23 +252,23 @@ async fn resolve(pool: &PgPool, after: i64) -> Result<LogCursor, ApiError> {
         ));
     }
     log::cursor_at(pool, after).await?.ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "after={after} is not the position of an event; resume from a position the feed gave"
+        ApiError::NotFound(format!(
+            "no event has position {after}; resume from a position the feed gave"
         ))
     })
 }
 
 fn aggregate_types(raw: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
-    let types: Vec<String> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if types.is_empty() || types.len() > 20 || types.iter().any(|t| t.len() > 100) {
+    let types: Vec<String> = raw.split(',').map(str::to_owned).collect();
+    let well_formed = |t: &String| {
+        (1..=100).contains(&t.len()) && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if types.len() > 20 || !types.iter().all(well_formed) {
         return Err(ApiError::BadRequest(
-            "aggregate_type is a comma-separated list of 1–20 aggregate types".into(),
+            "aggregate_type is a comma-separated list of 1–20 aggregate types \
+             (letters, digits, _)"
+                .into(),
         ));
     }
     Ok(Some(types))

@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
     get,
     path = "/health",
     tag = "health",
+    security(()),
     description = "200 when Postgres answers, 503 when not.",
     responses(
         (status = 200, description = "Postgres answers", body = crate::openapi::AnyObject),
