@@ -158,11 +158,24 @@ fn unreachable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether `e` is Postgres refusing a value the request carried (class 22, data exception:
+/// a NUL character, which neither `text` nor `jsonb` can hold, or a number out of range).
+fn refused_value(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")))
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if unreachable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             return Self::Unavailable;
+        }
+        if refused_value(&e) {
+            return Self::Unprocessable {
+                detail: "a value in the request cannot be stored (for example a NUL character)"
+                    .to_owned(),
+                field: None,
+            };
         }
         Self::Internal(e.into())
     }
@@ -266,6 +279,7 @@ where
             CommandError::KeyReused => Self::invalid("Idempotency-Key", e.to_string()),
             CommandError::Database(db) => db.into(),
             CommandError::Projection(ProjectionError::Database { source, .. }) => source.into(),
+            CommandError::Serialize(_) => Self::invalid("body", e.to_string()),
             other => Self::Internal(other.into()),
         }
     }

@@ -121,10 +121,18 @@ pub enum Errors {
 #[into_params(parameter_in = Header)]
 pub struct CommandHeaders {
     /// Run only if the aggregate is at this version, e.g. `"3"` (412 otherwise).
-    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"?[0-9]+"?)$"#)]
+    #[param(
+        rename = "If-Match",
+        nullable = false,
+        pattern = r#"^(\*|(W/)?"?[0-9]+"?)$"#
+    )]
     pub if_match: Option<String>,
     /// 1–255 visible ASCII characters: a repeat of the same request gets the first answer.
-    #[param(rename = "Idempotency-Key", pattern = "^[!-~]{1,255}$")]
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        pattern = "^[!-~]{1,255}$"
+    )]
     pub idempotency_key: Option<String>,
 }
 

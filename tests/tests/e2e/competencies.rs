@@ -286,3 +286,29 @@ async fn bad_competency_input_is_4xx_and_appends_nothing() {
     }
     assert_eq!(app.db.event_count().await, before);
 }
+
+#[tokio::test]
+async fn bad_input_a_nul_character_anywhere_is_422_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let project = uuid::Uuid::new_v4();
+
+    let cases = [
+        app.post("/students/7/attempts").json(
+            &json!({"subject": "\u{0}", "skill_id": "f", "subskill_id": "a", "score": 2}),
+        ),
+        app.post(&format!("/projects/{project}/collections"))
+            .json(&json!({"name": "a\u{0}b"})),
+        app.post("/students/7/reviews").json(&json!({
+            "subject": "m", "skill_id": "f", "subskill_id": "a", "problem_id": "p", "score": 1,
+            "full_review": {"observation": {"t": "\u{0}"}, "analysis": {}, "evaluation": {"score": 1}, "feedback": {}}
+        })),
+    ];
+    for request in cases {
+        json_with_status(
+            request.send().await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    }
+    assert_eq!(app.db.event_count().await, 0);
+}

@@ -247,7 +247,7 @@ struct Consistency {
     path = "/admin/consistency",
     tag = "admin",
     description = "Verifies legacy against new and live against a fresh rebuild.",
-    params(("domain" = Option<String>, Query)),
+    params(("domain" = Option<String>, Query, nullable = false)),
     responses(
         (status = 200, description = "the report", body = crate::openapi::AnyObject),
         crate::openapi::Errors

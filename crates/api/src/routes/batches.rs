@@ -43,20 +43,26 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     batch_id: String,
+    /// 1–10,000 distinct player lookups of 1–128 characters
+    #[schema(min_items = 1, max_items = 10000)]
     expected_players: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompletionBody {
+    #[schema(min_length = 1, max_length = 128)]
     player_lookup: String,
+    #[schema(minimum = 0, maximum = 1000000)]
     predictions_count: i64,
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
+    #[schema(min_items = 1, max_items = 10000)]
     completions: Vec<CompletionBody>,
 }
 
@@ -252,7 +258,7 @@ async fn fetch(
     path = "/batches/{batch_id}/completions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
-    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("after" = Option<String>, Query, description = "the next page's cursor")),
+    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("after" = Option<String>, Query, nullable = false, description = "the next page's cursor")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors

@@ -45,8 +45,12 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CollectionBody {
+    /// 1–200 characters once trimmed
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
+    /// up to 10,000 characters
     #[serde(default)]
+    #[schema(max_length = 10000)]
     description: String,
 }
 
@@ -54,11 +58,15 @@ struct CollectionBody {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LinksBody {
+    /// at most 50 tags of 1–64 characters (trimmed; repeats kept once)
     #[serde(default)]
+    #[schema(max_items = 50)]
     tags: Vec<String>,
     #[serde(default)]
+    #[schema(max_items = 200)]
     question_ids: Vec<Uuid>,
     #[serde(default)]
+    #[schema(max_items = 200)]
     hypothesis_ids: Vec<Uuid>,
 }
 
@@ -270,7 +278,7 @@ async fn fetch(
     path = "/projects/{project_id}/collections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, description = "the next page's cursor")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, nullable = false, description = "the next page's cursor")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors

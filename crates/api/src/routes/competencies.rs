@@ -42,26 +42,37 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AttemptBody {
+    #[schema(min_length = 1, max_length = 100)]
     subject: String,
+    #[schema(min_length = 1, max_length = 100)]
     skill_id: String,
+    #[schema(min_length = 1, max_length = 100)]
     subskill_id: String,
+    #[schema(minimum = 0, maximum = 10)]
     score: f64,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     analysis: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     feedback: String,
 }
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReviewBody {
+    #[schema(min_length = 1, max_length = 100)]
     subject: String,
+    #[schema(min_length = 1, max_length = 100)]
     skill_id: String,
+    #[schema(min_length = 1, max_length = 100)]
     subskill_id: String,
+    #[schema(min_length = 1, max_length = 100)]
     problem_id: String,
     /// {observation, analysis, evaluation {score}, feedback}, each a JSON object
     #[schema(value_type = Object)]
     full_review: FullReview,
+    #[schema(minimum = 0, maximum = 10)]
     score: f64,
 }
 
@@ -238,7 +249,7 @@ async fn fetch(
     path = "/students/{student_id}/competencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
-    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, minimum = 0, maximum = 1000000, description = "0-1000000")),
+    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, nullable = false, minimum = 0, maximum = 1000000, description = "0-1000000")),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors
@@ -280,7 +291,7 @@ async fn list(
     path = "/analytics/skills",
     tag = "competencies",
     description = "Attempts, students and mean score per subskill.",
-    params(("subject" = Option<String>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("offset" = Option<i64>, Query, minimum = 0, maximum = 1000000)),
+    params(("subject" = Option<String>, Query, nullable = false), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000), ("offset" = Option<i64>, Query, nullable = false, minimum = 0, maximum = 1000000)),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::Errors

@@ -91,7 +91,7 @@ struct FeedPage {
     path = "/events",
     tag = "events",
     description = "A page of the event log in gap-free order.",
-    params(("after" = Option<i64>, Query, minimum = 0, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$", description = "comma-separated aggregate types")),
+    params(("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, nullable = false, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$", description = "comma-separated aggregate types")),
     responses(
         (status = 200, description = "events and next", body = crate::openapi::AnyObject),
         crate::openapi::Errors
@@ -134,9 +134,9 @@ struct StreamQuery {
     path = "/events/stream",
     tag = "events",
     description = "The event feed as Server-Sent Events.",
-    params(("after" = Option<i64>, Query, minimum = 0), ("aggregate_type" = Option<String>, Query, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$"), ("Last-Event-ID" = Option<i64>, Header, minimum = 0)),
+    params(("after" = Option<i64>, Query, nullable = false, minimum = 0), ("aggregate_type" = Option<String>, Query, nullable = false, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$"), ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0)),
     responses(
-        (status = 200, description = "a stream of events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::openapi::AnyObject),
         crate::openapi::Errors
     )
 )]
@@ -145,6 +145,11 @@ async fn live(
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if query.after.is_some_and(|after| after < 0) {
+        return Err(ApiError::BadRequest(
+            "after must be a position, 0 or more".into(),
+        ));
+    }
     let after = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
