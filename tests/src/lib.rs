@@ -20,6 +20,8 @@ use sqlx::{Executor as _, PgPool};
 /// Where the test databases are created, and the template they are copied from.
 struct Server {
     admin: PgConnectOptions,
+    /// `admin` as a URL.
+    url: String,
     template: String,
 }
 
@@ -39,8 +41,8 @@ fn server() -> &'static Server {
 }
 
 async fn prepare_server() -> Server {
-    let admin = match std::env::var("DATABASE_URL") {
-        Ok(url) => PgConnectOptions::from_str(&url).expect("DATABASE_URL is a Postgres URL"),
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
         Err(_) => {
             let root = std::env::var_os("CUTOVER_TEST_PG_DIR").map_or_else(
                 || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres"),
@@ -48,9 +50,10 @@ async fn prepare_server() -> Server {
             );
             let local = LocalPostgres::ensure_running(&root)
                 .unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
-            PgConnectOptions::from_str(&local.url("postgres")).expect("the private cluster's URL")
+            local.url("postgres")
         }
     };
+    let admin = PgConnectOptions::from_str(&url).expect("a Postgres URL");
     let template = format!("cutover_tpl_{}", schema_fingerprint());
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -95,7 +98,11 @@ async fn prepare_server() -> Server {
         .expect("releasing the template lock");
     drop(conn);
     pool.close().await;
-    Server { admin, template }
+    Server {
+        admin,
+        url,
+        template,
+    }
 }
 
 /// Changes whenever a migration is added or edited, so a stale template is never reused.
@@ -141,6 +148,13 @@ impl TestDb {
             options,
             name,
         }
+    }
+
+    /// The database's URL, for a binary to connect to.
+    pub fn url(&self) -> String {
+        let mut url = reqwest::Url::parse(&server().url).expect("the test server's URL");
+        url.set_path(&format!("/{}", self.name));
+        url.to_string()
     }
 
     /// The same database through a pool of its own, as a second server instance has.
@@ -264,6 +278,22 @@ impl TestApp {
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.delete(self.url(path))
+    }
+
+    /// The value of one sample of `/metrics`, named with its labels as the exposition writes
+    /// them (`cutover_events_appended_total`, `name{label="value"}`); 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .send()
+            .await
+            .expect("scraping /metrics")
+            .text()
+            .await
+            .expect("reading /metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a metric's value"))
     }
 
     /// Switches a domain's read source directly in the database.

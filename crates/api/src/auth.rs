@@ -1,5 +1,6 @@
-//! Access control: each route needs a scope (`/health` none, other GET routes `read`,
-//! commands `write`, `/admin` `admin`), proven by `Authorization: Bearer <token>`. With no
+//! Access control: each route needs a scope (`/health`, `/openapi.json`, `/console`, `/docs`
+//! none, other GET routes `read` (the admin ones too, but for running a verification), commands
+//! `write`, admin actions `admin`), proven by `Authorization: Bearer <token>`. With no
 //! tokens configured every request is accepted; the server then only listens on loopback.
 
 use axum::extract::{Request, State};
@@ -11,13 +12,27 @@ use cutover_core::auth::Scope;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// The scope a request needs; `None` for the public routes.
+/// The scope a request needs; `None` for the public routes (health, the API description, the
+/// console and docs pages, which hold no data: they fetch it with the token typed into them).
 fn required(method: &Method, path: &str) -> Option<Scope> {
-    if path == "/health" || path == "/openapi.json" {
+    let reading = method == Method::GET || method == Method::HEAD;
+    if path == "/health"
+        || path == "/openapi.json"
+        || path == "/console"
+        || path.starts_with("/console/")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+    {
         None
     } else if path == "/admin" || path.starts_with("/admin/") {
-        Some(Scope::Admin)
-    } else if method == Method::GET || method == Method::HEAD {
+        // Watching a migration needs `read`; acting on it (and running a verification)
+        // needs `admin`.
+        if reading && path != "/admin/consistency" {
+            Some(Scope::Read)
+        } else {
+            Some(Scope::Admin)
+        }
+    } else if reading {
         Some(Scope::Read)
     } else {
         Some(Scope::Write)

@@ -5,17 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
 use axum::middleware;
 use axum::Router;
 use cutover_core::auth::Tokens;
 use cutover_core::store::EventStore;
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 mod auth;
 pub mod config;
 pub mod error;
 mod extract;
 mod feed;
+pub mod metrics;
 pub mod openapi;
 mod routes;
 
@@ -32,6 +35,7 @@ pub struct AppState {
     pub idempotency_ttl: Duration,
     /// The bearer tokens requests need; `None` accepts every request (loopback only).
     pub tokens: Option<Arc<Tokens>>,
+    pub metrics: metrics::Metrics,
 }
 
 /// Default of [`AppState::idempotency_ttl`]: 24 hours.
@@ -41,15 +45,21 @@ impl AppState {
     /// The state of a server on `store`; starts listening for appended events. Live event
     /// streams end when `shutdown` turns true.
     pub fn new(store: EventStore, shutdown: watch::Receiver<bool>) -> Self {
-        let feed = FeedSignals::start(store.pool().clone(), shutdown);
-        Self {
+        let feed = FeedSignals::start(store.pool().clone(), shutdown.clone());
+        let state = Self {
+            metrics: metrics::Metrics::new(&store),
             store,
             feed,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tokens: None,
-        }
+        };
+        tokio::spawn(metrics::sample(state.clone(), shutdown));
+        state
     }
 }
+
+/// The header that carries a request's id: the client's if it sent one, else a new UUID.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
@@ -60,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::competencies::router())
         .merge(routes::events::router())
         .merge(routes::admin::router())
+        .merge(metrics::router())
         .merge(openapi::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -67,7 +78,32 @@ pub fn app(state: AppState) -> Router {
         ))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Each request's log span: method, path and request id.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id,
+    )
 }

@@ -147,8 +147,9 @@ impl Modify for BearerAuth {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .description(Some(
-                            "A token with scope read (GET routes), write (commands) or admin \
-                             (/admin). Needed only when the server has tokens configured.",
+                            "A token with scope read (GET routes, watching /admin), write \
+                             (commands) or admin (/admin actions and verification). Needed \
+                             only when the server has tokens configured.",
                         ))
                         .build(),
                 ),
@@ -173,7 +174,8 @@ impl Modify for BearerAuth {
         competencies::fetch, competencies::analytics,
         events::page, events::live,
         admin::list, admin::status, admin::start_rebuild, admin::retire, admin::job,
-        admin::read_sources, admin::set_read_source, admin::consistency
+        admin::read_sources, admin::set_read_source, admin::consistency,
+        admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),
     components(schemas(Problem, Document, Page, AnyObject)),
     modifiers(&BearerAuth),

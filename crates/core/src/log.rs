@@ -172,6 +172,20 @@ pub async fn held_back<'e>(
     .await
 }
 
+/// How many committed events the feed holds back because an older transaction is still
+/// running anywhere in the cluster.
+///
+/// # Errors
+/// A database error.
+pub async fn held_back_count<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+    )
+    .fetch_one(executor)
+    .await
+}
+
 fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
         position: row.try_get("position")?,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
@@ -99,6 +100,21 @@ pub struct EventStore {
     projectors: Arc<[Arc<dyn Projector>]>,
     max_retries: u32,
     cache: Arc<AggregateCache>,
+    metrics: StoreMetrics,
+}
+
+/// What the command path counts, for whoever exposes it (the API's `/metrics`). Clones share
+/// the counts.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    /// Commands re-run after losing an append race.
+    pub retries: Counter,
+    /// Commands that lost every attempt (the client got a 409).
+    pub conflicts: Counter,
+    /// Commands answered from their idempotency key, without running.
+    pub replays: Counter,
+    /// Events committed.
+    pub events_appended: Counter,
 }
 
 /// Aggregates as of their last committed command in this process, so that a command on a long
@@ -196,7 +212,12 @@ impl EventStore {
             projectors: projectors.into(),
             max_retries,
             cache: Arc::default(),
+            metrics: StoreMetrics::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -275,6 +296,7 @@ impl EventStore {
             if let Some(key) = idempotency {
                 if let Some(stored) = claim_key(&mut tx, key).await? {
                     tx.rollback().await?;
+                    self.metrics.replays.inc();
                     return Ok(Begun::Replayed(stored));
                 }
             }
@@ -304,6 +326,9 @@ impl EventStore {
                     Err(AppendError::Conflict) => {
                         tx.rollback().await?;
                         tracing::debug!(attempt, "append conflict; retrying");
+                        if attempt < attempts {
+                            self.metrics.retries.inc();
+                        }
                         tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
                         continue;
                     }
@@ -324,6 +349,7 @@ impl EventStore {
             return Ok(Begun::Open(Pending {
                 tx,
                 cache: Arc::clone(&self.cache),
+                events_appended: self.metrics.events_appended.clone(),
                 aggregate_id: aggregate_id.to_owned(),
                 aggregate,
                 key: idempotency.map(|k| k.key.clone()),
@@ -334,6 +360,7 @@ impl EventStore {
                 },
             }));
         }
+        self.metrics.conflicts.inc();
         Err(CommandError::Conflict { attempts })
     }
 }
@@ -379,6 +406,7 @@ pub enum Begun<A: Aggregate + 'static> {
 pub struct Pending<A: Aggregate + 'static> {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     cache: Arc<AggregateCache>,
+    events_appended: Counter,
     aggregate_id: String,
     aggregate: A,
     key: Option<String>,
@@ -413,6 +441,8 @@ impl<A: Aggregate + 'static> Pending<A> {
                 .await?;
         }
         self.tx.commit().await?;
+        self.events_appended
+            .inc_by(self.committed.events.len() as u64);
         self.cache.put(
             &self.aggregate_id,
             self.aggregate,

@@ -141,6 +141,20 @@ pub async fn job(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
     Ok(job.map(Job::with_rate))
 }
 
+/// The rebuild jobs that run now: those marked running that reported progress in the last 30
+/// seconds (a job whose process died stays marked running, but stops reporting).
+///
+/// # Errors
+/// A database error.
+pub async fn running_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
+    let jobs: Vec<Job> = sqlx::query_as(&format!(
+        "{SELECT_JOB} WHERE status = 'running' AND updated_at > now() - interval '30 seconds'"
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(jobs.into_iter().map(Job::with_rate).collect())
+}
+
 /// The session-lock key that a running rebuild of `projection` holds.
 pub(crate) fn rebuild_lock_key(projection: &str) -> String {
     format!("cutover:rebuild:{projection}")
@@ -208,13 +222,21 @@ pub async fn status(
     .bind(name)
     .fetch_optional(&mut *conn)
     .await?;
+    let latest_job = latest_job.map(Job::with_rate);
+    // While it rebuilds, what it lacks is what the job has left.
+    let lag = match &latest_job {
+        Some(job) if !free && job.status == "running" => {
+            Some((job.events_total - job.events_done).max(0))
+        }
+        _ => lag,
+    };
     Ok(Status {
         projection,
         rows,
         last_position,
         lag,
         rebuild_running: !free,
-        latest_job: latest_job.map(Job::with_rate),
+        latest_job,
     })
 }
 

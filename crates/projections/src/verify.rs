@@ -266,7 +266,49 @@ pub async fn verify(
     let discarded = job.discard(failure.as_deref()).await;
     outcome?;
     discarded?;
+    record(pool, &report).await?;
     Ok(report)
+}
+
+/// How many reports are kept.
+const REPORTS_KEPT: i64 = 100;
+
+/// Keeps `report` as the latest, and forgets all but the newest [`REPORTS_KEPT`].
+async fn record(pool: &PgPool, report: &Report) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO consistency_reports (consistent, report) VALUES ($1, $2)")
+        .bind(report.consistent())
+        .bind(sqlx::types::Json(report))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM consistency_reports
+          WHERE id <= (SELECT max(id) FROM consistency_reports) - $1",
+    )
+    .bind(REPORTS_KEPT)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// A report as it was kept: when, and what it found.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Recorded {
+    pub checked_at: chrono::DateTime<chrono::Utc>,
+    pub consistent: bool,
+    pub report: sqlx::types::Json<Value>,
+}
+
+/// The newest report, if any verification ran.
+///
+/// # Errors
+/// A database error.
+pub async fn latest(pool: &PgPool) -> Result<Option<Recorded>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT checked_at, consistent, report FROM consistency_reports ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 async fn compare_all(

@@ -37,8 +37,15 @@ async fn each_scope_is_allowed_where_it_should_be_and_refused_elsewhere() {
             None => request,
         }
     };
-    let admin = |token: Option<&str>| {
+    let watch = |token: Option<&str>| {
         let request = app.get("/admin/read-sources");
+        match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    };
+    let admin = |token: Option<&str>| {
+        let request = app.get("/admin/consistency");
         match token {
             Some(t) => request.bearer_auth(t),
             None => request,
@@ -55,6 +62,8 @@ async fn each_scope_is_allowed_where_it_should_be_and_refused_elsewhere() {
         (write(Some("r-token")), StatusCode::FORBIDDEN),
         (write(Some("w-token")), StatusCode::CREATED),
         (write(Some("a-token")), StatusCode::CREATED),
+        (watch(None), StatusCode::UNAUTHORIZED),
+        (watch(Some("r-token")), StatusCode::OK),
         (admin(None), StatusCode::UNAUTHORIZED),
         (admin(Some("r-token")), StatusCode::FORBIDDEN),
         (admin(Some("w-token")), StatusCode::FORBIDDEN),

@@ -245,6 +245,8 @@ async fn optimistic_concurrency_a_command_that_loses_the_append_race_is_retried(
     );
     assert_eq!(body["collection"]["collection_name"], "mine");
     assert_eq!(app.db.event_count().await, 3);
+    assert_eq!(app.metric("cutover_command_retries_total").await, 1.0);
+    assert_eq!(app.metric("cutover_command_conflicts_total").await, 0.0);
 }
 
 #[tokio::test]
@@ -263,4 +265,5 @@ async fn optimistic_concurrency_a_conflict_that_outlasts_the_retries_is_409_and_
         2,
         "only the rival's event was added"
     );
+    assert_eq!(app.metric("cutover_command_conflicts_total").await, 1.0);
 }

@@ -14,4 +14,5 @@ mod guarantees;
 mod health;
 mod idempotency;
 mod migration;
+mod observability;
 mod replay;

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/read-sources", get(read_sources))
         .route("/admin/read-sources/{domain}", put(set_read_source))
         .route("/admin/consistency", get(consistency))
+        .route("/admin/consistency/latest", get(latest_consistency))
 }
 
 impl From<AdminError> for ApiError {
@@ -171,10 +172,7 @@ async fn job(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Job>, ApiError> {
-    registry::job(state.store.pool(), id)
-        .await?
-        .map(axum::Json)
-        .ok_or_else(|| ApiError::NotFound("no such job".to_owned()))
+    found(registry::job(state.store.pool(), id).await?, "no such job")
 }
 
 #[utoipa::path(
@@ -267,4 +265,30 @@ async fn consistency(
         consistent: report.consistent(),
         report,
     }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/consistency/latest",
+    tag = "admin",
+    description = "The newest consistency report (from the CLI or the API), without running one.",
+    responses(
+        (status = 200, description = "the report and when it was made", body = crate::openapi::AnyObject),
+        crate::openapi::Errors
+    )
+)]
+async fn latest_consistency(
+    State(state): State<AppState>,
+) -> Result<axum::Json<verify::Recorded>, ApiError> {
+    found(
+        verify::latest(state.store.pool()).await?,
+        "no verification has run yet",
+    )
+}
+
+/// The thing, or a 404 that says what is missing.
+fn found<T>(thing: Option<T>, missing: &str) -> Result<axum::Json<T>, ApiError> {
+    thing
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(missing.to_owned()))
 }

@@ -1,0 +1,367 @@
+//! `/metrics` in the Prometheus (OpenMetrics) text format: requests by route and status, their
+//! latency, the command path's retries, conflicts, replays and appended events, and, read from
+//! the database at each scrape, projection lag, rebuild progress, the feed's held-back events
+//! and the pool's use. Also the short history of command and rebuild rates the console draws.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use cutover_core::log;
+use cutover_core::store::EventStore;
+use cutover_projections::registry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectionLabels {
+    projection: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
+}
+
+type Rate = Gauge<f64, AtomicU64>;
+
+/// Every metric of one server; clones share them.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram>,
+    /// Commands answered (any status), for the console's rate chart.
+    commands: Counter,
+    lag: Family<ProjectionLabels, Gauge>,
+    rebuild_done: Family<ProjectionLabels, Gauge>,
+    rebuild_total: Family<ProjectionLabels, Gauge>,
+    rebuild_rate: Family<ProjectionLabels, Rate>,
+    held_back: Gauge,
+    pool: Family<PoolLabels, Gauge>,
+    pool_max: Gauge,
+    history: Arc<Mutex<VecDeque<Sample>>>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+}
+
+impl Metrics {
+    /// The metrics of a server on `store`, whose command-path counters they include.
+    pub fn new(store: &EventStore) -> Self {
+        let mut registry = Registry::with_prefix("cutover");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            requests.clone(),
+        );
+        let durations =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request (to its response head), by method and route",
+            durations.clone(),
+        );
+        let counts = store.metrics();
+        registry.register(
+            "command_retries",
+            "Commands re-run after losing an append race",
+            counts.retries.clone(),
+        );
+        registry.register(
+            "command_conflicts",
+            "Commands that lost every append attempt and were answered 409",
+            counts.conflicts.clone(),
+        );
+        registry.register(
+            "idempotent_replays",
+            "Commands answered from a stored Idempotency-Key response without running",
+            counts.replays.clone(),
+        );
+        registry.register(
+            "events_appended",
+            "Events committed to the log by this server",
+            counts.events_appended.clone(),
+        );
+        let lag = Family::<ProjectionLabels, Gauge>::default();
+        registry.register(
+            "projection_lag_events",
+            "Events of a projection's aggregate types its tables do not reflect yet",
+            lag.clone(),
+        );
+        let rebuild_done = Family::<ProjectionLabels, Gauge>::default();
+        registry.register(
+            "rebuild_events_done",
+            "Events the running rebuild of a projection has applied",
+            rebuild_done.clone(),
+        );
+        let rebuild_total = Family::<ProjectionLabels, Gauge>::default();
+        registry.register(
+            "rebuild_events_total",
+            "Events the running rebuild of a projection has to apply (grows with live appends)",
+            rebuild_total.clone(),
+        );
+        let rebuild_rate = Family::<ProjectionLabels, Rate>::default();
+        registry.register(
+            "rebuild_events_per_second",
+            "Events per second of the running rebuild of a projection",
+            rebuild_rate.clone(),
+        );
+        let held_back = Gauge::default();
+        registry.register(
+            "feed_held_back",
+            "Committed events the feed holds back behind an older running transaction",
+            held_back.clone(),
+        );
+        let pool = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database connections of this server, idle or in use",
+            pool.clone(),
+        );
+        let pool_max = Gauge::default();
+        registry.register(
+            "db_pool_max_connections",
+            "Most database connections this server opens",
+            pool_max.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            durations,
+            commands: Counter::default(),
+            lag,
+            rebuild_done,
+            rebuild_total,
+            rebuild_rate,
+            held_back,
+            pool,
+            pool_max,
+            history: Arc::default(),
+        }
+    }
+
+    /// Reads what lives in the database into the gauges.
+    async fn refresh(&self, store: &EventStore) -> Result<(), ApiError> {
+        let pool = store.pool();
+        self.lag.clear();
+        self.rebuild_done.clear();
+        self.rebuild_total.clear();
+        self.rebuild_rate.clear();
+        for projection in registry::projections(pool).await? {
+            let status = registry::status(pool, store.projectors(), &projection.name).await?;
+            let labels = ProjectionLabels {
+                projection: projection.name,
+            };
+            if let Some(lag) = status.lag {
+                self.lag.get_or_create(&labels).set(lag);
+            }
+            if let Some(job) = status.latest_job.filter(|_| status.rebuild_running) {
+                self.rebuild_done
+                    .get_or_create(&labels)
+                    .set(job.events_done);
+                self.rebuild_total
+                    .get_or_create(&labels)
+                    .set(job.events_total);
+                self.rebuild_rate
+                    .get_or_create(&labels)
+                    .set(job.events_per_second);
+            }
+        }
+        self.held_back.set(log::held_back_count(pool).await?);
+        let size = i64::from(pool.size());
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        self.pool
+            .get_or_create(&PoolLabels { state: "idle" })
+            .set(idle);
+        self.pool
+            .get_or_create(&PoolLabels { state: "in_use" })
+            .set((size - idle).max(0));
+        self.pool_max
+            .set(i64::from(pool.options().get_max_connections()));
+        Ok(())
+    }
+
+    fn record(&self, method: &Method, route: &str, status: u16, took: Duration) {
+        let method = method.as_str().to_owned();
+        let route = route.to_owned();
+        if is_command(&method, &route) {
+            self.commands.inc();
+        }
+        self.durations
+            .get_or_create(&RouteLabels {
+                method: method.clone(),
+                route: route.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+    }
+}
+
+/// A request that changes the event log: any non-GET outside the admin and console routes.
+fn is_command(method: &str, route: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS") && !route.starts_with("/admin")
+}
+
+/// Counts and times every request by the route it matched.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.record(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/admin/activity", get(activity))
+}
+
+/// The OpenMetrics text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    description = "Prometheus metrics (OpenMetrics text format); needs a read token when \
+                   tokens are configured.",
+    responses(
+        (status = 200, description = "the metrics",
+         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        crate::openapi::Errors
+    )
+)]
+async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.metrics.refresh(&state.store).await?;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// One point of the console's chart.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Sample {
+    pub at: DateTime<Utc>,
+    /// Commands per second this server answered since the previous sample.
+    pub commands_per_second: f64,
+    /// Events per second of the rebuilds running (on any instance).
+    pub rebuild_events_per_second: f64,
+}
+
+/// How often [`sample`] takes a point, and how many it keeps (ten minutes).
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const SAMPLES_KEPT: usize = 300;
+
+/// Takes a point of the command and rebuild rates every [`SAMPLE_EVERY`] until `stopping`.
+pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
+    let mut last = (Instant::now(), state.metrics.commands.get());
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = stopping.changed() => return,
+        }
+        let rebuild: Result<f64, sqlx::Error> = async {
+            let jobs = registry::running_jobs(state.store.pool()).await?;
+            Ok(jobs.iter().map(|job| job.events_per_second).sum())
+        }
+        .await;
+        let rebuild_events_per_second = rebuild.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the running rebuilds");
+            0.0
+        });
+        let now = (Instant::now(), state.metrics.commands.get());
+        let seconds = now.0.duration_since(last.0).as_secs_f64();
+        let point = Sample {
+            at: Utc::now(),
+            commands_per_second: (now.1 - last.1) as f64 / seconds.max(f64::EPSILON),
+            rebuild_events_per_second,
+        };
+        last = now;
+        let mut history = state
+            .metrics
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if history.len() == SAMPLES_KEPT {
+            history.pop_front();
+        }
+        history.push_back(point);
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/activity",
+    tag = "admin",
+    description = "The last ten minutes of this server's command rate and the running \
+                   rebuilds' event rate, a point every two seconds, oldest first.",
+    responses(
+        (status = 200, description = "the points", body = Vec<Sample>),
+        crate::openapi::Errors
+    )
+)]
+async fn activity(State(state): State<AppState>) -> axum::Json<Vec<Sample>> {
+    let history = state
+        .metrics
+        .history
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    axum::Json(history.iter().cloned().collect())
+}
