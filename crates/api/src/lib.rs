@@ -71,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::events::router())
         .merge(routes::admin::router())
         .merge(metrics::router())
+        .merge(routes::pages::router())
         .merge(openapi::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -319,7 +319,9 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
         }
         let rebuild: Result<f64, sqlx::Error> = async {
             let jobs = registry::running_jobs(state.store.pool()).await?;
-            Ok(jobs.iter().map(|job| job.events_per_second).sum())
+            Ok(jobs
+                .iter()
+                .fold(0.0, |sum, job| sum + job.events_per_second))
         }
         .await;
         let rebuild_events_per_second = rebuild.unwrap_or_else(|e| {
@@ -346,22 +348,37 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
     }
 }
 
+/// The console's history, and where the log ends (to follow the feed from now on).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Activity {
+    /// The highest position in the log (0 when empty): pass it as `after` to the feed.
+    pub log_head: i64,
+    /// Oldest first.
+    pub samples: Vec<Sample>,
+}
+
 #[utoipa::path(
     get,
     path = "/admin/activity",
     tag = "admin",
     description = "The last ten minutes of this server's command rate and the running \
-                   rebuilds' event rate, a point every two seconds, oldest first.",
+                   rebuilds' event rate, a point every two seconds, and the log's head.",
     responses(
-        (status = 200, description = "the points", body = Vec<Sample>),
+        (status = 200, description = "the history", body = Activity),
         crate::openapi::Errors
     )
 )]
-async fn activity(State(state): State<AppState>) -> axum::Json<Vec<Sample>> {
-    let history = state
+async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>, ApiError> {
+    let log_head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(state.store.pool())
+        .await?;
+    let samples = state
         .metrics
         .history
         .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    axum::Json(history.iter().cloned().collect())
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect();
+    Ok(axum::Json(Activity { log_head, samples }))
 }

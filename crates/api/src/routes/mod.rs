@@ -9,6 +9,7 @@ pub mod collections;
 pub mod competencies;
 pub mod events;
 pub mod health;
+pub mod pages;
 
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
