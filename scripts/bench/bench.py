@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""Cutover's benchmark, side by side with the physical limit and the peers (issue 7).
+
+One run, on one private Postgres cluster (started by Cutover's own server):
+
+1. the physical limit: pgbench running the SQL transaction each command needs (the event
+   insert plus the inline read-model writes), in a database of its own with Cutover's schema;
+2. Cutover through its real HTTP API, and the two peers of `cutover-bench` (a hand-written
+   dual-write and stock cqrs-es), each on its own database, driven by wrk on the same routes
+   and bodies: create collection, completion on distinct batches, completion on one hot
+   batch, record an attempt;
+3. the rebuild of every projection from a seeded log, beside a COPY floor measured on the
+   same data;
+4. peak memory of the servers and of the rebuilding CLI.
+
+It writes target/bench/results.json, results.md and chart.png and prints the table and the
+targets of the issue. Started by scripts/bench/run, which installs what it needs.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "scripts" / "bench"
+OUT = ROOT / "target" / "bench"
+
+SCENARIOS = ["create", "distinct", "hot", "attempt"]
+SCENARIO_TITLES = {
+    "event-insert": "single event insert",
+    "create": "create collection",
+    "distinct": "completion, distinct batches",
+    "hot": "completion, one hot batch",
+    "attempt": "record an attempt",
+}
+SYSTEMS = ["cutover", "dual-write", "cqrs-es"]
+HOT_PLAYERS = 10_000
+
+
+@dataclass
+class Profile:
+    name: str
+    seconds: int  # each measured load run
+    warmup: int  # seconds of load before a scenario's runs, not measured
+    connections: list
+    pgbench_clients: list
+    distinct_batches: int  # per server; players per batch below
+    distinct_players: int
+    hot_batches: int  # per server, of HOT_PLAYERS players each
+    pgbench_batches: int  # per pgbench client
+    seeds: list  # cumulative history sizes at which the rebuild is measured
+    cargo_profile: str
+
+
+FULL = Profile("full", 10, 2, [1, 16, 64], [1, 16], 2000, 50, 12, 100,
+               [100_000, 1_000_000], "release")
+SMOKE = Profile("smoke", 1, 0, [1, 16], [1, 16], 100, 40, 2, 10, [2_000, 10_000], "dev")
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(cmd, **kwargs):
+    """Runs a command; its output is returned, and shown when it fails."""
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {result.returncode}")
+    return result.stdout
+
+
+def postgres_bin():
+    if os.environ.get("CUTOVER_PG_BINDIR"):
+        return Path(os.environ["CUTOVER_PG_BINDIR"])
+    versions = sorted(
+        (int(p.parent.name), p.parent)
+        for p in Path("/usr/lib/postgresql").glob("*/bin")
+        if p.parent.name.isdigit() and (p / "pgbench").exists()
+    )
+    if versions:
+        return versions[-1][1] / "bin"
+    found = shutil.which("pgbench")
+    if not found:
+        raise RuntimeError("pgbench not found: install postgresql-contrib or set CUTOVER_PG_BINDIR")
+    return Path(found).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine():
+    model = "unknown"
+    for line in run(["lscpu"]).splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]).strip()
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]).strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "ram_gb": round(mem_kb / 1024 / 1024, 1),
+        "load_average_at_start": os.getloadavg()[0],
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+    }
+
+
+class Cluster:
+    """psql and pgbench on the private cluster's socket, as the superuser `postgres`."""
+
+    def __init__(self, bin_dir, socket_dir):
+        self.bin = bin_dir
+        self.socket = socket_dir
+
+    def url(self, db):
+        return f"postgres://postgres@localhost/{db}?host={self.socket}"
+
+    def psql(self, db, *args):
+        return run([self.bin / "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                    "-h", self.socket, "-U", "postgres", "-d", db, *args])
+
+    def sql(self, db, statement):
+        return self.psql(db, "-c", statement).strip()
+
+    def checkpoint(self):
+        self.sql("postgres", "CHECKPOINT")
+
+
+class Server:
+    """A server process, its log, and its peak memory."""
+
+    def __init__(self, name, cmd, env, port, logs):
+        self.name = name
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = logs / f"{name}.log"
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, seconds=180):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.base + "/health", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become healthy")
+
+    def memory_mb(self):
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+        return {"peak_rss_mb": fields.get("VmHWM"), "rss_mb": fields.get("VmRSS")}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+def post(base, path, body):
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def post_ok(base, path, body):
+    status, text = post(base, path, body)
+    if not 200 <= status < 300:
+        raise RuntimeError(f"POST {base}{path} answered {status}: {text[:500]}")
+
+
+def start_batches(base, prefix, count, players):
+    """Starts batches prefix-0 .. prefix-(count-1), each expecting players p00000 ...."""
+    expected = [f"p{i:05d}" for i in range(players)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(post_ok, base, "/batches",
+                               {"batch_id": f"{prefix}-{k}", "expected_players": expected})
+                   for k in range(count)]
+        for future in futures:
+            future.result()
+
+
+def probe(base, scenario, tag):
+    """One request of the scenario's shape on its own aggregate: fails loudly if the server
+    refuses the bodies the wrk script sends."""
+    if scenario == "create":
+        path, body = f"/projects/00000000-0000-4000-8000-{tag:012d}/collections", \
+            {"name": "probe", "description": "probe"}
+    elif scenario in ("distinct", "hot"):
+        post_ok(base, "/batches", {"batch_id": f"probe-{tag}",
+                                   "expected_players": ["p00000", "p00001", "p00002"]})
+        path, body = f"/batches/probe-{tag}/completions", \
+            {"player_lookup": "p00000", "predictions_count": 0}
+    else:
+        path, body = f"/students/{900_000 + tag}/attempts", \
+            {"subject": "math", "skill_id": "skill-1", "subskill_id": "sub-1", "score": 7,
+             "analysis": "made by wrk", "feedback": "keep going"}
+    post_ok(base, path, body)
+
+
+def wrk(base, scenario, first, connections, seconds, extra):
+    threads = min(2, connections)
+    out = run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+               "-s", str(HERE / "load.lua"), base, "--", scenario, str(first), str(threads),
+               *map(str, extra)])
+    line = next(l for l in out.splitlines() if l.startswith('{"requests"'))
+    raw = json.loads(line)
+    seconds_taken = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["status_errors"]
+    return {
+        "requests": raw["requests"],
+        "ok_per_s": round(ok / seconds_taken, 1),
+        "errors": raw["status_errors"] + raw["socket_errors"],
+        "status_errors": raw["status_errors"],
+        "socket_errors": raw["socket_errors"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "p999_ms": raw["p999_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+    }
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def pgbench(cluster, script, clients, seconds, defines, logs, name):
+    prefix = logs / f"pgbench-{name}-{clients}"
+    for old in glob.glob(f"{prefix}.*"):
+        os.remove(old)
+    cmd = [cluster.bin / "pgbench", "-h", cluster.socket, "-U", "postgres", "-n",
+           "-M", "prepared", "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds),
+           "-l", f"--log-prefix={prefix}", "-f", HERE / "pgbench" / script]
+    for key, value in defines.items():
+        cmd += ["-D", f"{key}={value}"]
+    out = run(cmd + ["bench_pgbench"], cwd=logs)
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    latencies = []
+    for path in glob.glob(f"{prefix}.*"):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2].isdigit():
+                    latencies.append(int(parts[2]))
+        os.remove(path)
+    latencies.sort()
+    return {
+        "tps": round(tps, 1),
+        "transactions": len(latencies),
+        "failed": int(failed.group(1)) if failed else 0,
+        "p50_ms": percentile(latencies, 50) / 1000,
+        "p99_ms": percentile(latencies, 99) / 1000,
+        "p999_ms": percentile(latencies, 99.9) / 1000,
+    }
+
+
+PGBENCH_RUNS = [
+    # (name, script, defines for a given client count)
+    ("event-insert", "event-insert.sql", lambda c, p: {}),
+    ("create", "create-collection.sql", lambda c, p: {}),
+    ("distinct", "completion.sql",
+     lambda c, p: {"prefix": "pgb", "partitioned": 1, "batches": p.pgbench_batches}),
+    ("hot", "completion.sql", lambda c, p: {"prefix": f"pgh{c}", "partitioned": 0, "batches": 1}),
+    ("attempt", "attempt.sql", lambda c, p: {}),
+]
+
+
+def physical_limit(cluster, profile, logs):
+    cluster.sql("postgres", "CREATE DATABASE bench_pgbench")
+    for migration in sorted((ROOT / "migrations").glob("*.sql")):
+        cluster.psql("bench_pgbench", "-f", str(migration))
+    cluster.psql("bench_pgbench", "-v", f"clients={max(profile.pgbench_clients)}",
+                 "-v", f"batches={profile.pgbench_batches}",
+                 "-v", f"players={profile.distinct_players}",
+                 "-v", f"hot_players={HOT_PLAYERS}", "-f", str(HERE / "pgbench" / "setup.sql"))
+    results = {}
+    for name, script, defines in PGBENCH_RUNS:
+        for clients in profile.pgbench_clients:
+            cluster.checkpoint()
+            result = pgbench(cluster, script, clients, profile.seconds,
+                             defines(clients, profile), logs, name)
+            results.setdefault(name, {})[clients] = result
+            log(f"pgbench {name:<12} {clients:>2} clients: {result['tps']:>8.1f} tps, "
+                f"p99 {result['p99_ms']:.2f} ms, failed {result['failed']}")
+    return results
+
+
+def load(servers, cluster, profile):
+    """Every scenario on every server, at every connection count."""
+    results = {}
+    for scenario in SCENARIOS:
+        for system in SYSTEMS:
+            server = servers[system]
+            extra, capacity = [], None
+            if scenario == "distinct":
+                start_batches(server.base, "d", profile.distinct_batches, profile.distinct_players)
+                extra = ["d", profile.distinct_batches, profile.distinct_players]
+                capacity = profile.distinct_batches * profile.distinct_players
+            elif scenario == "hot":
+                start_batches(server.base, "h", profile.hot_batches, HOT_PLAYERS)
+                extra = ["h", 1, HOT_PLAYERS]
+                capacity = profile.hot_batches * HOT_PLAYERS
+            probe(server.base, scenario, SCENARIOS.index(scenario))
+            first = 0
+            if profile.warmup:
+                warm = wrk(server.base, scenario, first, 16, profile.warmup, extra)
+                first += warm["requests"] + 64
+            for connections in profile.connections:
+                cluster.checkpoint()
+                result = wrk(server.base, scenario, first, connections, profile.seconds, extra)
+                first += result["requests"] + 2 * connections + 2
+                if capacity is not None and first > capacity:
+                    result["note"] = "ran out of pre-started players"
+                results.setdefault(scenario, {}).setdefault(system, {})[connections] = result
+                log(f"{scenario:<8} {system:<10} {connections:>2} conns: "
+                    f"{result['ok_per_s']:>8.1f} ok/s, p99 {result['p99_ms']:.2f} ms, "
+                    f"errors {result['errors']}{' (' + result['note'] + ')' if 'note' in result else ''}")
+    return results
+
+
+def statements_per_command(servers, cluster, pg_log, databases):
+    """SQL statements each server sends for one command, counted in the Postgres log with
+    log_statement = all (each is at least one round trip)."""
+    cluster.sql("postgres", "ALTER SYSTEM SET log_statement = 'all'")
+    cluster.sql("postgres", "ALTER SYSTEM SET log_line_prefix = '%m [%p] db=%d '")
+    cluster.sql("postgres", "SELECT pg_reload_conf()")
+    time.sleep(1)
+    counts = {}
+    try:
+        for scenario in ["create", "distinct", "attempt"]:
+            for system in SYSTEMS:
+                server = servers[system]
+                tag = 10 + SCENARIOS.index(scenario)
+                if scenario == "distinct":
+                    post_ok(server.base, "/batches", {
+                        "batch_id": f"count-{tag}",
+                        "expected_players": ["p00000", "p00001", "p00002"]})
+                    post_ok(server.base, f"/batches/count-{tag}/completions",
+                            {"player_lookup": "p00000", "predictions_count": 1})
+                time.sleep(0.3)
+                before = pg_log.stat().st_size
+                if scenario == "distinct":
+                    post_ok(server.base, f"/batches/count-{tag}/completions",
+                            {"player_lookup": "p00001", "predictions_count": 1})
+                else:
+                    probe(server.base, scenario, tag)
+                time.sleep(0.5)
+                with open(pg_log, errors="replace") as f:
+                    f.seek(before)
+                    lines = f.read().splitlines()
+                marker = f"db={databases[system]} "
+                counts.setdefault(scenario, {})[system] = sum(
+                    1 for l in lines if marker in l and ("LOG:  statement:" in l or "LOG:  execute" in l))
+    finally:
+        cluster.sql("postgres", "ALTER SYSTEM RESET log_statement")
+        cluster.sql("postgres", "ALTER SYSTEM RESET log_line_prefix")
+        cluster.sql("postgres", "SELECT pg_reload_conf()")
+    for name, script, _ in PGBENCH_RUNS:
+        text = (HERE / "pgbench" / script).read_text()
+        counts.setdefault(name, {})["pgbench"] = sum(
+            1 for l in text.splitlines()
+            if not l.startswith("--") and (l.rstrip().endswith(";") or l.startswith("\\gset")))
+    return counts
+
+
+def run_peak(cmd, env, logs, name):
+    """Runs a CLI command to its end: wall seconds, peak RSS in MB (wait4) and its output."""
+    out_path = logs / f"{name}.out"
+    with open(out_path, "w") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = out_path.read_text()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {text[-2000:]}")
+    return seconds, round(usage.ru_maxrss / 1024, 1), text
+
+
+def rebuild(cluster, profile, bins, work, logs):
+    """Seeds the log in steps and times `cutover rebuild --all` at each size; then the floor."""
+    db = "bench_rebuild"
+    cluster.sql("postgres", f"CREATE DATABASE {db}")
+    env = {"DATABASE_URL": cluster.url(db), "RUST_LOG": "warn"}
+    cli = bins / "cutover"
+    stages, seeded = [], 0
+    for size in profile.seeds:
+        run_peak([cli, "seed", "--events", str(size - seeded), "--no-rebuild"], env, logs,
+                 f"seed-{size}")
+        seeded = int(cluster.sql(db, "SELECT count(*) FROM events"))
+        cluster.checkpoint()
+        seconds, peak, out = run_peak([cli, "rebuild", "--all"], env, logs, f"rebuild-{size}")
+        reported = re.search(r"rebuilt [^\n]*", out)
+        stage = {"events": seeded, "seconds": round(seconds, 2),
+                 "events_per_s": round(seeded / seconds), "peak_rss_mb": peak,
+                 "cli_reported": reported.group(0) if reported else ""}
+        stages.append(stage)
+        log(f"rebuild --all of {seeded} events: {stage['seconds']} s "
+            f"({stage['events_per_s']} events/s), CLI peak RSS {peak} MB")
+    return {"stages": stages, "floor": copy_floor(cluster, db, work)}
+
+
+def copy_floor(cluster, db, work):
+    """What Postgres alone needs for the same work: COPY the events out in log order, and COPY
+    the rebuilt read-model rows into empty copies of their tables (indexes included)."""
+    folder = work / "copy"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    events = int(cluster.sql(db, "SELECT count(*) FROM events"))
+    tables = cluster.sql(db, "SELECT t FROM projections, unnest(tables) AS t ORDER BY 1").split()
+    cluster.sql(db, "CREATE SCHEMA floor")
+    rows = 0
+    for table in tables:
+        cluster.sql(db, f"COPY {table} TO '{folder}/{table}.copy'")
+        cluster.sql(db, f"CREATE TABLE floor.{table} (LIKE public.{table} INCLUDING ALL)")
+        rows += int(cluster.sql(db, f"SELECT count(*) FROM {table}"))
+    cluster.checkpoint()
+    started = time.perf_counter()
+    cluster.sql(db, "COPY (SELECT * FROM events ORDER BY transaction_id, position) "
+                    f"TO '{folder}/events.copy'")
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    cluster.psql(db, *[arg for table in tables
+                       for arg in ("-c", f"COPY floor.{table} FROM '{folder}/{table}.copy'")])
+    write_s = time.perf_counter() - started
+    floor = {"events": events, "read_s": round(read_s, 2), "rows_written": rows,
+             "write_s": round(write_s, 2),
+             "events_per_s": round(events / (read_s + write_s))}
+    log(f"COPY floor: {events} events out in {floor['read_s']} s, {rows} rows in in "
+        f"{floor['write_s']} s: {floor['events_per_s']} events/s")
+    return floor
+
+
+def ratio(a, b):
+    return round(a / b, 2) if a is not None and b else None
+
+
+def targets(results):
+    """The issue's targets, each a ratio (or a figure) from this run."""
+    http, pg, rb = results["http"], results["pgbench"], results["rebuild"]
+    rows = []
+
+    def add(target, value, threshold, met, detail=""):
+        rows.append({"target": target, "value": value, "threshold": threshold,
+                     "met": bool(met), "detail": detail})
+
+    def ok(scenario, system, connections=16):
+        return http[scenario][system][connections]["ok_per_s"]
+
+    r = ratio(ok("create", "cutover"), pg["create"][16]["tps"])
+    add("create collection @16: Cutover / pgbench", r, ">= 0.6", r is not None and r >= 0.6,
+        f"{ok('create', 'cutover')} vs {pg['create'][16]['tps']}/s")
+    r = ratio(ok("create", "cutover"), ok("create", "dual-write"))
+    add("create collection @16: Cutover / dual-write", r, ">= 1.0", r is not None and r >= 1.0,
+        f"{ok('create', 'cutover')} vs {ok('create', 'dual-write')}/s")
+    for scenario in SCENARIOS:
+        r = ratio(ok(scenario, "cutover"), ok(scenario, "cqrs-es"))
+        lowest = min(ratio(v["ok_per_s"], http[scenario]["cqrs-es"][c]["ok_per_s"]) or 0
+                     for c, v in http[scenario]["cutover"].items())
+        add(f"{SCENARIO_TITLES[scenario]} @16: Cutover / stock cqrs-es", r, ">= 1.0",
+            r is not None and r >= 1.0, f"lowest over all connection counts {lowest}")
+    hot_errors = sum(v["errors"] for v in http["hot"]["cutover"].values())
+    r = ratio(ok("hot", "cutover"), pg["hot"][1]["tps"])
+    add("hot batch @16: Cutover / pgbench @1 client, no errors", r, ">= 0.5, 0 errors",
+        r is not None and r >= 0.5 and hot_errors == 0,
+        f"{ok('hot', 'cutover')} vs {pg['hot'][1]['tps']}/s; {hot_errors} error answers")
+    worst = max(SCENARIOS, key=lambda s: http[s]["cutover"][16]["p99_ms"])
+    p99 = http[worst]["cutover"][16]["p99_ms"]
+    add("p99 @16 connections, worst scenario (ms)", p99, "<= 10", p99 <= 10,
+        SCENARIO_TITLES[worst])
+    full, small = rb["stages"][-1], rb["stages"][0]
+    r = ratio(full["events_per_s"], rb["floor"]["events_per_s"])
+    add("rebuild --all / COPY floor", r, ">= 0.5", r is not None and r >= 0.5,
+        f"{full['events_per_s']} vs {rb['floor']['events_per_s']} events/s")
+    r = ratio(full["peak_rss_mb"], small["peak_rss_mb"])
+    add(f"rebuild peak RSS at {full['events']} / at {small['events']} events", r,
+        "<= 1.5 (bounded)", r is not None and r <= 1.5,
+        f"{full['peak_rss_mb']} vs {small['peak_rss_mb']} MB")
+    rss = results["memory"]["cutover"]["peak_rss_mb"]
+    add("server peak RSS under load (MB)", rss, "<= 100", rss is not None and rss <= 100)
+    return rows
+
+
+def markdown(results):
+    meta = results["meta"]
+    lines = [
+        f"# Cutover benchmark ({meta['profile']} run)",
+        "",
+        f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']} GB RAM · "
+        f"{meta['postgres']} · wrk {meta['wrk']} · commit {meta['commit']} · "
+        f"{meta['seconds_per_run']} s per run · load average at start {meta['load_average_at_start']:.2f}",
+        "",
+        "## Commands: throughput and latency",
+        "",
+        "Cutover and the peers over HTTP (wrk); pgbench runs the same SQL writes with no HTTP "
+        "and no application (the physical limit). ok/s counts 2xx answers only.",
+        "",
+        "| scenario | conns | system | ok/s | p50 ms | p99 ms | p99.9 ms | errors |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for scenario in ["event-insert"] + SCENARIOS:
+        conns = sorted({c for v in results["http"].get(scenario, {}).values() for c in v}
+                       | set(results["pgbench"][scenario]))
+        for c in conns:
+            pg = results["pgbench"][scenario].get(c)
+            if pg:
+                lines.append(f"| {SCENARIO_TITLES[scenario]} | {c} | pgbench (SQL limit) | "
+                             f"{pg['tps']:.0f} | {pg['p50_ms']:.2f} | {pg['p99_ms']:.2f} | "
+                             f"{pg['p999_ms']:.2f} | {pg['failed']} |")
+            for system in SYSTEMS:
+                r = results["http"].get(scenario, {}).get(system, {}).get(c)
+                if r:
+                    note = f" ({r['note']})" if "note" in r else ""
+                    lines.append(f"| {SCENARIO_TITLES[scenario]} | {c} | {system} | "
+                                 f"{r['ok_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                                 f"{r['p999_ms']:.2f} | {r['errors']}{note} |")
+    lines += ["", "## SQL statements per command", "",
+              "Counted in the Postgres log (`log_statement = all`) for one command; each is at "
+              "least one round trip.", "",
+              "| scenario | pgbench | " + " | ".join(SYSTEMS) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in SYSTEMS) + " |"]
+    for scenario, counts in results["statements"].items():
+        if any(system in counts for system in SYSTEMS):
+            lines.append(f"| {SCENARIO_TITLES[scenario]} | {counts.get('pgbench', '')} | "
+                         + " | ".join(str(counts.get(s, "")) for s in SYSTEMS) + " |")
+    rb = results["rebuild"]
+    lines += ["", "## Rebuild", "", "| what | events | seconds | events/s | peak RSS MB |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for stage in rb["stages"]:
+        lines.append(f"| `cutover rebuild --all` | {stage['events']} | {stage['seconds']} | "
+                     f"{stage['events_per_s']} | {stage['peak_rss_mb']} |")
+    fl = rb["floor"]
+    lines.append(f"| COPY floor (events out in log order + {fl['rows_written']} read-model rows in)"
+                 f" | {fl['events']} | {fl['read_s'] + fl['write_s']:.2f} | {fl['events_per_s']} | |")
+    lines += ["", "## Memory", "", "| process | peak RSS MB |", "| --- | ---: |"]
+    for name, memory in results["memory"].items():
+        lines.append(f"| {name} server, after the load | {memory['peak_rss_mb']} |")
+    for stage in rb["stages"]:
+        lines.append(f"| `cutover rebuild --all`, {stage['events']} events | {stage['peak_rss_mb']} |")
+    lines += ["", f"Stock cqrs-es view updates lost after their events committed: "
+                  f"{results['cqrs_view_errors']}.", "",
+              "## Targets" + (" (smoke run: sizes too small, not asserted)"
+                              if meta["profile"] == "smoke" else ""), "",
+              "| target | measured | threshold | met | detail |",
+              "| --- | ---: | --- | --- | --- |"]
+    for t in results["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {t['threshold']} | "
+                     f"{'met' if t['met'] else 'NOT MET'} | {t['detail']} |")
+    lines += ["", "![throughput and p99 per scenario](chart.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(results, connections, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    def pgbench(scenario, c, key):
+        r = results["pgbench"][scenario].get(c)
+        return r and r["tps" if key == "ok_per_s" else key]
+
+    def http(system):
+        return lambda scenario, c, key: results["http"][scenario][system][c][key]
+
+    series = [("pgbench (SQL limit)", "#9e9e9e", pgbench), ("Cutover", "#1f77b4", http("cutover")),
+              ("dual-write", "#ff7f0e", http("dual-write")), ("stock cqrs-es", "#2ca02c", http("cqrs-es"))]
+    fig, axes = plt.subplots(2, len(connections), figsize=(5.5 * len(connections), 8),
+                             squeeze=False)
+    width = 0.2
+    labels = [SCENARIO_TITLES[s].replace(", ", "\n") for s in SCENARIOS]
+    for col, c in enumerate(connections):
+        for i, (label, color, get) in enumerate(series):
+            xs = [x + (i - 1.5) * width for x in range(len(SCENARIOS))]
+            for row, key in enumerate(["ok_per_s", "p99_ms"]):
+                values = [get(s, c, key) for s in SCENARIOS]
+                axes[row][col].bar(xs, [v if v else float("nan") for v in values], width,
+                                   label=label if (row, col) == (0, 0) else None, color=color)
+        axes[0][col].set_title(f"{c} connection{'s' if c > 1 else ''}")
+        axes[1][col].set_yscale("log")
+        for axis in (axes[1][col].yaxis.set_major_formatter, axes[1][col].yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))
+        axes[1][col].axhline(10, color="red", linestyle="--", linewidth=0.8)
+        for row in range(2):
+            axes[row][col].set_xticks(range(len(SCENARIOS)))
+            axes[row][col].set_xticklabels(labels, fontsize=8)
+    axes[0][0].set_ylabel("successful commands/s")
+    axes[1][0].set_ylabel("p99 latency, ms (log; red: 10 ms target)")
+    meta = results["meta"]
+    fig.suptitle(f"Cutover beside its peers and the pgbench limit — {meta['date']}, "
+                 f"{meta['cpu']}, {meta['cores']} cores")
+    fig.legend(loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes and 1 s runs (a check that everything works, for CI)")
+    args = parser.parse_args()
+    profile = SMOKE if args.smoke else FULL
+    bins = ROOT / "target" / ("release" if profile.cargo_profile == "release" else "debug")
+    OUT.mkdir(parents=True, exist_ok=True)
+    logs = OUT / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    bin_dir = postgres_bin()
+    meta = machine()
+    meta["profile"] = profile.name
+    meta["seconds_per_run"] = profile.seconds
+    meta["postgres"] = run([bin_dir / "postgres", "--version"]).strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    meta["wrk"] = (re.findall(r"wrk (\S+)", wrk_version) or ["?"])[0]
+    results = {"meta": meta}
+    work = Path(tempfile.mkdtemp(prefix="cutover-bench.", dir="/tmp"))
+    work.chmod(0o755)
+    cluster = Cluster(bin_dir, work / "pg" / "run")
+    servers = {}
+    try:
+        port = free_port()
+        servers["cutover"] = Server("cutover", [bins / "cutover-api"], {
+            "CUTOVER_DATA_DIR": str(work / "pg"), "CUTOVER_BIND": f"127.0.0.1:{port}",
+            "RUST_LOG": "warn"}, port, logs)
+        servers["cutover"].wait_healthy()
+        log(f"Cutover is up on {servers['cutover'].base}; its cluster in {work / 'pg'}")
+        results["pgbench"] = physical_limit(cluster, profile, logs)
+        databases = {"cutover": "cutover"}
+        for system, command in [("dual-write", "dual-write-server"), ("cqrs-es", "cqrs-server")]:
+            databases[system] = "bench_" + system.replace("-", "_")
+            cluster.sql("postgres", f"CREATE DATABASE {databases[system]}")
+            port = free_port()
+            servers[system] = Server(system, [
+                bins / "cutover-bench", command, "--bind", f"127.0.0.1:{port}",
+                "--database-url", cluster.url(databases[system])], {"RUST_LOG": "warn"}, port, logs)
+            servers[system].wait_healthy()
+        results["http"] = load(servers, cluster, profile)
+        results["memory"] = {name: server.memory_mb() for name, server in servers.items()}
+        with urllib.request.urlopen(servers["cqrs-es"].base + "/stats") as response:
+            results["cqrs_view_errors"] = json.load(response)["view_errors"]
+        results["statements"] = statements_per_command(servers, cluster,
+                                                       work / "pg" / "postgres.log", databases)
+        results["rebuild"] = rebuild(cluster, profile, bins, work, logs)
+    finally:
+        # The peers first: Cutover's server stops the cluster it started.
+        for server in reversed(list(servers.values())):
+            server.stop()
+        if (work / "pg" / "postgres.log").exists():
+            shutil.copy(work / "pg" / "postgres.log", logs / "postgres.log")
+        shutil.rmtree(work, ignore_errors=True)
+    results["targets"] = targets(results)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = markdown(results)
+    (OUT / "results.md").write_text(report)
+    chart(results, profile.connections, OUT / "chart.png")
+    print(report)
+    log(f"wrote {OUT / 'results.json'}, {OUT / 'results.md'} and {OUT / 'chart.png'}")
+    broken = [f"{scenario} on {system} at {c}"
+              for scenario, systems in results["http"].items()
+              for system, runs in systems.items() for c, r in runs.items()
+              if r["ok_per_s"] == 0]
+    if broken:
+        sys.exit("no successful request in: " + ", ".join(broken))
+
+
+if __name__ == "__main__":
+    main()
