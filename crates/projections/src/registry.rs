@@ -318,6 +318,13 @@ async fn retire_locked(pool: &PgPool, name: &str) -> Result<Projection, AdminErr
     sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
         .execute(&mut *tx)
         .await?;
+    // The registry row first, as a read-source switch takes it (FOR SHARE) before it writes
+    // `read_sources`: a switch to this projection that is under way finishes before the check
+    // below reads the read source, and one that starts later sees the projection retired.
+    sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
     let projection = projection(&mut tx, name).await?;
     if projection.state == "retired" {
         return Err(AdminError::Refused(format!("{name} is already retired")));

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::{EventProjector, Statement};
 
-const NAME: &str = "student_competencies";
+/// The projection's name.
+pub const NAME: &str = "student_competencies";
 
 /// The attempt row, the competency it leads to, and the subskill's analytics. The analytics
 /// count an attempt only when its row was inserted now, so replaying an attempt cannot count
@@ -240,7 +241,8 @@ pub async fn review<'e>(
         .await
 }
 
-/// A page of the skill analytics, by subject, skill and subskill, optionally of one subject.
+/// A page of the skill analytics, by subject, skill and subskill, optionally of one subject;
+/// `None` while the projection is retired.
 ///
 /// # Errors
 /// A database error.
@@ -249,8 +251,8 @@ pub async fn skill_analytics<'e>(
     subject: Option<&str>,
     limit: i64,
     offset: i64,
-) -> Result<Vec<SkillAnalytics>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<Option<Vec<SkillAnalytics>>, sqlx::Error> {
+    let rows = sqlx::query_as(
         "SELECT subject, skill_id, subskill_id, attempts, students, mean_score, last_updated \
            FROM skill_analytics \
           WHERE $1::text IS NULL OR subject = $1 \
@@ -260,5 +262,13 @@ pub async fn skill_analytics<'e>(
     .bind(limit)
     .bind(offset)
     .fetch_all(executor)
-    .await
+    .await;
+    match rows {
+        Ok(rows) => Ok(Some(rows)),
+        // The projection is retired: its tables are gone.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
+
+const UNDEFINED_TABLE: &str = "42P01";

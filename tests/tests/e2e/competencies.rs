@@ -106,6 +106,27 @@ async fn skill_analytics_are_current_after_each_attempt() {
 }
 
 #[tokio::test]
+async fn skill_analytics_of_a_retired_projection_are_a_409_that_says_so() {
+    let app = TestApp::spawn().await;
+    attempt(&app, 1, "adding", 8.0).await;
+    let retired = app
+        .post("/admin/projections/student_competencies/retire")
+        .send()
+        .await
+        .unwrap();
+    json_with_status(retired, StatusCode::OK).await;
+
+    let refused = app.get("/analytics/skills").send().await.unwrap();
+
+    let problem = json_with_status(refused, StatusCode::CONFLICT).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("student_competencies") && detail.contains("retired"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
 async fn a_review_is_recorded_in_both_shapes_and_leaves_the_competency_alone() {
     let app = TestApp::spawn().await;
     attempt(&app, 7, "adding", 8.0).await;

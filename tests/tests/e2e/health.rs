@@ -92,13 +92,16 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
         "/admin/read-sources",
         "/admin/read-sources/{domain}",
         "/admin/consistency",
+        "/admin/consistency/latest",
+        "/admin/activity",
+        "/metrics",
     ] {
         assert!(
             paths.iter().any(|p| *p == route),
             "{route} is not described"
         );
     }
-    assert_eq!(paths.len(), 23);
+    assert_eq!(paths.len(), 26);
     let create = &spec["paths"]["/projects/{project_id}/collections"]["post"];
     assert!(create["responses"]["422"]["content"]["application/problem+json"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());

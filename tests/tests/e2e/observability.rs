@@ -164,3 +164,31 @@ async fn json_logs_carry_each_requests_id() {
     assert_eq!(line["span"]["path"], "/health");
     assert!(line["fields"]["status"].is_number() || line["fields"]["message"].is_string());
 }
+
+#[tokio::test]
+async fn the_console_and_docs_pages_need_no_token_but_their_data_does() {
+    let app = TestApp::spawn_with(AppOptions {
+        tokens: Some("read:r-token"),
+        ..AppOptions::default()
+    })
+    .await;
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/console.js", "text/javascript"),
+        ("/docs", "text/html"),
+        ("/docs/swagger-ui-bundle.js", "text/javascript"),
+    ] {
+        let response = app.get(path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'self'"));
+    }
+    let data = app.get("/admin/projections").send().await.unwrap();
+    json_with_status(data, StatusCode::UNAUTHORIZED).await;
+    let metrics = app.get("/metrics").send().await.unwrap();
+    json_with_status(metrics, StatusCode::UNAUTHORIZED).await;
+}

@@ -302,8 +302,15 @@ async fn analytics(
     Query(query): Query<AnalyticsQuery>,
 ) -> Result<axum::Json<Page<typed::SkillAnalytics>>, ApiError> {
     let (limit, offset) = bounds(query.limit, query.offset)?;
-    let items =
-        typed::skill_analytics(state.store.pool(), query.subject.as_deref(), limit, offset).await?;
+    let items = typed::skill_analytics(state.store.pool(), query.subject.as_deref(), limit, offset)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "the skill analytics are kept by the projection {}, which is retired: rebuild \
+                 it to serve them again",
+                typed::NAME
+            ))
+        })?;
     Ok(axum::Json(Page {
         read_source: None,
         items,
