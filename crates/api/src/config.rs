@@ -8,7 +8,7 @@ use cutover_core::telemetry::LogFormat;
 
 /// Cutover's HTTP API server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cutover-api", version, about)]
+#[command(name = "cutover-api", version, about, after_help = AFTER_HELP)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "CUTOVER_BIND", default_value = "127.0.0.1:8080")]
@@ -36,7 +36,20 @@ pub struct Config {
     #[arg(long, env = "CUTOVER_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
 
-    /// Log line format.
+    /// Log line format; logs go to stderr, one line per request with its `x-request-id`.
     #[arg(long, env = "CUTOVER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 }
+
+const AFTER_HELP: &str = "\
+Environment:
+  RUST_LOG        Log filter (default: info,sqlx=warn,tower_http=info), e.g. RUST_LOG=debug
+  Every flag above can also be set by the environment variable shown beside it.
+
+Pages and routes beside the API:
+  /console        The migration console (watch with a read token, act with an admin token)
+  /docs           Interactive API docs (Swagger UI) of /openapi.json
+  /metrics        Prometheus metrics (OpenMetrics text; read token)
+  /health         Liveness and database reachability (no token)
+
+See README.md, docs/operations.md and docs/architecture.md.";

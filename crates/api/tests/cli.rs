@@ -21,6 +21,12 @@ fn help_explains_every_flag_and_its_environment_variable() {
         "--command-retries",
         "--idempotency-ttl-secs",
         "--log-format",
+        "CUTOVER_LOG_FORMAT",
+        "--tokens-file",
+        "CUTOVER_TOKENS_FILE",
+        "RUST_LOG",
+        "/console",
+        "/metrics",
     ] {
         assert!(
             help.contains(flag),

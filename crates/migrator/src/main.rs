@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Cutover's operator CLI. Acts on the same registry as every server instance.
 #[derive(Debug, Parser)]
-#[command(name = "cutover", version, about)]
+#[command(name = "cutover", version, about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
@@ -119,6 +119,16 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+const AFTER_HELP: &str = "\
+Environment:
+  RUST_LOG        Log filter (default: info), e.g. RUST_LOG=debug
+  Every flag above can also be set by the environment variable shown beside it.
+  Without DATABASE_URL the CLI uses the same private cluster as `cutover-api` (--data-dir),
+  starting it (and stopping it on exit) if it is not running.
+
+`cutover <command> --help` explains each command. A migration step by step:
+docs/operations.md.";
 
 /// Refuses a destructive command without an admin token, when tokens are configured.
 fn check_token(cli: &Cli) -> anyhow::Result<()> {

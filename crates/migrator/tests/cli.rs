@@ -20,6 +20,12 @@ fn help_lists_every_command() {
         "retire",
         "import-legacy",
         "seed",
+        "DATABASE_URL",
+        "CUTOVER_DATA_DIR",
+        "CUTOVER_TOKEN",
+        "CUTOVER_TOKENS_FILE",
+        "CUTOVER_LOG_FORMAT",
+        "RUST_LOG",
     ] {
         assert!(
             help.contains(command),
