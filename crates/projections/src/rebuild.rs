@@ -5,9 +5,11 @@
 //! projector writes a batch in a short transaction of its own, in parallel with the others,
 //! and the job's progress is recorded after them), catches up with what was appended
 //! meanwhile, then swaps: in one short transaction that holds the append lock exclusively (so
-//! no append is in flight and new ones wait), it applies the last events, drops the live tables
-//! and moves the rebuilt ones in. Every event is applied exactly once: before the swap only the
-//! live tables get inline writes; from the swap on only the new ones do.
+//! no append is in flight and new ones wait), it applies the last events, moves the live tables
+//! into `<job schema>_old` and the rebuilt ones into `public`; the old tables are dropped after
+//! the commit. Every event is applied exactly once: before the swap only the live tables get
+//! inline writes; from the swap on only the new ones do. A swap that cannot lock the live
+//! tables in time catches up again and retries, [`SWAP_ATTEMPTS`] times in all, then fails.
 //!
 //! A rebuild holds a session advisory lock per projection for its whole run, so two rebuilds of
 //! one projection cannot run at once on any instance, and a killed rebuild releases it with its
