@@ -122,7 +122,7 @@ async fn main() -> ExitCode {
 
 const AFTER_HELP: &str = "\
 Environment:
-  RUST_LOG        Log filter (default: info), e.g. RUST_LOG=debug
+  RUST_LOG        Log filter (default: warn,sqlx::query=error), e.g. RUST_LOG=info
   Every flag above can also be set by the environment variable shown beside it.
   Without DATABASE_URL the CLI uses the same private cluster as `cutover-api` (--data-dir),
   starting it (and stopping it on exit) if it is not running.
