@@ -244,6 +244,8 @@ def wrk(base, scenario, first, connections, seconds, extra):
                *map(str, extra)])
     line = next(l for l in out.splitlines() if l.startswith('{"requests"'))
     raw = json.loads(line)
+    if raw["requests"] == 0:
+        log(f"wrk completed no request: {out.strip()}")
     seconds_taken = raw["duration_us"] / 1e6
     ok = raw["requests"] - raw["status_errors"]
     return {
@@ -361,15 +363,29 @@ def load(servers, cluster, profile):
     return results
 
 
+STATEMENT_LINE = re.compile(r"db=(\S+) LOG:  (?:statement|execute [^:]*): (.*)")
+
+
+def logged_statements(pg_log, offset):
+    """(database, first line of SQL) of each statement logged after `offset`."""
+    with open(pg_log, errors="replace") as f:
+        f.seek(offset)
+        return [m.groups() for m in map(STATEMENT_LINE.search, f.read().splitlines()) if m]
+
+
 def statements_per_command(servers, cluster, pg_log, databases):
     """SQL statements each server sends for one command, counted in the Postgres log with
-    log_statement = all (each is at least one round trip)."""
+    log_statement = all (each is at least one round trip). Statements that the servers also
+    send while idle (background polls) are learnt first and left out."""
     cluster.sql("postgres", "ALTER SYSTEM SET log_statement = 'all'")
     cluster.sql("postgres", "ALTER SYSTEM SET log_line_prefix = '%m [%p] db=%d '")
     cluster.sql("postgres", "SELECT pg_reload_conf()")
-    time.sleep(1)
+    time.sleep(0.5)
     counts = {}
     try:
+        before = pg_log.stat().st_size
+        time.sleep(5)
+        background = {sql for _, sql in logged_statements(pg_log, before)} - {"BEGIN", "COMMIT"}
         for scenario in ["create", "distinct", "attempt"]:
             for system in SYSTEMS:
                 server = servers[system]
@@ -388,12 +404,9 @@ def statements_per_command(servers, cluster, pg_log, databases):
                 else:
                     probe(server.base, scenario, tag)
                 time.sleep(0.5)
-                with open(pg_log, errors="replace") as f:
-                    f.seek(before)
-                    lines = f.read().splitlines()
-                marker = f"db={databases[system]} "
                 counts.setdefault(scenario, {})[system] = sum(
-                    1 for l in lines if marker in l and ("LOG:  statement:" in l or "LOG:  execute" in l))
+                    1 for db, sql in logged_statements(pg_log, before)
+                    if db == databases[system] and sql not in background)
     finally:
         cluster.sql("postgres", "ALTER SYSTEM RESET log_statement")
         cluster.sql("postgres", "ALTER SYSTEM RESET log_line_prefix")
@@ -702,12 +715,12 @@ def main():
     chart(results, profile.connections, OUT / "chart.png")
     print(report)
     log(f"wrote {OUT / 'results.json'}, {OUT / 'results.md'} and {OUT / 'chart.png'}")
-    broken = [f"{scenario} on {system} at {c}"
+    # Every server answered its probes; Cutover must also have answered under load.
+    broken = [f"{scenario} at {c} connections"
               for scenario, systems in results["http"].items()
-              for system, runs in systems.items() for c, r in runs.items()
-              if r["ok_per_s"] == 0]
+              for c, r in systems["cutover"].items() if r["ok_per_s"] == 0]
     if broken:
-        sys.exit("no successful request in: " + ", ".join(broken))
+        sys.exit("Cutover answered no request successfully in: " + ", ".join(broken))
 
 
 if __name__ == "__main__":
