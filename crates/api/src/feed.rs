@@ -1,14 +1,19 @@
-//! Wake-ups for the event feed's live streams: one `LISTEN cutover_events` connection per
-//! server turns Postgres notifications (sent at the commit of every append) into a counter that
-//! each stream watches, and a shutdown signal ends the streams so the server can stop.
+//! Wake-ups for the event feed's live streams, as a counter that each stream watches: this
+//! server's own commits bump it at once; they are passed on to the other instances with a
+//! `NOTIFY cutover_events`, sent after the commit and outside the command's transaction (a
+//! transaction that notifies serialises commits); and one `LISTEN cutover_events` connection
+//! per server bumps it for the other instances' commits. Appends by anything else (the CLI,
+//! other tools) are seen by the streams' own periodic look. A shutdown signal ends the streams
+//! so the server can stop.
 
 use std::time::Duration;
 
+use cutover_core::store::EventStore;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-/// The notification channel the `events_appended` trigger notifies.
+/// The notification channel of appends.
 const CHANNEL: &str = "cutover_events";
 
 /// Cheap to clone; handed to every stream.
@@ -19,10 +24,22 @@ pub struct FeedSignals {
 }
 
 impl FeedSignals {
-    /// Starts listening on `pool`'s database. The streams end when `shutdown` turns true.
-    pub fn start(pool: PgPool, shutdown: watch::Receiver<bool>) -> Self {
+    /// Starts following `store`'s commits and listening on its database. The streams end
+    /// when `shutdown` turns true.
+    pub fn start(store: &EventStore, shutdown: watch::Receiver<bool>) -> Self {
         let (tx, appended) = watch::channel(0_u64);
-        tokio::spawn(listen(pool, tx, shutdown.clone()));
+        let tx = std::sync::Arc::new(tx);
+        tokio::spawn(listen(
+            store.pool().clone(),
+            std::sync::Arc::clone(&tx),
+            shutdown.clone(),
+        ));
+        tokio::spawn(pass_on(
+            store.pool().clone(),
+            store.appended(),
+            tx,
+            shutdown.clone(),
+        ));
         Self { appended, shutdown }
     }
 
@@ -37,7 +54,36 @@ impl FeedSignals {
     }
 }
 
-async fn listen(pool: PgPool, tx: watch::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
+/// Wakes the streams after each of this server's commits, and tells the other instances.
+/// Commits that happen while a notification is being sent are told in the next one.
+async fn pass_on(
+    pool: PgPool,
+    mut committed: watch::Receiver<u64>,
+    tx: std::sync::Arc<watch::Sender<u64>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = committed.changed() => if changed.is_err() { return },
+            stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
+        }
+        committed.borrow_and_update();
+        tx.send_modify(|n| *n = n.wrapping_add(1));
+        let told = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await;
+        if let Err(e) = told {
+            tracing::debug!(error = %e, "event feed: cannot notify the other instances");
+        }
+    }
+}
+
+async fn listen(
+    pool: PgPool,
+    tx: std::sync::Arc<watch::Sender<u64>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut listener: Option<PgListener> = None;
     loop {
         if *shutdown.borrow() || tx.is_closed() {
@@ -48,7 +94,7 @@ async fn listen(pool: PgPool, tx: watch::Sender<u64>, mut shutdown: watch::Recei
             None => match connect(&pool).await {
                 Ok(fresh) => {
                     // Notifications sent while not listening are lost: look again.
-                    tx.send_modify(|n| *n += 1);
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
                     listener.insert(fresh)
                 }
                 Err(e) => {
@@ -63,7 +109,7 @@ async fn listen(pool: PgPool, tx: watch::Sender<u64>, mut shutdown: watch::Recei
         };
         tokio::select! {
             received = active.recv() => match received {
-                Ok(_) => tx.send_modify(|n| *n += 1),
+                Ok(_) => tx.send_modify(|n| *n = n.wrapping_add(1)),
                 Err(e) => {
                     tracing::warn!(error = %e, "event feed: listener connection lost");
                     listener = None;

@@ -45,7 +45,7 @@ impl AppState {
     /// The state of a server on `store`; starts listening for appended events. Live event
     /// streams end when `shutdown` turns true.
     pub fn new(store: EventStore, shutdown: watch::Receiver<bool>) -> Self {
-        let feed = FeedSignals::start(store.pool().clone(), shutdown.clone());
+        let feed = FeedSignals::start(&store, shutdown.clone());
         let state = Self {
             metrics: metrics::Metrics::new(&store),
             store,

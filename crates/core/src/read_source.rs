@@ -63,12 +63,40 @@ pub async fn current<'e>(
             .bind(domain.as_str())
             .fetch_optional(executor)
             .await?;
-    match value.as_deref() {
+    parse(domain, value.as_deref())
+}
+
+/// A stored read source: legacy when none was ever set.
+fn parse(domain: Domain, value: Option<&str>) -> Result<ReadSource, ReadSourceError> {
+    match value {
         None | Some("legacy") => Ok(ReadSource::Legacy),
         Some("new") => Ok(ReadSource::New),
         Some(other) => Err(ReadSourceError::Unknown {
             domain: domain.as_str(),
             value: other.to_owned(),
         }),
+    }
+}
+
+/// Every domain's read source as a command read it, under its locks (see
+/// [`crate::store::Committed`]), so that its answer needs no query of its own for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadSources {
+    /// `(domain, source)` as stored.
+    pub stored: Vec<(String, String)>,
+}
+
+impl ReadSources {
+    /// The read source of `domain`.
+    ///
+    /// # Errors
+    /// A stored value other than `legacy`/`new`.
+    pub fn of(&self, domain: Domain) -> Result<ReadSource, ReadSourceError> {
+        let value = self
+            .stored
+            .iter()
+            .find(|(name, _)| name == domain.as_str())
+            .map(|(_, source)| source.as_str());
+        parse(domain, value)
     }
 }

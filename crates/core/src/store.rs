@@ -8,6 +8,8 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,9 +19,12 @@ use cqrs_es::{Aggregate, DomainEvent};
 use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::watch;
 
 use crate::projection::{project_all, ProjectionError, Projector};
+use crate::read_source::ReadSources;
 
 /// One event as the log holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +96,8 @@ pub struct Committed {
     pub position: i64,
     /// The events this command appended; empty when the command changed nothing.
     pub events: Vec<StoredEvent>,
+    /// Every domain's read source, as read after the command's locks.
+    pub read_sources: ReadSources,
 }
 
 /// Appends events and runs the inline projectors in the same transaction.
@@ -100,7 +107,9 @@ pub struct EventStore {
     projectors: Arc<[Arc<dyn Projector>]>,
     max_retries: u32,
     cache: Arc<AggregateCache>,
+    lanes: Arc<Lanes>,
     metrics: StoreMetrics,
+    appended: Arc<watch::Sender<u64>>,
 }
 
 /// What the command path counts, for whoever exposes it (the API's `/metrics`). Clones share
@@ -146,10 +155,10 @@ impl AggregateCache {
         Some((*state, entry.version, entry.position))
     }
 
-    fn put<A: Aggregate + 'static>(
+    fn put_any(
         &self,
-        aggregate_id: &str,
-        state: A,
+        key: &(&'static str, String),
+        state: Box<dyn Any + Send>,
         version: i64,
         position: i64,
     ) {
@@ -160,25 +169,30 @@ impl AggregateCache {
             }
         }
         entries.insert(
-            (A::TYPE, aggregate_id.to_owned()),
+            key.clone(),
             CachedAggregate {
                 version,
                 position,
-                state: Box::new(state),
+                state,
             },
         );
     }
 }
 
-/// The stream's events after a version, and the projections the command must keep up to date
-/// (read after the append lock, so a swap or retirement that committed is seen). The single
+/// The stream's events after a version, the projections the command must keep up to date and
+/// the read sources (read after the append lock, so a swap or retirement that committed is
+/// seen). The single
 /// `active` row comes back even when the stream has no new events.
 const LOAD: &str = "\
 WITH active AS (
     SELECT coalesce(array_agg(name), '{}') AS names FROM projections WHERE inline_active
+), sources AS (
+    SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
+      FROM read_sources
 )
-SELECT active.names, e.sequence, e.position, e.payload
+SELECT active.names, sources.domains, sources.sources, e.sequence, e.position, e.payload
   FROM active
+ CROSS JOIN sources
   LEFT JOIN events AS e
     ON e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > $3
  ORDER BY e.sequence";
@@ -195,12 +209,28 @@ RETURNING position, transaction_id::text::bigint AS transaction_id, sequence, re
 /// while tables are swapped and the set of inline projections changes.
 pub const APPEND_LOCK: &str = "hashtextextended('cutover:appends', 0)";
 
-/// Takes the append lock (shared) and the aggregate's lock. The aggregate lock serialises the
-/// commands of one aggregate across every server instance sharing the database, so concurrent
-/// commands queue instead of failing the race for a sequence number.
-const LOCK_AGGREGATE: &str = "\
-SELECT pg_advisory_xact_lock_shared(hashtextextended('cutover:appends', 0)),
-       pg_advisory_xact_lock(hashtextextended($1, 0))";
+/// Begins a command's transaction and takes, in the same round trip, the append lock (shared)
+/// and the aggregate's lock. The aggregate lock serialises the commands of one aggregate across
+/// every server instance sharing the database, so concurrent commands queue instead of failing
+/// the race for a sequence number. The statement holds only numbers, never client input.
+fn begin_locked(aggregate_type: &str, aggregate_id: &str) -> String {
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK}), pg_advisory_xact_lock({})",
+        aggregate_lock_key(aggregate_type, aggregate_id)
+    )
+}
+
+/// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`.
+fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(aggregate_type.as_bytes())
+        .chain_update(b"/")
+        .chain_update(aggregate_id.as_bytes())
+        .finalize();
+    let mut key = [0_u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
 
 const UNIQUE_VIOLATION: &str = "23505";
 
@@ -212,8 +242,16 @@ impl EventStore {
             projectors: projectors.into(),
             max_retries,
             cache: Arc::default(),
+            lanes: Arc::default(),
             metrics: StoreMetrics::default(),
+            appended: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Changes after every commit of this store that appended events (the feed's wake-up; no
+    /// trigger in the database notifies, so that commits are not serialised by `NOTIFY`).
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -266,8 +304,14 @@ impl EventStore {
     /// [`Pending::commit`]. With an idempotency key seen before for the same request, nothing
     /// runs and the stored response comes back instead.
     ///
+    /// Commands of one aggregate queue in this process (first come, first served) and run one
+    /// at a time; while others wait, consecutive ones share a transaction (a group, at most
+    /// [`MAX_GROUP`] commands, each after a savepoint of its own), so that a hot aggregate
+    /// pays for one lock, one load and one commit per group instead of per command. A command
+    /// of a group is acknowledged only after the group commits.
+    ///
     /// # Errors
-    /// See [`CommandError`]; on any error nothing was appended or projected.
+    /// See [`CommandError`]; on any error nothing of this command was appended or projected.
     #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %request.aggregate_id), err(level = "debug"))]
     pub async fn begin<A>(
         &self,
@@ -279,89 +323,490 @@ impl EventStore {
         A::Command: Clone,
         A::Error: 'static,
     {
-        let Request {
-            aggregate_id,
-            command,
-            services,
-            expected_version,
-            metadata,
-        } = request;
         let attempts = self.max_retries + 1;
         for attempt in 1..=attempts {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(LOCK_AGGREGATE)
-                .bind(format!("{}/{}", A::TYPE, aggregate_id))
-                .execute(&mut *tx)
-                .await?;
-            if let Some(key) = idempotency {
-                if let Some(stored) = claim_key(&mut tx, key).await? {
-                    tx.rollback().await?;
+            let mut turn = self.lanes.enter(A::TYPE, request.aggregate_id).await;
+            let mut member = match turn.open.take() {
+                Some(group) => Member {
+                    store: self.clone(),
+                    turn: Some(turn),
+                    before: (group.version, group.position),
+                    group: Some(group),
+                    joined: true,
+                    kept_state: false,
+                },
+                None => {
+                    let tx = self
+                        .pool
+                        .begin_with(begin_locked(A::TYPE, request.aggregate_id))
+                        .await?;
+                    Member {
+                        store: self.clone(),
+                        turn: Some(turn),
+                        group: Some(Box::new(Group::new(tx))),
+                        before: (0, 0),
+                        joined: false,
+                        kept_state: false,
+                    }
+                }
+            };
+            if member.joined {
+                let savepoint = sqlx::query("SAVEPOINT member")
+                    .execute(&mut *member.group_mut().tx)
+                    .await;
+                if let Err(e) = savepoint {
+                    if let Err(left) = member.leave(true).await {
+                        tracing::debug!(error = %left, "a group failed");
+                    }
+                    return Err(CommandError::Database(e));
+                }
+            }
+            match self.run_member(&mut member, &request, idempotency).await {
+                Ok(Ran::Appended(committed, key)) => {
+                    return Ok(Begun::Open(Pending {
+                        member,
+                        key,
+                        committed,
+                        _aggregate: PhantomData,
+                    }));
+                }
+                Ok(Ran::Replayed(stored)) => {
+                    // Answered before; but an answer stored by an earlier command of this very
+                    // group is true only once the group commits.
+                    member.leave(false).await?;
                     self.metrics.replays.inc();
                     return Ok(Begun::Replayed(stored));
                 }
-            }
-            let cached = self.cache.take::<A>(aggregate_id);
-            let (mut aggregate, version, position, active) =
-                load::<A>(&mut tx, aggregate_id, cached).await?;
-            if let Some(expected) = expected_version {
-                if expected != version {
-                    self.cache.put(aggregate_id, aggregate, version, position);
-                    return Err(CommandError::VersionMismatch {
-                        expected,
-                        actual: version,
-                    });
-                }
-            }
-            let sink = EventSink::default();
-            aggregate
-                .handle(command.clone(), services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
-            let new_events = sink.collect().await;
-            let stored = if new_events.is_empty() {
-                Vec::new()
-            } else {
-                match append::<A>(&mut tx, aggregate_id, version, &new_events, metadata).await {
-                    Ok(stored) => stored,
-                    Err(AppendError::Conflict) => {
-                        tx.rollback().await?;
-                        tracing::debug!(attempt, "append conflict; retrying");
-                        if attempt < attempts {
-                            self.metrics.retries.inc();
-                        }
-                        tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
-                        continue;
+                Err(Failed::Retry) => {
+                    if let Err(e) = member.leave(true).await {
+                        tracing::debug!(error = %e, "the group of a command to be retried failed");
                     }
-                    Err(AppendError::Serialize(e)) => return Err(CommandError::Serialize(e)),
-                    Err(AppendError::Database(e)) => return Err(CommandError::Database(e)),
+                    tracing::debug!(attempt, "append conflict; retrying");
+                    if attempt < attempts {
+                        self.metrics.retries.inc();
+                    }
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
                 }
-            };
-            let inline: Vec<Arc<dyn Projector>> = self
-                .projectors
-                .iter()
-                .filter(|p| active.iter().any(|name| name == p.name()))
-                .cloned()
-                .collect();
-            project_all(&inline, &mut tx, &stored).await?;
-            let (version, position) = stored
-                .last()
-                .map_or((version, position), |e| (e.sequence, e.position));
-            return Ok(Begun::Open(Pending {
-                tx,
-                cache: Arc::clone(&self.cache),
-                events_appended: self.metrics.events_appended.clone(),
-                aggregate_id: aggregate_id.to_owned(),
-                aggregate,
-                key: idempotency.map(|k| k.key.clone()),
-                committed: Committed {
-                    version,
-                    position,
-                    events: stored,
-                },
-            }));
+                Err(Failed::Error(e)) => {
+                    if let Err(left) = member.leave(true).await {
+                        tracing::debug!(error = %left, "the group of a failed command failed");
+                    }
+                    return Err(e);
+                }
+            }
         }
         self.metrics.conflicts.inc();
         Err(CommandError::Conflict { attempts })
+    }
+
+    /// Runs one command in `member`'s group: claims its key, brings the aggregate up to date
+    /// (from the group, the cache or the log), lets it decide, appends and projects. On a
+    /// failure the group's aggregate is kept only when the command left it untouched.
+    async fn run_member<A>(
+        &self,
+        member: &mut Member,
+        request: &Request<'_, A>,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Ran, Failed<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let aggregate_id = request.aggregate_id;
+        let joined = member.joined;
+        member.kept_state = false;
+        let group = member.group_mut();
+        if let Some(key) = idempotency {
+            if let Some(stored) = claim_key(&mut group.tx, key).await? {
+                return Ok(Ran::Replayed(stored));
+            }
+        }
+        let kept = group
+            .state
+            .take()
+            .and_then(|state| state.downcast::<A>().ok());
+        let mut aggregate = match kept {
+            Some(aggregate) => *aggregate,
+            None => {
+                // The group's first command starts from the cache; a later one whose group
+                // lost its aggregate reads the whole stream again, in the group's transaction.
+                let cached = if joined {
+                    None
+                } else {
+                    self.cache.take::<A>(aggregate_id)
+                };
+                let loaded = load::<A>(&mut group.tx, aggregate_id, cached).await?;
+                group.version = loaded.version;
+                group.position = loaded.position;
+                group.active = loaded.active;
+                group.read_sources = loaded.read_sources;
+                loaded.aggregate
+            }
+        };
+        if let Some(expected) = request.expected_version {
+            if expected != group.version {
+                let actual = group.version;
+                group.state = Some(Box::new(aggregate));
+                member.kept_state = true;
+                return Err(Failed::Error(CommandError::VersionMismatch {
+                    expected,
+                    actual,
+                }));
+            }
+        }
+        let sink = EventSink::default();
+        let decided = aggregate
+            .handle(request.command.clone(), request.services, &sink)
+            .await;
+        let new_events = sink.collect().await;
+        if let Err(e) = decided {
+            if new_events.is_empty() {
+                group.state = Some(Box::new(aggregate));
+                member.kept_state = true;
+            }
+            return Err(Failed::Error(CommandError::Rejected(e)));
+        }
+        let stored = if new_events.is_empty() {
+            Vec::new()
+        } else {
+            match append::<A>(
+                &mut group.tx,
+                aggregate_id,
+                group.version,
+                &new_events,
+                request.metadata,
+            )
+            .await
+            {
+                Ok(stored) => stored,
+                Err(AppendError::Conflict) => return Err(Failed::Retry),
+                Err(AppendError::Serialize(e)) => {
+                    return Err(Failed::Error(CommandError::Serialize(e)))
+                }
+                Err(AppendError::Database(e)) => {
+                    return Err(Failed::Error(CommandError::Database(e)))
+                }
+            }
+        };
+        let inline: Vec<Arc<dyn Projector>> = self
+            .projectors
+            .iter()
+            .filter(|p| group.active.iter().any(|name| name == p.name()))
+            .cloned()
+            .collect();
+        project_all(&inline, &mut group.tx, &stored)
+            .await
+            .map_err(|e| Failed::Error(e.into()))?;
+        if let Some(last) = stored.last() {
+            group.version = last.sequence;
+            group.position = last.position;
+        }
+        group.state = Some(Box::new(aggregate));
+        let committed = Committed {
+            version: group.version,
+            position: group.position,
+            events: stored,
+            read_sources: group.read_sources.clone(),
+        };
+        Ok(Ran::Appended(committed, idempotency.map(|k| k.key.clone())))
+    }
+}
+
+/// Most commands of one aggregate that share a transaction (each takes a savepoint, and
+/// Postgres keeps 64 subtransactions per transaction in shared memory).
+pub const MAX_GROUP: usize = 32;
+
+/// How a command of a group ran.
+enum Ran {
+    Appended(Committed, Option<String>),
+    Replayed(StoredResponse),
+}
+
+/// How a command of a group failed.
+enum Failed<E: std::error::Error + 'static> {
+    /// Another writer took the next sequence number: run the command again.
+    Retry,
+    Error(CommandError<E>),
+}
+
+impl<E: std::error::Error + 'static> From<sqlx::Error> for Failed<E> {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Error(CommandError::Database(e))
+    }
+}
+
+impl<E: std::error::Error + 'static> From<CommandError<E>> for Failed<E> {
+    fn from(e: CommandError<E>) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// The commands of this process on one aggregate, queued: one holds the turn at a time.
+#[derive(Default)]
+struct Lanes {
+    lanes: Mutex<HashMap<(&'static str, String), Arc<Lane>>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// Commands waiting for the turn.
+    waiting: AtomicUsize,
+    /// The group left open for the next command, if any.
+    open: Arc<tokio::sync::Mutex<OpenGroup>>,
+}
+
+#[derive(Default)]
+struct OpenGroup {
+    open: Option<Box<Group>>,
+}
+
+/// A command counted as waiting for the turn, until it gets it or is cancelled.
+struct Waiting(Arc<Lane>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The turn on one aggregate's lane.
+struct Turn {
+    lane: Arc<Lane>,
+    key: (&'static str, String),
+    guard: tokio::sync::OwnedMutexGuard<OpenGroup>,
+}
+
+impl std::ops::Deref for Turn {
+    type Target = OpenGroup;
+    fn deref(&self) -> &OpenGroup {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Turn {
+    fn deref_mut(&mut self) -> &mut OpenGroup {
+        &mut self.guard
+    }
+}
+
+impl Lanes {
+    /// Waits for the turn on the lane of aggregate `aggregate_id` of `aggregate_type`.
+    async fn enter(&self, aggregate_type: &'static str, aggregate_id: &str) -> Turn {
+        let key = (aggregate_type, aggregate_id.to_owned());
+        let lane = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let lane = Arc::clone(lanes.entry(key.clone()).or_default());
+            lane.waiting.fetch_add(1, Ordering::SeqCst);
+            lane
+        };
+        let waiting = Waiting(Arc::clone(&lane));
+        let guard = Arc::clone(&lane.open).lock_owned().await;
+        drop(waiting);
+        Turn { lane, key, guard }
+    }
+
+    /// Gives the turn up, and forgets the lane when nobody else is on it.
+    fn leave(&self, turn: Turn) {
+        let Turn { lane, key, guard } = turn;
+        drop(guard);
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ours and the map's: nobody waits, nobody holds the turn (they hold the lane first).
+        if Arc::strong_count(&lane) == 2 {
+            lanes.remove(&key);
+        }
+    }
+}
+
+/// One transaction shared by consecutive commands of one aggregate.
+struct Group {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The aggregate as of the group's last command; `None` when it must be read again.
+    state: Option<Box<dyn Any + Send>>,
+    version: i64,
+    position: i64,
+    active: Vec<String>,
+    read_sources: ReadSources,
+    /// Commands whose answers wait for this group's commit.
+    members: usize,
+    events: u64,
+    /// Set once: whether the group committed (or why not).
+    outcome: Arc<watch::Sender<Option<Result<(), String>>>>,
+}
+
+impl Group {
+    fn new(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        Self {
+            tx,
+            state: None,
+            version: 0,
+            position: 0,
+            active: Vec::new(),
+            read_sources: ReadSources::default(),
+            members: 0,
+            events: 0,
+            outcome: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+/// A command's place in a group, until the group is handed on or committed. Dropped without
+/// [`Member::leave`] (a cancelled request), it still undoes this command alone and hands the
+/// group on, from a task of its own.
+struct Member {
+    store: EventStore,
+    turn: Option<Turn>,
+    group: Option<Box<Group>>,
+    /// Whether the group had commands before this one (which then took a savepoint).
+    joined: bool,
+    /// The group's version and position before this command.
+    before: (i64, i64),
+    /// Whether the group's aggregate is still as before this command, after a failure.
+    kept_state: bool,
+}
+
+impl Member {
+    fn group_mut(&mut self) -> &mut Group {
+        self.group
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a member's group is taken only when it leaves"))
+    }
+
+    /// Leaves the group: with `undo`, this command's work is undone first (to its savepoint; a
+    /// group of this command alone is rolled back). Then the group is handed to the next
+    /// command waiting, if any and if not full, and this one waits for its commit; or it is
+    /// committed now.
+    ///
+    /// # Errors
+    /// The group failed to commit: nothing of it, this command included, was committed.
+    async fn leave(mut self, undo: bool) -> Result<(), sqlx::Error> {
+        let (Some(mut turn), Some(mut group)) = (self.turn.take(), self.group.take()) else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        if undo {
+            if self.joined {
+                let undone = sqlx::query("ROLLBACK TO SAVEPOINT member")
+                    .execute(&mut *group.tx)
+                    .await;
+                if let Err(e) = undone {
+                    group.fail(&e.to_string());
+                    store.lanes.leave(turn);
+                    return Err(e);
+                }
+                (group.version, group.position) = self.before;
+                if !self.kept_state {
+                    // Read again by the next command.
+                    group.state = None;
+                }
+            } else {
+                // Nothing but this command in it: roll it all back.
+                group.fail("rolled back");
+                store.lanes.leave(turn);
+                return Ok(());
+            }
+        } else {
+            group.members += 1;
+        }
+        if group.members == 0 {
+            // Only undone commands in it.
+            group.fail("rolled back");
+            store.lanes.leave(turn);
+            return Ok(());
+        }
+        let has_waiters = turn.lane.waiting.load(Ordering::SeqCst) > 0;
+        if has_waiters && group.members < MAX_GROUP {
+            let mut outcome = group.outcome.subscribe();
+            turn.open = Some(group);
+            store.lanes.leave(turn);
+            let outcome = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
+            return match outcome {
+                Ok(Some(Ok(()))) => Ok(()),
+                Ok(Some(Err(why))) => Err(group_failed(&why)),
+                Ok(None) | Err(_) => Err(group_failed("the group was abandoned")),
+            };
+        }
+        let committed = store.commit_group(&turn.key, group).await;
+        store.lanes.leave(turn);
+        committed
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.turn.is_none() {
+            return;
+        }
+        // Cancelled before it left: leave from a task (the undo needs the database).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime any more: the group rolls back with its connection.
+            self.group.take();
+            self.turn.take();
+            return;
+        };
+        let member = Member {
+            store: self.store.clone(),
+            turn: self.turn.take(),
+            group: self.group.take(),
+            joined: self.joined,
+            before: self.before,
+            kept_state: self.kept_state,
+        };
+        runtime.spawn(async move {
+            if let Err(e) = member.leave(true).await {
+                tracing::debug!(error = %e, "a cancelled command's group failed");
+            }
+        });
+    }
+}
+
+impl Group {
+    /// Tells the commands waiting on this group that it will not commit; rolls it back.
+    fn fail(self, why: &str) {
+        self.outcome.send_replace(Some(Err(why.to_owned())));
+    }
+}
+
+/// The error of a command whose group did not commit.
+fn group_failed(why: &str) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(format!(
+        "the transaction this command shared with others on the same aggregate did not commit: {why}"
+    )))
+}
+
+impl EventStore {
+    /// Commits a group and tells its commands.
+    async fn commit_group(
+        &self,
+        key: &(&'static str, String),
+        group: Box<Group>,
+    ) -> Result<(), sqlx::Error> {
+        let Group {
+            tx,
+            state,
+            version,
+            position,
+            events,
+            outcome,
+            ..
+        } = *group;
+        match tx.commit().await {
+            Ok(()) => {
+                outcome.send_replace(Some(Ok(())));
+                if events > 0 {
+                    self.metrics.events_appended.inc_by(events);
+                    self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                if let Some(state) = state {
+                    self.cache.put_any(key, state, version, position);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                outcome.send_replace(Some(Err(e.to_string())));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -402,15 +847,13 @@ pub enum Begun<A: Aggregate + 'static> {
     Replayed(StoredResponse),
 }
 
-/// A command that ran and awaits its commit. Dropping it rolls everything back.
+/// A command that ran and awaits its commit. Dropping it undoes this command (and, if it was
+/// the only one of its group, the group).
 pub struct Pending<A: Aggregate + 'static> {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    cache: Arc<AggregateCache>,
-    events_appended: Counter,
-    aggregate_id: String,
-    aggregate: A,
+    member: Member,
     key: Option<String>,
     committed: Committed,
+    _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate + 'static> Pending<A> {
@@ -421,34 +864,34 @@ impl<A: Aggregate + 'static> Pending<A> {
 
     /// The command's transaction, to read the read models back from.
     pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        &mut self.member.group_mut().tx
     }
 
-    /// Commits; with an idempotency key, `response` is stored under it in the same
-    /// transaction.
+    /// Commits (or, while other commands of the aggregate wait, hands the transaction on and
+    /// waits for its commit); with an idempotency key, `response` is stored under it in the
+    /// same transaction.
     ///
     /// # Errors
-    /// A database error: nothing was committed.
+    /// A database error: nothing of this command was committed.
     pub async fn commit(
         mut self,
         response: Option<&StoredResponse>,
     ) -> Result<Committed, sqlx::Error> {
         if let (Some(key), Some(response)) = (&self.key, response) {
-            sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
+            let stored = sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
                 .bind(key)
                 .bind(sqlx::types::Json(response))
-                .execute(&mut *self.tx)
-                .await?;
+                .execute(&mut *self.member.group_mut().tx)
+                .await;
+            if let Err(e) = stored {
+                if let Err(left) = self.member.leave(true).await {
+                    tracing::debug!(error = %left, "the group of a failed command failed");
+                }
+                return Err(e);
+            }
         }
-        self.tx.commit().await?;
-        self.events_appended
-            .inc_by(self.committed.events.len() as u64);
-        self.cache.put(
-            &self.aggregate_id,
-            self.aggregate,
-            self.committed.version,
-            self.committed.position,
-        );
+        self.member.group_mut().events += self.committed.events.len() as u64;
+        self.member.leave(false).await?;
         Ok(self.committed)
     }
 }
@@ -497,14 +940,24 @@ async fn claim_key<E: std::error::Error + 'static>(
     }
 }
 
+/// An aggregate brought up to date, with what the command needs to know of the registry.
+struct Loaded<A> {
+    aggregate: A,
+    /// Its version and last position, both 0 for a stream with no events.
+    version: i64,
+    position: i64,
+    /// The projections maintained inline.
+    active: Vec<String>,
+    read_sources: ReadSources,
+}
+
 /// Brings aggregate `A` up to date from its stream, starting from `cached` (a state as of some
-/// version) or from nothing: returns it with its version and last position (both 0 for a
-/// stream with no events), and the names of the projections maintained inline.
+/// version) or from nothing.
 async fn load<A>(
     conn: &mut PgConnection,
     aggregate_id: &str,
     cached: Option<(A, i64, i64)>,
-) -> Result<(A, i64, i64, Vec<String>), CommandError<A::Error>>
+) -> Result<Loaded<A>, CommandError<A::Error>>
 where
     A: Aggregate,
     A::Error: 'static,
@@ -516,9 +969,14 @@ where
         .bind(version)
         .fetch_all(conn)
         .await?;
-    let active: Vec<String> = match rows.first() {
-        Some(row) => row.try_get("names")?,
-        None => Vec::new(),
+    let (active, read_sources) = match rows.first() {
+        Some(row) => {
+            let domains: Vec<String> = row.try_get("domains")?;
+            let sources: Vec<String> = row.try_get("sources")?;
+            let stored = domains.into_iter().zip(sources).collect();
+            (row.try_get("names")?, ReadSources { stored })
+        }
+        None => (Vec::new(), ReadSources::default()),
     };
     for row in rows {
         // The one row of a stream with no new events carries no event.
@@ -538,7 +996,13 @@ where
         })?;
         aggregate.apply(event);
     }
-    Ok((aggregate, version, position, active))
+    Ok(Loaded {
+        aggregate,
+        version,
+        position,
+        active,
+        read_sources,
+    })
 }
 
 enum AppendError {

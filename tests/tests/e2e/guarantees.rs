@@ -148,6 +148,76 @@ async fn optimistic_concurrency_twenty_parallel_updates_all_land_with_versions_2
     assert_eq!(name, last_name, "the legacy row shows the last update");
 }
 
+/// Commands on one aggregate that arrive together share a transaction: a command of the group
+/// that Postgres refuses (a NUL character) is undone alone, and the others commit.
+#[tokio::test]
+async fn atomic_commands_a_refused_command_in_a_shared_transaction_leaves_the_others_committed() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let path = collection_path(project, &created);
+
+    let updates = (0..24).map(|i| {
+        let description = if i % 4 == 3 {
+            format!("refused \u{0} {i}")
+        } else {
+            format!("kept {i}")
+        };
+        let request = app
+            .put(&path)
+            .json(&json!({"name": format!("name {i}"), "description": description}));
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures_join_all(updates).await;
+
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    let kept = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!((kept, refused), (18, 6), "{statuses:?}");
+    assert_eq!(
+        app.db.event_count().await,
+        19,
+        "the creation and the 18 kept updates"
+    );
+    let sequences: Vec<i64> = sqlx::query_scalar("SELECT sequence FROM events ORDER BY sequence")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sequences, (1..=19).collect::<Vec<_>>(), "no gap, no double");
+    let refused_written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%refused%'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(refused_written, 0);
+    let (last_sequence, description): (i64, String) =
+        sqlx::query_as("SELECT last_sequence, description FROM collections")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(last_sequence, 19);
+    let last: String = sqlx::query_scalar(
+        "SELECT payload->'CollectionUpdated'->>'description' FROM events WHERE sequence = 19",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        description, last,
+        "the read model shows the last kept update"
+    );
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT transaction_id) FROM events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        transactions < 19,
+        "the updates shared transactions ({transactions} for 19 events)"
+    );
+}
+
 /// Runs every future concurrently on the test's runtime and collects the outputs in order.
 async fn futures_join_all<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
 where

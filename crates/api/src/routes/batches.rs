@@ -346,7 +346,7 @@ async fn respond(
     committed: &Committed,
     player: Option<&str>,
 ) -> Result<StoredResponse, ApiError> {
-    let source = read_source::current(&mut *conn, Domain::Batches).await?;
+    let source = committed.read_sources.of(Domain::Batches)?;
     let mut rows = match source {
         ReadSource::Legacy => read_back::<BatchState>(conn, batch_id, player).await?,
         ReadSource::New => read_back::<BatchSummary>(conn, batch_id, player).await?,

@@ -254,7 +254,8 @@ async fn fetch(
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Response, ApiError> {
     let mut conn = state.store.pool().acquire().await?;
-    let (source, view) = read(&mut conn, project_id, collection_id).await?;
+    let source = read_source::current(&mut *conn, Domain::Collections).await?;
+    let view = read(&mut conn, source, project_id, collection_id).await?;
     let not_found = || ApiError::NotFound("no such collection in this project".to_owned());
     let view = view.ok_or_else(not_found)?;
     let version = match &view {
@@ -372,7 +373,8 @@ async fn respond(
     collection_id: Uuid,
     committed: &Committed,
 ) -> Result<StoredResponse, ApiError> {
-    let (source, view) = read(conn, project_id, collection_id).await?;
+    let source = committed.read_sources.of(Domain::Collections)?;
+    let view = read(conn, source, project_id, collection_id).await?;
     Ok(document(
         source,
         committed.version,
@@ -381,12 +383,13 @@ async fn respond(
     ))
 }
 
+/// The collection as `source` holds it.
 async fn read(
     conn: &mut PgConnection,
+    source: ReadSource,
     project_id: Uuid,
     collection_id: Uuid,
-) -> Result<(ReadSource, Option<CollectionView>), ApiError> {
-    let source = read_source::current(&mut *conn, Domain::Collections).await?;
+) -> Result<Option<CollectionView>, ApiError> {
     let view = match source {
         ReadSource::Legacy => find::<LegacyCollection>(&mut *conn, project_id, collection_id)
             .await?
@@ -395,5 +398,5 @@ async fn read(
             .await?
             .map(CollectionView::New),
     };
-    Ok((source, view))
+    Ok(view)
 }

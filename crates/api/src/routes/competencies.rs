@@ -134,7 +134,7 @@ async fn record_attempt(
         idempotency,
         move |conn, committed| {
             Box::pin(async move {
-                let source = read_source::current(&mut *conn, Domain::Competencies).await?;
+                let source = committed.read_sources.of(Domain::Competencies)?;
                 let (attempt, competency) = match source {
                     ReadSource::Legacy => {
                         let id = attempt_id.to_string();
@@ -193,7 +193,7 @@ async fn record_review(
         idempotency,
         move |conn, committed| {
             Box::pin(async move {
-                let source = read_source::current(&mut *conn, Domain::Competencies).await?;
+                let source = committed.read_sources.of(Domain::Competencies)?;
                 let review = match source {
                     ReadSource::Legacy => {
                         let id = review_id.to_string();

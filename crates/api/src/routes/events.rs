@@ -29,6 +29,9 @@ const MAX_PAGE: i64 = 1_000;
 const STREAM_BATCH: i64 = 500;
 /// How soon a stream looks again when committed events wait behind an older transaction.
 const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
+/// How soon a stream looks again when nothing woke it: appends by writers that do not notify
+/// (the CLI, other tools) are seen within this.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 /// How soon a stream looks again after the database failed it.
 const ERROR_RETRY: Duration = Duration::from_secs(1);
 
@@ -207,24 +210,19 @@ impl Tail {
                         return Some((read.events, self));
                     }
                     Ok(_) => match log::held_back(&self.pool, self.cursor).await {
-                        Ok(true) => Some(HELD_BACK_RECHECK),
-                        Ok(false) => None,
+                        Ok(true) => HELD_BACK_RECHECK,
+                        Ok(false) => LOOK_AGAIN,
                         Err(e) => {
                             tracing::warn!(error = %e, "event stream: cannot read the log");
-                            Some(ERROR_RETRY)
+                            ERROR_RETRY
                         }
                     },
                     Err(e) => {
                         tracing::warn!(error = %e, "event stream: cannot read the log");
-                        Some(ERROR_RETRY)
+                        ERROR_RETRY
                     }
                 };
-            let recheck = async {
-                match wait {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let recheck = tokio::time::sleep(wait);
             tokio::select! {
                 changed = self.appended.changed() => {
                     if changed.is_err() {
