@@ -4,7 +4,8 @@
 One run, on one private Postgres cluster (started by Cutover's own server):
 
 1. the physical limit: pgbench running the SQL transaction each command needs (the event
-   insert plus the inline read-model writes), in a database of its own with Cutover's schema;
+   insert plus the inline read-model writes), in a database of its own with a copy of the
+   schema Cutover's server made;
 2. Cutover through its real HTTP API, and the two peers of `cutover-bench` (a hand-written
    dual-write and stock cqrs-es), each on its own database, driven by wrk on the same routes
    and bodies: create collection, completion on distinct batches, completion on one hot
@@ -107,6 +108,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids, reaped=()):
+    """User + system CPU seconds used so far by the processes `pids` (those still running),
+    and for those in `reaped` also by their children that have ended."""
+    total = 0
+    for pid in [*pids, *reaped]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+        if pid in reaped:
+            total += int(fields[13]) + int(fields[14])
+    return total / TICKS
+
+
 def machine():
     model = "unknown"
     for line in run(["lscpu"]).splitlines():
@@ -131,22 +150,35 @@ def machine():
 class Cluster:
     """psql and pgbench on the private cluster's socket, as the superuser `postgres`."""
 
-    def __init__(self, bin_dir, socket_dir):
+    def __init__(self, bin_dir, folder):
         self.bin = bin_dir
-        self.socket = socket_dir
+        self.data = folder / "data"
+        self.socket = folder / "run"
 
     def url(self, db):
         return f"postgres://postgres@localhost/{db}?host={self.socket}"
 
-    def psql(self, db, *args):
+    def psql(self, db, *args, stdin=None):
         return run([self.bin / "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-                    "-h", self.socket, "-U", "postgres", "-d", db, *args])
+                    "-h", self.socket, "-U", "postgres", "-d", db, *args], input=stdin)
 
     def sql(self, db, statement):
         return self.psql(db, "-c", statement).strip()
 
     def checkpoint(self):
         self.sql("postgres", "CHECKPOINT")
+
+    def cpu_seconds(self):
+        """CPU seconds used so far by the postmaster and its children, running or ended."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+        return cpu_seconds(children, reaped=[postmaster])
 
 
 class Server:
@@ -196,7 +228,7 @@ def post(base, path, body):
     request = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -237,11 +269,14 @@ def probe(base, scenario, tag):
     post_ok(base, path, body)
 
 
-def wrk(base, scenario, first, connections, seconds, extra):
+def wrk(server, cluster, scenario, first, connections, seconds, extra):
+    """One wrk run; with the CPU the server and Postgres spent per successful command."""
     threads = min(2, connections)
+    app_before, pg_before = cpu_seconds([server.proc.pid]), cluster.cpu_seconds()
     out = run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-               "-s", str(HERE / "load.lua"), base, "--", scenario, str(first), str(threads),
-               *map(str, extra)])
+               "-s", str(HERE / "load.lua"), server.base, "--", scenario, str(first),
+               str(threads), *map(str, extra)])
+    app_cpu, pg_cpu = cpu_seconds([server.proc.pid]) - app_before, cluster.cpu_seconds() - pg_before
     line = next(l for l in out.splitlines() if l.startswith('{"requests"'))
     raw = json.loads(line)
     if raw["requests"] == 0:
@@ -258,6 +293,8 @@ def wrk(base, scenario, first, connections, seconds, extra):
         "p99_ms": raw["p99_us"] / 1000,
         "p999_ms": raw["p999_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
+        "app_cpu_ms": round(1000 * app_cpu / ok, 3) if ok else None,
+        "pg_cpu_ms": round(1000 * pg_cpu / ok, 3) if ok else None,
     }
 
 
@@ -277,7 +314,9 @@ def pgbench(cluster, script, clients, seconds, defines, logs, name):
            "-l", f"--log-prefix={prefix}", "-f", HERE / "pgbench" / script]
     for key, value in defines.items():
         cmd += ["-D", f"{key}={value}"]
+    pg_before = cluster.cpu_seconds()
     out = run(cmd + ["bench_pgbench"], cwd=logs)
+    pg_cpu = cluster.cpu_seconds() - pg_before
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     latencies = []
@@ -296,6 +335,7 @@ def pgbench(cluster, script, clients, seconds, defines, logs, name):
         "p50_ms": percentile(latencies, 50) / 1000,
         "p99_ms": percentile(latencies, 99) / 1000,
         "p999_ms": percentile(latencies, 99.9) / 1000,
+        "pg_cpu_ms": round(1000 * pg_cpu / len(latencies), 3) if latencies else None,
     }
 
 
@@ -311,9 +351,11 @@ PGBENCH_RUNS = [
 
 
 def physical_limit(cluster, profile, logs):
+    # Exactly the schema the running Cutover server made (tables, indexes, triggers).
+    schema = run([cluster.bin / "pg_dump", "--schema-only", "-h", cluster.socket,
+                  "-U", "postgres", "cutover"])
     cluster.sql("postgres", "CREATE DATABASE bench_pgbench")
-    for migration in sorted((ROOT / "migrations").glob("*.sql")):
-        cluster.psql("bench_pgbench", "-f", str(migration))
+    cluster.psql("bench_pgbench", "-f", "-", stdin=schema)
     cluster.psql("bench_pgbench", "-v", f"clients={max(profile.pgbench_clients)}",
                  "-v", f"batches={profile.pgbench_batches}",
                  "-v", f"players={profile.distinct_players}",
@@ -348,11 +390,12 @@ def load(servers, cluster, profile):
             probe(server.base, scenario, SCENARIOS.index(scenario))
             first = 0
             if profile.warmup:
-                warm = wrk(server.base, scenario, first, 16, profile.warmup, extra)
+                warm = wrk(server, cluster, scenario, first, 16, profile.warmup, extra)
                 first += warm["requests"] + 64
             for connections in profile.connections:
                 cluster.checkpoint()
-                result = wrk(server.base, scenario, first, connections, profile.seconds, extra)
+                result = wrk(server, cluster, scenario, first, connections, profile.seconds,
+                             extra)
                 first += result["requests"] + 2 * connections + 2
                 if capacity is not None and first > capacity:
                     result["note"] = "ran out of pre-started players"
@@ -398,11 +441,16 @@ def statements_per_command(servers, cluster, pg_log, databases):
                             {"player_lookup": "p00000", "predictions_count": 1})
                 time.sleep(0.3)
                 before = pg_log.stat().st_size
-                if scenario == "distinct":
-                    post_ok(server.base, f"/batches/count-{tag}/completions",
-                            {"player_lookup": "p00001", "predictions_count": 1})
-                else:
-                    probe(server.base, scenario, tag)
+                try:
+                    if scenario == "distinct":
+                        post_ok(server.base, f"/batches/count-{tag}/completions",
+                                {"player_lookup": "p00001", "predictions_count": 1})
+                    else:
+                        probe(server.base, scenario, tag)
+                except (RuntimeError, OSError) as e:
+                    log(f"cannot count the statements of {scenario} on {system}: {e}")
+                    counts.setdefault(scenario, {})[system] = "failed"
+                    continue
                 time.sleep(0.5)
                 counts.setdefault(scenario, {})[system] = sum(
                     1 for db, sql in logged_statements(pg_log, before)
@@ -541,6 +589,10 @@ def targets(results):
     return rows
 
 
+def cpu(ms):
+    return "" if ms is None else f"{ms:.2f}"
+
+
 def markdown(results):
     meta = results["meta"]
     lines = [
@@ -548,15 +600,19 @@ def markdown(results):
         "",
         f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']} GB RAM · "
         f"{meta['postgres']} · wrk {meta['wrk']} · commit {meta['commit']} · "
-        f"{meta['seconds_per_run']} s per run · load average at start {meta['load_average_at_start']:.2f}",
+        f"{meta['seconds_per_run']} s per run · load average {meta['load_average_at_start']:.2f} at "
+        f"the start, {meta['load_average_at_end']:.2f} at the end",
         "",
         "## Commands: throughput and latency",
         "",
         "Cutover and the peers over HTTP (wrk); pgbench runs the same SQL writes with no HTTP "
-        "and no application (the physical limit). ok/s counts 2xx answers only.",
+        "and no application (the physical limit). ok/s counts 2xx answers only. CPU: "
+        "milliseconds of CPU per successful command, in the server (app) and in Postgres (all "
+        "of the cluster's processes), out of the machine's 2 cores.",
         "",
-        "| scenario | conns | system | ok/s | p50 ms | p99 ms | p99.9 ms | errors |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | conns | system | ok/s | p50 ms | p99 ms | p99.9 ms | errors | app CPU ms "
+        "| PG CPU ms |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for scenario in ["event-insert"] + SCENARIOS:
         conns = sorted({c for v in results["http"].get(scenario, {}).values() for c in v}
@@ -566,14 +622,15 @@ def markdown(results):
             if pg:
                 lines.append(f"| {SCENARIO_TITLES[scenario]} | {c} | pgbench (SQL limit) | "
                              f"{pg['tps']:.0f} | {pg['p50_ms']:.2f} | {pg['p99_ms']:.2f} | "
-                             f"{pg['p999_ms']:.2f} | {pg['failed']} |")
+                             f"{pg['p999_ms']:.2f} | {pg['failed']} | | {cpu(pg['pg_cpu_ms'])} |")
             for system in SYSTEMS:
                 r = results["http"].get(scenario, {}).get(system, {}).get(c)
                 if r:
                     note = f" ({r['note']})" if "note" in r else ""
                     lines.append(f"| {SCENARIO_TITLES[scenario]} | {c} | {system} | "
                                  f"{r['ok_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                                 f"{r['p999_ms']:.2f} | {r['errors']}{note} |")
+                                 f"{r['p999_ms']:.2f} | {r['errors']}{note} | "
+                                 f"{cpu(r['app_cpu_ms'])} | {cpu(r['pg_cpu_ms'])} |")
     lines += ["", "## SQL statements per command", "",
               "Counted in the Postgres log (`log_statement = all`) for one command; each is at "
               "least one round trip.", "",
@@ -675,7 +732,7 @@ def main():
     results = {"meta": meta}
     work = Path(tempfile.mkdtemp(prefix="cutover-bench.", dir="/tmp"))
     work.chmod(0o755)
-    cluster = Cluster(bin_dir, work / "pg" / "run")
+    cluster = Cluster(bin_dir, work / "pg")
     servers = {}
     try:
         port = free_port()
@@ -708,6 +765,7 @@ def main():
         if (work / "pg" / "postgres.log").exists():
             shutil.copy(work / "pg" / "postgres.log", logs / "postgres.log")
         shutil.rmtree(work, ignore_errors=True)
+    meta["load_average_at_end"] = os.getloadavg()[0]
     results["targets"] = targets(results)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results)
