@@ -695,8 +695,10 @@ def chart(results, connections, path):
                                    label=label if (row, col) == (0, 0) else None, color=color)
         axes[0][col].set_title(f"{c} connection{'s' if c > 1 else ''}")
         axes[1][col].set_yscale("log")
-        for axis in (axes[1][col].yaxis.set_major_formatter, axes[1][col].yaxis.set_minor_formatter):
-            axis(matplotlib.ticker.FormatStrFormatter("%g"))
+        p99_axis = axes[1][col].yaxis
+        p99_axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        p99_axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        p99_axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes[1][col].axhline(10, color="red", linestyle="--", linewidth=0.8)
         for row in range(2):
             axes[row][col].set_xticks(range(len(SCENARIOS)))
