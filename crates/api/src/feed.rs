@@ -19,7 +19,10 @@ const CHANNEL: &str = "cutover_events";
 /// Cheap to clone; handed to every stream.
 #[derive(Clone)]
 pub struct FeedSignals {
-    appended: watch::Receiver<u64>,
+    /// This server's commits.
+    local: watch::Receiver<u64>,
+    /// The other instances' commits, as notified.
+    remote: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -27,25 +30,24 @@ impl FeedSignals {
     /// Starts following `store`'s commits and listening on its database. The streams end
     /// when `shutdown` turns true.
     pub fn start(store: &EventStore, shutdown: watch::Receiver<bool>) -> Self {
-        let (tx, appended) = watch::channel(0_u64);
-        let tx = std::sync::Arc::new(tx);
-        tokio::spawn(listen(
-            store.pool().clone(),
-            std::sync::Arc::clone(&tx),
-            shutdown.clone(),
-        ));
-        tokio::spawn(pass_on(
+        let (tx, remote) = watch::channel(0_u64);
+        tokio::spawn(listen(store.pool().clone(), tx, shutdown.clone()));
+        tokio::spawn(notify_others(
             store.pool().clone(),
             store.appended(),
-            tx,
             shutdown.clone(),
         ));
-        Self { appended, shutdown }
+        Self {
+            local: store.appended(),
+            remote,
+            shutdown,
+        }
     }
 
-    /// A receiver that changes whenever events may have been appended.
-    pub fn appended(&self) -> watch::Receiver<u64> {
-        self.appended.clone()
+    /// Receivers that change whenever events may have been appended: by this server, and by
+    /// the other instances.
+    pub fn appended(&self) -> (watch::Receiver<u64>, watch::Receiver<u64>) {
+        (self.local.clone(), self.remote.clone())
     }
 
     /// A receiver that turns true when the server shuts down.
@@ -54,12 +56,16 @@ impl FeedSignals {
     }
 }
 
-/// Wakes the streams after each of this server's commits, and tells the other instances.
-/// Commits that happen while a notification is being sent are told in the next one.
-async fn pass_on(
+/// How often, at most, this server tells the other instances about its commits: commits in
+/// between are told together, so that a busy server sends tens of notifications a second, not
+/// one per commit.
+const NOTIFY_EVERY: Duration = Duration::from_millis(25);
+
+/// Tells the other instances about this server's commits (commits within [`NOTIFY_EVERY`] of
+/// each other in one notification).
+async fn notify_others(
     pool: PgPool,
     mut committed: watch::Receiver<u64>,
-    tx: std::sync::Arc<watch::Sender<u64>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -68,7 +74,6 @@ async fn pass_on(
             stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
         }
         committed.borrow_and_update();
-        tx.send_modify(|n| *n = n.wrapping_add(1));
         let told = sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(&pool)
@@ -76,14 +81,11 @@ async fn pass_on(
         if let Err(e) = told {
             tracing::debug!(error = %e, "event feed: cannot notify the other instances");
         }
+        tokio::time::sleep(NOTIFY_EVERY).await;
     }
 }
 
-async fn listen(
-    pool: PgPool,
-    tx: std::sync::Arc<watch::Sender<u64>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn listen(pool: PgPool, tx: watch::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
     let mut listener: Option<PgListener> = None;
     loop {
         if *shutdown.borrow() || tx.is_closed() {

@@ -336,10 +336,18 @@ impl EventStore {
                     kept_state: false,
                 },
                 None => {
-                    let tx = self
-                        .pool
-                        .begin_with(begin_locked(A::TYPE, request.aggregate_id))
-                        .await?;
+                    // In a task of its own: a `BEGIN` cancelled while it waits for the locks
+                    // (the client hung up) would leave sqlx believing the connection is not
+                    // in a transaction, and return it to the pool holding the locks.
+                    let pool = self.pool.clone();
+                    let statement = begin_locked(A::TYPE, request.aggregate_id);
+                    let tx = tokio::spawn(async move { pool.begin_with(statement).await })
+                        .await
+                        .map_err(|e| {
+                            sqlx::Error::Io(std::io::Error::other(format!(
+                                "beginning the command's transaction: {e}"
+                            )))
+                        })??;
                     Member {
                         store: self.clone(),
                         turn: Some(turn),

@@ -218,6 +218,91 @@ async fn atomic_commands_a_refused_command_in_a_shared_transaction_leaves_the_ot
     );
 }
 
+/// Clients of commands that share a transaction hang up mid-way (their requests are cancelled
+/// in the server): every command answered 200 is in the log at the version it was given, the
+/// stream has no gap, and the aggregate still takes commands.
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_when_clients_of_a_shared_transaction_hang_up() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Interviews").await;
+    let path = collection_path(project, &created);
+
+    let updates = (0..40).map(|i| {
+        let mut request = app.put(&path).json(&json!({"name": format!("name {i}")}));
+        if i % 2 == 1 {
+            request = request.timeout(Duration::from_millis(2 + i % 7));
+        }
+        async move {
+            match request.send().await {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    Some((body["version"].as_i64().unwrap(), format!("name {i}")))
+                }
+                Ok(response) => panic!("update {i}: {}", response.status()),
+                Err(e) => {
+                    assert!(e.is_timeout(), "update {i}: {e}");
+                    None
+                }
+            }
+        }
+    });
+    let acknowledged: Vec<(i64, String)> = futures_join_all(updates)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        acknowledged.len() >= 20,
+        "the patient half is always answered"
+    );
+
+    let last = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.put(&path).json(&json!({"name": "after"})).send(),
+    )
+    .await
+    .expect("the aggregate still takes commands")
+    .unwrap();
+    let last = json_with_status(last, StatusCode::OK).await;
+    let head = last["version"].as_i64().unwrap();
+    let names: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT sequence, coalesce(payload->'CollectionUpdated'->>'name', '') FROM events ORDER BY sequence",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        names
+            .iter()
+            .map(|(sequence, _)| *sequence)
+            .collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>(),
+        "no gap, no double"
+    );
+    for (version, name) in &acknowledged {
+        assert_eq!(
+            &names[usize::try_from(*version - 1).unwrap()].1,
+            name,
+            "the update answered with version {version} is in the log"
+        );
+    }
+    let legacy: String = sqlx::query_scalar("SELECT collection_name FROM collections")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(legacy, "after");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stuck, 0, "no connection was left inside a transaction");
+}
+
 /// Runs every future concurrently on the test's runtime and collects the outputs in order.
 async fn futures_join_all<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
 where

@@ -164,11 +164,13 @@ async fn live(
     let pool = state.store.pool().clone();
     let cursor = resolve(&pool, after).await?;
     let types = aggregate_types(query.aggregate_type.as_deref())?;
+    let (local, remote) = state.feed.appended();
     let tail = Tail {
         pool,
         cursor,
         types,
-        appended: state.feed.appended(),
+        local,
+        remote,
         shutdown: state.feed.shutdown(),
     };
     let events = stream::unfold(tail, Tail::next_batch)
@@ -182,7 +184,9 @@ struct Tail {
     pool: PgPool,
     cursor: LogCursor,
     types: Option<Vec<String>>,
-    appended: watch::Receiver<u64>,
+    /// This server's commits, and the other instances'.
+    local: watch::Receiver<u64>,
+    remote: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -195,7 +199,8 @@ impl Tail {
             }
             // Mark the current wake-up as seen before reading, so a commit during the read
             // wakes the next wait.
-            self.appended.borrow_and_update();
+            self.local.borrow_and_update();
+            self.remote.borrow_and_update();
             let wait =
                 match log::read_safe(&self.pool, self.cursor, STREAM_BATCH, self.types.as_deref())
                     .await
@@ -224,7 +229,12 @@ impl Tail {
                 };
             let recheck = tokio::time::sleep(wait);
             tokio::select! {
-                changed = self.appended.changed() => {
+                changed = self.local.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                changed = self.remote.changed() => {
                     if changed.is_err() {
                         return None;
                     }
