@@ -168,6 +168,11 @@ class Cluster:
     def checkpoint(self):
         self.sql("postgres", "CHECKPOINT")
 
+    def vacuum(self):
+        """VACUUM ANALYZE every database, so that autovacuum does not start in a measured run."""
+        run([self.bin / "vacuumdb", "-h", self.socket, "-U", "postgres", "--all", "--analyze",
+             "--quiet"])
+
     def cpu_seconds(self):
         """CPU seconds used so far by the postmaster and its children, running or ended."""
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
@@ -388,6 +393,7 @@ def load(servers, cluster, profile):
                 extra = ["h", 1, HOT_PLAYERS]
                 capacity = profile.hot_batches * HOT_PLAYERS
             probe(server.base, scenario, SCENARIOS.index(scenario))
+            cluster.vacuum()
             first = 0
             if profile.warmup:
                 warm = wrk(server, cluster, scenario, first, 16, profile.warmup, extra)
