@@ -8,9 +8,9 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use cutover_core::domain::batch::InvalidBatchInput;
 use cutover_core::domain::collection::InvalidCollectionInput;
-use cutover_core::domain::competency::{Competency, InvalidCompetencyInput, SubskillKey};
+use cutover_core::domain::competency::InvalidCompetencyInput;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The four command routes the benchmark drives, on Cutover's paths.
 pub struct CommandRoutes<S> {
@@ -28,38 +28,6 @@ impl<S: Clone + Send + Sync + 'static> CommandRoutes<S> {
             .route("/batches/{batch_id}/completions", self.record_completion)
             .route("/students/{student_id}/attempts", self.record_attempt)
     }
-}
-
-/// An attempt's documents in the legacy store's shape (as Cutover's `legacy_competencies`
-/// projection writes them): the attempt, and the competency it led to.
-pub fn legacy_documents(
-    key: &SubskillKey,
-    attempt: (f64, &str, &str),
-    competency: &Competency,
-    timestamp: &str,
-) -> (Value, Value) {
-    let (score, analysis, feedback) = attempt;
-    let attempt = json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "score": score,
-        "analysis": analysis,
-        "feedback": feedback,
-        "timestamp": timestamp,
-    });
-    let competency = json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "current_score": competency.current_score,
-        "credibility": competency.credibility,
-        "total_attempts": competency.total_attempts,
-        "last_updated": timestamp,
-    });
-    (attempt, competency)
 }
 
 /// `POST /projects/{project_id}/collections`

@@ -34,9 +34,10 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use cutover_projections::legacy_competencies::legacy_documents;
+
 use crate::shared::{
-    legacy_documents, AttemptBody, CollectionBody, CommandRoutes, CompletionBody, PeerError,
-    StartBody,
+    AttemptBody, CollectionBody, CommandRoutes, CompletionBody, PeerError, StartBody,
 };
 
 type Answer = Result<(StatusCode, Json<Value>), PeerError>;

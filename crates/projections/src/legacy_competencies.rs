@@ -3,7 +3,7 @@
 //! `legacy_competencies`, each `(id, student_id, doc jsonb)`.
 
 use chrono::SecondsFormat;
-use cutover_core::domain::competency::{CompetencyEvent, StudentSubskill};
+use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
 use cutover_core::projection::ProjectionError;
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
@@ -65,26 +65,12 @@ impl EventProjector for LegacyCompetencies {
                 feedback,
                 competency,
             } => {
-                let attempt = json!({
-                    "student_id": key.student_id,
-                    "subject": key.subject,
-                    "skill_id": key.skill_id,
-                    "subskill_id": key.subskill_id,
-                    "score": score,
-                    "analysis": analysis,
-                    "feedback": feedback,
-                    "timestamp": timestamp,
-                });
-                let competency_doc = json!({
-                    "student_id": key.student_id,
-                    "subject": key.subject,
-                    "skill_id": key.skill_id,
-                    "subskill_id": key.subskill_id,
-                    "current_score": competency.current_score,
-                    "credibility": competency.credibility,
-                    "total_attempts": competency.total_attempts,
-                    "last_updated": timestamp,
-                });
+                let (attempt, competency_doc) = legacy_documents(
+                    &key,
+                    (score, analysis.as_str(), feedback.as_str()),
+                    &competency,
+                    &timestamp,
+                );
                 sqlx::query(RECORD_ATTEMPT)
                     .bind(attempt_id.to_string())
                     .bind(key.student_id)
@@ -172,4 +158,36 @@ pub async fn student_competencies<'e>(
         .bind(offset)
         .fetch_all(executor)
         .await
+}
+
+/// An attempt's documents in the legacy store's shape: the attempt, and the competency it led
+/// to, as of `timestamp` (the hand-written dual-write peer of the benchmark writes the same).
+pub fn legacy_documents(
+    key: &SubskillKey,
+    attempt: (f64, &str, &str),
+    competency: &Competency,
+    timestamp: &str,
+) -> (Value, Value) {
+    let (score, analysis, feedback) = attempt;
+    let attempt = json!({
+        "student_id": key.student_id,
+        "subject": key.subject,
+        "skill_id": key.skill_id,
+        "subskill_id": key.subskill_id,
+        "score": score,
+        "analysis": analysis,
+        "feedback": feedback,
+        "timestamp": timestamp,
+    });
+    let competency = json!({
+        "student_id": key.student_id,
+        "subject": key.subject,
+        "skill_id": key.skill_id,
+        "subskill_id": key.subskill_id,
+        "current_score": competency.current_score,
+        "credibility": competency.credibility,
+        "total_attempts": competency.total_attempts,
+        "last_updated": timestamp,
+    });
+    (attempt, competency)
 }
