@@ -169,9 +169,16 @@ class Cluster:
         self.sql("postgres", "CHECKPOINT")
 
     def vacuum(self):
-        """VACUUM ANALYZE every database, so that autovacuum does not start in a measured run."""
+        """VACUUM ANALYZE every database and wait (up to 60 s) until no autovacuum worker runs,
+        so that background work on another database does not land in a measured run."""
         run([self.bin / "vacuumdb", "-h", self.socket, "-U", "postgres", "--all", "--analyze",
              "--quiet"])
+        for _ in range(120):
+            busy = self.sql("postgres", "SELECT count(*) FROM pg_stat_activity "
+                                        "WHERE backend_type = 'autovacuum worker'")
+            if busy == "0":
+                return
+            time.sleep(0.5)
 
     def cpu_seconds(self):
         """CPU seconds used so far by the postmaster and its children, running or ended."""
@@ -393,11 +400,14 @@ def load(servers, cluster, profile):
                 extra = ["h", 1, HOT_PLAYERS]
                 capacity = profile.hot_batches * HOT_PLAYERS
             probe(server.base, scenario, SCENARIOS.index(scenario))
-            cluster.vacuum()
             first = 0
             if profile.warmup:
                 warm = wrk(server, cluster, scenario, first, 16, profile.warmup, extra)
                 first += warm["requests"] + 64
+            # After the warm-up, so that the statistics (and the plans made from them) are of
+            # tables of a representative size: statistics of a near-empty table make generic
+            # plans that scan the whole table for the rest of the run.
+            cluster.vacuum()
             for connections in profile.connections:
                 cluster.checkpoint()
                 result = wrk(server, cluster, scenario, first, connections, profile.seconds,

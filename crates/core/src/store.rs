@@ -725,8 +725,11 @@ impl Member {
         let has_waiters = turn.lane.waiting.load(Ordering::SeqCst) > 0;
         if has_waiters && group.members < MAX_GROUP {
             let mut outcome = group.outcome.subscribe();
+            let watched = Arc::downgrade(&group.outcome);
+            let (lane, key) = (Arc::clone(&turn.lane), turn.key.clone());
             turn.open = Some(group);
             store.lanes.leave(turn);
+            tokio::spawn(store.clone().adopt_if_orphaned(lane, key, watched));
             let outcome = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
             return match outcome {
                 Ok(Some(Ok(()))) => Ok(()),
@@ -782,7 +785,41 @@ fn group_failed(why: &str) -> sqlx::Error {
     )))
 }
 
+/// How often a group handed to a waiting command is checked for having been left behind.
+const ORPHAN_CHECK: Duration = Duration::from_millis(100);
+
 impl EventStore {
+    /// Commits the group handed on to the lane's next command if that command never took it
+    /// (it was cancelled while it waited): otherwise the group's transaction, with its locks,
+    /// would stay open until the aggregate's next command.
+    async fn adopt_if_orphaned(
+        self,
+        lane: Arc<Lane>,
+        key: (&'static str, String),
+        watched: std::sync::Weak<watch::Sender<Option<Result<(), String>>>>,
+    ) {
+        tokio::time::sleep(ORPHAN_CHECK).await;
+        match watched.upgrade() {
+            Some(outcome) if outcome.borrow().is_none() => {}
+            // Ended, one way or the other.
+            _ => return,
+        }
+        // Commands queued before this one take the lane first; if the group still waits in
+        // the lane after them, nobody is coming for it, and committing it now is safe (every
+        // command in it has finished its part).
+        let mut open = Arc::clone(&lane.open).lock_owned().await;
+        match open.open.take() {
+            Some(group) if std::ptr::eq(Arc::as_ptr(&group.outcome), watched.as_ptr()) => {
+                if let Err(e) = self.commit_group(&key, group).await {
+                    tracing::warn!(error = %e, "a group left behind failed to commit");
+                }
+            }
+            // Taken by the next command, which finishes it (or hands it on again, and that
+            // hand-over is watched in turn).
+            other => open.open = other,
+        }
+    }
+
     /// Commits a group and tells its commands.
     async fn commit_group(
         &self,
