@@ -182,7 +182,7 @@ impl Metrics {
         self.rebuild_total.clear();
         self.rebuild_rate.clear();
         for projection in registry::projections(pool).await? {
-            let status = registry::status(pool, store.projectors(), &projection.name).await?;
+            let status = registry::progress(pool, store.projectors(), &projection.name).await?;
             let labels = ProjectionLabels {
                 projection: projection.name,
             };

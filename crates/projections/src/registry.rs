@@ -169,10 +169,32 @@ pub async fn status(
     projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
     name: &str,
 ) -> Result<Status, AdminError> {
+    status_of(pool, projectors, name, true).await
+}
+
+/// The status of projection `name` without its row counts (`rows` is empty): how far it is
+/// and its latest job, without a scan of its tables.
+///
+/// # Errors
+/// `UnknownProjection`, or a database error.
+pub async fn progress(
+    pool: &PgPool,
+    projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
+    name: &str,
+) -> Result<Status, AdminError> {
+    status_of(pool, projectors, name, false).await
+}
+
+async fn status_of(
+    pool: &PgPool,
+    projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
+    name: &str,
+    count_rows: bool,
+) -> Result<Status, AdminError> {
     let mut conn = pool.acquire().await?;
     let projection = projection(&mut conn, name).await?;
     let mut rows = BTreeMap::new();
-    if projection.inline_active {
+    if projection.inline_active && count_rows {
         for table in &projection.tables {
             let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM public.{table}"))
                 .fetch_one(&mut *conn)
