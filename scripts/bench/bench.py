@@ -268,7 +268,7 @@ def probe(base, scenario, tag):
     refuses the bodies the wrk script sends."""
     if scenario == "create":
         path, body = f"/projects/00000000-0000-4000-8000-{tag:012d}/collections", \
-            {"name": "probe", "description": "probe"}
+            {"collection_name": "probe", "description": "probe"}
     elif scenario in ("distinct", "hot"):
         post_ok(base, "/batches", {"batch_id": f"probe-{tag}",
                                    "expected_players": ["p00000", "p00001", "p00002"]})

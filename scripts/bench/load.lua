@@ -43,7 +43,7 @@ request = function()
   local n = first + counter * nthreads + id
   counter = counter + 1
   if scenario == "create" then
-    local body = string.format('{"name":"bench %d","description":"made by wrk"}', n)
+    local body = string.format('{"collection_name":"bench %d","description":"made by wrk"}', n)
     local project = string.format("00000000-0000-4000-8000-%012d", n % 50)
     return wrk.format("POST", "/projects/" .. project .. "/collections", json, body)
   elseif scenario == "distinct" then

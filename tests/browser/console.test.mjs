@@ -131,7 +131,7 @@ test("new events arrive live from the feed", async () => {
   const response = await fetch(`${base}/projects/${project}/collections`, {
     method: "POST",
     headers: { Authorization: `Bearer ${writeToken}`, "Content-Type": "application/json" },
-    body: JSON.stringify({ name: "Seen live" }),
+    body: JSON.stringify({ collection_name: "Seen live" }),
   });
   assert.equal(response.status, 201);
   const created = await response.json();

@@ -279,6 +279,12 @@ where
             CommandError::KeyReused => Self::invalid("Idempotency-Key", e.to_string()),
             CommandError::Database(db) => db.into(),
             CommandError::Projection(ProjectionError::Database { source, .. }) => source.into(),
+            CommandError::Projection(ProjectionError::LegacyIdTaken { detail, .. }) => {
+                Self::Conflict(format!(
+                    "{detail}; the legacy shape cannot hold both while it is live (retire it to \
+                     lift this limit: the new shape keys on all four parts)"
+                ))
+            }
             CommandError::Serialize(_) => Self::invalid("body", e.to_string()),
             other => Self::Internal(other.into()),
         }

@@ -129,7 +129,7 @@ async fn create_collection(
     Path(project_id): Path<Uuid>,
     Json(body): Json<CollectionBody>,
 ) -> Answer {
-    let name = CollectionName::parse(&body.name)?;
+    let name = CollectionName::parse(&body.collection_name)?;
     let description = Description::parse(&body.description)?;
     let collection_id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
@@ -297,7 +297,7 @@ async fn record_attempt(
         .await?;
     let total = i32::try_from(attempts).unwrap_or(i32::MAX);
     sqlx::query(UPSERT_LEGACY_COMPETENCY)
-        .bind(key.competency_id())
+        .bind(key.legacy_id())
         .bind(key.student_id)
         .bind(&competency_doc)
         .bind(i64::from(total))

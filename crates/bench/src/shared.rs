@@ -34,7 +34,7 @@ impl<S: Clone + Send + Sync + 'static> CommandRoutes<S> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionBody {
-    pub name: String,
+    pub collection_name: String,
     #[serde(default)]
     pub description: String,
 }

@@ -220,7 +220,7 @@ async fn create_collection(
 ) -> Answer {
     let command = CollectionCommand::CreateCollection {
         project_id,
-        name: CollectionName::parse(&body.name)?,
+        name: CollectionName::parse(&body.collection_name)?,
         description: Description::parse(&body.description)?,
     };
     let id = Uuid::now_v7();
@@ -264,7 +264,7 @@ async fn record_attempt(
 ) -> Answer {
     let key = SubskillKey::parse(student_id, &body.subject, &body.skill_id, &body.subskill_id)?;
     let attempt = Attempt::parse(Uuid::now_v7(), body.score, &body.analysis, &body.feedback)?;
-    let id = key.competency_id();
+    let id = key.aggregate_id();
     let command = CompetencyCommand::RecordAttempt { key, attempt };
     execute(&state.competencies, &id, command).await?;
     Ok((StatusCode::CREATED, Json(json!({ "competency_id": id }))))
@@ -320,7 +320,7 @@ impl View<Collection> for LegacyCollectionView {
                 self.collection_id.clone_from(&event.aggregate_id);
                 self.project_id = Some(*project_id);
                 self.collection_name.clone_from(name);
-                self.description.clone_from(description);
+                self.description = description.clone().unwrap_or_default();
                 self.is_active = *is_active;
                 self.created_at = Some(*created_at);
             }
@@ -381,7 +381,7 @@ impl View<Collection> for ProjectCollectionView {
             } => {
                 self.project_id = Some(*project_id);
                 self.collection_id.clone_from(&event.aggregate_id);
-                self.research_context.clone_from(description);
+                self.research_context = description.clone().unwrap_or_default();
                 self.deleted = !*is_active;
                 self.created_at = Some(*created_at);
             }

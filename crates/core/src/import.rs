@@ -21,14 +21,15 @@ pub struct Imported {
     pub refused: Vec<(Uuid, String)>,
 }
 
+/// A staging row; every column but the id may be NULL, as in the old table.
 type Row = (
     Uuid,
-    Uuid,
-    String,
-    String,
-    bool,
-    DateTime<Utc>,
-    DateTime<Utc>,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
 );
 
 /// Importing stopped; rows imported before stay imported, and a re-run continues.
@@ -51,6 +52,7 @@ pub enum ImportError {
 pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportError> {
     let mut outcome = Imported::default();
     let mut after = Uuid::nil();
+    let imported_at = Utc::now();
     loop {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT collection_id, project_id, collection_name, description, is_active,
@@ -68,23 +70,14 @@ pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportEr
             return Ok(outcome);
         };
         after = last.0;
-        for (id, project_id, name, description, is_active, created_at, updated_at) in rows {
-            let parsed = CollectionName::parse(&name)
-                .and_then(|name| Ok((name, Description::parse(&description)?)));
-            let (name, description) = match parsed {
-                Ok(valid) => valid,
-                Err(e) => {
-                    outcome.refused.push((id, e.to_string()));
+        for row in rows {
+            let id = row.0;
+            let command = match command(row, imported_at) {
+                Ok(command) => command,
+                Err(reason) => {
+                    outcome.refused.push((id, reason));
                     continue;
                 }
-            };
-            let command = CollectionCommand::ImportCollection {
-                project_id,
-                name,
-                description,
-                is_active,
-                created_at,
-                updated_at,
             };
             let metadata = json!({ "command": command.name() });
             let committed = store
@@ -98,4 +91,29 @@ pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportEr
             }
         }
     }
+}
+
+/// The command that adopts a staging row, or why the row is refused. NULLs map as the old
+/// system read them: no description stays no description (`null` in the event and the legacy
+/// row, empty in the new shape), no `is_active` flag is an active collection, and a missing
+/// timestamp is the other one, or the import's time when both are missing.
+fn command(row: Row, imported_at: DateTime<Utc>) -> Result<CollectionCommand, String> {
+    let (_, project_id, name, description, is_active, created_at, updated_at) = row;
+    let project_id = project_id.ok_or("project_id is NULL")?;
+    let name =
+        CollectionName::parse(name.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+    let description = description
+        .as_deref()
+        .map(Description::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let created_at = created_at.or(updated_at).unwrap_or(imported_at);
+    Ok(CollectionCommand::ImportCollection {
+        project_id,
+        name,
+        description,
+        is_active: is_active.unwrap_or(true),
+        created_at,
+        updated_at: updated_at.unwrap_or(created_at),
+    })
 }

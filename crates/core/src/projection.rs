@@ -16,6 +16,13 @@ pub enum ProjectionError {
         #[source]
         source: sqlx::Error,
     },
+    /// The legacy shape's document id of a subskill is already another subskill's (the old
+    /// store's id format maps both to it); `detail` names both.
+    #[error("projector {projector} refused to merge two subskills: {detail}")]
+    LegacyIdTaken {
+        projector: &'static str,
+        detail: String,
+    },
     #[error("projector {projector}: event at position {position} has a malformed aggregate id")]
     BadAggregateId {
         projector: &'static str,

@@ -181,7 +181,7 @@ fn competency_history(rng: &mut Rng, student_base: i64, n: u64) -> anyhow::Resul
             });
         }
     }
-    rows::<StudentSubskill>(&key.competency_id(), events)
+    rows::<StudentSubskill>(&key.aggregate_id(), events)
 }
 
 /// Appends about `target` events (whole histories, so a little more) and returns how many.

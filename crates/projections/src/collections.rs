@@ -116,7 +116,8 @@ pub struct LegacyCollection {
     pub collection_id: Uuid,
     pub project_id: Uuid,
     pub collection_name: String,
-    pub description: String,
+    /// NULL only for a collection imported from an old row whose description was NULL.
+    pub description: Option<String>,
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

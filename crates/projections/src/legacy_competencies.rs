@@ -13,22 +13,39 @@ use crate::{EventProjector, Statement};
 
 const NAME: &str = "legacy_competencies";
 
-/// The attempt document, and the competency document it leads to.
+/// The attempt document, and the competency document it leads to. The competency's id is the
+/// old store's, which two subskills can share (`a_b` + `c`, `a` + `b_c`): when the row of that
+/// id belongs to another subskill, the update calls `cutover_legacy_id_taken`, which fails the
+/// statement with SQLSTATE `CUT01` naming both (the migration `legacy_contracts` defines it).
 const RECORD_ATTEMPT: &str = "\
 WITH attempt AS (
     INSERT INTO legacy_attempts (id, student_id, doc) VALUES ($1, $2, $3)
     ON CONFLICT (id) DO NOTHING
 )
-INSERT INTO legacy_competencies (id, student_id, doc, last_sequence) VALUES ($4, $2, $5, $6)
-ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, last_sequence = EXCLUDED.last_sequence
- WHERE legacy_competencies.last_sequence < EXCLUDED.last_sequence";
+INSERT INTO legacy_competencies AS live (id, student_id, doc, last_sequence)
+VALUES ($4, $2, $5, $6)
+ON CONFLICT (id) DO UPDATE
+   SET doc = CASE WHEN (live.doc ->> 'subject', live.doc ->> 'skill_id', live.doc ->> 'subskill_id')
+                     = (EXCLUDED.doc ->> 'subject', EXCLUDED.doc ->> 'skill_id',
+                        EXCLUDED.doc ->> 'subskill_id')
+                  THEN EXCLUDED.doc
+                  ELSE public.cutover_legacy_id_taken(live.id, live.doc, EXCLUDED.doc) END,
+       last_sequence = EXCLUDED.last_sequence
+ WHERE live.last_sequence < EXCLUDED.last_sequence
+    OR (live.doc ->> 'subject', live.doc ->> 'skill_id', live.doc ->> 'subskill_id')
+       IS DISTINCT FROM (EXCLUDED.doc ->> 'subject', EXCLUDED.doc ->> 'skill_id',
+                         EXCLUDED.doc ->> 'subskill_id')";
 
 const RECORD_REVIEW: &str = "\
 INSERT INTO legacy_reviews (id, student_id, doc) VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING";
 
+/// A competency document by its id, if it is the one of subskill `$2`, `$3`, `$4` (another
+/// subskill may map to the same id).
 const SELECT_COMPETENCY: &str = "\
-SELECT id, student_id, doc, last_sequence FROM legacy_competencies WHERE id = $1";
+SELECT id, student_id, doc, last_sequence FROM legacy_competencies
+ WHERE id = $1 AND doc ->> 'subject' = $2 AND doc ->> 'skill_id' = $3
+   AND doc ->> 'subskill_id' = $4";
 
 const SELECT_STUDENT_COMPETENCIES: &str = "\
 SELECT id, student_id, doc, last_sequence FROM legacy_competencies
@@ -75,7 +92,7 @@ impl EventProjector for LegacyCompetencies {
                     .bind(attempt_id.to_string())
                     .bind(key.student_id)
                     .bind(attempt)
-                    .bind(key.competency_id())
+                    .bind(key.legacy_id())
                     .bind(competency_doc)
                     .bind(event.sequence)
             }
@@ -117,12 +134,11 @@ pub struct LegacyDocument {
     pub last_sequence: i64,
 }
 
-/// Which legacy collection a document is read from.
+/// Which legacy collection a document is read from by its id.
 #[derive(Debug, Clone, Copy)]
 pub enum Collection {
     Attempts,
     Reviews,
-    Competencies,
 }
 
 /// The document `id` of `collection`.
@@ -137,9 +153,25 @@ pub async fn find<'e>(
     let sql = match collection {
         Collection::Attempts => SELECT_ATTEMPT,
         Collection::Reviews => SELECT_REVIEW,
-        Collection::Competencies => SELECT_COMPETENCY,
     };
     sqlx::query_as(sql).bind(id).fetch_optional(executor).await
+}
+
+/// The competency document of subskill `key`, found by its old-store id.
+///
+/// # Errors
+/// A database error.
+pub async fn competency<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    key: &SubskillKey,
+) -> Result<Option<LegacyDocument>, sqlx::Error> {
+    sqlx::query_as(SELECT_COMPETENCY)
+        .bind(key.legacy_id())
+        .bind(&key.subject)
+        .bind(&key.skill_id)
+        .bind(&key.subskill_id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// A page of a student's competency documents, by id.

@@ -118,9 +118,21 @@ fn decode<E: serde::de::DeserializeOwned>(
     })
 }
 
+/// SQLSTATE of `cutover_legacy_id_taken`: a legacy document id already belongs to another
+/// subskill.
+const LEGACY_ID_TAKEN: &str = "CUT01";
+
 /// Wraps a database error of `projector`.
 fn db(projector: &'static str) -> impl Fn(sqlx::Error) -> ProjectionError {
-    move |source| ProjectionError::Database { projector, source }
+    move |source| match &source {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some(LEGACY_ID_TAKEN) => {
+            ProjectionError::LegacyIdTaken {
+                projector,
+                detail: e.message().to_owned(),
+            }
+        }
+        _ => ProjectionError::Database { projector, source },
+    }
 }
 
 /// A read-model row of one collection, with the queries that read it.

@@ -105,7 +105,8 @@ impl EventProjector for ProjectCollections {
             } => sqlx::query(IMPORT)
                 .bind(project_id)
                 .bind(id)
-                .bind(description)
+                // No description in the old row: the new shape has an empty research context.
+                .bind(description.unwrap_or_default())
                 .bind(created_at)
                 .bind(updated_at)
                 .bind(event.sequence)

@@ -80,7 +80,8 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                FROM pairs CROSS JOIN LATERAL (VALUES
                    ('row', to_jsonb((l).collection_id IS NOT NULL), to_jsonb((n).collection_id IS NOT NULL)),
                    ('project_id', to_jsonb((l).project_id), to_jsonb((n).project_id)),
-                   ('description/research_context', to_jsonb((l).description), to_jsonb((n).research_context)),
+                   -- an imported NULL description is an empty research context
+                   ('description/research_context', to_jsonb(coalesce((l).description, '')), to_jsonb((n).research_context)),
                    ('created_at', to_jsonb((l).created_at), to_jsonb((n).created_at)),
                    ('updated_at', to_jsonb((l).updated_at), to_jsonb((n).updated_at))
                ) AS f(field, legacy, new)

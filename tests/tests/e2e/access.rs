@@ -31,7 +31,7 @@ async fn each_scope_is_allowed_where_it_should_be_and_refused_elsewhere() {
         }
     };
     let write = |token: Option<&str>| {
-        let request = app.post(&list).json(&json!({"name": "x"}));
+        let request = app.post(&list).json(&json!({"collection_name": "x"}));
         match token {
             Some(t) => request.bearer_auth(t),
             None => request,
@@ -90,7 +90,7 @@ async fn the_read_only_role_reads_read_models_and_nothing_else() {
     let project = Uuid::new_v4();
     json_with_status(
         app.post(&format!("/projects/{project}/collections"))
-            .json(&json!({"name": "visible"}))
+            .json(&json!({"collection_name": "visible"}))
             .send()
             .await
             .unwrap(),

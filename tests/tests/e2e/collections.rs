@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub async fn create(app: &TestApp, project: Uuid, name: &str) -> Value {
     let response = app
         .post(&format!("/projects/{project}/collections"))
-        .json(&json!({"name": name, "description": "what we learned"}))
+        .json(&json!({"collection_name": name, "description": "what we learned"}))
         .send()
         .await
         .unwrap();
@@ -29,7 +29,7 @@ async fn creating_a_collection_answers_201_with_the_legacy_row_read_back() {
 
     let response = app
         .post(&format!("/projects/{project}/collections"))
-        .json(&json!({"name": "  Interviews  ", "description": "round one"}))
+        .json(&json!({"collection_name": "  Interviews  ", "description": "round one"}))
         .send()
         .await
         .unwrap();
@@ -56,7 +56,7 @@ async fn updating_renames_the_collection_and_bumps_the_version() {
 
     let response = app
         .put(&collection_path(project, &created))
-        .json(&json!({"name": "Field notes", "description": "round two"}))
+        .json(&json!({"collection_name": "Field notes", "description": "round two"}))
         .send()
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn a_deleted_collection_refuses_update_links_and_a_second_delete_with_410(
 
     let update = app
         .put(&path)
-        .json(&json!({"name": "x"}))
+        .json(&json!({"collection_name": "x"}))
         .send()
         .await
         .unwrap();
@@ -220,7 +220,7 @@ async fn a_collection_is_not_found_through_another_project() {
     let get = app.get(&elsewhere).send().await.unwrap();
     let update = app
         .put(&elsewhere)
-        .json(&json!({"name": "x"}))
+        .json(&json!({"collection_name": "x"}))
         .send()
         .await
         .unwrap();
@@ -276,14 +276,14 @@ async fn bad_input_malformed_requests_are_400_and_append_nothing() {
     refused(&app, syntax, StatusCode::BAD_REQUEST).await;
     let bad_project = app
         .post("/projects/not-a-uuid/collections")
-        .json(&json!({"name": "x"}));
+        .json(&json!({"collection_name": "x"}));
     refused(&app, bad_project, StatusCode::BAD_REQUEST).await;
     let bad_id = app.get(&format!("/projects/{project}/collections/42"));
     refused(&app, bad_id, StatusCode::BAD_REQUEST).await;
     let bad_if_match = app
         .put(&path)
         .header("if-match", "soon")
-        .json(&json!({"name": "x"}));
+        .json(&json!({"collection_name": "x"}));
     refused(&app, bad_if_match, StatusCode::BAD_REQUEST).await;
     refused(
         &app,
@@ -322,26 +322,34 @@ async fn bad_input_broken_rules_are_422_naming_the_field_and_append_nothing() {
     let list = format!("/projects/{project}/collections");
 
     let cases = [
-        (app.post(&list).json(&json!({"name": "   "})), Some("name")),
         (
-            app.post(&list).json(&json!({"name": "x".repeat(201)})),
-            Some("name"),
+            app.post(&list).json(&json!({"collection_name": "   "})),
+            Some("collection_name"),
         ),
         (
             app.post(&list)
-                .json(&json!({"name": "x", "description": "d".repeat(10_001)})),
+                .json(&json!({"collection_name": "x".repeat(201)})),
+            Some("collection_name"),
+        ),
+        (
+            app.post(&list)
+                .json(&json!({"collection_name": "x", "description": "d".repeat(10_001)})),
             Some("description"),
         ),
         (
             app.post(&list).json(&json!({"description": "no name"})),
             None,
         ),
-        (app.post(&list).json(&json!({"name": 7})), None),
+        (app.post(&list).json(&json!({"collection_name": 7})), None),
         (
-            app.post(&list).json(&json!({"name": "x", "colour": "red"})),
+            app.post(&list)
+                .json(&json!({"collection_name": "x", "colour": "red"})),
             None,
         ),
-        (app.put(&path).json(&json!({"name": ""})), Some("name")),
+        (
+            app.put(&path).json(&json!({"collection_name": ""})),
+            Some("collection_name"),
+        ),
         (
             app.put(&format!("{path}/links"))
                 .json(&json!({"tags": (0..51).map(|i| format!("t{i}")).collect::<Vec<_>>()})),
@@ -370,7 +378,7 @@ async fn bad_input_broken_rules_are_422_naming_the_field_and_append_nothing() {
 async fn bad_input_a_three_megabyte_body_is_413_and_appends_nothing() {
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
-    let huge = json!({"name": "x", "description": "d".repeat(3 * 1024 * 1024)});
+    let huge = json!({"collection_name": "x", "description": "d".repeat(3 * 1024 * 1024)});
 
     let request = app
         .post(&format!("/projects/{project}/collections"))

@@ -318,7 +318,7 @@ async fn bad_input_a_nul_character_anywhere_is_422_and_appends_nothing() {
             &json!({"subject": "\u{0}", "skill_id": "f", "subskill_id": "a", "score": 2}),
         ),
         app.post(&format!("/projects/{project}/collections"))
-            .json(&json!({"name": "a\u{0}b"})),
+            .json(&json!({"collection_name": "a\u{0}b"})),
         app.post("/students/7/reviews").json(&json!({
             "subject": "m", "skill_id": "f", "subskill_id": "a", "problem_id": "p", "score": 1,
             "full_review": {"observation": {"t": "\u{0}"}, "analysis": {}, "evaluation": {"score": 1}, "feedback": {}}

@@ -74,7 +74,7 @@ async fn client_loop(
         let sent = if turn.is_multiple_of(2) {
             client
                 .post(format!("{base}/projects/{project}/collections"))
-                .json(&json!({"name": format!("fault {turn}")}))
+                .json(&json!({"collection_name": format!("fault {turn}")}))
                 .send()
                 .await
         } else {

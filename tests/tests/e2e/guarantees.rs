@@ -1,4 +1,4 @@
-//! DESIGN.md's guarantees, each proven by a test that could fail.
+//! The guarantees of docs/design.md, each proven by a test that could fail.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -30,7 +30,7 @@ async fn atomic_commands_a_failing_read_model_leaves_no_event_and_no_legacy_row(
 
     let response = app
         .post(&format!("/projects/{project}/collections"))
-        .json(&json!({"name": "Interviews"}))
+        .json(&json!({"collection_name": "Interviews"}))
         .send()
         .await
         .unwrap();
@@ -53,7 +53,7 @@ async fn atomic_commands_a_failed_update_changes_neither_the_log_nor_the_legacy_
 
     let response = app
         .put(&collection_path(project, &created))
-        .json(&json!({"name": "Renamed"}))
+        .json(&json!({"collection_name": "Renamed"}))
         .send()
         .await
         .unwrap();
@@ -75,7 +75,7 @@ async fn write_then_read_every_command_answer_equals_a_fresh_get() {
     let path = collection_path(project, &created);
     let updated = json_with_status(
         app.put(&path)
-            .json(&json!({"name": "Renamed", "description": "new"}))
+            .json(&json!({"collection_name": "Renamed", "description": "new"}))
             .send()
             .await
             .unwrap(),
@@ -116,7 +116,9 @@ async fn optimistic_concurrency_twenty_parallel_updates_all_land_with_versions_2
     let path = collection_path(project, &created);
 
     let updates = (0..20).map(|i| {
-        let request = app.put(&path).json(&json!({"name": format!("name {i}")}));
+        let request = app
+            .put(&path)
+            .json(&json!({"collection_name": format!("name {i}")}));
         async move { request.send().await.unwrap() }
     });
     let responses = futures_join_all(updates).await;
@@ -165,7 +167,7 @@ async fn atomic_commands_a_refused_command_in_a_shared_transaction_leaves_the_ot
         };
         let request = app
             .put(&path)
-            .json(&json!({"name": format!("name {i}"), "description": description}));
+            .json(&json!({"collection_name": format!("name {i}"), "description": description}));
         async move { request.send().await.unwrap().status() }
     });
     let statuses = futures_join_all(updates).await;
@@ -229,7 +231,9 @@ async fn nothing_acknowledged_is_lost_when_clients_of_a_shared_transaction_hang_
     let path = collection_path(project, &created);
 
     let updates = (0..40).map(|i| {
-        let mut request = app.put(&path).json(&json!({"name": format!("name {i}")}));
+        let mut request = app
+            .put(&path)
+            .json(&json!({"collection_name": format!("name {i}")}));
         if i % 2 == 1 {
             request = request.timeout(Duration::from_millis(2 + i % 7));
         }
@@ -259,7 +263,9 @@ async fn nothing_acknowledged_is_lost_when_clients_of_a_shared_transaction_hang_
 
     let last = tokio::time::timeout(
         Duration::from_secs(10),
-        app.put(&path).json(&json!({"name": "after"})).send(),
+        app.put(&path)
+            .json(&json!({"collection_name": "after"}))
+            .send(),
     )
     .await
     .expect("the aggregate still takes commands")
@@ -326,7 +332,7 @@ async fn optimistic_concurrency_if_match_on_a_stale_version_is_412_and_appends_n
     json_with_status(
         app.put(&path)
             .header("if-match", "\"1\"")
-            .json(&json!({"name": "second"}))
+            .json(&json!({"collection_name": "second"}))
             .send()
             .await
             .unwrap(),
@@ -337,7 +343,7 @@ async fn optimistic_concurrency_if_match_on_a_stale_version_is_412_and_appends_n
     let stale = app
         .put(&path)
         .header("if-match", "\"1\"")
-        .json(&json!({"name": "third"}))
+        .json(&json!({"collection_name": "third"}))
         .send()
         .await
         .unwrap();
@@ -379,7 +385,7 @@ async fn update_racing_a_rival(app: &TestApp) -> reqwest::Response {
     let rival = foreign_append(app, &id, 2).await;
     let request = app
         .put(&collection_path(project, &created))
-        .json(&json!({"name": "mine"}))
+        .json(&json!({"collection_name": "mine"}))
         .send();
     let pending = tokio::spawn(request);
     tokio::time::sleep(Duration::from_millis(300)).await;

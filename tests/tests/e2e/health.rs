@@ -27,7 +27,7 @@ async fn commands_answer_503_with_retry_after_when_the_database_is_gone() {
 
     let response = app
         .post(&format!("/projects/{}/collections", uuid::Uuid::new_v4()))
-        .json(&serde_json::json!({"name": "x"}))
+        .json(&serde_json::json!({"collection_name": "x"}))
         .send()
         .await
         .unwrap();

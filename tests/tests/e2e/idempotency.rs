@@ -9,7 +9,7 @@ use uuid::Uuid;
 fn create(app: &TestApp, project: Uuid, key: &str, name: &str) -> reqwest::RequestBuilder {
     app.post(&format!("/projects/{project}/collections"))
         .header("idempotency-key", key)
-        .json(&json!({"name": name}))
+        .json(&json!({"collection_name": name}))
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn bad_input_a_malformed_key_is_400() {
         let response = app
             .post(&format!("/projects/{project}/collections"))
             .header("idempotency-key", key)
-            .json(&json!({"name": "x"}))
+            .json(&json!({"collection_name": "x"}))
             .send()
             .await
             .unwrap();
@@ -180,7 +180,7 @@ async fn a_refused_command_does_not_use_up_its_key() {
     let refused = app
         .put(&missing)
         .header("idempotency-key", "k1")
-        .json(&json!({"name": "x"}))
+        .json(&json!({"collection_name": "x"}))
         .send()
         .await
         .unwrap();

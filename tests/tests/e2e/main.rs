@@ -13,6 +13,7 @@ mod feed;
 mod guarantees;
 mod health;
 mod idempotency;
+mod legacy_contracts;
 mod migration;
 mod observability;
 mod replay;

@@ -154,7 +154,7 @@ async fn write_until(app: &TestApp, stop: Arc<AtomicBool>) -> Acknowledged {
         move |i| {
             (
                 format!("/projects/{project}/collections"),
-                json!({"name": format!("c{i}")}),
+                json!({"collection_name": format!("c{i}")}),
             )
         },
         |_, body| {
@@ -527,7 +527,7 @@ async fn import_legacy_twice_appends_once() {
     );
     json_with_status(
         app.put(&format!("/projects/{project}/collections/{active}"))
-            .json(&json!({"name": "Adopted"}))
+            .json(&json!({"collection_name": "Adopted"}))
             .send()
             .await
             .unwrap(),

@@ -12,13 +12,13 @@ async fn metrics_count_requests_by_route_and_status_and_the_command_path() {
     let create = |key: &'static str| {
         app.post(&path)
             .header("idempotency-key", key)
-            .json(&json!({"name": "Interviews"}))
+            .json(&json!({"collection_name": "Interviews"}))
     };
     json_with_status(create("k1").send().await.unwrap(), StatusCode::CREATED).await;
     json_with_status(create("k1").send().await.unwrap(), StatusCode::CREATED).await;
     let refused = app
         .post(&path)
-        .json(&json!({"name": ""}))
+        .json(&json!({"collection_name": ""}))
         .send()
         .await
         .unwrap();

@@ -214,7 +214,7 @@ async fn run(store: &EventStore, collections: &[Uuid], op: Op) {
             };
             refused_or_done(outcome(
                 store
-                    .execute::<StudentSubskill>(&key.competency_id(), command, &(), None, &meta)
+                    .execute::<StudentSubskill>(&key.aggregate_id(), command, &(), None, &meta)
                     .await,
             ));
         }

@@ -41,17 +41,19 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// Body of create and update.
+/// Body of create and update, in the old collections API's shape.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CollectionBody {
-    /// 1–200 characters once trimmed
+    /// 1–200 characters once trimmed. `name` is accepted as an alias (one or the other, not
+    /// both).
+    #[serde(alias = "name")]
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
-    name: String,
-    /// up to 10,000 characters
+    collection_name: String,
+    /// up to 10,000 characters; absent or `null` is an empty description
     #[serde(default)]
     #[schema(max_length = 10000)]
-    description: String,
+    description: Option<String>,
 }
 
 /// Body of `PUT …/links`: the complete new set of research links.
@@ -114,8 +116,8 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let command = CollectionCommand::CreateCollection {
         project_id,
-        name: CollectionName::parse(&body.name)?,
-        description: Description::parse(&body.description)?,
+        name: CollectionName::parse(&body.collection_name)?,
+        description: Description::parse(body.description.as_deref().unwrap_or_default())?,
     };
     let collection_id = Uuid::now_v7();
     let location = format!("/projects/{project_id}/collections/{collection_id}");
@@ -160,8 +162,8 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let command = CollectionCommand::UpdateCollection {
         project_id,
-        name: CollectionName::parse(&body.name)?,
-        description: Description::parse(&body.description)?,
+        name: CollectionName::parse(&body.collection_name)?,
+        description: Description::parse(body.description.as_deref().unwrap_or_default())?,
     };
     let idempotency = key.for_body(&body);
     change(

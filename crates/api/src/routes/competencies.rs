@@ -139,9 +139,7 @@ async fn record_attempt(
                     ReadSource::Legacy => {
                         let id = attempt_id.to_string();
                         let attempt = legacy::find(&mut *conn, Collection::Attempts, &id).await?;
-                        let id = subskill.competency_id();
-                        let competency =
-                            legacy::find(&mut *conn, Collection::Competencies, &id).await?;
+                        let competency = legacy::competency(&mut *conn, &subskill).await?;
                         (json!(attempt), json!(competency))
                     }
                     ReadSource::New => (
@@ -233,7 +231,7 @@ async fn fetch(
     let pool = state.store.pool();
     let source = read_source::current(pool, Domain::Competencies).await?;
     let (version, row) = match source {
-        ReadSource::Legacy => legacy::find(pool, Collection::Competencies, &key.competency_id())
+        ReadSource::Legacy => legacy::competency(pool, &key)
             .await?
             .map(|doc| (doc.last_sequence, json!(doc))),
         ReadSource::New => typed::competency(pool, &key)
@@ -347,7 +345,7 @@ async fn execute(
         CompetencyCommand::RecordReview { .. } => "RecordReview",
     };
     let metadata = json!({ "command": name });
-    let aggregate_id = key.competency_id();
+    let aggregate_id = key.aggregate_id();
     let request = Request::<StudentSubskill> {
         aggregate_id: &aggregate_id,
         command,

@@ -25,9 +25,9 @@ pub const MAX_LINKED_IDS: usize = 200;
 /// A value that broke one of the collection's input rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidCollectionInput {
-    #[error("name must not be empty")]
+    #[error("collection_name must not be empty")]
     EmptyName,
-    #[error("name has {0} characters; at most {MAX_NAME_CHARS} are allowed")]
+    #[error("collection_name has {0} characters; at most {MAX_NAME_CHARS} are allowed")]
     NameTooLong(usize),
     #[error("description has {0} characters; at most {MAX_DESCRIPTION_CHARS} are allowed")]
     DescriptionTooLong(usize),
@@ -45,7 +45,7 @@ impl InvalidCollectionInput {
     /// The request field the broken rule is about.
     pub fn field(&self) -> &'static str {
         match self {
-            Self::EmptyName | Self::NameTooLong(_) => "name",
+            Self::EmptyName | Self::NameTooLong(_) => "collection_name",
             Self::DescriptionTooLong(_) => "description",
             Self::TooManyTags(_) | Self::EmptyTag(_) | Self::TagTooLong { .. } => "tags",
             Self::TooManyLinks { field, .. } => field,
@@ -181,7 +181,8 @@ pub enum CollectionCommand {
     ImportCollection {
         project_id: Uuid,
         name: CollectionName,
-        description: Description,
+        /// `None` where the old row's description was NULL.
+        description: Option<Description>,
         is_active: bool,
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
@@ -221,10 +222,12 @@ pub enum CollectionEvent {
     },
     CollectionDeleted {},
     /// The genesis of a collection adopted from the old system, with its old timestamps.
+    /// `description` is `null` where the old row's was NULL (payloads written before it could
+    /// be null hold a string, which still reads).
     CollectionImported {
         project_id: Uuid,
         name: String,
-        description: String,
+        description: Option<String>,
         is_active: bool,
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
@@ -353,7 +356,7 @@ impl Aggregate for Collection {
                 CollectionEvent::CollectionImported {
                     project_id,
                     name: name.0,
-                    description: description.0,
+                    description: description.map(|d| d.0),
                     is_active,
                     created_at,
                     updated_at,
@@ -526,7 +529,7 @@ mod tests {
         CollectionCommand::ImportCollection {
             project_id: PROJECT,
             name: name("Old"),
-            description: Description::default(),
+            description: None,
             is_active,
             created_at: DateTime::UNIX_EPOCH,
             updated_at: DateTime::UNIX_EPOCH,
@@ -541,11 +544,24 @@ mod tests {
             .then_expect_events(vec![CollectionEvent::CollectionImported {
                 project_id: PROJECT,
                 name: "Old".into(),
-                description: String::new(),
+                description: None,
                 is_active: false,
                 created_at: DateTime::UNIX_EPOCH,
                 updated_at: DateTime::UNIX_EPOCH,
             }]);
+    }
+
+    #[test]
+    fn an_import_payload_written_before_descriptions_could_be_null_still_reads() {
+        let stored = serde_json::json!({"CollectionImported": {
+            "project_id": PROJECT, "name": "Old", "description": "kept",
+            "is_active": true, "created_at": "1970-01-01T00:00:00Z",
+            "updated_at": "1970-01-01T00:00:00Z"}});
+        let event: CollectionEvent = serde_json::from_value(stored).expect("an old payload");
+        assert!(matches!(
+            event,
+            CollectionEvent::CollectionImported { description: Some(d), .. } if d == "kept"
+        ));
     }
 
     #[test]
@@ -562,7 +578,7 @@ mod tests {
             .given(vec![CollectionEvent::CollectionImported {
                 project_id: PROJECT,
                 name: "Old".into(),
-                description: String::new(),
+                description: None,
                 is_active: false,
                 created_at: DateTime::UNIX_EPOCH,
                 updated_at: DateTime::UNIX_EPOCH,

@@ -1,6 +1,6 @@
 //! Competencies: one student's progress on one subskill (student, subject, skill, subskill).
 //!
-//! Each attempt updates the competency, derived exactly as DESIGN.md defines it:
+//! Each attempt updates the competency, derived as docs/design.md defines it:
 //! `credibility = min(1, sqrt(n / 15))` over `n` attempts and
 //! `current_score = credibility × mean(attempt scores) + (1 − credibility) × 5.0`.
 //! The derived values are part of the `AttemptRecorded` event, so every read model (and every
@@ -75,17 +75,26 @@ impl SubskillKey {
         })
     }
 
-    /// The competency's id, in the old document store's form
-    /// `{student_id}_{subject}_{skill_id}_{subskill_id}`, with `%` and `_` inside a part
-    /// written `%25` and `%5F` so that two subskills never share an id. It is also the
-    /// aggregate id.
-    pub fn competency_id(&self) -> String {
+    /// The aggregate id: `{student_id}_{subject}_{skill_id}_{subskill_id}` with `%` and `_`
+    /// inside a part written `%25` and `%5F`, so that two subskills never share a stream.
+    pub fn aggregate_id(&self) -> String {
         format!(
             "{}_{}_{}_{}",
             self.student_id,
             escape(&self.subject),
             escape(&self.skill_id),
             escape(&self.subskill_id)
+        )
+    }
+
+    /// The competency document's id in the legacy shape, exactly as the old document store
+    /// wrote it: `{student_id}_{subject}_{skill_id}_{subskill_id}`, nothing escaped. Two
+    /// subskills can map to one such id (`a_b` + `c` and `a` + `b_c`); the legacy projector
+    /// refuses the second rather than merge them.
+    pub fn legacy_id(&self) -> String {
+        format!(
+            "{}_{}_{}_{}",
+            self.student_id, self.subject, self.skill_id, self.subskill_id
         )
     }
 }
@@ -300,8 +309,8 @@ impl StudentSubskill {
     fn check_key(&self, key: &SubskillKey) -> Result<(), CompetencyError> {
         match &self.key {
             Some(recorded) if recorded != key => Err(CompetencyError::KeyMismatch {
-                given: key.competency_id(),
-                recorded: recorded.competency_id(),
+                given: key.aggregate_id(),
+                recorded: recorded.aggregate_id(),
             }),
             _ => Ok(()),
         }
@@ -457,8 +466,8 @@ mod tests {
                 attempt: Attempt::parse(Uuid::from_u128(2), 5.0, "", "").unwrap(),
             })
             .then_expect_error(CompetencyError::KeyMismatch {
-                given: other.competency_id(),
-                recorded: key().competency_id(),
+                given: other.aggregate_id(),
+                recorded: key().aggregate_id(),
             });
     }
 
@@ -492,11 +501,24 @@ mod tests {
     }
 
     #[test]
-    fn competency_ids_of_different_subskills_never_collide() {
+    fn streams_of_different_subskills_never_collide() {
         let a = SubskillKey::parse(1, "math_a", "b", "c").unwrap();
         let b = SubskillKey::parse(1, "math", "a_b", "c").unwrap();
 
-        assert_ne!(a.competency_id(), b.competency_id());
-        assert_eq!(key().competency_id(), "7_math_fractions_adding");
+        assert_ne!(a.aggregate_id(), b.aggregate_id());
+        assert_eq!(key().aggregate_id(), "7_math_fractions_adding");
+    }
+
+    #[test]
+    fn the_legacy_id_is_the_old_stores_unescaped() {
+        let key = SubskillKey::parse(12345, "Mathematics", "addition", "single_digit").unwrap();
+        let other = SubskillKey::parse(12345, "Mathematics", "addition_single", "digit").unwrap();
+
+        assert_eq!(key.legacy_id(), "12345_Mathematics_addition_single_digit");
+        assert_eq!(key.legacy_id(), other.legacy_id());
+        assert_eq!(
+            key.aggregate_id(),
+            "12345_Mathematics_addition_single%5Fdigit"
+        );
     }
 }
