@@ -6,7 +6,7 @@
 //! other's rows.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::OnceLock;
 
@@ -281,7 +281,8 @@ impl TestApp {
     }
 
     /// The value of one sample of `/metrics`, named with its labels as the exposition writes
-    /// them (`cutover_events_appended_total`, `name{label="value"}`); 0 when absent.
+    /// them (`cutover_events_appended_total`, `name{label="value"}`); panics when absent, so a
+    /// metric that disappears fails the test that reads it.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self
             .get("/metrics")
@@ -293,7 +294,8 @@ impl TestApp {
             .expect("reading /metrics");
         text.lines()
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .map_or(0.0, |value| value.trim().parse().expect("a metric's value"))
+            .map(|value| value.trim().parse().expect("a metric's value"))
+            .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
     }
 
     /// Switches a domain's read source directly in the database.
@@ -397,4 +399,31 @@ pub async fn json_with_status(
         );
     }
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
+}
+
+/// `promtool check metrics` (Prometheus's linter, through `scripts/promtool`, which fetches it
+/// on first use) run on `exposition`.
+pub fn promtool_check_metrics(exposition: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/promtool");
+    // Fetched first, so that what the check prints is promtool's verdict alone.
+    let fetched = std::process::Command::new(&script)
+        .arg("--version")
+        .output()
+        .expect("running scripts/promtool");
+    assert!(fetched.status.success(), "scripts/promtool: {fetched:?}");
+    let mut child = std::process::Command::new(script)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running scripts/promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("writing to promtool");
+    child.wait_with_output().expect("promtool's output")
 }

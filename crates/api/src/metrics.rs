@@ -30,18 +30,32 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// Label values come from closed sets, so no client can add series: the method is one the
+/// router knows or `other`, the route is a matched route template or `unmatched`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
+    method: &'static str,
     route: String,
 }
+
+/// The method label: the methods the routes answer, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("other")
+}
+
+/// The route label of a request that matched no route (whatever its path).
+const UNMATCHED: &str = "unmatched";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProjectionLabels {
@@ -216,14 +230,14 @@ impl Metrics {
     }
 
     fn record(&self, method: &Method, route: &str, status: u16, took: Duration) {
-        let method = method.as_str().to_owned();
+        let method = method_label(method);
         let route = route.to_owned();
-        if is_command(&method, &route) {
+        if is_command(method, &route) {
             self.commands.inc();
         }
         self.durations
             .get_or_create(&RouteLabels {
-                method: method.clone(),
+                method,
                 route: route.clone(),
             })
             .observe(took.as_secs_f64());
@@ -247,7 +261,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
+        .map_or(UNMATCHED, MatchedPath::as_str)
         .to_owned();
     let method = request.method().clone();
     let started = Instant::now();
@@ -267,32 +281,80 @@ pub fn router() -> Router<AppState> {
         .route("/admin/activity", get(activity))
 }
 
-/// The OpenMetrics text exposition.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics in the OpenMetrics text format, or in the Prometheus text format (0.0.4) when
+/// the client asks for `text/plain` and not for OpenMetrics.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
-    description = "Prometheus metrics (OpenMetrics text format); needs a read token when \
-                   tokens are configured.",
+    description = "Prometheus metrics: the OpenMetrics text format, or the Prometheus text \
+                   format 0.0.4 when `Accept` asks for `text/plain` (and not for \
+                   `application/openmetrics-text`). Needs a read token when tokens are \
+                   configured.",
     responses(
-        (status = 200, description = "the metrics",
-         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 200, description = "the metrics", content(
+            (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            (String = "text/plain; version=0.0.4; charset=utf-8"),
+        )),
         crate::openapi::Errors
     )
 )]
-async fn scrape(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn scrape(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     state.metrics.refresh(&state.store).await?;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the metrics: {e}")))?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let (content_type, body) = if wants_prometheus_text(accept) {
+        (PROMETHEUS_TEXT, prometheus_text(&text))
+    } else {
+        (OPENMETRICS, text)
+    };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        text,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
     )
         .into_response())
+}
+
+/// Whether an `Accept` header asks for the Prometheus text format rather than OpenMetrics.
+fn wants_prometheus_text(accept: &str) -> bool {
+    let accept = accept.to_ascii_lowercase();
+    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition: a counter family is named
+/// after its `_total` samples, and the `# UNIT` and `# EOF` lines go.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// One point of the console's chart.
@@ -381,4 +443,32 @@ async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>,
         .cloned()
         .collect();
     Ok(axum::Json(Activity { log_head, samples }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_family_takes_the_name_of_its_total_samples_in_the_prometheus_format() {
+        let openmetrics = "# HELP cutover_x Things.\n# TYPE cutover_x counter\n\
+                           cutover_x_total 3\n# HELP cutover_g A gauge.\n# TYPE cutover_g gauge\n\
+                           # UNIT cutover_g seconds\ncutover_g 1\n# EOF\n";
+
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP cutover_x_total Things.\n# TYPE cutover_x_total counter\n\
+             cutover_x_total 3\n# HELP cutover_g A gauge.\n# TYPE cutover_g gauge\ncutover_g 1\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_is_the_default_and_wins_when_both_are_acceptable() {
+        assert!(!wants_prometheus_text(""));
+        assert!(!wants_prometheus_text("*/*"));
+        assert!(wants_prometheus_text("text/plain;version=0.0.4"));
+        assert!(!wants_prometheus_text(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        ));
+    }
 }

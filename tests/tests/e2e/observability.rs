@@ -64,11 +64,114 @@ async fn metrics_count_requests_by_route_and_status_and_the_command_path() {
         0.0,
         "an inline projection is never behind"
     );
-    assert!(app.metric("cutover_db_pool_max_connections").await >= 1.0);
+    let max = app.metric("cutover_db_pool_max_connections").await;
+    let in_use = app
+        .metric(r#"cutover_db_pool_connections{state="in_use"}"#)
+        .await;
+    let idle = app
+        .metric(r#"cutover_db_pool_connections{state="idle"}"#)
+        .await;
     assert!(
-        app.metric(r#"cutover_db_pool_connections{state="in_use"}"#)
+        max >= 1.0 && in_use + idle >= 1.0 && in_use + idle <= max,
+        "{in_use} + {idle} of {max}"
+    );
+}
+
+/// The series of a scrape: every sample line.
+async fn series(app: &TestApp, token: &str) -> Vec<String> {
+    let text = app
+        .get("/metrics")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| Some(line.rsplit_once(' ')?.0.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn clients_without_a_token_cannot_add_metric_series_with_odd_methods_and_paths() {
+    let app = TestApp::spawn_with(AppOptions {
+        tokens: Some("read:r-token"),
+        ..AppOptions::default()
+    })
+    .await;
+    let odd = |i: usize| {
+        let method = reqwest::Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        let known = format!("/projects/{}/collections", Uuid::new_v4());
+        [
+            app.client.request(method.clone(), app.url(&known)),
+            app.client
+                .request(method, app.url(&format!("/nowhere/{i}"))),
+            app.get(&format!("/nowhere/{i}/{}", Uuid::new_v4())),
+            app.post(&known)
+                .json(&json!({"collection_name": "no token"})),
+        ]
+    };
+    for request in odd(0) {
+        request.send().await.unwrap();
+    }
+    // (The first scrape adds the series of its own route.)
+    series(&app, "r-token").await;
+    let before = series(&app, "r-token").await;
+
+    for i in 1..=60 {
+        for request in odd(i) {
+            request.send().await.unwrap();
+        }
+    }
+
+    let after = series(&app, "r-token").await;
+    assert_eq!(before.len(), after.len(), "{after:#?}");
+    assert!(
+        after.iter().any(|s| s.contains(r#"method="other""#))
+            && after.iter().any(|s| s.contains(r#"route="unmatched""#)),
+        "unknown methods and paths fall into their fixed buckets: {after:#?}"
+    );
+    assert_eq!(app.db.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn metrics_answer_the_prometheus_text_format_when_asked_and_promtool_accepts_it() {
+    let app = TestApp::spawn().await;
+    json_with_status(
+        app.post(&format!("/projects/{}/collections", Uuid::new_v4()))
+            .json(&json!({"collection_name": "Interviews"}))
+            .send()
             .await
-            >= 0.0
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let response = app
+        .get("/metrics")
+        .header("accept", "text/plain;version=0.0.4")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("# HELP cutover_http_requests_total "),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    let checked = cutover_tests::promtool_check_metrics(&text);
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
     );
 }
 
