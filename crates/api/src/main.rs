@@ -30,9 +30,8 @@ async fn main() -> anyhow::Result<()> {
     let database = Database::open(&config.database)
         .await
         .context("preparing the database")?;
-    if let Some(local) = &database.local {
-        tracing::info!(url = %local.url(cutover_core::database::LOCAL_DATABASE), "using the private Postgres cluster");
-    }
+    // (Where the private cluster is, and the psql command that opens it, is logged by
+    // LocalPostgres::ensure_running.)
     let store = EventStore::new(
         database.pool.clone(),
         cutover_projections::inline_projectors(),

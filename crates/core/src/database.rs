@@ -10,7 +10,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::local_postgres::{LocalPostgres, LocalPostgresError};
+use crate::local_postgres::{ClusterLocation, LocalPostgres, LocalPostgresError};
 
 /// The schema: every table, embedded from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -41,6 +41,19 @@ pub struct DatabaseArgs {
     /// Longest a single SQL statement may run, in seconds (Postgres `statement_timeout`).
     #[arg(long, env = "CUTOVER_DB_STATEMENT_TIMEOUT_SECS", default_value_t = 30)]
     pub statement_timeout_secs: u64,
+}
+
+/// The URL of the database that `args` designate, without connecting or starting anything:
+/// `DATABASE_URL`, or the socket URL of the private cluster's `cutover` database (in its
+/// fallback folder when the `postgres` user cannot reach `--data-dir`).
+///
+/// # Errors
+/// The private cluster's folder cannot be resolved.
+pub fn database_url(args: &DatabaseArgs) -> Result<String, DatabaseError> {
+    match &args.database_url {
+        Some(url) => Ok(url.clone()),
+        None => Ok(ClusterLocation::resolve(&args.data_dir)?.url(LOCAL_DATABASE)),
+    }
 }
 
 /// The database could not be reached or prepared.

@@ -6,13 +6,26 @@
 //! as root: when this process is root, the cluster's files belong to the `postgres` system user
 //! and its programs run as that user through `runuser`.
 //!
+//! When that user cannot reach the requested folder (a checkout under `/root`, mode 700), the
+//! cluster lives in a folder of [`FALLBACK_PARENT`] instead, named after the requested folder's
+//! canonical path ([`ClusterLocation::resolve`]): every process that asks for the same folder
+//! (the server, the CLI, a second run) finds the same cluster, with nothing to configure.
+//!
 //! Several processes may share one folder (the test suite runs many): a file lock serialises
 //! initialisation and start, and a cluster found running is reused, not restarted.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use sha2::{Digest as _, Sha256};
+
+/// Where the cluster goes when this process is root and the `postgres` user cannot reach the
+/// requested folder: `/var/lib/cutover/<folder name>-<hash of its canonical path>`.
+pub const FALLBACK_PARENT: &str = "/var/lib/cutover";
 
 /// The cluster could not be set up or started; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +45,17 @@ pub enum LocalPostgresError {
          folder elsewhere (CUTOVER_DATA_DIR) or make it searchable (chmod o+x)"
     )]
     Unreachable(PathBuf, PathBuf),
+    #[error(
+        "the postgres user cannot reach {requested} ({blocked} is not searchable by other users), \
+         nor the fallback folder {fallback} ({fallback_blocked} is not searchable by other \
+         users); choose a data folder elsewhere (CUTOVER_DATA_DIR)"
+    )]
+    FallbackUnreachable {
+        requested: PathBuf,
+        blocked: PathBuf,
+        fallback: PathBuf,
+        fallback_blocked: PathBuf,
+    },
     #[error("socket path {0} is longer than Unix sockets allow; use a shorter CUTOVER_DATA_DIR")]
     SocketPathTooLong(PathBuf),
     #[error("{action} failed: {detail}")]
@@ -49,9 +73,62 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPostgre
     move |source| LocalPostgresError::Io { context, source }
 }
 
+/// Where a private cluster lives: the folder asked for, or the fallback folder when the
+/// `postgres` user cannot reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLocation {
+    /// The requested folder, canonical.
+    pub requested: PathBuf,
+    /// The folder the cluster is in: `requested`, or its fallback.
+    pub root: PathBuf,
+    /// Set when `root` is the fallback: the folder above `requested` that the `postgres` user
+    /// cannot search.
+    pub blocked_by: Option<PathBuf>,
+}
+
+impl ClusterLocation {
+    /// Resolves where the cluster asked for in `requested` lives, without starting anything:
+    /// the canonical `requested` folder (created if missing), unless this process is root and
+    /// the `postgres` user cannot reach it; then `FALLBACK_PARENT/<name>-<hash>`, derived from
+    /// the canonical path alone.
+    ///
+    /// # Errors
+    /// The folder cannot be created or resolved, or (as root) there is no `postgres` user.
+    pub fn resolve(requested: &Path) -> Result<Self, LocalPostgresError> {
+        let requested = canonical(requested)?;
+        let blocked_by = match cluster_owner()? {
+            Some(user) => first_unsearchable(&requested, &user)?,
+            None => None,
+        };
+        let root = match &blocked_by {
+            Some(_) => fallback_root(Path::new(FALLBACK_PARENT), &requested),
+            None => requested.clone(),
+        };
+        Ok(Self {
+            requested,
+            root,
+            blocked_by,
+        })
+    }
+
+    /// The folder of the cluster's Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// A connection URL for database `dbname` as the superuser `postgres`, over the socket.
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{dbname}?host={}",
+            self.socket_dir().display()
+        )
+    }
+}
+
 /// A running private cluster.
 #[derive(Debug)]
 pub struct LocalPostgres {
+    location: ClusterLocation,
     root: PathBuf,
     data: PathBuf,
     socket_dir: PathBuf,
@@ -64,34 +141,54 @@ pub struct LocalPostgres {
 const MAX_SOCKET_PATH: usize = 107;
 
 impl LocalPostgres {
-    /// Ensures a cluster in `root` exists and runs; initialises it on first use.
+    /// Ensures a cluster in `requested` (or, as root, in its fallback folder when the `postgres`
+    /// user cannot reach it: see [`ClusterLocation::resolve`]) exists and runs; initialises it
+    /// on first use. Logs where the cluster is and the `psql` command that opens it.
     ///
     /// Blocking: call it from `spawn_blocking` in async code.
     ///
     /// # Errors
     /// No binaries, no `postgres` user when root, or `initdb`/`pg_ctl` failing (the message
     /// carries their output and the log file's path).
-    pub fn ensure_running(root: &Path) -> Result<Self, LocalPostgresError> {
-        fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
-        let root = root
-            .canonicalize()
-            .map_err(io(format!("resolving {}", root.display())))?;
+    pub fn ensure_running(requested: &Path) -> Result<Self, LocalPostgresError> {
         let bin_dir = find_bin_dir()?;
-        let run_as = if nix::unistd::geteuid().is_root() {
-            Some(
-                nix::unistd::User::from_name("postgres")
-                    .ok()
-                    .flatten()
-                    .ok_or(LocalPostgresError::NoPostgresUser)?,
-            )
-        } else {
-            None
-        };
+        let run_as = cluster_owner()?;
+        let location = ClusterLocation::resolve(requested)?;
+        let root = location.root.clone();
+        if let Some(blocked) = &location.blocked_by {
+            let unused = location.requested.join("data").join("PG_VERSION").exists();
+            tracing::warn!(
+                requested = %location.requested.display(),
+                cluster = %root.display(),
+                "the postgres user cannot reach {} ({} is not searchable by other users): the \
+                 private cluster is in {} instead{}",
+                location.requested.display(),
+                blocked.display(),
+                root.display(),
+                if unused {
+                    " (the cluster already in the requested folder is not used)"
+                } else {
+                    ""
+                }
+            );
+            make_fallback_folder(&root)?;
+        }
         if let Some(user) = &run_as {
-            check_reachable(&root, user)?;
+            if let Err(unsearchable) = check_reachable(&root, user) {
+                return Err(match location.blocked_by {
+                    Some(blocked) => LocalPostgresError::FallbackUnreachable {
+                        requested: location.requested,
+                        blocked,
+                        fallback: root,
+                        fallback_blocked: unsearchable,
+                    },
+                    None => LocalPostgresError::Unreachable(root, unsearchable),
+                });
+            }
         }
         let lock = lock_file(&root)?;
         let cluster = Self {
+            location,
             root: root.clone(),
             data: root.join("data"),
             socket_dir: root.join("run"),
@@ -106,18 +203,27 @@ impl LocalPostgres {
         cluster.prepare_folder(&root)?;
         let started = cluster.start_if_stopped()?;
         drop(lock);
+        tracing::info!(
+            cluster = %root.display(),
+            "private Postgres cluster in {} ({}); open it with: psql \"{}\"",
+            root.display(),
+            if started { "started" } else { "already running" },
+            cluster.url(crate::database::LOCAL_DATABASE)
+        );
         Ok(Self {
             started_here: started,
             ..cluster
         })
     }
 
+    /// Where the cluster is, and where it was asked for.
+    pub fn location(&self) -> &ClusterLocation {
+        &self.location
+    }
+
     /// A connection URL for database `dbname` as the superuser `postgres`, over the socket.
     pub fn url(&self, dbname: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{dbname}?host={}",
-            self.socket_dir.display()
-        )
+        self.location.url(dbname)
     }
 
     /// Whether this call started the server (rather than finding it running).
@@ -161,6 +267,10 @@ impl LocalPostgres {
     fn prepare_folder(&self, root: &Path) -> Result<(), LocalPostgresError> {
         fs::create_dir_all(&self.socket_dir)
             .map_err(io(format!("creating {}", self.socket_dir.display())))?;
+        // The cluster trusts every connection on its socket: only its owner (and root) may
+        // reach the socket.
+        fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("restricting {}", self.socket_dir.display())))?;
         if let Some(user) = &self.run_as {
             for path in [root, self.socket_dir.as_path()] {
                 std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
@@ -276,8 +386,21 @@ impl LocalPostgres {
     }
 }
 
-/// Fails unless every folder above `root` lets `user` through.
-fn check_reachable(root: &Path, user: &nix::unistd::User) -> Result<(), LocalPostgresError> {
+/// Fails with the first folder above `root` that does not let `user` through.
+fn check_reachable(root: &Path, user: &nix::unistd::User) -> Result<(), PathBuf> {
+    match first_unsearchable(root, user) {
+        Ok(None) => Ok(()),
+        Ok(Some(blocked)) => Err(blocked),
+        // A folder above that cannot even be read is not reachable either.
+        Err(_) => Err(root.to_owned()),
+    }
+}
+
+/// The first folder above `root` that `user` cannot search, if any.
+fn first_unsearchable(
+    root: &Path,
+    user: &nix::unistd::User,
+) -> Result<Option<PathBuf>, LocalPostgresError> {
     use std::os::unix::fs::MetadataExt as _;
     for ancestor in root.ancestors().skip(1) {
         let meta = fs::metadata(ancestor).map_err(io(format!("reading {}", ancestor.display())))?;
@@ -285,13 +408,85 @@ fn check_reachable(root: &Path, user: &nix::unistd::User) -> Result<(), LocalPos
             || (meta.uid() == user.uid.as_raw() && meta.mode() & 0o100 != 0)
             || (meta.gid() == user.gid.as_raw() && meta.mode() & 0o010 != 0);
         if !searchable {
-            return Err(LocalPostgresError::Unreachable(
-                root.to_owned(),
-                ancestor.to_owned(),
-            ));
+            return Ok(Some(ancestor.to_owned()));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The `postgres` user when this process is root (the cluster runs as that user), else none.
+fn cluster_owner() -> Result<Option<nix::unistd::User>, LocalPostgresError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .map(Some)
+        .ok_or(LocalPostgresError::NoPostgresUser)
+}
+
+/// `path` made canonical, creating it first if it does not exist.
+fn canonical(path: &Path) -> Result<PathBuf, LocalPostgresError> {
+    fs::create_dir_all(path).map_err(io(format!("creating {}", path.display())))?;
+    path.canonicalize()
+        .map_err(io(format!("resolving {}", path.display())))
+}
+
+/// The fallback folder for the canonical `requested` folder: in `parent`, named after the
+/// requested folder's name (letters, digits, `.`, `_` and `-` only, at most 32 of them) and the
+/// first 12 hex digits of the SHA-256 of its path, so that different checkouts never share a
+/// cluster and the socket path stays short.
+/// (`printf %s "$path" | sha256sum | cut -c1-12` gives the same digits.)
+fn fallback_root(parent: &Path, requested: &Path) -> PathBuf {
+    let name: String = requested
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    let name = name.trim_start_matches('.');
+    let name = if name.is_empty() { "cluster" } else { name };
+    parent.join(format!("{name}-{}", short_hash(requested)))
+}
+
+/// The first 12 hex digits of the SHA-256 of `path`'s bytes.
+fn short_hash(path: &Path) -> String {
+    Sha256::digest(path.as_os_str().as_bytes())
+        .iter()
+        .take(6)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Creates `FALLBACK_PARENT` (mode 755, so that the `postgres` user can pass) and the
+/// fallback folder `root` in it, which only its owner may enter (`prepare_folder` gives it to
+/// the `postgres` user).
+fn make_fallback_folder(root: &Path) -> Result<(), LocalPostgresError> {
+    if let Some(parent) = root.parent() {
+        if !parent.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
+        }
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(io(format!("creating {}", root.display())))?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("restricting {}", root.display())))
 }
 
 fn lock_file(root: &Path) -> Result<File, LocalPostgresError> {
@@ -328,4 +523,38 @@ fn find_bin_dir() -> Result<PathBuf, LocalPostgresError> {
     std::env::split_paths(&path)
         .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
         .ok_or(LocalPostgresError::NoBinaries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_folder_is_named_after_the_requested_path() {
+        let parent = Path::new("/var/lib/cutover");
+        let checkout = Path::new("/root/cutover/.cutover/postgres");
+        let a = fallback_root(parent, checkout);
+        // `printf %s /root/cutover/.cutover/postgres | sha256sum | cut -c1-12`
+        assert_eq!(a, parent.join("postgres-95dbf657066a"));
+        assert_eq!(
+            a,
+            fallback_root(parent, checkout),
+            "always the same cluster"
+        );
+        assert_ne!(
+            a,
+            fallback_root(parent, Path::new("/root/other/.cutover/postgres")),
+            "two checkouts never share a cluster"
+        );
+        let odd = fallback_root(parent, Path::new("/root/x/.my data\u{e9}"));
+        let name = odd.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(name.starts_with("my_data_-"), "{name}");
+        let long = fallback_root(parent, &Path::new("/root").join("x".repeat(200)));
+        let socket = long.join("run").join(".s.PGSQL.5432");
+        assert!(
+            socket.as_os_str().len() <= MAX_SOCKET_PATH,
+            "{}",
+            socket.display()
+        );
+    }
 }

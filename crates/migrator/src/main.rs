@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::auth::{Scope, Tokens};
-use cutover_core::database::{Database, DatabaseArgs};
+use cutover_core::database::{self, Database, DatabaseArgs};
 use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
@@ -57,6 +57,10 @@ struct Cli {
 enum Command {
     /// Apply the schema migrations (the server also applies them at start).
     Migrate,
+    /// Print the URL of the database the server and these commands use (DATABASE_URL, or the
+    /// private cluster's socket), starting nothing: `psql "$(cutover database-url)"` opens it
+    /// while the private cluster runs (while the server does).
+    DatabaseUrl,
     /// Every projection's state, row counts, version, last position and lag; each domain's
     /// read source.
     Status,
@@ -110,7 +114,7 @@ enum SourceArg {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, "warn,sqlx::query=error");
+    telemetry::init(cli.log_format, DEFAULT_LOG_FILTER);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -120,9 +124,13 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Warnings, and where the private cluster is (with the psql command that opens it).
+const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error,cutover_core::local_postgres=info";
+
 const AFTER_HELP: &str = "\
 Environment:
-  RUST_LOG        Log filter (default: warn,sqlx::query=error), e.g. RUST_LOG=info
+  RUST_LOG        Log filter (default: warn,sqlx::query=error,cutover_core::local_postgres=info),
+                  e.g. RUST_LOG=info
   Every flag above can also be set by the environment variable shown beside it.
   Without DATABASE_URL the CLI uses the same private cluster as `cutover-api` (--data-dir),
   starting it (and stopping it on exit) if it is not running.
@@ -157,6 +165,13 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     check_token(&cli)?;
+    if matches!(cli.command, Command::DatabaseUrl) {
+        println!(
+            "{}",
+            database::database_url(&cli.database).context("locating the database")?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let database = Database::open(&cli.database)
         .await
         .context("opening the database")?;
@@ -169,6 +184,8 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
     let pool = &database.pool;
     let projectors = inline_projectors();
     match command {
+        // Answered by `run` without opening the database.
+        Command::DatabaseUrl => {}
         Command::Migrate => {
             let applied = cutover_core::database::MIGRATOR.iter().count();
             println!("schema is up to date ({applied} migrations)");
