@@ -310,13 +310,16 @@ impl TestApp {
 }
 
 /// The path of a binary of this workspace, built by `cargo test` (the binary's own package
-/// has an integration test, which makes cargo build it before any test runs).
+/// has an integration test, which makes cargo build it before any test runs), in the profile
+/// and target folder this test was built in: beside the folder of the test's own executable
+/// (`target/<profile>/deps/…`).
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let path = target.join("debug").join(name);
+    let test = std::env::current_exe().expect("the test's own path");
+    let profile = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable in target/<profile>/deps");
+    let path = profile.join(name);
     assert!(
         path.exists(),
         "{} is not built: run the suite with `cargo test --workspace` (scripts/test)",

@@ -285,7 +285,6 @@ where
                      lift this limit: the new shape keys on all four parts)"
                 ))
             }
-            CommandError::Serialize(_) => Self::invalid("body", e.to_string()),
             other => Self::Internal(other.into()),
         }
     }

@@ -28,8 +28,8 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// The version an `If-Match` header demands: `"3"`, `3` or `W/"3"`; `*` or no header demand
-/// none.
+/// The version an `If-Match` header demands: `"3"`, `3` or `W/"3"`, or a GET's tag of that
+/// version, `"3-<digest>"` (see [`crate::conditional`]); `*` or no header demand none.
 pub struct IfMatch(pub Option<i64>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
@@ -54,7 +54,11 @@ fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .unwrap_or(text);
-    text.parse::<i64>()
+    let version = text
+        .split_once('-')
+        .map_or(text, |(version, _digest)| version);
+    version
+        .parse::<i64>()
         .ok()
         .filter(|v| *v >= 0)
         .map(Some)

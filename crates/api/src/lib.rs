@@ -14,6 +14,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 mod auth;
+mod conditional;
 pub mod config;
 pub mod error;
 mod extract;
@@ -73,6 +74,7 @@ pub fn app(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(routes::pages::router())
         .merge(openapi::router())
+        .layer(middleware::from_fn(conditional::conditional_get))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

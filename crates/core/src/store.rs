@@ -81,8 +81,13 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// The idempotency key was used before with another request.
     #[error("this Idempotency-Key was used with a different request")]
     KeyReused,
+    /// A bug of the server, not of the request: an event the domain made could not be
+    /// serialized.
     #[error("an event could not be serialized")]
     Serialize(#[source] serde_json::Error),
+    /// A bug of the server, not of the request: the store met a state its own rules exclude.
+    #[error("the event store broke one of its own rules: {0}")]
+    Broken(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -295,7 +300,9 @@ impl EventStore {
         match self.begin::<A>(request, None).await? {
             Begun::Open(pending) => Ok(pending.commit(None).await?),
             // Only a command sent with an idempotency key can be replayed; this one has none.
-            Begun::Replayed(_) => Err(CommandError::KeyReused),
+            Begun::Replayed(_) => Err(CommandError::Broken(
+                "a command without an idempotency key was answered as a replay".to_owned(),
+            )),
         }
     }
 
@@ -344,9 +351,9 @@ impl EventStore {
                     let tx = tokio::spawn(async move { pool.begin_with(statement).await })
                         .await
                         .map_err(|e| {
-                            sqlx::Error::Io(std::io::Error::other(format!(
-                                "beginning the command's transaction: {e}"
-                            )))
+                            CommandError::Broken(format!(
+                                "the task beginning the command's transaction ended: {e}"
+                            ))
                         })??;
                     Member {
                         store: self.clone(),
@@ -981,7 +988,10 @@ async fn claim_key<E: std::error::Error + 'static>(
         Some(stored) => Ok(Some(stored.0)),
         // Taken by a command that committed no response: cannot happen through this store,
         // whose key rows and responses commit together.
-        None => Err(CommandError::KeyReused),
+        None => Err(CommandError::Broken(format!(
+            "Idempotency-Key {:?} is taken but holds no answer",
+            key.key
+        ))),
     }
 }
 

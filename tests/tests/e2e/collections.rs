@@ -386,3 +386,62 @@ async fn bad_input_a_three_megabyte_body_is_413_and_appends_nothing() {
 
     refused(&app, request, StatusCode::PAYLOAD_TOO_LARGE).await;
 }
+
+#[tokio::test]
+async fn a_poller_gets_304_until_what_the_answer_shows_changes_including_a_read_source_switch() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let created = create(&app, project, "Polled").await;
+    let id = created["collection"]["collection_id"].as_str().unwrap();
+    let path = format!("/projects/{project}/collections/{id}");
+    let list = format!("/projects/{project}/collections");
+    let tag_of =
+        |response: &reqwest::Response| response.headers()["etag"].to_str().unwrap().to_owned();
+    let app = &app;
+    let poll = |path: String, tag: String| async move {
+        app.get(&path)
+            .header("if-none-match", tag)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    let first = app.get(&path).send().await.unwrap();
+    let tag = tag_of(&first);
+    assert!(tag.starts_with("\"1-"), "{tag}");
+    let unchanged = poll(path.clone(), tag.clone()).await;
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(tag_of(&unchanged), tag);
+    assert!(unchanged.bytes().await.unwrap().is_empty());
+    let page = app.get(&list).send().await.unwrap();
+    let page_tag = tag_of(&page);
+    assert_eq!(
+        poll(list.clone(), format!("W/{page_tag}")).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+
+    // The GET's tag is accepted by If-Match as its version.
+    let renamed = app
+        .put(&path)
+        .header("if-match", &tag)
+        .json(&json!({"collection_name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let changed = poll(path.clone(), tag.clone()).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    let renamed_tag = tag_of(&changed);
+    assert!(renamed_tag.starts_with("\"2-"), "{renamed_tag}");
+    assert_eq!(poll(list.clone(), page_tag).await.status(), StatusCode::OK);
+
+    app.set_read_source("collections", "new").await;
+    let switched = poll(path.clone(), renamed_tag.clone()).await;
+    assert_eq!(
+        switched.status(),
+        StatusCode::OK,
+        "same version, other shape"
+    );
+    assert_ne!(tag_of(&switched), renamed_tag);
+    assert!(tag_of(&switched).starts_with("\"2-"));
+}

@@ -49,13 +49,27 @@ async fn postgres_es_reads_the_log_that_cutover_writes() {
 async fn each_event_records_its_position_transaction_and_command() {
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
+    let clock = "SELECT clock_timestamp()::text";
+    let before: String = sqlx::query_scalar(clock)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
     let first = create(&app, project, "a").await;
     let second = create(&app, project, "b").await;
+    let after: String = sqlx::query_scalar(clock)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
 
     let rows: Vec<(i64, String, String, serde_json::Value, bool)> = sqlx::query_as(
-        "SELECT position, transaction_id::text, event_type, metadata, recorded_at <= now() \
+        "SELECT position, transaction_id::text, event_type, metadata,
+                recorded_at BETWEEN $1::timestamptz AND $2::timestamptz
+                AND recorded_at >= max(recorded_at) OVER (ORDER BY position
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
            FROM events ORDER BY transaction_id, position",
     )
+    .bind(before)
+    .bind(after)
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
@@ -66,5 +80,8 @@ async fn each_event_records_its_position_transaction_and_command() {
     assert_ne!(rows[0].1, rows[1].1, "each command is its own transaction");
     assert_eq!(rows[0].2, "CollectionCreated");
     assert_eq!(rows[0].3, json!({"command": "CreateCollection"}));
-    assert!(rows[0].4);
+    assert!(
+        rows[0].4 && rows[1].4,
+        "recorded while its command ran, in log order"
+    );
 }
