@@ -10,7 +10,7 @@ use cutover_core::domain::collection::{CollectionError, InvalidCollectionInput};
 use cutover_core::domain::competency::{CompetencyError, InvalidCompetencyInput};
 use cutover_core::projection::ProjectionError;
 use cutover_core::read_source::ReadSourceError;
-use cutover_core::store::CommandError;
+use cutover_core::store::{CommandError, CommitError, GroupFailure};
 use serde::Serialize;
 
 /// Why a request failed, by the status it answers with.
@@ -141,23 +141,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Whether `e` means the database cannot be reached right now (down, restarting, out of
-/// connections), rather than that something is wrong with the request or the code.
-fn unreachable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        // Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up.
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
-        }),
-        _ => false,
-    }
-}
-
 /// Whether `e` is Postgres refusing a value the request carried (class 22, data exception:
 /// a NUL character, which neither `text` nor `jsonb` can hold, or a number out of range).
 fn refused_value(e: &sqlx::Error) -> bool {
@@ -166,7 +149,7 @@ fn refused_value(e: &sqlx::Error) -> bool {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if unreachable(&e) {
+        if cutover_core::database::is_unreachable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             return Self::Unavailable;
         }
@@ -178,6 +161,21 @@ impl From<sqlx::Error> for ApiError {
             };
         }
         Self::Internal(e.into())
+    }
+}
+
+impl From<CommitError> for ApiError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Database(db) => db.into(),
+            CommitError::SharedTransaction(GroupFailure {
+                unreachable: true, ..
+            }) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable
+            }
+            CommitError::SharedTransaction(_) => Self::Internal(e.into()),
+        }
     }
 }
 
@@ -278,6 +276,7 @@ where
             CommandError::Conflict { .. } => Self::Conflict(e.to_string()),
             CommandError::KeyReused => Self::invalid("Idempotency-Key", e.to_string()),
             CommandError::Database(db) => db.into(),
+            CommandError::Commit(commit) => commit.into(),
             CommandError::Projection(ProjectionError::Database { source, .. }) => source.into(),
             CommandError::Projection(ProjectionError::LegacyIdTaken { detail, .. }) => {
                 Self::Conflict(format!(

@@ -159,3 +159,20 @@ async fn ensure_database(local: &LocalPostgres, name: &str) -> Result<(), Databa
     admin.close().await;
     Ok(())
 }
+
+/// Whether `e` means the database cannot be reached right now (down, restarting, out of
+/// connections), rather than that something is wrong with the request or the code.
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}

@@ -90,6 +90,47 @@ pub enum CommandError<E: std::error::Error + 'static> {
     Broken(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// A command's transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The transaction this command shared with other commands of its aggregate failed
+    /// elsewhere (its commit, or another command's undo); nothing of it was committed.
+    #[error(
+        "the transaction this command shared with other commands of its aggregate did not \
+         commit: {}", .0.why
+    )]
+    SharedTransaction(GroupFailure),
+}
+
+/// Why a shared transaction did not commit, as its commands are told.
+#[derive(Debug, Clone)]
+pub struct GroupFailure {
+    pub why: String,
+    /// Whether the cause was the database being out of reach (see
+    /// [`crate::database::is_unreachable`]) rather than a fault of the server.
+    pub unreachable: bool,
+}
+
+impl GroupFailure {
+    fn of(e: &sqlx::Error) -> Self {
+        Self {
+            why: e.to_string(),
+            unreachable: crate::database::is_unreachable(e),
+        }
+    }
+
+    fn fault(why: &str) -> Self {
+        Self {
+            why: why.to_owned(),
+            unreachable: false,
+        }
+    }
 }
 
 /// What a committed (or accepted no-op) command reached.
@@ -646,7 +687,7 @@ struct Group {
     members: usize,
     events: u64,
     /// Set once: whether the group committed (or why not).
-    outcome: Arc<watch::Sender<Option<Result<(), String>>>>,
+    outcome: Arc<watch::Sender<Option<Result<(), GroupFailure>>>>,
 }
 
 impl Group {
@@ -694,7 +735,7 @@ impl Member {
     ///
     /// # Errors
     /// The group failed to commit: nothing of it, this command included, was committed.
-    async fn leave(mut self, undo: bool) -> Result<(), sqlx::Error> {
+    async fn leave(mut self, undo: bool) -> Result<(), CommitError> {
         let (Some(mut turn), Some(mut group)) = (self.turn.take(), self.group.take()) else {
             return Ok(());
         };
@@ -705,9 +746,9 @@ impl Member {
                     .execute(&mut *group.tx)
                     .await;
                 if let Err(e) = undone {
-                    group.fail(&e.to_string());
+                    group.fail(GroupFailure::of(&e));
                     store.lanes.leave(turn);
-                    return Err(e);
+                    return Err(e.into());
                 }
                 (group.version, group.position) = self.before;
                 if !self.kept_state {
@@ -716,7 +757,7 @@ impl Member {
                 }
             } else {
                 // Nothing but this command in it: roll it all back.
-                group.fail("rolled back");
+                group.fail(GroupFailure::fault("rolled back"));
                 store.lanes.leave(turn);
                 return Ok(());
             }
@@ -725,7 +766,7 @@ impl Member {
         }
         if group.members == 0 {
             // Only undone commands in it.
-            group.fail("rolled back");
+            group.fail(GroupFailure::fault("rolled back"));
             store.lanes.leave(turn);
             return Ok(());
         }
@@ -740,13 +781,15 @@ impl Member {
             let outcome = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
             return match outcome {
                 Ok(Some(Ok(()))) => Ok(()),
-                Ok(Some(Err(why))) => Err(group_failed(&why)),
-                Ok(None) | Err(_) => Err(group_failed("the group was abandoned")),
+                Ok(Some(Err(failure))) => Err(CommitError::SharedTransaction(failure)),
+                Ok(None) | Err(_) => Err(CommitError::SharedTransaction(GroupFailure::fault(
+                    "the group was abandoned",
+                ))),
             };
         }
         let committed = store.commit_group(&turn.key, group).await;
         store.lanes.leave(turn);
-        committed
+        Ok(committed?)
     }
 }
 
@@ -780,16 +823,9 @@ impl Drop for Member {
 
 impl Group {
     /// Tells the commands waiting on this group that it will not commit; rolls it back.
-    fn fail(self, why: &str) {
-        self.outcome.send_replace(Some(Err(why.to_owned())));
+    fn fail(self, failure: GroupFailure) {
+        self.outcome.send_replace(Some(Err(failure)));
     }
-}
-
-/// The error of a command whose group did not commit.
-fn group_failed(why: &str) -> sqlx::Error {
-    sqlx::Error::Io(std::io::Error::other(format!(
-        "the transaction this command shared with others on the same aggregate did not commit: {why}"
-    )))
 }
 
 /// How often a group handed to a waiting command is checked for having been left behind.
@@ -803,7 +839,7 @@ impl EventStore {
         self,
         lane: Arc<Lane>,
         key: (&'static str, String),
-        watched: std::sync::Weak<watch::Sender<Option<Result<(), String>>>>,
+        watched: std::sync::Weak<watch::Sender<Option<Result<(), GroupFailure>>>>,
     ) {
         tokio::time::sleep(ORPHAN_CHECK).await;
         match watched.upgrade() {
@@ -855,7 +891,7 @@ impl EventStore {
                 Ok(())
             }
             Err(e) => {
-                outcome.send_replace(Some(Err(e.to_string())));
+                outcome.send_replace(Some(Err(GroupFailure::of(&e))));
                 Err(e)
             }
         }
@@ -928,7 +964,7 @@ impl<A: Aggregate + 'static> Pending<A> {
     pub async fn commit(
         mut self,
         response: Option<&StoredResponse>,
-    ) -> Result<Committed, sqlx::Error> {
+    ) -> Result<Committed, CommitError> {
         if let (Some(key), Some(response)) = (&self.key, response) {
             let stored = sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
                 .bind(key)
@@ -939,7 +975,7 @@ impl<A: Aggregate + 'static> Pending<A> {
                 if let Err(left) = self.member.leave(true).await {
                     tracing::debug!(error = %left, "the group of a failed command failed");
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
         self.member.group_mut().events += self.committed.events.len() as u64;
