@@ -430,3 +430,20 @@ pub fn promtool_check_metrics(exposition: &str) -> std::process::Output {
         .expect("writing to promtool");
     child.wait_with_output().expect("promtool's output")
 }
+
+/// Rebuilds the projections `names` (or `all`) of `pool`'s database, as `cutover rebuild` does.
+///
+/// # Errors
+/// The rebuild's own error.
+pub async fn rebuild(
+    pool: &PgPool,
+    names: &[&str],
+) -> Result<cutover_projections::rebuild::Outcome, cutover_projections::registry::AdminError> {
+    use cutover_projections::rebuild::{select, Job, Purpose};
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let selected = select(&cutover_projections::inline_projectors(), &names)?;
+    Job::start(pool, selected, Purpose::Rebuild)
+        .await?
+        .run(|_| {})
+        .await
+}

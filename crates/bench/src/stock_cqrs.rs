@@ -293,18 +293,21 @@ impl View<Collection> for LegacyCollectionView {
         match &event.payload {
             CollectionEvent::CollectionCreated {
                 project_id,
-                name,
+                collection_name,
                 description,
             } => {
                 self.collection_id.clone_from(&event.aggregate_id);
                 self.project_id = Some(*project_id);
-                self.collection_name.clone_from(name);
+                self.collection_name.clone_from(collection_name);
                 self.description.clone_from(description);
                 self.is_active = true;
                 self.created_at = now;
             }
-            CollectionEvent::CollectionUpdated { name, description } => {
-                self.collection_name.clone_from(name);
+            CollectionEvent::CollectionUpdated {
+                collection_name,
+                description,
+            } => {
+                self.collection_name.clone_from(collection_name);
                 self.description.clone_from(description);
             }
             CollectionEvent::CollectionResearchLinksSet { .. } => {}
@@ -405,9 +408,11 @@ struct BatchStateView {
 impl View<PredictionBatch> for BatchStateView {
     fn update(&mut self, event: &EventEnvelope<PredictionBatch>) {
         match &event.payload {
-            BatchEvent::BatchStarted { expected_players } => {
+            BatchEvent::BatchStarted {
+                expected_player_lookups,
+            } => {
                 self.batch_id.clone_from(&event.aggregate_id);
-                self.expected_players.clone_from(expected_players);
+                self.expected_players.clone_from(expected_player_lookups);
             }
             BatchEvent::PlayerCompleted {
                 player_lookup,
@@ -447,9 +452,11 @@ impl View<PredictionBatch> for BatchCompletionsView {
     fn update(&mut self, event: &EventEnvelope<PredictionBatch>) {
         let now = Utc::now();
         match &event.payload {
-            BatchEvent::BatchStarted { expected_players } => {
+            BatchEvent::BatchStarted {
+                expected_player_lookups,
+            } => {
                 self.batch_id.clone_from(&event.aggregate_id);
-                self.expected_count = expected_players.len();
+                self.expected_count = expected_player_lookups.len();
             }
             BatchEvent::PlayerCompleted {
                 player_lookup,
@@ -549,6 +556,7 @@ impl View<StudentSubskill> for StudentCompetencyView {
                 analysis,
                 feedback,
                 competency,
+                ..
             } => {
                 self.key = Some(key.clone());
                 self.current_score = competency.current_score;

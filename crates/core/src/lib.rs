@@ -14,3 +14,4 @@ pub mod projection;
 pub mod read_source;
 pub mod store;
 pub mod telemetry;
+pub mod upcast;

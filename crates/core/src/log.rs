@@ -16,6 +16,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row as _};
 
 use crate::store::StoredEvent;
+use crate::upcast;
 
 /// A place in the log order: after the event with this transaction id and position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -186,16 +187,27 @@ pub async fn held_back_count<'e>(executor: impl PgExecutor<'e>) -> Result<i64, s
     .await
 }
 
+/// An event as its row holds it, upcast to the current shape of its type (see
+/// [`crate::upcast`]); a payload left out by the query (another aggregate type) stays `null`.
 fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
+    let event_type: String = row.try_get("event_type")?;
+    let stored_version: String = row.try_get("event_version")?;
+    let stored_payload: Value = row.try_get("payload")?;
+    let (event_version, payload) = if stored_payload.is_null() {
+        (stored_version, stored_payload)
+    } else {
+        upcast::current(&event_type, &stored_version, stored_payload)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+    };
     Ok(StoredEvent {
         position: row.try_get("position")?,
         transaction_id: row.try_get("transaction_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get::<Value, _>("payload")?,
+        event_type,
+        event_version,
+        payload,
         metadata: row.try_get::<Value, _>("metadata")?,
         recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
     })

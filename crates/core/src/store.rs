@@ -92,6 +92,9 @@ pub enum CommandError<E: std::error::Error + 'static> {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// A stored event of an older version that no upcaster turns into the current shape.
+    #[error(transparent)]
+    Upcast(#[from] crate::upcast::UpcastError),
 }
 
 /// A command's transaction did not commit.
@@ -236,7 +239,8 @@ WITH active AS (
     SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
       FROM read_sources
 )
-SELECT active.names, sources.domains, sources.sources, e.sequence, e.position, e.payload
+SELECT active.names, sources.domains, sources.sources, e.sequence, e.position, e.event_type,
+       e.event_version, e.payload
   FROM active
  CROSS JOIN sources
   LEFT JOIN events AS e
@@ -1076,7 +1080,11 @@ where
         };
         version = sequence;
         position = row.try_get("position")?;
-        let payload: Value = row.try_get("payload")?;
+        let (_, payload) = crate::upcast::current(
+            row.try_get("event_type")?,
+            row.try_get("event_version")?,
+            row.try_get("payload")?,
+        )?;
         let event = serde_json::from_value::<A::Event>(payload).map_err(|source| {
             CommandError::CorruptEvent {
                 aggregate_type: A::TYPE.to_owned(),

@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use cqrs_es::{Aggregate, DomainEvent};
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
-use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
+use cutover_core::domain::competency::{
+    Competency, CompetencyEvent, StudentSubskill, SubskillKey, MAX_SCORE,
+};
 use cutover_core::store::APPEND_LOCK;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -91,12 +93,12 @@ fn collection_history(rng: &mut Rng) -> anyhow::Result<Vec<Row>> {
     let project_id = Uuid::from_u128(u128::from(rng.below(500)));
     let mut events = vec![CollectionEvent::CollectionCreated {
         project_id,
-        name: phrase(rng, 2),
+        collection_name: phrase(rng, 2),
         description: phrase(rng, 12),
     }];
     for _ in 0..rng.below(3) {
         events.push(CollectionEvent::CollectionUpdated {
-            name: phrase(rng, 3),
+            collection_name: phrase(rng, 3),
             description: phrase(rng, 14),
         });
     }
@@ -123,7 +125,7 @@ fn batch_history(rng: &mut Rng, tag: &str, n: u64) -> anyhow::Result<Vec<Row>> {
         usize::try_from(rng.below(players.len() as u64)).unwrap_or(0)
     };
     let mut events = vec![BatchEvent::BatchStarted {
-        expected_players: players.clone(),
+        expected_player_lookups: players.clone(),
     }];
     let mut total = 0_u64;
     for player in players.iter().take(completing) {
@@ -177,6 +179,7 @@ fn competency_history(rng: &mut Rng, student_base: i64, n: u64) -> anyhow::Resul
                 score,
                 analysis: phrase(rng, 8),
                 feedback: phrase(rng, 6),
+                max_score: MAX_SCORE,
                 competency: Competency::derive(attempts, sum),
             });
         }

@@ -40,9 +40,11 @@ fn steps<'e>(
     let mut steps: Vec<BatchStep<'e>> = Vec::new();
     for event in events {
         match decode::<BatchEvent>(projector, event)? {
-            BatchEvent::BatchStarted { expected_players } => steps.push(BatchStep::Started {
+            BatchEvent::BatchStarted {
+                expected_player_lookups,
+            } => steps.push(BatchStep::Started {
                 event,
-                expected_players,
+                expected_players: expected_player_lookups,
             }),
             BatchEvent::BatchCompleted { .. } => steps.push(BatchStep::Completed { event }),
             BatchEvent::PlayerCompleted {

@@ -67,18 +67,21 @@ impl EventProjector for LegacyCollections {
         Ok(match decoded {
             CollectionEvent::CollectionCreated {
                 project_id,
-                name,
+                collection_name,
                 description,
             } => sqlx::query(INSERT)
                 .bind(id)
                 .bind(project_id)
-                .bind(name)
+                .bind(collection_name)
                 .bind(description)
                 .bind(event.recorded_at)
                 .bind(event.sequence),
-            CollectionEvent::CollectionUpdated { name, description } => sqlx::query(UPDATE)
+            CollectionEvent::CollectionUpdated {
+                collection_name,
+                description,
+            } => sqlx::query(UPDATE)
                 .bind(id)
-                .bind(name)
+                .bind(collection_name)
                 .bind(description)
                 .bind(event.recorded_at)
                 .bind(event.sequence),

@@ -81,6 +81,7 @@ impl EventProjector for LegacyCompetencies {
                 analysis,
                 feedback,
                 competency,
+                ..
             } => {
                 let (attempt, competency_doc) = legacy_documents(
                     &key,

@@ -82,6 +82,7 @@ impl EventProjector for StudentCompetencies {
                 analysis,
                 feedback,
                 competency,
+                ..
             } => sqlx::query(RECORD_ATTEMPT)
                 .bind(attempt_id)
                 .bind(key.student_id)

@@ -36,7 +36,7 @@ async fn postgres_es_reads_the_log_that_cutover_writes() {
         vec![
             CollectionEvent::CollectionCreated {
                 project_id: project,
-                name: "Interviews".into(),
+                collection_name: "Interviews".into(),
                 description: "what we learned".into(),
             },
             CollectionEvent::CollectionDeleted {},

@@ -84,8 +84,11 @@ async fn the_feed_pages_through_the_log_in_order_and_resumes_from_next() {
     assert_eq!(first["aggregate_type"], "collection");
     assert_eq!(first["sequence"], 1);
     assert_eq!(first["event_type"], "CollectionCreated");
-    assert_eq!(first["event_version"], "1.0");
-    assert_eq!(first["payload"]["CollectionCreated"]["name"], "a");
+    assert_eq!(first["event_version"], "2.0");
+    assert_eq!(
+        first["payload"]["CollectionCreated"]["collection_name"],
+        "a"
+    );
     assert_eq!(first["metadata"]["command"], "CreateCollection");
     assert!(first["recorded_at"].is_string());
     let (only_batches, _) = drain(&app, 0, 10, "&aggregate_type=prediction_batch", 1).await;
@@ -217,7 +220,7 @@ async fn the_stream_delivers_an_event_appended_after_the_client_connected() {
     assert_eq!(messages[0].0, second);
     assert_eq!(messages[0].1["position"], second);
     assert_eq!(
-        messages[0].1["payload"]["CollectionCreated"]["name"],
+        messages[0].1["payload"]["CollectionCreated"]["collection_name"],
         "second"
     );
 }

@@ -142,7 +142,7 @@ async fn optimistic_concurrency_twenty_parallel_updates_all_land_with_versions_2
             .unwrap();
     assert_eq!(last_sequence, 21);
     let last_name: String = sqlx::query_scalar(
-        "SELECT payload->'CollectionUpdated'->>'name' FROM events WHERE sequence = 21",
+        "SELECT payload->'CollectionUpdated'->>'collection_name' FROM events WHERE sequence = 21",
     )
     .fetch_one(&app.db.pool)
     .await
@@ -273,7 +273,7 @@ async fn nothing_acknowledged_is_lost_when_clients_of_a_shared_transaction_hang_
     let last = json_with_status(last, StatusCode::OK).await;
     let head = last["version"].as_i64().unwrap();
     let names: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT sequence, coalesce(payload->'CollectionUpdated'->>'name', '') FROM events ORDER BY sequence",
+        "SELECT sequence, coalesce(payload->'CollectionUpdated'->>'collection_name', '') FROM events ORDER BY sequence",
     )
     .fetch_all(&app.db.pool)
     .await

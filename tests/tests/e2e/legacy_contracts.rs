@@ -3,7 +3,6 @@
 
 use cutover_core::import::import_collections;
 use cutover_projections::inline_projectors;
-use cutover_projections::rebuild::{self, Job, Purpose};
 use cutover_projections::verify::verify;
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
@@ -205,12 +204,7 @@ async fn two_subskills_with_one_old_id_are_never_merged() {
     .await;
 
     // Bringing the legacy shape back meets the pair, and fails naming it.
-    let selected =
-        rebuild::select(&inline_projectors(), &["legacy_competencies".to_owned()]).unwrap();
-    let failed = Job::start(&app.db.pool, selected, Purpose::Rebuild)
-        .await
-        .unwrap()
-        .run(|_| {})
+    let failed = cutover_tests::rebuild(&app.db.pool, &["legacy_competencies"])
         .await
         .expect_err("the rebuild fails");
     let mut chain = failed.to_string();

@@ -8,6 +8,7 @@ mod batches;
 mod collections;
 mod competencies;
 mod event_log;
+mod event_versions;
 mod faults;
 mod feed;
 mod guarantees;

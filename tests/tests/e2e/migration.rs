@@ -23,14 +23,7 @@ async fn verify_all(app: &TestApp) -> Report {
 }
 
 async fn rebuild(app: &TestApp, names: &[&str]) -> rebuild::Outcome {
-    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    let selected = rebuild::select(&inline_projectors(), &names).unwrap();
-    Job::start(&app.db.pool, selected, Purpose::Rebuild)
-        .await
-        .unwrap()
-        .run(|_| {})
-        .await
-        .unwrap()
+    cutover_tests::rebuild(&app.db.pool, names).await.unwrap()
 }
 
 /// Rows of `table` as JSON, in a stable order.

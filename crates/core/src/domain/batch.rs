@@ -11,6 +11,8 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::upcast::{rename, Upcaster};
+
 /// Longest batch id and player lookup, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 /// Most expected players in a batch, and most completions in one bulk request.
@@ -142,8 +144,10 @@ pub enum BatchCommand {
 /// Facts about a batch. Stored forever: names and shapes never change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BatchEvent {
+    /// Version 2.0 renamed `expected_players` to `expected_player_lookups`: each is a
+    /// `player_lookup`, as completions name them.
     BatchStarted {
-        expected_players: Vec<String>,
+        expected_player_lookups: Vec<String>,
     },
     PlayerCompleted {
         player_lookup: String,
@@ -166,9 +170,21 @@ impl DomainEvent for BatchEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            Self::BatchStarted { .. } => "2.0",
+            _ => "1.0",
+        }
+        .to_owned()
     }
 }
+
+/// The upcasters of batch events (see [`crate::upcast`]).
+pub const UPCASTERS: &[Upcaster] = &[Upcaster {
+    event_type: "BatchStarted",
+    from: "1.0",
+    to: "2.0",
+    apply: |fields| rename(fields, "expected_players", "expected_player_lookups"),
+}];
 
 /// A rule of the batch that a command broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,7 +267,7 @@ impl Aggregate for PredictionBatch {
                     return Err(BatchError::AlreadyStarted);
                 }
                 let event = BatchEvent::BatchStarted {
-                    expected_players: expected_players.0,
+                    expected_player_lookups: expected_players.0,
                 };
                 sink.write(event, self).await;
                 return Ok(());
@@ -277,9 +293,11 @@ impl Aggregate for PredictionBatch {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            BatchEvent::BatchStarted { expected_players } => {
+            BatchEvent::BatchStarted {
+                expected_player_lookups,
+            } => {
                 self.started = true;
-                self.expected = expected_players.into_iter().collect();
+                self.expected = expected_player_lookups.into_iter().collect();
             }
             BatchEvent::PlayerCompleted {
                 player_lookup,
@@ -302,7 +320,7 @@ mod tests {
 
     fn started(players: &[&str]) -> BatchEvent {
         BatchEvent::BatchStarted {
-            expected_players: players.iter().map(|p| (*p).to_owned()).collect(),
+            expected_player_lookups: players.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
 

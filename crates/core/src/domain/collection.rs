@@ -11,6 +11,8 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::upcast::{rename, Upcaster};
+
 /// Longest collection name, in characters, after trimming.
 pub const MAX_NAME_CHARS: usize = 200;
 /// Longest description, in characters.
@@ -206,13 +208,15 @@ impl CollectionCommand {
 /// new variant or a new `event_version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CollectionEvent {
+    /// Version 2.0 renamed `name` to `collection_name`, the old API's word for it.
     CollectionCreated {
         project_id: Uuid,
-        name: String,
+        collection_name: String,
         description: String,
     },
+    /// Version 2.0 renamed `name` to `collection_name`.
     CollectionUpdated {
-        name: String,
+        collection_name: String,
         description: String,
     },
     CollectionResearchLinksSet {
@@ -247,8 +251,34 @@ impl DomainEvent for CollectionEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            Self::CollectionCreated { .. } | Self::CollectionUpdated { .. } => "2.0",
+            _ => "1.0",
+        }
+        .to_owned()
     }
+}
+
+/// The upcasters of collection events (see [`crate::upcast`]).
+pub const UPCASTERS: &[Upcaster] = &[
+    Upcaster {
+        event_type: "CollectionCreated",
+        from: "1.0",
+        to: "2.0",
+        apply: name_is_collection_name,
+    },
+    Upcaster {
+        event_type: "CollectionUpdated",
+        from: "1.0",
+        to: "2.0",
+        apply: name_is_collection_name,
+    },
+];
+
+fn name_is_collection_name(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    rename(fields, "name", "collection_name")
 }
 
 /// A rule of the collection's life that a command broke.
@@ -315,7 +345,7 @@ impl Aggregate for Collection {
                 }
                 CollectionEvent::CollectionCreated {
                     project_id,
-                    name: name.0,
+                    collection_name: name.0,
                     description: description.0,
                 }
             }
@@ -326,7 +356,7 @@ impl Aggregate for Collection {
             } => {
                 self.ensure_live_in(project_id)?;
                 CollectionEvent::CollectionUpdated {
-                    name: name.0,
+                    collection_name: name.0,
                     description: description.0,
                 }
             }
@@ -405,7 +435,7 @@ mod tests {
     fn created() -> CollectionEvent {
         CollectionEvent::CollectionCreated {
             project_id: PROJECT,
-            name: "Interviews".into(),
+            collection_name: "Interviews".into(),
             description: "Round one".into(),
         }
     }
@@ -452,7 +482,7 @@ mod tests {
             .given(vec![created()])
             .when(update(PROJECT))
             .then_expect_events(vec![CollectionEvent::CollectionUpdated {
-                name: "Renamed".into(),
+                collection_name: "Renamed".into(),
                 description: "new words".into(),
             }]);
     }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::upcast::Upcaster;
+
 /// Longest subject, skill id, subskill id and problem id, in characters.
 pub const MAX_KEY_CHARS: usize = 100;
 /// Longest analysis and feedback text, in characters.
@@ -263,6 +265,9 @@ pub enum CompetencyEvent {
         score: f64,
         analysis: String,
         feedback: String,
+        /// The highest score of the scale `score` is on (version 2.0 added it; every attempt
+        /// before was on the 0–10 scale).
+        max_score: f64,
         /// The competency this attempt led to.
         competency: Competency,
     },
@@ -285,9 +290,24 @@ impl DomainEvent for CompetencyEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            Self::AttemptRecorded { .. } => "2.0",
+            Self::ReviewRecorded { .. } => "1.0",
+        }
+        .to_owned()
     }
 }
+
+/// The upcasters of competency events (see [`crate::upcast`]).
+pub const UPCASTERS: &[Upcaster] = &[Upcaster {
+    event_type: "AttemptRecorded",
+    from: "1.0",
+    to: "2.0",
+    apply: |fields| {
+        fields.insert("max_score".to_owned(), Value::from(MAX_SCORE));
+        Ok(())
+    },
+}];
 
 /// The one rule the history enforces: a stream holds the events of one subskill only (every
 /// attempt and review of a valid key is otherwise recorded).
@@ -340,6 +360,7 @@ impl Aggregate for StudentSubskill {
                     score,
                     analysis: attempt.analysis,
                     feedback: attempt.feedback,
+                    max_score: MAX_SCORE,
                     competency: Competency::derive(self.attempts + 1, self.score_sum + score),
                 }
             }
@@ -389,6 +410,7 @@ mod tests {
             score,
             analysis: String::new(),
             feedback: String::new(),
+            max_score: MAX_SCORE,
             competency,
         }
     }
