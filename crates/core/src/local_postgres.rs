@@ -41,14 +41,10 @@ pub enum LocalPostgresError {
     )]
     NoPostgresUser,
     #[error(
-        "the postgres user cannot reach {0}: {1} is not searchable by other users; choose a data \
-         folder elsewhere (CUTOVER_DATA_DIR) or make it searchable (chmod o+x)"
-    )]
-    Unreachable(PathBuf, PathBuf),
-    #[error(
         "the postgres user cannot reach {requested} ({blocked} is not searchable by other users), \
          nor the fallback folder {fallback} ({fallback_blocked} is not searchable by other \
-         users); choose a data folder elsewhere (CUTOVER_DATA_DIR)"
+         users); choose a data folder elsewhere (CUTOVER_DATA_DIR) or make it searchable \
+         (chmod o+x)"
     )]
     FallbackUnreachable {
         requested: PathBuf,
@@ -155,11 +151,9 @@ impl LocalPostgres {
         let run_as = cluster_owner()?;
         let location = ClusterLocation::resolve(requested)?;
         let root = location.root.clone();
-        if let Some(blocked) = &location.blocked_by {
+        if let (Some(blocked), Some(user)) = (&location.blocked_by, &run_as) {
             let unused = location.requested.join("data").join("PG_VERSION").exists();
             tracing::warn!(
-                requested = %location.requested.display(),
-                cluster = %root.display(),
                 "the postgres user cannot reach {} ({} is not searchable by other users): the \
                  private cluster is in {} instead{}",
                 location.requested.display(),
@@ -172,17 +166,12 @@ impl LocalPostgres {
                 }
             );
             make_fallback_folder(&root)?;
-        }
-        if let Some(user) = &run_as {
-            if let Err(unsearchable) = check_reachable(&root, user) {
-                return Err(match location.blocked_by {
-                    Some(blocked) => LocalPostgresError::FallbackUnreachable {
-                        requested: location.requested,
-                        blocked,
-                        fallback: root,
-                        fallback_blocked: unsearchable,
-                    },
-                    None => LocalPostgresError::Unreachable(root, unsearchable),
+            if let Some(fallback_blocked) = first_unsearchable(&root, user)? {
+                return Err(LocalPostgresError::FallbackUnreachable {
+                    requested: location.requested.clone(),
+                    blocked: blocked.clone(),
+                    fallback: root,
+                    fallback_blocked,
                 });
             }
         }
@@ -204,10 +193,13 @@ impl LocalPostgres {
         let started = cluster.start_if_stopped()?;
         drop(lock);
         tracing::info!(
-            cluster = %root.display(),
             "private Postgres cluster in {} ({}); open it with: psql \"{}\"",
             root.display(),
-            if started { "started" } else { "already running" },
+            if started {
+                "started"
+            } else {
+                "already running"
+            },
             cluster.url(crate::database::LOCAL_DATABASE)
         );
         Ok(Self {
@@ -383,16 +375,6 @@ impl LocalPostgres {
         // pg_ctl's children must not inherit a working directory postgres cannot enter.
         cmd.args(args).current_dir("/");
         cmd
-    }
-}
-
-/// Fails with the first folder above `root` that does not let `user` through.
-fn check_reachable(root: &Path, user: &nix::unistd::User) -> Result<(), PathBuf> {
-    match first_unsearchable(root, user) {
-        Ok(None) => Ok(()),
-        Ok(Some(blocked)) => Err(blocked),
-        // A folder above that cannot even be read is not reachable either.
-        Err(_) => Err(root.to_owned()),
     }
 }
 
