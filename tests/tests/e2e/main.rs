@@ -17,4 +17,5 @@ mod idempotency;
 mod legacy_contracts;
 mod migration;
 mod observability;
+mod openapi;
 mod replay;

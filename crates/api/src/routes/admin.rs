@@ -47,10 +47,13 @@ impl From<AdminError> for ApiError {
 #[utoipa::path(
     get,
     path = "/admin/projections",
+    operation_id = "listProjections",
     tag = "admin",
     description = "Every projection with its status.",
+    params(crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the projections", body = Vec<crate::openapi::AnyObject>),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -66,11 +69,13 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
 #[utoipa::path(
     get,
     path = "/admin/projections/{name}",
+    operation_id = "getProjection",
     tag = "admin",
     description = "One projection with its status and latest job.",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, description = "the projection"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the projection", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -96,11 +101,14 @@ struct Started {
 #[utoipa::path(
     post,
     path = "/admin/projections/{name}/rebuild",
+    operation_id = "startRebuild",
     tag = "admin",
-    description = "Starts a rebuild (name may be all).",
-    params(("name" = String, Path)),
+    description = "Starts a rebuild of a projection, or of every one (`all`); 409 while one of them is being rebuilt.",
+    params(("name" = String, Path, description = "the projection, or `all`")),
     responses(
-        (status = 202, description = "started", body = crate::openapi::AnyObject),
+        (status = 202, description = "started: `job_id`, `projections` and `job`, the job's path", body = crate::openapi::AnyObject, headers(
+            ("Location" = String, description = "the projection's path")
+        )),
         crate::openapi::Errors
     )
 )]
@@ -140,9 +148,10 @@ async fn start_rebuild(
 #[utoipa::path(
     post,
     path = "/admin/projections/{name}/retire",
+    operation_id = "retireProjection",
     tag = "admin",
-    description = "Retires a projection.",
-    params(("name" = String, Path)),
+    description = "Retires a projection: commands stop updating it and its tables are dropped; 409 while it is its domain's read source or being rebuilt.",
+    params(("name" = String, Path, description = "the projection")),
     responses(
         (status = 200, description = "retired", body = crate::openapi::AnyObject),
         crate::openapi::Errors
@@ -160,11 +169,13 @@ async fn retire(
 #[utoipa::path(
     get,
     path = "/admin/jobs/{id}",
+    operation_id = "getJob",
     tag = "admin",
     description = "A rebuild job and its progress.",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the job", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -178,10 +189,13 @@ async fn job(
 #[utoipa::path(
     get,
     path = "/admin/read-sources",
+    operation_id = "listReadSources",
     tag = "admin",
     description = "Each domain's read source.",
+    params(crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the read sources", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -196,10 +210,11 @@ async fn read_sources(
     Ok(axum::Json(serde_json::Value::Object(body)))
 }
 
+/// Body of `PUT /admin/read-sources/{domain}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReadSourceBody {
-    /// legacy or new
+    /// The shape the domain's GET routes read from now on (409 if its projection is retired).
     #[schema(value_type = String)]
     source: ReadSource,
 }
@@ -207,9 +222,10 @@ struct ReadSourceBody {
 #[utoipa::path(
     put,
     path = "/admin/read-sources/{domain}",
+    operation_id = "setReadSource",
     tag = "admin",
     description = "Switches a domain's read source.",
-    params(("domain" = String, Path)),
+    params(("domain" = String, Path, description = "the domain")),
     request_body = ReadSourceBody,
     responses(
         (status = 200, description = "switched", body = crate::openapi::AnyObject),
@@ -243,11 +259,13 @@ struct Consistency {
 #[utoipa::path(
     get,
     path = "/admin/consistency",
+    operation_id = "verifyConsistency",
     tag = "admin",
-    description = "Verifies legacy against new and live against a fresh rebuild.",
-    params(("domain" = Option<String>, Query, nullable = false)),
+    description = "Verifies legacy against new and live against a fresh rebuild (an admin token).",
+    params(("domain" = Option<String>, Query, nullable = false, description = "only this domain (all of them by default)"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the report", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -270,10 +288,13 @@ async fn consistency(
 #[utoipa::path(
     get,
     path = "/admin/consistency/latest",
+    operation_id = "getLatestConsistency",
     tag = "admin",
-    description = "The newest consistency report (from the CLI or the API), without running one.",
+    description = "The newest consistency report (from the CLI or the API), without running one; 404 before the first.",
+    params(crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the report and when it was made", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]

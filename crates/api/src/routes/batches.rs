@@ -26,8 +26,8 @@ use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of `GET /batches/{batch_id}/completions`.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1_000;
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 1_000;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,29 +40,32 @@ pub fn router() -> Router<AppState> {
         .route("/batches/{batch_id}/completions/bulk", post(record_bulk))
 }
 
+/// Body of `POST /batches`.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    /// The batch's id: letters, digits, `_`, `.`, `:` and `-`.
     batch_id: String,
-    /// 1–10,000 distinct player lookups of 1–128 characters
-    #[schema(min_items = 1, max_items = 10000)]
+    /// The players the batch waits for, each listed once, kept exactly as given.
     expected_players: Vec<String>,
 }
 
+/// One player's completion.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompletionBody {
-    #[schema(min_length = 1, max_length = 128)]
+    /// One of the batch's expected players (another is a 422).
     player_lookup: String,
-    #[schema(minimum = 0, maximum = 1000000)]
+    /// How many predictions the player completed, written as a JSON integer (`763`, not
+    /// `763.0`); a recorded player's count cannot change
+    /// (the same count again is a redelivery, another one a 409).
     predictions_count: i64,
 }
 
+/// Body of `POST …/completions/bulk`: all recorded, or none.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
-    #[schema(min_items = 1, max_items = 10000)]
     completions: Vec<CompletionBody>,
 }
 
@@ -92,12 +95,16 @@ struct CompletionPage {
 #[utoipa::path(
     post,
     path = "/batches",
+    operation_id = "startBatch",
     tag = "batches",
     description = "Starts a batch for its expected players.",
     params(crate::openapi::CommandHeaders),
     request_body = StartBody,
     responses(
-        (status = 201, description = "started", body = crate::openapi::Document),
+        (status = 201, description = "started", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "the batch's version, `\"1\"`"),
+            ("Location" = String, description = "the batch's path")
+        )),
         crate::openapi::Errors
     )
 )]
@@ -136,13 +143,14 @@ async fn start(
 #[utoipa::path(
     post,
     path = "/batches/{batch_id}/completions",
+    operation_id = "recordCompletion",
     tag = "batches",
     description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
-    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::CommandHeaders),
     request_body = CompletionBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document),
-        (status = 200, description = "already recorded", body = crate::openapi::Document),
+        (status = 201, description = "recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        (status = 200, description = "already recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
         crate::openapi::Errors
     )
 )]
@@ -177,13 +185,14 @@ async fn record(
 #[utoipa::path(
     post,
     path = "/batches/{batch_id}/completions/bulk",
+    operation_id = "recordCompletions",
     tag = "batches",
-    description = "Records up to 10,000 completions, all or nothing.",
-    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), crate::openapi::CommandHeaders),
+    description = "Records many completions, all or nothing: each as recordCompletion would, a player at most once with one count.",
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::CommandHeaders),
     request_body = BulkBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document),
-        (status = 200, description = "all already recorded", body = crate::openapi::Document),
+        (status = 201, description = "recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        (status = 200, description = "all already recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
         crate::openapi::Errors
     )
 )]
@@ -231,11 +240,15 @@ async fn record_bulk(
 #[utoipa::path(
     get,
     path = "/batches/{batch_id}",
+    operation_id = "getBatch",
     tag = "batches",
     description = "The batch, from the domain's read source.",
-    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -")),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the batch", body = crate::openapi::Document),
+        (status = 200, description = "the batch", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
+        )),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -256,11 +269,13 @@ async fn fetch(
 #[utoipa::path(
     get,
     path = "/batches/{batch_id}/completions",
+    operation_id = "listCompletions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
-    params(("batch_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$", description = "1-128 characters of A-Z a-z 0-9 _ . : -"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("after" = Option<String>, Query, nullable = false, description = "the next page's cursor")),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]

@@ -25,8 +25,8 @@ use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of `GET /projects/{project_id}/collections`.
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 200;
+pub(crate) const DEFAULT_PAGE: i64 = 50;
+pub(crate) const MAX_PAGE: i64 = 200;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -45,30 +45,29 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CollectionBody {
-    /// 1–200 characters once trimmed. `name` is accepted as an alias (one or the other, not
-    /// both).
+    /// The name. Surrounding white space is trimmed and the length bounds apply to what
+    /// remains, which must not be empty. The old API's `name` is accepted in its place, as an
+    /// alias: one or the other, not both.
     #[serde(alias = "name")]
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     collection_name: String,
-    /// up to 10,000 characters; absent or `null` is an empty description
+    /// Free text; absent or `null` is an empty description.
     #[serde(default)]
-    #[schema(max_length = 10000)]
     description: Option<String>,
 }
 
-/// Body of `PUT …/links`: the complete new set of research links.
+/// Body of `PUT …/links`: the complete new set of research links (an absent list is empty).
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LinksBody {
-    /// at most 50 tags of 1–64 characters (trimmed; repeats kept once)
+    /// Tags, each trimmed of surrounding white space (the length bounds apply to what
+    /// remains, which must not be empty); a repeated tag is kept once.
     #[serde(default)]
-    #[schema(max_items = 50)]
     tags: Vec<String>,
+    /// The project's question ids; a repeated id is kept once.
     #[serde(default)]
-    #[schema(max_items = 200)]
     question_ids: Vec<Uuid>,
+    /// The project's hypothesis ids; a repeated id is kept once.
     #[serde(default)]
-    #[schema(max_items = 200)]
     hypothesis_ids: Vec<Uuid>,
 }
 
@@ -98,12 +97,16 @@ struct CollectionPage {
 #[utoipa::path(
     post,
     path = "/projects/{project_id}/collections",
+    operation_id = "createCollection",
     tag = "collections",
     description = "Creates a collection; the answer is read back from the read source.",
     params(("project_id" = Uuid, Path, description = "the project"), crate::openapi::CommandHeaders),
     request_body = CollectionBody,
     responses(
-        (status = 201, description = "created", body = crate::openapi::Document),
+        (status = 201, description = "created", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "the collection's version, `\"1\"`: send it as If-Match"),
+            ("Location" = String, description = "the collection's path")
+        )),
         crate::openapi::Errors
     )
 )]
@@ -144,12 +147,13 @@ async fn create(
 #[utoipa::path(
     put,
     path = "/projects/{project_id}/collections/{collection_id}",
+    operation_id = "updateCollection",
     tag = "collections",
     description = "Renames a collection and sets its description.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     request_body = CollectionBody,
     responses(
-        (status = 200, description = "updated", body = crate::openapi::Document),
+        (status = 200, description = "updated", body = crate::openapi::Document, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
         crate::openapi::Errors
     )
 )]
@@ -180,12 +184,13 @@ async fn update(
 #[utoipa::path(
     put,
     path = "/projects/{project_id}/collections/{collection_id}/links",
+    operation_id = "setCollectionLinks",
     tag = "collections",
     description = "Replaces the collection's tags, question ids and hypothesis ids.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     request_body = LinksBody,
     responses(
-        (status = 200, description = "linked", body = crate::openapi::Document),
+        (status = 200, description = "linked", body = crate::openapi::Document, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
         crate::openapi::Errors
     )
 )]
@@ -213,11 +218,12 @@ async fn set_links(
 #[utoipa::path(
     delete,
     path = "/projects/{project_id}/collections/{collection_id}",
+    operation_id = "deleteCollection",
     tag = "collections",
-    description = "Deletes a collection (a soft delete in the legacy shape).",
+    description = "Deletes a collection (a soft delete in the legacy shape); reading it afterwards is a 410.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     responses(
-        (status = 200, description = "deleted", body = crate::openapi::Document),
+        (status = 200, description = "deleted", body = crate::openapi::Document, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
         crate::openapi::Errors
     )
 )]
@@ -243,11 +249,15 @@ async fn delete(
 #[utoipa::path(
     get,
     path = "/projects/{project_id}/collections/{collection_id}",
+    operation_id = "getCollection",
     tag = "collections",
     description = "The collection, from the domain's read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the collection", body = crate::openapi::Document),
+        (status = 200, description = "the collection", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "`\"<version>-<digest>\"`: If-Match takes it as that version, If-None-Match as this answer")
+        )),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -279,11 +289,13 @@ async fn fetch(
 #[utoipa::path(
     get,
     path = "/projects/{project_id}/collections",
+    operation_id = "listCollections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1-200, default 50"), ("after" = Option<Uuid>, Query, nullable = false, description = "the next page's cursor")),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]

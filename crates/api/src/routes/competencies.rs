@@ -24,8 +24,10 @@ use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of the list routes.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1_000;
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 1_000;
+/// Largest offset of the list routes.
+pub(crate) const MAX_OFFSET: i64 = 1_000_000;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -39,40 +41,34 @@ pub fn router() -> Router<AppState> {
         .route("/analytics/skills", get(analytics))
 }
 
+/// Body of `POST …/attempts`: one attempt at a subskill.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AttemptBody {
-    #[schema(min_length = 1, max_length = 100)]
     subject: String,
-    #[schema(min_length = 1, max_length = 100)]
     skill_id: String,
-    #[schema(min_length = 1, max_length = 100)]
     subskill_id: String,
-    #[schema(minimum = 0, maximum = 10)]
+    /// A number, decimals allowed.
     score: f64,
+    /// Absent is empty.
     #[serde(default)]
-    #[schema(max_length = 10000)]
     analysis: String,
+    /// Absent is empty.
     #[serde(default)]
-    #[schema(max_length = 10000)]
     feedback: String,
 }
 
+/// Body of `POST …/reviews`: a review of one problem (it does not change the competency).
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReviewBody {
-    #[schema(min_length = 1, max_length = 100)]
     subject: String,
-    #[schema(min_length = 1, max_length = 100)]
     skill_id: String,
-    #[schema(min_length = 1, max_length = 100)]
     subskill_id: String,
-    #[schema(min_length = 1, max_length = 100)]
     problem_id: String,
-    /// {observation, analysis, evaluation {score}, feedback}, each a JSON object
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::openapi::FullReview)]
     full_review: FullReview,
-    #[schema(minimum = 0, maximum = 10)]
+    /// A number, decimals allowed.
     score: f64,
 }
 
@@ -101,12 +97,16 @@ struct Page<T> {
 #[utoipa::path(
     post,
     path = "/students/{student_id}/attempts",
+    operation_id = "recordAttempt",
     tag = "competencies",
     description = "Records an attempt; the answer carries the attempt and the competency it led to.",
-    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), crate::openapi::CommandHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::openapi::CommandHeaders),
     request_body = AttemptBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document),
+        (status = 201, description = "recorded", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "the subskill's version, `\"<version>\"`"),
+            ("Location" = String, description = "the competency's path")
+        )),
         crate::openapi::Errors
     )
 )]
@@ -158,12 +158,16 @@ async fn record_attempt(
 #[utoipa::path(
     post,
     path = "/students/{student_id}/reviews",
+    operation_id = "recordReview",
     tag = "competencies",
     description = "Records a problem review.",
-    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), crate::openapi::CommandHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::openapi::CommandHeaders),
     request_body = ReviewBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document),
+        (status = 201, description = "recorded", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "the subskill's version, `\"<version>\"`"),
+            ("Location" = String, description = "the competency's path")
+        )),
         crate::openapi::Errors
     )
 )]
@@ -214,11 +218,15 @@ async fn record_review(
 #[utoipa::path(
     get,
     path = "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
+    operation_id = "getCompetency",
     tag = "competencies",
-    description = "One competency.",
-    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), ("subject" = String, Path, min_length = 1, max_length = 100), ("skill_id" = String, Path, min_length = 1, max_length = 100), ("subskill_id" = String, Path, min_length = 1, max_length = 100)),
+    description = "One competency: 404 until the subskill has an attempt.",
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the competency", body = crate::openapi::Document),
+        (status = 200, description = "the competency", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
+        )),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -245,11 +253,13 @@ async fn fetch(
 #[utoipa::path(
     get,
     path = "/students/{student_id}/competencies",
+    operation_id = "listCompetencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
-    params(("student_id" = i64, Path, minimum = 1, description = "a positive integer"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("offset" = Option<i64>, Query, nullable = false, minimum = 0, maximum = 1000000, description = "0-1000000")),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -287,11 +297,13 @@ async fn list(
 #[utoipa::path(
     get,
     path = "/analytics/skills",
+    operation_id = "getSkillAnalytics",
     tag = "competencies",
-    description = "Attempts, students and mean score per subskill.",
-    params(("subject" = Option<String>, Query, nullable = false), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000), ("offset" = Option<i64>, Query, nullable = false, minimum = 0, maximum = 1000000)),
+    description = "Attempts, students and mean score per subskill (kept by the new shape's projection: a 409 while it is retired).",
+    params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]

@@ -23,8 +23,11 @@ use crate::extract::Query;
 use crate::AppState;
 
 /// Default and largest page of `GET /events`.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1_000;
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 1_000;
+/// Most aggregate types in an `aggregate_type` filter, and the longest one, in characters.
+pub(crate) const MAX_AGGREGATE_TYPES: usize = 20;
+pub(crate) const MAX_AGGREGATE_TYPE_CHARS: usize = 100;
 /// Events a live stream reads per query.
 const STREAM_BATCH: i64 = 500;
 /// How soon a stream looks again when committed events wait behind an older transaction.
@@ -92,11 +95,13 @@ struct FeedPage {
 #[utoipa::path(
     get,
     path = "/events",
+    operation_id = "listEvents",
     tag = "events",
     description = "A page of the event log in gap-free order.",
-    params(("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "0 or a position the feed gave"), ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 1000, description = "1-1000, default 100"), ("aggregate_type" = Option<String>, Query, nullable = false, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$", description = "comma-separated aggregate types")),
+    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "events and next", body = crate::openapi::AnyObject),
+        (status = 200, description = "events and next", body = crate::openapi::EventPage),
+        crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
@@ -135,9 +140,10 @@ struct StreamQuery {
 #[utoipa::path(
     get,
     path = "/events/stream",
+    operation_id = "streamEvents",
     tag = "events",
-    description = "The event feed as Server-Sent Events.",
-    params(("after" = Option<i64>, Query, nullable = false, minimum = 0), ("aggregate_type" = Option<String>, Query, nullable = false, pattern = "^[A-Za-z0-9_]{1,100}(,[A-Za-z0-9_]{1,100}){0,19}$"), ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0)),
+    description = "The event feed as Server-Sent Events: every event after `after`, then each new one as it commits; the stream does not end.",
+    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log, the default) or a position the feed gave (another is a 404)"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "what a reconnecting browser sends: the last event's position, which then takes the place of `after`")),
     responses(
         (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::openapi::AnyObject),
         crate::openapi::Errors

@@ -20,11 +20,14 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(
     get,
     path = "/health",
+    operation_id = "getHealth",
     tag = "health",
     security(()),
     description = "200 when Postgres answers, 503 when not.",
+    params(crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "Postgres answers", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
         (status = 503, description = "Postgres does not answer", body = crate::openapi::AnyObject)
     )
 )]

@@ -1,0 +1,378 @@
+//! The OpenAPI description as `/openapi.json` serves it: operations a generator can name,
+//! links that lead somewhere, and bounds that are the server's own.
+
+use std::collections::BTreeSet;
+
+use cutover_core::domain::{batch, collection, competency};
+use cutover_tests::{json_with_status, TestApp};
+use reqwest::StatusCode;
+use serde_json::Value;
+use uuid::Uuid;
+
+async fn description(app: &TestApp) -> Value {
+    json_with_status(
+        app.get("/openapi.json").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Every operation of the description: (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut all = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            all.push((path.clone(), method.clone(), operation.clone()));
+        }
+    }
+    all
+}
+
+fn operation<'a>(doc: &'a Value, id: &str) -> &'a Value {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .find(|op| op["operationId"] == id)
+        .unwrap_or_else(|| panic!("no operation {id}"))
+}
+
+/// The schema of `operation`'s parameter `name`.
+fn parameter<'a>(doc: &'a Value, operation_id: &str, name: &str) -> &'a Value {
+    operation(doc, operation_id)["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| &p["schema"])
+        .unwrap_or_else(|| panic!("{operation_id} has no parameter {name}"))
+}
+
+fn schema<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
+    doc.pointer(&format!("/components/schemas/{pointer}"))
+        .unwrap_or_else(|| panic!("no schema at {pointer}"))
+}
+
+async fn status_of(app: &TestApp, url: String) -> StatusCode {
+    app.get(&url).send().await.unwrap().status()
+}
+
+fn number(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{value} is not a count"))
+}
+
+#[tokio::test]
+async fn every_operation_has_an_operation_id_of_its_own() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+
+    let mut ids = BTreeSet::new();
+    for (path, method, operation) in operations(&doc) {
+        let id = operation["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+        assert!(
+            id.len() > 4 && id.chars().all(|c| c.is_ascii_alphabetic()),
+            "{method} {path}: {id} is not a descriptive camelCase name"
+        );
+        assert!(ids.insert(id.to_owned()), "{id} names two operations");
+    }
+
+    let expected: BTreeSet<String> = [
+        "getHealth",
+        "createCollection",
+        "getCollection",
+        "updateCollection",
+        "setCollectionLinks",
+        "deleteCollection",
+        "listCollections",
+        "startBatch",
+        "getBatch",
+        "recordCompletion",
+        "recordCompletions",
+        "listCompletions",
+        "recordAttempt",
+        "recordReview",
+        "listCompetencies",
+        "getCompetency",
+        "getSkillAnalytics",
+        "listEvents",
+        "streamEvents",
+        "listProjections",
+        "getProjection",
+        "startRebuild",
+        "retireProjection",
+        "getJob",
+        "listReadSources",
+        "setReadSource",
+        "verifyConsistency",
+        "getLatestConsistency",
+        "getActivity",
+        "getMetrics",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let missing: Vec<&String> = expected.difference(&ids).collect();
+    assert!(missing.is_empty(), "no operation is named {missing:?}");
+}
+
+#[tokio::test]
+async fn every_link_leads_to_an_operation_that_takes_the_parameters_it_sets() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+
+    let mut links = 0;
+    for (path, method, source) in operations(&doc) {
+        for (status, response) in source["responses"].as_object().unwrap() {
+            let Some(found) = response["links"].as_object() else {
+                continue;
+            };
+            for (name, link) in found {
+                links += 1;
+                let target = operation(&doc, link["operationId"].as_str().unwrap());
+                let taken: Vec<&Value> = target["parameters"]
+                    .as_array()
+                    .map(|p| p.iter().map(|p| &p["name"]).collect())
+                    .unwrap_or_default();
+                for (parameter, expression) in link["parameters"].as_object().unwrap() {
+                    assert!(
+                        taken.iter().any(|t| *t == parameter),
+                        "{method} {path} {status} → {name}: the target has no {parameter}"
+                    );
+                    let expression = expression.as_str().unwrap();
+                    assert!(expression.starts_with('$'), "{expression}");
+                }
+            }
+        }
+    }
+    assert!(links >= 20, "only {links} links");
+    let created = &operation(&doc, "createCollection")["responses"]["201"]["links"];
+    for target in [
+        "getCollection",
+        "updateCollection",
+        "setCollectionLinks",
+        "deleteCollection",
+    ] {
+        assert_eq!(
+            created[target]["parameters"]["collection_id"],
+            "$response.body#/collection/collection_id"
+        );
+        assert_eq!(
+            created[target]["parameters"]["project_id"],
+            "$request.path.project_id"
+        );
+    }
+    let page = &operation(&doc, "listEvents")["responses"]["200"]["links"]["listEvents"];
+    assert_eq!(page["parameters"]["after"], "$response.body#/next");
+}
+
+#[tokio::test]
+async fn the_described_bounds_of_the_bodies_are_the_domains_constants() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+
+    let name = schema(&doc, "CollectionBody/properties/collection_name");
+    assert_eq!(
+        number(&name["maxLength"]),
+        collection::MAX_NAME_CHARS as u64
+    );
+    assert_eq!(number(&name["minLength"]), 1);
+    assert!(name["description"].as_str().unwrap().contains("`name`"));
+    let description = schema(&doc, "CollectionBody/properties/description");
+    assert_eq!(
+        number(&description["maxLength"]),
+        collection::MAX_DESCRIPTION_CHARS as u64
+    );
+    assert_eq!(description["type"], serde_json::json!(["string", "null"]));
+    let tags = schema(&doc, "LinksBody/properties/tags");
+    assert_eq!(number(&tags["maxItems"]), collection::MAX_TAGS as u64);
+    assert_eq!(
+        number(&tags["items"]["maxLength"]),
+        collection::MAX_TAG_CHARS as u64
+    );
+    assert_eq!(number(&tags["items"]["minLength"]), 1);
+    for ids in ["question_ids", "hypothesis_ids"] {
+        assert_eq!(
+            number(&schema(&doc, &format!("LinksBody/properties/{ids}"))["maxItems"]),
+            collection::MAX_LINKED_IDS as u64
+        );
+    }
+
+    let players = schema(&doc, "StartBody/properties/expected_players");
+    assert_eq!(number(&players["maxItems"]), batch::MAX_PLAYERS as u64);
+    assert_eq!(players["uniqueItems"], true);
+    assert_eq!(
+        number(&players["items"]["maxLength"]),
+        batch::MAX_ID_CHARS as u64
+    );
+    assert_eq!(
+        number(&schema(&doc, "CompletionBody/properties/predictions_count")["maximum"]),
+        u64::from(batch::MAX_PREDICTIONS)
+    );
+    assert_eq!(
+        number(&schema(&doc, "BulkBody/properties/completions")["maxItems"]),
+        batch::MAX_PLAYERS as u64
+    );
+
+    for key in ["subject", "skill_id", "subskill_id"] {
+        for body in ["AttemptBody", "ReviewBody"] {
+            assert_eq!(
+                number(&schema(&doc, &format!("{body}/properties/{key}"))["maxLength"]),
+                competency::MAX_KEY_CHARS as u64
+            );
+        }
+        assert_eq!(
+            number(&parameter(&doc, "getCompetency", key)["maxLength"]),
+            competency::MAX_KEY_CHARS as u64
+        );
+    }
+    assert_eq!(
+        number(&schema(&doc, "AttemptBody/properties/analysis")["maxLength"]),
+        competency::MAX_TEXT_CHARS as u64
+    );
+    for score in [
+        "AttemptBody/properties/score",
+        "ReviewBody/properties/score",
+        "Evaluation/properties/score",
+    ] {
+        assert_eq!(
+            schema(&doc, score)["maximum"].as_f64(),
+            Some(competency::MAX_SCORE)
+        );
+    }
+    let review = schema(&doc, "FullReview");
+    for part in ["observation", "analysis", "evaluation", "feedback"] {
+        assert!(
+            review["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == part),
+            "{part}"
+        );
+    }
+    assert_eq!(
+        schema(&doc, "Evaluation")["required"],
+        serde_json::json!(["score"])
+    );
+    assert_eq!(
+        schema(&doc, "ReadSourceBody/properties/source")["enum"],
+        serde_json::json!(["legacy", "new"])
+    );
+}
+
+#[tokio::test]
+async fn the_described_header_rules_are_the_servers() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+    let key = parameter(&doc, "createCollection", "Idempotency-Key");
+    let project = Uuid::new_v4();
+    let create = |key: String| {
+        app.post(&format!("/projects/{project}/collections"))
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({"collection_name": "x"}))
+            .send()
+    };
+
+    let longest = usize::try_from(number(&key["maxLength"])).unwrap();
+    assert_eq!(
+        create("k".repeat(longest)).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        create("k".repeat(longest + 1)).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    let if_match = parameter(&doc, "updateCollection", "If-Match")["pattern"]
+        .as_str()
+        .unwrap();
+    assert!(if_match.contains(r#"""#), "{if_match}");
+}
+
+#[tokio::test]
+async fn the_described_query_bounds_are_the_servers() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+    let project = Uuid::new_v4();
+    let pages = [
+        (
+            "listCollections",
+            format!("/projects/{project}/collections"),
+        ),
+        ("listCompletions", "/batches/b/completions".to_owned()),
+        ("listCompetencies", "/students/1/competencies".to_owned()),
+        ("getSkillAnalytics", "/analytics/skills".to_owned()),
+        ("listEvents", "/events".to_owned()),
+    ];
+
+    for (id, path) in pages {
+        let limit = parameter(&doc, id, "limit");
+        let largest = number(&limit["maximum"]);
+        assert_eq!(number(&limit["minimum"]), 1);
+        assert!(number(&limit["default"]) <= largest);
+        let status = |query: String| status_of(&app, format!("{path}?{query}"));
+        assert_ne!(
+            status(format!("limit={largest}")).await,
+            StatusCode::BAD_REQUEST,
+            "{id}"
+        );
+        assert_eq!(
+            status(format!("limit={}", largest + 1)).await,
+            StatusCode::BAD_REQUEST,
+            "{id}"
+        );
+        assert_eq!(
+            status("limit=0".to_owned()).await,
+            StatusCode::BAD_REQUEST,
+            "{id}"
+        );
+        if id == "listCompetencies" || id == "getSkillAnalytics" {
+            let offset = number(&parameter(&doc, id, "offset")["maximum"]);
+            assert_eq!(
+                status(format!("offset={offset}")).await,
+                StatusCode::OK,
+                "{id}"
+            );
+            assert_eq!(
+                status(format!("offset={}", offset + 1)).await,
+                StatusCode::BAD_REQUEST,
+                "{id}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_described_aggregate_type_filter_is_the_servers() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+    let pattern = parameter(&doc, "listEvents", "aggregate_type")["pattern"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // ^[A-Za-z0-9_]{1,<chars>}(,[A-Za-z0-9_]{1,<chars>}){0,<more>}$
+    let bounds: Vec<usize> = pattern
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (chars, types) = (bounds[3], bounds[9] + 1);
+    assert_eq!(
+        bounds,
+        [0, 9, 1, chars, 0, 9, 1, chars, 0, types - 1],
+        "{pattern}"
+    );
+    let status = |filter: String| status_of(&app, format!("/events?aggregate_type={filter}"));
+
+    assert_eq!(status("a".repeat(chars)).await, StatusCode::OK);
+    assert_eq!(status("a".repeat(chars + 1)).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status(vec!["a"; types].join(",")).await, StatusCode::OK);
+    assert_eq!(
+        status(vec!["a"; types + 1].join(",")).await,
+        StatusCode::BAD_REQUEST
+    );
+}
