@@ -102,6 +102,18 @@ test("a rebuild shows a live progress bar that reaches 100%", async () => {
   await shot("rebuild-done");
 });
 
+test("the switch gate stays closed until a verification, and a forced switch says so", async () => {
+  const gate = (domain, state) => page.locator(`#read-sources li[data-domain="${domain}"] [data-gate="${state}"]`);
+  await gate("collections", "closed").waitFor();
+  assert.match(await gate("collections", "closed").innerText(), /cutover verify collections/);
+  await act("Force batches to new");
+  await page.getByRole("alert").getByText("batches now reads from new (forced past the gate)").waitFor();
+  await page.locator('#read-sources li[data-domain="batches"]', { hasText: "forced past the gate" }).waitFor();
+  await act("Run verification");
+  await page.getByRole("alert").getByText("Verification found no difference").waitFor({ timeout: 120_000 });
+  await gate("collections", "open").waitFor();
+});
+
 test("switching a read source takes effect and shows", async () => {
   await act("Switch collections to new");
   await page.getByRole("alert").getByText("collections now reads from new").waitFor();

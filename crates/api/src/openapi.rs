@@ -268,8 +268,8 @@ impl Modify for BearerAuth {
         competencies::record_attempt, competencies::record_review, competencies::list,
         competencies::fetch, competencies::analytics,
         events::page, events::live,
-        admin::list, admin::status, admin::start_rebuild, admin::retire, admin::job,
-        admin::read_sources, admin::set_read_source, admin::consistency,
+        admin::list, admin::status, admin::start_rebuild, admin::retire, admin::repair_aggregates, admin::job,
+        admin::read_sources, admin::set_read_source, admin::switch_gate, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),
     components(schemas(Problem, Document, Page, EventPage, AnyObject)),
@@ -450,6 +450,19 @@ fn rules() -> Vec<(At, Value)> {
             json!({"enum": projections}),
         ),
         (Param("startRebuild", "name"), json!({"enum": rebuildable})),
+        (
+            Param("repairProjection", "name"),
+            json!({"enum": projections}),
+        ),
+        (
+            Schema("RepairBody/properties/aggregates"),
+            json!({"minItems": 1, "maxItems": cutover_projections::repair::MAX_AGGREGATES}),
+        ),
+        (
+            Schema("RepairBody/properties/aggregates/items"),
+            json!({"pattern": no_nul()}),
+        ),
+        (Param("getSwitchGate", "domain"), json!({"enum": domains()})),
         (Param("setReadSource", "domain"), json!({"enum": domains()})),
         (
             Param("verifyConsistency", "domain"),

@@ -153,6 +153,30 @@ pub async fn read<'e>(
     Ok(read)
 }
 
+/// Every event of the aggregates `aggregate_ids` of `aggregate_type`, in log order (for a
+/// repair, which holds those aggregates' locks, so none of their events is in flight).
+///
+/// # Errors
+/// A database error, or a stored payload that cannot be upcast.
+pub async fn aggregate_events<'e>(
+    executor: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_ids: &[String],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND $3::text[] IS NULL
+          ORDER BY events.transaction_id, events.position"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_ids)
+        .bind(Option::<Vec<String>>::None)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(stored_event).collect()
+}
+
 /// Whether committed events after `after` are being held back because an older transaction
 /// is still running (they will be served once it ends).
 ///

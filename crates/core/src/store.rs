@@ -270,8 +270,9 @@ fn begin_locked(aggregate_type: &str, aggregate_id: &str) -> String {
     )
 }
 
-/// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`.
-fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {
+/// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`. Every
+/// command on the aggregate holds it for its transaction (and so does a repair of it).
+pub fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {
     let digest = Sha256::new()
         .chain_update(aggregate_type.as_bytes())
         .chain_update(b"/")

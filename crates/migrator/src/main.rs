@@ -15,7 +15,7 @@ use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
 use cutover_projections::rebuild::{self, Progress, Purpose};
-use cutover_projections::{inline_projectors, registry, verify};
+use cutover_projections::{inline_projectors, registry, repair, verify};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Cutover's operator CLI. Acts on the same registry as every server instance.
@@ -80,11 +80,27 @@ enum Command {
         /// collections, batches or competencies; all when omitted.
         domain: Option<String>,
     },
-    /// Switch what a domain's GET routes read, at once, on every instance.
+    /// Rebuild, in place, the rows of some aggregates in live projections (after verify found
+    /// a drift), in one transaction that holds off commands on those aggregates only. Verify
+    /// prints the command for each difference it finds.
+    Repair {
+        /// The projections to repair (of one aggregate type).
+        #[arg(required = true)]
+        projections: Vec<String>,
+        /// An aggregate id whose rows to rebuild (repeat for more).
+        #[arg(long = "aggregate", required = true)]
+        aggregates: Vec<String>,
+    },
+    /// Switch what a domain's GET routes read, at once, on every instance. Refused until a
+    /// clean consistency report of the domain (`cutover verify <domain>`) was taken after the
+    /// last rebuild, repair or retirement of its projections.
     ReadSource {
         /// collections, batches or competencies.
         domain: String,
         source: SourceArg,
+        /// Switch even though the gate is closed (recorded in the activity history).
+        #[arg(long)]
+        force: bool,
     },
     /// Stop maintaining a projection and drop its tables (refused while it is its domain's
     /// read source). `cutover rebuild` brings it back.
@@ -145,6 +161,7 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
         Command::Rebuild { .. }
             | Command::Retire { .. }
             | Command::ReadSource { .. }
+            | Command::Repair { .. }
             | Command::ImportLegacy
             | Command::Seed { .. }
     );
@@ -257,6 +274,9 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     "DIFFERENCE {} {} {} key={} field={}: {} vs {}",
                     d.check, d.projection, d.table, d.key, d.field, d.left, d.right
                 );
+                if let Some(repair) = &d.repair {
+                    println!("  repair: {repair}");
+                }
             }
             if report.difference_count > report.differences.len() {
                 println!(
@@ -274,12 +294,34 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::ReadSource { domain, source } => {
+        Command::Repair {
+            projections,
+            aggregates,
+        } => {
+            let repaired = repair::repair(pool, &projectors, &projections, &aggregates).await?;
+            println!(
+                "repaired {} for {} {} aggregate(s): {} events replayed",
+                repaired.projections.join(", "),
+                repaired.aggregates.len(),
+                repaired.aggregate_type,
+                repaired.events_replayed
+            );
+        }
+        Command::ReadSource {
+            domain,
+            source,
+            force,
+        } => {
             let source = match source {
                 SourceArg::Legacy => ReadSource::Legacy,
                 SourceArg::New => ReadSource::New,
             };
-            registry::set_read_source(pool, &domain, source).await?;
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+            let actor = registry::Actor(format!("cli:{user}"));
+            let gate = registry::set_read_source(pool, &domain, source, force, &actor).await?;
+            if !gate.open {
+                println!("forced past the gate ({}); recorded", gate.reason);
+            }
             println!("{domain} now reads from {}", source.as_str());
         }
         Command::Retire { projection } => {

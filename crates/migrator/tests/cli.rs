@@ -18,6 +18,7 @@ fn help_lists_every_command() {
         "verify",
         "read-source",
         "retire",
+        "repair",
         "import-legacy",
         "seed",
         "DATABASE_URL",

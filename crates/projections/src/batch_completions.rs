@@ -10,7 +10,8 @@ use sqlx::PgConnection;
 
 use crate::batches::{apply_steps, BatchRow, BatchStatements, BatchSummary};
 
-const NAME: &str = "batch_completions";
+/// The projection's name.
+pub const NAME: &str = "batch_completions";
 
 const INSERT_COUNTERS: &str = "\
 INSERT INTO batch_counters (batch_id, expected_count, completed_count, total_predictions,

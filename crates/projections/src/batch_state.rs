@@ -12,7 +12,8 @@ use sqlx::PgConnection;
 
 use crate::batches::{apply_steps, BatchRow, BatchStatements};
 
-const NAME: &str = "batch_state";
+/// The projection's name.
+pub const NAME: &str = "batch_state";
 
 const INSERT: &str = "\
 INSERT INTO batch_state (batch_id, expected_players, completed_players, predictions_by_player,

@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::{collection_id, CollectionRow, EventProjector, Statement};
 
-const NAME: &str = "collections";
+/// The projection's name.
+pub const NAME: &str = "collections";
 
 const INSERT: &str = "\
 INSERT INTO collections (collection_id, project_id, collection_name, description, is_active,

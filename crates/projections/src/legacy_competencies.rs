@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use crate::{EventProjector, Statement};
 
-const NAME: &str = "legacy_competencies";
+/// The projection's name.
+pub const NAME: &str = "legacy_competencies";
 
 /// The attempt document, and the competency document it leads to. The competency's id is the
 /// old store's, which two subskills can share (`a_b` + `c`, `a` + `b_c`): when the row of that

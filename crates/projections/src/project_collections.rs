@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::{collection_id, CollectionRow, EventProjector, Statement};
 
-const NAME: &str = "project_collections";
+/// The projection's name.
+pub const NAME: &str = "project_collections";
 
 const INSERT: &str = "\
 INSERT INTO project_collections (project_id, collection_id, research_context, tags,

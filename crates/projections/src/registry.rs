@@ -20,6 +20,12 @@ pub enum AdminError {
     UnknownDomain(String),
     #[error("{0}")]
     Refused(String),
+    /// The request names something that does not exist (an aggregate with no events).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request breaks a rule of the action.
+    #[error("{0}")]
+    Invalid(String),
     #[error("rebuild of {projections} failed: {reason}")]
     RebuildFailed { projections: String, reason: String },
     #[error(transparent)]
@@ -109,11 +115,13 @@ SELECT id, projections, purpose, status, events_done, events_total, position, sw
 ///
 /// # Errors
 /// A database error.
-pub async fn projections(pool: &PgPool) -> Result<Vec<Projection>, sqlx::Error> {
+pub async fn projections<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<Projection>, sqlx::Error> {
     sqlx::query_as(&format!(
         "{SELECT_PROJECTIONS} ORDER BY domain, shape, name"
     ))
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 
@@ -272,16 +280,104 @@ pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::
         .await
 }
 
-/// Switches what `domain`'s GET routes read. Refused when that shape's projection is retired
-/// (its tables do not exist).
+/// Whether `domain`'s read source may be switched: only after a clean consistency report of the
+/// domain, taken after the last rebuild, repair or retirement of any of its projections.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gate {
+    pub open: bool,
+    /// The report that opens it, or what is missing or failing; with the command that helps.
+    pub reason: String,
+}
+
+/// What `gate` reads of a kept report (`crate::verify::Report` as stored).
+#[derive(Debug, serde::Deserialize)]
+struct KeptReport {
+    difference_count: usize,
+    differences: Vec<KeptDifference>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct KeptDifference {
+    /// A projection's name, or a domain's two as `legacy/new`.
+    projection: String,
+}
+
+/// The latest report naming `domain`, as `gate` reads it.
+type ReportRow = (i64, DateTime<Utc>, sqlx::types::Json<KeptReport>);
+
+/// The switch gate of `domain` (see [`Gate`]).
 ///
 /// # Errors
-/// `UnknownDomain`, `Refused`, or a database error.
+/// A database error.
+pub async fn gate(conn: &mut PgConnection, domain: &str) -> Result<Gate, sqlx::Error> {
+    let (changed, names): (Option<DateTime<Utc>>, Vec<String>) = sqlx::query_as(
+        "SELECT max(changed_at), coalesce(array_agg(name), '{}') FROM projections WHERE domain = $1",
+    )
+    .bind(domain)
+    .fetch_one(&mut *conn)
+    .await?;
+    let report: Option<ReportRow> = sqlx::query_as(
+        "SELECT id, checked_at, report FROM consistency_reports
+          WHERE report -> 'domains' ? $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(domain)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let closed = |reason: String| Gate {
+        open: false,
+        reason,
+    };
+    let Some((id, checked_at, report)) = report else {
+        return Ok(closed(format!(
+            "no consistency report of {domain} yet: run `cutover verify {domain}`"
+        )));
+    };
+    if changed.is_some_and(|changed| checked_at <= changed) {
+        return Ok(closed(format!(
+            "the latest consistency report of {domain} (#{id}, {checked_at}) is older than the \
+             last rebuild, repair or retirement of its projections: run `cutover verify {domain}`"
+        )));
+    }
+    let listed_all = report.differences.len() == report.difference_count;
+    let own = report
+        .differences
+        .iter()
+        .filter(|d| {
+            d.projection
+                .split('/')
+                .any(|p| names.iter().any(|n| n == p))
+        })
+        .count();
+    if own > 0 || (!listed_all && report.difference_count > 0) {
+        return Ok(closed(format!(
+            "the latest consistency report of {domain} (#{id}, {checked_at}) found differences: \
+             repair them and run `cutover verify {domain}` again"
+        )));
+    }
+    Ok(Gate {
+        open: true,
+        reason: format!("consistency report #{id} of {domain} ({checked_at}) is clean"),
+    })
+}
+
+/// Who asks for an action, as the activity history records it.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// Switches what `domain`'s GET routes read. Refused when that shape's projection is retired
+/// (its tables do not exist), and while the domain's [`gate`] is closed unless `force`. Every
+/// switch is recorded in `admin_actions` with `actor`.
+///
+/// # Errors
+/// `UnknownDomain`, `Refused` (a retired projection, or a closed gate, named), or a database
+/// error.
 pub async fn set_read_source(
     pool: &PgPool,
     domain: &str,
     source: ReadSource,
-) -> Result<(), AdminError> {
+    force: bool,
+    actor: &Actor,
+) -> Result<Gate, AdminError> {
     let shape = source.as_str();
     let mut tx = pool.begin().await?;
     let target: Option<(String, bool)> = sqlx::query_as(
@@ -299,13 +395,57 @@ pub async fn set_read_source(
             "projection {name} is retired: rebuild it before reading {domain} from it"
         )));
     }
+    let gate = gate(&mut tx, domain).await?;
+    if !gate.open && !force {
+        return Err(AdminError::Refused(format!(
+            "switching {domain} to {shape} needs a clean consistency report: {}; or force it \
+             (recorded)",
+            gate.reason
+        )));
+    }
     sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")
         .bind(domain)
         .bind(shape)
         .execute(&mut *tx)
         .await?;
+    sqlx::query(
+        "INSERT INTO admin_actions (action, domain, actor, forced, detail)
+         VALUES ('read_source', $1, $2, $3, $4)",
+    )
+    .bind(domain)
+    .bind(&actor.0)
+    .bind(!gate.open)
+    .bind(serde_json::json!({ "source": shape, "gate": gate }))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(gate)
+}
+
+/// One entry of the activity history.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Action {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub domain: String,
+    pub actor: String,
+    pub forced: bool,
+    pub detail: serde_json::Value,
+}
+
+/// The newest entry of `domain` in the activity history.
+///
+/// # Errors
+/// A database error.
+pub async fn last_action(pool: &PgPool, domain: &str) -> Result<Option<Action>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, action, domain, actor, forced, detail FROM admin_actions
+          WHERE domain = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(domain)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Stops maintaining projection `name` and drops its tables. Refused while it is its domain's

@@ -17,6 +17,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::rebuild::{Job, Purpose};
 use crate::registry::{projections, AdminError};
+use crate::repair;
 
 /// Most differences listed in one report (all are counted).
 pub const MAX_LISTED: usize = 1_000;
@@ -35,6 +36,9 @@ pub struct Difference {
     pub left: Value,
     /// The new value, or the rebuilt one.
     pub right: Value,
+    /// The command that repairs the row's aggregate in place (`cutover repair …`), when the
+    /// row belongs to one aggregate (a `skill_analytics` row sums many: repair any of them).
+    pub repair: Option<String>,
 }
 
 /// The outcome of a verification.
@@ -169,7 +173,12 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                      SELECT coalesce(l.id, n.attempt_id::text) AS id, l.doc, n
                        FROM legacy_attempts AS l
                        FULL JOIN student_attempts AS n ON n.attempt_id::text = l.id)
-                 SELECT jsonb_build_object('attempt_id', id), f.field, f.legacy, f.new, NULL::bigint
+                 SELECT jsonb_build_object('attempt_id', id,
+                            'student_id', coalesce((n).student_id, (doc ->> 'student_id')::bigint),
+                            'subject', coalesce((n).subject, doc ->> 'subject'),
+                            'skill_id', coalesce((n).skill_id, doc ->> 'skill_id'),
+                            'subskill_id', coalesce((n).subskill_id, doc ->> 'subskill_id')),
+                        f.field, f.legacy, f.new, NULL::bigint
                    FROM pairs CROSS JOIN LATERAL (VALUES
                        ('row', to_jsonb(doc IS NOT NULL), to_jsonb((n).attempt_id IS NOT NULL)),
                        ('student_id', doc -> 'student_id', to_jsonb((n).student_id)),
@@ -190,7 +199,12 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                      SELECT coalesce(l.id, n.review_id::text) AS id, l.doc, n
                        FROM legacy_reviews AS l
                        FULL JOIN student_reviews AS n ON n.review_id::text = l.id)
-                 SELECT jsonb_build_object('review_id', id), f.field, f.legacy, f.new, NULL::bigint
+                 SELECT jsonb_build_object('review_id', id,
+                            'student_id', coalesce((n).student_id, (doc ->> 'student_id')::bigint),
+                            'subject', coalesce((n).subject, doc ->> 'subject'),
+                            'skill_id', coalesce((n).skill_id, doc ->> 'skill_id'),
+                            'subskill_id', coalesce((n).subskill_id, doc ->> 'subskill_id')),
+                        f.field, f.legacy, f.new, NULL::bigint
                    FROM pairs CROSS JOIN LATERAL (VALUES
                        ('row', to_jsonb(doc IS NOT NULL), to_jsonb((n).review_id IS NOT NULL)),
                        ('problem_id', doc -> 'problem_id', to_jsonb((n).problem_id)),
@@ -350,7 +364,7 @@ async fn compare_all(
             continue;
         }
         for (pair, sql) in *checks {
-            legacy_vs_new(&mut snapshot, pair, sql, report).await?;
+            legacy_vs_new(&mut snapshot, (domain, pair), registry, sql, report).await?;
         }
     }
     for projector in job.projectors().to_vec() {
@@ -364,22 +378,31 @@ async fn compare_all(
 
 async fn legacy_vs_new(
     conn: &mut PgConnection,
-    pair: &str,
+    (domain, pair): (&str, &str),
+    registry: &[crate::registry::Projection],
     sql: &str,
     report: &mut Report,
 ) -> Result<(), AdminError> {
     let rows: Vec<DiffRow> = sqlx::query_as(sql).fetch_all(&mut *conn).await?;
     for (key, field, left, right, compared) in rows {
         match field {
-            Some(field) => report.add(Difference {
-                check: "legacy_vs_new",
-                projection: pair.to_owned(),
-                table: pair.to_owned(),
-                key: key.unwrap_or(Value::Null),
-                field,
-                left: left.unwrap_or(Value::Null),
-                right: right.unwrap_or(Value::Null),
-            }),
+            Some(field) => {
+                let key = key.unwrap_or(Value::Null);
+                // Which side is wrong is not known: the command repairs both projections.
+                let domain = registry.iter().filter(|r| r.domain == domain);
+                let names: Vec<&str> = domain.map(|r| r.name.as_str()).collect();
+                let repair = repair::aggregate_of(&key).map(|a| repair::command(&names, &a));
+                report.add(Difference {
+                    check: "legacy_vs_new",
+                    projection: pair.to_owned(),
+                    table: pair.to_owned(),
+                    key,
+                    field,
+                    left: left.unwrap_or(Value::Null),
+                    right: right.unwrap_or(Value::Null),
+                    repair,
+                });
+            }
             None => report.rows_compared += compared.unwrap_or(0),
         }
     }
@@ -423,6 +446,11 @@ async fn live_vs_rebuilt(
             report.rows_compared += compared.unwrap_or(0);
             continue;
         };
+        let aggregate = [Some(&key), live.as_ref(), rebuilt.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(repair::aggregate_of);
+        let repair = aggregate.map(|a| repair::command(&[projection], &a));
         for (field, left, right) in field_differences(live, rebuilt) {
             report.add(Difference {
                 check: "live_vs_rebuild",
@@ -432,6 +460,7 @@ async fn live_vs_rebuilt(
                 field,
                 left,
                 right,
+                repair: repair.clone(),
             });
         }
     }

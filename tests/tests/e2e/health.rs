@@ -88,9 +88,11 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
         "/admin/projections/{name}",
         "/admin/projections/{name}/rebuild",
         "/admin/projections/{name}/retire",
+        "/admin/projections/{name}/repair",
         "/admin/jobs/{id}",
         "/admin/read-sources",
         "/admin/read-sources/{domain}",
+        "/admin/read-sources/{domain}/gate",
         "/admin/consistency",
         "/admin/consistency/latest",
         "/admin/activity",
@@ -101,7 +103,7 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
             "{route} is not described"
         );
     }
-    assert_eq!(paths.len(), 26);
+    assert_eq!(paths.len(), 28);
     let create = &spec["paths"]["/projects/{project_id}/collections"]["post"];
     assert!(create["responses"]["422"]["content"]["application/problem+json"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());

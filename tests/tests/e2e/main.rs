@@ -18,4 +18,6 @@ mod legacy_contracts;
 mod migration;
 mod observability;
 mod openapi;
+mod repair;
 mod replay;
+mod switch_gate;

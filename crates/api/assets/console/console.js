@@ -114,11 +114,13 @@ const retire = (name) =>
     () => `${name} is retired.`,
   );
 
-const switchSource = (domain, source) =>
+const switchSource = (domain, source, force) =>
   act(
-    `Switch the ${domain} read source to ${source}? Queries of ${domain} read from the ${source} tables from now on.`,
-    "PUT", `/admin/read-sources/${encodeURIComponent(domain)}`, { source },
-    (answer) => `${answer.domain} now reads from ${answer.source}.`,
+    force
+      ? `Force the switch of ${domain} to ${source} past the closed gate? No clean consistency report covers the ${domain} projections as they are now. The override is recorded with your token and the time.`
+      : `Switch the ${domain} read source to ${source}? Queries of ${domain} read from the ${source} tables from now on.`,
+    "PUT", `/admin/read-sources/${encodeURIComponent(domain)}`, { source, force },
+    (answer) => `${answer.domain} now reads from ${answer.source}${answer.forced ? " (forced past the gate)" : ""}.`,
   );
 
 async function verify() {
@@ -188,14 +190,23 @@ function renderProjections(statuses) {
   document.getElementById("rebuild-all").disabled = statuses.some((s) => s.rebuild_running);
 }
 
-function renderSources(sources) {
+function renderSources(sources, gates) {
   const list = document.getElementById("read-sources");
   list.replaceChildren(...Object.entries(sources).map(([domain, source]) => {
     const other = source === "legacy" ? "new" : "legacy";
+    const { gate, last_switch: last } = gates[domain] ?? { gate: { open: false, reason: "unknown" } };
+    const switchButton = gate.open
+      ? el("button", { type: "button", onclick: () => switchSource(domain, other, false) }, `Switch ${domain} to ${other}`)
+      : el("button", { type: "button", class: "danger", onclick: () => switchSource(domain, other, true) }, `Force ${domain} to ${other}`);
     return el("li", { "data-domain": domain },
       el("strong", {}, domain), "reads from ",
       el("span", { class: "source" }, source), " ",
-      el("button", { type: "button", onclick: () => switchSource(domain, other) }, `Switch ${domain} to ${other}`));
+      switchButton,
+      el("p", { class: gate.open ? "gate open" : "gate closed", "data-gate": gate.open ? "open" : "closed" },
+        gate.open ? `Gate open: ${gate.reason}` : `Gate closed: ${gate.reason}`),
+      last
+        ? el("p", { class: "muted" }, `Last switch: to ${last.detail.source} by ${last.actor} at ${new Date(last.at).toLocaleString()}${last.forced ? " (forced past the gate)" : ""}`)
+        : "");
   }));
 }
 
@@ -216,11 +227,12 @@ function renderConsistency(latest) {
   if (report.differences.length) {
     parts.push(el("table", { id: "differences" },
       el("caption", {}, `The first ${report.differences.length} differences`),
-      el("thead", {}, el("tr", {}, ...["Check", "Projection", "Table", "Key", "Field", "Legacy / live", "New / rebuilt"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ...["Check", "Projection", "Table", "Key", "Field", "Legacy / live", "New / rebuilt", "Repair"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...report.differences.map((d) => el("tr", {},
         el("td", {}, d.check), el("td", {}, d.projection), el("td", {}, d.table),
         el("td", {}, el("code", {}, JSON.stringify(d.key))), el("td", {}, d.field),
-        el("td", {}, el("code", {}, JSON.stringify(d.left))), el("td", {}, el("code", {}, JSON.stringify(d.right))))))));
+        el("td", {}, el("code", {}, JSON.stringify(d.left))), el("td", {}, el("code", {}, JSON.stringify(d.right))),
+        el("td", {}, d.repair ? el("code", {}, d.repair) : "rebuild the projection"))))));
   }
   box.replaceChildren(...parts);
 }
@@ -272,8 +284,10 @@ async function refresh() {
       api("GET", "/admin/read-sources"),
       api("GET", "/admin/activity"),
     ]);
+    const gates = Object.fromEntries(await Promise.all(Object.keys(sources).map(async (domain) =>
+      [domain, await api("GET", `/admin/read-sources/${encodeURIComponent(domain)}/gate`)])));
     renderProjections(projections);
-    renderSources(sources);
+    renderSources(sources, gates);
     renderActivity(activity);
     if (page.after === null) {
       page.after = activity.log_head;

@@ -1,14 +1,16 @@
 //! The admin API: the projection registry, rebuilds (run in the background, progress in the
 //! database so every instance reports it), retirement, read sources, and verification.
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
+use cutover_core::projection::ProjectionError;
 use cutover_core::read_source::ReadSource;
 use cutover_projections::rebuild::{self, Purpose};
 use cutover_projections::registry::{self, AdminError, Job, Status};
+use cutover_projections::repair;
 use cutover_projections::verify::{self, Report};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -24,9 +26,11 @@ pub fn router() -> Router<AppState> {
         .route("/admin/projections/{name}", get(status))
         .route("/admin/projections/{name}/rebuild", post(start_rebuild))
         .route("/admin/projections/{name}/retire", post(retire))
+        .route("/admin/projections/{name}/repair", post(repair_aggregates))
         .route("/admin/jobs/{id}", get(job))
         .route("/admin/read-sources", get(read_sources))
         .route("/admin/read-sources/{domain}", put(set_read_source))
+        .route("/admin/read-sources/{domain}/gate", get(switch_gate))
         .route("/admin/consistency", get(consistency))
         .route("/admin/consistency/latest", get(latest_consistency))
 }
@@ -38,6 +42,14 @@ impl From<AdminError> for ApiError {
                 Self::NotFound(e.to_string())
             }
             AdminError::Refused(reason) => Self::Conflict(reason),
+            AdminError::NotFound(what) => Self::NotFound(what),
+            AdminError::Invalid(why) => Self::Unprocessable {
+                detail: why,
+                field: None,
+            },
+            AdminError::Projection(ProjectionError::LegacyIdTaken { detail, .. }) => {
+                Self::Conflict(detail)
+            }
             AdminError::Database(db) => db.into(),
             other => Self::Internal(other.into()),
         }
@@ -166,6 +178,44 @@ async fn retire(
     ))
 }
 
+/// Body of `POST /admin/projections/{name}/repair`.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RepairBody {
+    /// The aggregates whose rows to rebuild in place: collection uuids, batch ids, or subskill
+    /// stream ids (`{student_id}_{subject}_{skill_id}_{subskill_id}`, `%`/`_` in a part as
+    /// `%25`/`%5F`), as verify's repair commands name them.
+    aggregates: Vec<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/projections/{name}/repair",
+    operation_id = "repairProjection",
+    tag = "admin",
+    description = "Rebuilds, in place, the rows of some aggregates in a live projection (after \
+                   verify found a drift), in one transaction that holds off commands on those \
+                   aggregates only; closes the domain's switch gate until the next verify. 404 \
+                   for an aggregate without events, 409 for a projection that is not live.",
+    params(("name" = String, Path, description = "the projection")),
+    request_body = RepairBody,
+    responses(
+        (status = 200, description = "repaired: the projection, the aggregates and the events \
+                                      replayed", body = crate::openapi::AnyObject),
+        crate::openapi::Errors
+    )
+)]
+async fn repair_aggregates(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<RepairBody>,
+) -> Result<axum::Json<repair::Repaired>, ApiError> {
+    let projectors = state.store.projectors();
+    let repaired =
+        repair::repair(state.store.pool(), projectors, &[name], &body.aggregates).await?;
+    Ok(axum::Json(repaired))
+}
+
 #[utoipa::path(
     get,
     path = "/admin/jobs/{id}",
@@ -214,9 +264,14 @@ async fn read_sources(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReadSourceBody {
-    /// The shape the domain's GET routes read from now on (409 if its projection is retired).
+    /// The shape the domain's GET routes read from now on (409 if its projection is retired,
+    /// or while the switch gate is closed).
     #[schema(value_type = String)]
     source: ReadSource,
+    /// Switch even though the gate is closed: no clean consistency report of the domain since
+    /// the last rebuild, repair or retirement of its projections. Recorded with who and when.
+    #[serde(default)]
+    force: bool,
 }
 
 #[utoipa::path(
@@ -235,12 +290,55 @@ struct ReadSourceBody {
 async fn set_read_source(
     State(state): State<AppState>,
     Path(domain): Path<String>,
+    Extension(actor): Extension<registry::Actor>,
     Json(body): Json<ReadSourceBody>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    registry::set_read_source(state.store.pool(), &domain, body.source).await?;
-    Ok(axum::Json(
-        json!({ "domain": domain, "source": body.source }),
-    ))
+    let pool = state.store.pool();
+    let gate = registry::set_read_source(pool, &domain, body.source, body.force, &actor).await?;
+    Ok(axum::Json(json!({
+        "domain": domain,
+        "source": body.source,
+        "forced": !gate.open,
+        "gate": gate,
+    })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/read-sources/{domain}/gate",
+    operation_id = "getSwitchGate",
+    tag = "admin",
+    description = "Whether the domain's read source may be switched: open after a clean \
+                   consistency report of the domain taken since the last rebuild, repair or \
+                   retirement of its projections; with the domain's last switch (who, when, \
+                   whether it was forced).",
+    params(("domain" = String, Path, description = "the domain"), crate::openapi::ReadHeaders),
+    responses(
+        (status = 200, description = "the gate", body = crate::openapi::AnyObject),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn switch_gate(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let pool = state.store.pool();
+    let source = registry::read_sources(pool)
+        .await?
+        .into_iter()
+        .find(|(d, _)| *d == domain)
+        .map(|(_, source)| source)
+        .ok_or_else(|| ApiError::from(AdminError::UnknownDomain(domain.clone())))?;
+    let mut conn = pool.acquire().await?;
+    let gate = registry::gate(&mut conn, &domain).await?;
+    let last_switch = registry::last_action(pool, &domain).await?;
+    Ok(axum::Json(json!({
+        "domain": domain,
+        "source": source,
+        "gate": gate,
+        "last_switch": last_switch,
+    })))
 }
 
 #[derive(Debug, Deserialize)]

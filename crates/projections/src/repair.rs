@@ -1,0 +1,319 @@
+//! Partial repair: rebuilds the rows of some aggregates in a live projection, in place, without
+//! a full rebuild — after verify found a drift (a row changed by hand, a projector bug fixed).
+//!
+//! In one transaction that holds the locks of those aggregates (so their commands wait, and
+//! commands on every other aggregate go on), it deletes the projection's rows of the
+//! aggregates, replays their events through the projector's own code, and settles the rows
+//! that sum over many aggregates (`skill_analytics`) from the rows they sum. It then marks the
+//! projection changed, which closes the domain's switch gate until the next verify.
+
+use std::sync::Arc;
+
+use cutover_core::log;
+use cutover_core::projection::Projector;
+use cutover_core::store::{aggregate_lock_key, APPEND_LOCK};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::registry::{projections, AdminError};
+
+/// Most aggregates one repair takes.
+pub const MAX_AGGREGATES: usize = 1_000;
+
+/// How a repair scopes a projection's rows to aggregates: statements with `$1` the aggregate
+/// ids (`text[]`), run before the replay (`clear`: delete the aggregates' rows, one per table)
+/// and after it (`settle`: recompute rows that sum over aggregates).
+struct Plan {
+    projection: &'static str,
+    clear: &'static [&'static str],
+    settle: &'static [&'static str],
+}
+
+/// A subskill row's aggregate, in SQL (the migration `switch_gate_and_repair` defines it).
+macro_rules! subskill_of {
+    ($row:literal) => {
+        concat!(
+            "public.cutover_subskill_id(",
+            $row,
+            ".student_id, ",
+            $row,
+            ".subject, ",
+            $row,
+            ".skill_id, ",
+            $row,
+            ".subskill_id) = ANY($1)"
+        )
+    };
+}
+
+/// A legacy document's subskill, in SQL.
+macro_rules! document_of {
+    ($table:literal) => {
+        concat!(
+            "DELETE FROM ",
+            $table,
+            " WHERE public.cutover_subskill_id(student_id, doc ->> 'subject', doc ->> 'skill_id', \
+             doc ->> 'subskill_id') = ANY($1)"
+        )
+    };
+}
+
+const PLANS: &[Plan] = &[
+    Plan {
+        projection: crate::collections::NAME,
+        clear: &["DELETE FROM collections WHERE collection_id::text = ANY($1)"],
+        settle: &[],
+    },
+    Plan {
+        projection: crate::project_collections::NAME,
+        clear: &["DELETE FROM project_collections WHERE collection_id::text = ANY($1)"],
+        settle: &[],
+    },
+    Plan {
+        projection: crate::batch_state::NAME,
+        clear: &["DELETE FROM batch_state WHERE batch_id = ANY($1)"],
+        settle: &[],
+    },
+    Plan {
+        projection: crate::batch_completions::NAME,
+        clear: &[
+            "DELETE FROM batch_completions WHERE batch_id = ANY($1)",
+            "DELETE FROM batch_counters WHERE batch_id = ANY($1)",
+        ],
+        settle: &[],
+    },
+    Plan {
+        projection: crate::legacy_competencies::NAME,
+        clear: &[
+            document_of!("legacy_attempts"),
+            document_of!("legacy_reviews"),
+            document_of!("legacy_competencies"),
+        ],
+        settle: &[],
+    },
+    Plan {
+        projection: crate::student_competencies::NAME,
+        clear: &[
+            concat!("DELETE FROM student_attempts AS t WHERE ", subskill_of!("t")),
+            concat!("DELETE FROM student_reviews AS t WHERE ", subskill_of!("t")),
+            concat!("DELETE FROM student_competencies AS t WHERE ", subskill_of!("t")),
+        ],
+        // The replay counted the aggregates' attempts into `skill_analytics` again: each
+        // subskill they touch is recomputed from every student's attempts, as the projector
+        // would have summed them (a single attempt's mean is its score).
+        settle: &[concat!(
+            "WITH touched AS (
+                 SELECT DISTINCT subject, skill_id, subskill_id FROM student_attempts AS t
+                  WHERE ",
+            subskill_of!("t"),
+            "), fresh AS (
+                 SELECT a.subject, a.skill_id, a.subskill_id, count(*) AS attempts,
+                        count(DISTINCT a.student_id) AS students, sum(a.score::numeric) AS score_sum,
+                        CASE WHEN count(*) = 1 THEN max(a.score)
+                             ELSE (sum(a.score::numeric) / count(*))::double precision END AS mean_score,
+                        max(a.attempted_at) AS last_updated
+                   FROM student_attempts AS a JOIN touched USING (subject, skill_id, subskill_id)
+                  GROUP BY a.subject, a.skill_id, a.subskill_id)
+             INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students,
+                                               score_sum, mean_score, last_updated)
+             SELECT * FROM fresh
+             ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
+                SET attempts = EXCLUDED.attempts, students = EXCLUDED.students,
+                    score_sum = EXCLUDED.score_sum, mean_score = EXCLUDED.mean_score,
+                    last_updated = EXCLUDED.last_updated"
+        )],
+    },
+];
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repaired {
+    pub projections: Vec<String>,
+    pub aggregate_type: String,
+    pub aggregates: Vec<String>,
+    /// Events replayed (each through every repaired projection).
+    pub events_replayed: usize,
+}
+
+/// Repairs the rows of `aggregate_ids` in the live projections `names` (all of one aggregate
+/// type), in one transaction.
+///
+/// # Errors
+/// `Invalid` (no aggregate, too many, projections of different aggregate types),
+/// `UnknownProjection`, `NotFound` (an aggregate with no events), `Refused` (a projection that
+/// is retired or being rebuilt), a projector's error, or a database error; nothing is changed
+/// then.
+pub async fn repair(
+    pool: &PgPool,
+    projectors: &[Arc<dyn Projector>],
+    names: &[String],
+    aggregate_ids: &[String],
+) -> Result<Repaired, AdminError> {
+    if names.is_empty() || aggregate_ids.is_empty() {
+        return Err(AdminError::Invalid(
+            "name at least one projection and one aggregate".to_owned(),
+        ));
+    }
+    if aggregate_ids.len() > MAX_AGGREGATES {
+        return Err(AdminError::Invalid(format!(
+            "{} aggregates given; a repair takes at most {MAX_AGGREGATES}",
+            aggregate_ids.len()
+        )));
+    }
+    let mut chosen = Vec::with_capacity(names.len());
+    for name in names {
+        let projector = projectors
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| AdminError::UnknownProjection(name.clone()))?;
+        let plan = PLANS
+            .iter()
+            .find(|plan| plan.projection == name)
+            .ok_or_else(|| AdminError::UnknownProjection(name.clone()))?;
+        chosen.push((projector, plan));
+    }
+    let aggregate_type = chosen[0].0.aggregate_types()[0];
+    if chosen
+        .iter()
+        .any(|(p, _)| p.aggregate_types() != [aggregate_type])
+    {
+        return Err(AdminError::Invalid(
+            "the projections of one repair must read the same aggregate type".to_owned(),
+        ));
+    }
+    let mut ids = aggregate_ids.to_vec();
+    ids.sort();
+    ids.dedup();
+
+    let mut tx = pool.begin().await?;
+    // Appends to these aggregates wait (their commands hold the same locks); a swap or a
+    // retirement waits for the shared append lock; every other aggregate goes on.
+    sqlx::query(&format!(
+        "SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    for id in &ids {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(aggregate_lock_key(aggregate_type, id))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let registry = projections(&mut *tx).await?;
+    for (projector, _) in &chosen {
+        let live = registry
+            .iter()
+            .any(|r| r.name == projector.name() && r.inline_active && r.state == "live");
+        if !live {
+            return Err(AdminError::Refused(format!(
+                "projection {} is not live (retired, or being rebuilt): rebuild it instead",
+                projector.name()
+            )));
+        }
+    }
+    let events = log::aggregate_events(&mut *tx, aggregate_type, &ids).await?;
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !events.iter().any(|e| &e.aggregate_id == *id))
+    {
+        return Err(AdminError::NotFound(format!(
+            "no events of {aggregate_type} {missing:?}"
+        )));
+    }
+    let refs: Vec<_> = events.iter().collect();
+    for (projector, plan) in &chosen {
+        for statement in plan.clear {
+            sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
+        }
+        projector.apply(&mut tx, &refs).await?;
+        for statement in plan.settle {
+            sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
+        }
+    }
+    let repaired: Vec<String> = chosen.iter().map(|(p, _)| p.name().to_owned()).collect();
+    sqlx::query("UPDATE projections SET changed_at = now() WHERE name = ANY($1)")
+        .bind(&repaired)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Repaired {
+        projections: repaired,
+        aggregate_type: aggregate_type.to_owned(),
+        aggregates: ids,
+        events_replayed: events.len(),
+    })
+}
+
+/// The aggregate a read-model row (or a difference's key) belongs to, where one does: a
+/// collection, a batch, or a subskill (its four parts, in the row or in a legacy document).
+pub fn aggregate_of(row: &serde_json::Value) -> Option<String> {
+    use cutover_core::domain::competency::SubskillKey;
+    let text = |v: &serde_json::Value, field: &str| v.get(field)?.as_str().map(str::to_owned);
+    if let Some(id) = text(row, "collection_id").or_else(|| text(row, "batch_id")) {
+        return Some(id);
+    }
+    let parts = row.get("doc").unwrap_or(row);
+    let key = SubskillKey::parse(
+        parts.get("student_id")?.as_i64()?,
+        &text(parts, "subject")?,
+        &text(parts, "skill_id")?,
+        &text(parts, "subskill_id")?,
+    )
+    .ok()?;
+    Some(key.aggregate_id())
+}
+
+/// The command that repairs `aggregate` in `projections`.
+pub fn command(projections: &[&str], aggregate: &str) -> String {
+    format!(
+        "cutover repair {} --aggregate '{}'",
+        projections.join(" "),
+        aggregate.replace('\'', "'\\''")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_inline_projector_has_a_plan_that_clears_each_of_its_tables() {
+        for projector in crate::inline_projectors() {
+            let plan = PLANS
+                .iter()
+                .find(|plan| plan.projection == projector.name())
+                .unwrap_or_else(|| panic!("no repair plan for {}", projector.name()));
+            for table in projector.tables() {
+                let cleared = plan
+                    .clear
+                    .iter()
+                    .any(|s| s.starts_with(&format!("DELETE FROM {table} ")))
+                    || plan
+                        .settle
+                        .iter()
+                        .any(|s| s.contains(&format!("INSERT INTO {table} ")));
+                assert!(cleared, "{}: {table} is not repaired", projector.name());
+            }
+        }
+    }
+
+    #[test]
+    fn rows_and_keys_name_their_aggregate() {
+        let subskill = serde_json::json!({"student_id": 7, "subject": "m_a", "skill_id": "s",
+                                          "subskill_id": "t%"});
+        assert_eq!(aggregate_of(&subskill).as_deref(), Some("7_m%5Fa_s_t%25"));
+        assert_eq!(
+            aggregate_of(&serde_json::json!({"id": "x", "doc": subskill})).as_deref(),
+            Some("7_m%5Fa_s_t%25")
+        );
+        assert_eq!(
+            aggregate_of(&serde_json::json!({"batch_id": "w"})).as_deref(),
+            Some("w")
+        );
+        assert_eq!(aggregate_of(&serde_json::json!({"subject": "m"})), None);
+        assert_eq!(
+            command(&["a", "b"], "it's"),
+            "cutover repair a b --aggregate 'it'\\''s'"
+        );
+    }
+}
