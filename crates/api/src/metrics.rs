@@ -62,6 +62,13 @@ struct ProjectionLabels {
     projection: String,
 }
 
+/// One series at most: the current blocker, cleared at every scrape.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockerLabels {
+    pid: i32,
+    application: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     state: &'static str,
@@ -82,6 +89,7 @@ pub struct Metrics {
     rebuild_total: Family<ProjectionLabels, Gauge>,
     rebuild_rate: Family<ProjectionLabels, Rate>,
     held_back: Gauge,
+    blocker: Family<BlockerLabels, Rate>,
     pool: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
     history: Arc<Mutex<VecDeque<Sample>>>,
@@ -160,6 +168,13 @@ impl Metrics {
             "Committed events the feed holds back behind an older running transaction",
             held_back.clone(),
         );
+        let blocker = Family::<BlockerLabels, Rate>::default();
+        registry.register(
+            "log_horizon_blocker_age_seconds",
+            "How long the transaction that holds the log's horizon back has been open, by its \
+             pid and application (no series when none does)",
+            blocker.clone(),
+        );
         let pool = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "db_pool_connections",
@@ -182,6 +197,7 @@ impl Metrics {
             rebuild_total,
             rebuild_rate,
             held_back,
+            blocker,
             pool,
             pool_max,
             history: Arc::default(),
@@ -216,6 +232,15 @@ impl Metrics {
             }
         }
         self.held_back.set(log::held_back_count(pool).await?);
+        self.blocker.clear();
+        if let Some(b) = log::horizon_blocker(pool).await? {
+            self.blocker
+                .get_or_create(&BlockerLabels {
+                    pid: b.pid,
+                    application: b.application,
+                })
+                .set(b.age_seconds);
+        }
         let size = i64::from(pool.size());
         let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
         self.pool
@@ -289,6 +314,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "getMetrics",
     tag = "operations",
     description = "Prometheus metrics: the OpenMetrics text format, or the Prometheus text \
                    format 0.0.4 when `Accept` asks for `text/plain` (and not for \
@@ -415,6 +441,10 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
 pub struct Activity {
     /// The highest position in the log (0 when empty): pass it as `after` to the feed.
     pub log_head: i64,
+    /// The transaction that holds the log's horizon back, if one does: `{pid, age_seconds,
+    /// application, query}` (the feed and rebuilds' catch-up wait for it).
+    #[schema(value_type = Option<Object>)]
+    pub horizon_blocker: Option<log::HorizonBlocker>,
     /// Oldest first.
     pub samples: Vec<Sample>,
 }
@@ -422,6 +452,7 @@ pub struct Activity {
 #[utoipa::path(
     get,
     path = "/admin/activity",
+    operation_id = "getActivity",
     tag = "admin",
     description = "The last ten minutes of this server's command rate and the running \
                    rebuilds' event rate, a point every two seconds, and the log's head.",
@@ -434,6 +465,7 @@ async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>,
     let log_head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
         .fetch_one(state.store.pool())
         .await?;
+    let horizon_blocker = log::horizon_blocker(state.store.pool()).await?;
     let samples = state
         .metrics
         .history
@@ -442,7 +474,11 @@ async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>,
         .iter()
         .cloned()
         .collect();
-    Ok(axum::Json(Activity { log_head, samples }))
+    Ok(axum::Json(Activity {
+        log_head,
+        horizon_blocker,
+        samples,
+    }))
 }
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ impl Modify for BearerAuth {
         competencies::record_attempt, competencies::record_review, competencies::list,
         competencies::fetch, competencies::analytics,
         events::page, events::live,
-        admin::list, admin::status, admin::start_rebuild, admin::retire, admin::repair_aggregates, admin::job,
+        admin::list, admin::status, admin::start_rebuild, admin::retire, admin::repair_aggregates, admin::job, admin::cancel_job,
         admin::read_sources, admin::set_read_source, admin::switch_gate, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),
@@ -650,14 +650,6 @@ const LINKS: &[Link] = &[
     ),
 ];
 
-/// operationIds of the operations annotated outside this module's reach, where their
-/// annotation names none of its own (utoipa then uses the handler's name): path, method,
-/// the handler's name, the operationId.
-const OPERATION_IDS: &[(&str, &str, &str, &str)] = &[
-    ("/metrics", "get", "scrape", "getMetrics"),
-    ("/admin/activity", "get", "activity", "getActivity"),
-];
-
 /// The read sources' names.
 fn read_sources() -> Vec<&'static str> {
     // A new read source must be added here: the match fails to compile until it is.
@@ -749,15 +741,6 @@ fn white_space_class() -> String {
 pub fn description() -> Result<Value, String> {
     let mut doc = serde_json::to_value(ApiDoc::openapi())
         .map_err(|e| format!("serializing the generated description: {e}"))?;
-    for &(path, method, handler, id) in OPERATION_IDS {
-        let pointer = format!("/paths/{}/{method}/operationId", escape(path));
-        let operation_id = doc
-            .pointer_mut(&pointer)
-            .ok_or_else(|| format!("no operation {method} {path}"))?;
-        if operation_id == handler {
-            *operation_id = json!(id);
-        }
-    }
     doc.pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
         .ok_or("the description has no schemas")?
@@ -857,11 +840,6 @@ fn add_link(doc: &mut Value, link: &Link) -> Result<(), String> {
         .ok_or_else(|| format!("the links of {} are not an object", link.from))?;
     links.insert(link.to.to_owned(), definition);
     Ok(())
-}
-
-/// A path as one JSON-pointer token.
-fn escape(path: &str) -> String {
-    path.replace('~', "~0").replace('/', "~1")
 }
 
 /// The description, made once.

@@ -236,3 +236,42 @@ fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
         recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
     })
 }
+
+/// A transaction that holds the log's horizon back: readers that follow the log (the feed, a
+/// rebuild's catch-up) wait for it to end before they read what committed after it started.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct HorizonBlocker {
+    pub pid: i32,
+    /// How long its transaction has been open, in seconds.
+    pub age_seconds: f64,
+    pub application: String,
+    /// The first line of its current (or last) statement.
+    pub query: String,
+}
+
+/// Transactions younger than this are ordinary traffic, not a blocker.
+pub const BLOCKER_AFTER_SECONDS: f64 = 1.0;
+
+/// The oldest running transaction of the cluster, when it holds the horizon back (it has a
+/// transaction id at the horizon and has been open for [`BLOCKER_AFTER_SECONDS`] or more).
+///
+/// # Errors
+/// A database error.
+pub async fn horizon_blocker<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Option<HorizonBlocker>, sqlx::Error> {
+    // backend_xid is the 32-bit form of the horizon's xid8.
+    sqlx::query_as(
+        "SELECT pid, extract(epoch FROM now() - xact_start)::float8 AS age_seconds,
+                application_name AS application, split_part(query, E'\\n', 1) AS query
+           FROM pg_stat_activity
+          WHERE backend_xid::text
+                = (pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296)::text
+            AND now() - xact_start >= make_interval(secs => $1)
+          ORDER BY xact_start
+          LIMIT 1",
+    )
+    .bind(BLOCKER_AFTER_SECONDS)
+    .fetch_optional(executor)
+    .await
+}

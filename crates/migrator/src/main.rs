@@ -73,6 +73,14 @@ enum Command {
         /// Rebuild every projection in one pass over the log.
         #[arg(long)]
         all: bool,
+        /// Cancel the running (or interrupted) rebuild of these projections instead: it stops
+        /// at its next batch and its tables are dropped.
+        #[arg(long, conflicts_with = "dry_run")]
+        cancel: bool,
+        /// Print what the rebuild would do (events, tables and rows, expected duration at the
+        /// rate of the last rebuilds) and do nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Compare, on 100% of rows, each domain's legacy and new read models, and each live
     /// projection with a fresh rebuild. Exits with status 1 when anything differs.
@@ -241,25 +249,85 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             for (domain, source) in registry::read_sources(pool).await? {
                 println!("read source of {domain}: {source}");
             }
+            for job in registry::interrupted_jobs(pool).await? {
+                println!(
+                    "interrupted: rebuild job {} of {} at {} of {} events; resume it with `cutover rebuild {}` (or cancel it with --cancel)",
+                    job.id,
+                    job.projections.join(", "),
+                    job.events_done,
+                    job.events_total,
+                    job.projections.join(" ")
+                );
+            }
+            if let Some(b) = cutover_core::log::horizon_blocker(pool).await? {
+                println!(
+                    "the log's horizon is held back by pid {} (application {:?}, its transaction open {:.0} s): {}",
+                    b.pid, b.application, b.age_seconds, b.query
+                );
+            }
         }
-        Command::Rebuild { projections, all } => {
+        Command::Rebuild {
+            projections,
+            all,
+            cancel,
+            dry_run,
+        } => {
             let names = if all {
                 vec!["all".to_owned()]
             } else {
                 projections
             };
             let selected = rebuild::select(&projectors, &names)?;
+            let selected_names: Vec<String> =
+                selected.iter().map(|p| p.name().to_owned()).collect();
+            if cancel {
+                let Some(job) = registry::running_job_of(pool, &selected_names).await? else {
+                    anyhow::bail!("no rebuild of {} is running", selected_names.join(", "));
+                };
+                let cancelled = rebuild::cancel(pool, job).await?;
+                println!(
+                    "cancelled rebuild job {job} of {}: it stops at its next batch and its tables are dropped",
+                    cancelled.join(", ")
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if dry_run {
+                let plan = rebuild::dry_run(pool, &selected).await?;
+                println!(
+                    "a rebuild of {} would replay {} events into:",
+                    selected_names.join(", "),
+                    plan.events
+                );
+                for (table, rows) in &plan.tables {
+                    println!("  {table}: {rows} rows now");
+                }
+                match (plan.recent_rate, plan.expected()) {
+                    (Some(rate), Some(expected)) => println!(
+                        "expected: about {:.0} s at {rate:.0} events/s (the last rebuilds' rate)",
+                        expected.as_secs_f64()
+                    ),
+                    _ => println!("expected: unknown (no rebuild has finished here yet)"),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let job = rebuild::Job::start(pool, selected, Purpose::Rebuild).await?;
             let label: Vec<&str> = job.projectors().iter().map(|p| p.name()).collect();
             let label = label.join(", ");
             let mut reporter = Reporter::new(&format!("rebuild {label}"));
             let outcome = job.run(|p| reporter.update(p)).await?;
             reporter.finish();
-            let rate = outcome.events as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
+            let rate = outcome.replayed as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
+            if let Some(position) = outcome.resumed_from {
+                println!(
+                    "resumed interrupted rebuild job {} from its checkpoint at position {position}",
+                    outcome.job_id
+                );
+            }
             println!(
-                "rebuilt {label}: {} events in {:.1} s ({rate:.0} events/s); appends held back {:.1} ms at the swap; reached position {}",
-                outcome.events,
+                "rebuilt {label}: {} events replayed in {:.1} s ({rate:.0} events/s; {} in all); appends held back {:.1} ms at the swap; reached position {}",
+                outcome.replayed,
                 outcome.elapsed.as_secs_f64(),
+                outcome.events,
                 outcome.swap_hold.as_secs_f64() * 1000.0,
                 outcome.position
             );

@@ -13,8 +13,12 @@
 //!
 //! A rebuild holds a session advisory lock per projection for its whole run, so two rebuilds of
 //! one projection cannot run at once on any instance, and a killed rebuild releases it with its
-//! connection. A failed or interrupted rebuild leaves the live tables as they were; its schema
-//! is dropped and the next run starts over.
+//! connection. A failed or interrupted rebuild leaves the live tables as they were. Each batch
+//! records the job's checkpoint (its log position) after its rows: a rebuild of the same
+//! projections started after an interruption (a killed CLI, a restarted server) resumes the
+//! interrupted job from that checkpoint in its schema, re-applying at most the batch after it
+//! (projectors apply an event twice harmlessly). A failed job's schema is dropped; a
+//! cancelled one stops at its next batch and drops its schema.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,11 +36,13 @@ use crate::registry::{rebuild_lock_key, AdminError};
 pub const BATCH: i64 = 5_000;
 /// The swap is attempted once a catch-up batch finds fewer new events than this, so that the
 /// final catch-up, done while appends wait, is short.
-const SWAP_WHEN_BEHIND_BY: usize = 200;
+const SWAP_WHEN_BEHIND_BY: usize = 20;
 /// Longest the swap waits for a table lock (readers of the live tables) before giving up and
 /// trying again; appends wait at most this long.
 const SWAP_LOCK_TIMEOUT: &str = "2s";
 const SWAP_ATTEMPTS: u32 = 5;
+/// How often a rebuild that waits for the horizon looks again.
+const HORIZON_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a job builds tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +74,12 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub job_id: Uuid,
+    /// Events the job applied, over every run of it.
     pub events: i64,
+    /// Events this run applied (fewer than `events` when it resumed an interrupted job).
+    pub replayed: i64,
+    /// The checkpoint an interrupted job was resumed from.
+    pub resumed_from: Option<i64>,
     pub elapsed: Duration,
     /// How long appends were held back while the tables were swapped in.
     pub swap_hold: Duration,
@@ -86,6 +97,9 @@ pub struct Job {
     schema: String,
     cursor: LogCursor,
     progress: Progress,
+    /// Events applied by this run.
+    replayed: i64,
+    resumed_from: Option<i64>,
     started: Instant,
     /// Holds the session locks of a rebuild; dropping it closes it, which releases them.
     _locks: Option<PgConnection>,
@@ -135,13 +149,24 @@ impl Job {
             Purpose::Rebuild => Some(claim(pool, &names).await?),
             Purpose::Verify => None,
         };
-        let id = Uuid::now_v7();
-        let schema = format!("cutover_job_{}", id.simple());
         let events_total: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
                 .bind(&types)
                 .fetch_one(pool)
                 .await?;
+        if purpose == Purpose::Rebuild {
+            sweep_leftovers(pool).await?;
+            // Holding the locks, no job of these projections still marked running is running.
+            if let Some(job) = Self::resume(pool, &projectors, &names, &types, events_total).await?
+            {
+                return Ok(Self {
+                    _locks: locks,
+                    ..job
+                });
+            }
+        }
+        let id = Uuid::now_v7();
+        let schema = format!("cutover_job_{}", id.simple());
         let mut tx = pool.begin().await?;
         if purpose == Purpose::Rebuild {
             let interrupted: Vec<Uuid> = sqlx::query_scalar(
@@ -201,9 +226,76 @@ impl Job {
                 events_total,
                 position: 0,
             },
+            replayed: 0,
+            resumed_from: None,
             started: Instant::now(),
             _locks: locks,
         })
+    }
+
+    /// The interrupted job of exactly these projections, if one has its tables and checkpoint,
+    /// taken up again from its checkpoint (the caller holds the projections' locks).
+    async fn resume(
+        pool: &PgPool,
+        projectors: &[Arc<dyn Projector>],
+        names: &[String],
+        types: &[String],
+        events_total: i64,
+    ) -> Result<Option<Self>, AdminError> {
+        let interrupted: Option<(Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT id, position, events_done FROM rebuild_jobs
+              WHERE status = 'running' AND purpose = 'rebuild'
+                AND projections @> $1 AND projections <@ $1
+              ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(names)
+        .fetch_optional(pool)
+        .await?;
+        let Some((id, position, events_done)) = interrupted else {
+            return Ok(None);
+        };
+        let schema = format!("cutover_job_{}", id.simple());
+        let tables: Vec<String> = projectors
+            .iter()
+            .flat_map(|p| p.tables().iter().map(|t| format!("{schema}.{t}")))
+            .collect();
+        let intact: bool = sqlx::query_scalar(
+            "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t",
+        )
+        .bind(&tables)
+        .fetch_one(pool)
+        .await?;
+        let Some(cursor) = log::cursor_at(pool, position).await?.filter(|_| intact) else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE rebuild_jobs SET events_total = greatest($2, events_done), updated_at = now()
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(events_total)
+        .execute(pool)
+        .await?;
+        tracing::info!(job = %id, position, "resuming an interrupted rebuild from its checkpoint");
+        Ok(Some(Self {
+            pool: pool.clone(),
+            projectors: projectors.to_vec(),
+            names: names.to_vec(),
+            types: types.to_vec(),
+            purpose: Purpose::Rebuild,
+            id,
+            schema,
+            cursor,
+            progress: Progress {
+                events_done,
+                events_total: events_total.max(events_done),
+                position,
+            },
+            replayed: 0,
+            resumed_from: Some(position),
+            started: Instant::now(),
+            _locks: None,
+        }))
     }
 
     pub fn id(&self) -> Uuid {
@@ -293,7 +385,9 @@ impl Job {
             self.cursor = cursor;
             self.progress.position = cursor.position;
         }
-        self.progress.events_done += i64::try_from(read.events.len()).unwrap_or(i64::MAX);
+        let applied = i64::try_from(read.events.len()).unwrap_or(i64::MAX);
+        self.progress.events_done += applied;
+        self.replayed += applied;
     }
 
     /// Applies every event after the cursor, with no horizon: only for a transaction in which
@@ -336,6 +430,9 @@ impl Job {
                 if let Err(cleanup) = self.fail(&reason).await {
                     tracing::error!(error = %cleanup, job = %self.id, "cannot record the failed rebuild");
                 }
+                if matches!(e, AdminError::Cancelled(_)) {
+                    return Err(e);
+                }
                 Err(AdminError::RebuildFailed {
                     projections: self.names.join(", "),
                     reason,
@@ -352,12 +449,15 @@ impl Job {
         loop {
             attempt += 1;
             self.catch_up(on_progress).await?;
+            self.wait_for_the_horizon(on_progress).await?;
             match self.swap().await {
                 Ok(hold) => {
                     on_progress(self.progress);
                     return Ok(Outcome {
                         job_id: self.id,
                         events: self.progress.events_done,
+                        replayed: self.replayed,
+                        resumed_from: self.resumed_from,
                         elapsed: self.started.elapsed(),
                         swap_hold: hold,
                         position: self.progress.position,
@@ -371,6 +471,28 @@ impl Job {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits while an old transaction holds the log's horizon back with more than a few events
+    /// committed behind it: the swap applies those while appends wait, so it would hold them
+    /// for as long as that backlog takes. Catches up meanwhile; a cancel is noticed.
+    async fn wait_for_the_horizon(
+        &mut self,
+        on_progress: &mut impl FnMut(Progress),
+    ) -> Result<(), AdminError> {
+        let mut waited = 0_u32;
+        while log::held_back_count(&self.pool).await? > SWAP_WHEN_BEHIND_BY as i64 {
+            if waited.is_multiple_of(30) {
+                let blocker = log::horizon_blocker(&self.pool).await?;
+                tracing::warn!(job = %self.id, ?blocker, "the swap waits: an old transaction holds the log's horizon back");
+            }
+            waited += 1;
+            tokio::time::sleep(HORIZON_WAIT).await;
+            self.catch_up(on_progress).await?;
+            self.record(&mut *self.pool.acquire().await?, "running")
+                .await?;
+        }
+        Ok(())
     }
 
     /// The swap: appends wait from the moment the exclusive append lock is requested until the
@@ -389,29 +511,18 @@ impl Job {
             self.finish_in(&mut tx).await?;
             // The live tables are moved aside, not dropped: dropping large tables takes a while,
             // and appends wait until this transaction ends. They are dropped after the commit.
-            sqlx::query(&format!("CREATE SCHEMA {}_old", self.schema))
-                .execute(&mut *tx)
-                .await?;
-            for projector in &self.projectors {
-                for table in projector.tables() {
-                    sqlx::query(&format!(
-                        "ALTER TABLE IF EXISTS public.{table} SET SCHEMA {}_old",
-                        self.schema
-                    ))
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(&format!(
-                        "ALTER TABLE {}.{table} SET SCHEMA public",
-                        self.schema
-                    ))
-                    .execute(&mut *tx)
-                    .await?;
-                    // A new table has no grants: the read-only role reads it again.
-                    sqlx::query(&format!("GRANT SELECT ON public.{table} TO cutover_reader"))
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            // One round trip for every move (fixed names, no parameters): appends wait for it.
+            let mut moves = format!("CREATE SCHEMA {}_old;", self.schema);
+            for table in self.projectors.iter().flat_map(|p| p.tables()) {
+                moves.push_str(&format!(
+                    "ALTER TABLE IF EXISTS public.{table} SET SCHEMA {schema}_old;
+                     ALTER TABLE {schema}.{table} SET SCHEMA public;
+                     GRANT SELECT ON public.{table} TO cutover_reader;",
+                    schema = self.schema
+                ));
             }
+            // (A new table has no grants: the read-only role reads it again.)
+            sqlx::Executor::execute(&mut *tx, moves.as_str()).await?;
             sqlx::query(
                 "UPDATE projections
                     SET state = 'live', inline_active = true, version = version + 1,
@@ -442,14 +553,18 @@ impl Job {
         Ok(hold)
     }
 
-    /// Records the job's progress, and its end when `status` is not `running`.
-    async fn record(&self, conn: &mut PgConnection, status: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    /// Records the job's progress (its checkpoint), and its end when `status` is not
+    /// `running`.
+    ///
+    /// # Errors
+    /// `Cancelled` when the job was cancelled meanwhile; a database error.
+    async fn record(&self, conn: &mut PgConnection, status: &str) -> Result<(), AdminError> {
+        let recorded = sqlx::query(
             "UPDATE public.rebuild_jobs
                 SET status = $4, events_done = $2, position = $3,
                     events_total = greatest(events_total, $2), updated_at = now(),
                     finished_at = CASE WHEN $4 = 'running' THEN NULL ELSE now() END
-              WHERE id = $1",
+              WHERE id = $1 AND status = 'running'",
         )
         .bind(self.id)
         .bind(self.progress.events_done)
@@ -457,6 +572,9 @@ impl Job {
         .bind(status)
         .execute(conn)
         .await?;
+        if recorded.rows_affected() == 0 {
+            return Err(AdminError::Cancelled(self.id));
+        }
         Ok(())
     }
 
@@ -464,10 +582,11 @@ impl Job {
     /// tables.
     async fn fail(&self, reason: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // A cancelled job stays cancelled.
         sqlx::query(
             "UPDATE rebuild_jobs SET status = 'failed', error = $2, finished_at = now(),
                     updated_at = now()
-              WHERE id = $1",
+              WHERE id = $1 AND status = 'running'",
         )
         .bind(self.id)
         .bind(reason)
@@ -494,7 +613,7 @@ impl Job {
     ///
     /// # Errors
     /// A database error.
-    pub async fn discard(self, failure: Option<&str>) -> Result<(), sqlx::Error> {
+    pub async fn discard(self, failure: Option<&str>) -> Result<(), AdminError> {
         match failure {
             None => {
                 let mut conn = self.pool.acquire().await?;
@@ -504,9 +623,79 @@ impl Job {
                     .await?;
                 Ok(())
             }
-            Some(reason) => self.fail(reason).await,
+            Some(reason) => Ok(self.fail(reason).await?),
         }
     }
+}
+
+/// Cancels rebuild job `id`: it stops at its next batch (or, when no process runs it any
+/// more, at once) and its tables are dropped; the live tables stay as they are.
+///
+/// # Errors
+/// `NotFound` for an unknown job, `Refused` for one that is not running, a database error.
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Vec<String>, AdminError> {
+    let mut tx = pool.begin().await?;
+    let cancelled: Option<Vec<String>> = sqlx::query_scalar(
+        "UPDATE rebuild_jobs
+            SET status = 'cancelled', error = 'cancelled', finished_at = now(), updated_at = now()
+          WHERE id = $1 AND purpose = 'rebuild' AND status = 'running'
+      RETURNING projections",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(names) = cancelled else {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM rebuild_jobs WHERE id = $1 AND purpose = 'rebuild'",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Err(match status {
+            None => AdminError::NotFound(format!("no rebuild job {id}")),
+            Some(status) => {
+                AdminError::Refused(format!("rebuild job {id} is {status}, not running"))
+            }
+        });
+    };
+    let mut running = false;
+    for name in &names {
+        running |= crate::registry::rebuild_running(&mut *tx, name).await?;
+    }
+    if !running {
+        // Interrupted: nobody else will clean up.
+        sqlx::query(
+            "UPDATE projections SET state = CASE WHEN inline_active THEN 'live' ELSE 'retired' END,
+                    changed_at = now()
+              WHERE name = ANY($1) AND state = 'rebuilding'",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        drop_schemas(&mut tx, id).await?;
+    }
+    tx.commit().await?;
+    Ok(names)
+}
+
+/// Drops the schemas of jobs that no longer run (tables swapped out by a rebuild whose process
+/// died between its commit and their drop, or schemas of jobs that ended otherwise).
+async fn sweep_leftovers(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace AS n
+          WHERE nspname ~ '^cutover_job_[0-9a-f]{32}(_old)?$'
+            AND NOT EXISTS (SELECT 1 FROM rebuild_jobs AS j
+                             WHERE j.status = 'running'
+                               AND substr(n.nspname, 13, 32) = replace(j.id::text, '-', ''))",
+    )
+    .fetch_all(pool)
+    .await?;
+    for schema in leftovers {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Drops what is left of job `id`: its (now empty) schema and the tables it swapped out.
@@ -544,4 +733,72 @@ async fn claim(pool: &PgPool, names: &[String]) -> Result<PgConnection, AdminErr
         taken.push(name);
     }
     Ok(conn)
+}
+
+/// What a rebuild of some projections would do, without doing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    /// The events it would replay (the log holds them now; appends meanwhile add to it).
+    pub events: i64,
+    /// Each table it would write, with the rows it has now (what the rebuild should
+    /// produce, for a live projection).
+    pub tables: Vec<(String, i64)>,
+    /// The mean rate of the last successful rebuilds, in events per second, if any ran.
+    pub recent_rate: Option<f64>,
+}
+
+impl DryRun {
+    /// The expected duration at the recent rate.
+    pub fn expected(&self) -> Option<Duration> {
+        let rate = self.recent_rate.filter(|r| *r > 0.0)?;
+        Duration::try_from_secs_f64(self.events as f64 / rate).ok()
+    }
+}
+
+/// Plans a rebuild of `projectors`: events, tables and rows, and the time it should take.
+///
+/// # Errors
+/// A database error.
+pub async fn dry_run(
+    pool: &PgPool,
+    projectors: &[Arc<dyn Projector>],
+) -> Result<DryRun, AdminError> {
+    let types: Vec<&str> = projectors
+        .iter()
+        .flat_map(|p| p.aggregate_types().iter().copied())
+        .collect();
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
+            .bind(&types)
+            .fetch_one(pool)
+            .await?;
+    let mut tables = Vec::new();
+    for table in projectors.iter().flat_map(|p| p.tables()) {
+        // A retired projection has no live table: nothing to count.
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('public.' || $1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(pool)
+            .await?;
+        let rows: i64 = if exists {
+            sqlx::query_scalar(&format!("SELECT count(*) FROM public.{table}"))
+                .fetch_one(pool)
+                .await?
+        } else {
+            0
+        };
+        tables.push(((*table).to_owned(), rows));
+    }
+    let recent_rate: Option<f64> = sqlx::query_scalar(
+        "SELECT avg(events_done / greatest(extract(epoch FROM finished_at - started_at), 0.001))::float8
+           FROM (SELECT events_done, started_at, finished_at FROM rebuild_jobs
+                  WHERE purpose = 'rebuild' AND status = 'succeeded' AND events_done > 0
+                  ORDER BY finished_at DESC LIMIT 5) AS recent",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(DryRun {
+        events,
+        tables,
+        recent_rate,
+    })
 }

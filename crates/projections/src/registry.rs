@@ -26,6 +26,8 @@ pub enum AdminError {
     /// The request breaks a rule of the action.
     #[error("{0}")]
     Invalid(String),
+    #[error("rebuild job {0} was cancelled")]
+    Cancelled(Uuid),
     #[error("rebuild of {projections} failed: {reason}")]
     RebuildFailed { projections: String, reason: String },
     #[error(transparent)]
@@ -163,9 +165,73 @@ pub async fn running_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
     Ok(jobs.into_iter().map(Job::with_rate).collect())
 }
 
+/// The rebuild job marked running whose projections overlap `names` (the newest), running or
+/// interrupted.
+///
+/// # Errors
+/// A database error.
+pub async fn running_job_of(pool: &PgPool, names: &[String]) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM rebuild_jobs
+          WHERE status = 'running' AND purpose = 'rebuild' AND projections && $1
+          ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(names)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The rebuild jobs marked running that no process runs any more (killed, or their server
+/// restarted): `cutover rebuild` of the same projections resumes each from its checkpoint.
+///
+/// # Errors
+/// A database error.
+pub async fn interrupted_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
+    let marked: Vec<Job> = sqlx::query_as(&format!(
+        "{SELECT_JOB} WHERE status = 'running' AND purpose = 'rebuild' ORDER BY started_at"
+    ))
+    .fetch_all(pool)
+    .await?;
+    let mut interrupted = Vec::new();
+    for job in marked {
+        let mut running = false;
+        for name in &job.projections {
+            running |= rebuild_running(pool, name).await?;
+        }
+        if !running {
+            interrupted.push(job);
+        }
+    }
+    Ok(interrupted)
+}
+
 /// The session-lock key that a running rebuild of `projection` holds.
 pub(crate) fn rebuild_lock_key(projection: &str) -> String {
     format!("cutover:rebuild:{projection}")
+}
+
+/// Whether a rebuild of `projection` runs (anywhere): whether some session of this database
+/// holds its lock. It reads `pg_locks` and takes no lock itself, so a probe never makes a
+/// starting rebuild be refused and never leaves a lock behind.
+///
+/// # Errors
+/// A database error.
+pub async fn rebuild_running<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    projection: &str,
+) -> Result<bool, sqlx::Error> {
+    // A bigint advisory key shows as its high and low 32 bits in classid and objid.
+    sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM pg_locks, (SELECT hashtextextended($1, 0) AS k) AS key
+              WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND classid::bigint = (key.k >> 32) & 4294967295
+                AND objid::bigint = key.k & 4294967295)",
+    )
+    .bind(rebuild_lock_key(projection))
+    .fetch_one(executor)
+    .await
 }
 
 /// The status of projection `name`.
@@ -235,16 +301,7 @@ async fn status_of(
                 .await?;
         (None, Some(total))
     };
-    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(rebuild_lock_key(name))
-        .fetch_one(&mut *conn)
-        .await?;
-    if free {
-        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(rebuild_lock_key(name))
-            .execute(&mut *conn)
-            .await?;
-    }
+    let running = rebuild_running(&mut *conn, name).await?;
     let latest_job: Option<Job> = sqlx::query_as(&format!(
         "{SELECT_JOB} WHERE $1 = ANY(projections) AND purpose = 'rebuild' \
           ORDER BY started_at DESC LIMIT 1"
@@ -255,7 +312,7 @@ async fn status_of(
     let latest_job = latest_job.map(Job::with_rate);
     // While it rebuilds, what it lacks is what the job has left.
     let lag = match &latest_job {
-        Some(job) if !free && job.status == "running" => {
+        Some(job) if running && job.status == "running" => {
             Some((job.events_total - job.events_done).max(0))
         }
         _ => lag,
@@ -265,7 +322,7 @@ async fn status_of(
         rows,
         last_position,
         lag,
-        rebuild_running: !free,
+        rebuild_running: running,
         latest_job,
     })
 }
@@ -454,26 +511,19 @@ pub async fn last_action(pool: &PgPool, domain: &str) -> Result<Option<Action>, 
 /// # Errors
 /// `UnknownProjection`, `Refused`, or a database error.
 pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError> {
-    let mut lock = pool.acquire().await?;
-    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(rebuild_lock_key(name))
-        .fetch_one(&mut *lock)
-        .await?;
+    let mut tx = pool.begin().await?;
+    // The rebuild's lock, for this transaction only: no rebuild starts meanwhile, and it is
+    // released with the transaction however the request ends.
+    let free: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(rebuild_lock_key(name))
+            .fetch_one(&mut *tx)
+            .await?;
     if !free {
         return Err(AdminError::Refused(format!(
             "a rebuild of {name} is running; retire it once the rebuild ends"
         )));
     }
-    let result = retire_locked(pool, name).await;
-    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-        .bind(rebuild_lock_key(name))
-        .execute(&mut *lock)
-        .await?;
-    result
-}
-
-async fn retire_locked(pool: &PgPool, name: &str) -> Result<Projection, AdminError> {
-    let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL lock_timeout = '5s'")
         .execute(&mut *tx)
         .await?;

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 /// The real server on `port`, its output discarded; killed if the test ends early.
-fn start_server(url: &str, port: u16) -> Child {
+pub(crate) fn start_server(url: &str, port: u16) -> Child {
     Command::new(binary("cutover-api"))
         .args(["--bind", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", url)
@@ -27,7 +27,7 @@ fn start_server(url: &str, port: u16) -> Child {
         .expect("starting cutover-api")
 }
 
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_healthy(client: &reqwest::Client, base: &str) {
     for _ in 0..300 {
         if let Ok(response) = client.get(format!("{base}/health")).send().await {
             if response.status().is_success() {
@@ -39,7 +39,7 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
     panic!("the server did not become healthy");
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())

@@ -20,4 +20,5 @@ mod observability;
 mod openapi;
 mod repair;
 mod replay;
+mod resume;
 mod switch_gate;

@@ -107,6 +107,13 @@ const rebuild = (name) =>
     (started) => `Rebuild of ${started.projections.join(", ")} started (job ${started.job_id}).`,
   );
 
+const cancelRebuild = (job) =>
+  act(
+    `Cancel rebuild job ${job.id} of ${job.projections.join(", ")}? It stops at its next batch and its tables are dropped; the live tables stay as they are.`,
+    "DELETE", `/admin/jobs/${encodeURIComponent(job.id)}`, null,
+    (cancelled) => `Rebuild job ${cancelled.id} is ${cancelled.status}.`,
+  );
+
 const retire = (name) =>
   act(
     `Retire ${name}? Its tables are dropped and it is no longer kept up to date. It can be brought back by a rebuild.`,
@@ -158,10 +165,17 @@ function progressCell(status) {
   } else {
     text = `${job.status}${job.error ? `: ${job.error}` : ""} (${number(job.events_done)} of ${number(job.events_total)} events)`;
   }
+  const interrupted = !status.rebuild_running && job.status === "running";
+  if (interrupted) {
+    text = `interrupted at ${number(job.events_done)} of ${number(job.events_total)} events: Rebuild resumes it from its checkpoint`;
+  }
   return el("td", { colspan: 9 },
     el("div", { class: "progress" },
-      el("progress", { max: total, value: done, "aria-label": label, "data-projection": status.name, "data-status": job.status }),
-      el("span", { class: "progress-text" }, `${percent}% — ${text}`)));
+      el("progress", { max: total, value: done, "aria-label": label, "data-projection": status.name, "data-status": interrupted ? "interrupted" : job.status }),
+      el("span", { class: "progress-text" }, `${percent}% — ${text}`),
+      job.status === "running"
+        ? el("button", { type: "button", "aria-label": `Cancel the rebuild of ${status.name}`, onclick: () => cancelRebuild(job) }, "Cancel")
+        : null));
 }
 
 function renderProjections(statuses) {
@@ -264,6 +278,12 @@ function renderActivity(activity) {
     `${rate(values.length ? values[values.length - 1] : 0)} now, peak ${rate(Math.max(0, ...values))}`;
   document.getElementById("commands-now").textContent = summary(commands);
   document.getElementById("rebuild-now").textContent = summary(rebuild);
+  const blocker = activity.horizon_blocker;
+  const box = document.getElementById("horizon");
+  box.hidden = !blocker;
+  box.textContent = blocker
+    ? `The log's horizon is held back by pid ${blocker.pid} (application "${blocker.application}", transaction open ${Math.round(blocker.age_seconds)} s): ${blocker.query}. The feed and rebuilds wait for it.`
+    : "";
 }
 
 // ---- polling

@@ -27,7 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/projections/{name}/rebuild", post(start_rebuild))
         .route("/admin/projections/{name}/retire", post(retire))
         .route("/admin/projections/{name}/repair", post(repair_aggregates))
-        .route("/admin/jobs/{id}", get(job))
+        .route("/admin/jobs/{id}", get(job).delete(cancel_job))
         .route("/admin/read-sources", get(read_sources))
         .route("/admin/read-sources/{domain}", put(set_read_source))
         .route("/admin/read-sources/{domain}/gate", get(switch_gate))
@@ -147,6 +147,7 @@ async fn start_rebuild(
                 swap_hold_ms = outcome.swap_hold.as_secs_f64() * 1000.0,
                 "rebuild finished"
             ),
+            Err(AdminError::Cancelled(job)) => tracing::info!(%job, "rebuild cancelled"),
             Err(e) => tracing::error!(error = %e, "rebuild failed"),
         }
     });
@@ -234,6 +235,29 @@ async fn job(
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Job>, ApiError> {
     found(registry::job(state.store.pool(), id).await?, "no such job")
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/jobs/{id}",
+    operation_id = "cancelJob",
+    tag = "admin",
+    description = "Cancels a running (or interrupted) rebuild: it stops at its next batch and its \
+                   tables are dropped; the live tables stay as they are. 404 for an unknown \
+                   job, 409 for one that is not running.",
+    params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`")),
+    responses(
+        (status = 200, description = "cancelled: the job as it is now", body = crate::openapi::AnyObject),
+        crate::openapi::Errors
+    )
+)]
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Job>, ApiError> {
+    let pool = state.store.pool();
+    rebuild::cancel(pool, id).await?;
+    found(registry::job(pool, id).await?, "no such job")
 }
 
 #[utoipa::path(

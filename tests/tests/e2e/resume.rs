@@ -1,0 +1,374 @@
+//! Rebuilds that survive restarts and always finish: a killed rebuild resumes from its
+//! checkpoint, a cancel leaves nothing behind, probes take no lock, and a long transaction is
+//! named while the rebuild waits for it rather than swapping with a backlog.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use cutover_projections::inline_projectors;
+use cutover_projections::verify::verify;
+use cutover_tests::{binary, json_with_status, TestApp};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::process::Command;
+use uuid::Uuid;
+
+use crate::collections::create;
+use crate::faults::{free_port, start_server, wait_healthy};
+
+/// The `cutover` CLI against the test's database.
+fn cli(app: &TestApp, args: &[&str]) -> Command {
+    let mut command = Command::new(binary("cutover"));
+    command
+        .args(args)
+        .env("DATABASE_URL", app.db.url())
+        .env("RUST_LOG", "warn")
+        .env_remove("CUTOVER_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run_cli(app: &TestApp, args: &[&str]) -> String {
+    let output = cli(app, args).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "cutover {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The running rebuild job once it has applied at least `done` events, before it ends.
+async fn running_job(pool: &PgPool, done: i64) -> (Uuid, i64) {
+    for _ in 0..1500 {
+        let job: Option<(Uuid, i64)> = sqlx::query_as(
+            "SELECT id, events_done FROM rebuild_jobs
+              WHERE purpose = 'rebuild' AND status = 'running' AND events_done >= $1",
+        )
+        .bind(done)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(job) = job {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no rebuild got past {done} events");
+}
+
+/// `POST /admin/projections/all/rebuild` on the server at `base`: 202 and the job.
+async fn rebuild_all(client: &reqwest::Client, base: &str) -> Value {
+    json_with_status(
+        client
+            .post(format!("{base}/admin/projections/all/rebuild"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::ACCEPTED,
+    )
+    .await
+}
+
+async fn shadow_schemas(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'cutover_job_%'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rebuild_killed_in_the_cli_or_the_server_resumes_from_its_checkpoint_and_verifies_clean()
+{
+    let app = TestApp::spawn().await;
+    run_cli(&app, &["seed", "--events", "60000"]).await;
+    let total = events(&app.db.pool).await;
+
+    // kill -9 of the CLI at a checkpoint, then the same command again.
+    let mut first = cli(&app, &["rebuild", "--all"]).spawn().unwrap();
+    let (job, done) = running_job(&app.db.pool, 10_000).await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let status = run_cli(&app, &["status"]).await;
+    assert!(
+        status.contains(&format!("interrupted: rebuild job {job}"))
+            && status.contains("resume it with `cutover rebuild"),
+        "{status}"
+    );
+    let resumed = run_cli(&app, &["rebuild", "--all"]).await;
+    assert!(
+        resumed.contains(&format!("resumed interrupted rebuild job {job}")),
+        "{resumed}"
+    );
+    let replayed: i64 = resumed
+        .split("rebuilt ")
+        .nth(1)
+        .and_then(|line| line.split(": ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no replayed count in {resumed}"));
+    assert!(
+        replayed < total && replayed <= total - done + 5_000,
+        "{replayed} events replayed of {total} (the checkpoint was at {done} or after)"
+    );
+    assert_eq!(shadow_schemas(&app.db.pool).await, 0);
+
+    // kill -9 of a server running an admin-API rebuild: after a restart the job shows as
+    // interrupted, and the same request resumes it.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = start_server(&app.db.url(), port);
+    wait_healthy(&client, &base).await;
+    let started = rebuild_all(&client, &base).await;
+    let job = started["job_id"].as_str().unwrap().to_owned();
+    running_job(&app.db.pool, 10_000).await;
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    let mut server = start_server(&app.db.url(), port);
+    wait_healthy(&client, &base).await;
+    let shown = json_with_status(
+        client
+            .get(format!("{base}/admin/projections/collections"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(shown["rebuild_running"], false);
+    assert_eq!(
+        shown["latest_job"]["status"], "running",
+        "marked running, run by nobody: interrupted"
+    );
+    let again = rebuild_all(&client, &base).await;
+    assert_eq!(
+        again["job_id"],
+        job.as_str(),
+        "the interrupted job is resumed, not started over"
+    );
+    let mut finished = Value::Null;
+    for _ in 0..600 {
+        finished = json_with_status(
+            client
+                .get(format!("{base}/admin/jobs/{job}"))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        if finished["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    // The tables swapped out are dropped just after the swap commits.
+    for _ in 0..100 {
+        if shadow_schemas(&app.db.pool).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    let report = verify(&app.db.pool, &inline_projectors(), None)
+        .await
+        .unwrap();
+    assert!(report.consistent(), "{report:?}");
+    assert_eq!(shadow_schemas(&app.db.pool).await, 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_rebuild_stops_and_leaves_no_shadow_schema() {
+    let app = TestApp::spawn().await;
+    run_cli(&app, &["seed", "--events", "30000"]).await;
+    let running = cli(&app, &["rebuild", "--all"]).spawn().unwrap();
+    let (job, _) = running_job(&app.db.pool, 5_000).await;
+
+    let cancelled = run_cli(&app, &["rebuild", "--all", "--cancel"]).await;
+
+    assert!(
+        cancelled.contains(&format!("cancelled rebuild job {job}")),
+        "{cancelled}"
+    );
+    let output = tokio::time::timeout(Duration::from_secs(60), running.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the cancelled rebuild does not claim success"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cancelled"));
+    assert_eq!(shadow_schemas(&app.db.pool).await, 0);
+    let states: Vec<String> = sqlx::query_scalar("SELECT DISTINCT state FROM projections")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(states, ["live"]);
+    let status: String = sqlx::query_scalar("SELECT status FROM rebuild_jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "cancelled");
+
+    // Over HTTP: an interrupted job is cancelled at once; unknown and finished jobs are refused.
+    let mut killed = cli(&app, &["rebuild", "collections"]).spawn().unwrap();
+    let (interrupted, _) = running_job(&app.db.pool, 0).await;
+    killed.start_kill().unwrap();
+    killed.wait().await.unwrap();
+    let answer = json_with_status(
+        app.delete(&format!("/admin/jobs/{interrupted}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(answer["status"], "cancelled");
+    assert_eq!(shadow_schemas(&app.db.pool).await, 0);
+    json_with_status(
+        app.delete(&format!("/admin/jobs/{interrupted}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    json_with_status(
+        app.delete(&format!("/admin/jobs/{}", Uuid::new_v4()))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn probes_in_a_tight_loop_beside_repeated_rebuilds_never_make_one_fail() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    for i in 0..20 {
+        create(&app, project, &format!("c{i}")).await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probes = {
+        let (client, base, stop) = (app.client.clone(), app.url(""), stop.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for path in [
+                    "/admin/projections",
+                    "/metrics",
+                    "/admin/projections/collections",
+                ] {
+                    let response = client.get(format!("{base}{path}")).send().await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK);
+                    count += 1;
+                }
+            }
+            count
+        })
+    };
+
+    for _ in 0..5 {
+        cutover_tests::rebuild(&app.db.pool, &["collections", "project_collections"])
+            .await
+            .expect("no probe makes a rebuild fail");
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(probes.await.unwrap() > 10);
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "no probe left a lock behind");
+}
+
+#[tokio::test]
+async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swapping_a_backlog() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    create(&app, project, "before").await;
+    let long = app.db.another_pool(1).await;
+    let mut report = long.begin().await.unwrap();
+    sqlx::query("SET application_name = 'a-long-report'")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *report)
+        .await
+        .unwrap();
+    for i in 0..250 {
+        create(&app, project, &format!("behind {i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let status = run_cli(&app, &["status"]).await;
+    assert!(
+        status.contains("the log's horizon is held back by pid")
+            && status.contains("a-long-report"),
+        "{status}"
+    );
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cutover_log_horizon_blocker_age_seconds{pid=")
+            && metrics.contains("application=\"a-long-report\""),
+        "{metrics}"
+    );
+    let activity = json_with_status(
+        app.get("/admin/activity").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(activity["horizon_blocker"]["application"], "a-long-report");
+
+    let pool = app.db.pool.clone();
+    let rebuild = tokio::spawn(async move {
+        cutover_tests::rebuild(&pool, &["collections", "project_collections"]).await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !rebuild.is_finished(),
+        "the rebuild waits while 250 events are held back (more than its swap threshold)"
+    );
+    report.commit().await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), rebuild)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        outcome.swap_hold <= Duration::from_millis(100),
+        "{:?}",
+        outcome.swap_hold
+    );
+}
