@@ -674,9 +674,8 @@ fn domains() -> Vec<&'static str> {
     all.map(Domain::as_str).to_vec()
 }
 
-/// The largest magnitude of a number inside a free-form JSON object. A `jsonb` column stores
-/// larger ones, but some of those, near `f64::MAX`, do not parse back from the column's text.
-const LARGEST_NUMBER: f64 = 1e308;
+/// The largest magnitude of a number inside a free-form JSON object (the domain's bound).
+const LARGEST_NUMBER: f64 = cutover_core::domain::competency::MAX_REVIEW_NUMBER;
 
 /// Any JSON value whose strings and keys hold no NUL character: what a `jsonb` column stores.
 fn json_value() -> Value {

@@ -335,10 +335,10 @@ fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiErro
         )));
     }
     let offset = offset.unwrap_or(0);
-    if !(0..=1_000_000).contains(&offset) {
-        return Err(ApiError::BadRequest(
-            "offset must be between 0 and 1000000".to_owned(),
-        ));
+    if !(0..=MAX_OFFSET).contains(&offset) {
+        return Err(ApiError::BadRequest(format!(
+            "offset must be between 0 and {MAX_OFFSET}"
+        )));
     }
     Ok((limit, offset))
 }

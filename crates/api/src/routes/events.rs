@@ -281,14 +281,14 @@ fn aggregate_types(raw: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let types: Vec<String> = raw.split(',').map(str::to_owned).collect();
     let well_formed = |t: &String| {
-        (1..=100).contains(&t.len()) && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        (1..=MAX_AGGREGATE_TYPE_CHARS).contains(&t.len())
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
-    if types.len() > 20 || !types.iter().all(well_formed) {
-        return Err(ApiError::BadRequest(
-            "aggregate_type is a comma-separated list of 1–20 aggregate types \
+    if types.len() > MAX_AGGREGATE_TYPES || !types.iter().all(well_formed) {
+        return Err(ApiError::BadRequest(format!(
+            "aggregate_type is a comma-separated list of 1–{MAX_AGGREGATE_TYPES} aggregate types \
              (letters, digits, _)"
-                .into(),
-        ));
+        )));
     }
     Ok(Some(types))
 }

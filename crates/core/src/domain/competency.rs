@@ -20,6 +20,9 @@ pub const MAX_KEY_CHARS: usize = 100;
 pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Highest score; the lowest is 0.
 pub const MAX_SCORE: f64 = 10.0;
+/// The largest magnitude of a number inside a review's free-form parts: Postgres's `jsonb`
+/// stores larger ones, but some of those, near `f64::MAX`, do not read back from its text.
+pub const MAX_REVIEW_NUMBER: f64 = 1e308;
 /// The score a competency leans towards while it has few attempts.
 pub const PRIOR_SCORE: f64 = 5.0;
 /// Attempts after which an attempt mean is fully credible.
@@ -36,6 +39,8 @@ pub enum InvalidCompetencyInput {
     Score(&'static str),
     #[error("{0} must be at most {MAX_TEXT_CHARS} characters")]
     Text(&'static str),
+    #[error("full_review holds a number larger in magnitude than {MAX_REVIEW_NUMBER:e}")]
+    ReviewNumber,
 }
 
 impl InvalidCompetencyInput {
@@ -43,6 +48,7 @@ impl InvalidCompetencyInput {
     pub fn field(&self) -> &'static str {
         match self {
             Self::StudentId => "student_id",
+            Self::ReviewNumber => "full_review",
             Self::Key(field) | Self::Score(field) | Self::Text(field) => field,
         }
     }
@@ -167,6 +173,16 @@ impl Attempt {
     }
 }
 
+/// Whether `value` holds a number past [`MAX_REVIEW_NUMBER`] in magnitude, at any depth.
+fn too_large(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.as_f64().is_some_and(|f| f.abs() > MAX_REVIEW_NUMBER),
+        Value::Array(items) => items.iter().any(too_large),
+        Value::Object(fields) => fields.values().any(too_large),
+        _ => false,
+    }
+}
+
 /// A review of a problem: the reviewer's full review (observation, analysis, evaluation with
 /// its score, feedback — each a JSON object) and the review's score.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +211,15 @@ impl Review {
                 "full_review.evaluation.score",
             ))?;
         Score::parse("full_review.evaluation.score", evaluation_score)?;
+        let parts = [
+            &full_review.observation,
+            &full_review.analysis,
+            &full_review.evaluation,
+            &full_review.feedback,
+        ];
+        if parts.iter().any(|part| part.values().any(too_large)) {
+            return Err(InvalidCompetencyInput::ReviewNumber);
+        }
         let mut review = Map::new();
         review.insert("observation".into(), Value::Object(full_review.observation));
         review.insert("analysis".into(), Value::Object(full_review.analysis));
@@ -454,7 +479,14 @@ mod tests {
             evaluation: json!({"score": 4}).as_object().unwrap().clone(),
             feedback: Map::new(),
         };
-        let review = Review::parse(Uuid::from_u128(9), "p-1", full_review, 4.0).unwrap();
+        let review = Review::parse(Uuid::from_u128(9), "p-1", full_review.clone(), 4.0).unwrap();
+        let mut huge = full_review;
+        huge.analysis
+            .insert("deep".into(), serde_json::json!([{"n": f64::MAX}]));
+        assert_eq!(
+            Review::parse(Uuid::from_u128(9), "p-1", huge, 4.0),
+            Err(InvalidCompetencyInput::ReviewNumber)
+        );
         let events = CompetencyTest::with(())
             .given(vec![attempt_event(1, 8.0, Competency::derive(1, 8.0))])
             .when(CompetencyCommand::RecordReview { key: key(), review })
