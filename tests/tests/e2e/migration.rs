@@ -368,7 +368,21 @@ async fn an_interrupted_rebuild_leaves_the_live_tables_intact_and_a_rerun_resume
     let mut job = Job::start(&app.db.pool, selected, Purpose::Rebuild)
         .await
         .unwrap();
-    job.catch_up(&mut |_| {}).await.unwrap();
+    // Every event read (another test's open transaction may hold the horizon back a moment).
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'collection'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    let mut done = 0;
+    for _ in 0..200 {
+        job.catch_up(&mut |p| done = p.events_done).await.unwrap();
+        if done >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done, total);
     let schema = job.schema().to_owned();
 
     drop(job); // killed before the swap: its lock connection goes away with it

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cutover_projections::inline_projectors;
 use cutover_projections::verify::verify;
-use cutover_tests::{binary, json_with_status, TestApp};
+use cutover_tests::{binary, json_with_status, OwnCluster, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -232,6 +232,20 @@ async fn a_cancelled_rebuild_stops_and_leaves_no_shadow_schema() {
     let (interrupted, _) = running_job(&app.db.pool, 0).await;
     killed.start_kill().unwrap();
     killed.wait().await.unwrap();
+    // Postgres releases the killed session's locks once it notices the closed connection.
+    for _ in 0..200 {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let answer = json_with_status(
         app.delete(&format!("/admin/jobs/{interrupted}"))
             .send()
@@ -307,11 +321,36 @@ async fn probes_in_a_tight_loop_beside_repeated_rebuilds_never_make_one_fail() {
 
 #[tokio::test]
 async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swapping_a_backlog() {
-    let app = TestApp::spawn().await;
-    let project = Uuid::new_v4();
-    create(&app, project, "before").await;
-    let long = app.db.another_pool(1).await;
-    let mut report = long.begin().await.unwrap();
+    // A cluster of its own: the horizon is the whole cluster's, and this test holds it back.
+    let own = OwnCluster::start("horizon").await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = start_server(&own.url, port);
+    wait_healthy(&client, &base).await;
+    let path = format!("{base}/projects/{}/collections", Uuid::new_v4());
+    let create = |name: String| {
+        let (client, path) = (client.clone(), path.clone());
+        async move {
+            json_with_status(
+                client
+                    .post(&path)
+                    .json(&serde_json::json!({ "collection_name": name }))
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::CREATED,
+            )
+            .await
+        }
+    };
+    create("before".to_owned()).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&own.url)
+        .await
+        .unwrap();
+    let mut report = pool.begin().await.unwrap();
     sqlx::query("SET application_name = 'a-long-report'")
         .execute(&mut *report)
         .await
@@ -321,18 +360,25 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
         .await
         .unwrap();
     for i in 0..250 {
-        create(&app, project, &format!("behind {i}")).await;
+        create(format!("behind {i}")).await;
     }
     tokio::time::sleep(Duration::from_millis(1_100)).await;
 
-    let status = run_cli(&app, &["status"]).await;
+    let output = Command::new(binary("cutover"))
+        .arg("status")
+        .env("DATABASE_URL", &own.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&output.stdout);
     assert!(
         status.contains("the log's horizon is held back by pid")
             && status.contains("a-long-report"),
         "{status}"
     );
-    let metrics = app
-        .get("/metrics")
+    let metrics = client
+        .get(format!("{base}/metrics"))
         .send()
         .await
         .unwrap()
@@ -345,15 +391,19 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
         "{metrics}"
     );
     let activity = json_with_status(
-        app.get("/admin/activity").send().await.unwrap(),
+        client
+            .get(format!("{base}/admin/activity"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::OK,
     )
     .await;
     assert_eq!(activity["horizon_blocker"]["application"], "a-long-report");
 
-    let pool = app.db.pool.clone();
+    let rebuilding = pool.clone();
     let rebuild = tokio::spawn(async move {
-        cutover_tests::rebuild(&pool, &["collections", "project_collections"]).await
+        cutover_tests::rebuild(&rebuilding, &["collections", "project_collections"]).await
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -371,4 +421,6 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
         "{:?}",
         outcome.swap_hold
     );
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
 }
