@@ -101,8 +101,9 @@ pub struct Job {
     replayed: i64,
     resumed_from: Option<i64>,
     started: Instant,
-    /// Holds the session locks of a rebuild; dropping it closes it, which releases them.
-    _locks: Option<PgConnection>,
+    /// Holds the session locks of a rebuild: released by `release` when the job ends, or with the
+    /// connection when the process dies.
+    locks: Option<PgConnection>,
 }
 
 /// Resolves projection names (`all` for every one) to projectors.
@@ -159,10 +160,7 @@ impl Job {
             // Holding the locks, no job of these projections still marked running is running.
             if let Some(job) = Self::resume(pool, &projectors, &names, &types, events_total).await?
             {
-                return Ok(Self {
-                    _locks: locks,
-                    ..job
-                });
+                return Ok(Self { locks, ..job });
             }
         }
         let id = Uuid::now_v7();
@@ -229,7 +227,7 @@ impl Job {
             replayed: 0,
             resumed_from: None,
             started: Instant::now(),
-            _locks: locks,
+            locks,
         })
     }
 
@@ -294,7 +292,7 @@ impl Job {
             replayed: 0,
             resumed_from: Some(position),
             started: Instant::now(),
-            _locks: None,
+            locks: None,
         }))
     }
 
@@ -422,8 +420,7 @@ impl Job {
         mut self,
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Outcome, AdminError> {
-        let result = self.run_inner(&mut on_progress).await;
-        match result {
+        let result = match self.run_inner(&mut on_progress).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 let reason = e.to_string();
@@ -431,12 +428,34 @@ impl Job {
                     tracing::error!(error = %cleanup, job = %self.id, "cannot record the failed rebuild");
                 }
                 if matches!(e, AdminError::Cancelled(_)) {
-                    return Err(e);
+                    Err(e)
+                } else {
+                    Err(AdminError::RebuildFailed {
+                        projections: self.names.join(", "),
+                        reason,
+                    })
                 }
-                Err(AdminError::RebuildFailed {
-                    projections: self.names.join(", "),
-                    reason,
-                })
+            }
+        };
+        // Only once the job is recorded as ended: a rebuild that starts then finds no
+        // interrupted job to resume.
+        self.release().await;
+        result
+    }
+
+    /// Releases the job's session locks now, so that the next rebuild of the same projections
+    /// can start at once (closing the connection releases them only when the server has
+    /// noticed).
+    async fn release(&mut self) {
+        if let Some(mut conn) = self.locks.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut conn)
+                .await;
+            if let Err(e) = unlocked {
+                tracing::warn!(error = %e, job = %self.id, "cannot release the rebuild's locks; they go with the connection");
+            }
+            if let Err(e) = sqlx::Connection::close(conn).await {
+                tracing::debug!(error = %e, "closing the rebuild's lock connection");
             }
         }
     }

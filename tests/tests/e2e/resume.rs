@@ -61,6 +61,11 @@ async fn running_job(pool: &PgPool, done: i64) -> (Uuid, i64) {
     panic!("no rebuild got past {done} events");
 }
 
+/// A GET of `url` that must answer 200, as JSON.
+async fn get_ok(client: &reqwest::Client, url: String) -> Value {
+    json_with_status(client.get(url).send().await.unwrap(), StatusCode::OK).await
+}
+
 /// `POST /admin/projections/all/rebuild` on the server at `base`: 202 and the job.
 async fn rebuild_all(client: &reqwest::Client, base: &str) -> Value {
     json_with_status(
@@ -138,15 +143,7 @@ async fn a_rebuild_killed_in_the_cli_or_the_server_resumes_from_its_checkpoint_a
     server.wait().await.unwrap();
     let mut server = start_server(&app.db.url(), port);
     wait_healthy(&client, &base).await;
-    let shown = json_with_status(
-        client
-            .get(format!("{base}/admin/projections/collections"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let shown = get_ok(&client, format!("{base}/admin/projections/collections")).await;
     assert_eq!(shown["rebuild_running"], false);
     assert_eq!(
         shown["latest_job"]["status"], "running",
@@ -160,15 +157,7 @@ async fn a_rebuild_killed_in_the_cli_or_the_server_resumes_from_its_checkpoint_a
     );
     let mut finished = Value::Null;
     for _ in 0..600 {
-        finished = json_with_status(
-            client
-                .get(format!("{base}/admin/jobs/{job}"))
-                .send()
-                .await
-                .unwrap(),
-            StatusCode::OK,
-        )
-        .await;
+        finished = get_ok(&client, format!("{base}/admin/jobs/{job}")).await;
         if finished["status"] != "running" {
             break;
         }
@@ -390,15 +379,7 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
             && metrics.contains("application=\"a-long-report\""),
         "{metrics}"
     );
-    let activity = json_with_status(
-        client
-            .get(format!("{base}/admin/activity"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let activity = get_ok(&client, format!("{base}/admin/activity")).await;
     assert_eq!(activity["horizon_blocker"]["application"], "a-long-report");
 
     let rebuilding = pool.clone();
