@@ -41,11 +41,26 @@ async function useToken(token) {
   await page.getByLabel("Access token").press("Enter");
 }
 
+/**
+ * Clicks an action's button until its confirmation dialog opens (the console re-renders its
+ * tables every refresh, and a click that lands on a button just replaced is lost).
+ */
+async function openDialog(name) {
+  const dialog = page.getByRole("dialog");
+  for (let attempt = 1; ; attempt++) {
+    await page.getByRole("button", { name, exact: true }).click();
+    try {
+      await dialog.waitFor({ timeout: 2_000 });
+      return dialog;
+    } catch (error) {
+      if (attempt === 5) throw error;
+    }
+  }
+}
+
 /** Clicks an action's button, then the confirmation dialog's Confirm. */
 async function act(name) {
-  await page.getByRole("button", { name, exact: true }).click();
-  const dialog = page.getByRole("dialog");
-  await dialog.waitFor();
+  const dialog = await openDialog(name);
   await dialog.getByRole("button", { name: "Confirm" }).click();
 }
 
@@ -79,8 +94,8 @@ test("a refused action shows the server's problem message and changes nothing", 
 
 test("cancelling the confirmation sends nothing", async () => {
   await useToken(adminToken);
-  await page.getByRole("button", { name: "Retire batch_state", exact: true }).click();
-  await page.getByRole("dialog").getByRole("button", { name: "Cancel" }).click();
+  const dialog = await openDialog("Retire batch_state");
+  await dialog.getByRole("button", { name: "Cancel", exact: true }).click();
   await page.waitForTimeout(2500);
   assert.match(await page.locator('#projections tr[data-projection="batch_state"]').innerText(), /live/);
 });
