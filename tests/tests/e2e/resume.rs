@@ -79,6 +79,17 @@ async fn rebuild_all(client: &reqwest::Client, base: &str) -> Value {
     .await
 }
 
+/// Advisory locks held in the test's database (the lock table is the whole cluster's).
+async fn advisory_locks(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 async fn shadow_schemas(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'cutover_job_%'")
         .fetch_one(pool)
@@ -223,13 +234,7 @@ async fn a_cancelled_rebuild_stops_and_leaves_no_shadow_schema() {
     killed.wait().await.unwrap();
     // Postgres releases the killed session's locks once it notices the closed connection.
     for _ in 0..200 {
-        let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+        let held = advisory_locks(&app.db.pool).await;
         if held == 0 {
             break;
         }
@@ -298,13 +303,7 @@ async fn probes_in_a_tight_loop_beside_repeated_rebuilds_never_make_one_fail() {
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(probes.await.unwrap() > 10);
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    let held = advisory_locks(&app.db.pool).await;
     assert_eq!(held, 0, "no probe left a lock behind");
 }
 
