@@ -97,13 +97,12 @@ RETURNING student_id, subject, skill_id, subskill_id, current_score, credibility
 
 const UPSERT_ANALYTICS: &str = "\
 INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students, score_sum,
-                                  mean_score, last_updated)
-VALUES ($1, $2, $3, 1, $4, $5::numeric, $5, $6)
+                                  last_updated)
+VALUES ($1, $2, $3, 1, $4, $5::numeric, $6)
 ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
    SET attempts = s.attempts + 1,
        students = s.students + EXCLUDED.students,
        score_sum = s.score_sum + EXCLUDED.score_sum,
-       mean_score = ((s.score_sum + EXCLUDED.score_sum) / (s.attempts + 1))::double precision,
        last_updated = EXCLUDED.last_updated";
 
 /// The routes, on a database that gets Cutover's schema (only its read-model tables are used).

@@ -12,6 +12,7 @@ pub mod local_postgres;
 pub mod log;
 pub mod projection;
 pub mod read_source;
+pub mod rows;
 pub mod store;
 pub mod telemetry;
 pub mod upcast;

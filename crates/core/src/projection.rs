@@ -1,16 +1,14 @@
-//! The projector seam: a unit that owns some read-model tables and applies stored events to
-//! them inside a transaction it is given. The command path calls it inline, in the transaction
-//! that appends the events; a rebuild calls the same code over the whole log.
+//! The projector seam: a unit that owns some read-model tables and says what stored events do
+//! to their rows. The command path writes those changes inline, in the statement that appends
+//! the events; a rebuild writes the same changes over the whole log.
 
-use async_trait::async_trait;
-use sqlx::PgConnection;
-
+use crate::rows::{Change, Changes, Table};
 use crate::store::StoredEvent;
 
 /// A projector failed; the transaction it ran in must not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
-    #[error("projector {projector} could not write its read model")]
+    #[error("projector {projector} could not write its read model: {source}")]
     Database {
         projector: &'static str,
         #[source]
@@ -28,6 +26,12 @@ pub enum ProjectionError {
         projector: &'static str,
         position: i64,
     },
+    /// A change that does not fit its table's declaration: a bug of the projector.
+    #[error("projector {projector} made a change that does not fit its table: {detail}")]
+    Shape {
+        projector: &'static str,
+        detail: String,
+    },
     #[error("projector {projector} could not read event at position {position}")]
     Decode {
         projector: &'static str,
@@ -37,50 +41,93 @@ pub enum ProjectionError {
     },
 }
 
-/// Builds read-model rows from events.
+/// SQLSTATE of `public.cutover_legacy_id_taken`: a legacy document id already belongs to
+/// another subskill.
+const LEGACY_ID_TAKEN: &str = "CUT01";
+
+/// Whether `e` is Postgres refusing to give one legacy id to two subskills.
+pub fn is_legacy_id_taken(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LEGACY_ID_TAKEN))
+}
+
+impl ProjectionError {
+    /// A database error met while writing `projector`'s rows.
+    pub fn of(projector: &'static str, source: sqlx::Error) -> Self {
+        match &source {
+            sqlx::Error::Database(e) if is_legacy_id_taken(&source) => Self::LegacyIdTaken {
+                projector,
+                detail: e.message().to_owned(),
+            },
+            _ => Self::Database { projector, source },
+        }
+    }
+}
+
+/// Builds read-model rows from events: a pure fold, with no IO.
 ///
-/// Implementations use unqualified table names (the connection's `search_path` decides the
-/// schema, so a rebuild can write into shadow tables), make no external calls, and write rows
-/// keyed so that the same events always give the same rows.
-#[async_trait]
+/// A projector declares its tables ([`Table`]) and says, for each event, what it does to their
+/// rows ([`Change`]); the writer ([`Changes`]) folds the changes per row and writes them. The
+/// same events always give the same changes, so the command path (inline, in the transaction
+/// that appends the events) and a rebuild (over the whole log) build the same rows.
 pub trait Projector: Send + Sync + 'static {
     /// The projection's stable name, as the registry and the CLI know it.
     fn name(&self) -> &'static str;
 
-    /// The tables it owns (unqualified names).
-    fn tables(&self) -> &'static [&'static str];
+    /// The tables it owns, declared once.
+    fn tables(&self) -> &'static [&'static Table];
 
     /// The aggregate types whose events this projector reads; others are never passed to it.
     fn aggregate_types(&self) -> &'static [&'static str];
 
-    /// Applies `events` (all of this projector's aggregate types, in log order).
+    /// What `event` (one of this projector's aggregate types) does to the rows.
     ///
     /// # Errors
-    /// A database error or an event that cannot be decoded; the caller rolls back.
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError>;
+    /// The event cannot be decoded, or does not fit the projection.
+    fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError>;
 }
 
-/// Applies each projector to the events of its aggregate types, in the given order.
+/// The names of `projector`'s tables.
+pub fn table_names(projector: &dyn Projector) -> impl Iterator<Item = &'static str> {
+    projector.tables().iter().map(|t| t.name)
+}
+
+/// Every projector's changes for `events` (in log order), each projector reading only the
+/// events of its aggregate types.
 ///
 /// # Errors
-/// The first projector error; nothing after it runs.
-pub async fn project_all(
+/// The first projector error.
+pub fn project_all(
     projectors: &[std::sync::Arc<dyn Projector>],
-    conn: &mut PgConnection,
     events: &[StoredEvent],
+) -> Result<Changes, ProjectionError> {
+    let mut changes = Changes::default();
+    project_into(projectors, events, &mut changes)?;
+    Ok(changes)
+}
+
+/// [`project_all`] into changes gathered so far.
+///
+/// # Errors
+/// The first projector error.
+pub fn project_into(
+    projectors: &[std::sync::Arc<dyn Projector>],
+    events: &[StoredEvent],
+    changes: &mut Changes,
 ) -> Result<(), ProjectionError> {
-    for projector in projectors {
-        let wanted = projector.aggregate_types();
-        let relevant: Vec<&StoredEvent> = events
-            .iter()
-            .filter(|e| wanted.contains(&e.aggregate_type.as_str()))
-            .collect();
-        if !relevant.is_empty() {
-            projector.apply(conn, &relevant).await?;
+    for event in events {
+        for projector in projectors {
+            if projector
+                .aggregate_types()
+                .contains(&event.aggregate_type.as_str())
+            {
+                for change in projector.project(event)? {
+                    change.check().map_err(|detail| ProjectionError::Shape {
+                        projector: projector.name(),
+                        detail,
+                    })?;
+                    changes.push(projector.name(), change);
+                }
+            }
         }
     }
     Ok(())

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::projection::{project_all, ProjectionError, Projector};
 use crate::read_source::ReadSources;
+use crate::rows::Parameters;
 
 /// One event as the log holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +157,7 @@ pub struct EventStore {
     projectors: Arc<[Arc<dyn Projector>]>,
     max_retries: u32,
     cache: Arc<AggregateCache>,
+    inline: Arc<InlineProjections>,
     lanes: Arc<Lanes>,
     metrics: StoreMetrics,
     appended: Arc<watch::Sender<u64>>,
@@ -193,6 +195,36 @@ struct CachedAggregate {
     state: Box<dyn Any + Send>,
 }
 
+/// The projections maintained inline, as this process last read them from the registry. The
+/// append statement checks them (under the append lock, which a swap or a retirement holds
+/// exclusively), so a stale set fails the statement instead of writing too few read models.
+#[derive(Default)]
+struct InlineProjections {
+    names: Mutex<Option<Arc<[String]>>>,
+}
+
+impl InlineProjections {
+    /// The names, read in `conn`'s transaction when not known.
+    async fn current(&self, conn: &mut PgConnection) -> Result<Arc<[String]>, sqlx::Error> {
+        if let Some(names) = self
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(names);
+        }
+        let names: Vec<String> = sqlx::query_scalar(INLINE).fetch_one(conn).await?;
+        let names: Arc<[String]> = names.into();
+        *self.names.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&names));
+        Ok(names)
+    }
+
+    fn forget(&self) {
+        *self.names.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
 /// Most aggregates kept in the cache; past that an arbitrary one is dropped.
 const CACHE_CAPACITY: usize = 1_000;
 
@@ -228,31 +260,62 @@ impl AggregateCache {
     }
 }
 
-/// The stream's events after a version, the projections the command must keep up to date and
-/// the read sources (read after the append lock, so a swap or retirement that committed is
-/// seen). The single
-/// `active` row comes back even when the stream has no new events.
+/// The stream's events after a version, and the read sources (read after the append lock, so a
+/// swap or retirement that committed is seen). The single `sources` row comes back even when
+/// the stream has no new events.
 const LOAD: &str = "\
-WITH active AS (
-    SELECT coalesce(array_agg(name), '{}') AS names FROM projections WHERE inline_active
-), sources AS (
+WITH sources AS (
     SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
       FROM read_sources
 )
-SELECT active.names, sources.domains, sources.sources, e.sequence, e.position, e.event_type,
-       e.event_version, e.payload
-  FROM active
- CROSS JOIN sources
+SELECT sources.domains, sources.sources, e.sequence, e.position, e.event_type, e.event_version,
+       e.payload
+  FROM sources
   LEFT JOIN events AS e
     ON e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > $3
  ORDER BY e.sequence";
 
-const APPEND: &str = "\
-INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7
-  FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(sequence, event_type, event_version, payload)
- ORDER BY e.sequence
-RETURNING position, transaction_id::text::bigint AS transaction_id, sequence, recorded_at";
+/// The read sources alone, for a command that appended nothing and read no stream.
+const READ_SOURCES: &str = "\
+SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
+  FROM read_sources";
+
+/// Appends a command's events (`$1` type, `$2` id, `$3`–`$6` the events' sequences, types,
+/// versions and payloads, `$7` metadata, `$8` the recording time), checks that the projections
+/// maintained inline are `$9` (those whose rows the statement writes: it fails with SQLSTATE
+/// `CUT02` otherwise) and reads the read sources, after `WITH` parts of its own (each inline
+/// projection's row changes, from `$10` on).
+fn append_statement(parts: &[String]) -> String {
+    let mut sql = String::from(
+        "WITH appended AS (
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                        metadata, recorded_at)
+    SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
+      FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[])
+           AS e(sequence, event_type, event_version, payload)
+     ORDER BY e.sequence
+    RETURNING position, transaction_id::text::bigint AS transaction_id, sequence
+), sources AS (
+    SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
+      FROM read_sources
+), inline AS (
+    SELECT CASE WHEN names = $9::text[] THEN true
+                ELSE public.cutover_inline_projections_changed($9::text[], names) END AS current
+      FROM (SELECT coalesce(array_agg(name ORDER BY name), '{}') AS names
+              FROM projections WHERE inline_active) AS registry
+)",
+    );
+    for (i, part) in parts.iter().enumerate() {
+        sql.push_str(&format!(", projected_{i} AS ({part})"));
+    }
+    sql.push_str(
+        "
+SELECT appended.position, appended.transaction_id, appended.sequence, sources.domains,
+       sources.sources, inline.current
+  FROM appended CROSS JOIN sources CROSS JOIN inline",
+    );
+    sql
+}
 
 /// The append lock, in SQL: every writer of the log holds it shared for its transaction; a
 /// rebuild's swap (and a retirement) holds it exclusively, so that no append is in flight
@@ -285,6 +348,10 @@ pub fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {
 
 const UNIQUE_VIOLATION: &str = "23505";
 
+/// The events' primary key (type, id, sequence): a violation means another writer took the
+/// sequence number.
+const EVENTS_KEY: &str = "events_pkey";
+
 impl EventStore {
     /// `max_retries`: how many times a command is re-run after losing an append race.
     pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, max_retries: u32) -> Self {
@@ -293,6 +360,7 @@ impl EventStore {
             projectors: projectors.into(),
             max_retries,
             cache: Arc::default(),
+            inline: Arc::default(),
             lanes: Arc::default(),
             metrics: StoreMetrics::default(),
             appended: Arc::new(watch::channel(0).0),
@@ -342,9 +410,10 @@ impl EventStore {
             services,
             expected_version,
             metadata,
+            new_aggregate: false,
         };
         match self.begin::<A>(request, None).await? {
-            Begun::Open(pending) => Ok(pending.commit(None).await?),
+            Begun::Open(pending) => Ok((*pending).commit(None).await?),
             // Only a command sent with an idempotency key can be replayed; this one has none.
             Begun::Replayed(_) => Err(CommandError::Broken(
                 "a command without an idempotency key was answered as a replay".to_owned(),
@@ -377,7 +446,8 @@ impl EventStore {
         A::Error: 'static,
     {
         let attempts = self.max_retries + 1;
-        for attempt in 1..=attempts {
+        let (mut attempt, mut refreshes) = (1, 0);
+        while attempt <= attempts {
             let mut turn = self.lanes.enter(A::TYPE, request.aggregate_id).await;
             let mut member = match turn.open.take() {
                 Some(group) => Member {
@@ -422,14 +492,17 @@ impl EventStore {
                     return Err(CommandError::Database(e));
                 }
             }
-            match self.run_member(&mut member, &request, idempotency).await {
+            match self
+                .run_member(&mut member, &request, idempotency, attempt)
+                .await
+            {
                 Ok(Ran::Appended(committed, key)) => {
-                    return Ok(Begun::Open(Pending {
+                    return Ok(Begun::Open(Box::new(Pending {
                         member,
                         key,
                         committed,
                         _aggregate: PhantomData,
-                    }));
+                    })));
                 }
                 Ok(Ran::Replayed(stored)) => {
                     // Answered before; but an answer stored by an earlier command of this very
@@ -447,6 +520,20 @@ impl EventStore {
                         self.metrics.retries.inc();
                     }
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(Failed::InlineChanged) => {
+                    if let Err(e) = member.leave(true).await {
+                        tracing::debug!(error = %e, "the group of a command to be re-run failed");
+                    }
+                    refreshes += 1;
+                    if refreshes > MAX_INLINE_REFRESHES {
+                        return Err(CommandError::Broken(
+                            "the projections maintained inline kept changing, or a table of one \
+                             of them is missing"
+                                .to_owned(),
+                        ));
+                    }
                 }
                 Err(Failed::Error(e)) => {
                     if let Err(left) = member.leave(true).await {
@@ -463,11 +550,18 @@ impl EventStore {
     /// Runs one command in `member`'s group: claims its key, brings the aggregate up to date
     /// (from the group, the cache or the log), lets it decide, appends and projects. On a
     /// failure the group's aggregate is kept only when the command left it untouched.
+    ///
+    /// On its first attempt, a command starts from this process's cache, or from nothing when
+    /// its aggregate was made for it, without reading the stream: the append's unique key
+    /// catches a stale start (another instance appended), and the command is run again from
+    /// the log. A start that is refused or changes nothing is read again from the log before it
+    /// is believed.
     async fn run_member<A>(
         &self,
         member: &mut Member,
         request: &Request<'_, A>,
         idempotency: Option<&Idempotency>,
+        attempt: u32,
     ) -> Result<Ran, Failed<A::Error>>
     where
         A: Aggregate + 'static,
@@ -487,8 +581,9 @@ impl EventStore {
             .state
             .take()
             .and_then(|state| state.downcast::<A>().ok());
-        let mut aggregate = match kept {
-            Some(aggregate) => *aggregate,
+        // Whether the aggregate is known to be as the log has it (else it is a guess).
+        let (mut aggregate, mut confirmed) = match kept {
+            Some(aggregate) => (*aggregate, true),
             None => {
                 // The group's first command starts from the cache; a later one whose group
                 // lost its aggregate reads the whole stream again, in the group's transaction.
@@ -497,68 +592,99 @@ impl EventStore {
                 } else {
                     self.cache.take::<A>(aggregate_id)
                 };
-                let loaded = load::<A>(&mut group.tx, aggregate_id, cached).await?;
-                group.version = loaded.version;
-                group.position = loaded.position;
-                group.active = loaded.active;
-                group.read_sources = loaded.read_sources;
-                loaded.aggregate
+                match cached {
+                    Some((aggregate, version, position)) if attempt == 1 => {
+                        (group.version, group.position) = (version, position);
+                        (aggregate, false)
+                    }
+                    None if attempt == 1 && !joined && request.new_aggregate => {
+                        (group.version, group.position) = (0, 0);
+                        (A::default(), false)
+                    }
+                    cached => (group.reload::<A>(aggregate_id, cached).await?, true),
+                }
             }
         };
-        if let Some(expected) = request.expected_version {
-            if expected != group.version {
-                let actual = group.version;
-                group.state = Some(Box::new(aggregate));
-                member.kept_state = true;
-                return Err(Failed::Error(CommandError::VersionMismatch {
-                    expected,
-                    actual,
-                }));
+        let new_events = loop {
+            if let Some(expected) = request.expected_version {
+                if expected != group.version {
+                    if !confirmed {
+                        let start = Some((aggregate, group.version, group.position));
+                        aggregate = group.reload::<A>(aggregate_id, start).await?;
+                        confirmed = true;
+                        continue;
+                    }
+                    let actual = group.version;
+                    group.state = Some(Box::new(aggregate));
+                    member.kept_state = true;
+                    return Err(Failed::Error(CommandError::VersionMismatch {
+                        expected,
+                        actual,
+                    }));
+                }
             }
-        }
-        let sink = EventSink::default();
-        let decided = aggregate
-            .handle(request.command.clone(), request.services, &sink)
-            .await;
-        let new_events = sink.collect().await;
-        if let Err(e) = decided {
-            if new_events.is_empty() {
-                group.state = Some(Box::new(aggregate));
-                member.kept_state = true;
+            let sink = EventSink::default();
+            let decided = aggregate
+                .handle(request.command.clone(), request.services, &sink)
+                .await;
+            let new_events = sink.collect().await;
+            match decided {
+                Ok(()) if !new_events.is_empty() => break new_events,
+                _ if !confirmed => {
+                    // Events the refused command wrote changed the aggregate: read it all.
+                    let start =
+                        new_events
+                            .is_empty()
+                            .then_some((aggregate, group.version, group.position));
+                    aggregate = group.reload::<A>(aggregate_id, start).await?;
+                    confirmed = true;
+                }
+                Ok(()) => break new_events,
+                Err(e) => {
+                    if new_events.is_empty() {
+                        group.state = Some(Box::new(aggregate));
+                        member.kept_state = true;
+                    }
+                    return Err(Failed::Error(CommandError::Rejected(e)));
+                }
             }
-            return Err(Failed::Error(CommandError::Rejected(e)));
-        }
+        };
         let stored = if new_events.is_empty() {
+            if group.read_sources.stored.is_empty() {
+                group.read_sources = read_sources(&mut group.tx).await?;
+            }
             Vec::new()
         } else {
-            match append::<A>(
+            let inline = self.inline.current(&mut group.tx).await?;
+            let appended = append::<A>(
                 &mut group.tx,
+                &self.projectors,
+                &inline,
                 aggregate_id,
                 group.version,
                 &new_events,
                 request.metadata,
             )
-            .await
-            {
-                Ok(stored) => stored,
+            .await;
+            match appended {
+                Ok((stored, sources)) => {
+                    group.read_sources = sources;
+                    stored
+                }
                 Err(AppendError::Conflict) => return Err(Failed::Retry),
+                Err(AppendError::InlineChanged) => {
+                    self.inline.forget();
+                    return Err(Failed::InlineChanged);
+                }
                 Err(AppendError::Serialize(e)) => {
                     return Err(Failed::Error(CommandError::Serialize(e)))
                 }
+                Err(AppendError::Projection(e)) => return Err(Failed::Error(e.into())),
                 Err(AppendError::Database(e)) => {
                     return Err(Failed::Error(CommandError::Database(e)))
                 }
             }
         };
-        let inline: Vec<Arc<dyn Projector>> = self
-            .projectors
-            .iter()
-            .filter(|p| group.active.iter().any(|name| name == p.name()))
-            .cloned()
-            .collect();
-        project_all(&inline, &mut group.tx, &stored)
-            .await
-            .map_err(|e| Failed::Error(e.into()))?;
         if let Some(last) = stored.last() {
             group.version = last.sequence;
             group.position = last.position;
@@ -574,6 +700,9 @@ impl EventStore {
     }
 }
 
+/// Most times one command reads the registry's inline projections again.
+const MAX_INLINE_REFRESHES: u32 = 3;
+
 /// Most commands of one aggregate that share a transaction (each takes a savepoint, and
 /// Postgres keeps 64 subtransactions per transaction in shared memory).
 pub const MAX_GROUP: usize = 32;
@@ -588,6 +717,8 @@ enum Ran {
 enum Failed<E: std::error::Error + 'static> {
     /// Another writer took the next sequence number: run the command again.
     Retry,
+    /// The projections maintained inline changed: run the command again with the new ones.
+    InlineChanged,
     Error(CommandError<E>),
 }
 
@@ -686,7 +817,6 @@ struct Group {
     state: Option<Box<dyn Any + Send>>,
     version: i64,
     position: i64,
-    active: Vec<String>,
     read_sources: ReadSources,
     /// Commands whose answers wait for this group's commit.
     members: usize,
@@ -702,7 +832,6 @@ impl Group {
             state: None,
             version: 0,
             position: 0,
-            active: Vec::new(),
             read_sources: ReadSources::default(),
             members: 0,
             events: 0,
@@ -827,6 +956,24 @@ impl Drop for Member {
 }
 
 impl Group {
+    /// Reads aggregate `A` from its stream in the group's transaction, starting from `start` (a
+    /// state as of some version) or from nothing, with the read sources.
+    async fn reload<A>(
+        &mut self,
+        aggregate_id: &str,
+        start: Option<(A, i64, i64)>,
+    ) -> Result<A, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Error: 'static,
+    {
+        let loaded = load::<A>(&mut self.tx, aggregate_id, start).await?;
+        self.version = loaded.version;
+        self.position = loaded.position;
+        self.read_sources = loaded.read_sources;
+        Ok(loaded.aggregate)
+    }
+
     /// Tells the commands waiting on this group that it will not commit; rolls it back.
     fn fail(self, failure: GroupFailure) {
         self.outcome.send_replace(Some(Err(failure)));
@@ -911,6 +1058,9 @@ pub struct Request<'a, A: Aggregate> {
     /// Run only if the aggregate is at this version (`If-Match`).
     pub expected_version: Option<i64>,
     pub metadata: &'a Value,
+    /// The aggregate id was made for this command (a new collection's): its stream is empty,
+    /// so it is not read before the append.
+    pub new_aggregate: bool,
 }
 
 /// A client's `Idempotency-Key` and what identifies its request.
@@ -935,7 +1085,7 @@ pub struct StoredResponse {
 /// How [`EventStore::begin`] went.
 pub enum Begun<A: Aggregate + 'static> {
     /// The command ran; commit it.
-    Open(Pending<A>),
+    Open(Box<Pending<A>>),
     /// The same request came with this key before: its response, nothing ran.
     Replayed(StoredResponse),
 }
@@ -1036,15 +1186,28 @@ async fn claim_key<E: std::error::Error + 'static>(
     }
 }
 
-/// An aggregate brought up to date, with what the command needs to know of the registry.
+/// An aggregate brought up to date, with the read sources.
 struct Loaded<A> {
     aggregate: A,
     /// Its version and last position, both 0 for a stream with no events.
     version: i64,
     position: i64,
-    /// The projections maintained inline.
-    active: Vec<String>,
     read_sources: ReadSources,
+}
+
+/// The read sources from a row's `domains` and `sources` arrays.
+fn sources_of(row: &sqlx::postgres::PgRow) -> Result<ReadSources, sqlx::Error> {
+    let domains: Vec<String> = row.try_get("domains")?;
+    let sources: Vec<String> = row.try_get("sources")?;
+    Ok(ReadSources {
+        stored: domains.into_iter().zip(sources).collect(),
+    })
+}
+
+/// Every domain's read source.
+async fn read_sources(conn: &mut PgConnection) -> Result<ReadSources, sqlx::Error> {
+    let row = sqlx::query(READ_SOURCES).fetch_one(conn).await?;
+    sources_of(&row)
 }
 
 /// Brings aggregate `A` up to date from its stream, starting from `cached` (a state as of some
@@ -1065,14 +1228,9 @@ where
         .bind(version)
         .fetch_all(conn)
         .await?;
-    let (active, read_sources) = match rows.first() {
-        Some(row) => {
-            let domains: Vec<String> = row.try_get("domains")?;
-            let sources: Vec<String> = row.try_get("sources")?;
-            let stored = domains.into_iter().zip(sources).collect();
-            (row.try_get("names")?, ReadSources { stored })
-        }
-        None => (Vec::new(), ReadSources::default()),
+    let read_sources = match rows.first() {
+        Some(row) => sources_of(row)?,
+        None => ReadSources::default(),
     };
     for row in rows {
         // The one row of a stream with no new events carries no event.
@@ -1100,84 +1258,154 @@ where
         aggregate,
         version,
         position,
-        active,
         read_sources,
     })
 }
 
 enum AppendError {
     Conflict,
+    /// The projections maintained inline are not the ones the statement was built for.
+    InlineChanged,
     Serialize(serde_json::Error),
+    Projection(ProjectionError),
     Database(sqlx::Error),
 }
 
+impl From<sqlx::Error> for AppendError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some(UNIQUE_VIOLATION)
+                    && db.constraint() == Some(EVENTS_KEY) =>
+            {
+                Self::Conflict
+            }
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some(INLINE_CHANGED | UNDEFINED_TABLE)) =>
+            {
+                Self::InlineChanged
+            }
+            _ => Self::Database(e),
+        }
+    }
+}
+
+/// The recording time of events appended now: this server's clock, at Postgres's precision.
+fn recording_time() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// Appends `events` after `version` and writes every inline projection's rows for them, in one
+/// statement (a projection whose changes need more than one round writes its later rounds with
+/// statements of their own, after it). Returns the stored events and the read sources.
 async fn append<A: Aggregate>(
     conn: &mut PgConnection,
+    projectors: &[Arc<dyn Projector>],
+    inline: &[String],
     aggregate_id: &str,
     version: i64,
     events: &[A::Event],
     metadata: &Value,
-) -> Result<Vec<StoredEvent>, AppendError> {
-    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let sequences: Vec<i64> = (version + 1..=version + count).collect();
-    let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
-    let event_versions: Vec<String> = events.iter().map(DomainEvent::event_version).collect();
-    let payloads = events
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<Value>, _>>()
-        .map_err(AppendError::Serialize)?;
-    let rows = sqlx::query(APPEND)
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(&sequences)
-        .bind(&event_types)
-        .bind(&event_versions)
-        .bind(&payloads)
-        .bind(metadata)
-        .fetch_all(conn)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
-                AppendError::Conflict
-            }
-            _ => AppendError::Database(e),
-        })?;
-    let mut by_sequence: HashMap<i64, (i64, i64, DateTime<Utc>)> = HashMap::new();
-    for row in rows {
-        let read = (|| {
-            Ok::<_, sqlx::Error>((
-                row.try_get::<i64, _>("sequence")?,
-                row.try_get::<i64, _>("position")?,
-                row.try_get::<i64, _>("transaction_id")?,
-                row.try_get::<DateTime<Utc>, _>("recorded_at")?,
-            ))
-        })()
-        .map_err(AppendError::Database)?;
-        by_sequence.insert(read.0, (read.1, read.2, read.3));
-    }
+) -> Result<(Vec<StoredEvent>, ReadSources), AppendError> {
+    let recorded_at = recording_time();
     let mut stored = Vec::with_capacity(events.len());
-    for (((sequence, event_type), event_version), payload) in sequences
-        .into_iter()
-        .zip(event_types)
-        .zip(event_versions)
-        .zip(payloads)
-    {
-        let Some(&(position, transaction_id, recorded_at)) = by_sequence.get(&sequence) else {
-            return Err(AppendError::Database(sqlx::Error::RowNotFound));
-        };
+    for (sequence, event) in (version + 1..).zip(events) {
         stored.push(StoredEvent {
-            position,
-            transaction_id,
+            // Filled in from the insert's answer.
+            position: 0,
+            transaction_id: 0,
             aggregate_type: A::TYPE.to_owned(),
             aggregate_id: aggregate_id.to_owned(),
             sequence,
-            event_type,
-            event_version,
-            payload,
+            event_type: event.event_type(),
+            event_version: event.event_version(),
+            payload: serde_json::to_value(event).map_err(AppendError::Serialize)?,
             metadata: metadata.clone(),
             recorded_at,
         });
     }
-    Ok(stored)
+    let inline_projectors: Vec<Arc<dyn Projector>> = projectors
+        .iter()
+        .filter(|p| inline.iter().any(|name| name == p.name()))
+        .cloned()
+        .collect();
+    let changes = project_all(&inline_projectors, &stored).map_err(AppendError::Projection)?;
+    let (fused, later) = if changes.single_round() {
+        (
+            changes.statements(Parameters::From(FIRST_ROWS_PARAMETER)),
+            None,
+        )
+    } else {
+        (Vec::new(), Some(changes))
+    };
+    let parts: Vec<String> = fused.iter().map(|s| s.sql.clone()).collect();
+    let sql = append_statement(&parts);
+    let mut query = sqlx::query(&sql)
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(stored.iter().map(|e| e.sequence).collect::<Vec<_>>())
+        .bind(
+            stored
+                .iter()
+                .map(|e| e.event_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            stored
+                .iter()
+                .map(|e| e.event_version.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(stored.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+        .bind(metadata)
+        .bind(recorded_at)
+        .bind(inline);
+    for statement in &fused {
+        query = query.bind(&statement.rows);
+    }
+    let rows = query.fetch_all(&mut *conn).await.map_err(|e| {
+        let refused = crate::projection::is_legacy_id_taken(&e);
+        match fused
+            .iter()
+            .find(|s| refused && s.sql.contains("cutover_legacy_id_taken"))
+        {
+            Some(statement) => {
+                AppendError::Projection(ProjectionError::of(statement.projection, e))
+            }
+            None => AppendError::from(e),
+        }
+    })?;
+    let mut read_sources = ReadSources::default();
+    for row in &rows {
+        let sequence: i64 = row.try_get("sequence")?;
+        let event = stored
+            .iter_mut()
+            .find(|e| e.sequence == sequence)
+            .ok_or(sqlx::Error::RowNotFound)?;
+        event.position = row.try_get("position")?;
+        event.transaction_id = row.try_get("transaction_id")?;
+        read_sources = sources_of(row)?;
+    }
+    if stored.iter().any(|e| e.position == 0) {
+        return Err(AppendError::Database(sqlx::Error::RowNotFound));
+    }
+    if let Some(changes) = later {
+        changes.write(conn).await.map_err(AppendError::Projection)?;
+    }
+    Ok((stored, read_sources))
 }
+
+/// The first parameter of the row changes in the append statement (after the events' and the
+/// inline projections').
+const FIRST_ROWS_PARAMETER: usize = 10;
+
+/// The names of the projections maintained inline, in name order.
+const INLINE: &str =
+    "SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM projections WHERE inline_active";
+
+/// SQLSTATE of `cutover_inline_projections_changed`.
+const INLINE_CHANGED: &str = "CUT02";
+/// SQLSTATE of a table that does not exist (a retired projection's, named by a statement
+/// built before the retirement was seen).
+const UNDEFINED_TABLE: &str = "42P01";

@@ -1,49 +1,50 @@
 //! New read model of prediction batches: one `batch_completions` row per completion and one
 //! `batch_counters` row per batch, kept in step by one statement per run of completions.
 
-use async_trait::async_trait;
-use cqrs_es::Aggregate as _;
-use cutover_core::domain::batch::PredictionBatch;
-use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
+use cutover_core::projection::ProjectionError;
+use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
-use sqlx::PgConnection;
+use serde_json::json;
 
-use crate::batches::{apply_steps, BatchRow, BatchStatements, BatchSummary};
+use crate::batches::{BatchRow, BatchSummary};
+use crate::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "batch_completions";
 
-const INSERT_COUNTERS: &str = "\
-INSERT INTO batch_counters (batch_id, expected_count, completed_count, total_predictions,
-                            is_complete, last_updated, last_sequence)
-VALUES ($1, cardinality($2::text[]), 0, 0, false, $3, $4)
-ON CONFLICT (batch_id) DO NOTHING";
-
-/// Counts only the rows actually inserted, so a replayed run cannot count twice.
-const ADD_COMPLETIONS: &str = "\
-WITH inserted AS (
-    INSERT INTO batch_completions (batch_id, player_lookup, predictions_count, completed_at)
-    SELECT $1, c.p, c.n, $4 FROM unnest($2::text[], $3::int[]) AS c(p, n)
-    ON CONFLICT (batch_id, player_lookup) DO NOTHING
-    RETURNING predictions_count
-)
-UPDATE batch_counters
-   SET completed_count = completed_count + (SELECT count(*) FROM inserted),
-       total_predictions = total_predictions
-           + (SELECT coalesce(sum(predictions_count), 0) FROM inserted),
-       last_updated = $4,
-       last_sequence = $5
- WHERE batch_id = $1 AND last_sequence < $6";
-
-const COMPLETE: &str = "\
-UPDATE batch_counters SET is_complete = true, last_updated = $2, last_sequence = $3
- WHERE batch_id = $1 AND last_sequence < $3";
-
-const STATEMENTS: BatchStatements = BatchStatements {
-    started: INSERT_COUNTERS,
-    completions: ADD_COMPLETIONS,
-    completed: COMPLETE,
+/// The new `batch_completions` table: one row per completed player.
+pub static COMPLETIONS: Table = Table {
+    name: "batch_completions",
+    columns: &[
+        column!("batch_id", "text", Keep),
+        column!("player_lookup", "text", Keep),
+        column!("predictions_count", "integer", Set),
+        column!("completed_at", "timestamp with time zone", Set),
+    ],
+    key: &["batch_id", "player_lookup"],
+    address: &["batch_id", "player_lookup"],
+    indexes: &[],
 };
+
+/// The new `batch_counters` table: one row per batch.
+pub static COUNTERS: Table = Table {
+    name: "batch_counters",
+    columns: &[
+        column!("batch_id", "text", Keep),
+        column!("expected_count", "integer", Keep),
+        column!("completed_count", "integer", Add),
+        column!("total_predictions", "bigint", Add),
+        column!("is_complete", "boolean", Set),
+        column!("last_updated", "timestamp with time zone", Set),
+        column!("last_sequence", "bigint", Set),
+    ],
+    key: &["batch_id"],
+    address: &["batch_id"],
+    indexes: &[],
+};
+
+static TABLES: [&Table; 2] = [&COMPLETIONS, &COUNTERS];
 
 const SELECT_ONE: &str = "\
 SELECT batch_id, expected_count, completed_count, total_predictions, is_complete, last_updated,
@@ -66,30 +67,63 @@ SELECT player_lookup, predictions_count, completed_at
 /// Projector of the new `batch_completions` and `batch_counters` tables.
 pub struct BatchCompletions;
 
-#[async_trait]
-impl Projector for BatchCompletions {
-    fn name(&self) -> &'static str {
-        NAME
+impl Fold for BatchCompletions {
+    const NAME: &'static str = NAME;
+    type Aggregate = PredictionBatch;
+
+    fn tables() -> &'static [&'static Table] {
+        &TABLES
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &["batch_completions", "batch_counters"]
-    }
-
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &[PredictionBatch::TYPE]
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        apply_steps(NAME, &STATEMENTS, conn, events).await
+    fn project(event: &StoredEvent, decoded: BatchEvent) -> Result<Vec<Change>, ProjectionError> {
+        let (batch_id, at, sequence) = (
+            &event.aggregate_id,
+            timestamp(event.recorded_at),
+            event.sequence,
+        );
+        Ok(match decoded {
+            BatchEvent::BatchStarted {
+                expected_player_lookups,
+            } => vec![Change::insert(
+                &COUNTERS,
+                json!({
+                    "batch_id": batch_id, "expected_count": expected_player_lookups.len(),
+                    "completed_count": 0, "total_predictions": 0, "is_complete": false,
+                    "last_updated": at, "last_sequence": sequence,
+                }),
+            )],
+            // The batch counts a player once (a redelivered completion appends nothing).
+            BatchEvent::PlayerCompleted {
+                player_lookup,
+                predictions_count,
+            } => vec![
+                Change::insert(
+                    &COMPLETIONS,
+                    json!({
+                        "batch_id": batch_id, "player_lookup": player_lookup,
+                        "predictions_count": predictions_count, "completed_at": at,
+                    }),
+                ),
+                Change::update(
+                    &COUNTERS,
+                    json!({
+                        "batch_id": batch_id, "completed_count": 1,
+                        "total_predictions": predictions_count, "last_updated": at,
+                        "last_sequence": sequence,
+                    }),
+                ),
+            ],
+            BatchEvent::BatchCompleted { .. } => vec![Change::update(
+                &COUNTERS,
+                json!({
+                    "batch_id": batch_id, "is_complete": true, "last_updated": at,
+                    "last_sequence": sequence,
+                }),
+            )],
+        })
     }
 }
 
-/// The new model's batch row is its summary: `batch_counters` holds exactly those fields.
 impl BatchRow for BatchSummary {
     const SELECT_ONE: &'static str = SELECT_ONE;
     const SELECT_SUMMARY: &'static str = SELECT_ONE;

@@ -1,46 +1,39 @@
 //! Legacy read model of prediction batches: table `batch_state`, one row per batch with the
 //! completed players as an array and their counts as a JSON map.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate as _;
-use cutover_core::domain::batch::PredictionBatch;
-use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
+use cutover_core::projection::ProjectionError;
+use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
-use sqlx::PgConnection;
+use serde_json::json;
 
-use crate::batches::{apply_steps, BatchRow, BatchStatements};
+use crate::batches::BatchRow;
+use crate::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "batch_state";
 
-const INSERT: &str = "\
-INSERT INTO batch_state (batch_id, expected_players, completed_players, predictions_by_player,
-                         total_predictions, is_complete, updated_at, last_sequence)
-VALUES ($1, $2, '{}', '{}', 0, false, $3, $4)
-ON CONFLICT (batch_id) DO NOTHING";
-
-const ADD_COMPLETIONS: &str = "\
-UPDATE batch_state
-   SET completed_players = completed_players || $2::text[],
-       predictions_by_player = predictions_by_player
-           || (SELECT jsonb_object_agg(p, n) FROM unnest($2::text[], $3::int[]) AS c(p, n)),
-       total_predictions = total_predictions
-           + (SELECT coalesce(sum(n), 0) FROM unnest($3::int[]) AS c(n)),
-       updated_at = $4,
-       last_sequence = $5
- WHERE batch_id = $1 AND last_sequence < $6";
-
-const COMPLETE: &str = "\
-UPDATE batch_state SET is_complete = true, updated_at = $2, last_sequence = $3
- WHERE batch_id = $1 AND last_sequence < $3";
-
-const STATEMENTS: BatchStatements = BatchStatements {
-    started: INSERT,
-    completions: ADD_COMPLETIONS,
-    completed: COMPLETE,
+/// The legacy `batch_state` table: one row per batch.
+pub static TABLE: Table = Table {
+    name: "batch_state",
+    columns: &[
+        column!("batch_id", "text", Keep),
+        column!("expected_players", "text[]", Keep),
+        column!("completed_players", "text[]", Concat),
+        column!("predictions_by_player", "jsonb", Concat),
+        column!("total_predictions", "bigint", Add),
+        column!("is_complete", "boolean", Set),
+        column!("updated_at", "timestamp with time zone", Set),
+        column!("last_sequence", "bigint", Set),
+    ],
+    key: &["batch_id"],
+    address: &["batch_id"],
+    indexes: &[],
 };
+
+static TABLES: [&Table; 1] = [&TABLE];
 
 const SELECT_ONE: &str = "\
 SELECT batch_id, expected_players, completed_players, predictions_by_player, total_predictions,
@@ -72,30 +65,55 @@ SELECT p AS player_lookup, (b.predictions_by_player ->> p)::int AS predictions_c
 /// Projector of the legacy `batch_state` table.
 pub struct LegacyBatchState;
 
-#[async_trait]
-impl Projector for LegacyBatchState {
-    fn name(&self) -> &'static str {
-        NAME
+impl Fold for LegacyBatchState {
+    const NAME: &'static str = NAME;
+    type Aggregate = PredictionBatch;
+
+    fn tables() -> &'static [&'static Table] {
+        &TABLES
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &["batch_state"]
-    }
-
-    fn aggregate_types(&self) -> &'static [&'static str] {
-        &[PredictionBatch::TYPE]
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        apply_steps(NAME, &STATEMENTS, conn, events).await
+    fn project(event: &StoredEvent, decoded: BatchEvent) -> Result<Vec<Change>, ProjectionError> {
+        let (batch_id, at, sequence) = (
+            &event.aggregate_id,
+            timestamp(event.recorded_at),
+            event.sequence,
+        );
+        Ok(vec![match decoded {
+            BatchEvent::BatchStarted {
+                expected_player_lookups,
+            } => Change::insert(
+                &TABLE,
+                json!({
+                    "batch_id": batch_id, "expected_players": expected_player_lookups,
+                    "completed_players": [], "predictions_by_player": {},
+                    "total_predictions": 0, "is_complete": false, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            ),
+            BatchEvent::PlayerCompleted {
+                player_lookup,
+                predictions_count,
+            } => Change::update(
+                &TABLE,
+                json!({
+                    "batch_id": batch_id, "completed_players": [&player_lookup],
+                    "predictions_by_player": {player_lookup: predictions_count},
+                    "total_predictions": predictions_count, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            ),
+            BatchEvent::BatchCompleted { .. } => Change::update(
+                &TABLE,
+                json!({
+                    "batch_id": batch_id, "is_complete": true, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            ),
+        }])
     }
 }
 
-/// A row of the legacy `batch_state` table.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct BatchState {
     pub batch_id: String,

@@ -4,39 +4,36 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::projection::ProjectionError;
+use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::{collection_id, CollectionRow, EventProjector, Statement};
+use crate::{collection_id, column, CollectionRow, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "collections";
 
-const INSERT: &str = "\
-INSERT INTO collections (collection_id, project_id, collection_name, description, is_active,
-                         created_at, updated_at, last_sequence)
-VALUES ($1, $2, $3, $4, true, $5, $5, $6)
-ON CONFLICT (collection_id) DO NOTHING";
+/// The legacy `collections` table.
+pub static TABLE: Table = Table {
+    name: "collections",
+    columns: &[
+        column!("collection_id", "uuid", Keep),
+        column!("project_id", "uuid", Keep),
+        column!("collection_name", "text", Set),
+        column!("description", "text", Set),
+        column!("is_active", "boolean", Set),
+        column!("created_at", "timestamp with time zone", Keep),
+        column!("updated_at", "timestamp with time zone", Set),
+        column!("last_sequence", "bigint", Set),
+    ],
+    key: &["collection_id"],
+    address: &["collection_id"],
+    indexes: &["collections_by_project"],
+};
 
-const IMPORT: &str = "\
-INSERT INTO collections (collection_id, project_id, collection_name, description, is_active,
-                         created_at, updated_at, last_sequence)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (collection_id) DO NOTHING";
-
-const UPDATE: &str = "\
-UPDATE collections
-   SET collection_name = $2, description = $3, updated_at = $4, last_sequence = $5
- WHERE collection_id = $1 AND last_sequence < $5";
-
-const TOUCH: &str = "\
-UPDATE collections SET updated_at = $2, last_sequence = $3
- WHERE collection_id = $1 AND last_sequence < $3";
-
-const SOFT_DELETE: &str = "\
-UPDATE collections SET is_active = false, updated_at = $2, last_sequence = $3
- WHERE collection_id = $1 AND last_sequence < $3";
+static TABLES: [&Table; 1] = [&TABLE];
 
 const SELECT_ONE: &str = "\
 SELECT collection_id, project_id, collection_name, description, is_active, created_at,
@@ -55,41 +52,35 @@ SELECT collection_id, project_id, collection_name, description, is_active, creat
 /// Projector of the legacy `collections` table.
 pub struct LegacyCollections;
 
-impl EventProjector for LegacyCollections {
+impl Fold for LegacyCollections {
     const NAME: &'static str = NAME;
-    const TABLES: &'static [&'static str] = &["collections"];
     type Aggregate = Collection;
 
-    fn statement(
+    fn tables() -> &'static [&'static Table] {
+        &TABLES
+    }
+
+    fn project(
         event: &StoredEvent,
         decoded: CollectionEvent,
-    ) -> Result<Statement, ProjectionError> {
+    ) -> Result<Vec<Change>, ProjectionError> {
         let id = collection_id(NAME, event)?;
-        Ok(match decoded {
+        let at = timestamp(event.recorded_at);
+        let sequence = event.sequence;
+        Ok(vec![match decoded {
             CollectionEvent::CollectionCreated {
                 project_id,
                 collection_name,
                 description,
-            } => sqlx::query(INSERT)
-                .bind(id)
-                .bind(project_id)
-                .bind(collection_name)
-                .bind(description)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
-            CollectionEvent::CollectionUpdated {
-                collection_name,
-                description,
-            } => sqlx::query(UPDATE)
-                .bind(id)
-                .bind(collection_name)
-                .bind(description)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
-            CollectionEvent::CollectionResearchLinksSet { .. } => sqlx::query(TOUCH)
-                .bind(id)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
+            } => Change::insert(
+                &TABLE,
+                json!({
+                    "collection_id": id, "project_id": project_id,
+                    "collection_name": collection_name, "description": description,
+                    "is_active": true, "created_at": at, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            ),
             CollectionEvent::CollectionImported {
                 project_id,
                 name,
@@ -97,20 +88,37 @@ impl EventProjector for LegacyCollections {
                 is_active,
                 created_at,
                 updated_at,
-            } => sqlx::query(IMPORT)
-                .bind(id)
-                .bind(project_id)
-                .bind(name)
-                .bind(description)
-                .bind(is_active)
-                .bind(created_at)
-                .bind(updated_at)
-                .bind(event.sequence),
-            CollectionEvent::CollectionDeleted {} => sqlx::query(SOFT_DELETE)
-                .bind(id)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
-        })
+            } => Change::insert(
+                &TABLE,
+                json!({
+                    "collection_id": id, "project_id": project_id, "collection_name": name,
+                    "description": description, "is_active": is_active,
+                    "created_at": timestamp(created_at), "updated_at": timestamp(updated_at),
+                    "last_sequence": sequence,
+                }),
+            ),
+            CollectionEvent::CollectionUpdated {
+                collection_name,
+                description,
+            } => Change::update(
+                &TABLE,
+                json!({
+                    "collection_id": id, "collection_name": collection_name,
+                    "description": description, "updated_at": at, "last_sequence": sequence,
+                }),
+            ),
+            CollectionEvent::CollectionResearchLinksSet { .. } => Change::update(
+                &TABLE,
+                json!({"collection_id": id, "updated_at": at, "last_sequence": sequence}),
+            ),
+            CollectionEvent::CollectionDeleted {} => Change::update(
+                &TABLE,
+                json!({
+                    "collection_id": id, "is_active": false, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            ),
+        }])
     }
 }
 

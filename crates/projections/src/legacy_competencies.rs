@@ -5,44 +5,62 @@
 use chrono::SecondsFormat;
 use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
 use cutover_core::projection::ProjectionError;
+use cutover_core::rows::{Change, Merge, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::{EventProjector, Statement};
+use crate::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "legacy_competencies";
 
-/// The attempt document, and the competency document it leads to. The competency's id is the
-/// old store's, which two subskills can share (`a_b` + `c`, `a` + `b_c`): when the row of that
-/// id belongs to another subskill, the update calls `cutover_legacy_id_taken`, which fails the
-/// statement with SQLSTATE `CUT01` naming both (the migration `legacy_contracts` defines it).
-const RECORD_ATTEMPT: &str = "\
-WITH attempt AS (
-    INSERT INTO legacy_attempts (id, student_id, doc) VALUES ($1, $2, $3)
-    ON CONFLICT (id) DO NOTHING
-)
-INSERT INTO legacy_competencies AS live (id, student_id, doc, last_sequence)
-VALUES ($4, $2, $5, $6)
-ON CONFLICT (id) DO UPDATE
-   SET doc = CASE WHEN (live.doc ->> 'subject', live.doc ->> 'skill_id', live.doc ->> 'subskill_id')
-                     = (EXCLUDED.doc ->> 'subject', EXCLUDED.doc ->> 'skill_id',
-                        EXCLUDED.doc ->> 'subskill_id')
-                  THEN EXCLUDED.doc
-                  ELSE public.cutover_legacy_id_taken(live.id, live.doc, EXCLUDED.doc) END,
-       last_sequence = EXCLUDED.last_sequence
- WHERE live.last_sequence < EXCLUDED.last_sequence
-    OR (live.doc ->> 'subject', live.doc ->> 'skill_id', live.doc ->> 'subskill_id')
-       IS DISTINCT FROM (EXCLUDED.doc ->> 'subject', EXCLUDED.doc ->> 'skill_id',
-                         EXCLUDED.doc ->> 'subskill_id')";
+/// A legacy document table (`legacy_attempts`, `legacy_reviews`): written once, by id.
+macro_rules! documents {
+    ($name:literal) => {
+        Table {
+            name: $name,
+            columns: &[
+                column!("id", "text", Keep),
+                column!("student_id", "bigint", Keep),
+                column!("doc", "jsonb", Keep),
+            ],
+            key: &["id"],
+            address: &["id"],
+            indexes: &[concat!($name, "_by_student")],
+        }
+    };
+}
 
-const RECORD_REVIEW: &str = "\
-INSERT INTO legacy_reviews (id, student_id, doc) VALUES ($1, $2, $3)
-ON CONFLICT (id) DO NOTHING";
+/// The old store's attempt documents.
+pub static ATTEMPTS: Table = documents!("legacy_attempts");
 
-/// A competency document by its id, if it is the one of subskill `$2`, `$3`, `$4` (another
-/// subskill may map to the same id).
+/// The old store's review documents.
+pub static REVIEWS: Table = documents!("legacy_reviews");
+
+/// The old store's competency documents, by the old store's id, which two subskills can share
+/// (`a_b` + `c`, `a` + `b_c`). They are never merged: when the row of that id belongs to
+/// another subskill, the write calls `cutover_legacy_id_taken`, which fails the statement with
+/// SQLSTATE `CUT01` naming both (the migration `legacy_contracts` defines it).
+pub static COMPETENCIES: Table = Table {
+    name: "legacy_competencies",
+    columns: &[
+        column!("id", "text", Keep),
+        column!("student_id", "bigint", Keep),
+        cutover_core::rows::Column {
+            name: "doc",
+            sql_type: "jsonb",
+            merge: Merge::SameDocument(&["subject", "skill_id", "subskill_id"]),
+        },
+        column!("last_sequence", "bigint", Set),
+    ],
+    key: &["id"],
+    address: &["id"],
+    indexes: &["legacy_competencies_by_student"],
+};
+
+static TABLES: [&Table; 3] = [&ATTEMPTS, &REVIEWS, &COMPETENCIES];
+
 const SELECT_COMPETENCY: &str = "\
 SELECT id, student_id, doc, last_sequence FROM legacy_competencies
  WHERE id = $1 AND doc ->> 'subject' = $2 AND doc ->> 'skill_id' = $3
@@ -61,16 +79,18 @@ const SELECT_REVIEW: &str = "SELECT id, student_id, doc FROM legacy_reviews WHER
 /// Projector of the legacy competency documents.
 pub struct LegacyCompetencies;
 
-impl EventProjector for LegacyCompetencies {
+impl Fold for LegacyCompetencies {
     const NAME: &'static str = NAME;
-    const TABLES: &'static [&'static str] =
-        &["legacy_attempts", "legacy_reviews", "legacy_competencies"];
     type Aggregate = StudentSubskill;
 
-    fn statement(
+    fn tables() -> &'static [&'static Table] {
+        &TABLES
+    }
+
+    fn project(
         event: &StoredEvent,
         decoded: CompetencyEvent,
-    ) -> Result<Statement, ProjectionError> {
+    ) -> Result<Vec<Change>, ProjectionError> {
         let timestamp = event
             .recorded_at
             .to_rfc3339_opts(SecondsFormat::Micros, true);
@@ -90,13 +110,19 @@ impl EventProjector for LegacyCompetencies {
                     &competency,
                     &timestamp,
                 );
-                sqlx::query(RECORD_ATTEMPT)
-                    .bind(attempt_id.to_string())
-                    .bind(key.student_id)
-                    .bind(attempt)
-                    .bind(key.legacy_id())
-                    .bind(competency_doc)
-                    .bind(event.sequence)
+                vec![
+                    Change::insert(
+                        &ATTEMPTS,
+                        json!({"id": attempt_id.to_string(), "student_id": key.student_id, "doc": attempt}),
+                    ),
+                    Change::upsert(
+                        &COMPETENCIES,
+                        json!({
+                            "id": key.legacy_id(), "student_id": key.student_id,
+                            "doc": competency_doc, "last_sequence": event.sequence,
+                        }),
+                    ),
+                ]
             }
             CompetencyEvent::ReviewRecorded {
                 key,
@@ -115,10 +141,10 @@ impl EventProjector for LegacyCompetencies {
                     "score": score,
                     "timestamp": timestamp,
                 });
-                sqlx::query(RECORD_REVIEW)
-                    .bind(review_id.to_string())
-                    .bind(key.student_id)
-                    .bind(review)
+                vec![Change::insert(
+                    &REVIEWS,
+                    json!({"id": review_id.to_string(), "student_id": key.student_id, "doc": review}),
+                )]
             }
         })
     }

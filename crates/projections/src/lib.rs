@@ -1,18 +1,17 @@
 //! The projectors: each owns its read-model tables and builds them from stored events, inline
 //! in the command's transaction and, with the same code, when a projection is rebuilt.
 //!
-//! Each module keeps its SQL beside the code that runs it and uses unqualified table names, so
-//! the connection's `search_path` decides which schema (live or shadow) receives the rows.
+//! Each module declares its tables once (`cutover_core::rows::Table`) and maps events to row
+//! changes, with no IO; the one writer in `cutover_core::rows` turns them into SQL with
+//! unqualified table names, so the connection's `search_path` decides which schema (live or
+//! shadow) receives the rows. The queries that read the rows live beside the declarations.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::rows::{Change, Table};
 use cutover_core::store::StoredEvent;
-use sqlx::postgres::PgArguments;
-use sqlx::query::Query;
-use sqlx::{PgConnection, Postgres};
 
 pub mod batch_completions;
 pub mod batch_state;
@@ -29,69 +28,68 @@ pub mod verify;
 /// Every inline projector, in the order they run inside a command's transaction.
 pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
     vec![
-        Arc::new(PerEvent(collections::LegacyCollections)),
-        Arc::new(PerEvent(project_collections::ProjectCollections)),
-        Arc::new(batch_state::LegacyBatchState),
-        Arc::new(batch_completions::BatchCompletions),
-        Arc::new(PerEvent(legacy_competencies::LegacyCompetencies)),
-        Arc::new(PerEvent(student_competencies::StudentCompetencies)),
+        Arc::new(Folded(collections::LegacyCollections)),
+        Arc::new(Folded(project_collections::ProjectCollections)),
+        Arc::new(Folded(batch_state::LegacyBatchState)),
+        Arc::new(Folded(batch_completions::BatchCompletions)),
+        Arc::new(Folded(legacy_competencies::LegacyCompetencies)),
+        Arc::new(Folded(student_competencies::StudentCompetencies)),
     ]
 }
 
-/// One SQL statement with its parameters bound.
-type Statement = Query<'static, Postgres, PgArguments>;
-
-/// A projector that writes each event with one statement.
-trait EventProjector: Send + Sync + 'static {
+/// A projector as a pure fold over the events of one aggregate type: its tables, and what each
+/// event (already decoded) does to their rows.
+trait Fold: Send + Sync + 'static {
     /// The projection's name.
     const NAME: &'static str;
-    /// The tables it owns.
-    const TABLES: &'static [&'static str];
     /// The aggregate whose events it reads.
     type Aggregate: Aggregate;
 
-    /// The statement that applies `event`, already decoded.
+    /// The tables it owns.
+    fn tables() -> &'static [&'static Table];
+
+    /// The row changes of `event`.
     ///
     /// # Errors
     /// The event does not fit the projection (a malformed aggregate id).
-    fn statement(
+    fn project(
         event: &StoredEvent,
         decoded: <Self::Aggregate as Aggregate>::Event,
-    ) -> Result<Statement, ProjectionError>;
+    ) -> Result<Vec<Change>, ProjectionError>;
 }
 
-/// Runs an [`EventProjector`] as a [`Projector`].
-struct PerEvent<P>(P);
+/// Runs a [`Fold`] as a [`Projector`].
+struct Folded<F>(F);
 
-#[async_trait]
-impl<P: EventProjector> Projector for PerEvent<P> {
+impl<F: Fold> Projector for Folded<F> {
     fn name(&self) -> &'static str {
-        P::NAME
+        F::NAME
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        P::TABLES
+    fn tables(&self) -> &'static [&'static Table] {
+        F::tables()
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &[<P::Aggregate as Aggregate>::TYPE]
+        &[<F::Aggregate as Aggregate>::TYPE]
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[&StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        for event in events {
-            let decoded = decode(P::NAME, event)?;
-            P::statement(event, decoded)?
-                .execute(&mut *conn)
-                .await
-                .map_err(db(P::NAME))?;
-        }
-        Ok(())
+    fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError> {
+        F::project(event, decode(F::NAME, event)?)
     }
 }
+
+/// A column of a table declaration: name, type (as `format_type` spells it), merge.
+macro_rules! column {
+    ($name:literal, $type:literal, $merge:ident) => {
+        cutover_core::rows::Column {
+            name: $name,
+            sql_type: $type,
+            merge: cutover_core::rows::Merge::$merge,
+        }
+    };
+}
+pub(crate) use column;
 
 /// Reads the uuid of a collection event's aggregate.
 fn collection_id(
@@ -117,23 +115,6 @@ fn decode<E: serde::de::DeserializeOwned>(
         position: event.position,
         source,
     })
-}
-
-/// SQLSTATE of `cutover_legacy_id_taken`: a legacy document id already belongs to another
-/// subskill.
-const LEGACY_ID_TAKEN: &str = "CUT01";
-
-/// Wraps a database error of `projector`.
-fn db(projector: &'static str) -> impl Fn(sqlx::Error) -> ProjectionError {
-    move |source| match &source {
-        sqlx::Error::Database(e) if e.code().as_deref() == Some(LEGACY_ID_TAKEN) => {
-            ProjectionError::LegacyIdTaken {
-                projector,
-                detail: e.message().to_owned(),
-            }
-        }
-        _ => ProjectionError::Database { projector, source },
-    }
 }
 
 /// A read-model row of one collection, with the queries that read it.

@@ -4,43 +4,38 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::projection::ProjectionError;
+use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{collection_id, CollectionRow, EventProjector, Statement};
+use crate::{collection_id, column, CollectionRow, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "project_collections";
 
-const INSERT: &str = "\
-INSERT INTO project_collections (project_id, collection_id, research_context, tags,
-                                 linked_project_question_ids, linked_project_hypothesis_ids,
-                                 created_at, updated_at, last_sequence)
-VALUES ($1, $2, $3, '{}', '{}', '{}', $4, $4, $5)
-ON CONFLICT (project_id, collection_id) DO NOTHING";
+/// The new `project_collections` table.
+pub static TABLE: Table = Table {
+    name: "project_collections",
+    columns: &[
+        column!("project_id", "uuid", Keep),
+        column!("collection_id", "uuid", Keep),
+        column!("research_context", "text", Set),
+        column!("tags", "text[]", Set),
+        column!("linked_project_question_ids", "uuid[]", Set),
+        column!("linked_project_hypothesis_ids", "uuid[]", Set),
+        column!("created_at", "timestamp with time zone", Keep),
+        column!("updated_at", "timestamp with time zone", Set),
+        column!("last_sequence", "bigint", Set),
+    ],
+    key: &["project_id", "collection_id"],
+    // Events after the first name the collection only; its id is unique on its own.
+    address: &["collection_id"],
+    indexes: &["project_collections_collection_id_key"],
+};
 
-/// An imported collection that was deleted in the old system has no row here.
-const IMPORT: &str = "\
-INSERT INTO project_collections (project_id, collection_id, research_context, tags,
-                                 linked_project_question_ids, linked_project_hypothesis_ids,
-                                 created_at, updated_at, last_sequence)
-SELECT $1, $2, $3, '{}', '{}', '{}', $4, $5, $6
- WHERE $7
-ON CONFLICT (project_id, collection_id) DO NOTHING";
-
-const UPDATE_CONTEXT: &str = "\
-UPDATE project_collections
-   SET research_context = $2, updated_at = $3, last_sequence = $4
- WHERE collection_id = $1 AND last_sequence < $4";
-
-const UPDATE_LINKS: &str = "\
-UPDATE project_collections
-   SET tags = $2, linked_project_question_ids = $3, linked_project_hypothesis_ids = $4,
-       updated_at = $5, last_sequence = $6
- WHERE collection_id = $1 AND last_sequence < $6";
-
-const DELETE: &str = "DELETE FROM project_collections WHERE collection_id = $1";
+static TABLES: [&Table; 1] = [&TABLE];
 
 const SELECT_ONE: &str = "\
 SELECT project_id, collection_id, research_context, tags, linked_project_question_ids,
@@ -59,43 +54,39 @@ SELECT project_id, collection_id, research_context, tags, linked_project_questio
 /// Projector of the new `project_collections` table.
 pub struct ProjectCollections;
 
-impl EventProjector for ProjectCollections {
+impl Fold for ProjectCollections {
     const NAME: &'static str = NAME;
-    const TABLES: &'static [&'static str] = &["project_collections"];
     type Aggregate = Collection;
 
-    fn statement(
+    fn tables() -> &'static [&'static Table] {
+        &TABLES
+    }
+
+    fn project(
         event: &StoredEvent,
         decoded: CollectionEvent,
-    ) -> Result<Statement, ProjectionError> {
+    ) -> Result<Vec<Change>, ProjectionError> {
         let id = collection_id(NAME, event)?;
+        let at = timestamp(event.recorded_at);
+        let sequence = event.sequence;
+        let row = |project_id: Uuid, context: &str, created: Value, updated: Value| {
+            Change::insert(
+                &TABLE,
+                json!({
+                    "project_id": project_id, "collection_id": id, "research_context": context,
+                    "tags": [], "linked_project_question_ids": [],
+                    "linked_project_hypothesis_ids": [], "created_at": created,
+                    "updated_at": updated, "last_sequence": sequence,
+                }),
+            )
+        };
         Ok(match decoded {
             CollectionEvent::CollectionCreated {
                 project_id,
                 description,
                 ..
-            } => sqlx::query(INSERT)
-                .bind(project_id)
-                .bind(id)
-                .bind(description)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
-            CollectionEvent::CollectionUpdated { description, .. } => sqlx::query(UPDATE_CONTEXT)
-                .bind(id)
-                .bind(description)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
-            CollectionEvent::CollectionResearchLinksSet {
-                tags,
-                question_ids,
-                hypothesis_ids,
-            } => sqlx::query(UPDATE_LINKS)
-                .bind(id)
-                .bind(tags)
-                .bind(question_ids)
-                .bind(hypothesis_ids)
-                .bind(event.recorded_at)
-                .bind(event.sequence),
+            } => vec![row(project_id, &description, at.clone(), at)],
+            // An inactive old row was deleted in the old system: the new model never lists it.
             CollectionEvent::CollectionImported {
                 project_id,
                 description,
@@ -103,21 +94,42 @@ impl EventProjector for ProjectCollections {
                 created_at,
                 updated_at,
                 ..
-            } => sqlx::query(IMPORT)
-                .bind(project_id)
-                .bind(id)
-                // No description in the old row: the new shape has an empty research context.
-                .bind(description.unwrap_or_default())
-                .bind(created_at)
-                .bind(updated_at)
-                .bind(event.sequence)
-                .bind(is_active),
-            CollectionEvent::CollectionDeleted {} => sqlx::query(DELETE).bind(id),
+            } => match is_active {
+                true => vec![row(
+                    project_id,
+                    description.as_deref().unwrap_or_default(),
+                    timestamp(created_at),
+                    timestamp(updated_at),
+                )],
+                false => Vec::new(),
+            },
+            CollectionEvent::CollectionUpdated { description, .. } => vec![Change::update(
+                &TABLE,
+                json!({
+                    "collection_id": id, "research_context": description, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            )],
+            CollectionEvent::CollectionResearchLinksSet {
+                tags,
+                question_ids,
+                hypothesis_ids,
+            } => vec![Change::update(
+                &TABLE,
+                json!({
+                    "collection_id": id, "tags": tags,
+                    "linked_project_question_ids": question_ids,
+                    "linked_project_hypothesis_ids": hypothesis_ids, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            )],
+            CollectionEvent::CollectionDeleted {} => {
+                vec![Change::delete(&TABLE, json!({"collection_id": id}))]
+            }
         })
     }
 }
 
-/// A row of the new `project_collections` table.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ProjectCollection {
     pub project_id: Uuid,

@@ -14,19 +14,18 @@
 //! A rebuild holds a session advisory lock per projection for its whole run, so two rebuilds of
 //! one projection cannot run at once on any instance, and a killed rebuild releases it with its
 //! connection. A failed or interrupted rebuild leaves the live tables as they were. Each batch
-//! records the job's checkpoint (its log position) after its rows: a rebuild of the same
+//! records the job's checkpoint (its log position) with its rows: a rebuild of the same
 //! projections started after an interruption (a killed CLI, a restarted server) resumes the
-//! interrupted job from that checkpoint in its schema, re-applying at most the batch after it
-//! (projectors apply an event twice harmlessly). A failed job's schema is dropped; a
-//! cancelled one stops at its next batch and drops its schema.
+//! interrupted job from that checkpoint in its schema, so every event is applied once. A
+//! failed job's schema is dropped; a cancelled one stops at its next batch and drops its
+//! schema.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_core::log::{self, Horizon, LogCursor, Read};
-use cutover_core::projection::{project_all, Projector};
+use cutover_core::projection::{project_all, table_names, Projector};
 use cutover_core::store::{StoredEvent, APPEND_LOCK};
-use futures_util::future::try_join_all;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -201,7 +200,7 @@ impl Job {
             .execute(&mut *tx)
             .await?;
         for projector in &projectors {
-            for table in projector.tables() {
+            for table in table_names(projector.as_ref()) {
                 sqlx::query(&format!(
                     "CREATE TABLE {schema}.{table} (LIKE cutover_templates.{table} INCLUDING ALL)"
                 ))
@@ -255,7 +254,7 @@ impl Job {
         let schema = format!("cutover_job_{}", id.simple());
         let tables: Vec<String> = projectors
             .iter()
-            .flat_map(|p| p.tables().iter().map(|t| format!("{schema}.{t}")))
+            .flat_map(|p| table_names(p.as_ref()).map(|t| format!("{schema}.{t}")))
             .collect();
         let intact: bool = sqlx::query_scalar(
             "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t",
@@ -310,7 +309,7 @@ impl Job {
     }
 
     /// Replays the log into the job's tables up to what is safe to read now, calling
-    /// `on_progress` after each batch.
+    /// `on_progress` after each batch. The next batch is read while one is written.
     ///
     /// # Errors
     /// A database or projection error; the job's tables are left for the caller to drop.
@@ -318,36 +317,36 @@ impl Job {
         &mut self,
         on_progress: &mut impl FnMut(Progress),
     ) -> Result<(), AdminError> {
+        let (pool, types) = (self.pool.clone(), self.types.clone());
+        let mut read = log::read_safe(&pool, self.cursor, BATCH, Some(&types)).await?;
         loop {
-            let applied = self.batch().await?;
-            on_progress(self.progress);
-            if applied < SWAP_WHEN_BEHIND_BY {
+            if read.scanned == 0 {
                 return Ok(());
             }
+            let after = read.scanned_to.unwrap_or(self.cursor);
+            let (written, next) = tokio::join!(
+                self.batch(&read),
+                log::read_safe(&pool, after, BATCH, Some(&types))
+            );
+            written?;
+            on_progress(self.progress);
+            if read.scanned < SWAP_WHEN_BEHIND_BY {
+                return Ok(());
+            }
+            read = next?;
         }
     }
 
-    /// One batch: the events, then each projector's rows in a short transaction of its own —
-    /// projectors own disjoint tables, so they write in parallel — then the job's progress.
-    async fn batch(&mut self) -> Result<usize, AdminError> {
-        let read = log::read_safe(&self.pool, self.cursor, BATCH, Some(&self.types)).await?;
-        if read.scanned == 0 {
-            return Ok(0);
-        }
-        if !read.events.is_empty() {
-            let writes = self.projectors.iter().map(|projector| async {
-                let mut tx = self.pool.begin().await?;
-                self.write(&mut tx, std::slice::from_ref(projector), &read.events)
-                    .await?;
-                tx.commit().await?;
-                Ok::<_, AdminError>(())
-            });
-            try_join_all(writes).await?;
-        }
-        self.advance(&read);
-        let mut conn = self.pool.acquire().await?;
-        self.record(&mut conn, "running").await?;
-        Ok(read.scanned)
+    /// One batch, in one transaction: every projector's rows for `read`'s events (folded per
+    /// row, a few set-based statements whatever the number of events), then the job's
+    /// checkpoint. A batch is applied exactly once: an interrupted job resumes after the last
+    /// batch that committed.
+    async fn batch(&mut self, read: &Read) -> Result<(), AdminError> {
+        let mut tx = self.pool.begin().await?;
+        self.apply(&mut tx, read).await?;
+        self.record(&mut tx, "running").await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Applies what `read` found to the job's tables in `conn`'s transaction and moves the
@@ -370,7 +369,7 @@ impl Job {
         sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
             .execute(&mut *conn)
             .await?;
-        project_all(projectors, conn, events).await?;
+        project_all(projectors, events)?.write(conn).await?;
         sqlx::query("SET LOCAL search_path TO DEFAULT")
             .execute(&mut *conn)
             .await?;
@@ -532,7 +531,7 @@ impl Job {
             // and appends wait until this transaction ends. They are dropped after the commit.
             // One round trip for every move (fixed names, no parameters): appends wait for it.
             let mut moves = format!("CREATE SCHEMA {}_old;", self.schema);
-            for table in self.projectors.iter().flat_map(|p| p.tables()) {
+            for table in self.projectors.iter().flat_map(|p| table_names(p.as_ref())) {
                 moves.push_str(&format!(
                     "ALTER TABLE IF EXISTS public.{table} SET SCHEMA {schema}_old;
                      ALTER TABLE {schema}.{table} SET SCHEMA public;
@@ -792,7 +791,7 @@ pub async fn dry_run(
             .fetch_one(pool)
             .await?;
     let mut tables = Vec::new();
-    for table in projectors.iter().flat_map(|p| p.tables()) {
+    for table in projectors.iter().flat_map(|p| table_names(p.as_ref())) {
         // A retired projection has no live table: nothing to count.
         let exists: bool = sqlx::query_scalar("SELECT to_regclass('public.' || $1) IS NOT NULL")
             .bind(table)
@@ -805,7 +804,7 @@ pub async fn dry_run(
         } else {
             0
         };
-        tables.push(((*table).to_owned(), rows));
+        tables.push((table.to_owned(), rows));
     }
     let recent_rate: Option<f64> = sqlx::query_scalar(
         "SELECT avg(events_done / greatest(extract(epoch FROM finished_at - started_at), 0.001))::float8

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use cutover_core::log;
-use cutover_core::projection::Projector;
+use cutover_core::projection::{project_all, Projector};
 use cutover_core::store::{aggregate_lock_key, APPEND_LOCK};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -109,18 +109,15 @@ const PLANS: &[Plan] = &[
             "), fresh AS (
                  SELECT a.subject, a.skill_id, a.subskill_id, count(*) AS attempts,
                         count(DISTINCT a.student_id) AS students, sum(a.score::numeric) AS score_sum,
-                        CASE WHEN count(*) = 1 THEN max(a.score)
-                             ELSE (sum(a.score::numeric) / count(*))::double precision END AS mean_score,
                         max(a.attempted_at) AS last_updated
                    FROM student_attempts AS a JOIN touched USING (subject, skill_id, subskill_id)
                   GROUP BY a.subject, a.skill_id, a.subskill_id)
              INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students,
-                                               score_sum, mean_score, last_updated)
+                                               score_sum, last_updated)
              SELECT * FROM fresh
              ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
                 SET attempts = EXCLUDED.attempts, students = EXCLUDED.students,
-                    score_sum = EXCLUDED.score_sum, mean_score = EXCLUDED.mean_score,
-                    last_updated = EXCLUDED.last_updated"
+                    score_sum = EXCLUDED.score_sum, last_updated = EXCLUDED.last_updated"
         )],
     },
 ];
@@ -220,12 +217,13 @@ pub async fn repair(
             "no events of {aggregate_type} {missing:?}"
         )));
     }
-    let refs: Vec<_> = events.iter().collect();
     for (projector, plan) in &chosen {
         for statement in plan.clear {
             sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
         }
-        projector.apply(&mut tx, &refs).await?;
+        project_all(std::slice::from_ref(*projector), &events)?
+            .write(&mut tx)
+            .await?;
         for statement in plan.settle {
             sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
         }
@@ -275,6 +273,7 @@ pub fn command(projections: &[&str], aggregate: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cutover_core::projection::table_names;
 
     #[test]
     fn every_inline_projector_has_a_plan_that_clears_each_of_its_tables() {
@@ -283,7 +282,7 @@ mod tests {
                 .iter()
                 .find(|plan| plan.projection == projector.name())
                 .unwrap_or_else(|| panic!("no repair plan for {}", projector.name()));
-            for table in projector.tables() {
+            for table in table_names(projector.as_ref()) {
                 let cleared = plan
                     .clear
                     .iter()

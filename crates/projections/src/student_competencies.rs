@@ -5,12 +5,13 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::competency::{CompetencyEvent, StudentSubskill, SubskillKey};
 use cutover_core::projection::ProjectionError;
+use cutover_core::rows::{numeric, timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{EventProjector, Statement};
+use crate::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "student_competencies";
@@ -20,39 +21,82 @@ pub const NAME: &str = "student_competencies";
 /// it twice; a student is counted at their first attempt on the subskill. Every update is
 /// independent of the order attempts of different students are applied in, so a rebuild gives
 /// the rows live projection gave.
-const RECORD_ATTEMPT: &str = "\
-WITH attempt AS (
-    INSERT INTO student_attempts (attempt_id, student_id, subject, skill_id, subskill_id, score,
-                                  analysis, feedback, attempted_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (attempt_id) DO NOTHING
-    RETURNING score
-), competency AS (
-    INSERT INTO student_competencies (student_id, subject, skill_id, subskill_id, current_score,
-                                      credibility, total_attempts, last_updated, last_sequence)
-    VALUES ($2, $3, $4, $5, $10, $11, $12, $9, $13)
-    ON CONFLICT (student_id, subject, skill_id, subskill_id) DO UPDATE
-       SET current_score = EXCLUDED.current_score, credibility = EXCLUDED.credibility,
-           total_attempts = EXCLUDED.total_attempts, last_updated = EXCLUDED.last_updated,
-           last_sequence = EXCLUDED.last_sequence
-     WHERE student_competencies.last_sequence < EXCLUDED.last_sequence
-)
-INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students, score_sum,
-                                  mean_score, last_updated)
-SELECT $3, $4, $5, 1, CASE WHEN $12 = 1 THEN 1 ELSE 0 END, score::numeric, score, $9
-  FROM attempt
-ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
-   SET attempts = s.attempts + 1,
-       students = s.students + EXCLUDED.students,
-       score_sum = s.score_sum + EXCLUDED.score_sum,
-       mean_score = ((s.score_sum + EXCLUDED.score_sum) / (s.attempts + 1))::double precision,
-       last_updated = greatest(s.last_updated, EXCLUDED.last_updated)";
+/// The new `student_attempts` table: one row per attempt.
+pub static ATTEMPTS: Table = Table {
+    name: "student_attempts",
+    columns: &[
+        column!("attempt_id", "uuid", Keep),
+        column!("student_id", "bigint", Keep),
+        column!("subject", "text", Keep),
+        column!("skill_id", "text", Keep),
+        column!("subskill_id", "text", Keep),
+        column!("score", "double precision", Keep),
+        column!("analysis", "text", Keep),
+        column!("feedback", "text", Keep),
+        column!("attempted_at", "timestamp with time zone", Keep),
+    ],
+    key: &["attempt_id"],
+    address: &["attempt_id"],
+    indexes: &["student_attempts_by_subskill"],
+};
 
-const RECORD_REVIEW: &str = "\
-INSERT INTO student_reviews (review_id, student_id, subject, skill_id, subskill_id, problem_id,
-                             full_review, score, reviewed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (review_id) DO NOTHING";
+/// The new `student_reviews` table: one row per review.
+pub static REVIEWS: Table = Table {
+    name: "student_reviews",
+    columns: &[
+        column!("review_id", "uuid", Keep),
+        column!("student_id", "bigint", Keep),
+        column!("subject", "text", Keep),
+        column!("skill_id", "text", Keep),
+        column!("subskill_id", "text", Keep),
+        column!("problem_id", "text", Keep),
+        column!("full_review", "jsonb", Keep),
+        column!("score", "double precision", Keep),
+        column!("reviewed_at", "timestamp with time zone", Keep),
+    ],
+    key: &["review_id"],
+    address: &["review_id"],
+    indexes: &["student_reviews_by_subskill"],
+};
+
+/// The new `student_competencies` table: one row per student's subskill.
+pub static COMPETENCIES: Table = Table {
+    name: "student_competencies",
+    columns: &[
+        column!("student_id", "bigint", Keep),
+        column!("subject", "text", Keep),
+        column!("skill_id", "text", Keep),
+        column!("subskill_id", "text", Keep),
+        column!("current_score", "double precision", Set),
+        column!("credibility", "double precision", Set),
+        column!("total_attempts", "integer", Set),
+        column!("last_updated", "timestamp with time zone", Set),
+        column!("last_sequence", "bigint", Set),
+    ],
+    key: &["student_id", "subject", "skill_id", "subskill_id"],
+    address: &["student_id", "subject", "skill_id", "subskill_id"],
+    indexes: &[],
+};
+
+/// The new `skill_analytics` table: one row per subskill, summed over every student.
+pub static ANALYTICS: Table = Table {
+    name: "skill_analytics",
+    columns: &[
+        column!("subject", "text", Keep),
+        column!("skill_id", "text", Keep),
+        column!("subskill_id", "text", Keep),
+        column!("attempts", "bigint", Add),
+        column!("students", "bigint", Add),
+        column!("score_sum", "numeric", Add),
+        column!("last_updated", "timestamp with time zone", Greatest),
+        column!("mean_score", "double precision", Generated),
+    ],
+    key: &["subject", "skill_id", "subskill_id"],
+    address: &["subject", "skill_id", "subskill_id"],
+    indexes: &[],
+};
+
+static TABLES: [&Table; 4] = [&ATTEMPTS, &REVIEWS, &COMPETENCIES, &ANALYTICS];
 
 const COMPETENCY_COLUMNS: &str = "student_id, subject, skill_id, subskill_id, current_score, \
                                   credibility, total_attempts, last_updated, last_sequence";
@@ -60,20 +104,19 @@ const COMPETENCY_COLUMNS: &str = "student_id, subject, skill_id, subskill_id, cu
 /// Projector of the typed competency tables and the skill analytics.
 pub struct StudentCompetencies;
 
-impl EventProjector for StudentCompetencies {
+impl Fold for StudentCompetencies {
     const NAME: &'static str = NAME;
-    const TABLES: &'static [&'static str] = &[
-        "student_attempts",
-        "student_reviews",
-        "student_competencies",
-        "skill_analytics",
-    ];
     type Aggregate = StudentSubskill;
 
-    fn statement(
+    fn tables() -> &'static [&'static Table] {
+        &TABLES
+    }
+
+    fn project(
         event: &StoredEvent,
         decoded: CompetencyEvent,
-    ) -> Result<Statement, ProjectionError> {
+    ) -> Result<Vec<Change>, ProjectionError> {
+        let at = timestamp(event.recorded_at);
         Ok(match decoded {
             CompetencyEvent::AttemptRecorded {
                 key,
@@ -83,36 +126,53 @@ impl EventProjector for StudentCompetencies {
                 feedback,
                 competency,
                 ..
-            } => sqlx::query(RECORD_ATTEMPT)
-                .bind(attempt_id)
-                .bind(key.student_id)
-                .bind(key.subject)
-                .bind(key.skill_id)
-                .bind(key.subskill_id)
-                .bind(score)
-                .bind(analysis)
-                .bind(feedback)
-                .bind(event.recorded_at)
-                .bind(competency.current_score)
-                .bind(competency.credibility)
-                .bind(i32::try_from(competency.total_attempts).unwrap_or(i32::MAX))
-                .bind(event.sequence),
+            } => vec![
+                Change::insert(
+                    &ATTEMPTS,
+                    json!({
+                        "attempt_id": attempt_id, "student_id": key.student_id,
+                        "subject": key.subject, "skill_id": key.skill_id,
+                        "subskill_id": key.subskill_id, "score": score, "analysis": analysis,
+                        "feedback": feedback, "attempted_at": at,
+                    }),
+                ),
+                Change::upsert(
+                    &COMPETENCIES,
+                    json!({
+                        "student_id": key.student_id, "subject": key.subject,
+                        "skill_id": key.skill_id, "subskill_id": key.subskill_id,
+                        "current_score": competency.current_score,
+                        "credibility": competency.credibility,
+                        "total_attempts": competency.total_attempts, "last_updated": at,
+                        "last_sequence": event.sequence,
+                    }),
+                ),
+                // A student's first attempt at the subskill adds a student.
+                Change::upsert(
+                    &ANALYTICS,
+                    json!({
+                        "subject": key.subject, "skill_id": key.skill_id,
+                        "subskill_id": key.subskill_id, "attempts": 1,
+                        "students": i64::from(competency.total_attempts == 1),
+                        "score_sum": numeric(score), "last_updated": at,
+                    }),
+                ),
+            ],
             CompetencyEvent::ReviewRecorded {
                 key,
                 review_id,
                 problem_id,
                 full_review,
                 score,
-            } => sqlx::query(RECORD_REVIEW)
-                .bind(review_id)
-                .bind(key.student_id)
-                .bind(key.subject)
-                .bind(key.skill_id)
-                .bind(key.subskill_id)
-                .bind(problem_id)
-                .bind(full_review)
-                .bind(score)
-                .bind(event.recorded_at),
+            } => vec![Change::insert(
+                &REVIEWS,
+                json!({
+                    "review_id": review_id, "student_id": key.student_id,
+                    "subject": key.subject, "skill_id": key.skill_id,
+                    "subskill_id": key.subskill_id, "problem_id": problem_id,
+                    "full_review": full_review, "score": score, "reviewed_at": at,
+                }),
+            )],
         })
     }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use cutover_core::projection::Projector;
+use cutover_core::projection::{table_names, Projector};
 use cutover_core::store::APPEND_LOCK;
 use serde::Serialize;
 use serde_json::Value;
@@ -368,7 +368,7 @@ async fn compare_all(
         }
     }
     for projector in job.projectors().to_vec() {
-        for table in projector.tables() {
+        for table in table_names(projector.as_ref()) {
             live_vs_rebuilt(&mut snapshot, projector.name(), table, job.schema(), report).await?;
         }
     }

@@ -7,6 +7,7 @@ mod access;
 mod batches;
 mod collections;
 mod competencies;
+mod declarations;
 mod event_log;
 mod event_versions;
 mod faults;

@@ -349,6 +349,7 @@ async fn execute(
         services: &(),
         expected_version,
         metadata: &metadata,
+        new_aggregate: false,
     };
     run(state, request, idempotency, respond).await
 }

@@ -370,12 +370,15 @@ async fn execute(
 ) -> Result<Response, ApiError> {
     let metadata = json!({ "command": command.name() });
     let aggregate_id = collection_id.to_string();
+    // A created collection's id was just made for it.
+    let new_aggregate = matches!(command, CollectionCommand::CreateCollection { .. });
     let request = Request::<Collection> {
         aggregate_id: &aggregate_id,
         command,
         services: &(),
         expected_version,
         metadata: &metadata,
+        new_aggregate,
     };
     run(state, request, idempotency, respond).await
 }

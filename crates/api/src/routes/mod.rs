@@ -96,7 +96,7 @@ where
         .await?
     {
         Begun::Replayed(stored) => return Ok(Answer(stored).into_response()),
-        Begun::Open(pending) => pending,
+        Begun::Open(pending) => *pending,
     };
     let committed = pending.committed().clone();
     let answer = respond(pending.conn(), committed).await?;

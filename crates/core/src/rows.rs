@@ -1,0 +1,631 @@
+//! Read models as data, and the one writer of their rows.
+//!
+//! Each read-model table is declared once, as a [`Table`]: its columns with their types, its
+//! key, and how each column merges when a row is written again. Projectors say what an event
+//! does to rows as [`Change`]s — insert a row, upsert it, update some of its columns, delete
+//! it — with no IO. [`Changes`] folds the changes of any number of events per row, in memory,
+//! and turns them into one set-based statement per table and kind of change: the command path
+//! sends them inside the statement that appends the events; a rebuild sends them once per
+//! batch of thousands of events.
+//!
+//! Rows travel as one JSON array per statement, read back into the table's own row type by
+//! `jsonb_populate_recordset`, so every column type Postgres can read from JSON is supported
+//! and a statement's text depends only on the table, the kind and the columns written.
+
+use std::collections::HashMap;
+use std::str::FromStr as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+/// A read-model table.
+#[derive(Debug)]
+pub struct Table {
+    /// Unqualified: the connection's `search_path` picks the live or a rebuild's schema.
+    pub name: &'static str,
+    pub columns: &'static [Column],
+    /// The primary key: the conflict target of inserts and upserts.
+    pub key: &'static [&'static str],
+    /// The columns by which updates and deletes find a row: the key, or a unique part of it
+    /// when events name only that part.
+    pub address: &'static [&'static str],
+    /// Secondary indexes, by name.
+    pub indexes: &'static [&'static str],
+}
+
+/// A column of a read-model table.
+#[derive(Debug)]
+pub struct Column {
+    pub name: &'static str,
+    /// Its type, as Postgres's `format_type` spells it.
+    pub sql_type: &'static str,
+    /// What becomes of it when its row is written again.
+    pub merge: Merge,
+}
+
+/// How a column's value combines with a later write of the same row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Kept as first written (key columns, creation times).
+    Keep,
+    /// Replaced by the later value.
+    Set,
+    /// Summed: integers, or numerics written as decimal text (see [`numeric`]).
+    Add,
+    /// Appended to (arrays) or merged into (JSON objects, later keys winning).
+    Concat,
+    /// The greater of the two (timestamps written by [`timestamp`]).
+    Greatest,
+    /// A JSON document replaced by the later one, which must agree with it on these fields:
+    /// two different things must never share the row. A disagreement raises SQLSTATE `CUT01`
+    /// (`public.cutover_legacy_id_taken`).
+    SameDocument(&'static [&'static str]),
+    /// Computed by Postgres (a generated column): never written.
+    Generated,
+}
+
+impl Table {
+    fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The columns a writer fills (every one but the generated ones).
+    pub fn written(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.merge != Merge::Generated)
+    }
+}
+
+/// What one change does to one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Creates the row; a row already there is left as it is.
+    Insert,
+    /// Creates the row, or merges the values into the row already there.
+    Upsert,
+    /// Merges the values into the row found by the table's address, if there is one.
+    Update,
+    /// Deletes the row found by the table's address.
+    Delete,
+}
+
+/// One change to one row of a read-model table.
+#[derive(Debug, Clone)]
+pub struct Change {
+    table: &'static Table,
+    kind: Kind,
+    row: Map<String, Value>,
+}
+
+impl Change {
+    /// A new row: every written column.
+    pub fn insert(table: &'static Table, row: Value) -> Self {
+        Self::new(table, Kind::Insert, row)
+    }
+
+    /// A row created, or merged into the one there: every written column.
+    pub fn upsert(table: &'static Table, row: Value) -> Self {
+        Self::new(table, Kind::Upsert, row)
+    }
+
+    /// Some columns merged into a row: its address and those columns.
+    pub fn update(table: &'static Table, row: Value) -> Self {
+        Self::new(table, Kind::Update, row)
+    }
+
+    /// A row deleted: its address.
+    pub fn delete(table: &'static Table, row: Value) -> Self {
+        Self::new(table, Kind::Delete, row)
+    }
+
+    fn new(table: &'static Table, kind: Kind, row: Value) -> Self {
+        let row = match row {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        Self { table, kind, row }
+    }
+
+    pub fn table(&self) -> &'static Table {
+        self.table
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Checks the change against its table's declaration: known columns, none generated, the
+    /// address present, and every written column for an insert or upsert.
+    ///
+    /// # Errors
+    /// What is wrong, in words.
+    pub fn check(&self) -> Result<(), String> {
+        let table = self.table;
+        for name in self.row.keys() {
+            match table.column(name) {
+                None => return Err(format!("{} has no column {name}", table.name)),
+                Some(c) if c.merge == Merge::Generated => {
+                    return Err(format!("{}.{name} is generated", table.name))
+                }
+                Some(_) => {}
+            }
+        }
+        let missing = match self.kind {
+            Kind::Insert | Kind::Upsert => table
+                .written()
+                .map(|c| c.name)
+                .find(|c| !self.row.contains_key(*c)),
+            Kind::Update | Kind::Delete => table
+                .address
+                .iter()
+                .copied()
+                .find(|c| !self.row.contains_key(*c)),
+        };
+        match missing {
+            Some(missing) => Err(format!(
+                "a {:?} of {} lacks column {missing}",
+                self.kind, table.name
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn address(&self) -> String {
+        let values: Vec<&Value> = self
+            .table
+            .address
+            .iter()
+            .map(|c| self.row.get(*c).unwrap_or(&Value::Null))
+            .collect();
+        Value::from(values.into_iter().cloned().collect::<Vec<_>>()).to_string()
+    }
+}
+
+/// A timestamp as the writer sends it: RFC 3339 in UTC with microseconds (Postgres's
+/// precision), so that two of them compare as text as they do as times.
+pub fn timestamp(at: DateTime<Utc>) -> Value {
+    Value::String(at.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// A `double precision` value as Postgres turns it into `numeric` (`value::numeric`: 15
+/// significant digits), as decimal text for a numeric column.
+pub fn numeric(value: f64) -> Value {
+    let text = format!("{value:.14e}");
+    let parsed = Decimal::from_scientific(&text).map(|d| d.normalize());
+    Value::String(parsed.map_or(text, |d| d.to_string()))
+}
+
+/// Changes to read-model rows, folded per row: in rounds, each holding at most one change per
+/// row, so that a round's statements touch disjoint rows and may run as one statement. A
+/// change that cannot be folded into its row's change (a row deleted and then written again,
+/// two documents that disagree) opens the next round.
+#[derive(Debug, Default)]
+pub struct Changes {
+    rounds: Vec<Round>,
+    /// The round that holds each row's latest change: (table, address) → (round, index).
+    latest: HashMap<(&'static str, String), (usize, usize)>,
+}
+
+#[derive(Debug, Default)]
+struct Round {
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    projection: &'static str,
+    change: Change,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.rounds.is_empty()
+    }
+
+    /// Rounds of statements: 1 when every row's changes folded into one.
+    pub fn rounds(&self) -> usize {
+        self.rounds.len()
+    }
+
+    /// Adds `change`, made by projection `projection`, after every change added before.
+    pub fn push(&mut self, projection: &'static str, change: Change) {
+        let id = (change.table.name, change.address());
+        if let Some(&(round, index)) = self.latest.get(&id) {
+            let pending = &mut self.rounds[round].pending[index];
+            if let Some(folded) = fold(&pending.change, &change) {
+                pending.change = folded;
+                return;
+            }
+            self.place(id, round + 1, projection, change);
+        } else {
+            self.place(id, 0, projection, change);
+        }
+    }
+
+    fn place(
+        &mut self,
+        id: (&'static str, String),
+        round: usize,
+        projection: &'static str,
+        change: Change,
+    ) {
+        if self.rounds.len() <= round {
+            self.rounds.resize_with(round + 1, Round::default);
+        }
+        let pending = &mut self.rounds[round].pending;
+        pending.push(Pending { projection, change });
+        self.latest.insert(id, (round, pending.len() - 1));
+    }
+
+    /// The statements, in order: per round, one per table, kind and set of columns, inserts
+    /// first and deletes last. Each takes its rows as one `jsonb` parameter: `$1` for
+    /// statements run one by one, or numbered from `first` for parts of one statement.
+    pub fn statements(&self, parameters: Parameters) -> Vec<Statement> {
+        let mut statements = Vec::new();
+        for round in &self.rounds {
+            let mut groups: Vec<Group<'_>> = Vec::new();
+            for pending in &round.pending {
+                let change = &pending.change;
+                let columns: Vec<&'static str> = change
+                    .table
+                    .columns
+                    .iter()
+                    .filter(|c| change.row.contains_key(c.name))
+                    .map(|c| c.name)
+                    .collect();
+                let found = groups.iter_mut().find(|g| {
+                    std::ptr::eq(g.table, change.table)
+                        && g.kind == change.kind
+                        && g.columns == columns
+                        && g.projection == pending.projection
+                });
+                match found {
+                    Some(group) => group.rows.push(&change.row),
+                    None => groups.push(Group {
+                        projection: pending.projection,
+                        table: change.table,
+                        kind: change.kind,
+                        columns,
+                        rows: vec![&change.row],
+                    }),
+                }
+            }
+            groups.sort_by_key(|g| g.kind);
+            for group in groups {
+                let parameter = match parameters {
+                    Parameters::EachFirst => 1,
+                    Parameters::From(first) => first + statements.len(),
+                };
+                statements.push(Statement {
+                    projection: group.projection,
+                    sql: group.sql(parameter),
+                    rows: Value::Array(
+                        group
+                            .rows
+                            .iter()
+                            .map(|row| Value::Object((*row).clone()))
+                            .collect(),
+                    ),
+                });
+            }
+        }
+        statements
+    }
+
+    /// Whether every change fits one round, so that all statements can be parts of one.
+    pub fn single_round(&self) -> bool {
+        self.rounds.len() <= 1
+    }
+
+    /// Runs the statements one after another on `conn` (a rebuild's batch, a repair).
+    ///
+    /// # Errors
+    /// The first statement that fails, with the projection that made it.
+    pub async fn write(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<(), crate::projection::ProjectionError> {
+        for statement in self.statements(Parameters::EachFirst) {
+            sqlx::query(&statement.sql)
+                .bind(&statement.rows)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| crate::projection::ProjectionError::of(statement.projection, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// How the statements of a [`Changes`] number their parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parameters {
+    /// Each is a statement of its own, with its rows as `$1`.
+    EachFirst,
+    /// They are parts of one statement, taking consecutive parameters from this one.
+    From(usize),
+}
+
+/// One set-based statement of a [`Changes`].
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The projection whose rows it writes.
+    pub projection: &'static str,
+    /// One SQL statement (usable as a part of a `WITH`).
+    pub sql: String,
+    /// Its rows: a JSON array of objects, column name to value.
+    pub rows: Value,
+}
+
+struct Group<'c> {
+    projection: &'static str,
+    table: &'static Table,
+    kind: Kind,
+    columns: Vec<&'static str>,
+    rows: Vec<&'c Map<String, Value>>,
+}
+
+impl Group<'_> {
+    fn sql(&self, parameter: usize) -> String {
+        let table = self.table.name;
+        let source = format!("jsonb_populate_recordset(NULL::{table}, ${parameter}::jsonb)");
+        let columns = self.columns.join(", ");
+        let key = self.table.key.join(", ");
+        let merged: Vec<String> = self
+            .columns
+            .iter()
+            .filter_map(|name| {
+                let column = self.table.column(name)?;
+                if self.table.address.contains(name) || self.table.key.contains(name) {
+                    return None;
+                }
+                merge_sql(self.table, column).map(|expr| format!("{name} = {expr}"))
+            })
+            .collect();
+        let matches = self
+            .table
+            .address
+            .iter()
+            .map(|c| format!("live.{c} = excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        match self.kind {
+            Kind::Insert | Kind::Upsert => {
+                let on_conflict = if self.kind == Kind::Insert || merged.is_empty() {
+                    "DO NOTHING".to_owned()
+                } else {
+                    format!("DO UPDATE SET {}", merged.join(", "))
+                };
+                format!(
+                    "INSERT INTO {table} AS live ({columns}) SELECT {columns} FROM {source} \
+                     ON CONFLICT ({key}) {on_conflict}"
+                )
+            }
+            // Only the address: nothing to change.
+            Kind::Update if merged.is_empty() => {
+                format!("SELECT FROM {source} AS excluded WHERE false")
+            }
+            Kind::Update => format!(
+                "UPDATE {table} AS live SET {} FROM {source} AS excluded \
+                 WHERE {matches}",
+                merged.join(", ")
+            ),
+            Kind::Delete => {
+                format!("DELETE FROM {table} AS live USING {source} AS excluded WHERE {matches}")
+            }
+        }
+    }
+}
+
+/// The new value of `column` when its row is written again, in SQL (`live` is the row there,
+/// `excluded` the one written); `None` when it keeps its value.
+fn merge_sql(table: &Table, column: &Column) -> Option<String> {
+    let c = column.name;
+    Some(match column.merge {
+        Merge::Keep | Merge::Generated => return None,
+        Merge::Set => format!("excluded.{c}"),
+        Merge::Add => format!("live.{c} + excluded.{c}"),
+        Merge::Concat => format!("live.{c} || excluded.{c}"),
+        Merge::Greatest => format!("greatest(live.{c}, excluded.{c})"),
+        Merge::SameDocument(fields) => {
+            let of = |row: &str| {
+                fields
+                    .iter()
+                    .map(|f| format!("{row}.{c} ->> '{f}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let id = table.key.first().copied().unwrap_or(c);
+            format!(
+                "CASE WHEN ({}) = ({}) THEN excluded.{c} \
+                 ELSE public.cutover_legacy_id_taken(live.{id}::text, live.{c}, excluded.{c}) END",
+                of("live"),
+                of("excluded")
+            )
+        }
+    })
+}
+
+/// `later` folded into `earlier` (both of one row): the one change with the effect of both, or
+/// `None` when there is none.
+fn fold(earlier: &Change, later: &Change) -> Option<Change> {
+    match (earlier.kind, later.kind) {
+        (_, Kind::Delete) => Some(later.clone()),
+        (Kind::Insert | Kind::Upsert, Kind::Update | Kind::Upsert)
+        | (Kind::Update, Kind::Update) => {
+            let mut row = earlier.row.clone();
+            for (name, value) in &later.row {
+                let merged = match (row.get(name), earlier.table.column(name)) {
+                    (Some(before), Some(column)) => merge_value(column.merge, before, value)?,
+                    _ => value.clone(),
+                };
+                row.insert(name.clone(), merged);
+            }
+            Some(Change {
+                table: earlier.table,
+                kind: earlier.kind,
+                row,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A column's value written twice, merged in memory as the column's SQL merge would.
+fn merge_value(merge: Merge, before: &Value, after: &Value) -> Option<Value> {
+    Some(match merge {
+        Merge::Keep | Merge::Generated => before.clone(),
+        Merge::Set => after.clone(),
+        Merge::Add => match (before, after) {
+            (Value::Number(a), Value::Number(b)) => {
+                Value::from(a.as_i64()?.checked_add(b.as_i64()?)?)
+            }
+            (Value::String(a), Value::String(b)) => Value::String(
+                Decimal::from_str(a)
+                    .ok()?
+                    .checked_add(Decimal::from_str(b).ok()?)?
+                    .to_string(),
+            ),
+            _ => return None,
+        },
+        Merge::Concat => match (before, after) {
+            (Value::Array(a), Value::Array(b)) => {
+                Value::Array(a.iter().chain(b).cloned().collect())
+            }
+            (Value::Object(a), Value::Object(b)) => {
+                let mut merged = a.clone();
+                merged.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Value::Object(merged)
+            }
+            _ => return None,
+        },
+        Merge::Greatest => match (before, after) {
+            (Value::String(a), Value::String(b)) => Value::String(a.max(b).clone()),
+            _ => return None,
+        },
+        Merge::SameDocument(fields) => {
+            if fields.iter().all(|f| before.get(f) == after.get(f)) {
+                after.clone()
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    static T: Table = Table {
+        name: "t",
+        columns: &[
+            Column {
+                name: "id",
+                sql_type: "text",
+                merge: Merge::Keep,
+            },
+            Column {
+                name: "n",
+                sql_type: "bigint",
+                merge: Merge::Add,
+            },
+            Column {
+                name: "sum",
+                sql_type: "numeric",
+                merge: Merge::Add,
+            },
+            Column {
+                name: "tags",
+                sql_type: "text[]",
+                merge: Merge::Concat,
+            },
+            Column {
+                name: "name",
+                sql_type: "text",
+                merge: Merge::Set,
+            },
+            Column {
+                name: "doc",
+                sql_type: "jsonb",
+                merge: Merge::SameDocument(&["kind"]),
+            },
+        ],
+        key: &["id"],
+        address: &["id"],
+        indexes: &[],
+    };
+
+    #[test]
+    fn changes_of_one_row_fold_into_one() {
+        let mut changes = Changes::default();
+        changes.push(
+            "p",
+            Change::insert(
+                &T,
+                json!({"id": "a", "n": 1, "sum": "0.1", "tags": ["x"], "name": "one", "doc": {"kind": 1}}),
+            ),
+        );
+        changes.push(
+            "p",
+            Change::update(
+                &T,
+                json!({"id": "a", "n": 2, "sum": "0.2", "tags": ["y"], "name": "two"}),
+            ),
+        );
+        changes.push("p", Change::update(&T, json!({"id": "b", "n": 5})));
+        assert!(changes.single_round());
+        let statements = changes.statements(Parameters::EachFirst);
+        assert_eq!(statements.len(), 2, "one insert, one update");
+        assert_eq!(
+            statements[0].rows,
+            json!([{"id": "a", "n": 3, "sum": "0.3", "tags": ["x", "y"], "name": "two", "doc": {"kind": 1}}])
+        );
+        assert!(statements[0].sql.starts_with("INSERT INTO t AS live"));
+        assert!(statements[1].sql.contains("n = live.n + excluded.n"));
+    }
+
+    #[test]
+    fn what_cannot_fold_waits_for_the_next_round() {
+        let mut changes = Changes::default();
+        let doc = |kind: i64| {
+            Change::upsert(
+                &T,
+                json!({"id": "a", "n": 1, "sum": "1", "tags": [], "name": "", "doc": {"kind": kind}}),
+            )
+        };
+        changes.push("p", doc(1));
+        changes.push("p", doc(1));
+        assert_eq!(changes.rounds(), 1);
+        changes.push("p", doc(2));
+        assert_eq!(
+            changes.rounds(),
+            2,
+            "documents that disagree are written apart"
+        );
+        changes.push("p", Change::delete(&T, json!({"id": "a"})));
+        changes.push("p", Change::insert(&T, json!({"id": "a"})));
+        assert_eq!(changes.rounds(), 3, "a row written after its delete");
+    }
+
+    #[test]
+    fn numerics_are_sent_as_postgres_converts_doubles() {
+        assert_eq!(numeric(7.5), json!("7.5"));
+        assert_eq!(numeric(0.1 + 0.2), json!("0.3"));
+        assert_eq!(numeric(10.0), json!("10"));
+        assert_eq!(numeric(1.0 / 3.0), json!("0.333333333333333"));
+    }
+
+    #[test]
+    fn a_change_is_checked_against_its_table() {
+        assert!(Change::update(&T, json!({"id": "a", "n": 1}))
+            .check()
+            .is_ok());
+        assert!(Change::update(&T, json!({"n": 1})).check().is_err());
+        assert!(Change::insert(&T, json!({"id": "a"})).check().is_err());
+        assert!(Change::update(&T, json!({"id": "a", "zz": 1}))
+            .check()
+            .is_err());
+    }
+}
