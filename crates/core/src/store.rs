@@ -676,6 +676,13 @@ impl EventStore {
                     self.inline.forget();
                     return Err(Failed::InlineChanged);
                 }
+                Err(AppendError::UnknownProjection(name)) => {
+                    self.inline.forget();
+                    return Err(Failed::Error(CommandError::Broken(format!(
+                        "projection {name} is maintained inline, but this server has no \
+                         projector for it: deploy the server that has it to every instance"
+                    ))));
+                }
                 Err(AppendError::Serialize(e)) => {
                     return Err(Failed::Error(CommandError::Serialize(e)))
                 }
@@ -1266,6 +1273,8 @@ enum AppendError {
     Conflict,
     /// The projections maintained inline are not the ones the statement was built for.
     InlineChanged,
+    /// The registry maintains a projection inline that this server has no projector for.
+    UnknownProjection(String),
     Serialize(serde_json::Error),
     Projection(ProjectionError),
     Database(sqlx::Error),
@@ -1324,6 +1333,12 @@ async fn append<A: Aggregate>(
             metadata: metadata.clone(),
             recorded_at,
         });
+    }
+    if let Some(unknown) = inline
+        .iter()
+        .find(|name| !projectors.iter().any(|p| p.name() == name.as_str()))
+    {
+        return Err(AppendError::UnknownProjection(unknown.clone()));
     }
     let inline_projectors: Vec<Arc<dyn Projector>> = projectors
         .iter()

@@ -71,15 +71,14 @@ WITH attempt AS (
      WHERE student_competencies.last_sequence < EXCLUDED.last_sequence
 )
 INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students, score_sum,
-                                  mean_score, last_updated)
+                                  last_updated)
 SELECT CAST(:subject AS text), CAST(:skill_id AS text), CAST(:subskill_id AS text), 1,
-       CASE WHEN CAST(:seq AS int) = 1 THEN 1 ELSE 0 END, score::numeric, score,
+       CASE WHEN CAST(:seq AS int) = 1 THEN 1 ELSE 0 END, score::numeric,
        CAST(:at AS timestamptz)
   FROM attempt
 ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
    SET attempts = s.attempts + 1,
        students = s.students + EXCLUDED.students,
        score_sum = s.score_sum + EXCLUDED.score_sum,
-       mean_score = ((s.score_sum + EXCLUDED.score_sum) / (s.attempts + 1))::double precision,
        last_updated = greatest(s.last_updated, EXCLUDED.last_updated);
 END;

@@ -44,6 +44,32 @@ async fn atomic_commands_a_failing_read_model_leaves_no_event_and_no_legacy_row(
     assert_eq!(legacy_rows, 0);
 }
 
+/// A registry that maintains a read model this server cannot write refuses commands: the read
+/// model would fall behind the log.
+#[tokio::test]
+async fn atomic_commands_an_inline_projection_the_server_does_not_know_refuses_commands() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    create(&app, project, "before").await;
+    sqlx::query(
+        "INSERT INTO projections (name, domain, shape, tables, state, inline_active)
+         VALUES ('from_a_newer_server', 'collections', 'new', '{}', 'live', true)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    let response = app
+        .post(&format!("/projects/{project}/collections"))
+        .json(&json!({"collection_name": "after"}))
+        .send()
+        .await
+        .unwrap();
+
+    json_with_status(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(app.db.event_count().await, 1);
+}
+
 #[tokio::test]
 async fn atomic_commands_a_failed_update_changes_neither_the_log_nor_the_legacy_row() {
     let app = TestApp::spawn().await;
