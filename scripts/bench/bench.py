@@ -771,7 +771,8 @@ def main():
             servers[system].wait_healthy()
         results["http"] = load(servers, cluster, profile)
         results["memory"] = {name: server.memory_mb() for name, server in servers.items()}
-        with urllib.request.urlopen(servers["cqrs-es"].base + "/stats") as response:
+        # The stock server may still be applying its views after the load: give it time.
+        with urllib.request.urlopen(servers["cqrs-es"].base + "/stats", timeout=120) as response:
             results["cqrs_view_errors"] = json.load(response)["view_errors"]
         results["statements"] = statements_per_command(servers, cluster,
                                                        work / "pg" / "postgres.log", databases)

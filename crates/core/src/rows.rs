@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
@@ -171,14 +172,18 @@ impl Change {
         }
     }
 
+    /// The row's address values, as one text (NUL between them; input never holds one).
     fn address(&self) -> String {
-        let values: Vec<&Value> = self
-            .table
-            .address
-            .iter()
-            .map(|c| self.row.get(*c).unwrap_or(&Value::Null))
-            .collect();
-        Value::from(values.into_iter().cloned().collect::<Vec<_>>()).to_string()
+        let mut key = String::new();
+        for column in self.table.address {
+            match self.row.get(*column) {
+                Some(Value::String(text)) => key.push_str(text),
+                Some(other) => key.push_str(&other.to_string()),
+                None => {}
+            }
+            key.push('\0');
+        }
+        key
     }
 }
 
@@ -233,11 +238,9 @@ impl Changes {
         let id = (change.table.name, change.address());
         if let Some(&(round, index)) = self.latest.get(&id) {
             let pending = &mut self.rounds[round].pending[index];
-            if let Some(folded) = fold(&pending.change, &change) {
-                pending.change = folded;
-                return;
+            if let Err(refused) = fold(&mut pending.change, change) {
+                self.place(id, round + 1, projection, refused);
             }
-            self.place(id, round + 1, projection, change);
         } else {
             self.place(id, 0, projection, change);
         }
@@ -259,14 +262,15 @@ impl Changes {
     }
 
     /// The statements, in order: per round, one per table, kind and set of columns, inserts
-    /// first and deletes last. Each takes its rows as one `jsonb` parameter: `$1` for
-    /// statements run one by one, or numbered from `first` for parts of one statement.
-    pub fn statements(&self, parameters: Parameters) -> Vec<Statement> {
+    /// first and deletes last. Each takes its rows as one `jsonb` parameter (an object when
+    /// there is one row, so that the planner expects one: an update of one row then finds it
+    /// by its index): `$1` for statements run one by one, or numbered from `first` for parts
+    /// of one statement.
+    pub fn into_statements(self, parameters: Parameters) -> Vec<Statement> {
         let mut statements = Vec::new();
-        for round in &self.rounds {
-            let mut groups: Vec<Group<'_>> = Vec::new();
-            for pending in &round.pending {
-                let change = &pending.change;
+        for round in self.rounds {
+            let mut groups: Vec<Group> = Vec::new();
+            for Pending { projection, change } in round.pending {
                 let columns: Vec<&'static str> = change
                     .table
                     .columns
@@ -278,35 +282,39 @@ impl Changes {
                     std::ptr::eq(g.table, change.table)
                         && g.kind == change.kind
                         && g.columns == columns
-                        && g.projection == pending.projection
+                        && g.projection == projection
                 });
                 match found {
-                    Some(group) => group.rows.push(&change.row),
+                    Some(group) => group.rows.push(Value::Object(change.row)),
                     None => groups.push(Group {
-                        projection: pending.projection,
+                        projection,
                         table: change.table,
                         kind: change.kind,
                         columns,
-                        rows: vec![&change.row],
+                        rows: vec![Value::Object(change.row)],
                     }),
                 }
             }
             groups.sort_by_key(|g| g.kind);
-            for group in groups {
+            for mut group in groups {
                 let parameter = match parameters {
                     Parameters::EachFirst => 1,
                     Parameters::From(first) => first + statements.len(),
                 };
+                let single = group.rows.len() == 1;
+                let sql = sql_of(&group, parameter, single);
+                let rows = match group.rows.pop() {
+                    Some(row) if single => row,
+                    Some(row) => {
+                        group.rows.push(row);
+                        Value::Array(group.rows)
+                    }
+                    None => Value::Array(Vec::new()),
+                };
                 statements.push(Statement {
                     projection: group.projection,
-                    sql: group.sql(parameter),
-                    rows: Value::Array(
-                        group
-                            .rows
-                            .iter()
-                            .map(|row| Value::Object((*row).clone()))
-                            .collect(),
-                    ),
+                    sql,
+                    rows,
                 });
             }
         }
@@ -323,11 +331,11 @@ impl Changes {
     /// # Errors
     /// The first statement that fails, with the projection that made it.
     pub async fn write(
-        &self,
+        self,
         conn: &mut PgConnection,
     ) -> Result<(), crate::projection::ProjectionError> {
-        for statement in self.statements(Parameters::EachFirst) {
-            sqlx::query(&statement.sql)
+        for statement in self.into_statements(Parameters::EachFirst) {
+            sqlx::query(statement.sql.as_ref())
                 .bind(&statement.rows)
                 .execute(&mut *conn)
                 .await
@@ -352,23 +360,48 @@ pub struct Statement {
     /// The projection whose rows it writes.
     pub projection: &'static str,
     /// One SQL statement (usable as a part of a `WITH`).
-    pub sql: String,
-    /// Its rows: a JSON array of objects, column name to value.
+    pub sql: Arc<str>,
+    /// Its rows: a JSON object (column name to value), or an array of them.
     pub rows: Value,
 }
 
-struct Group<'c> {
+struct Group {
     projection: &'static str,
     table: &'static Table,
     kind: Kind,
     columns: Vec<&'static str>,
-    rows: Vec<&'c Map<String, Value>>,
+    rows: Vec<Value>,
 }
 
-impl Group<'_> {
-    fn sql(&self, parameter: usize) -> String {
+/// What a statement's text depends on: table, kind, columns, parameter, one row or many.
+type SqlKey = (&'static str, Kind, Vec<&'static str>, usize, bool);
+
+/// The text of `group`'s statement, made once per shape and kept (there are a few dozen).
+fn sql_of(group: &Group, parameter: usize, single: bool) -> Arc<str> {
+    static MADE: OnceLock<Mutex<HashMap<SqlKey, Arc<str>>>> = OnceLock::new();
+    let key = (
+        group.table.name,
+        group.kind,
+        group.columns.clone(),
+        parameter,
+        single,
+    );
+    let made = MADE.get_or_init(Mutex::default);
+    let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(
+        made.entry(key)
+            .or_insert_with(|| group.sql(parameter, single).into()),
+    )
+}
+
+impl Group {
+    fn sql(&self, parameter: usize, single: bool) -> String {
         let table = self.table.name;
-        let source = format!("jsonb_populate_recordset(NULL::{table}, ${parameter}::jsonb)");
+        let source = if single {
+            format!("jsonb_populate_record(NULL::{table}, ${parameter}::jsonb)")
+        } else {
+            format!("jsonb_populate_recordset(NULL::{table}, ${parameter}::jsonb)")
+        };
         let columns = self.columns.join(", ");
         let key = self.table.key.join(", ");
         let merged: Vec<String> = self
@@ -446,71 +479,90 @@ fn merge_sql(table: &Table, column: &Column) -> Option<String> {
     })
 }
 
-/// `later` folded into `earlier` (both of one row): the one change with the effect of both, or
-/// `None` when there is none.
-fn fold(earlier: &Change, later: &Change) -> Option<Change> {
+/// Folds `later` into `earlier` (both of one row), in place, so that `earlier` has the effect
+/// of both; gives `later` back when no single change has it.
+fn fold(earlier: &mut Change, later: Change) -> Result<(), Change> {
     match (earlier.kind, later.kind) {
-        (_, Kind::Delete) => Some(later.clone()),
+        (_, Kind::Delete) => {
+            *earlier = later;
+            Ok(())
+        }
         (Kind::Insert | Kind::Upsert, Kind::Update | Kind::Upsert)
         | (Kind::Update, Kind::Update) => {
-            let mut row = earlier.row.clone();
-            for (name, value) in &later.row {
-                let merged = match (row.get(name), earlier.table.column(name)) {
-                    (Some(before), Some(column)) => merge_value(column.merge, before, value)?,
-                    _ => value.clone(),
-                };
-                row.insert(name.clone(), merged);
+            let table = earlier.table;
+            let refused = later.row.iter().any(|(name, after)| {
+                match (earlier.row.get(name), table.column(name)) {
+                    (Some(before), Some(column)) => !mergeable(column.merge, before, after),
+                    _ => false,
+                }
+            });
+            if refused {
+                return Err(later);
             }
-            Some(Change {
-                table: earlier.table,
-                kind: earlier.kind,
-                row,
-            })
+            for (name, after) in later.row {
+                match (earlier.row.get_mut(&name), table.column(&name)) {
+                    (Some(before), Some(column)) => merge(column.merge, before, after),
+                    _ => {
+                        earlier.row.insert(name, after);
+                    }
+                }
+            }
+            Ok(())
         }
-        _ => None,
+        _ => Err(later),
     }
 }
 
-/// A column's value written twice, merged in memory as the column's SQL merge would.
-fn merge_value(merge: Merge, before: &Value, after: &Value) -> Option<Value> {
-    Some(match merge {
-        Merge::Keep | Merge::Generated => before.clone(),
-        Merge::Set => after.clone(),
-        Merge::Add => match (before, after) {
-            (Value::Number(a), Value::Number(b)) => {
-                Value::from(a.as_i64()?.checked_add(b.as_i64()?)?)
-            }
-            (Value::String(a), Value::String(b)) => Value::String(
-                Decimal::from_str(a)
-                    .ok()?
-                    .checked_add(Decimal::from_str(b).ok()?)?
-                    .to_string(),
-            ),
-            _ => return None,
-        },
-        Merge::Concat => match (before, after) {
-            (Value::Array(a), Value::Array(b)) => {
-                Value::Array(a.iter().chain(b).cloned().collect())
-            }
-            (Value::Object(a), Value::Object(b)) => {
-                let mut merged = a.clone();
-                merged.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Value::Object(merged)
-            }
-            _ => return None,
-        },
-        Merge::Greatest => match (before, after) {
-            (Value::String(a), Value::String(b)) => Value::String(a.max(b).clone()),
-            _ => return None,
-        },
-        Merge::SameDocument(fields) => {
-            if fields.iter().all(|f| before.get(f) == after.get(f)) {
-                after.clone()
-            } else {
-                return None;
+/// The sum of two decimal texts, if both are decimals and the sum fits.
+fn decimal_sum(a: &str, b: &str) -> Option<Decimal> {
+    Decimal::from_str(a)
+        .ok()?
+        .checked_add(Decimal::from_str(b).ok()?)
+}
+
+/// The sum of two JSON integers, if it fits.
+fn integer_sum(a: &serde_json::Number, b: &serde_json::Number) -> Option<i64> {
+    a.as_i64()?.checked_add(b.as_i64()?)
+}
+
+/// Whether [`merge`] can merge `after` into `before` as the column's SQL merge would.
+fn mergeable(rule: Merge, before: &Value, after: &Value) -> bool {
+    match (rule, before, after) {
+        (Merge::Keep | Merge::Generated | Merge::Set, _, _) => true,
+        (Merge::Add, Value::Number(a), Value::Number(b)) => integer_sum(a, b).is_some(),
+        (Merge::Add, Value::String(a), Value::String(b)) => decimal_sum(a, b).is_some(),
+        (Merge::Concat, Value::Array(_), Value::Array(_))
+        | (Merge::Concat, Value::Object(_), Value::Object(_))
+        | (Merge::Greatest, Value::String(_), Value::String(_)) => true,
+        (Merge::SameDocument(fields), _, _) => fields.iter().all(|f| before.get(f) == after.get(f)),
+        _ => false,
+    }
+}
+
+/// Merges `after` into `before` in memory, as the column's SQL merge would; only after
+/// [`mergeable`] said it can.
+fn merge(rule: Merge, before: &mut Value, after: Value) {
+    match (rule, before, after) {
+        (Merge::Keep | Merge::Generated, _, _) => {}
+        (Merge::Add, Value::Number(a), Value::Number(b)) => {
+            if let Some(sum) = integer_sum(a, &b) {
+                *a = sum.into();
             }
         }
-    })
+        (Merge::Add, Value::String(a), Value::String(b)) => {
+            if let Some(sum) = decimal_sum(a, &b) {
+                *a = sum.to_string();
+            }
+        }
+        (Merge::Concat, Value::Array(a), Value::Array(b)) => a.extend(b),
+        (Merge::Concat, Value::Object(a), Value::Object(b)) => a.extend(b),
+        (Merge::Greatest, Value::String(a), Value::String(b)) => {
+            if b > *a {
+                *a = b;
+            }
+        }
+        (_, before, after) => *before = after,
+    }
 }
 
 #[cfg(test)]
@@ -576,11 +628,11 @@ mod tests {
         );
         changes.push("p", Change::update(&T, json!({"id": "b", "n": 5})));
         assert!(changes.single_round());
-        let statements = changes.statements(Parameters::EachFirst);
+        let statements = changes.into_statements(Parameters::EachFirst);
         assert_eq!(statements.len(), 2, "one insert, one update");
         assert_eq!(
             statements[0].rows,
-            json!([{"id": "a", "n": 3, "sum": "0.3", "tags": ["x", "y"], "name": "two", "doc": {"kind": 1}}])
+            json!({"id": "a", "n": 3, "sum": "0.3", "tags": ["x", "y"], "name": "two", "doc": {"kind": 1}})
         );
         assert!(statements[0].sql.starts_with("INSERT INTO t AS live"));
         assert!(statements[1].sql.contains("n = live.n + excluded.n"));

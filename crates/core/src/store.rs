@@ -10,7 +10,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -285,7 +285,13 @@ SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source),
 /// maintained inline are `$9` (those whose rows the statement writes: it fails with SQLSTATE
 /// `CUT02` otherwise) and reads the read sources, after `WITH` parts of its own (each inline
 /// projection's row changes, from `$10` on).
-fn append_statement(parts: &[String]) -> String {
+fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
+    static MADE: OnceLock<Mutex<HashMap<Vec<usize>, Arc<str>>>> = OnceLock::new();
+    // The parts are kept for good by `rows`, so their addresses name them.
+    let key: Vec<usize> = parts.iter().map(|p| p.as_ptr() as usize).collect();
+    let made = MADE.get_or_init(Mutex::default);
+    let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(made.entry(key).or_insert_with(|| {
     let mut sql = String::from(
         "WITH appended AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
@@ -314,7 +320,8 @@ SELECT appended.position, appended.transaction_id, appended.sequence, sources.do
        sources.sources, inline.current
   FROM appended CROSS JOIN sources CROSS JOIN inline",
     );
-    sql
+        sql.into()
+    }))
 }
 
 /// The append lock, in SQL: every writer of the log holds it shared for its transaction; a
@@ -1348,15 +1355,15 @@ async fn append<A: Aggregate>(
     let changes = project_all(&inline_projectors, &stored).map_err(AppendError::Projection)?;
     let (fused, later) = if changes.single_round() {
         (
-            changes.statements(Parameters::From(FIRST_ROWS_PARAMETER)),
+            changes.into_statements(Parameters::From(FIRST_ROWS_PARAMETER)),
             None,
         )
     } else {
         (Vec::new(), Some(changes))
     };
-    let parts: Vec<String> = fused.iter().map(|s| s.sql.clone()).collect();
+    let parts: Vec<Arc<str>> = fused.iter().map(|s| Arc::clone(&s.sql)).collect();
     let sql = append_statement(&parts);
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(sql.as_ref())
         .bind(A::TYPE)
         .bind(aggregate_id)
         .bind(stored.iter().map(|e| e.sequence).collect::<Vec<_>>())

@@ -324,6 +324,9 @@ impl Job {
                 return Ok(());
             }
             let after = read.scanned_to.unwrap_or(self.cursor);
+            // The next batch is read while this one is written. (In a task of its own it would
+            // also decode beside this one's fold, but the two threads' allocations doubled the
+            // CLI's peak memory for 7 % more speed.)
             let (written, next) = tokio::join!(
                 self.batch(&read),
                 log::read_safe(&pool, after, BATCH, Some(&types))
