@@ -1,0 +1,331 @@
+//! The commands of one aggregate in this process: a queue (one holds the turn at a time), and
+//! the transaction consecutive ones share while others wait.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cqrs_es::Aggregate;
+use tokio::sync::watch;
+
+use super::stream::load;
+use super::{CommandError, CommitError, EventStore, GroupFailure, MAX_GROUP};
+use crate::read_source::ReadSources;
+
+/// The commands of this process on one aggregate, queued: one holds the turn at a time.
+#[derive(Default)]
+pub(super) struct Lanes {
+    pub(super) lanes: Mutex<HashMap<(&'static str, String), Arc<Lane>>>,
+}
+
+#[derive(Default)]
+pub(super) struct Lane {
+    /// Commands waiting for the turn.
+    pub(super) waiting: AtomicUsize,
+    /// The group left open for the next command, if any.
+    pub(super) open: Arc<tokio::sync::Mutex<OpenGroup>>,
+}
+
+#[derive(Default)]
+pub(super) struct OpenGroup {
+    pub(super) open: Option<Box<Group>>,
+}
+
+/// A command counted as waiting for the turn, until it gets it or is cancelled.
+pub(super) struct Waiting(Arc<Lane>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The turn on one aggregate's lane.
+pub(super) struct Turn {
+    pub(super) lane: Arc<Lane>,
+    pub(super) key: (&'static str, String),
+    pub(super) guard: tokio::sync::OwnedMutexGuard<OpenGroup>,
+}
+
+impl std::ops::Deref for Turn {
+    type Target = OpenGroup;
+    fn deref(&self) -> &OpenGroup {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Turn {
+    fn deref_mut(&mut self) -> &mut OpenGroup {
+        &mut self.guard
+    }
+}
+
+impl Lanes {
+    /// Waits for the turn on the lane of aggregate `aggregate_id` of `aggregate_type`.
+    pub(super) async fn enter(&self, aggregate_type: &'static str, aggregate_id: &str) -> Turn {
+        let key = (aggregate_type, aggregate_id.to_owned());
+        let lane = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let lane = Arc::clone(lanes.entry(key.clone()).or_default());
+            lane.waiting.fetch_add(1, Ordering::SeqCst);
+            lane
+        };
+        let waiting = Waiting(Arc::clone(&lane));
+        let guard = Arc::clone(&lane.open).lock_owned().await;
+        drop(waiting);
+        Turn { lane, key, guard }
+    }
+
+    /// Gives the turn up, and forgets the lane when nobody else is on it.
+    pub(super) fn leave(&self, turn: Turn) {
+        let Turn { lane, key, guard } = turn;
+        drop(guard);
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ours and the map's: nobody waits, nobody holds the turn (they hold the lane first).
+        if Arc::strong_count(&lane) == 2 {
+            lanes.remove(&key);
+        }
+    }
+}
+
+/// One transaction shared by consecutive commands of one aggregate.
+pub(super) struct Group {
+    pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The aggregate as of the group's last command; `None` when it must be read again.
+    pub(super) state: Option<Box<dyn Any + Send>>,
+    pub(super) version: i64,
+    pub(super) position: i64,
+    pub(super) read_sources: ReadSources,
+    /// Commands whose answers wait for this group's commit.
+    pub(super) members: usize,
+    pub(super) events: u64,
+    /// Set once: whether the group committed (or why not).
+    pub(super) outcome: Arc<watch::Sender<Option<Result<(), GroupFailure>>>>,
+}
+
+impl Group {
+    pub(super) fn new(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        Self {
+            tx,
+            state: None,
+            version: 0,
+            position: 0,
+            read_sources: ReadSources::default(),
+            members: 0,
+            events: 0,
+            outcome: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+/// A command's place in a group, until the group is handed on or committed. Dropped without
+/// [`Member::leave`] (a cancelled request), it still undoes this command alone and hands the
+/// group on, from a task of its own.
+pub(super) struct Member {
+    pub(super) store: EventStore,
+    pub(super) turn: Option<Turn>,
+    pub(super) group: Option<Box<Group>>,
+    /// Whether the group had commands before this one (which then took a savepoint).
+    pub(super) joined: bool,
+    /// The group's version and position before this command.
+    pub(super) before: (i64, i64),
+    /// Whether the group's aggregate is still as before this command, after a failure.
+    pub(super) kept_state: bool,
+}
+
+impl Member {
+    pub(super) fn group_mut(&mut self) -> &mut Group {
+        self.group
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a member's group is taken only when it leaves"))
+    }
+
+    /// Leaves the group: with `undo`, this command's work is undone first (to its savepoint; a
+    /// group of this command alone is rolled back). Then the group is handed to the next
+    /// command waiting, if any and if not full, and this one waits for its commit; or it is
+    /// committed now.
+    ///
+    /// # Errors
+    /// The group failed to commit: nothing of it, this command included, was committed.
+    pub(super) async fn leave(mut self, undo: bool) -> Result<(), CommitError> {
+        let (Some(mut turn), Some(mut group)) = (self.turn.take(), self.group.take()) else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        if undo {
+            if self.joined {
+                let undone = sqlx::query("ROLLBACK TO SAVEPOINT member")
+                    .execute(&mut *group.tx)
+                    .await;
+                if let Err(e) = undone {
+                    group.fail(GroupFailure::of(&e));
+                    store.lanes.leave(turn);
+                    return Err(e.into());
+                }
+                (group.version, group.position) = self.before;
+                if !self.kept_state {
+                    // Read again by the next command.
+                    group.state = None;
+                }
+            } else {
+                // Nothing but this command in it: roll it all back.
+                group.fail(GroupFailure::fault("rolled back"));
+                store.lanes.leave(turn);
+                return Ok(());
+            }
+        } else {
+            group.members += 1;
+        }
+        if group.members == 0 {
+            // Only undone commands in it.
+            group.fail(GroupFailure::fault("rolled back"));
+            store.lanes.leave(turn);
+            return Ok(());
+        }
+        let has_waiters = turn.lane.waiting.load(Ordering::SeqCst) > 0;
+        if has_waiters && group.members < MAX_GROUP {
+            let mut outcome = group.outcome.subscribe();
+            let watched = Arc::downgrade(&group.outcome);
+            let (lane, key) = (Arc::clone(&turn.lane), turn.key.clone());
+            turn.open = Some(group);
+            store.lanes.leave(turn);
+            tokio::spawn(store.clone().adopt_if_orphaned(lane, key, watched));
+            let outcome = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
+            return match outcome {
+                Ok(Some(Ok(()))) => Ok(()),
+                Ok(Some(Err(failure))) => Err(CommitError::SharedTransaction(failure)),
+                Ok(None) | Err(_) => Err(CommitError::SharedTransaction(GroupFailure::fault(
+                    "the group was abandoned",
+                ))),
+            };
+        }
+        let committed = store.commit_group(&turn.key, group).await;
+        store.lanes.leave(turn);
+        Ok(committed?)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.turn.is_none() {
+            return;
+        }
+        // Cancelled before it left: leave from a task (the undo needs the database).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime any more: the group rolls back with its connection.
+            self.group.take();
+            self.turn.take();
+            return;
+        };
+        let member = Member {
+            store: self.store.clone(),
+            turn: self.turn.take(),
+            group: self.group.take(),
+            joined: self.joined,
+            before: self.before,
+            kept_state: self.kept_state,
+        };
+        runtime.spawn(async move {
+            if let Err(e) = member.leave(true).await {
+                tracing::debug!(error = %e, "a cancelled command's group failed");
+            }
+        });
+    }
+}
+
+impl Group {
+    /// Reads aggregate `A` from its stream in the group's transaction, starting from `start` (a
+    /// state as of some version) or from nothing, with the read sources.
+    pub(super) async fn reload<A>(
+        &mut self,
+        aggregate_id: &str,
+        start: Option<(A, i64, i64)>,
+    ) -> Result<A, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Error: 'static,
+    {
+        let loaded = load::<A>(&mut self.tx, aggregate_id, start).await?;
+        self.version = loaded.version;
+        self.position = loaded.position;
+        self.read_sources = loaded.read_sources;
+        Ok(loaded.aggregate)
+    }
+
+    /// Tells the commands waiting on this group that it will not commit; rolls it back.
+    pub(super) fn fail(self, failure: GroupFailure) {
+        self.outcome.send_replace(Some(Err(failure)));
+    }
+}
+
+/// How often a group handed to a waiting command is checked for having been left behind.
+pub(super) const ORPHAN_CHECK: Duration = Duration::from_millis(100);
+
+impl EventStore {
+    /// Commits the group handed on to the lane's next command if that command never took it
+    /// (it was cancelled while it waited): otherwise the group's transaction, with its locks,
+    /// would stay open until the aggregate's next command.
+    pub(super) async fn adopt_if_orphaned(
+        self,
+        lane: Arc<Lane>,
+        key: (&'static str, String),
+        watched: std::sync::Weak<watch::Sender<Option<Result<(), GroupFailure>>>>,
+    ) {
+        tokio::time::sleep(ORPHAN_CHECK).await;
+        match watched.upgrade() {
+            Some(outcome) if outcome.borrow().is_none() => {}
+            // Ended, one way or the other.
+            _ => return,
+        }
+        // Commands queued before this one take the lane first; if the group still waits in
+        // the lane after them, nobody is coming for it, and committing it now is safe (every
+        // command in it has finished its part).
+        let mut open = Arc::clone(&lane.open).lock_owned().await;
+        match open.open.take() {
+            Some(group) if std::ptr::eq(Arc::as_ptr(&group.outcome), watched.as_ptr()) => {
+                if let Err(e) = self.commit_group(&key, group).await {
+                    tracing::warn!(error = %e, "a group left behind failed to commit");
+                }
+            }
+            // Taken by the next command, which finishes it (or hands it on again, and that
+            // hand-over is watched in turn).
+            other => open.open = other,
+        }
+    }
+
+    /// Commits a group and tells its commands.
+    pub(super) async fn commit_group(
+        &self,
+        key: &(&'static str, String),
+        group: Box<Group>,
+    ) -> Result<(), sqlx::Error> {
+        let Group {
+            tx,
+            state,
+            version,
+            position,
+            events,
+            outcome,
+            ..
+        } = *group;
+        match tx.commit().await {
+            Ok(()) => {
+                outcome.send_replace(Some(Ok(())));
+                if events > 0 {
+                    self.metrics.events_appended.inc_by(events);
+                    self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                if let Some(state) = state {
+                    self.cache.put_any(key, state, version, position);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                outcome.send_replace(Some(Err(GroupFailure::of(&e))));
+                Err(e)
+            }
+        }
+    }
+}

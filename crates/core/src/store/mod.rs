@@ -1,0 +1,681 @@
+//! The Postgres event store and the command path.
+//!
+//! A command runs in one transaction: take the aggregate's advisory lock, bring the aggregate
+//! up to date, let it decide, then one statement appends the new events (postgres-es's
+//! `events` layout plus a global `position`, the committing transaction id and `recorded_at`)
+//! and writes every inline projection's rows for them; commit. Either all of that commits or
+//! none of it does. cqrs-es's own `CqrsFramework` is not used because it updates views only
+//! after its commit.
+//!
+//! - this file: the store, a command's run from its turn to its answer, and what it returns;
+//! - `cache`: what the process remembers between commands (aggregates, inline projections);
+//! - `group`: the queue of commands per aggregate and the transactions they share;
+//! - `idempotency`: idempotency keys and the answers kept under them;
+//! - `stream`: the SQL that reads an aggregate's stream and appends to it.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use prometheus_client::metrics::counter::Counter;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::projection::{ProjectionError, Projector};
+use crate::read_source::ReadSources;
+
+mod cache;
+mod group;
+mod idempotency;
+mod stream;
+
+pub use idempotency::{Idempotency, StoredResponse};
+
+use cache::{AggregateCache, InlineProjections};
+use group::{Group, Lanes, Member};
+use idempotency::claim_key;
+use stream::{append, read_sources, AppendError};
+
+/// One event as the log holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Global position: unique, handed out at insert time (not commit time).
+    pub position: i64,
+    /// Id of the transaction that appended the event (`xid8`, as a number).
+    pub transaction_id: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The aggregate's version after this event; starts at 1.
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// Decodes the payload into the aggregate's event type.
+    ///
+    /// # Errors
+    /// The payload does not match the event type's shape.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        E::deserialize(&self.payload)
+    }
+}
+
+/// How a command ended when it did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    /// The client demanded a version (`If-Match`) that is not the current one.
+    #[error("expected version {expected}, but the current version is {actual}")]
+    VersionMismatch { expected: i64, actual: i64 },
+    /// Other writers kept winning the race for the next sequence number.
+    #[error("gave up after {attempts} attempts: other writers kept appending to this aggregate")]
+    Conflict { attempts: u32 },
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error(
+        "a stored event of {aggregate_type} {aggregate_id} at sequence {sequence} cannot be read"
+    )]
+    CorruptEvent {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The idempotency key was used before with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    KeyReused,
+    /// A bug of the server, not of the request: an event the domain made could not be
+    /// serialized.
+    #[error("an event could not be serialized")]
+    Serialize(#[source] serde_json::Error),
+    /// A bug of the server, not of the request: the store met a state its own rules exclude.
+    #[error("the event store broke one of its own rules: {0}")]
+    Broken(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// A stored event of an older version that no upcaster turns into the current shape.
+    #[error(transparent)]
+    Upcast(#[from] crate::upcast::UpcastError),
+}
+
+/// A command's transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The transaction this command shared with other commands of its aggregate failed
+    /// elsewhere (its commit, or another command's undo); nothing of it was committed.
+    #[error(
+        "the transaction this command shared with other commands of its aggregate did not \
+         commit: {}", .0.why
+    )]
+    SharedTransaction(GroupFailure),
+}
+
+/// Why a shared transaction did not commit, as its commands are told.
+#[derive(Debug, Clone)]
+pub struct GroupFailure {
+    pub why: String,
+    /// Whether the cause was the database being out of reach (see
+    /// [`crate::database::is_unreachable`]) rather than a fault of the server.
+    pub unreachable: bool,
+}
+
+impl GroupFailure {
+    fn of(e: &sqlx::Error) -> Self {
+        Self {
+            why: e.to_string(),
+            unreachable: crate::database::is_unreachable(e),
+        }
+    }
+
+    fn fault(why: &str) -> Self {
+        Self {
+            why: why.to_owned(),
+            unreachable: false,
+        }
+    }
+}
+
+/// What a committed (or accepted no-op) command reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The aggregate's version (the sequence of its last event).
+    pub version: i64,
+    /// The global position of the aggregate's last event.
+    pub position: i64,
+    /// The events this command appended; empty when the command changed nothing.
+    pub events: Vec<StoredEvent>,
+    /// Every domain's read source, as read after the command's locks.
+    pub read_sources: ReadSources,
+}
+
+/// Appends events and runs the inline projectors in the same transaction.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    projectors: Arc<[Arc<dyn Projector>]>,
+    max_retries: u32,
+    cache: Arc<AggregateCache>,
+    inline: Arc<InlineProjections>,
+    lanes: Arc<Lanes>,
+    metrics: StoreMetrics,
+    appended: Arc<watch::Sender<u64>>,
+}
+
+/// What the command path counts, for whoever exposes it (the API's `/metrics`). Clones share
+/// the counts.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    /// Commands re-run after losing an append race.
+    pub retries: Counter,
+    /// Commands that lost every attempt (the client got a 409).
+    pub conflicts: Counter,
+    /// Commands answered from their idempotency key, without running.
+    pub replays: Counter,
+    /// Events committed.
+    pub events_appended: Counter,
+}
+
+/// The append lock, in SQL: every writer of the log holds it shared for its transaction; a
+/// rebuild's swap (and a retirement) holds it exclusively, so that no append is in flight
+/// while tables are swapped and the set of inline projections changes.
+pub const APPEND_LOCK: &str = "hashtextextended('cutover:appends', 0)";
+
+/// Begins a command's transaction and takes, in the same round trip, the append lock (shared)
+/// and the aggregate's lock. The aggregate lock serialises the commands of one aggregate across
+/// every server instance sharing the database, so concurrent commands queue instead of failing
+/// the race for a sequence number. The statement holds only numbers, never client input.
+fn begin_locked(aggregate_type: &str, aggregate_id: &str) -> String {
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK}), pg_advisory_xact_lock({})",
+        aggregate_lock_key(aggregate_type, aggregate_id)
+    )
+}
+
+/// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`. Every
+/// command on the aggregate holds it for its transaction (and so does a repair of it).
+pub fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(aggregate_type.as_bytes())
+        .chain_update(b"/")
+        .chain_update(aggregate_id.as_bytes())
+        .finalize();
+    let mut key = [0_u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+impl EventStore {
+    /// `max_retries`: how many times a command is re-run after losing an append race.
+    pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, max_retries: u32) -> Self {
+        Self {
+            pool,
+            projectors: projectors.into(),
+            max_retries,
+            cache: Arc::default(),
+            inline: Arc::default(),
+            lanes: Arc::default(),
+            metrics: StoreMetrics::default(),
+            appended: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Changes after every commit of this store that appended events (the feed's wake-up; no
+    /// trigger in the database notifies, so that commits are not serialised by `NOTIFY`).
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn projectors(&self) -> &[Arc<dyn Projector>] {
+        &self.projectors
+    }
+
+    /// Runs `command` against aggregate `aggregate_id` of type `A` and commits.
+    ///
+    /// With `expected_version`, the command runs only if the aggregate is at that version.
+    ///
+    /// # Errors
+    /// See [`CommandError`]; on any error nothing was appended or projected.
+    pub async fn execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        expected_version: Option<i64>,
+        metadata: &Value,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let request = Request {
+            aggregate_id,
+            command,
+            services,
+            expected_version,
+            metadata,
+            new_aggregate: false,
+        };
+        match self.begin::<A>(request, None).await? {
+            Begun::Open(pending) => Ok((*pending).commit(None).await?),
+            // Only a command sent with an idempotency key can be replayed; this one has none.
+            Begun::Replayed(_) => Err(CommandError::Broken(
+                "a command without an idempotency key was answered as a replay".to_owned(),
+            )),
+        }
+    }
+
+    /// Runs a command up to, not including, its commit: its events are appended and projected
+    /// in a transaction the caller can read back from (write-then-read) before
+    /// [`Pending::commit`]. With an idempotency key seen before for the same request, nothing
+    /// runs and the stored response comes back instead.
+    ///
+    /// Commands of one aggregate queue in this process (first come, first served) and run one
+    /// at a time; while others wait, consecutive ones share a transaction (a group, at most
+    /// [`MAX_GROUP`] commands, each after a savepoint of its own), so that a hot aggregate
+    /// pays for one lock, one load and one commit per group instead of per command. A command
+    /// of a group is acknowledged only after the group commits.
+    ///
+    /// # Errors
+    /// See [`CommandError`]; on any error nothing of this command was appended or projected.
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %request.aggregate_id), err(level = "debug"))]
+    pub async fn begin<A>(
+        &self,
+        request: Request<'_, A>,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Begun<A>, CommandError<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let attempts = self.max_retries + 1;
+        let (mut attempt, mut refreshes) = (1, 0);
+        while attempt <= attempts {
+            let mut turn = self.lanes.enter(A::TYPE, request.aggregate_id).await;
+            let mut member = match turn.open.take() {
+                Some(group) => Member {
+                    store: self.clone(),
+                    turn: Some(turn),
+                    before: (group.version, group.position),
+                    group: Some(group),
+                    joined: true,
+                    kept_state: false,
+                },
+                None => {
+                    // In a task of its own: a `BEGIN` cancelled while it waits for the locks
+                    // (the client hung up) would leave sqlx believing the connection is not
+                    // in a transaction, and return it to the pool holding the locks.
+                    let pool = self.pool.clone();
+                    let statement = begin_locked(A::TYPE, request.aggregate_id);
+                    let tx = tokio::spawn(async move { pool.begin_with(statement).await })
+                        .await
+                        .map_err(|e| {
+                            CommandError::Broken(format!(
+                                "the task beginning the command's transaction ended: {e}"
+                            ))
+                        })??;
+                    Member {
+                        store: self.clone(),
+                        turn: Some(turn),
+                        group: Some(Box::new(Group::new(tx))),
+                        before: (0, 0),
+                        joined: false,
+                        kept_state: false,
+                    }
+                }
+            };
+            if member.joined {
+                let savepoint = sqlx::query("SAVEPOINT member")
+                    .execute(&mut *member.group_mut().tx)
+                    .await;
+                if let Err(e) = savepoint {
+                    if let Err(left) = member.leave(true).await {
+                        tracing::debug!(error = %left, "a group failed");
+                    }
+                    return Err(CommandError::Database(e));
+                }
+            }
+            match self
+                .run_member(&mut member, &request, idempotency, attempt)
+                .await
+            {
+                Ok(Ran::Appended(committed, key)) => {
+                    return Ok(Begun::Open(Box::new(Pending {
+                        member,
+                        key,
+                        committed,
+                        _aggregate: PhantomData,
+                    })));
+                }
+                Ok(Ran::Replayed(stored)) => {
+                    // Answered before; but an answer stored by an earlier command of this very
+                    // group is true only once the group commits.
+                    member.leave(false).await?;
+                    self.metrics.replays.inc();
+                    return Ok(Begun::Replayed(stored));
+                }
+                Err(Failed::Retry) => {
+                    if let Err(e) = member.leave(true).await {
+                        tracing::debug!(error = %e, "the group of a command to be retried failed");
+                    }
+                    tracing::debug!(attempt, "append conflict; retrying");
+                    if attempt < attempts {
+                        self.metrics.retries.inc();
+                    }
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(Failed::InlineChanged) => {
+                    if let Err(e) = member.leave(true).await {
+                        tracing::debug!(error = %e, "the group of a command to be re-run failed");
+                    }
+                    refreshes += 1;
+                    if refreshes > MAX_INLINE_REFRESHES {
+                        return Err(CommandError::Broken(
+                            "the projections maintained inline kept changing, or a table of one \
+                             of them is missing"
+                                .to_owned(),
+                        ));
+                    }
+                }
+                Err(Failed::Error(e)) => {
+                    if let Err(left) = member.leave(true).await {
+                        tracing::debug!(error = %left, "the group of a failed command failed");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.metrics.conflicts.inc();
+        Err(CommandError::Conflict { attempts })
+    }
+
+    /// Runs one command in `member`'s group: claims its key, brings the aggregate up to date
+    /// (from the group, the cache or the log), lets it decide, appends and projects. On a
+    /// failure the group's aggregate is kept only when the command left it untouched.
+    ///
+    /// On its first attempt, a command starts from this process's cache, or from nothing when
+    /// its aggregate was made for it, without reading the stream: the append's unique key
+    /// catches a stale start (another instance appended), and the command is run again from
+    /// the log. A start that is refused or changes nothing is read again from the log before it
+    /// is believed.
+    async fn run_member<A>(
+        &self,
+        member: &mut Member,
+        request: &Request<'_, A>,
+        idempotency: Option<&Idempotency>,
+        attempt: u32,
+    ) -> Result<Ran, Failed<A::Error>>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let aggregate_id = request.aggregate_id;
+        let joined = member.joined;
+        member.kept_state = false;
+        let group = member.group_mut();
+        if let Some(key) = idempotency {
+            if let Some(stored) = claim_key(&mut group.tx, key).await? {
+                return Ok(Ran::Replayed(stored));
+            }
+        }
+        let kept = group
+            .state
+            .take()
+            .and_then(|state| state.downcast::<A>().ok());
+        // Whether the aggregate is known to be as the log has it (else it is a guess).
+        let (mut aggregate, mut confirmed) = match kept {
+            Some(aggregate) => (*aggregate, true),
+            None => {
+                // The group's first command starts from the cache; a later one whose group
+                // lost its aggregate reads the whole stream again, in the group's transaction.
+                let cached = if joined {
+                    None
+                } else {
+                    self.cache.take::<A>(aggregate_id)
+                };
+                match cached {
+                    Some((aggregate, version, position)) if attempt == 1 => {
+                        (group.version, group.position) = (version, position);
+                        (aggregate, false)
+                    }
+                    None if attempt == 1 && !joined && request.new_aggregate => {
+                        (group.version, group.position) = (0, 0);
+                        (A::default(), false)
+                    }
+                    cached => (group.reload::<A>(aggregate_id, cached).await?, true),
+                }
+            }
+        };
+        let new_events = loop {
+            if let Some(expected) = request.expected_version {
+                if expected != group.version {
+                    if !confirmed {
+                        let start = Some((aggregate, group.version, group.position));
+                        aggregate = group.reload::<A>(aggregate_id, start).await?;
+                        confirmed = true;
+                        continue;
+                    }
+                    let actual = group.version;
+                    group.state = Some(Box::new(aggregate));
+                    member.kept_state = true;
+                    return Err(Failed::Error(CommandError::VersionMismatch {
+                        expected,
+                        actual,
+                    }));
+                }
+            }
+            let sink = EventSink::default();
+            let decided = aggregate
+                .handle(request.command.clone(), request.services, &sink)
+                .await;
+            let new_events = sink.collect().await;
+            match decided {
+                Ok(()) if !new_events.is_empty() => break new_events,
+                _ if !confirmed => {
+                    // Events the refused command wrote changed the aggregate: read it all.
+                    let start =
+                        new_events
+                            .is_empty()
+                            .then_some((aggregate, group.version, group.position));
+                    aggregate = group.reload::<A>(aggregate_id, start).await?;
+                    confirmed = true;
+                }
+                Ok(()) => break new_events,
+                Err(e) => {
+                    if new_events.is_empty() {
+                        group.state = Some(Box::new(aggregate));
+                        member.kept_state = true;
+                    }
+                    return Err(Failed::Error(CommandError::Rejected(e)));
+                }
+            }
+        };
+        let stored = if new_events.is_empty() {
+            if group.read_sources.stored.is_empty() {
+                group.read_sources = read_sources(&mut group.tx).await?;
+            }
+            Vec::new()
+        } else {
+            let inline = self.inline.current(&mut group.tx).await?;
+            let appended = append::<A>(
+                &mut group.tx,
+                &self.projectors,
+                &inline,
+                aggregate_id,
+                group.version,
+                &new_events,
+                request.metadata,
+            )
+            .await;
+            match appended {
+                Ok((stored, sources)) => {
+                    group.read_sources = sources;
+                    stored
+                }
+                Err(AppendError::Conflict) => return Err(Failed::Retry),
+                Err(AppendError::InlineChanged) => {
+                    self.inline.forget();
+                    return Err(Failed::InlineChanged);
+                }
+                Err(AppendError::UnknownProjection(name)) => {
+                    self.inline.forget();
+                    return Err(Failed::Error(CommandError::Broken(format!(
+                        "projection {name} is maintained inline, but this server has no \
+                         projector for it: deploy the server that has it to every instance"
+                    ))));
+                }
+                Err(AppendError::Serialize(e)) => {
+                    return Err(Failed::Error(CommandError::Serialize(e)))
+                }
+                Err(AppendError::Projection(e)) => return Err(Failed::Error(e.into())),
+                Err(AppendError::Database(e)) => {
+                    return Err(Failed::Error(CommandError::Database(e)))
+                }
+            }
+        };
+        if let Some(last) = stored.last() {
+            group.version = last.sequence;
+            group.position = last.position;
+        }
+        group.state = Some(Box::new(aggregate));
+        let committed = Committed {
+            version: group.version,
+            position: group.position,
+            events: stored,
+            read_sources: group.read_sources.clone(),
+        };
+        Ok(Ran::Appended(committed, idempotency.map(|k| k.key.clone())))
+    }
+}
+
+/// Most times one command reads the registry's inline projections again.
+const MAX_INLINE_REFRESHES: u32 = 3;
+
+/// Most commands of one aggregate that share a transaction (each takes a savepoint, and
+/// Postgres keeps 64 subtransactions per transaction in shared memory).
+pub const MAX_GROUP: usize = 32;
+
+/// How a command of a group ran.
+enum Ran {
+    Appended(Committed, Option<String>),
+    Replayed(StoredResponse),
+}
+
+/// How a command of a group failed.
+enum Failed<E: std::error::Error + 'static> {
+    /// Another writer took the next sequence number: run the command again.
+    Retry,
+    /// The projections maintained inline changed: run the command again with the new ones.
+    InlineChanged,
+    Error(CommandError<E>),
+}
+
+impl<E: std::error::Error + 'static> From<sqlx::Error> for Failed<E> {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Error(CommandError::Database(e))
+    }
+}
+
+impl<E: std::error::Error + 'static> From<CommandError<E>> for Failed<E> {
+    fn from(e: CommandError<E>) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// What a command is: the aggregate, the command, and what it is run with.
+pub struct Request<'a, A: Aggregate> {
+    pub aggregate_id: &'a str,
+    pub command: A::Command,
+    pub services: &'a A::Services,
+    /// Run only if the aggregate is at this version (`If-Match`).
+    pub expected_version: Option<i64>,
+    pub metadata: &'a Value,
+    /// The aggregate id was made for this command (a new collection's): its stream is empty,
+    /// so it is not read before the append.
+    pub new_aggregate: bool,
+}
+
+/// How [`EventStore::begin`] went.
+pub enum Begun<A: Aggregate + 'static> {
+    /// The command ran; commit it.
+    Open(Box<Pending<A>>),
+    /// The same request came with this key before: its response, nothing ran.
+    Replayed(StoredResponse),
+}
+
+/// A command that ran and awaits its commit. Dropping it undoes this command (and, if it was
+/// the only one of its group, the group).
+pub struct Pending<A: Aggregate + 'static> {
+    member: Member,
+    key: Option<String>,
+    committed: Committed,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate + 'static> Pending<A> {
+    /// What the command reached (its events are not committed yet).
+    pub fn committed(&self) -> &Committed {
+        &self.committed
+    }
+
+    /// The command's transaction, to read the read models back from.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.member.group_mut().tx
+    }
+
+    /// Commits (or, while other commands of the aggregate wait, hands the transaction on and
+    /// waits for its commit); with an idempotency key, `response` is stored under it in the
+    /// same transaction.
+    ///
+    /// # Errors
+    /// A database error: nothing of this command was committed.
+    pub async fn commit(
+        mut self,
+        response: Option<&StoredResponse>,
+    ) -> Result<Committed, CommitError> {
+        if let (Some(key), Some(response)) = (&self.key, response) {
+            let stored = sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
+                .bind(key)
+                .bind(sqlx::types::Json(response))
+                .execute(&mut *self.member.group_mut().tx)
+                .await;
+            if let Err(e) = stored {
+                if let Err(left) = self.member.leave(true).await {
+                    tracing::debug!(error = %left, "the group of a failed command failed");
+                }
+                return Err(e.into());
+            }
+        }
+        self.member.group_mut().events += self.committed.events.len() as u64;
+        self.member.leave(false).await?;
+        Ok(self.committed)
+    }
+}
