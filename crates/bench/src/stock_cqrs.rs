@@ -160,18 +160,24 @@ fn count_into(errors: &Arc<AtomicU64>) -> Box<cqrs_es::persist::QueryErrorHandle
     })
 }
 
-/// Runs a command: its events commit, then the views update.
+/// Runs a command: its events commit, then the views update. In a task of its own, as Cutover
+/// runs its transactions: a request its client drops (wrk closing its connections at the end
+/// of a run) must not cancel postgres-es half-way through a transaction, which left pooled
+/// connections inside transactions and hung the peer.
 async fn execute<A>(
-    cqrs: &PostgresCqrs<A>,
+    cqrs: &Arc<PostgresCqrs<A>>,
     aggregate_id: &str,
     command: A::Command,
 ) -> Result<(), PeerError>
 where
     A: Aggregate + 'static,
-    A::Error: Refusal,
+    A::Command: Send + 'static,
+    A::Error: Refusal + Send,
 {
-    cqrs.execute(aggregate_id, command)
+    let (cqrs, id) = (Arc::clone(cqrs), aggregate_id.to_owned());
+    tokio::spawn(async move { cqrs.execute(&id, command).await })
         .await
+        .map_err(|e| PeerError::Internal(format!("the command's task ended: {e}")))?
         .map_err(|e| match e {
             AggregateError::UserError(refused) => refused.peer_error(),
             AggregateError::AggregateConflict => {
