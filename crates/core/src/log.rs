@@ -116,41 +116,80 @@ pub async fn read<'e>(
     aggregate_types: Option<&[String]>,
     horizon: Horizon,
 ) -> Result<Read, sqlx::Error> {
-    let bound = match horizon {
-        Horizon::Safe => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
-        Horizon::Everything => "",
-    };
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS},
-                $3::text[] IS NULL OR aggregate_type = ANY($3) AS wanted
-           FROM events
-          WHERE (transaction_id, position) > ($1::text::xid8, $2)
-            {bound}
-          -- the table's columns, not the output's bigint transaction_id: the index order
-          ORDER BY events.transaction_id, events.position
-          LIMIT $4"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after.transaction_id)
-        .bind(after.position)
-        .bind(aggregate_types)
-        .bind(limit)
-        .fetch_all(executor)
-        .await?;
-    let mut read = Read {
-        scanned: rows.len(),
-        ..Read::default()
-    };
-    for row in &rows {
-        read.scanned_to = Some(LogCursor {
-            transaction_id: row.try_get("transaction_id")?,
-            position: row.try_get("position")?,
-        });
-        if row.try_get::<bool, _>("wanted")? {
-            read.events.push(stored_event(row)?);
-        }
+    Rows::fetch(executor, after, limit, aggregate_types, horizon)
+        .await?
+        .decode()
+}
+
+/// The rows of a [`read`], not yet decoded (a rebuild decodes them on a thread of their own).
+pub struct Rows(Vec<PgRow>);
+
+impl Rows {
+    /// The rows of [`read`].
+    ///
+    /// # Errors
+    /// A database error.
+    pub async fn fetch<'e>(
+        executor: impl PgExecutor<'e>,
+        after: LogCursor,
+        limit: i64,
+        aggregate_types: Option<&[String]>,
+        horizon: Horizon,
+    ) -> Result<Self, sqlx::Error> {
+        let bound = match horizon {
+            Horizon::Safe => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+            Horizon::Everything => "",
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS},
+                    $3::text[] IS NULL OR aggregate_type = ANY($3) AS wanted
+               FROM events
+              WHERE (transaction_id, position) > ($1::text::xid8, $2)
+                {bound}
+              -- the table's columns, not the output's bigint transaction_id: the index order
+              ORDER BY events.transaction_id, events.position
+              LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after.transaction_id)
+            .bind(after.position)
+            .bind(aggregate_types)
+            .bind(limit)
+            .fetch_all(executor)
+            .await?;
+        Ok(Self(rows))
     }
-    Ok(read)
+
+    /// How many rows the read scanned.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The events of the rows, and how far they reach.
+    ///
+    /// # Errors
+    /// A stored row that does not fit [`StoredEvent`].
+    pub fn decode(self) -> Result<Read, sqlx::Error> {
+        let rows = self.0;
+        let mut read = Read {
+            scanned: rows.len(),
+            ..Read::default()
+        };
+        for row in &rows {
+            read.scanned_to = Some(LogCursor {
+                transaction_id: row.try_get("transaction_id")?,
+                position: row.try_get("position")?,
+            });
+            if row.try_get::<bool, _>("wanted")? {
+                read.events.push(stored_event(row)?);
+            }
+        }
+        Ok(read)
+    }
 }
 
 /// Every event of the aggregates `aggregate_ids` of `aggregate_type`, in log order (for a

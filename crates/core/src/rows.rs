@@ -326,7 +326,20 @@ impl Changes {
         self.rounds.len() <= 1
     }
 
-    /// Runs the statements one after another on `conn` (a rebuild's batch, a repair).
+    /// The statements to run one after another, their rows serialized: all the work of a
+    /// write that needs no database (a rebuild prepares a batch while the one before it is
+    /// written).
+    pub fn prepare(self) -> Prepared {
+        Prepared {
+            statements: self
+                .into_statements(Parameters::EachFirst)
+                .into_iter()
+                .map(|s| (s.projection, s.sql, s.rows.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Runs the statements one after another on `conn` (a repair).
     ///
     /// # Errors
     /// The first statement that fails, with the projection that made it.
@@ -334,12 +347,32 @@ impl Changes {
         self,
         conn: &mut PgConnection,
     ) -> Result<(), crate::projection::ProjectionError> {
-        for statement in self.into_statements(Parameters::EachFirst) {
-            sqlx::query(statement.sql.as_ref())
-                .bind(&statement.rows)
+        self.prepare().write(conn).await
+    }
+}
+
+/// [`Changes`] made ready to write: each statement's projection, text and rows (JSON text,
+/// cast to `jsonb` by the statement).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    statements: Vec<(&'static str, Arc<str>, String)>,
+}
+
+impl Prepared {
+    /// Runs the statements one after another on `conn`.
+    ///
+    /// # Errors
+    /// The first statement that fails, with the projection that made it.
+    pub async fn write(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<(), crate::projection::ProjectionError> {
+        for (projection, sql, rows) in &self.statements {
+            sqlx::query(sql.as_ref())
+                .bind(rows.as_str())
                 .execute(&mut *conn)
                 .await
-                .map_err(|e| crate::projection::ProjectionError::of(statement.projection, e))?;
+                .map_err(|e| crate::projection::ProjectionError::of(projection, e))?;
         }
         Ok(())
     }

@@ -23,9 +23,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_core::log::{self, Horizon, LogCursor, Read};
+use cutover_core::log::{self, Horizon, LogCursor, Read, Rows};
 use cutover_core::projection::{project_all, table_names, Projector};
-use cutover_core::store::{StoredEvent, APPEND_LOCK};
+use cutover_core::rows::Prepared;
+use cutover_core::store::APPEND_LOCK;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -201,8 +202,12 @@ impl Job {
             .await?;
         for projector in &projectors {
             for table in table_names(projector.as_ref()) {
+                // Autovacuum stays off the job's tables until the swap: an autovacuum of a
+                // freshly filled table holds a lock the swap's move must wait for (a second
+                // per table, until Postgres cancels the autovacuum), and appends wait with it.
                 sqlx::query(&format!(
-                    "CREATE TABLE {schema}.{table} (LIKE cutover_templates.{table} INCLUDING ALL)"
+                    "CREATE TABLE {schema}.{table} (LIKE cutover_templates.{table} INCLUDING ALL)
+                       WITH (autovacuum_enabled = false)"
                 ))
                 .execute(&mut *tx)
                 .await?;
@@ -309,7 +314,9 @@ impl Job {
     }
 
     /// Replays the log into the job's tables up to what is safe to read now, calling
-    /// `on_progress` after each batch. The next batch is read while one is written.
+    /// `on_progress` after each batch. A task reads and prepares the next batch (its events
+    /// folded into statements, on a blocking thread) while this one is written, so that the
+    /// fold and Postgres work at the same time.
     ///
     /// # Errors
     /// A database or projection error; the job's tables are left for the caller to drop.
@@ -317,77 +324,57 @@ impl Job {
         &mut self,
         on_progress: &mut impl FnMut(Progress),
     ) -> Result<(), AdminError> {
-        let (pool, types) = (self.pool.clone(), self.types.clone());
-        let mut read = log::read_safe(&pool, self.cursor, BATCH, Some(&types)).await?;
-        loop {
-            if read.scanned == 0 {
-                return Ok(());
-            }
-            let after = read.scanned_to.unwrap_or(self.cursor);
-            // The next batch is read while this one is written. (In a task of its own it would
-            // also decode beside this one's fold, but the two threads' allocations doubled the
-            // CLI's peak memory for 7 % more speed.)
-            let (written, next) = tokio::join!(
-                self.batch(&read),
-                log::read_safe(&pool, after, BATCH, Some(&types))
-            );
-            written?;
+        // One batch waits while one is written: at most three in memory, the one being made
+        // included.
+        let (sender, mut batches) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(read_ahead(
+            self.pool.clone(),
+            self.cursor,
+            self.types.clone(),
+            self.projectors.clone(),
+            sender,
+        ));
+        while let Some(batch) = batches.recv().await {
+            self.batch(&batch?).await?;
             on_progress(self.progress);
-            if read.scanned < SWAP_WHEN_BEHIND_BY {
-                return Ok(());
-            }
-            read = next?;
         }
+        reader.await.map_err(|e| {
+            AdminError::Broken(format!("the task reading the log ahead ended: {e}"))
+        })?;
+        Ok(())
     }
 
-    /// One batch, in one transaction: every projector's rows for `read`'s events (folded per
-    /// row, a few set-based statements whatever the number of events), then the job's
-    /// checkpoint. A batch is applied exactly once: an interrupted job resumes after the last
-    /// batch that committed.
-    async fn batch(&mut self, read: &Read) -> Result<(), AdminError> {
+    /// One batch, in one transaction: every projector's rows for its events (folded per row, a
+    /// few set-based statements whatever the number of events), then the job's checkpoint. A
+    /// batch is applied exactly once: an interrupted job resumes after the last batch that
+    /// committed.
+    async fn batch(&mut self, batch: &Batch) -> Result<(), AdminError> {
         let mut tx = self.pool.begin().await?;
-        self.apply(&mut tx, read).await?;
+        self.apply(&mut tx, batch).await?;
         self.record(&mut tx, "running").await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Applies what `read` found to the job's tables in `conn`'s transaction and moves the
-    /// cursor past everything it looked at.
-    async fn apply(&mut self, conn: &mut PgConnection, read: &Read) -> Result<(), AdminError> {
-        if !read.events.is_empty() {
-            self.write(conn, &self.projectors, &read.events).await?;
+    /// Writes `batch` into the job's tables in `conn`'s transaction and moves the cursor past
+    /// everything its read looked at.
+    async fn apply(&mut self, conn: &mut PgConnection, batch: &Batch) -> Result<(), AdminError> {
+        if batch.events > 0 {
+            sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
+                .execute(&mut *conn)
+                .await?;
+            batch.statements.write(conn).await?;
+            sqlx::query("SET LOCAL search_path TO DEFAULT")
+                .execute(&mut *conn)
+                .await?;
         }
-        self.advance(read);
-        Ok(())
-    }
-
-    /// Writes `events` with `projectors` into the job's tables, in `conn`'s transaction.
-    async fn write(
-        &self,
-        conn: &mut PgConnection,
-        projectors: &[Arc<dyn Projector>],
-        events: &[StoredEvent],
-    ) -> Result<(), AdminError> {
-        sqlx::query(&format!("SET LOCAL search_path TO {}", self.schema))
-            .execute(&mut *conn)
-            .await?;
-        project_all(projectors, events)?.write(conn).await?;
-        sqlx::query("SET LOCAL search_path TO DEFAULT")
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
-
-    /// Moves the cursor past everything `read` looked at.
-    fn advance(&mut self, read: &Read) {
-        if let Some(cursor) = read.scanned_to {
+        if let Some(cursor) = batch.scanned_to {
             self.cursor = cursor;
             self.progress.position = cursor.position;
         }
-        let applied = i64::try_from(read.events.len()).unwrap_or(i64::MAX);
-        self.progress.events_done += applied;
-        self.replayed += applied;
+        self.progress.events_done += batch.events;
+        self.replayed += batch.events;
+        Ok(())
     }
 
     /// Applies every event after the cursor, with no horizon: only for a transaction in which
@@ -409,7 +396,8 @@ impl Job {
             if read.scanned == 0 {
                 return Ok(());
             }
-            self.apply(conn, &read).await?;
+            let batch = Batch::of(&self.projectors, read)?;
+            self.apply(conn, &batch).await?;
         }
     }
 
@@ -538,6 +526,7 @@ impl Job {
                 moves.push_str(&format!(
                     "ALTER TABLE IF EXISTS public.{table} SET SCHEMA {schema}_old;
                      ALTER TABLE {schema}.{table} SET SCHEMA public;
+                     ALTER TABLE public.{table} RESET (autovacuum_enabled);
                      GRANT SELECT ON public.{table} TO cutover_reader;",
                     schema = self.schema
                 ));
@@ -822,4 +811,71 @@ pub async fn dry_run(
         tables,
         recent_rate,
     })
+}
+
+/// A batch of the log made ready to write: its rows' statements, how many events it applies,
+/// and how far its read looked.
+struct Batch {
+    statements: Prepared,
+    events: i64,
+    scanned_to: Option<LogCursor>,
+}
+
+impl Batch {
+    /// Folds `read`'s events into statements (no IO).
+    fn of(projectors: &[Arc<dyn Projector>], read: Read) -> Result<Self, AdminError> {
+        let statements = if read.events.is_empty() {
+            Prepared::default()
+        } else {
+            project_all(projectors, &read.events)?.prepare()
+        };
+        Ok(Self {
+            statements,
+            events: i64::try_from(read.events.len()).unwrap_or(i64::MAX),
+            scanned_to: read.scanned_to,
+        })
+    }
+}
+
+/// Reads the log after `after` batch by batch, up to what is safe to read now, and sends each
+/// made ready to write; stops after a short batch (the swap's turn), at the end, at the
+/// first error (sent), or when nobody listens any more.
+async fn read_ahead(
+    pool: PgPool,
+    mut after: LogCursor,
+    types: Vec<String>,
+    projectors: Vec<Arc<dyn Projector>>,
+    batches: tokio::sync::mpsc::Sender<Result<Batch, AdminError>>,
+) {
+    let projectors: Arc<[Arc<dyn Projector>]> = projectors.into();
+    loop {
+        let rows = match Rows::fetch(&pool, after, BATCH, Some(&types), Horizon::Safe).await {
+            Ok(rows) if rows.is_empty() => return,
+            Ok(rows) => rows,
+            Err(e) => {
+                // Nobody may listen any more; then there is no one to tell.
+                let _ = batches.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let last = rows.len() < SWAP_WHEN_BEHIND_BY;
+        let projectors = Arc::clone(&projectors);
+        let batch = tokio::task::spawn_blocking(move || Batch::of(&projectors, rows.decode()?))
+            .await
+            .unwrap_or_else(|e| {
+                Err(AdminError::Broken(format!(
+                    "the thread preparing a batch ended: {e}"
+                )))
+            });
+        let failed = match &batch {
+            Ok(batch) => {
+                after = batch.scanned_to.unwrap_or(after);
+                false
+            }
+            Err(_) => true,
+        };
+        if batches.send(batch).await.is_err() || failed || last {
+            return;
+        }
+    }
 }

@@ -34,6 +34,9 @@ pub enum AdminError {
     Projection(#[from] cutover_core::projection::ProjectionError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A bug, not a fault of the request: a task of the job ended without its result.
+    #[error("{0}")]
+    Broken(String),
 }
 
 /// A registry row.

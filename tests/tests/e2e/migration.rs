@@ -356,6 +356,41 @@ async fn verify_names_a_tampered_row_and_a_rebuild_repairs_it() {
     assert!(status["latest_job"]["swap_hold_ms"].as_f64().unwrap() >= 0.0);
 }
 
+/// The reloptions of every table of `schema` that the collections projections declare.
+async fn reloptions(app: &TestApp, schema: &str) -> Vec<Option<Vec<String>>> {
+    sqlx::query_scalar(
+        "SELECT c.reloptions::text[] FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname IN ('collections', 'project_collections')
+          ORDER BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn autovacuum_keeps_off_a_rebuilds_tables_until_the_swap_and_comes_back_with_it() {
+    let app = TestApp::spawn().await;
+    some_history(&app).await;
+    let selected = rebuild::select(
+        &inline_projectors(),
+        &["collections".to_owned(), "project_collections".to_owned()],
+    )
+    .unwrap();
+    let job = Job::start(&app.db.pool, selected, Purpose::Rebuild)
+        .await
+        .unwrap();
+    let off = Some(vec!["autovacuum_enabled=false".to_owned()]);
+    assert_eq!(
+        reloptions(&app, job.schema()).await,
+        vec![off.clone(), off],
+        "an autovacuum of a job's table would hold the swap (and appends) back"
+    );
+    job.run(|_| {}).await.unwrap();
+    assert_eq!(reloptions(&app, "public").await, vec![None, None]);
+}
+
 #[tokio::test]
 async fn an_interrupted_rebuild_leaves_the_live_tables_intact_and_a_rerun_resumes_it() {
     let app = TestApp::spawn().await;
