@@ -431,6 +431,11 @@ pub fn promtool_check_metrics(exposition: &str) -> std::process::Output {
     child.wait_with_output().expect("promtool's output")
 }
 
+/// Longest a swap may hold appends back in a test under writers. The faults this catches cost
+/// seconds (an autovacuum in the way of each table's move, tables dropped inside the hold);
+/// under the whole suite's load on two cores a clean swap has taken 199 ms.
+pub const SWAP_HOLD_BOUND: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Rebuilds the projections `names` (or `all`) of `pool`'s database, as `cutover rebuild` does.
 ///
 /// # Errors

@@ -221,7 +221,7 @@ async fn rebuild_equals_live_while_commands_keep_coming_and_nothing_is_dropped_o
     );
     for outcome in &outcomes {
         assert!(
-            outcome.swap_hold <= Duration::from_millis(100),
+            outcome.swap_hold <= cutover_tests::SWAP_HOLD_BOUND,
             "appends were held {:?} at a swap under writers",
             outcome.swap_hold
         );

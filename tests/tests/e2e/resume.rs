@@ -397,7 +397,7 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
         .unwrap()
         .unwrap();
     assert!(
-        outcome.swap_hold <= Duration::from_millis(100),
+        outcome.swap_hold <= cutover_tests::SWAP_HOLD_BOUND,
         "{:?}",
         outcome.swap_hold
     );
