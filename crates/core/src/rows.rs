@@ -353,7 +353,7 @@ impl Changes {
 
 /// [`Changes`] made ready to write: each statement's projection, text and rows (JSON text,
 /// cast to `jsonb` by the statement).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Prepared {
     statements: Vec<(&'static str, Arc<str>, String)>,
 }

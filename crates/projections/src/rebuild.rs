@@ -1,10 +1,9 @@
 //! Rebuilding projections from the log, while commands keep being accepted.
 //!
 //! A rebuild creates the projections' tables afresh in a schema of its own (from the templates
-//! in `cutover_templates`), replays the whole log into them in gap-free order, in batches (each
-//! projector writes a batch in a short transaction of its own, in parallel with the others,
-//! and the job's progress is recorded after them), catches up with what was appended
-//! meanwhile, then swaps: in one short transaction that holds the append lock exclusively (so
+//! in `cutover_templates`), replays the whole log into them in gap-free order, in batches (a
+//! batch's rows and the job's progress commit in one transaction, while a task reads and folds
+//! the next batch), catches up with what was appended meanwhile, then swaps: in one short transaction that holds the append lock exclusively (so
 //! no append is in flight and new ones wait), it applies the last events, moves the live tables
 //! into `<job schema>_old` and the rebuilt ones into `public`; the old tables are dropped after
 //! the commit. Every event is applied exactly once: before the swap only the live tables get
@@ -824,13 +823,8 @@ struct Batch {
 impl Batch {
     /// Folds `read`'s events into statements (no IO).
     fn of(projectors: &[Arc<dyn Projector>], read: Read) -> Result<Self, AdminError> {
-        let statements = if read.events.is_empty() {
-            Prepared::default()
-        } else {
-            project_all(projectors, &read.events)?.prepare()
-        };
         Ok(Self {
-            statements,
+            statements: project_all(projectors, &read.events)?.prepare(),
             events: i64::try_from(read.events.len()).unwrap_or(i64::MAX),
             scanned_to: read.scanned_to,
         })
