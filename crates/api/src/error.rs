@@ -174,7 +174,7 @@ impl From<CommitError> for ApiError {
                 tracing::warn!(error = %e, "database unavailable");
                 Self::Unavailable
             }
-            CommitError::SharedTransaction(_) => Self::Internal(e.into()),
+            CommitError::SharedTransaction(_) | CommitError::RunAgain => Self::Internal(e.into()),
         }
     }
 }

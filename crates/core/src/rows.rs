@@ -268,7 +268,12 @@ impl Changes {
     /// of one statement.
     pub fn into_statements(self, parameters: Parameters) -> Vec<Statement> {
         let mut statements = Vec::new();
-        for round in self.rounds {
+        for mut round in self.rounds {
+            // Every writer locks rows in one order, table by table and row by row, so that two
+            // transactions writing the same rows wait for each other instead of deadlocking.
+            round
+                .pending
+                .sort_by_cached_key(|p| (p.change.table.name, p.change.address()));
             let mut groups: Vec<Group> = Vec::new();
             for Pending { projection, change } in round.pending {
                 let columns: Vec<&'static str> = change

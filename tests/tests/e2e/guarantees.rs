@@ -246,6 +246,94 @@ async fn atomic_commands_a_refused_command_in_a_shared_transaction_leaves_the_ot
     );
 }
 
+/// Creates of different collections that arrive together share transactions; one refused by
+/// Postgres (a NUL character) fails its shared transaction before the commit, and every
+/// command of it runs again alone: the refused ones are answered 422 and leave nothing, every
+/// other one commits with its read models.
+#[tokio::test]
+async fn atomic_commands_a_command_refused_in_a_transaction_shared_across_aggregates_leaves_the_others_committed(
+) {
+    let app = TestApp::spawn().await;
+    let creates = (0..32).map(|i| {
+        let description = if i % 4 == 3 {
+            format!("refused \u{0} {i}")
+        } else {
+            format!("kept {i}")
+        };
+        let request = app
+            .post(&format!("/projects/{}/collections", Uuid::new_v4()))
+            .json(&json!({"collection_name": format!("name {i}"), "description": description}));
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures_join_all(creates).await;
+
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!((created, refused), (24, 8), "{statuses:?}");
+    assert_eq!(app.db.event_count().await, 24);
+    for (table, description) in [
+        ("collections", "description"),
+        ("project_collections", "research_context"),
+    ] {
+        let (rows, refused_rows): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*), count(*) FILTER (WHERE {description} LIKE 'refused%') FROM {table}"
+        ))
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!((rows, refused_rows), (24, 0), "{table}");
+    }
+}
+
+/// Creates of different collections that arrive together share a transaction (group commit):
+/// each answer is still its own collection as a fresh read shows it, at version 1.
+#[tokio::test]
+async fn write_then_read_commands_sharing_a_transaction_across_aggregates_each_read_their_own_write(
+) {
+    let app = TestApp::spawn().await;
+    let mut shared: i64 = 0;
+    for _round in 0..5 {
+        let creates = (0..32).map(|i| {
+            let request = app
+                .post(&format!("/projects/{}/collections", Uuid::new_v4()))
+                .json(&json!({"collection_name": format!("name {i}")}));
+            async move {
+                let response = request.send().await.unwrap();
+                json_with_status(response, StatusCode::CREATED).await
+            }
+        });
+        for answer in futures_join_all(creates).await {
+            assert_eq!(answer["version"], 1);
+            let id = answer["collection"]["collection_id"].as_str().unwrap();
+            let project = answer["collection"]["project_id"].as_str().unwrap();
+            let fresh = app
+                .get(&format!("/projects/{project}/collections/{id}"))
+                .send()
+                .await
+                .unwrap();
+            let fresh = json_with_status(fresh, StatusCode::OK).await;
+            assert_eq!(answer["collection"], fresh["collection"]);
+        }
+        shared = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT transaction_id FROM events GROUP BY transaction_id \
+             HAVING count(DISTINCT aggregate_id) > 1) AS shared",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        if shared > 0 {
+            break;
+        }
+    }
+    assert!(shared > 0, "no transaction held events of two collections");
+}
+
 /// Clients of commands that share a transaction hang up mid-way (their requests are cancelled
 /// in the server): every command answered 200 is in the log at the version it was given, the
 /// stream has no gap, and the aggregate still takes commands.

@@ -128,6 +128,8 @@ async fn start(
         expected,
         idempotency,
         move |conn, committed| {
+            let id = id.clone();
+            let location = location.clone();
             Box::pin(async move {
                 let answer = respond(conn, &id, &committed, None).await?;
                 Ok(with_location(
@@ -173,8 +175,10 @@ async fn record(
         expected,
         idempotency,
         move |conn, committed| {
+            let id = id.clone();
+            let player = body.player_lookup.clone();
             Box::pin(async move {
-                let answer = respond(conn, &id, &committed, Some(&body.player_lookup)).await?;
+                let answer = respond(conn, &id, &committed, Some(&player)).await?;
                 Ok(created_or_ok(answer, &committed))
             })
         },
@@ -228,6 +232,7 @@ async fn record_bulk(
         expected,
         idempotency,
         move |conn, committed| {
+            let id = id.clone();
             Box::pin(async move {
                 let answer = respond(conn, &id, &committed, None).await?;
                 Ok(created_or_ok(answer, &committed))
@@ -335,7 +340,7 @@ async fn execute(
     command: BatchCommand,
     expected_version: Option<i64>,
     idempotency: Option<Idempotency>,
-    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+    respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError> {
     let name = match &command {
         BatchCommand::StartBatch { .. } => "StartBatch",

@@ -132,6 +132,7 @@ async fn create(
         expected,
         idempotency,
         move |conn, committed| {
+            let location = location.clone();
             Box::pin(async move {
                 let answer = respond(conn, project_id, collection_id, &committed).await?;
                 Ok(with_location(
@@ -366,7 +367,7 @@ async fn execute(
     command: CollectionCommand,
     expected_version: Option<i64>,
     idempotency: Option<Idempotency>,
-    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+    respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError> {
     let metadata = json!({ "command": command.name() });
     let aggregate_id = collection_id.to_string();

@@ -133,6 +133,7 @@ async fn record_attempt(
         expected,
         idempotency,
         move |conn, committed| {
+            let subskill = subskill.clone();
             Box::pin(async move {
                 let source = committed.read_sources.of(Domain::Competencies)?;
                 let (attempt, competency) = match source {
@@ -194,6 +195,7 @@ async fn record_review(
         expected,
         idempotency,
         move |conn, committed| {
+            let subskill = subskill.clone();
             Box::pin(async move {
                 let source = committed.read_sources.of(Domain::Competencies)?;
                 let review = match source {
@@ -350,7 +352,7 @@ async fn execute(
     command: CompetencyCommand,
     expected_version: Option<i64>,
     idempotency: Option<Idempotency>,
-    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+    respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError> {
     let name = match &command {
         CompetencyCommand::RecordAttempt { .. } => "RecordAttempt",

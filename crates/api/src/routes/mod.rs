@@ -15,7 +15,7 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cqrs_es::Aggregate;
 use cutover_core::read_source::ReadSource;
-use cutover_core::store::{Begun, Committed, Idempotency, Request, StoredResponse};
+use cutover_core::store::{Begun, CommitError, Committed, Idempotency, Request, StoredResponse};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
@@ -75,7 +75,8 @@ pub type Respond<'c> = BoxFuture<'c, Result<StoredResponse, ApiError>>;
 
 /// Runs `request` (with its idempotency key, if any); builds the answer with `respond` in the
 /// command's transaction, commits both together, and sends it. A repeat of a request already
-/// answered under its key gets the stored answer, and nothing runs.
+/// answered under its key gets the stored answer, and nothing runs. A command whose shared
+/// transaction was rolled back after its read-back runs again alone, and reads back again.
 ///
 /// # Errors
 /// The command's error, the read-back's, or the commit's.
@@ -83,25 +84,33 @@ pub async fn run<A>(
     state: &AppState,
     request: Request<'_, A>,
     idempotency: Option<Idempotency>,
-    respond: impl for<'c> FnOnce(&'c mut PgConnection, Committed) -> Respond<'c>,
+    respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError>
 where
     A: Aggregate + 'static,
     A::Command: Clone,
     A::Error: Into<ApiError> + Send + Sync + 'static,
 {
-    let mut pending = match state
-        .store
-        .begin::<A>(request, idempotency.as_ref())
-        .await?
-    {
-        Begun::Replayed(stored) => return Ok(Answer(stored).into_response()),
-        Begun::Open(pending) => *pending,
-    };
-    let committed = pending.committed().clone();
-    let answer = respond(pending.conn(), committed).await?;
-    pending.commit(Some(&answer)).await?;
-    Ok(Answer(answer).into_response())
+    let mut may_share = true;
+    loop {
+        let begun = state
+            .store
+            .begin::<A>(request.clone(), idempotency.as_ref(), may_share)
+            .await?;
+        let mut pending = match begun {
+            Begun::Replayed(stored) => return Ok(Answer(stored).into_response()),
+            Begun::Open(pending) => *pending,
+        };
+        let committed = pending.committed().clone();
+        let answer = respond(pending.conn(), committed).await?;
+        match pending.commit(Some(&answer)).await {
+            Err(CommitError::RunAgain) => may_share = false,
+            committed => {
+                committed?;
+                return Ok(Answer(answer).into_response());
+            }
+        }
+    }
 }
 
 /// Sets the answer's status.

@@ -15,15 +15,59 @@ use sqlx::PgConnection;
 /// other command of this aggregate runs anywhere) and put back only after a commit; the
 /// events appended meanwhile by anyone else are read from the log on top of it. An entry is
 /// therefore always the exact state of some prefix of the stream.
+///
+/// The cache holds at most [`CACHE_BYTES`] of aggregates, weighed by the length of their JSON.
 #[derive(Default)]
 pub(super) struct AggregateCache {
-    pub(super) entries: Mutex<HashMap<(&'static str, String), CachedAggregate>>,
+    entries: Mutex<Entries>,
 }
 
-pub(super) struct CachedAggregate {
-    pub(super) version: i64,
-    pub(super) position: i64,
-    pub(super) state: Box<dyn Any + Send>,
+#[derive(Default)]
+struct Entries {
+    kept: HashMap<(&'static str, String), CachedAggregate>,
+    /// The weights of `kept`, summed.
+    weight: usize,
+}
+
+struct CachedAggregate {
+    version: i64,
+    position: i64,
+    state: Box<dyn Kept>,
+    weight: usize,
+}
+
+/// An aggregate kept between commands, whatever its type.
+pub(super) trait Kept: Any + Send {
+    /// About how much memory it holds: the length of its JSON.
+    fn weight(&self) -> usize;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<A: Aggregate + 'static> Kept for A {
+    fn weight(&self) -> usize {
+        let mut counted = Counted(0);
+        // Counting cannot fail; an aggregate that does not serialize weighs what it wrote.
+        let _ = serde_json::to_writer(&mut counted, self);
+        counted.0
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// A writer that only counts bytes.
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The projections maintained inline, as this process last read them from the registry. The
@@ -59,36 +103,51 @@ impl InlineProjections {
     }
 }
 
-/// Most aggregates kept in the cache; past that an arbitrary one is dropped.
-pub(super) const CACHE_CAPACITY: usize = 1_000;
+/// Most bytes of aggregates (as JSON) kept in the cache; past that arbitrary ones are dropped,
+/// and an aggregate heavier than an eighth of it is not kept.
+pub(super) const CACHE_BYTES: usize = 32 << 20;
 
 impl AggregateCache {
     pub(super) fn take<A: Aggregate + 'static>(&self, aggregate_id: &str) -> Option<(A, i64, i64)> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = entries.remove(&(A::TYPE, aggregate_id.to_owned()))?;
-        let state = entry.state.downcast::<A>().ok()?;
+        let entry = entries.kept.remove(&(A::TYPE, aggregate_id.to_owned()))?;
+        entries.weight -= entry.weight;
+        let state = entry.state.into_any().downcast::<A>().ok()?;
         Some((*state, entry.version, entry.position))
     }
 
-    pub(super) fn put_any(
+    pub(super) fn put(
         &self,
         key: &(&'static str, String),
-        state: Box<dyn Any + Send>,
+        state: Box<dyn Kept>,
         version: i64,
         position: i64,
     ) {
+        // Weighed outside the lock.
+        let weight = state.weight();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= CACHE_CAPACITY {
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
+        if let Some(replaced) = entries.kept.remove(key) {
+            entries.weight -= replaced.weight;
+        }
+        if weight > CACHE_BYTES / 8 {
+            return;
+        }
+        while entries.weight + weight > CACHE_BYTES {
+            let Some(victim) = entries.kept.keys().next().cloned() else {
+                break;
+            };
+            if let Some(dropped) = entries.kept.remove(&victim) {
+                entries.weight -= dropped.weight;
             }
         }
-        entries.insert(
+        entries.weight += weight;
+        entries.kept.insert(
             key.clone(),
             CachedAggregate {
                 version,
                 position,
                 state,
+                weight,
             },
         );
     }

@@ -1,7 +1,7 @@
 //! The commands of one aggregate in this process: a queue (one holds the turn at a time), and
 //! the transaction consecutive ones share while others wait.
 
-use std::any::Any;
+use super::cache::Kept;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -94,7 +94,7 @@ impl Lanes {
 pub(super) struct Group {
     pub(super) tx: sqlx::Transaction<'static, sqlx::Postgres>,
     /// The aggregate as of the group's last command; `None` when it must be read again.
-    pub(super) state: Option<Box<dyn Any + Send>>,
+    pub(super) state: Option<Box<dyn Kept>>,
     pub(super) version: i64,
     pub(super) position: i64,
     pub(super) read_sources: ReadSources,
@@ -318,7 +318,7 @@ impl EventStore {
                     self.appended.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 if let Some(state) = state {
-                    self.cache.put_any(key, state, version, position);
+                    self.cache.put(key, state, version, position);
                 }
                 Ok(())
             }

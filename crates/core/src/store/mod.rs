@@ -11,9 +11,11 @@
 //! - `cache`: what the process remembers between commands (aggregates, inline projections);
 //! - `group`: the queue of commands per aggregate and the transactions they share;
 //! - `idempotency`: idempotency keys and the answers kept under them;
+//! - `shared`: the transactions commands on different aggregates share (group commit);
 //! - `stream`: the SQL that reads an aggregate's stream and appends to it.
 
 use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use crate::read_source::ReadSources;
 mod cache;
 mod group;
 mod idempotency;
+mod shared;
 mod stream;
 
 pub use idempotency::{Idempotency, StoredResponse};
@@ -40,7 +43,8 @@ pub use idempotency::{Idempotency, StoredResponse};
 use cache::{AggregateCache, InlineProjections};
 use group::{Group, Lanes, Member};
 use idempotency::claim_key;
-use stream::{append, read_sources, AppendError};
+use shared::{Seats, Shared, SharedMember};
+use stream::{append, read_sources, to_store, AppendError};
 
 /// One event as the log holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +129,11 @@ pub enum CommitError {
          commit: {}", .0.why
     )]
     SharedTransaction(GroupFailure),
+    /// The transaction this command shared with commands of other aggregates was rolled back
+    /// before its commit (another command of it failed): nothing of it was committed, and the
+    /// command is to run again alone.
+    #[error("the transaction this command shared was rolled back before its commit")]
+    RunAgain,
 }
 
 /// Why a shared transaction did not commit, as its commands are told.
@@ -174,6 +183,7 @@ pub struct EventStore {
     cache: Arc<AggregateCache>,
     inline: Arc<InlineProjections>,
     lanes: Arc<Lanes>,
+    seats: Arc<Seats>,
     metrics: StoreMetrics,
     appended: Arc<watch::Sender<u64>>,
 }
@@ -198,14 +208,16 @@ pub struct StoreMetrics {
 pub const APPEND_LOCK: &str = "hashtextextended('cutover:appends', 0)";
 
 /// Begins a command's transaction and takes, in the same round trip, the append lock (shared)
-/// and the aggregate's lock. The aggregate lock serialises the commands of one aggregate across
-/// every server instance sharing the database, so concurrent commands queue instead of failing
-/// the race for a sequence number. The statement holds only numbers, never client input.
-fn begin_locked(aggregate_type: &str, aggregate_id: &str) -> String {
-    format!(
-        "BEGIN; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK}), pg_advisory_xact_lock({})",
-        aggregate_lock_key(aggregate_type, aggregate_id)
-    )
+/// and the aggregates' locks (`locks`, from [`aggregate_lock_key`], in ascending order when
+/// there are several). The aggregate lock serialises the commands of one aggregate across every
+/// server instance sharing the database, so concurrent commands queue instead of failing the
+/// race for a sequence number. The statement holds only numbers, never client input.
+fn begin_locked(locks: &[i64]) -> String {
+    let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})");
+    for lock in locks {
+        sql.push_str(&format!(", pg_advisory_xact_lock({lock})"));
+    }
+    sql
 }
 
 /// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`. Every
@@ -231,6 +243,7 @@ impl EventStore {
             cache: Arc::default(),
             inline: Arc::default(),
             lanes: Arc::default(),
+            seats: Arc::default(),
             metrics: StoreMetrics::default(),
             appended: Arc::new(watch::channel(0).0),
         }
@@ -281,12 +294,20 @@ impl EventStore {
             metadata,
             new_aggregate: false,
         };
-        match self.begin::<A>(request, None).await? {
-            Begun::Open(pending) => Ok((*pending).commit(None).await?),
-            // Only a command sent with an idempotency key can be replayed; this one has none.
-            Begun::Replayed(_) => Err(CommandError::Broken(
-                "a command without an idempotency key was answered as a replay".to_owned(),
-            )),
+        let mut may_share = true;
+        loop {
+            match self.begin::<A>(request.clone(), None, may_share).await? {
+                Begun::Open(pending) => match (*pending).commit(None).await {
+                    Err(CommitError::RunAgain) => may_share = false,
+                    committed => return Ok(committed?),
+                },
+                // Only a command sent with an idempotency key can be replayed; this one has none.
+                Begun::Replayed(_) => {
+                    return Err(CommandError::Broken(
+                        "a command without an idempotency key was answered as a replay".to_owned(),
+                    ))
+                }
+            }
         }
     }
 
@@ -301,6 +322,12 @@ impl EventStore {
     /// pays for one lock, one load and one commit per group instead of per command. A command
     /// of a group is acknowledged only after the group commits.
     ///
+    /// With `may_share`, a command whose aggregate has no other command queued may instead
+    /// share a transaction with commands of other aggregates ready at the same time (see
+    /// `shared`); should that transaction be rolled back after this command's read-back,
+    /// [`Pending::commit`] says [`CommitError::RunAgain`], and the command is to begin again
+    /// without `may_share`.
+    ///
     /// # Errors
     /// See [`CommandError`]; on any error nothing of this command was appended or projected.
     #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %request.aggregate_id), err(level = "debug"))]
@@ -308,6 +335,7 @@ impl EventStore {
         &self,
         request: Request<'_, A>,
         idempotency: Option<&Idempotency>,
+        mut may_share: bool,
     ) -> Result<Begun<A>, CommandError<A::Error>>
     where
         A: Aggregate + 'static,
@@ -318,6 +346,37 @@ impl EventStore {
         let (mut attempt, mut refreshes) = (1, 0);
         while attempt <= attempts {
             let mut turn = self.lanes.enter(A::TYPE, request.aggregate_id).await;
+            if may_share
+                && attempt == 1
+                && idempotency.is_none()
+                && turn.open.is_none()
+                && turn.lane.waiting.load(Ordering::SeqCst) == 0
+            {
+                match self.run_shared(&request, turn).await {
+                    Shared::Ran(ran) => {
+                        let (member, committed) = *ran;
+                        return Ok(Begun::Open(Box::new(Pending {
+                            run: Run::Shared(member),
+                            key: None,
+                            committed,
+                            _aggregate: PhantomData,
+                        })));
+                    }
+                    Shared::Alone {
+                        turn: alone,
+                        lost_race,
+                    } => {
+                        may_share = false;
+                        if lost_race {
+                            self.lanes.leave(alone);
+                            self.lost_race(attempt, attempts).await;
+                            attempt += 1;
+                            continue;
+                        }
+                        turn = alone;
+                    }
+                }
+            }
             let mut member = match turn.open.take() {
                 Some(group) => Member {
                     store: self.clone(),
@@ -332,7 +391,8 @@ impl EventStore {
                     // (the client hung up) would leave sqlx believing the connection is not
                     // in a transaction, and return it to the pool holding the locks.
                     let pool = self.pool.clone();
-                    let statement = begin_locked(A::TYPE, request.aggregate_id);
+                    let statement =
+                        begin_locked(&[aggregate_lock_key(A::TYPE, request.aggregate_id)]);
                     let tx = tokio::spawn(async move { pool.begin_with(statement).await })
                         .await
                         .map_err(|e| {
@@ -367,7 +427,7 @@ impl EventStore {
             {
                 Ok(Ran::Appended(committed, key)) => {
                     return Ok(Begun::Open(Box::new(Pending {
-                        member,
+                        run: Run::Alone(member),
                         key,
                         committed,
                         _aggregate: PhantomData,
@@ -384,11 +444,7 @@ impl EventStore {
                     if let Err(e) = member.leave(true).await {
                         tracing::debug!(error = %e, "the group of a command to be retried failed");
                     }
-                    tracing::debug!(attempt, "append conflict; retrying");
-                    if attempt < attempts {
-                        self.metrics.retries.inc();
-                    }
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+                    self.lost_race(attempt, attempts).await;
                     attempt += 1;
                 }
                 Err(Failed::InlineChanged) => {
@@ -414,6 +470,16 @@ impl EventStore {
         }
         self.metrics.conflicts.inc();
         Err(CommandError::Conflict { attempts })
+    }
+
+    /// After attempt `attempt` of `attempts` lost the race for a sequence number: counts the
+    /// retry, if one is left, and waits a little before it.
+    async fn lost_race(&self, attempt: u32, attempts: u32) {
+        tracing::debug!(attempt, "append conflict; retrying");
+        if attempt < attempts {
+            self.metrics.retries.inc();
+        }
+        tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
     }
 
     /// Runs one command in `member`'s group: claims its key, brings the aggregate up to date
@@ -449,7 +515,7 @@ impl EventStore {
         let kept = group
             .state
             .take()
-            .and_then(|state| state.downcast::<A>().ok());
+            .and_then(|state| state.into_any().downcast::<A>().ok());
         // Whether the aggregate is known to be as the log has it (else it is a guess).
         let (mut aggregate, mut confirmed) = match kept {
             Some(aggregate) => (*aggregate, true),
@@ -524,23 +590,17 @@ impl EventStore {
             }
             Vec::new()
         } else {
+            let mut stored =
+                to_store::<A>(aggregate_id, group.version, &new_events, request.metadata)
+                    .map_err(CommandError::Serialize)?;
             let inline = self.inline.current(&mut group.tx).await?;
-            let appended = append::<A>(
-                &mut group.tx,
-                &self.projectors,
-                &inline,
-                aggregate_id,
-                group.version,
-                &new_events,
-                request.metadata,
-            )
-            .await;
+            let appended = append(&mut group.tx, &self.projectors, &inline, &mut stored).await;
             match appended {
-                Ok((stored, sources)) => {
+                Ok(sources) => {
                     group.read_sources = sources;
                     stored
                 }
-                Err(AppendError::Conflict) => return Err(Failed::Retry),
+                Err(AppendError::Conflict(_)) => return Err(Failed::Retry),
                 Err(AppendError::InlineChanged) => {
                     self.inline.forget();
                     return Err(Failed::InlineChanged);
@@ -551,9 +611,6 @@ impl EventStore {
                         "projection {name} is maintained inline, but this server has no \
                          projector for it: deploy the server that has it to every instance"
                     ))));
-                }
-                Err(AppendError::Serialize(e)) => {
-                    return Err(Failed::Error(CommandError::Serialize(e)))
                 }
                 Err(AppendError::Projection(e)) => return Err(Failed::Error(e.into())),
                 Err(AppendError::Database(e)) => {
@@ -623,6 +680,18 @@ pub struct Request<'a, A: Aggregate> {
     pub new_aggregate: bool,
 }
 
+impl<A: Aggregate> Clone for Request<'_, A>
+where
+    A::Command: Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            command: self.command.clone(),
+            ..*self
+        }
+    }
+}
+
 /// How [`EventStore::begin`] went.
 pub enum Begun<A: Aggregate + 'static> {
     /// The command ran; commit it.
@@ -632,12 +701,30 @@ pub enum Begun<A: Aggregate + 'static> {
 }
 
 /// A command that ran and awaits its commit. Dropping it undoes this command (and, if it was
-/// the only one of its group, the group).
+/// the only one of its group, the group; if it shared a transaction with commands of other
+/// aggregates, that transaction, whose commands then run again alone).
 pub struct Pending<A: Aggregate + 'static> {
-    member: Member,
+    run: Run,
     key: Option<String>,
     committed: Committed,
     _aggregate: PhantomData<fn() -> A>,
+}
+
+/// Where a pending command ran.
+enum Run {
+    /// In its aggregate's group.
+    Alone(Member),
+    /// In a transaction shared with commands of other aggregates.
+    Shared(SharedMember),
+}
+
+impl Run {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Run::Alone(member) => &mut member.group_mut().tx,
+            Run::Shared(member) => member.conn(),
+        }
+    }
 }
 
 impl<A: Aggregate + 'static> Pending<A> {
@@ -648,7 +735,7 @@ impl<A: Aggregate + 'static> Pending<A> {
 
     /// The command's transaction, to read the read models back from.
     pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.member.group_mut().tx
+        self.run.conn()
     }
 
     /// Commits (or, while other commands of the aggregate wait, hands the transaction on and
@@ -656,7 +743,7 @@ impl<A: Aggregate + 'static> Pending<A> {
     /// same transaction.
     ///
     /// # Errors
-    /// A database error: nothing of this command was committed.
+    /// A database error, or [`CommitError::RunAgain`]: nothing of this command was committed.
     pub async fn commit(
         mut self,
         response: Option<&StoredResponse>,
@@ -665,17 +752,24 @@ impl<A: Aggregate + 'static> Pending<A> {
             let stored = sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
                 .bind(key)
                 .bind(sqlx::types::Json(response))
-                .execute(&mut *self.member.group_mut().tx)
+                .execute(self.run.conn())
                 .await;
             if let Err(e) = stored {
-                if let Err(left) = self.member.leave(true).await {
-                    tracing::debug!(error = %left, "the group of a failed command failed");
+                if let Run::Alone(member) = self.run {
+                    if let Err(left) = member.leave(true).await {
+                        tracing::debug!(error = %left, "the group of a failed command failed");
+                    }
                 }
                 return Err(e.into());
             }
         }
-        self.member.group_mut().events += self.committed.events.len() as u64;
-        self.member.leave(false).await?;
+        match self.run {
+            Run::Alone(mut member) => {
+                member.group_mut().events += self.committed.events.len() as u64;
+                member.leave(false).await?;
+            }
+            Run::Shared(member) => member.leave().await?,
+        }
         Ok(self.committed)
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
+use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::{PgConnection, Row};
 
 use super::{CommandError, StoredEvent};
@@ -14,31 +15,35 @@ use crate::projection::{project_all, ProjectionError, Projector};
 use crate::read_source::ReadSources;
 use crate::rows::Parameters;
 
-/// The stream's events after a version, and the read sources (read after the append lock, so a
-/// swap or retirement that committed is seen). The single `sources` row comes back even when
-/// the stream has no new events.
+/// The events of streams after a version each (`$1` types, `$2` ids, `$3` versions; `stream` is
+/// a stream's place in them, from 1), and the read sources (read after the append lock, so a
+/// swap or retirement that committed is seen). Every stream has a row even when it has no new
+/// events, with no event in it.
 pub(super) const LOAD: &str = "\
 WITH sources AS (
     SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
       FROM read_sources
 )
-SELECT sources.domains, sources.sources, e.sequence, e.position, e.event_type, e.event_version,
-       e.payload
+SELECT sources.domains, sources.sources, wanted.stream, e.sequence, e.position, e.event_type,
+       e.event_version, e.payload
   FROM sources
+ CROSS JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
+       AS wanted(aggregate_type, aggregate_id, after, stream)
   LEFT JOIN events AS e
-    ON e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > $3
- ORDER BY e.sequence";
+    ON e.aggregate_type = wanted.aggregate_type AND e.aggregate_id = wanted.aggregate_id
+   AND e.sequence > wanted.after
+ ORDER BY wanted.stream, e.sequence";
 
 /// The read sources alone, for a command that appended nothing and read no stream.
 pub(super) const READ_SOURCES: &str = "\
 SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
   FROM read_sources";
 
-/// Appends a command's events (`$1` type, `$2` id, `$3`–`$6` the events' sequences, types,
-/// versions and payloads, `$7` metadata, `$8` the recording time), checks that the projections
-/// maintained inline are `$9` (those whose rows the statement writes: it fails with SQLSTATE
-/// `CUT02` otherwise) and reads the read sources, after `WITH` parts of its own (each inline
-/// projection's row changes, from `$10` on).
+/// Appends events of one stream or several (`$1`–`$7` each event's aggregate type and id,
+/// sequence, type, version, payload and metadata, in the order they take positions; `$8` the
+/// recording time), checks that the projections maintained inline are `$9` (those whose rows the
+/// statement writes: it fails with SQLSTATE `CUT02` otherwise) and reads the read sources, after
+/// `WITH` parts of its own (each inline projection's row changes, from `$10` on).
 pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
     static MADE: OnceLock<Mutex<HashMap<Vec<usize>, Arc<str>>>> = OnceLock::new();
     // The parts are kept for good by `rows`, so their addresses name them.
@@ -50,11 +55,15 @@ pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
         "WITH appended AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                         metadata, recorded_at)
-    SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
-      FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[])
-           AS e(sequence, event_type, event_version, payload)
-     ORDER BY e.sequence
-    RETURNING position, transaction_id::text::bigint AS transaction_id, sequence
+    SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload,
+           e.metadata, $8
+      FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[],
+                  $7::jsonb[]) WITH ORDINALITY
+           AS e(aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                metadata, n)
+     ORDER BY e.n
+    RETURNING position, transaction_id::text::bigint AS transaction_id, aggregate_type,
+              aggregate_id, sequence
 ), sources AS (
     SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
       FROM read_sources
@@ -70,8 +79,8 @@ pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
     }
     sql.push_str(
         "
-SELECT appended.position, appended.transaction_id, appended.sequence, sources.domains,
-       sources.sources, inline.current
+SELECT appended.position, appended.transaction_id, appended.aggregate_type, appended.aggregate_id,
+       appended.sequence, sources.domains, sources.sources, inline.current
   FROM appended CROSS JOIN sources CROSS JOIN inline",
     );
         sql.into()
@@ -108,6 +117,33 @@ pub(super) async fn read_sources(conn: &mut PgConnection) -> Result<ReadSources,
     sources_of(&row)
 }
 
+/// The new events of each of `streams` (type, id, version), in order, and the read sources.
+pub(super) async fn fetch(
+    conn: &mut PgConnection,
+    streams: &[(&str, &str, i64)],
+) -> Result<(Vec<Vec<PgRow>>, ReadSources), sqlx::Error> {
+    let rows = sqlx::query(LOAD)
+        .bind(streams.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(streams.iter().map(|s| s.1).collect::<Vec<_>>())
+        .bind(streams.iter().map(|s| s.2).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+    let read_sources = match rows.first() {
+        Some(row) => sources_of(row)?,
+        None => ReadSources::default(),
+    };
+    let mut each: Vec<Vec<PgRow>> = streams.iter().map(|_| Vec::new()).collect();
+    for row in rows {
+        let stream: i64 = row.try_get("stream")?;
+        let place = usize::try_from(stream - 1)
+            .ok()
+            .and_then(|i| each.get_mut(i))
+            .ok_or(sqlx::Error::RowNotFound)?;
+        place.push(row);
+    }
+    Ok((each, read_sources))
+}
+
 /// Brings aggregate `A` up to date from its stream, starting from `cached` (a state as of some
 /// version) or from nothing.
 pub(super) async fn load<A>(
@@ -119,54 +155,61 @@ where
     A: Aggregate,
     A::Error: 'static,
 {
-    let (mut aggregate, mut version, mut position) = cached.unwrap_or_default();
-    let rows = sqlx::query(LOAD)
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(version)
-        .fetch_all(conn)
-        .await?;
-    let read_sources = match rows.first() {
-        Some(row) => sources_of(row)?,
-        None => ReadSources::default(),
-    };
-    for row in rows {
-        // The one row of a stream with no new events carries no event.
-        let Some(sequence) = row.try_get::<Option<i64>, _>("sequence")? else {
-            continue;
-        };
-        version = sequence;
-        position = row.try_get("position")?;
-        let (_, payload) = crate::upcast::current(
-            row.try_get("event_type")?,
-            row.try_get("event_version")?,
-            row.try_get("payload")?,
-        )?;
-        let event = serde_json::from_value::<A::Event>(payload).map_err(|source| {
-            CommandError::CorruptEvent {
-                aggregate_type: A::TYPE.to_owned(),
-                aggregate_id: aggregate_id.to_owned(),
-                sequence: version,
-                source,
-            }
-        })?;
-        aggregate.apply(event);
-    }
-    Ok(Loaded {
+    let (aggregate, version, position) = cached.unwrap_or_default();
+    let (mut rows, read_sources) = fetch(conn, &[(A::TYPE, aggregate_id, version)]).await?;
+    let mut loaded = Loaded {
         aggregate,
         version,
         position,
         read_sources,
-    })
+    };
+    loaded.apply(aggregate_id, rows.pop().unwrap_or_default())?;
+    Ok(loaded)
+}
+
+impl<A: Aggregate> Loaded<A> {
+    /// Applies the events of `rows` (a stream's, from [`fetch`]) on top.
+    pub(super) fn apply(
+        &mut self,
+        aggregate_id: &str,
+        rows: Vec<PgRow>,
+    ) -> Result<(), CommandError<A::Error>>
+    where
+        A::Error: 'static,
+    {
+        for row in rows {
+            // The one row of a stream with no new events carries no event.
+            let Some(sequence) = row.try_get::<Option<i64>, _>("sequence")? else {
+                continue;
+            };
+            self.version = sequence;
+            self.position = row.try_get("position")?;
+            let (_, payload) = crate::upcast::current(
+                row.try_get("event_type")?,
+                row.try_get("event_version")?,
+                row.try_get("payload")?,
+            )?;
+            let event = serde_json::from_value::<A::Event>(payload).map_err(|source| {
+                CommandError::CorruptEvent {
+                    aggregate_type: A::TYPE.to_owned(),
+                    aggregate_id: aggregate_id.to_owned(),
+                    sequence,
+                    source,
+                }
+            })?;
+            self.aggregate.apply(event);
+        }
+        Ok(())
+    }
 }
 
 pub(super) enum AppendError {
-    Conflict,
+    /// Another writer took a sequence number; Postgres's detail names the key.
+    Conflict(Option<String>),
     /// The projections maintained inline are not the ones the statement was built for.
     InlineChanged,
     /// The registry maintains a projection inline that this server has no projector for.
     UnknownProjection(String),
-    Serialize(serde_json::Error),
     Projection(ProjectionError),
     Database(sqlx::Error),
 }
@@ -178,7 +221,11 @@ impl From<sqlx::Error> for AppendError {
                 if db.code().as_deref() == Some(UNIQUE_VIOLATION)
                     && db.constraint() == Some(EVENTS_KEY) =>
             {
-                Self::Conflict
+                Self::Conflict(
+                    db.try_downcast_ref::<PgDatabaseError>()
+                        .and_then(PgDatabaseError::detail)
+                        .map(str::to_owned),
+                )
             }
             sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some(INLINE_CHANGED | UNDEFINED_TABLE)) =>
@@ -196,34 +243,48 @@ pub(super) fn recording_time() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// Appends `events` after `version` and writes every inline projection's rows for them, in one
-/// statement (a projection whose changes need more than one round writes its later rounds with
-/// statements of their own, after it). Returns the stored events and the read sources.
-pub(super) async fn append<A: Aggregate>(
-    conn: &mut PgConnection,
-    projectors: &[Arc<dyn Projector>],
-    inline: &[String],
+/// A command's events, ready to append after `version` of aggregate `aggregate_id`'s stream
+/// (their positions, transaction id and recording time are the append's).
+pub(super) fn to_store<A: Aggregate>(
     aggregate_id: &str,
     version: i64,
     events: &[A::Event],
     metadata: &Value,
-) -> Result<(Vec<StoredEvent>, ReadSources), AppendError> {
+) -> Result<Vec<StoredEvent>, serde_json::Error> {
     let recorded_at = recording_time();
-    let mut stored = Vec::with_capacity(events.len());
-    for (sequence, event) in (version + 1..).zip(events) {
-        stored.push(StoredEvent {
-            // Filled in from the insert's answer.
-            position: 0,
-            transaction_id: 0,
-            aggregate_type: A::TYPE.to_owned(),
-            aggregate_id: aggregate_id.to_owned(),
-            sequence,
-            event_type: event.event_type(),
-            event_version: event.event_version(),
-            payload: serde_json::to_value(event).map_err(AppendError::Serialize)?,
-            metadata: metadata.clone(),
-            recorded_at,
-        });
+    (version + 1..)
+        .zip(events)
+        .map(|(sequence, event)| {
+            Ok(StoredEvent {
+                position: 0,
+                transaction_id: 0,
+                aggregate_type: A::TYPE.to_owned(),
+                aggregate_id: aggregate_id.to_owned(),
+                sequence,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_value(event)?,
+                metadata: metadata.clone(),
+                recorded_at,
+            })
+        })
+        .collect()
+}
+
+/// Appends `events` (of one stream or several, each stream's in sequence order, from
+/// [`to_store`]) and writes every inline projection's rows for them, in one statement (a
+/// projection whose changes need more than one round writes its later rounds with statements
+/// of their own, after it). Fills in the events' positions, transaction id and recording time;
+/// returns the read sources.
+pub(super) async fn append(
+    conn: &mut PgConnection,
+    projectors: &[Arc<dyn Projector>],
+    inline: &[String],
+    events: &mut [StoredEvent],
+) -> Result<ReadSources, AppendError> {
+    let recorded_at = recording_time();
+    for event in events.iter_mut() {
+        event.recorded_at = recorded_at;
     }
     if let Some(unknown) = inline
         .iter()
@@ -236,7 +297,7 @@ pub(super) async fn append<A: Aggregate>(
         .filter(|p| inline.iter().any(|name| name == p.name()))
         .cloned()
         .collect();
-    let changes = project_all(&inline_projectors, &stored).map_err(AppendError::Projection)?;
+    let changes = project_all(&inline_projectors, events).map_err(AppendError::Projection)?;
     let (fused, later) = if changes.single_round() {
         (
             changes.into_statements(Parameters::From(FIRST_ROWS_PARAMETER)),
@@ -247,24 +308,15 @@ pub(super) async fn append<A: Aggregate>(
     };
     let parts: Vec<Arc<str>> = fused.iter().map(|s| Arc::clone(&s.sql)).collect();
     let sql = append_statement(&parts);
+    let column = |f: fn(&StoredEvent) -> &str| events.iter().map(f).collect::<Vec<_>>();
     let mut query = sqlx::query(sql.as_ref())
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(stored.iter().map(|e| e.sequence).collect::<Vec<_>>())
-        .bind(
-            stored
-                .iter()
-                .map(|e| e.event_type.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            stored
-                .iter()
-                .map(|e| e.event_version.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(stored.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-        .bind(metadata)
+        .bind(column(|e| &e.aggregate_type))
+        .bind(column(|e| &e.aggregate_id))
+        .bind(events.iter().map(|e| e.sequence).collect::<Vec<_>>())
+        .bind(column(|e| &e.event_type))
+        .bind(column(|e| &e.event_version))
+        .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
         .bind(recorded_at)
         .bind(inline);
     for statement in &fused {
@@ -283,23 +335,46 @@ pub(super) async fn append<A: Aggregate>(
         }
     })?;
     let mut read_sources = ReadSources::default();
-    for row in &rows {
-        let sequence: i64 = row.try_get("sequence")?;
-        let event = stored
-            .iter_mut()
-            .find(|e| e.sequence == sequence)
+    for (i, row) in rows.iter().enumerate() {
+        let (aggregate_type, aggregate_id, sequence): (&str, &str, i64) = (
+            row.try_get("aggregate_type")?,
+            row.try_get("aggregate_id")?,
+            row.try_get("sequence")?,
+        );
+        let is = |e: &StoredEvent| {
+            e.sequence == sequence
+                && e.aggregate_id == aggregate_id
+                && e.aggregate_type == aggregate_type
+        };
+        // The rows come back in the order they were inserted, in practice.
+        let place = match events.get(i) {
+            Some(e) if is(e) => Some(i),
+            _ => events.iter().position(is),
+        };
+        let event = place
+            .and_then(|i| events.get_mut(i))
             .ok_or(sqlx::Error::RowNotFound)?;
         event.position = row.try_get("position")?;
         event.transaction_id = row.try_get("transaction_id")?;
         read_sources = sources_of(row)?;
     }
-    if stored.iter().any(|e| e.position == 0) {
+    if events.iter().any(|e| e.position == 0) {
         return Err(AppendError::Database(sqlx::Error::RowNotFound));
     }
     if let Some(changes) = later {
         changes.write(conn).await.map_err(AppendError::Projection)?;
     }
-    Ok((stored, read_sources))
+    Ok(read_sources)
+}
+
+/// Whether a conflict's `detail` names one of `events` as the key another writer took.
+pub(super) fn lost_race(detail: &str, events: &[StoredEvent]) -> bool {
+    events.iter().any(|e| {
+        detail.contains(&format!(
+            "=({}, {}, {})",
+            e.aggregate_type, e.aggregate_id, e.sequence
+        ))
+    })
 }
 
 /// The first parameter of the row changes in the append statement (after the events' and the

@@ -1,0 +1,509 @@
+//! Commands on different aggregates that are ready at the same time share one transaction
+//! (group commit): one `BEGIN` with every aggregate's lock, one statement reading the streams
+//! not in the cache, one statement appending every command's events with every inline
+//! projection's rows, each command's read-back in turn, one `COMMIT`.
+//!
+//! Each command keeps its own all-or-nothing: when anything fails before the commit (the
+//! shared append, a read-back, a client that hung up), nothing of the transaction commits and
+//! every command of it runs again alone, in a transaction of its own.
+//!
+//! A command takes a seat here only on its first attempt, without an idempotency key, when no
+//! other command of its aggregate is queued or holds its aggregate's transaction open: those go
+//! through the aggregate's own queue ([`super::group`]).
+
+use super::cache::Kept;
+use std::mem;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Postgres, Transaction};
+use tokio::sync::{oneshot, watch};
+
+use super::group::Turn;
+use super::stream::{append, fetch, lost_race, to_store, AppendError, Loaded};
+use super::{
+    aggregate_lock_key, begin_locked, CommitError, Committed, EventStore, GroupFailure, Request,
+    StoredEvent,
+};
+use crate::read_source::ReadSources;
+
+/// Most shared transactions in flight at once; commands arriving meanwhile wait for the next.
+/// Two keep Postgres busy while this process hands a transaction from one command's read-back
+/// to the next (measured on two cores: one in flight ran half as fast, four or eight ran a
+/// quarter slower, in smaller groups).
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Most commands in one shared transaction.
+const MAX_SEATS: usize = 64;
+
+/// The commands waiting for a shared transaction, and how many are in flight.
+#[derive(Default)]
+pub(super) struct Seats {
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Seat>,
+    in_flight: usize,
+}
+
+/// A command waiting for a shared transaction.
+pub(super) struct Seat {
+    /// Its aggregate's advisory-lock key.
+    pub(super) lock: i64,
+    /// The stream to read before the command decides (type, id, the version known), or `None`
+    /// when the command's aggregate is known (cached, or new).
+    pub(super) stream: Option<(&'static str, String, i64)>,
+    pub(super) ready: oneshot::Sender<Locked>,
+}
+
+/// What a seated command is told once the transaction holds every lock.
+pub(super) enum Locked {
+    /// The new events of its stream (none when it was not read): decide, and answer.
+    Decide {
+        rows: Vec<PgRow>,
+        decided: oneshot::Sender<Decided>,
+    },
+    /// The transaction failed: run alone.
+    Alone,
+}
+
+/// A seated command's decision.
+pub(super) enum Decided {
+    /// Its events, to be appended; its turn to read back comes on `lent`.
+    Append {
+        events: Vec<StoredEvent>,
+        lent: oneshot::Sender<Lent>,
+    },
+    /// It appends nothing here (refused, no change, a version to check): it runs alone.
+    Abstain,
+}
+
+/// A seated command's turn to read its answer back.
+pub(super) enum Lent {
+    Yours(Box<Share>),
+    /// The transaction failed before this command's turn: run alone; `lost_race` when its
+    /// append lost the race for a sequence number (another writer appended to its stream).
+    Alone {
+        lost_race: bool,
+    },
+}
+
+/// The shared transaction, lent to one command, with what the command appended.
+pub(super) struct Share {
+    pub(super) tx: Transaction<'static, Postgres>,
+    pub(super) events: Vec<StoredEvent>,
+    pub(super) read_sources: ReadSources,
+    pub(super) back: oneshot::Sender<Transaction<'static, Postgres>>,
+    pub(super) outcome: watch::Receiver<Option<Outcome>>,
+}
+
+/// How a shared transaction ended, as its commands are told.
+#[derive(Debug, Clone)]
+pub(super) enum Outcome {
+    Committed,
+    /// It was rolled back before its commit: every command of it runs again alone.
+    Alone,
+    /// Its commit failed.
+    Failed(GroupFailure),
+}
+
+impl EventStore {
+    /// Queues `seat` for the next shared transaction, and starts one if fewer than
+    /// [`MAX_IN_FLIGHT`] are in flight.
+    pub(super) fn take_seat(&self, seat: Seat) {
+        let start = {
+            let mut queue = self
+                .seats
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.waiting.push(seat);
+            (queue.in_flight < MAX_IN_FLIGHT).then(|| {
+                queue.in_flight += 1;
+                take(&mut queue.waiting)
+            })
+        };
+        if let Some(seats) = start {
+            tokio::spawn(self.clone().share_while_waiting(seats));
+        }
+    }
+
+    /// Runs shared transactions, one after the other, while commands wait for one.
+    async fn share_while_waiting(self, mut seats: Vec<Seat>) {
+        loop {
+            self.share(seats).await;
+            let mut queue = self
+                .seats
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if queue.waiting.is_empty() {
+                queue.in_flight -= 1;
+                return;
+            }
+            seats = take(&mut queue.waiting);
+        }
+    }
+
+    /// One shared transaction of `seats`.
+    async fn share(&self, seats: Vec<Seat>) {
+        let mut locks: Vec<i64> = seats.iter().map(|s| s.lock).collect();
+        // One order for every transaction that takes several, so that two never deadlock.
+        locks.sort_unstable();
+        locks.dedup();
+        // Its statements write a few rows each, found by key; the planner, which expects a
+        // hundred rows of each `jsonb_populate_recordset`, would hash-join them with a scan of
+        // the whole table instead.
+        let begin = format!(
+            "{}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+            begin_locked(&locks)
+        );
+        let Ok(mut tx) = self.pool.begin_with(begin).await else {
+            // Each command meets the failure again alone, and answers it.
+            return alone(seats);
+        };
+        let wanted: Vec<(&str, &str, i64)> = seats
+            .iter()
+            .filter_map(|s| s.stream.as_ref())
+            .map(|(t, id, version)| (*t, id.as_str(), *version))
+            .collect();
+        let mut streams = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            match fetch(&mut tx, &wanted).await {
+                Ok((streams, _)) => streams,
+                Err(_) => return alone(seats),
+            }
+        }
+        .into_iter();
+        let mut decisions = Vec::with_capacity(seats.len());
+        for seat in seats {
+            let rows = match seat.stream {
+                Some(_) => streams.next().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let (decided, decision) = oneshot::channel();
+            if seat.ready.send(Locked::Decide { rows, decided }).is_ok() {
+                decisions.push(decision);
+            }
+        }
+        let mut events = Vec::new();
+        let mut members = Vec::new();
+        for decision in decisions {
+            if let Ok(Decided::Append { events: more, lent }) = decision.await {
+                members.push((more.len(), lent));
+                events.extend(more);
+            }
+        }
+        if members.is_empty() {
+            return;
+        }
+        let appended = match self.inline.current(&mut tx).await {
+            Ok(inline) => append(&mut tx, &self.projectors, &inline, &mut events).await,
+            Err(e) => Err(AppendError::Database(e)),
+        };
+        let read_sources = match appended {
+            Ok(read_sources) => read_sources,
+            Err(AppendError::Conflict(Some(detail))) => {
+                let mut from = 0;
+                for (count, lent) in members {
+                    let mine = events.get(from..from + count).unwrap_or_default();
+                    from += count;
+                    let lost_race = lost_race(&detail, mine);
+                    let _ = lent.send(Lent::Alone { lost_race });
+                }
+                return;
+            }
+            Err(e) => {
+                if matches!(
+                    e,
+                    AppendError::InlineChanged | AppendError::UnknownProjection(_)
+                ) {
+                    self.inline.forget();
+                }
+                return lend_none(members);
+            }
+        };
+        let outcome = Arc::new(watch::channel(None).0);
+        let appended = events.len() as u64;
+        let mut events = events.into_iter();
+        let mut members = members.into_iter();
+        while let Some((count, lent)) = members.next() {
+            let (back, returned) = oneshot::channel();
+            let share = Share {
+                tx,
+                events: events.by_ref().take(count).collect(),
+                read_sources: read_sources.clone(),
+                back,
+                outcome: outcome.subscribe(),
+            };
+            if lent.send(Lent::Yours(Box::new(share))).is_err() {
+                // Its command is gone, its events with the others': none commits.
+                outcome.send_replace(Some(Outcome::Alone));
+                return lend_none(members.collect());
+            }
+            match returned.await {
+                Ok(returned) => tx = returned,
+                Err(_) => {
+                    // A read-back failed or its client hung up.
+                    outcome.send_replace(Some(Outcome::Alone));
+                    return lend_none(members.collect());
+                }
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                self.metrics.events_appended.inc_by(appended);
+                self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                outcome.send_replace(Some(Outcome::Committed));
+            }
+            Err(e) => {
+                outcome.send_replace(Some(Outcome::Failed(GroupFailure::of(&e))));
+            }
+        }
+    }
+}
+
+/// The first [`MAX_SEATS`] of the waiting seats.
+fn take(waiting: &mut Vec<Seat>) -> Vec<Seat> {
+    if waiting.len() <= MAX_SEATS {
+        mem::take(waiting)
+    } else {
+        waiting.drain(..MAX_SEATS).collect()
+    }
+}
+
+/// Tells every seated command to run alone.
+fn alone(seats: Vec<Seat>) {
+    for seat in seats {
+        // One that is gone needs no telling.
+        let _ = seat.ready.send(Locked::Alone);
+    }
+}
+
+/// Tells every command that decided to append but was not lent the transaction to run alone.
+fn lend_none(members: Vec<(usize, oneshot::Sender<Lent>)>) {
+    for (_, lent) in members {
+        let _ = lent.send(Lent::Alone { lost_race: false });
+    }
+}
+
+/// A command of a shared transaction from its read-back to the transaction's end. Dropped
+/// before [`SharedMember::leave`] (its read-back failed, or its client hung up), it rolls the
+/// transaction back, and every other command of it runs again alone.
+pub(super) struct SharedMember {
+    pub(super) store: EventStore,
+    pub(super) turn: Option<Turn>,
+    pub(super) tx: Option<Transaction<'static, Postgres>>,
+    pub(super) back: Option<oneshot::Sender<Transaction<'static, Postgres>>>,
+    pub(super) outcome: watch::Receiver<Option<Outcome>>,
+    /// The aggregate after this command, for the cache once committed.
+    pub(super) state: Option<Box<dyn Kept>>,
+    pub(super) version: i64,
+    pub(super) position: i64,
+}
+
+impl SharedMember {
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
+        self.tx.as_mut().unwrap_or_else(|| {
+            unreachable!("a member's transaction is given back only as it leaves")
+        })
+    }
+
+    /// Gives the transaction back and waits for its end.
+    ///
+    /// # Errors
+    /// It did not commit: [`CommitError::RunAgain`] when it was rolled back before its commit.
+    pub(super) async fn leave(mut self) -> Result<(), CommitError> {
+        if let (Some(tx), Some(back)) = (self.tx.take(), self.back.take()) {
+            // If the runner is gone, so is the transaction.
+            let _ = back.send(tx);
+        }
+        let outcome = self
+            .outcome
+            .wait_for(Option::is_some)
+            .await
+            .map(|o| o.clone())
+            .ok()
+            .flatten();
+        let turn = self.turn.take();
+        let result = match outcome {
+            Some(Outcome::Committed) => {
+                if let (Some(turn), Some(state)) = (&turn, self.state.take()) {
+                    self.store
+                        .cache
+                        .put(&turn.key, state, self.version, self.position);
+                }
+                Ok(())
+            }
+            Some(Outcome::Alone) => Err(CommitError::RunAgain),
+            Some(Outcome::Failed(failure)) => Err(CommitError::SharedTransaction(failure)),
+            None => Err(CommitError::SharedTransaction(GroupFailure::fault(
+                "the shared transaction was abandoned",
+            ))),
+        };
+        if let Some(turn) = turn {
+            self.store.lanes.leave(turn);
+        }
+        result
+    }
+}
+
+impl Drop for SharedMember {
+    fn drop(&mut self) {
+        // The transaction, not given back, rolls back as the runner sees it gone.
+        self.back.take();
+        self.tx.take();
+        if let Some(turn) = self.turn.take() {
+            self.store.lanes.leave(turn);
+        }
+    }
+}
+
+/// How a command's try at a shared transaction went.
+pub(super) enum Shared {
+    /// It appended in one: read its answer back, then leave.
+    Ran(Box<(SharedMember, Committed)>),
+    /// It runs alone, on the turn it holds; `lost_race` when its append lost the race for a
+    /// sequence number, which counts as an attempt.
+    Alone { turn: Turn, lost_race: bool },
+}
+
+impl EventStore {
+    /// Runs `request` in a shared transaction, up to its read-back. Whatever keeps it from
+    /// appending there (it is refused or changes nothing, a version to check, the transaction
+    /// failed) has it run alone instead, where it meets the same again and answers it.
+    pub(super) async fn run_shared<A>(&self, request: &Request<'_, A>, turn: Turn) -> Shared
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        let id = request.aggregate_id;
+        let start = self
+            .cache
+            .take::<A>(id)
+            .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));
+        let (ready, locked) = oneshot::channel();
+        self.take_seat(Seat {
+            lock: aggregate_lock_key(A::TYPE, id),
+            stream: start.is_none().then(|| (A::TYPE, id.to_owned(), 0)),
+            ready,
+        });
+        let (rows, decided) = match locked.await {
+            Ok(Locked::Decide { rows, decided }) => (rows, decided),
+            Ok(Locked::Alone) | Err(_) => {
+                if let Some((aggregate, version, position)) = start {
+                    self.cache
+                        .put(&turn.key, Box::new(aggregate), version, position);
+                }
+                return Shared::Alone {
+                    turn,
+                    lost_race: false,
+                };
+            }
+        };
+        let (aggregate, version, position) = start.unwrap_or_default();
+        let mut loaded = Loaded {
+            aggregate,
+            version,
+            position,
+            read_sources: ReadSources::default(),
+        };
+        if loaded.apply(id, rows).is_err() {
+            let _ = decided.send(Decided::Abstain);
+            return Shared::Alone {
+                turn,
+                lost_race: false,
+            };
+        }
+        let Loaded {
+            mut aggregate,
+            version,
+            position,
+            ..
+        } = loaded;
+        let mut new_events = Vec::new();
+        let mut accepted = false;
+        if request
+            .expected_version
+            .is_none_or(|expected| expected == version)
+        {
+            let sink = EventSink::default();
+            accepted = aggregate
+                .handle(request.command.clone(), request.services, &sink)
+                .await
+                .is_ok();
+            new_events = sink.collect().await;
+        }
+        let stored = match to_store::<A>(id, version, &new_events, request.metadata) {
+            Ok(stored) if accepted && !stored.is_empty() => stored,
+            _ => {
+                let _ = decided.send(Decided::Abstain);
+                if new_events.is_empty() {
+                    // Untouched: as the log has it at `version`.
+                    self.cache
+                        .put(&turn.key, Box::new(aggregate), version, position);
+                }
+                return Shared::Alone {
+                    turn,
+                    lost_race: false,
+                };
+            }
+        };
+        let (lent, lending) = oneshot::channel();
+        if decided
+            .send(Decided::Append {
+                events: stored,
+                lent,
+            })
+            .is_err()
+        {
+            return Shared::Alone {
+                turn,
+                lost_race: false,
+            };
+        }
+        let share = match lending.await {
+            Ok(Lent::Yours(share)) => share,
+            Ok(Lent::Alone { lost_race }) => return Shared::Alone { turn, lost_race },
+            Err(_) => {
+                return Shared::Alone {
+                    turn,
+                    lost_race: false,
+                }
+            }
+        };
+        let Share {
+            tx,
+            events,
+            read_sources,
+            back,
+            outcome,
+        } = *share;
+        let (version, position) = events
+            .last()
+            .map_or((version, position), |e| (e.sequence, e.position));
+        let member = SharedMember {
+            store: self.clone(),
+            turn: Some(turn),
+            tx: Some(tx),
+            back: Some(back),
+            outcome,
+            state: Some(Box::new(aggregate)),
+            version,
+            position,
+        };
+        let committed = Committed {
+            version,
+            position,
+            events,
+            read_sources,
+        };
+        Shared::Ran(Box::new((member, committed)))
+    }
+}
