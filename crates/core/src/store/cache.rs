@@ -2,10 +2,10 @@
 //! projections the registry maintains inline.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cqrs_es::Aggregate;
+use hashlink::LinkedHashMap;
 use sqlx::PgConnection;
 
 /// Aggregates as of their last committed command in this process, so that a command on a long
@@ -24,7 +24,8 @@ pub(super) struct AggregateCache {
 
 #[derive(Default)]
 struct Entries {
-    kept: HashMap<(&'static str, String), CachedAggregate>,
+    /// In the order they were put: the first is the one used least recently.
+    kept: LinkedHashMap<(&'static str, String), CachedAggregate>,
     /// The weights of `kept`, summed.
     weight: usize,
 }
@@ -103,9 +104,9 @@ impl InlineProjections {
     }
 }
 
-/// Most bytes of aggregates (as JSON) kept in the cache; past that arbitrary ones are dropped,
-/// and an aggregate heavier than an eighth of it is not kept.
-pub(super) const CACHE_BYTES: usize = 32 << 20;
+/// Most bytes of aggregates (as JSON) kept in the cache; past that the ones used least recently
+/// are dropped, and an aggregate heavier than an eighth of it is not kept.
+pub(super) const CACHE_BYTES: usize = 16 << 20;
 
 impl AggregateCache {
     pub(super) fn take<A: Aggregate + 'static>(&self, aggregate_id: &str) -> Option<(A, i64, i64)> {
@@ -133,12 +134,10 @@ impl AggregateCache {
             return;
         }
         while entries.weight + weight > CACHE_BYTES {
-            let Some(victim) = entries.kept.keys().next().cloned() else {
+            let Some((_, dropped)) = entries.kept.pop_front() else {
                 break;
             };
-            if let Some(dropped) = entries.kept.remove(&victim) {
-                entries.weight -= dropped.weight;
-            }
+            entries.weight -= dropped.weight;
         }
         entries.weight += weight;
         entries.kept.insert(

@@ -21,7 +21,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{oneshot, watch};
 
-use super::group::Turn;
+use super::group::{Lanes, Turn};
 use super::stream::{append, fetch, lost_race, to_store, AppendError, Loaded};
 use super::{
     aggregate_lock_key, begin_locked, CommitError, Committed, EventStore, GroupFailure, Request,
@@ -30,10 +30,15 @@ use super::{
 use crate::read_source::ReadSources;
 
 /// Most shared transactions in flight at once; commands arriving meanwhile wait for the next.
+/// A second one starts only for at least [`MIN_SECOND`] waiting commands: a transaction of one
+/// command costs more than running it alone.
 /// Two keep Postgres busy while this process hands a transaction from one command's read-back
 /// to the next (measured on two cores: one in flight ran half as fast, four or eight ran a
 /// quarter slower, in smaller groups).
 const MAX_IN_FLIGHT: usize = 2;
+
+/// The fewest waiting commands that start a shared transaction while another is in flight.
+const MIN_SECOND: usize = 4;
 
 /// Most commands in one shared transaction.
 const MAX_SEATS: usize = 64;
@@ -54,15 +59,27 @@ struct Queue {
 pub(super) struct Seat {
     /// Its aggregate's advisory-lock key.
     pub(super) lock: i64,
-    /// The stream to read before the command decides (type, id, the version known), or `None`
-    /// when the command's aggregate is known (cached, or new).
-    pub(super) stream: Option<(&'static str, String, i64)>,
-    pub(super) ready: oneshot::Sender<Locked>,
+    pub(super) wants: Wants,
+}
+
+/// What a seated command needs of the transaction.
+pub(super) enum Wants {
+    /// Its events appended: it decided on its aggregate as the cache had it, or on a new one.
+    /// Its turn to read back comes on `lent`.
+    Append {
+        events: Vec<StoredEvent>,
+        lent: oneshot::Sender<Lent>,
+    },
+    /// Its stream (type, id) read first, under the locks; then it decides.
+    Read {
+        stream: (&'static str, String),
+        ready: oneshot::Sender<Locked>,
+    },
 }
 
 /// What a seated command is told once the transaction holds every lock.
 pub(super) enum Locked {
-    /// The new events of its stream (none when it was not read): decide, and answer.
+    /// The events of its stream: decide, and answer.
     Decide {
         rows: Vec<PgRow>,
         decided: oneshot::Sender<Decided>,
@@ -112,8 +129,8 @@ pub(super) enum Outcome {
 }
 
 impl EventStore {
-    /// Queues `seat` for the next shared transaction, and starts one if fewer than
-    /// [`MAX_IN_FLIGHT`] are in flight.
+    /// Queues `seat` for the next shared transaction, and starts one when none is in flight,
+    /// or when fewer than [`MAX_IN_FLIGHT`] are and [`MIN_SECOND`] commands wait.
     pub(super) fn take_seat(&self, seat: Seat) {
         let start = {
             let mut queue = self
@@ -122,17 +139,14 @@ impl EventStore {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             queue.waiting.push(seat);
-            (queue.in_flight < MAX_IN_FLIGHT).then(|| {
-                queue.in_flight += 1;
-                take(&mut queue.waiting)
-            })
+            queue.start()
         };
         if let Some(seats) = start {
             tokio::spawn(self.clone().share_while_waiting(seats));
         }
     }
 
-    /// Runs shared transactions, one after the other, while commands wait for one.
+    /// Runs shared transactions, one after the other, while enough commands wait for one.
     async fn share_while_waiting(self, mut seats: Vec<Seat>) {
         loop {
             self.share(seats).await;
@@ -141,11 +155,11 @@ impl EventStore {
                 .queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if queue.waiting.is_empty() {
-                queue.in_flight -= 1;
-                return;
+            queue.in_flight -= 1;
+            match queue.start() {
+                Some(next) => seats = next,
+                None => return,
             }
-            seats = take(&mut queue.waiting);
         }
     }
 
@@ -162,41 +176,44 @@ impl EventStore {
             "{}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
             begin_locked(&locks)
         );
-        let Ok(mut tx) = self.pool.begin_with(begin).await else {
-            // Each command meets the failure again alone, and answers it.
-            return alone(seats);
-        };
-        let wanted: Vec<(&str, &str, i64)> = seats
-            .iter()
-            .filter_map(|s| s.stream.as_ref())
-            .map(|(t, id, version)| (*t, id.as_str(), *version))
-            .collect();
-        let mut streams = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            match fetch(&mut tx, &wanted).await {
-                Ok((streams, _)) => streams,
-                Err(_) => return alone(seats),
-            }
-        }
-        .into_iter();
-        let mut decisions = Vec::with_capacity(seats.len());
-        for seat in seats {
-            let rows = match seat.stream {
-                Some(_) => streams.next().unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let (decided, decision) = oneshot::channel();
-            if seat.ready.send(Locked::Decide { rows, decided }).is_ok() {
-                decisions.push(decision);
-            }
-        }
         let mut events = Vec::new();
         let mut members = Vec::new();
-        for decision in decisions {
-            if let Ok(Decided::Append { events: more, lent }) = decision.await {
-                members.push((more.len(), lent));
-                events.extend(more);
+        let mut reads = Vec::new();
+        for seat in seats {
+            match seat.wants {
+                Wants::Append { events: more, lent } => {
+                    members.push((more.len(), lent));
+                    events.extend(more);
+                }
+                Wants::Read { stream, ready } => reads.push((stream, ready)),
+            }
+        }
+        let Ok(mut tx) = self.pool.begin_with(begin).await else {
+            // Each command meets the failure again alone, and answers it.
+            alone(reads);
+            return lend_none(members);
+        };
+        if !reads.is_empty() {
+            let wanted: Vec<(&str, &str, i64)> = reads
+                .iter()
+                .map(|((t, id), _)| (*t, id.as_str(), 0))
+                .collect();
+            let Ok((streams, _)) = fetch(&mut tx, &wanted).await else {
+                alone(reads);
+                return lend_none(members);
+            };
+            let mut decisions = Vec::with_capacity(reads.len());
+            for ((_, ready), rows) in reads.into_iter().zip(streams) {
+                let (decided, decision) = oneshot::channel();
+                if ready.send(Locked::Decide { rows, decided }).is_ok() {
+                    decisions.push(decision);
+                }
+            }
+            for decision in decisions {
+                if let Ok(Decided::Append { events: more, lent }) = decision.await {
+                    members.push((more.len(), lent));
+                    events.extend(more);
+                }
             }
         }
         if members.is_empty() {
@@ -268,20 +285,30 @@ impl EventStore {
     }
 }
 
-/// The first [`MAX_SEATS`] of the waiting seats.
-fn take(waiting: &mut Vec<Seat>) -> Vec<Seat> {
-    if waiting.len() <= MAX_SEATS {
-        mem::take(waiting)
-    } else {
-        waiting.drain(..MAX_SEATS).collect()
+impl Queue {
+    /// The seats of a shared transaction to start now, if one is to start (counted in flight).
+    fn start(&mut self) -> Option<Vec<Seat>> {
+        let enough = match self.in_flight {
+            0 => !self.waiting.is_empty(),
+            n => n < MAX_IN_FLIGHT && self.waiting.len() >= MIN_SECOND,
+        };
+        if !enough {
+            return None;
+        }
+        self.in_flight += 1;
+        Some(if self.waiting.len() <= MAX_SEATS {
+            mem::take(&mut self.waiting)
+        } else {
+            self.waiting.drain(..MAX_SEATS).collect()
+        })
     }
 }
 
-/// Tells every seated command to run alone.
-fn alone(seats: Vec<Seat>) {
-    for seat in seats {
+/// Tells every command that waits to read its stream to run alone.
+fn alone(reads: Vec<((&'static str, String), oneshot::Sender<Locked>)>) {
+    for (_, ready) in reads {
         // One that is gone needs no telling.
-        let _ = seat.ready.send(Locked::Alone);
+        let _ = ready.send(Locked::Alone);
     }
 }
 
@@ -364,6 +391,71 @@ impl Drop for SharedMember {
     }
 }
 
+impl EventStore {
+    /// Lets `aggregate` (at `version`) decide on `request`: the aggregate after it and its
+    /// events, ready to append; `None` when it is refused, changes nothing or expects another
+    /// version (the command then runs alone, where it meets the same and answers it). An
+    /// aggregate the decision left untouched goes back into the cache.
+    async fn decide<A>(
+        &self,
+        request: &Request<'_, A>,
+        key: &(&'static str, String),
+        mut aggregate: A,
+        version: i64,
+        position: i64,
+    ) -> Option<(A, Vec<StoredEvent>)>
+    where
+        A: Aggregate + 'static,
+        A::Command: Clone,
+    {
+        let mut new_events = Vec::new();
+        let mut accepted = false;
+        if request
+            .expected_version
+            .is_none_or(|expected| expected == version)
+        {
+            let sink = EventSink::default();
+            accepted = aggregate
+                .handle(request.command.clone(), request.services, &sink)
+                .await
+                .is_ok();
+            new_events = sink.collect().await;
+        }
+        match to_store::<A>(request.aggregate_id, version, &new_events, request.metadata) {
+            Ok(stored) if accepted && !stored.is_empty() => Some((aggregate, stored)),
+            _ => {
+                if new_events.is_empty() {
+                    // Untouched: as the log has it at `version`.
+                    self.cache.put(key, Box::new(aggregate), version, position);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A lane's turn, left when dropped unless taken.
+struct Held<'a> {
+    lanes: &'a Lanes,
+    turn: Option<Turn>,
+}
+
+impl Held<'_> {
+    fn take(&mut self) -> Turn {
+        self.turn
+            .take()
+            .unwrap_or_else(|| unreachable!("a held turn is taken once, as the command moves on"))
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            self.lanes.leave(turn);
+        }
+    }
+}
+
 /// How a command's try at a shared transaction went.
 pub(super) enum Shared {
     /// It appended in one: read its answer back, then leave.
@@ -384,96 +476,97 @@ impl EventStore {
         A::Error: 'static,
     {
         let id = request.aggregate_id;
+        let key = turn.key.clone();
+        // Left if this command is cancelled while it waits (its client hung up).
+        let mut held = Held {
+            lanes: &self.lanes,
+            turn: Some(turn),
+        };
+        let lock = aggregate_lock_key(A::TYPE, id);
         let start = self
             .cache
             .take::<A>(id)
             .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));
-        let (ready, locked) = oneshot::channel();
-        self.take_seat(Seat {
-            lock: aggregate_lock_key(A::TYPE, id),
-            stream: start.is_none().then(|| (A::TYPE, id.to_owned(), 0)),
-            ready,
-        });
-        let (rows, decided) = match locked.await {
-            Ok(Locked::Decide { rows, decided }) => (rows, decided),
-            Ok(Locked::Alone) | Err(_) => {
-                if let Some((aggregate, version, position)) = start {
-                    self.cache
-                        .put(&turn.key, Box::new(aggregate), version, position);
-                }
-                return Shared::Alone {
-                    turn,
-                    lost_race: false,
-                };
-            }
-        };
-        let (aggregate, version, position) = start.unwrap_or_default();
-        let mut loaded = Loaded {
-            aggregate,
-            version,
-            position,
-            read_sources: ReadSources::default(),
-        };
-        if loaded.apply(id, rows).is_err() {
-            let _ = decided.send(Decided::Abstain);
-            return Shared::Alone {
-                turn,
-                lost_race: false,
-            };
-        }
-        let Loaded {
-            mut aggregate,
-            version,
-            position,
-            ..
-        } = loaded;
-        let mut new_events = Vec::new();
-        let mut accepted = false;
-        if request
-            .expected_version
-            .is_none_or(|expected| expected == version)
-        {
-            let sink = EventSink::default();
-            accepted = aggregate
-                .handle(request.command.clone(), request.services, &sink)
-                .await
-                .is_ok();
-            new_events = sink.collect().await;
-        }
-        let stored = match to_store::<A>(id, version, &new_events, request.metadata) {
-            Ok(stored) if accepted && !stored.is_empty() => stored,
-            _ => {
-                let _ = decided.send(Decided::Abstain);
-                if new_events.is_empty() {
-                    // Untouched: as the log has it at `version`.
-                    self.cache
-                        .put(&turn.key, Box::new(aggregate), version, position);
-                }
-                return Shared::Alone {
-                    turn,
-                    lost_race: false,
-                };
-            }
-        };
         let (lent, lending) = oneshot::channel();
-        if decided
-            .send(Decided::Append {
-                events: stored,
-                lent,
-            })
-            .is_err()
-        {
-            return Shared::Alone {
-                turn,
-                lost_race: false,
-            };
-        }
+        let (aggregate, version, position) = match start {
+            Some((aggregate, version, position)) => {
+                let Some((aggregate, events)) = self
+                    .decide(request, &key, aggregate, version, position)
+                    .await
+                else {
+                    return Shared::Alone {
+                        turn: held.take(),
+                        lost_race: false,
+                    };
+                };
+                self.take_seat(Seat {
+                    lock,
+                    wants: Wants::Append { events, lent },
+                });
+                (aggregate, version, position)
+            }
+            None => {
+                let (ready, locked) = oneshot::channel();
+                self.take_seat(Seat {
+                    lock,
+                    wants: Wants::Read {
+                        stream: (A::TYPE, id.to_owned()),
+                        ready,
+                    },
+                });
+                let Ok(Locked::Decide { rows, decided }) = locked.await else {
+                    return Shared::Alone {
+                        turn: held.take(),
+                        lost_race: false,
+                    };
+                };
+                let mut loaded = Loaded {
+                    aggregate: A::default(),
+                    version: 0,
+                    position: 0,
+                    read_sources: ReadSources::default(),
+                };
+                let decision = match loaded.apply(id, rows) {
+                    Ok(()) => {
+                        let Loaded {
+                            aggregate,
+                            version,
+                            position,
+                            ..
+                        } = loaded;
+                        self.decide(request, &key, aggregate, version, position)
+                            .await
+                            .map(|decided| (decided, version, position))
+                    }
+                    Err(_) => None,
+                };
+                let Some(((aggregate, events), version, position)) = decision else {
+                    let _ = decided.send(Decided::Abstain);
+                    return Shared::Alone {
+                        turn: held.take(),
+                        lost_race: false,
+                    };
+                };
+                if decided.send(Decided::Append { events, lent }).is_err() {
+                    return Shared::Alone {
+                        turn: held.take(),
+                        lost_race: false,
+                    };
+                }
+                (aggregate, version, position)
+            }
+        };
         let share = match lending.await {
             Ok(Lent::Yours(share)) => share,
-            Ok(Lent::Alone { lost_race }) => return Shared::Alone { turn, lost_race },
+            Ok(Lent::Alone { lost_race }) => {
+                return Shared::Alone {
+                    turn: held.take(),
+                    lost_race,
+                }
+            }
             Err(_) => {
                 return Shared::Alone {
-                    turn,
+                    turn: held.take(),
                     lost_race: false,
                 }
             }
@@ -490,7 +583,7 @@ impl EventStore {
             .map_or((version, position), |e| (e.sequence, e.position));
         let member = SharedMember {
             store: self.clone(),
-            turn: Some(turn),
+            turn: Some(held.take()),
             tx: Some(tx),
             back: Some(back),
             outcome,
