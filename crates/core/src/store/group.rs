@@ -3,7 +3,7 @@
 
 use super::cache::Kept;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ pub(super) struct Lane {
     pub(super) waiting: AtomicUsize,
     /// The group left open for the next command, if any.
     pub(super) open: Arc<tokio::sync::Mutex<OpenGroup>>,
+    /// Whether a command ever found another on this lane (waiting, or holding the turn):
+    /// the aggregate is hot, and its commands use the lane's groups rather than transactions
+    /// shared with other aggregates, until the lane is forgotten.
+    pub(super) contended: AtomicBool,
 }
 
 #[derive(Default)]
@@ -68,7 +72,12 @@ impl Lanes {
         let key = (aggregate_type, aggregate_id.to_owned());
         let lane = {
             let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-            let lane = Arc::clone(lanes.entry(key.clone()).or_default());
+            let entry = lanes.entry(key.clone()).or_default();
+            // The map's reference, and any other is a command on the lane.
+            if Arc::strong_count(entry) > 1 {
+                entry.contended.store(true, Ordering::Relaxed);
+            }
+            let lane = Arc::clone(entry);
             lane.waiting.fetch_add(1, Ordering::SeqCst);
             lane
         };

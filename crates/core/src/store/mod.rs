@@ -351,6 +351,7 @@ impl EventStore {
                 && idempotency.is_none()
                 && turn.open.is_none()
                 && turn.lane.waiting.load(Ordering::SeqCst) == 0
+                && !turn.lane.contended.load(Ordering::Relaxed)
             {
                 match self.run_shared(&request, turn).await {
                     Shared::Ran(ran) => {

@@ -8,8 +8,9 @@
 //! every command of it runs again alone, in a transaction of its own.
 //!
 //! A command takes a seat here only on its first attempt, without an idempotency key, when no
-//! other command of its aggregate is queued or holds its aggregate's transaction open: those go
-//! through the aggregate's own queue ([`super::group`]).
+//! other command of its aggregate is queued or holds its aggregate's transaction open, and none
+//! was while its lane existed (a hot aggregate): those go through the aggregate's own queue
+//! ([`super::group`]).
 
 use super::cache::Kept;
 use std::mem;

@@ -297,7 +297,9 @@ pub(super) async fn append(
         .filter(|p| inline.iter().any(|name| name == p.name()))
         .cloned()
         .collect();
-    let changes = project_all(&inline_projectors, events).map_err(AppendError::Projection)?;
+    let changes = project_all(&inline_projectors, events)
+        .map_err(AppendError::Projection)?
+        .in_lock_order();
     let (fused, later) = if changes.single_round() {
         (
             changes.into_statements(Parameters::From(FIRST_ROWS_PARAMETER)),
