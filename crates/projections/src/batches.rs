@@ -1,6 +1,11 @@
 //! What both batch projections answer with: the rows their queries read.
 
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
 use chrono::{DateTime, Utc};
+use sqlx::{FromRow as _, Row as _};
 
 /// A completion as a read model lists it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
@@ -67,20 +72,52 @@ pub async fn summary<'e, T: BatchRow>(
         .await
 }
 
-/// The completion of `player` in batch `batch_id` in `T`'s read model.
+/// The summary of batch `batch_id` in `T`'s read model and the completion of `player` in it,
+/// read by one query.
 ///
 /// # Errors
 /// A database error.
-pub async fn completion<'e, T: BatchRow>(
+pub async fn summary_and_completion<'e, T: BatchRow + 'static>(
     executor: impl sqlx::PgExecutor<'e>,
     batch_id: &str,
     player: &str,
-) -> Result<Option<CompletionRow>, sqlx::Error> {
-    sqlx::query_as(T::SELECT_COMPLETION)
+) -> Result<(Option<BatchSummary>, Option<CompletionRow>), sqlx::Error> {
+    let row = sqlx::query(summary_and_completion_sql::<T>())
         .bind(batch_id)
         .bind(player)
         .fetch_optional(executor)
-        .await
+        .await?;
+    let Some(row) = row else {
+        return Ok((None, None));
+    };
+    // Each side's key is null when that side has no row.
+    let batch = match row.try_get::<Option<String>, _>("batch_id")? {
+        Some(_) => Some(BatchSummary::from_row(&row)?),
+        None => None,
+    };
+    let completion = match row.try_get::<Option<String>, _>("player_lookup")? {
+        Some(_) => Some(CompletionRow::from_row(&row)?),
+        None => None,
+    };
+    Ok((batch, completion))
+}
+
+/// `T`'s summary and completion queries joined into one, made once per read model.
+fn summary_and_completion_sql<T: BatchRow + 'static>() -> &'static str {
+    static MADE: OnceLock<Mutex<HashMap<TypeId, &'static str>>> = OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    made.entry(TypeId::of::<T>()).or_insert_with(|| {
+        let sql = format!(
+            "SELECT * FROM ({}) AS summary FULL JOIN ({}) AS completion ON true",
+            T::SELECT_SUMMARY,
+            T::SELECT_COMPLETION
+        );
+        // A few bytes per read model, kept for the process's life.
+        Box::leak(sql.into_boxed_str())
+    })
 }
 
 /// Up to `limit` completions of `batch_id` with lookups after `after`, in lookup order.

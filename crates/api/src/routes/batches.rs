@@ -14,7 +14,7 @@ use cutover_core::read_source::{self, Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::batch_state::BatchState;
 use cutover_projections::batches::{
-    completion, completions, find, summary, BatchRow, BatchSummary, CompletionRow,
+    completions, find, summary, summary_and_completion, BatchRow, BatchSummary, CompletionRow,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -383,15 +383,14 @@ async fn respond(
     ))
 }
 
-async fn read_back<T: BatchRow>(
+async fn read_back<T: BatchRow + 'static>(
     conn: &mut PgConnection,
     batch_id: &BatchId,
     player: Option<&str>,
 ) -> Result<Vec<(&'static str, serde_json::Value)>, ApiError> {
-    let batch = summary::<T>(&mut *conn, batch_id.as_str()).await?;
-    let completion = match player {
-        Some(player) => completion::<T>(&mut *conn, batch_id.as_str(), player).await?,
-        None => None,
+    let (batch, completion) = match player {
+        Some(player) => summary_and_completion::<T>(&mut *conn, batch_id.as_str(), player).await?,
+        None => (summary::<T>(&mut *conn, batch_id.as_str()).await?, None),
     };
     Ok(vec![
         ("batch", json!(batch)),
