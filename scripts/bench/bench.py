@@ -28,6 +28,7 @@ import pwd
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,11 @@ SCENARIO_TITLES = {
     "attempt": "record an attempt",
 }
 SYSTEMS = ["cutover", "dual-write", "cqrs-es"]
+# Measured in turns, round by round, so that a slow spell of the machine falls on both: the
+# pair the targets compare. The stock cqrs-es server runs after them (its view updates go on
+# after its load, and would run beside the others' rounds).
+TURNS = ["cutover", "dual-write"]
+ROUNDS = 3
 HOT_PLAYERS = 10_000
 
 
@@ -297,6 +303,8 @@ def wrk(server, cluster, scenario, first, connections, seconds, extra):
     ok = raw["requests"] - raw["status_errors"]
     return {
         "requests": raw["requests"],
+        "ok": ok,
+        "seconds": seconds_taken,
         "ok_per_s": round(ok / seconds_taken, 1),
         "errors": raw["status_errors"] + raw["socket_errors"],
         "status_errors": raw["status_errors"],
@@ -385,41 +393,89 @@ def physical_limit(cluster, profile, logs):
 
 
 def load(servers, cluster, profile):
-    """Every scenario on every server, at every connection count."""
+    """Every scenario on every server, at every connection count. Cutover and the dual-write
+    take turns: each measurement is ROUNDS short runs of each, one after the other, combined."""
     results = {}
     for scenario in SCENARIOS:
-        for system in SYSTEMS:
-            server = servers[system]
-            extra, capacity = [], None
-            if scenario == "distinct":
-                start_batches(server.base, "d", profile.distinct_batches, profile.distinct_players)
-                extra = ["d", profile.distinct_batches, profile.distinct_players]
-                capacity = profile.distinct_batches * profile.distinct_players
-            elif scenario == "hot":
-                start_batches(server.base, "h", profile.hot_batches, HOT_PLAYERS)
-                extra = ["h", 1, HOT_PLAYERS]
-                capacity = profile.hot_batches * HOT_PLAYERS
-            probe(server.base, scenario, SCENARIOS.index(scenario))
-            first = 0
-            if profile.warmup:
-                warm = wrk(server, cluster, scenario, first, 16, profile.warmup, extra)
-                first += warm["requests"] + 64
-            # After the warm-up, so that the statistics (and the plans made from them) are of
-            # tables of a representative size: statistics of a near-empty table make generic
-            # plans that scan the whole table for the rest of the run.
-            cluster.vacuum()
-            for connections in profile.connections:
-                cluster.checkpoint()
-                result = wrk(server, cluster, scenario, first, connections, profile.seconds,
-                             extra)
-                first += result["requests"] + 2 * connections + 2
-                if capacity is not None and first > capacity:
-                    result["note"] = "ran out of pre-started players"
+        for systems in (TURNS, [s for s in SYSTEMS if s not in TURNS]):
+            for system, connections, result in measure(servers, cluster, profile, scenario,
+                                                       systems):
                 results.setdefault(scenario, {}).setdefault(system, {})[connections] = result
                 log(f"{scenario:<8} {system:<10} {connections:>2} conns: "
                     f"{result['ok_per_s']:>8.1f} ok/s, p99 {result['p99_ms']:.2f} ms, "
                     f"errors {result['errors']}{' (' + result['note'] + ')' if 'note' in result else ''}")
     return results
+
+
+def measure(servers, cluster, profile, scenario, systems):
+    """One scenario on `systems`, in turns: yields (system, connections, result)."""
+    extra, capacity, first = {}, {}, {}
+    for system in systems:
+        server = servers[system]
+        extra[system], capacity[system] = [], None
+        if scenario == "distinct":
+            start_batches(server.base, "d", profile.distinct_batches, profile.distinct_players)
+            extra[system] = ["d", profile.distinct_batches, profile.distinct_players]
+            capacity[system] = profile.distinct_batches * profile.distinct_players
+        elif scenario == "hot":
+            start_batches(server.base, "h", profile.hot_batches, HOT_PLAYERS)
+            extra[system] = ["h", 1, HOT_PLAYERS]
+            capacity[system] = profile.hot_batches * HOT_PLAYERS
+        probe(server.base, scenario, SCENARIOS.index(scenario))
+        first[system] = 0
+        if profile.warmup:
+            warm = wrk(server, cluster, scenario, 0, 16, profile.warmup, extra[system])
+            first[system] += warm["requests"] + 64
+    # After the warm-up, so that the statistics (and the plans made from them) are of tables of
+    # a representative size: statistics of a near-empty table make generic plans that scan the
+    # whole table for the rest of the run.
+    cluster.vacuum()
+    rounds = ROUNDS if len(systems) > 1 else 1
+    seconds = max(1, profile.seconds // rounds)
+    for connections in profile.connections:
+        runs = {system: [] for system in systems}
+        for _ in range(rounds):
+            for system in systems:
+                cluster.checkpoint()
+                result = wrk(servers[system], cluster, scenario, first[system], connections,
+                             seconds, extra[system])
+                first[system] += result["requests"] + 2 * connections + 2
+                runs[system].append(result)
+        for system in systems:
+            result = combined(runs[system])
+            if capacity[system] is not None and first[system] > capacity[system]:
+                result["note"] = "ran out of pre-started players"
+            yield system, connections, result
+
+
+def combined(runs):
+    """Runs of one measurement as one: totals and rates over all of them; each latency
+    percentile the median of the runs' (the highest for the maximum)."""
+    if len(runs) == 1:
+        return runs[0]
+    ok = sum(r["ok"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+
+    def cpu(key):
+        spent = [r[key] * r["ok"] for r in runs if r[key] is not None]
+        return round(sum(spent) / ok, 3) if ok and spent else None
+
+    result = {
+        "requests": sum(r["requests"] for r in runs),
+        "ok": ok,
+        "seconds": seconds,
+        "ok_per_s": round(ok / seconds, 1),
+        "rounds": len(runs),
+        "rounds_ok_per_s": [r["ok_per_s"] for r in runs],
+        "max_ms": max(r["max_ms"] for r in runs),
+        "app_cpu_ms": cpu("app_cpu_ms"),
+        "pg_cpu_ms": cpu("pg_cpu_ms"),
+    }
+    for key in ("errors", "status_errors", "socket_errors"):
+        result[key] = sum(r[key] for r in runs)
+    for key in ("p50_ms", "p99_ms", "p999_ms"):
+        result[key] = statistics.median(r[key] for r in runs)
+    return result
 
 
 STATEMENT_LINE = re.compile(r"db=(\S+) LOG:  (?:statement|execute [^:]*): (.*)")
@@ -622,7 +678,8 @@ def markdown(results):
         "",
         f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']} GB RAM · "
         f"{meta['postgres']} · wrk {meta['wrk']} · commit {meta['commit']} · "
-        f"{meta['seconds_per_run']} s per run · load average {meta['load_average_at_start']:.2f} at "
+        f"{meta['seconds_per_run']} s per run (Cutover and the dual-write: {ROUNDS} turns of "
+        f"{max(1, meta['seconds_per_run'] // ROUNDS)} s each) · load average {meta['load_average_at_start']:.2f} at "
         f"the start, {meta['load_average_at_end']:.2f} at the end",
         "",
         "## Commands: throughput and latency",

@@ -90,7 +90,7 @@ pub async fn summary_and_completion<'e, T: BatchRow + 'static>(
     let Some(row) = row else {
         return Ok((None, None));
     };
-    // Each side's key is null when that side has no row.
+    // One row, whatever the read model holds: each side's key is null when it has no row.
     let batch = match row.try_get::<Option<String>, _>("batch_id")? {
         Some(_) => Some(BatchSummary::from_row(&row)?),
         None => None,
@@ -102,7 +102,9 @@ pub async fn summary_and_completion<'e, T: BatchRow + 'static>(
     Ok((batch, completion))
 }
 
-/// `T`'s summary and completion queries joined into one, made once per read model.
+/// `T`'s summary and completion queries joined into one, made once per read model. (A `FULL
+/// JOIN` of the two has no plan but a merge or hash join, which the shared transactions of the
+/// command path turn off: it scanned the whole table.)
 fn summary_and_completion_sql<T: BatchRow + 'static>() -> &'static str {
     static MADE: OnceLock<Mutex<HashMap<TypeId, &'static str>>> = OnceLock::new();
     let mut made = MADE
@@ -111,7 +113,8 @@ fn summary_and_completion_sql<T: BatchRow + 'static>() -> &'static str {
         .unwrap_or_else(PoisonError::into_inner);
     made.entry(TypeId::of::<T>()).or_insert_with(|| {
         let sql = format!(
-            "SELECT * FROM ({}) AS summary FULL JOIN ({}) AS completion ON true",
+            "SELECT * FROM (SELECT) AS one LEFT JOIN ({}) AS summary ON true \
+             LEFT JOIN ({}) AS completion ON true",
             T::SELECT_SUMMARY,
             T::SELECT_COMPLETION
         );
