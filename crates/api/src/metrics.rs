@@ -138,6 +138,21 @@ impl Metrics {
             "Events committed to the log by this server",
             counts.events_appended.clone(),
         );
+        registry.register(
+            "shared_transactions",
+            "Transactions shared by commands on different aggregates that committed",
+            counts.shared_transactions.clone(),
+        );
+        registry.register(
+            "shared_commands",
+            "Commands committed in transactions shared with commands on other aggregates",
+            counts.shared_commands.clone(),
+        );
+        registry.register(
+            "shared_rollbacks",
+            "Shared transactions rolled back before their commit; their commands ran again alone",
+            counts.shared_rollbacks.clone(),
+        );
         let lag = Family::<ProjectionLabels, Gauge>::default();
         registry.register(
             "projection_lag_events",

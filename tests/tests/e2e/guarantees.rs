@@ -289,6 +289,10 @@ async fn atomic_commands_a_command_refused_in_a_transaction_shared_across_aggreg
         .unwrap();
         assert_eq!((rows, refused_rows), (24, 0), "{table}");
     }
+    assert!(
+        app.metric("cutover_shared_rollbacks_total").await >= 1.0,
+        "a refused command's shared transaction was rolled back"
+    );
 }
 
 /// Creates of different collections that arrive together share a transaction (group commit):
@@ -332,6 +336,12 @@ async fn write_then_read_commands_sharing_a_transaction_across_aggregates_each_r
         }
     }
     assert!(shared > 0, "no transaction held events of two collections");
+    let transactions = app.metric("cutover_shared_transactions_total").await;
+    let commands = app.metric("cutover_shared_commands_total").await;
+    assert!(
+        transactions >= 1.0 && commands > transactions,
+        "{commands} commands in {transactions} shared transactions"
+    );
 }
 
 /// Clients of commands that share a transaction hang up mid-way (their requests are cancelled

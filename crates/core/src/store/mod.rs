@@ -200,6 +200,12 @@ pub struct StoreMetrics {
     pub replays: Counter,
     /// Events committed.
     pub events_appended: Counter,
+    /// Transactions shared by commands on different aggregates that committed.
+    pub shared_transactions: Counter,
+    /// Commands committed in them.
+    pub shared_commands: Counter,
+    /// Shared transactions rolled back before their commit (their commands ran again alone).
+    pub shared_rollbacks: Counter,
 }
 
 /// The append lock, in SQL: every writer of the log holds it shared for its transaction; a

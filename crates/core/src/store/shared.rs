@@ -227,6 +227,7 @@ impl EventStore {
         let read_sources = match appended {
             Ok(read_sources) => read_sources,
             Err(AppendError::Conflict(Some(detail))) => {
+                self.metrics.shared_rollbacks.inc();
                 let mut from = 0;
                 for (count, lent) in members {
                     let mine = events.get(from..from + count).unwrap_or_default();
@@ -243,11 +244,13 @@ impl EventStore {
                 ) {
                     self.inline.forget();
                 }
+                self.metrics.shared_rollbacks.inc();
                 return lend_none(members);
             }
         };
         let outcome = Arc::new(watch::channel(None).0);
         let appended = events.len() as u64;
+        let commands = members.len() as u64;
         let mut events = events.into_iter();
         let mut members = members.into_iter();
         while let Some((count, lent)) = members.next() {
@@ -262,6 +265,7 @@ impl EventStore {
             if lent.send(Lent::Yours(Box::new(share))).is_err() {
                 // Its command is gone, its events with the others': none commits.
                 outcome.send_replace(Some(Outcome::Alone));
+                self.metrics.shared_rollbacks.inc();
                 return lend_none(members.collect());
             }
             match returned.await {
@@ -269,6 +273,7 @@ impl EventStore {
                 Err(_) => {
                     // A read-back failed or its client hung up.
                     outcome.send_replace(Some(Outcome::Alone));
+                    self.metrics.shared_rollbacks.inc();
                     return lend_none(members.collect());
                 }
             }
@@ -276,6 +281,8 @@ impl EventStore {
         match tx.commit().await {
             Ok(()) => {
                 self.metrics.events_appended.inc_by(appended);
+                self.metrics.shared_transactions.inc();
+                self.metrics.shared_commands.inc_by(commands);
                 self.appended.send_modify(|n| *n = n.wrapping_add(1));
                 outcome.send_replace(Some(Outcome::Committed));
             }
