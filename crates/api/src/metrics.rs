@@ -118,41 +118,45 @@ impl Metrics {
             durations.clone(),
         );
         let counts = store.metrics();
-        registry.register(
-            "command_retries",
-            "Commands re-run after losing an append race",
-            counts.retries.clone(),
-        );
-        registry.register(
-            "command_conflicts",
-            "Commands that lost every append attempt and were answered 409",
-            counts.conflicts.clone(),
-        );
-        registry.register(
-            "idempotent_replays",
-            "Commands answered from a stored Idempotency-Key response without running",
-            counts.replays.clone(),
-        );
-        registry.register(
-            "events_appended",
-            "Events committed to the log by this server",
-            counts.events_appended.clone(),
-        );
-        registry.register(
-            "shared_transactions",
-            "Transactions shared by commands on different aggregates that committed",
-            counts.shared_transactions.clone(),
-        );
-        registry.register(
-            "shared_commands",
-            "Commands committed in transactions shared with commands on other aggregates",
-            counts.shared_commands.clone(),
-        );
-        registry.register(
-            "shared_rollbacks",
-            "Shared transactions rolled back before their commit; their commands ran again alone",
-            counts.shared_rollbacks.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "command_retries",
+                "Commands re-run after losing an append race",
+                &counts.retries,
+            ),
+            (
+                "command_conflicts",
+                "Commands that lost every append attempt and were answered 409",
+                &counts.conflicts,
+            ),
+            (
+                "idempotent_replays",
+                "Commands answered from a stored Idempotency-Key response without running",
+                &counts.replays,
+            ),
+            (
+                "events_appended",
+                "Events committed to the log by this server",
+                &counts.events_appended,
+            ),
+            (
+                "shared_transactions",
+                "Transactions shared by commands on different aggregates that committed",
+                &counts.shared_transactions,
+            ),
+            (
+                "shared_commands",
+                "Commands committed in transactions shared with commands on other aggregates",
+                &counts.shared_commands,
+            ),
+            (
+                "shared_rollbacks",
+                "Shared transactions rolled back before their commit; their commands ran again alone",
+                &counts.shared_rollbacks,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         let lag = Family::<ProjectionLabels, Gauge>::default();
         registry.register(
             "projection_lag_events",
