@@ -176,6 +176,17 @@ async fn optimistic_concurrency_twenty_parallel_updates_all_land_with_versions_2
     assert_eq!(name, last_name, "the legacy row shows the last update");
 }
 
+/// The body of command `i` of a burst: every fourth has a description Postgres refuses (a NUL
+/// character).
+fn every_fourth_refused(i: usize) -> serde_json::Value {
+    let description = if i % 4 == 3 {
+        format!("refused \u{0} {i}")
+    } else {
+        format!("kept {i}")
+    };
+    json!({"collection_name": format!("name {i}"), "description": description})
+}
+
 /// Commands on one aggregate that arrive together share a transaction: a command of the group
 /// that Postgres refuses (a NUL character) is undone alone, and the others commit.
 #[tokio::test]
@@ -186,14 +197,7 @@ async fn atomic_commands_a_refused_command_in_a_shared_transaction_leaves_the_ot
     let path = collection_path(project, &created);
 
     let updates = (0..24).map(|i| {
-        let description = if i % 4 == 3 {
-            format!("refused \u{0} {i}")
-        } else {
-            format!("kept {i}")
-        };
-        let request = app
-            .put(&path)
-            .json(&json!({"collection_name": format!("name {i}"), "description": description}));
+        let request = app.put(&path).json(&every_fourth_refused(i));
         async move { request.send().await.unwrap().status() }
     });
     let statuses = futures_join_all(updates).await;
@@ -255,14 +259,9 @@ async fn atomic_commands_a_command_refused_in_a_transaction_shared_across_aggreg
 ) {
     let app = TestApp::spawn().await;
     let creates = (0..32).map(|i| {
-        let description = if i % 4 == 3 {
-            format!("refused \u{0} {i}")
-        } else {
-            format!("kept {i}")
-        };
         let request = app
             .post(&format!("/projects/{}/collections", Uuid::new_v4()))
-            .json(&json!({"collection_name": format!("name {i}"), "description": description}));
+            .json(&every_fourth_refused(i));
         async move { request.send().await.unwrap().status() }
     });
     let statuses = futures_join_all(creates).await;

@@ -23,7 +23,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{oneshot, watch};
 
 use super::group::{Lanes, Turn};
-use super::stream::{append, fetch, lost_race, to_store, AppendError, Loaded};
+use super::stream::{append, conflict_names, fetch, to_store, AppendError, Loaded};
 use super::{
     aggregate_lock_key, begin_locked, CommitError, Committed, EventStore, GroupFailure, Request,
     StoredEvent,
@@ -232,7 +232,7 @@ impl EventStore {
                 for (count, lent) in members {
                     let mine = events.get(from..from + count).unwrap_or_default();
                     from += count;
-                    let lost_race = lost_race(&detail, mine);
+                    let lost_race = conflict_names(&detail, mine);
                     let _ = lent.send(Lent::Alone { lost_race });
                 }
                 return;

@@ -370,7 +370,7 @@ pub(super) async fn append(
 }
 
 /// Whether a conflict's `detail` names one of `events` as the key another writer took.
-pub(super) fn lost_race(detail: &str, events: &[StoredEvent]) -> bool {
+pub(super) fn conflict_names(detail: &str, events: &[StoredEvent]) -> bool {
     events.iter().any(|e| {
         detail.contains(&format!(
             "=({}, {}, {})",
