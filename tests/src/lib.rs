@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::OnceLock;
 
+use cutover_api::reads::Reads;
 use cutover_api::{app, AppState};
-use cutover_core::database::MIGRATOR;
+use cutover_core::database::{self, DatabaseArgs, MIGRATOR};
 use cutover_core::local_postgres::LocalPostgres;
 use cutover_core::store::EventStore;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -44,11 +45,7 @@ async fn prepare_server() -> Server {
     let url = match std::env::var("DATABASE_URL") {
         Ok(url) => url,
         Err(_) => {
-            let root = std::env::var_os("CUTOVER_TEST_PG_DIR").map_or_else(
-                || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres"),
-                PathBuf::from,
-            );
-            let local = LocalPostgres::ensure_running(&root)
+            let local = LocalPostgres::ensure_running(&test_pg_base())
                 .unwrap_or_else(|e| panic!("starting the test Postgres: {e}"));
             local.url("postgres")
         }
@@ -193,6 +190,132 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The database of `url` (a test's own cluster), through a pool of its own.
+    pub async fn at(url: &str) -> Self {
+        let options = PgConnectOptions::from_str(url).expect("a Postgres URL");
+        let name = options
+            .get_database()
+            .expect("a URL that names its database")
+            .to_owned();
+        let pool = PgPoolOptions::new()
+            .max_connections(40)
+            .connect_with(options.clone())
+            .await
+            .expect("connecting to the test database");
+        Self {
+            pool,
+            options,
+            name,
+        }
+    }
+}
+
+/// Whether this run's servers reach Postgres through pgbouncer (`CUTOVER_TEST_POOLED=1`, as
+/// `scripts/test` sets for its second run of the guarantees' tests).
+pub fn through_pgbouncer() -> bool {
+    std::env::var("CUTOVER_TEST_POOLED").is_ok_and(|v| v == "1")
+}
+
+/// A real pgbouncer in transaction pooling mode in front of the shared test server, started
+/// once per test process in `CUTOVER_TEST_PG_DIR` + `-pgbouncer` (a pgbouncer an earlier run
+/// left there is stopped first; `scripts/test` stops this one at the end). Its socket folder.
+pub fn pgbouncer() -> &'static Path {
+    static SOCKET_DIR: OnceLock<PathBuf> = OnceLock::new();
+    SOCKET_DIR.get_or_init(start_pgbouncer)
+}
+
+/// The port pgbouncer listens on (in its socket folder).
+pub const PGBOUNCER_PORT: u16 = 6432;
+
+fn start_pgbouncer() -> PathBuf {
+    let server = server();
+    let dir = PathBuf::from(format!("{}-pgbouncer", test_pg_base().display()));
+    std::fs::create_dir_all(&dir).expect("creating pgbouncer's folder");
+    let pidfile = dir.join("pgbouncer.pid");
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        // An earlier run's: stopped, so that this run's configuration is the one served.
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        for _ in 0..100 {
+            if !pidfile.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&pidfile);
+    }
+    let host = server.admin.get_host().to_owned();
+    let port = server.admin.get_port();
+    let users = dir.join("users.txt");
+    std::fs::write(&users, "\"postgres\" \"\"\n").expect("writing pgbouncer's users");
+    let config = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &config,
+        format!(
+            "[databases]\n* = host={host} port={port}\n\n[pgbouncer]\nlisten_addr =\n\
+             listen_port = {PGBOUNCER_PORT}\nunix_socket_dir = {dir}\nauth_type = trust\n\
+             auth_file = {users}\npool_mode = transaction\nserver_reset_query_always = 1\n\
+             max_client_conn = 2000\ndefault_pool_size = 20\nlogfile = {log}\n\
+             pidfile = {pid}\n",
+            dir = dir.display(),
+            users = users.display(),
+            log = dir.join("pgbouncer.log").display(),
+            pid = pidfile.display(),
+        ),
+    )
+    .expect("writing pgbouncer's configuration");
+    let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("pgbouncer");
+    // pgbouncer, like Postgres, refuses to run as root.
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    let mut command = if root {
+        for path in [&dir, &users, &config] {
+            let _ = std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(path)
+                .status();
+        }
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", binary]);
+        c
+    } else {
+        std::process::Command::new(binary)
+    };
+    let status = command
+        .arg("-d")
+        .arg(&config)
+        .current_dir("/")
+        .status()
+        .expect("running pgbouncer (scripts/test installs it)");
+    assert!(
+        status.success(),
+        "pgbouncer did not start: see {}",
+        dir.display()
+    );
+    let socket = dir.join(format!(".s.PGSQL.{PGBOUNCER_PORT}"));
+    for _ in 0..200 {
+        if socket.exists() {
+            return dir;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("pgbouncer did not listen on {}", socket.display());
+}
+
+/// Where this run's test clusters live: `CUTOVER_TEST_PG_DIR`, by default
+/// `target/test-postgres`.
+fn test_pg_base() -> PathBuf {
+    std::env::var_os("CUTOVER_TEST_PG_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres"),
+        PathBuf::from,
+    )
+}
+
 /// The real router served on a loopback port, over a test database.
 pub struct TestApp {
     pub db: TestDb,
@@ -207,6 +330,8 @@ pub struct AppOptions {
     pub command_retries: u32,
     /// `CUTOVER_TOKENS` of the server; `None` for none.
     pub tokens: Option<&'static str>,
+    /// `--read-database-url`, `--replica-max-lag-ms` and `--replica-wait-ms`.
+    pub reads: cutover_api::reads::ReadArgs,
 }
 
 impl Default for AppOptions {
@@ -214,7 +339,25 @@ impl Default for AppOptions {
         Self {
             command_retries: 5,
             tokens: None,
+            reads: cutover_api::reads::ReadArgs {
+                urls: Vec::new(),
+                replica_max_lag_ms: 5_000,
+                replica_wait_ms: 1_000,
+            },
         }
+    }
+}
+
+/// The `DatabaseArgs` of a test server (only the pool's sizes and timeouts are read).
+fn database_args() -> DatabaseArgs {
+    DatabaseArgs {
+        database_url: None,
+        database_pooled: through_pgbouncer(),
+        session_database_url: None,
+        data_dir: PathBuf::new(),
+        max_connections: 40,
+        acquire_timeout_secs: 5,
+        statement_timeout_secs: 30,
     }
 }
 
@@ -232,18 +375,44 @@ impl TestApp {
         Self::spawn_on(self.db.same_database().await, AppOptions::default()).await
     }
 
-    async fn spawn_on(db: TestDb, options: AppOptions) -> Self {
+    /// A server on `db` (its pool is the session connection), reading as `options` say;
+    /// through pgbouncer when [`through_pgbouncer`].
+    pub async fn spawn_on(db: TestDb, options: AppOptions) -> Self {
+        let args = database_args();
+        let route = args.route();
+        let pool = if through_pgbouncer() {
+            let url = format!(
+                "postgres://postgres@localhost:{PGBOUNCER_PORT}/{}?host={}",
+                db.name,
+                pgbouncer().display()
+            );
+            database::pool(&url, route, &args)
+                .await
+                .expect("connecting through pgbouncer")
+        } else {
+            db.pool.clone()
+        };
         let store = EventStore::new(
-            db.pool.clone(),
+            pool.clone(),
             cutover_projections::inline_projectors(),
             options.command_retries,
-        );
+        )
+        .on_route(route);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
         let address = listener.local_addr().expect("the bound address");
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
-        let mut state = AppState::new(store, stopping);
+        let reads = Reads::open(
+            pool,
+            route,
+            db.pool.clone(),
+            &options.reads,
+            &args,
+            stopping.clone(),
+        )
+        .expect("the replicas' URLs");
+        let mut state = AppState::new(store, db.pool.clone(), reads, stopping);
         state.tokens = cutover_core::auth::Tokens::load(options.tokens, None)
             .expect("valid test tokens")
             .map(std::sync::Arc::new);
@@ -338,11 +507,7 @@ pub struct OwnCluster {
 
 impl OwnCluster {
     pub async fn start(name: &str) -> Self {
-        let base = std::env::var_os("CUTOVER_TEST_PG_DIR").map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-postgres"),
-            PathBuf::from,
-        );
-        let root = PathBuf::from(format!("{}-{name}", base.display()));
+        let root = PathBuf::from(format!("{}-{name}", test_pg_base().display()));
         let cluster = tokio::task::spawn_blocking(move || LocalPostgres::ensure_running(&root))
             .await
             .expect("starting the cluster")
@@ -377,6 +542,51 @@ impl Drop for OwnCluster {
     fn drop(&mut self) {
         if let Err(e) = self.cluster.stop_if_started_here() {
             eprintln!("stopping the test's own Postgres: {e}");
+        }
+    }
+}
+
+/// A streaming replica (hot standby) of a test's own cluster, made with `pg_basebackup -R` in
+/// `CUTOVER_TEST_PG_DIR` + `-<name>-replica`. Stopped when dropped.
+pub struct Replica {
+    pub cluster: LocalPostgres,
+    /// The URL of the primary's database on the replica.
+    pub url: String,
+}
+
+impl Replica {
+    /// A replica of `primary`, serving its database once it has caught up.
+    pub async fn of(primary: &OwnCluster) -> Self {
+        let options = PgConnectOptions::from_str(&primary.url).expect("the primary's URL");
+        let name = options
+            .get_database()
+            .expect("a URL that names its database")
+            .to_owned();
+        let root = PathBuf::from(format!("{}-{name}-replica", test_pg_base().display()));
+        let location = primary.cluster.location().clone();
+        let cluster =
+            tokio::task::spawn_blocking(move || LocalPostgres::start_replica(&root, &location))
+                .await
+                .expect("starting the replica")
+                .unwrap_or_else(|e| panic!("starting the replica: {e}"));
+        let url = cluster.url(&name);
+        Self { cluster, url }
+    }
+
+    /// A connection to the replica's copy of the database.
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("connecting to the replica")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Err(e) = self.cluster.stop_if_started_here() {
+            eprintln!("stopping the test's replica: {e}");
         }
     }
 }

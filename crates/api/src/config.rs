@@ -17,6 +17,9 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    #[command(flatten)]
+    pub reads: crate::reads::ReadArgs,
+
     /// How many times a command is re-run after losing an optimistic-concurrency race before
     /// the client gets a 409.
     #[arg(long, env = "CUTOVER_COMMAND_RETRIES", default_value_t = 5)]

@@ -27,13 +27,13 @@ pub struct FeedSignals {
 }
 
 impl FeedSignals {
-    /// Starts following `store`'s commits and listening on its database. The streams end
-    /// when `shutdown` turns true.
-    pub fn start(store: &EventStore, shutdown: watch::Receiver<bool>) -> Self {
+    /// Starts following `store`'s commits and listening on `session`, a direct connection to
+    /// the primary. The streams end when `shutdown` turns true.
+    pub fn start(store: &EventStore, session: &PgPool, shutdown: watch::Receiver<bool>) -> Self {
         let (tx, remote) = watch::channel(0_u64);
-        tokio::spawn(listen(store.pool().clone(), tx, shutdown.clone()));
+        tokio::spawn(listen(session.clone(), tx, shutdown.clone()));
         tokio::spawn(notify_others(
-            store.pool().clone(),
+            session.clone(),
             store.appended(),
             shutdown.clone(),
         ));

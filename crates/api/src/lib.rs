@@ -21,6 +21,7 @@ mod extract;
 mod feed;
 pub mod metrics;
 pub mod openapi;
+pub mod reads;
 mod routes;
 
 use error::ApiError;
@@ -31,6 +32,10 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct AppState {
     pub store: EventStore,
+    /// A direct connection to the primary: the admin routes, metrics, LISTEN and rebuilds.
+    pub session: sqlx::PgPool,
+    /// Where GETs are served.
+    pub reads: reads::Reads,
     pub feed: FeedSignals,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
@@ -43,13 +48,21 @@ pub struct AppState {
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl AppState {
-    /// The state of a server on `store`; starts listening for appended events. Live event
-    /// streams end when `shutdown` turns true.
-    pub fn new(store: EventStore, shutdown: watch::Receiver<bool>) -> Self {
-        let feed = FeedSignals::start(&store, shutdown.clone());
+    /// The state of a server on `store`, with `session` a direct connection to the primary,
+    /// and reads served by `reads`; starts listening for appended events. Live event streams
+    /// end when `shutdown` turns true.
+    pub fn new(
+        store: EventStore,
+        session: sqlx::PgPool,
+        reads: reads::Reads,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let feed = FeedSignals::start(&store, &session, shutdown.clone());
         let state = Self {
-            metrics: metrics::Metrics::new(&store),
+            metrics: metrics::Metrics::new(&store, &reads),
             store,
+            session,
+            reads,
             feed,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tokens: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser as _;
 use cutover_api::config::Config;
+use cutover_api::reads::Reads;
 use cutover_api::{app, AppState};
 use cutover_core::auth::Tokens;
 use cutover_core::database::Database;
@@ -36,16 +37,26 @@ async fn main() -> anyhow::Result<()> {
         database.pool.clone(),
         cutover_projections::inline_projectors(),
         config.command_retries,
-    );
+    )
+    .on_route(database.route);
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(address = %config.bind, "listening");
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut state = AppState::new(store, stopping.clone());
+    let reads = Reads::open(
+        database.pool.clone(),
+        database.route,
+        database.session.clone(),
+        &config.reads,
+        &config.database,
+        stopping.clone(),
+    )
+    .context("opening the replicas")?;
+    let mut state = AppState::new(store, database.session.clone(), reads, stopping.clone());
     state.idempotency_ttl = Duration::from_secs(config.idempotency_ttl_secs);
     state.tokens = tokens.map(Arc::new);
-    tokio::spawn(forget_expired_keys(database.pool.clone(), stopping));
+    tokio::spawn(forget_expired_keys(database.session.clone(), stopping));
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -28,7 +28,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::reads::Reads;
 use crate::AppState;
+use sqlx::PgPool;
 
 /// Label values come from closed sets, so no client can add series: the method is one the
 /// router knows or `other`, the route is a matched route template or `unmatched`.
@@ -101,8 +103,9 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// The metrics of a server on `store`, whose command-path counters they include.
-    pub fn new(store: &EventStore) -> Self {
+    /// The metrics of a server on `store` reading through `reads`, whose counters they
+    /// include.
+    pub fn new(store: &EventStore, reads: &Reads) -> Self {
         let mut registry = Registry::with_prefix("cutover");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -206,6 +209,29 @@ impl Metrics {
             "Most database connections this server opens",
             pool_max.clone(),
         );
+        let read = reads.metrics();
+        registry.register(
+            "reads",
+            "GETs of the read models and of the event feed, by the server that answered them \
+             (primary or replica)",
+            read.served.clone(),
+        );
+        registry.register(
+            "reads_waited_out",
+            "Reads with Cutover-Min-Position that no replica showed in time, answered by the \
+             primary",
+            read.waited_out.clone(),
+        );
+        registry.register(
+            "replica_in_rotation",
+            "1 while a replica (by its place in --read-database-url) serves reads, else 0",
+            read.in_rotation.clone(),
+        );
+        registry.register(
+            "replica_lag_seconds",
+            "How far behind the primary a replica's replay was at its last check",
+            read.lag.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -223,9 +249,10 @@ impl Metrics {
         }
     }
 
-    /// Reads what lives in the database into the gauges.
-    async fn refresh(&self, store: &EventStore) -> Result<(), ApiError> {
-        let pool = store.pool();
+    /// Reads what lives in the database into the gauges (on `session`, a direct connection),
+    /// and the use of `store`'s pool.
+    async fn refresh(&self, session: &PgPool, store: &EventStore) -> Result<(), ApiError> {
+        let pool = session;
         self.lag.clear();
         self.rebuild_done.clear();
         self.rebuild_total.clear();
@@ -260,6 +287,7 @@ impl Metrics {
                 })
                 .set(b.age_seconds);
         }
+        let pool = store.pool();
         let size = i64::from(pool.size());
         let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
         self.pool
@@ -351,7 +379,7 @@ async fn scrape(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.metrics.refresh(&state.store).await?;
+    state.metrics.refresh(&state.session, &state.store).await?;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the metrics: {e}")))?;
@@ -425,7 +453,7 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
             _ = stopping.changed() => return,
         }
         let rebuild: Result<f64, sqlx::Error> = async {
-            let jobs = registry::running_jobs(state.store.pool()).await?;
+            let jobs = registry::running_jobs(&state.session).await?;
             Ok(jobs
                 .iter()
                 .fold(0.0, |sum, job| sum + job.events_per_second))
@@ -482,9 +510,9 @@ pub struct Activity {
 )]
 async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>, ApiError> {
     let log_head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-        .fetch_one(state.store.pool())
+        .fetch_one(&state.session)
         .await?;
-    let horizon_blocker = log::horizon_blocker(state.store.pool()).await?;
+    let horizon_blocker = log::horizon_blocker(&state.session).await?;
     let samples = state
         .metrics
         .history

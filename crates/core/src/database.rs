@@ -26,6 +26,19 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// `DATABASE_URL` goes through a connection pooler in transaction mode (pgbouncer with
+    /// `pool_mode = transaction` and `server_reset_query_always = 1`). Every statement then runs
+    /// inside a transaction, no statement stays prepared across transactions, and what needs a
+    /// session of its own uses `--session-database-url`, which is then required.
+    #[arg(long, env = "CUTOVER_DATABASE_POOLED")]
+    pub database_pooled: bool,
+
+    /// A direct connection to the primary, for what needs a session of its own: LISTEN, the
+    /// locks a rebuild holds for its whole run, schema migrations, and the admin and metrics
+    /// queries. Defaults to `DATABASE_URL`.
+    #[arg(long, env = "CUTOVER_SESSION_DATABASE_URL", hide_env_values = true)]
+    pub session_database_url: Option<String>,
+
     /// Folder of the private Postgres cluster used when `DATABASE_URL` is unset.
     #[arg(long, env = "CUTOVER_DATA_DIR", default_value = ".cutover/postgres")]
     pub data_dir: PathBuf,
@@ -69,11 +82,49 @@ pub enum DatabaseError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the private Postgres start was interrupted")]
     Join(#[from] tokio::task::JoinError),
+    #[error(
+        "CUTOVER_DATABASE_POOLED is set but CUTOVER_SESSION_DATABASE_URL is not: through a \
+         transaction pooler, LISTEN, rebuild locks and migrations need a direct connection to the \
+         primary; set CUTOVER_SESSION_DATABASE_URL to one"
+    )]
+    PooledWithoutSession,
 }
 
-/// An open pool, and the private cluster behind it when one was started.
+/// How a pool reaches Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A connection of its own to the server: sessions, prepared statements kept.
+    Direct,
+    /// Through a pooler in transaction mode: each transaction may run on another server
+    /// connection, so nothing may outlive a transaction.
+    Pooled {
+        /// `statement_timeout`, set in each transaction (a pooler refuses it at connect).
+        statement_timeout_secs: u64,
+    },
+}
+
+impl Route {
+    /// What a transaction on this route runs right after `BEGIN` (and in the same round trip):
+    /// nothing directly, the statement timeout through a pooler.
+    pub fn transaction_settings(self) -> String {
+        match self {
+            Self::Direct => String::new(),
+            Self::Pooled {
+                statement_timeout_secs,
+            } => format!("; SET LOCAL statement_timeout = '{statement_timeout_secs}s'"),
+        }
+    }
+}
+
+/// The open pools, and the private cluster behind them when one was started.
 pub struct Database {
+    /// Commands and reads (through the pooler when `route` says so).
     pub pool: PgPool,
+    /// How `pool` reaches Postgres.
+    pub route: Route,
+    /// A direct connection to the primary, for sessions (`pool` itself when no
+    /// `--session-database-url` was given).
+    pub session: PgPool,
     pub local: Option<LocalPostgres>,
 }
 
@@ -94,9 +145,25 @@ impl Database {
                 (local.url(LOCAL_DATABASE), Some(local))
             }
         };
-        let pool = pool(&url, args).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, local })
+        let route = args.route();
+        let (pool, session) = match &args.session_database_url {
+            Some(session_url) => (
+                pool(&url, route, args).await?,
+                pool(session_url, Route::Direct, args).await?,
+            ),
+            None if args.database_pooled => return Err(DatabaseError::PooledWithoutSession),
+            None => {
+                let pool = pool(&url, Route::Direct, args).await?;
+                (pool.clone(), pool)
+            }
+        };
+        MIGRATOR.run(&session).await?;
+        Ok(Self {
+            pool,
+            route,
+            session,
+            local,
+        })
     }
 
     /// Closes the pool and stops the private cluster if this process started it.
@@ -105,6 +172,7 @@ impl Database {
     /// Stopping the cluster failed.
     pub async fn close(self) -> Result<(), DatabaseError> {
         self.pool.close().await;
+        self.session.close().await;
         if let Some(local) = self.local {
             tokio::task::spawn_blocking(move || local.stop_if_started_here()).await??;
         }
@@ -112,19 +180,60 @@ impl Database {
     }
 }
 
-/// Opens a pool on `url` with the bounded timeouts of `args`.
+impl DatabaseArgs {
+    /// How `DATABASE_URL` (and the read URLs) reach Postgres.
+    pub fn route(&self) -> Route {
+        if self.database_pooled {
+            Route::Pooled {
+                statement_timeout_secs: self.statement_timeout_secs,
+            }
+        } else {
+            Route::Direct
+        }
+    }
+}
+
+/// Opens a pool on `url`, reached by `route`, with the bounded timeouts of `args`.
 ///
 /// # Errors
 /// A malformed URL or a failed first connection.
-pub async fn pool(url: &str, args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
+pub async fn pool(url: &str, route: Route, args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
+    pool_options(
+        args.max_connections,
+        Duration::from_secs(args.acquire_timeout_secs),
+    )
+    .connect_with(connect_options(url, route, args.statement_timeout_secs)?)
+    .await
+    .map_err(DatabaseError::Connect)
+}
+
+/// The connection options of `url` on `route`. A transaction pooler refuses the startup
+/// parameters `options` and `extra_float_digits` (the statement timeout is then set in each
+/// transaction: [`Route::transaction_settings`]), and statements are not kept prepared: the
+/// next transaction may run on another server connection.
+///
+/// # Errors
+/// A malformed URL.
+pub fn connect_options(
+    url: &str,
+    route: Route,
+    statement_timeout_secs: u64,
+) -> Result<PgConnectOptions, DatabaseError> {
     let options: PgConnectOptions = url.parse().map_err(DatabaseError::BadUrl)?;
-    let options = options.options([(
-        "statement_timeout",
-        format!("{}s", args.statement_timeout_secs),
-    )]);
+    Ok(match route {
+        Route::Direct => {
+            options.options([("statement_timeout", format!("{statement_timeout_secs}s"))])
+        }
+        Route::Pooled { .. } => options.statement_cache_capacity(0).extra_float_digits(None),
+    })
+}
+
+/// A pool's options: at most `max_connections`, waiting `acquire_timeout` for one, and checking
+/// only connections that sat idle a while.
+pub fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(args.max_connections)
-        .acquire_timeout(Duration::from_secs(args.acquire_timeout_secs))
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
         // A connection that was idle a while is checked before it is handed out (it may have
         // died with a Postgres restart); one returned a moment ago is not, which saves a round
         // trip per command under load.
@@ -137,9 +246,6 @@ pub async fn pool(url: &str, args: &DatabaseArgs) -> Result<PgPool, DatabaseErro
                 Ok(sqlx::Connection::ping(conn).await.is_ok())
             })
         })
-        .connect_with(options)
-        .await
-        .map_err(DatabaseError::Connect)
 }
 
 /// How long a pooled connection may sit idle before it is checked on its way out.

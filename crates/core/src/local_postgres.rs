@@ -147,6 +147,43 @@ impl LocalPostgres {
     /// No binaries, no `postgres` user when root, or `initdb`/`pg_ctl` failing (the message
     /// carries their output and the log file's path).
     pub fn ensure_running(requested: &Path) -> Result<Self, LocalPostgresError> {
+        Self::start(requested, None)
+    }
+
+    /// Starts a streaming replica (a hot standby) of the running cluster at `primary` in
+    /// `requested` (resolved as [`LocalPostgres::ensure_running`] does), made afresh with
+    /// `pg_basebackup -R` from it: whatever an earlier replica left there is stopped and removed first.
+    ///
+    /// Blocking: call it from `spawn_blocking` in async code.
+    ///
+    /// # Errors
+    /// As [`LocalPostgres::ensure_running`], and a failing `pg_basebackup`.
+    pub fn start_replica(
+        requested: &Path,
+        primary: &ClusterLocation,
+    ) -> Result<Self, LocalPostgresError> {
+        Self::start(requested, Some(&primary.socket_dir()))
+    }
+
+    /// Promotes a replica to a primary of its own (`pg_ctl promote`).
+    ///
+    /// # Errors
+    /// `pg_ctl promote` failed.
+    pub fn promote(&self) -> Result<(), LocalPostgresError> {
+        self.pg_ctl(&["promote", "-w"], "promoting the replica")
+    }
+
+    /// Stops the server with a fast shutdown, whoever started it.
+    ///
+    /// # Errors
+    /// `pg_ctl stop` failed.
+    pub fn stop(&self) -> Result<(), LocalPostgresError> {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"], "stopping Postgres")
+    }
+
+    /// Ensures a cluster in `requested` runs: a new one made by `initdb`, or, with `primary`
+    /// (the socket folder of a running cluster), a replica of it.
+    fn start(requested: &Path, primary: Option<&Path>) -> Result<Self, LocalPostgresError> {
         let bin_dir = find_bin_dir()?;
         let run_as = cluster_owner()?;
         let location = ClusterLocation::resolve(requested)?;
@@ -188,6 +225,9 @@ impl LocalPostgres {
         let socket = cluster.socket_dir.join(".s.PGSQL.5432");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(LocalPostgresError::SocketPathTooLong(socket));
+        }
+        if let Some(primary) = primary {
+            cluster.replace_with_base_backup(&root, primary)?;
         }
         cluster.prepare_folder(&root)?;
         let started = cluster.start_if_stopped()?;
@@ -231,10 +271,7 @@ impl LocalPostgres {
         if !self.started_here {
             return Ok(());
         }
-        self.pg_ctl(
-            &["stop", "-m", "fast", "-w"],
-            "stopping the private Postgres",
-        )
+        self.stop()
     }
 
     /// Restarts the server with a fast shutdown (every connection is cut), as an operator's
@@ -254,6 +291,35 @@ impl LocalPostgres {
     /// keeps pg_ctl's output pipes open for ever.)
     fn log_path(&self) -> String {
         self.root.join("postgres.log").display().to_string()
+    }
+
+    /// Stops what runs in the folder, removes its data, and copies the primary's there with
+    /// `pg_basebackup -R` (which also makes it follow the primary).
+    fn replace_with_base_backup(
+        &self,
+        root: &Path,
+        primary: &Path,
+    ) -> Result<(), LocalPostgresError> {
+        if self.is_running() {
+            self.stop()?;
+        }
+        if self.data.exists() {
+            fs::remove_dir_all(&self.data)
+                .map_err(io(format!("removing {}", self.data.display())))?;
+        }
+        if let Some(user) = &self.run_as {
+            std::os::unix::fs::chown(root, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(io(format!("giving {} to postgres", root.display())))?;
+        }
+        let data = self.data.display().to_string();
+        let host = primary.display().to_string();
+        self.run(
+            "pg_basebackup",
+            &[
+                "-D", &data, "-R", "-X", "stream", "-c", "fast", "-h", &host, "-U", "postgres",
+            ],
+            "copying the primary for a replica (pg_basebackup)",
+        )
     }
 
     fn prepare_folder(&self, root: &Path) -> Result<(), LocalPostgresError> {

@@ -4,7 +4,6 @@
 //! switch at once and nothing needs a restart.
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
 
 /// A domain's read source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,24 +49,11 @@ pub enum ReadSourceError {
     Database(#[from] sqlx::Error),
 }
 
-/// The current read source of `domain`; legacy when none was ever set.
+/// A stored read source: legacy when none was ever set.
 ///
 /// # Errors
-/// A database error, or a stored value other than `legacy`/`new`.
-pub async fn current<'e>(
-    executor: impl PgExecutor<'e>,
-    domain: Domain,
-) -> Result<ReadSource, ReadSourceError> {
-    let value: Option<String> =
-        sqlx::query_scalar("SELECT source FROM read_sources WHERE domain = $1")
-            .bind(domain.as_str())
-            .fetch_optional(executor)
-            .await?;
-    parse(domain, value.as_deref())
-}
-
-/// A stored read source: legacy when none was ever set.
-fn parse(domain: Domain, value: Option<&str>) -> Result<ReadSource, ReadSourceError> {
+/// A stored value other than `legacy`/`new`.
+pub fn parse(domain: Domain, value: Option<&str>) -> Result<ReadSource, ReadSourceError> {
     match value {
         None | Some("legacy") => Ok(ReadSource::Legacy),
         Some("new") => Ok(ReadSource::New),

@@ -206,7 +206,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCode> {
-    let pool = &database.pool;
+    // The session connection: a rebuild holds its projections' locks for its whole run, which a
+    // transaction pooler would not keep.
+    let pool = &database.session;
     let projectors = inline_projectors();
     match command {
         // Answered by `run` without opening the database.

@@ -70,7 +70,7 @@ impl From<AdminError> for ApiError {
     )
 )]
 async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, ApiError> {
-    let pool = state.store.pool();
+    let pool = &state.session;
     let mut all = Vec::new();
     for projection in registry::projections(pool).await? {
         all.push(registry::status(pool, state.store.projectors(), &projection.name).await?);
@@ -96,7 +96,7 @@ async fn status(
     Path(name): Path<String>,
 ) -> Result<axum::Json<Status>, ApiError> {
     Ok(axum::Json(
-        registry::status(state.store.pool(), state.store.projectors(), &name).await?,
+        registry::status(&state.session, state.store.projectors(), &name).await?,
     ))
 }
 
@@ -129,7 +129,7 @@ async fn start_rebuild(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let selected = rebuild::select(state.store.projectors(), std::slice::from_ref(&name))?;
-    let job = rebuild::Job::start(state.store.pool(), selected, Purpose::Rebuild).await?;
+    let job = rebuild::Job::start(&state.session, selected, Purpose::Rebuild).await?;
     let started = Started {
         job_id: job.id(),
         projections: job
@@ -174,9 +174,7 @@ async fn retire(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<registry::Projection>, ApiError> {
-    Ok(axum::Json(
-        registry::retire(state.store.pool(), &name).await?,
-    ))
+    Ok(axum::Json(registry::retire(&state.session, &name).await?))
 }
 
 /// Body of `POST /admin/projections/{name}/repair`.
@@ -212,8 +210,7 @@ async fn repair_aggregates(
     Json(body): Json<RepairBody>,
 ) -> Result<axum::Json<repair::Repaired>, ApiError> {
     let projectors = state.store.projectors();
-    let repaired =
-        repair::repair(state.store.pool(), projectors, &[name], &body.aggregates).await?;
+    let repaired = repair::repair(&state.session, projectors, &[name], &body.aggregates).await?;
     Ok(axum::Json(repaired))
 }
 
@@ -234,7 +231,7 @@ async fn job(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Job>, ApiError> {
-    found(registry::job(state.store.pool(), id).await?, "no such job")
+    found(registry::job(&state.session, id).await?, "no such job")
 }
 
 #[utoipa::path(
@@ -255,7 +252,7 @@ async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Job>, ApiError> {
-    let pool = state.store.pool();
+    let pool = &state.session;
     rebuild::cancel(pool, id).await?;
     found(registry::job(pool, id).await?, "no such job")
 }
@@ -276,7 +273,7 @@ async fn cancel_job(
 async fn read_sources(
     State(state): State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let sources = registry::read_sources(state.store.pool()).await?;
+    let sources = registry::read_sources(&state.session).await?;
     let body: serde_json::Map<String, serde_json::Value> = sources
         .into_iter()
         .map(|(domain, source)| (domain, json!(source)))
@@ -317,7 +314,7 @@ async fn set_read_source(
     Extension(actor): Extension<registry::Actor>,
     Json(body): Json<ReadSourceBody>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let pool = state.store.pool();
+    let pool = &state.session;
     let gate = registry::set_read_source(pool, &domain, body.source, body.force, &actor).await?;
     Ok(axum::Json(json!({
         "domain": domain,
@@ -347,7 +344,7 @@ async fn switch_gate(
     State(state): State<AppState>,
     Path(domain): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let pool = state.store.pool();
+    let pool = &state.session;
     let source = registry::read_sources(pool)
         .await?
         .into_iter()
@@ -396,7 +393,7 @@ async fn consistency(
     Query(query): Query<ConsistencyQuery>,
 ) -> Result<axum::Json<Consistency>, ApiError> {
     let report = verify::verify(
-        state.store.pool(),
+        &state.session,
         state.store.projectors(),
         query.domain.as_deref(),
     )
@@ -424,7 +421,7 @@ async fn latest_consistency(
     State(state): State<AppState>,
 ) -> Result<axum::Json<verify::Recorded>, ApiError> {
     found(
-        verify::latest(state.store.pool()).await?,
+        verify::latest(&state.session).await?,
         "no verification has run yet",
     )
 }

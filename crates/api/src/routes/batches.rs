@@ -3,14 +3,14 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse as _, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use cutover_core::domain::batch::{
     BatchCommand, BatchId, Completion, ExpectedPlayers, InvalidBatchInput, PredictionBatch,
     MAX_PLAYERS,
 };
-use cutover_core::read_source::{self, Domain, ReadSource};
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::batch_state::BatchState;
 use cutover_projections::batches::{
@@ -22,6 +22,7 @@ use sqlx::PgConnection;
 
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
+use crate::reads::Reading;
 use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
@@ -257,18 +258,22 @@ async fn record_bulk(
         crate::openapi::Errors
     )
 )]
-async fn fetch(
-    State(state): State<AppState>,
-    Path(batch_id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
-    let (source, view) = read(&state, &batch_id).await?;
+    let mut snapshot = reading.open(Some(Domain::Batches)).await?;
+    let source = snapshot.source();
+    let view = read(&mut snapshot, source, &batch_id).await?;
     let view = view.ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
     let version = match &view {
         BatchView::Legacy(row) => row.last_sequence,
         BatchView::New(row) => row.last_sequence,
     };
-    Ok(Answer(document(source, version, None, &[("batch", json!(view))])).into_response())
+    Ok(snapshot.answer(Answer(document(
+        source,
+        version,
+        None,
+        &[("batch", json!(view))],
+    ))))
 }
 
 #[utoipa::path(
@@ -285,10 +290,10 @@ async fn fetch(
     )
 )]
 async fn list_completions(
-    State(state): State<AppState>,
+    reading: Reading,
     Path(batch_id): Path<String>,
     Query(page): Query<PageQuery>,
-) -> Result<axum::Json<CompletionPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -297,26 +302,27 @@ async fn list_completions(
         )));
     }
     let after = page.after.unwrap_or_default();
-    let (source, view) = read(&state, &batch_id).await?;
-    if view.is_none() {
+    let mut snapshot = reading.open(Some(Domain::Batches)).await?;
+    let source = snapshot.source();
+    if read(&mut snapshot, source, &batch_id).await?.is_none() {
         return Err(ApiError::NotFound("no such batch".to_owned()));
     }
-    let pool = state.store.pool();
+    let conn = &mut *snapshot;
     let id = batch_id.as_str();
     let items = match source {
-        ReadSource::Legacy => completions::<BatchState>(pool, id, &after, limit).await?,
-        ReadSource::New => completions::<BatchSummary>(pool, id, &after, limit).await?,
+        ReadSource::Legacy => completions::<BatchState>(conn, id, &after, limit).await?,
+        ReadSource::New => completions::<BatchSummary>(conn, id, &after, limit).await?,
     };
     let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
     let next = items
         .last()
         .filter(|_| full)
         .map(|row| row.player_lookup.clone());
-    Ok(axum::Json(CompletionPage {
+    Ok(snapshot.answer(axum::Json(CompletionPage {
         read_source: source,
         items,
         next,
-    }))
+    })))
 }
 
 /// A batch id in the path: malformed is a 400 (as a malformed uuid is elsewhere).
@@ -398,19 +404,19 @@ async fn read_back<T: BatchRow + 'static>(
     ])
 }
 
+/// The batch as `source` holds it.
 async fn read(
-    state: &AppState,
+    conn: &mut PgConnection,
+    source: ReadSource,
     batch_id: &BatchId,
-) -> Result<(ReadSource, Option<BatchView>), ApiError> {
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Batches).await?;
+) -> Result<Option<BatchView>, ApiError> {
     let view = match source {
-        ReadSource::Legacy => find::<BatchState>(pool, batch_id.as_str())
+        ReadSource::Legacy => find::<BatchState>(conn, batch_id.as_str())
             .await?
             .map(BatchView::Legacy),
-        ReadSource::New => find::<BatchSummary>(pool, batch_id.as_str())
+        ReadSource::New => find::<BatchSummary>(conn, batch_id.as_str())
             .await?
             .map(BatchView::New),
     };
-    Ok((source, view))
+    Ok(view)
 }

@@ -3,13 +3,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse as _, Response};
+use axum::response::Response;
 use axum::routing::{post, put};
 use axum::Router;
 use cutover_core::domain::collection::{
     Collection, CollectionCommand, CollectionName, Description, ResearchLinks,
 };
-use cutover_core::read_source::{self, Domain, ReadSource};
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::collections::LegacyCollection;
 use cutover_projections::project_collections::ProjectCollection;
@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
+use crate::reads::Reading;
 use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
@@ -263,12 +264,12 @@ async fn delete(
     )
 )]
 async fn fetch(
-    State(state): State<AppState>,
+    reading: Reading,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Response, ApiError> {
-    let mut conn = state.store.pool().acquire().await?;
-    let source = read_source::current(&mut *conn, Domain::Collections).await?;
-    let view = read(&mut conn, source, project_id, collection_id).await?;
+    let mut snapshot = reading.open(Some(Domain::Collections)).await?;
+    let source = snapshot.source();
+    let view = read(&mut snapshot, source, project_id, collection_id).await?;
     let not_found = || ApiError::NotFound("no such collection in this project".to_owned());
     let view = view.ok_or_else(not_found)?;
     let version = match &view {
@@ -278,13 +279,12 @@ async fn fetch(
         CollectionView::Legacy(row) => row.last_sequence,
         CollectionView::New(row) => row.last_sequence,
     };
-    Ok(Answer(document(
+    Ok(snapshot.answer(Answer(document(
         source,
         version,
         None,
         &[("collection", json!(view))],
-    ))
-    .into_response())
+    ))))
 }
 
 #[utoipa::path(
@@ -301,10 +301,10 @@ async fn fetch(
     )
 )]
 async fn list(
-    State(state): State<AppState>,
+    reading: Reading,
     Path(project_id): Path<Uuid>,
     Query(page): Query<PageQuery>,
-) -> Result<axum::Json<CollectionPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -312,15 +312,16 @@ async fn list(
         )));
     }
     let after = page.after.unwrap_or(Uuid::nil());
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Collections).await?;
+    let mut snapshot = reading.open(Some(Domain::Collections)).await?;
+    let source = snapshot.source();
+    let conn = &mut *snapshot;
     let items: Vec<CollectionView> = match source {
-        ReadSource::Legacy => list_page::<LegacyCollection>(pool, project_id, after, limit)
+        ReadSource::Legacy => list_page::<LegacyCollection>(&mut *conn, project_id, after, limit)
             .await?
             .into_iter()
             .map(CollectionView::Legacy)
             .collect(),
-        ReadSource::New => list_page::<ProjectCollection>(pool, project_id, after, limit)
+        ReadSource::New => list_page::<ProjectCollection>(&mut *conn, project_id, after, limit)
             .await?
             .into_iter()
             .map(CollectionView::New)
@@ -331,11 +332,11 @@ async fn list(
         CollectionView::Legacy(row) => row.collection_id,
         CollectionView::New(row) => row.collection_id,
     });
-    Ok(axum::Json(CollectionPage {
+    Ok(snapshot.answer(axum::Json(CollectionPage {
         read_source: source,
         items,
         next,
-    }))
+    })))
 }
 
 /// Runs a command on an existing collection and answers with it as read back.

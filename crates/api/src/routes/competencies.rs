@@ -3,13 +3,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse as _, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use cutover_core::domain::competency::{
     Attempt, CompetencyCommand, FullReview, Review, StudentSubskill, SubskillKey,
 };
-use cutover_core::read_source::{self, Domain, ReadSource};
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::legacy_competencies::{self as legacy, Collection};
 use cutover_projections::student_competencies as typed;
@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
+use crate::reads::Reading;
 use crate::routes::{document, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
@@ -233,23 +234,29 @@ async fn record_review(
     )
 )]
 async fn fetch(
-    State(state): State<AppState>,
+    reading: Reading,
     Path((student_id, subject, skill_id, subskill_id)): Path<(i64, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let key = SubskillKey::parse(student_id, &subject, &skill_id, &subskill_id)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Competencies).await?;
+    let mut snapshot = reading.open(Some(Domain::Competencies)).await?;
+    let source = snapshot.source();
+    let conn = &mut *snapshot;
     let (version, row) = match source {
-        ReadSource::Legacy => legacy::competency(pool, &key)
+        ReadSource::Legacy => legacy::competency(conn, &key)
             .await?
             .map(|doc| (doc.last_sequence, json!(doc))),
-        ReadSource::New => typed::competency(pool, &key)
+        ReadSource::New => typed::competency(conn, &key)
             .await?
             .map(|row| (row.last_sequence, json!(row))),
     }
     .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
-    Ok(Answer(document(source, version, None, &[("competency", row)])).into_response())
+    Ok(snapshot.answer(Answer(document(
+        source,
+        version,
+        None,
+        &[("competency", row)],
+    ))))
 }
 
 #[utoipa::path(
@@ -266,34 +273,35 @@ async fn fetch(
     )
 )]
 async fn list(
-    State(state): State<AppState>,
+    reading: Reading,
     Path(student_id): Path<i64>,
     Query(page): Query<PageQuery>,
-) -> Result<axum::Json<Page<Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     if student_id < 1 {
         return Err(ApiError::BadRequest(
             "student_id must be a positive integer".to_owned(),
         ));
     }
     let (limit, offset) = bounds(page.limit, page.offset)?;
-    let pool = state.store.pool();
-    let source = read_source::current(pool, Domain::Competencies).await?;
+    let mut snapshot = reading.open(Some(Domain::Competencies)).await?;
+    let source = snapshot.source();
+    let conn = &mut *snapshot;
     let items: Vec<Value> = match source {
-        ReadSource::Legacy => legacy::student_competencies(pool, student_id, limit, offset)
+        ReadSource::Legacy => legacy::student_competencies(&mut *conn, student_id, limit, offset)
             .await?
             .into_iter()
             .map(|doc| json!(doc))
             .collect(),
-        ReadSource::New => typed::student_competencies(pool, student_id, limit, offset)
+        ReadSource::New => typed::student_competencies(&mut *conn, student_id, limit, offset)
             .await?
             .into_iter()
             .map(|row| json!(row))
             .collect(),
     };
-    Ok(axum::Json(Page {
+    Ok(snapshot.answer(axum::Json(Page {
         read_source: Some(source),
         items,
-    }))
+    })))
 }
 
 #[utoipa::path(
@@ -310,11 +318,12 @@ async fn list(
     )
 )]
 async fn analytics(
-    State(state): State<AppState>,
+    reading: Reading,
     Query(query): Query<AnalyticsQuery>,
-) -> Result<axum::Json<Page<typed::SkillAnalytics>>, ApiError> {
+) -> Result<Response, ApiError> {
     let (limit, offset) = bounds(query.limit, query.offset)?;
-    let items = typed::skill_analytics(state.store.pool(), query.subject.as_deref(), limit, offset)
+    let mut snapshot = reading.open(None).await?;
+    let items = typed::skill_analytics(&mut *snapshot, query.subject.as_deref(), limit, offset)
         .await?
         .ok_or_else(|| {
             ApiError::Conflict(format!(
@@ -323,10 +332,10 @@ async fn analytics(
                 typed::NAME
             ))
         })?;
-    Ok(axum::Json(Page {
+    Ok(snapshot.answer(axum::Json(Page {
         read_source: None,
         items,
-    }))
+    })))
 }
 
 fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {

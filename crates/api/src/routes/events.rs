@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -15,11 +16,12 @@ use cutover_core::store::StoredEvent;
 use futures_util::stream::{self, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::extract::Query;
+use crate::reads::{stream_connection, Reading, Reads};
 use crate::AppState;
 
 /// Default and largest page of `GET /events`.
@@ -105,10 +107,7 @@ struct FeedPage {
         crate::openapi::Errors
     )
 )]
-async fn page(
-    State(state): State<AppState>,
-    Query(query): Query<FeedQuery>,
-) -> Result<axum::Json<FeedPage>, ApiError> {
+async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -116,15 +115,24 @@ async fn page(
         )));
     }
     let after = query.after.unwrap_or(0);
-    let pool = state.store.pool();
-    let cursor = resolve(pool, after).await?;
     let types = aggregate_types(query.aggregate_type.as_deref())?;
-    let read = log::read_safe(pool, cursor, limit, types.as_deref()).await?;
+    let mut snapshot = reading.open(None).await?;
+    // A position a replica does not show yet may have been given by another server: the
+    // primary says whether it exists.
+    let (mut snapshot, cursor) = match resolve(&mut snapshot, after).await {
+        Err(ApiError::NotFound(_)) if snapshot.on_replica() => {
+            let mut primary = reading.open_on_primary(None).await?;
+            let cursor = resolve(&mut primary, after).await?;
+            (primary, cursor)
+        }
+        resolved => (snapshot, resolved?),
+    };
+    let read = log::read_safe(&mut *snapshot, cursor, limit, types.as_deref()).await?;
     let next = read.scanned_to.map_or(after, |c| c.position);
-    Ok(axum::Json(FeedPage {
+    Ok(snapshot.answer(axum::Json(FeedPage {
         events: read.events.into_iter().map(FeedEvent::from).collect(),
         next,
-    }))
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,12 +175,12 @@ async fn live(
             .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a position".into()))?,
         None => query.after.unwrap_or(0),
     };
-    let pool = state.store.pool().clone();
-    let cursor = resolve(&pool, after).await?;
     let types = aggregate_types(query.aggregate_type.as_deref())?;
+    // Resolved on the primary, which shows every position a server gave.
+    let cursor = resolve(&mut *state.reads.primary_connection().await?, after).await?;
     let (local, remote) = state.feed.appended();
     let tail = Tail {
-        pool,
+        reads: state.reads.clone(),
         cursor,
         types,
         local,
@@ -187,7 +195,9 @@ async fn live(
 
 /// The state of one live stream.
 struct Tail {
-    pool: PgPool,
+    /// Each batch is read on the next replica in rotation, or the primary: any server's safe
+    /// horizon is correct, and one further behind only serves less.
+    reads: Reads,
     cursor: LogCursor,
     types: Option<Vec<String>>,
     /// This server's commits, and the other instances'.
@@ -207,32 +217,23 @@ impl Tail {
             // wakes the next wait.
             self.local.borrow_and_update();
             self.remote.borrow_and_update();
-            let wait =
-                match log::read_safe(&self.pool, self.cursor, STREAM_BATCH, self.types.as_deref())
-                    .await
-                {
-                    Ok(read) if read.scanned > 0 => {
-                        if let Some(cursor) = read.scanned_to {
-                            self.cursor = cursor;
-                        }
-                        if read.events.is_empty() {
-                            continue;
-                        }
-                        return Some((read.events, self));
+            let wait = match self.look().await {
+                Ok(Look::Read(read)) => {
+                    if let Some(cursor) = read.scanned_to {
+                        self.cursor = cursor;
                     }
-                    Ok(_) => match log::held_back(&self.pool, self.cursor).await {
-                        Ok(true) => HELD_BACK_RECHECK,
-                        Ok(false) => LOOK_AGAIN,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "event stream: cannot read the log");
-                            ERROR_RETRY
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event stream: cannot read the log");
-                        ERROR_RETRY
+                    if read.events.is_empty() {
+                        continue;
                     }
-                };
+                    return Some((read.events, self));
+                }
+                Ok(Look::HeldBack) => HELD_BACK_RECHECK,
+                Ok(Look::Nothing) => LOOK_AGAIN,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: cannot read the log");
+                    ERROR_RETRY
+                }
+            };
             let recheck = tokio::time::sleep(wait);
             tokio::select! {
                 changed = self.local.changed() => {
@@ -256,6 +257,31 @@ impl Tail {
     }
 }
 
+/// What one look at the log after a stream's cursor found.
+enum Look {
+    /// Events to scan (wanted or not).
+    Read(log::Read),
+    /// None yet, but committed events wait behind an older transaction.
+    HeldBack,
+    Nothing,
+}
+
+impl Tail {
+    async fn look(&self) -> Result<Look, sqlx::Error> {
+        let mut conn = stream_connection(&self.reads).await?;
+        let read =
+            log::read_safe(&mut *conn, self.cursor, STREAM_BATCH, self.types.as_deref()).await?;
+        if read.scanned > 0 {
+            return Ok(Look::Read(read));
+        }
+        Ok(if log::held_back(&mut *conn, self.cursor).await? {
+            Look::HeldBack
+        } else {
+            Look::Nothing
+        })
+    }
+}
+
 fn sse_event(event: StoredEvent) -> Event {
     let id = event.position.to_string();
     let data = serde_json::to_string(&FeedEvent::from(event))
@@ -263,14 +289,14 @@ fn sse_event(event: StoredEvent) -> Event {
     Event::default().id(id).data(data)
 }
 
-/// The cursor of a position a client gave; unknown positions are a 400.
-async fn resolve(pool: &PgPool, after: i64) -> Result<LogCursor, ApiError> {
+/// The cursor of a position a client gave; unknown positions are a 404.
+async fn resolve(conn: &mut PgConnection, after: i64) -> Result<LogCursor, ApiError> {
     if after < 0 {
         return Err(ApiError::BadRequest(
             "after must be a position, 0 or more".into(),
         ));
     }
-    log::cursor_at(pool, after).await?.ok_or_else(|| {
+    log::cursor_at(conn, after).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "no event has position {after}; resume from a position the feed gave"
         ))

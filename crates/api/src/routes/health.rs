@@ -32,7 +32,8 @@ pub fn router() -> Router<AppState> {
     )
 )]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.store.pool());
+    // The simple protocol, which a transaction pooler passes as it is.
+    let probe = sqlx::raw_sql("SELECT 1").execute(state.store.pool());
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(_)) => (
             StatusCode::OK,

@@ -24,7 +24,8 @@ use crate::AppState;
 
 /// The answer of every route that names one aggregate:
 /// `{"read_source", "version", "position"?, <key>: <read-model row or null>, ...}`, with the
-/// version as `ETag`. `position` (commands only) is the event-log position the command reached;
+/// version as `ETag`. `position` (commands only) is the event-log position the command reached,
+/// also sent as the `Cutover-Position` header;
 /// a row is `null` when the read source does not hold it (any more).
 pub fn document(
     read_source: ReadSource,
@@ -41,12 +42,19 @@ pub fn document(
     for (key, row) in rows {
         body.insert((*key).into(), row.clone());
     }
+    let mut headers = vec![(
+        header::ETAG.as_str().to_owned(),
+        crate::extract::etag(version),
+    )];
+    if let Some(position) = position {
+        headers.push((
+            crate::reads::POSITION.as_str().to_owned(),
+            position.to_string(),
+        ));
+    }
     StoredResponse {
         status: StatusCode::OK.as_u16(),
-        headers: vec![(
-            header::ETAG.as_str().to_owned(),
-            crate::extract::etag(version),
-        )],
+        headers,
         body: serde_json::Value::Object(body),
     }
 }

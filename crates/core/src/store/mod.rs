@@ -29,6 +29,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
+use crate::database::Route;
 use crate::projection::{ProjectionError, Projector};
 use crate::read_source::ReadSources;
 
@@ -178,6 +179,7 @@ pub struct Committed {
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    route: Route,
     projectors: Arc<[Arc<dyn Projector>]>,
     max_retries: u32,
     cache: Arc<AggregateCache>,
@@ -218,8 +220,12 @@ pub const APPEND_LOCK: &str = "hashtextextended('cutover:appends', 0)";
 /// there are several). The aggregate lock serialises the commands of one aggregate across every
 /// server instance sharing the database, so concurrent commands queue instead of failing the
 /// race for a sequence number. The statement holds only numbers, never client input.
-fn begin_locked(locks: &[i64]) -> String {
-    let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})");
+/// `route`'s settings follow the `BEGIN`.
+fn begin_locked(route: Route, locks: &[i64]) -> String {
+    let mut sql = format!(
+        "BEGIN{}; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})",
+        route.transaction_settings()
+    );
     for lock in locks {
         sql.push_str(&format!(", pg_advisory_xact_lock({lock})"));
     }
@@ -244,6 +250,7 @@ impl EventStore {
     pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, max_retries: u32) -> Self {
         Self {
             pool,
+            route: Route::Direct,
             projectors: projectors.into(),
             max_retries,
             cache: Arc::default(),
@@ -253,6 +260,12 @@ impl EventStore {
             metrics: StoreMetrics::default(),
             appended: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// The store on `self`'s pool reached by `route` (through a transaction pooler, each
+    /// transaction sets its statement timeout itself).
+    pub fn on_route(self, route: Route) -> Self {
+        Self { route, ..self }
     }
 
     /// Changes after every commit of this store that appended events (the feed's wake-up; no
@@ -398,8 +411,10 @@ impl EventStore {
                     // (the client hung up) would leave sqlx believing the connection is not
                     // in a transaction, and return it to the pool holding the locks.
                     let pool = self.pool.clone();
-                    let statement =
-                        begin_locked(&[aggregate_lock_key(A::TYPE, request.aggregate_id)]);
+                    let statement = begin_locked(
+                        self.route,
+                        &[aggregate_lock_key(A::TYPE, request.aggregate_id)],
+                    );
                     let tx = tokio::spawn(async move { pool.begin_with(statement).await })
                         .await
                         .map_err(|e| {

@@ -175,7 +175,7 @@ impl EventStore {
         // the whole table instead.
         let begin = format!(
             "{}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
-            begin_locked(&locks)
+            begin_locked(self.route, &locks)
         );
         let mut events = Vec::new();
         let mut members = Vec::new();

@@ -1,0 +1,643 @@
+//! Where a read is served: a streaming replica when one is configured, in rotation and far
+//! enough along, else the primary.
+//!
+//! Every GET of the read models and of the event feed opens a [`Snapshot`] through [`Reading`].
+//! Its first query, on the server chosen, reads what the answer needs before the rows: the
+//! domain's read source, the highest log position the server shows (the answer's
+//! `Cutover-Position` header), and, when the client sent `Cutover-Min-Position: N`, whether the
+//! server shows the event at position N. A replica that does not yet show it is asked again
+//! until `--replica-wait-ms` has passed; then the read goes to the primary, which shows every
+//! committed event, so a client always reads its own writes.
+//!
+//! A check task looks at every replica a few times a second: one that does not answer, that
+//! is no longer in recovery (promoted), or whose replay is more than `--replica-max-lag-ms`
+//! behind the primary leaves the rotation, and returns when it is well again. The lag is
+//! measured in WAL: the primary's WAL position is sampled at each check, and a replica is as
+//! far behind as the newest sample it has replayed is old.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use cutover_core::database::{self, Route};
+use cutover_core::read_source::{self, Domain, ReadSource};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The log position a command reached, or the highest one the server that answered a read
+/// shows.
+pub const POSITION: HeaderName = HeaderName::from_static("cutover-position");
+/// A read answered only from a server that shows the event at this position.
+pub const MIN_POSITION: HeaderName = HeaderName::from_static("cutover-min-position");
+
+/// How often every replica is checked.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How long a replica's check (or a read's connection to it) may take before it counts as
+/// down.
+const REPLICA_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a replica is asked again whether it shows a client's position.
+const WAIT_STEP: Duration = Duration::from_millis(5);
+
+/// The replicas' options of the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadArgs {
+    /// Streaming replicas (hot standbys) of the primary, comma-separated: GETs of the read
+    /// models and of the event feed are served by them in turn. Commands, idempotency keys,
+    /// rebuilds and the admin routes stay on the primary.
+    #[arg(
+        long = "read-database-url",
+        env = "CUTOVER_READ_DATABASE_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub urls: Vec<String>,
+
+    /// A replica whose replay is further behind the primary than this leaves the rotation
+    /// until it catches up.
+    #[arg(long, env = "CUTOVER_REPLICA_MAX_LAG_MS", default_value_t = 5_000)]
+    pub replica_max_lag_ms: u64,
+
+    /// How long a read with `Cutover-Min-Position` waits for a replica to show that position
+    /// before it is served by the primary.
+    #[arg(long, env = "CUTOVER_REPLICA_WAIT_MS", default_value_t = 1_000)]
+    pub replica_wait_ms: u64,
+}
+
+/// A server reads can be served by.
+#[derive(Clone)]
+struct Target {
+    pool: PgPool,
+    route: Route,
+}
+
+impl Target {
+    /// A connection for one read: through a transaction pooler, a read-only transaction (which
+    /// is rolled back when dropped), so that its statements stay on one server connection.
+    async fn connect(&self) -> Result<Conn, sqlx::Error> {
+        Ok(match self.route {
+            Route::Direct => Conn::Direct(self.pool.acquire().await?),
+            Route::Pooled { .. } => Conn::Pooled(
+                self.pool
+                    .begin_with(format!(
+                        "BEGIN READ ONLY{}",
+                        self.route.transaction_settings()
+                    ))
+                    .await?,
+            ),
+        })
+    }
+}
+
+enum Conn {
+    Direct(PoolConnection<Postgres>),
+    Pooled(Transaction<'static, Postgres>),
+}
+
+impl std::ops::Deref for Conn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Self::Direct(conn) => conn,
+            Self::Pooled(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Self::Direct(conn) => conn,
+            Self::Pooled(tx) => tx,
+        }
+    }
+}
+
+/// One replica and what its last check found.
+struct Replica {
+    /// Its place in `--read-database-url`, from 0: its label in the metrics and logs.
+    name: String,
+    target: Target,
+    in_rotation: AtomicBool,
+    /// Milliseconds its replay was behind at the last check (-1: unknown).
+    lag_ms: AtomicI64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    served_by: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    replica: String,
+}
+
+/// What the reads count, for `/metrics`; clones share the counts.
+#[derive(Clone, Default)]
+pub struct ReadMetrics {
+    /// Reads by the server that answered them (`primary` or `replica`).
+    pub served: Family<ServedLabels, Counter>,
+    /// Reads with `Cutover-Min-Position` that no replica could answer in time.
+    pub waited_out: Counter,
+    /// 1 while a replica is in the rotation, else 0.
+    pub in_rotation: Family<ReplicaLabels, Gauge>,
+    /// How far behind the primary a replica's replay was at its last check, in seconds.
+    pub lag: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// The servers reads go to; cheap to clone.
+#[derive(Clone)]
+pub struct Reads {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    primary: Target,
+    /// A direct connection to the primary, for the checks.
+    session: PgPool,
+    replicas: Vec<Replica>,
+    next: AtomicUsize,
+    wait: Duration,
+    max_lag: Duration,
+    metrics: ReadMetrics,
+}
+
+impl Reads {
+    /// Reads served by the primary alone: `pool`, reached by `route`.
+    pub fn primary(pool: PgPool, route: Route) -> Self {
+        Self::new(
+            pool.clone(),
+            route,
+            pool,
+            Vec::new(),
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+    }
+
+    /// Opens the replicas of `args` (reached by `route`, as the primary's `pool` is) and
+    /// starts checking them; `session` is a direct connection to the primary. The checks end
+    /// when `shutdown` turns true.
+    ///
+    /// # Errors
+    /// A malformed replica URL. (A replica that does not answer yet is only out of rotation.)
+    pub fn open(
+        pool: PgPool,
+        route: Route,
+        session: PgPool,
+        args: &ReadArgs,
+        database: &database::DatabaseArgs,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, database::DatabaseError> {
+        let mut replicas = Vec::new();
+        for (index, url) in args.urls.iter().enumerate() {
+            let options = database::connect_options(url, route, database.statement_timeout_secs)?;
+            let pool = database::pool_options(database.max_connections, REPLICA_TIMEOUT)
+                .connect_lazy_with(options);
+            replicas.push(Replica {
+                name: index.to_string(),
+                target: Target { pool, route },
+                in_rotation: AtomicBool::new(false),
+                lag_ms: AtomicI64::new(-1),
+            });
+        }
+        let reads = Self::new(
+            pool,
+            route,
+            session,
+            replicas,
+            Duration::from_millis(args.replica_wait_ms),
+            Duration::from_millis(args.replica_max_lag_ms),
+        );
+        if !reads.inner.replicas.is_empty() {
+            tokio::spawn(reads.clone().check(shutdown));
+        }
+        Ok(reads)
+    }
+
+    fn new(
+        pool: PgPool,
+        route: Route,
+        session: PgPool,
+        replicas: Vec<Replica>,
+        wait: Duration,
+        max_lag: Duration,
+    ) -> Self {
+        let metrics = ReadMetrics::default();
+        for replica in &replicas {
+            let labels = ReplicaLabels {
+                replica: replica.name.clone(),
+            };
+            metrics.in_rotation.get_or_create(&labels).set(0);
+        }
+        Self {
+            inner: Arc::new(Inner {
+                primary: Target { pool, route },
+                session,
+                replicas,
+                next: AtomicUsize::new(0),
+                wait,
+                max_lag,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &ReadMetrics {
+        &self.inner.metrics
+    }
+
+    /// The next replica in rotation, taken in turn.
+    fn pick(&self) -> Option<&Replica> {
+        let replicas = &self.inner.replicas;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        (0..replicas.len())
+            .map(|i| &replicas[(start + i) % replicas.len()])
+            .find(|r| r.in_rotation.load(Ordering::Relaxed))
+    }
+
+    /// A snapshot on a replica when one is in rotation and shows `min_position` within the
+    /// wait, else on the primary.
+    async fn open_snapshot(
+        &self,
+        domain: Option<Domain>,
+        min_position: Option<i64>,
+    ) -> Result<Snapshot, ApiError> {
+        if let Some(replica) = self.pick() {
+            let deadline = Instant::now() + self.inner.wait;
+            match replica.target.connect().await {
+                Ok(conn) => match Snapshot::on(conn, domain, min_position, Some(deadline)).await {
+                    Ok(Some(snapshot)) => {
+                        self.count("replica");
+                        return Ok(snapshot);
+                    }
+                    Ok(None) => {
+                        self.inner.metrics.waited_out.inc();
+                    }
+                    Err(e) => self.replica_failed(replica, &e),
+                },
+                Err(e) => self.replica_failed(replica, &e),
+            }
+        }
+        self.open_on_primary(domain, min_position).await
+    }
+
+    /// A snapshot on the primary. A `min_position` the primary does not show is no position a
+    /// command answered: a 400.
+    async fn open_on_primary(
+        &self,
+        domain: Option<Domain>,
+        min_position: Option<i64>,
+    ) -> Result<Snapshot, ApiError> {
+        let conn = self.inner.primary.connect().await?;
+        let snapshot = Snapshot::on(conn, domain, min_position, None)
+            .await?
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{MIN_POSITION}: no event has position {}; send a position a command \
+                     answered",
+                    min_position.unwrap_or_default()
+                ))
+            })?;
+        self.count("primary");
+        Ok(snapshot)
+    }
+
+    fn count(&self, served_by: &'static str) {
+        self.inner
+            .metrics
+            .served
+            .get_or_create(&ServedLabels { served_by })
+            .inc();
+    }
+
+    /// The read goes to the primary, which answers with its own error if the read has one (a
+    /// replica may also cancel a query that conflicts with its replay). A replica that cannot
+    /// be reached leaves the rotation until its next good check.
+    fn replica_failed(&self, replica: &Replica, e: &sqlx::Error) {
+        if !database::is_unreachable(e) {
+            tracing::warn!(replica = %replica.name, error = %e, "replica read failed: reading the primary");
+            return;
+        }
+        if replica.in_rotation.swap(false, Ordering::Relaxed) {
+            tracing::warn!(replica = %replica.name, error = %e, "replica unreachable: out of rotation");
+            self.inner
+                .metrics
+                .in_rotation
+                .get_or_create(&ReplicaLabels {
+                    replica: replica.name.clone(),
+                })
+                .set(0);
+        }
+    }
+
+    /// Checks every replica each [`CHECK_EVERY`] until `shutdown`.
+    async fn check(self, mut shutdown: watch::Receiver<bool>) {
+        // The primary's WAL position at each recent check, newest last.
+        let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
+        let keep = self.inner.max_lag + CHECK_EVERY * 2;
+        loop {
+            match wal_position(&self.inner.session, "pg_current_wal_lsn()").await {
+                Ok(lsn) => samples.push_back((Instant::now(), lsn)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "replica checks: cannot read the primary's WAL position")
+                }
+            }
+            while samples
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > keep && samples.len() > 1)
+            {
+                samples.pop_front();
+            }
+            for replica in &self.inner.replicas {
+                let state = tokio::time::timeout(REPLICA_TIMEOUT, replica_state(&replica.target))
+                    .await
+                    .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+                self.record(replica, state, &samples);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+                stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
+            }
+        }
+    }
+
+    /// Puts a replica in or out of the rotation after a check.
+    fn record(
+        &self,
+        replica: &Replica,
+        state: Result<(bool, i64), sqlx::Error>,
+        samples: &VecDeque<(Instant, i64)>,
+    ) {
+        let labels = ReplicaLabels {
+            replica: replica.name.clone(),
+        };
+        let (well, why) = match state {
+            Err(e) => {
+                replica.lag_ms.store(-1, Ordering::Relaxed);
+                (false, format!("unreachable: {e}"))
+            }
+            Ok((false, _)) => (
+                false,
+                "not in recovery: it was promoted, and no longer follows this primary".to_owned(),
+            ),
+            Ok((true, replayed)) => {
+                let lag = lag(samples, replayed);
+                let lag_ms = lag.map_or(i64::MAX, |l| {
+                    i64::try_from(l.as_millis()).unwrap_or(i64::MAX)
+                });
+                replica.lag_ms.store(lag_ms, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .lag
+                    .get_or_create(&labels)
+                    .set(lag.map_or(f64::INFINITY, |l| l.as_secs_f64()));
+                match lag {
+                    Some(lag) if lag <= self.inner.max_lag => (true, String::new()),
+                    _ => (
+                        false,
+                        format!(
+                            "its replay is more than {} ms behind the primary",
+                            self.inner.max_lag.as_millis()
+                        ),
+                    ),
+                }
+            }
+        };
+        let was = replica.in_rotation.swap(well, Ordering::Relaxed);
+        if was != well {
+            if well {
+                tracing::info!(replica = %replica.name, "replica in rotation");
+            } else {
+                tracing::warn!(replica = %replica.name, "replica out of rotation: {why}");
+            }
+        }
+        self.inner
+            .metrics
+            .in_rotation
+            .get_or_create(&labels)
+            .set(i64::from(well));
+    }
+}
+
+/// How far behind the primary a replica that has replayed WAL up to `replayed` is: the age of
+/// the newest sample of the primary's position it has reached; `None` when it has reached none
+/// of them (it is further behind than they reach back).
+fn lag(samples: &VecDeque<(Instant, i64)>, replayed: i64) -> Option<Duration> {
+    let newest = samples.back()?;
+    if replayed >= newest.1 {
+        return Some(Duration::ZERO);
+    }
+    samples
+        .iter()
+        .rev()
+        .find(|(_, lsn)| *lsn <= replayed)
+        .map(|(at, _)| at.elapsed())
+}
+
+/// A WAL position (`expression`, a `pg_lsn`) as bytes from the start. The checks use the
+/// simple protocol, which a transaction pooler passes as it is.
+async fn wal_position(pool: &PgPool, expression: &str) -> Result<i64, sqlx::Error> {
+    let row = sqlx::raw_sql(&format!(
+        "SELECT (coalesce({expression}, '0/0') - '0/0'::pg_lsn)::bigint"
+    ))
+    .fetch_one(pool)
+    .await?;
+    row.try_get(0)
+}
+
+/// Whether a replica is in recovery, and how far it has replayed.
+async fn replica_state(target: &Target) -> Result<(bool, i64), sqlx::Error> {
+    let row = sqlx::raw_sql(
+        "SELECT pg_is_in_recovery(),
+                (coalesce(pg_last_wal_replay_lsn(), '0/0') - '0/0'::pg_lsn)::bigint",
+    )
+    .fetch_one(&target.pool)
+    .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// What a read of one server starts from: a connection to it, its read source, and how far
+/// its log goes.
+pub struct Snapshot {
+    conn: Conn,
+    source: Option<ReadSource>,
+    position: i64,
+    on_replica: bool,
+}
+
+impl Snapshot {
+    /// Reads the read source of `domain`, the highest position and whether `min_position` is
+    /// shown, asking again until `deadline` (a replica) while it is not; `None` when it still
+    /// is not.
+    async fn on(
+        mut conn: Conn,
+        domain: Option<Domain>,
+        min_position: Option<i64>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        loop {
+            let row = sqlx::query(
+                "SELECT (SELECT source FROM read_sources WHERE domain = $1) AS source,
+                        coalesce((SELECT max(position) FROM events), 0) AS position,
+                        $2::bigint IS NULL
+                            OR EXISTS (SELECT 1 FROM events WHERE position = $2) AS shows",
+            )
+            .bind(domain.map(Domain::as_str))
+            .bind(min_position)
+            .fetch_one(&mut *conn)
+            .await?;
+            if row.try_get("shows")? {
+                let source = match domain {
+                    Some(domain) => Some(
+                        read_source::parse(domain, row.try_get("source")?)
+                            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    ),
+                    None => None,
+                };
+                return Ok(Some(Self {
+                    conn,
+                    source,
+                    position: row.try_get("position")?,
+                    on_replica: deadline.is_some(),
+                }));
+            }
+            match deadline {
+                Some(deadline) if Instant::now() < deadline => tokio::time::sleep(WAIT_STEP).await,
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// The read source of the domain it was opened for (legacy for a read of none).
+    pub fn source(&self) -> ReadSource {
+        self.source.unwrap_or(ReadSource::Legacy)
+    }
+
+    /// Whether a replica serves it.
+    pub fn on_replica(&self) -> bool {
+        self.on_replica
+    }
+
+    /// `answer` with the `Cutover-Position` this read saw at least.
+    pub fn answer(&self, answer: impl IntoResponse) -> Response {
+        let mut response = answer.into_response();
+        response
+            .headers_mut()
+            .insert(POSITION, HeaderValue::from(self.position));
+        response
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Snapshot {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// A GET's reading: where it may be served, and the position it must see
+/// (`Cutover-Min-Position`, a position a command answered).
+pub struct Reading {
+    reads: Reads,
+    min_position: Option<i64>,
+}
+
+impl FromRequestParts<AppState> for Reading {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let min_position = match parts.headers.get(&MIN_POSITION) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "{MIN_POSITION} must be a log position (a whole number, 1 or more) \
+                             that a command answered"
+                        ))
+                    })?,
+            ),
+        };
+        Ok(Self {
+            reads: state.reads.clone(),
+            min_position,
+        })
+    }
+}
+
+impl Reading {
+    /// A snapshot for a read of `domain`'s read models (or of none, for the feed).
+    ///
+    /// # Errors
+    /// The database's, or a 400 for a `Cutover-Min-Position` that no event has.
+    pub async fn open(&self, domain: Option<Domain>) -> Result<Snapshot, ApiError> {
+        self.reads.open_snapshot(domain, self.min_position).await
+    }
+
+    /// A snapshot on the primary, for what a replica could not answer yet.
+    ///
+    /// # Errors
+    /// As [`Reading::open`].
+    pub async fn open_on_primary(&self, domain: Option<Domain>) -> Result<Snapshot, ApiError> {
+        self.reads.open_on_primary(domain, self.min_position).await
+    }
+}
+
+impl Reads {
+    /// A connection to the primary, for a read only it can answer.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn primary_connection(
+        &self,
+    ) -> Result<impl std::ops::DerefMut<Target = PgConnection>, sqlx::Error> {
+        self.inner.primary.connect().await
+    }
+}
+
+/// A connection for one batch of a live stream, on the next replica in rotation or the
+/// primary.
+///
+/// # Errors
+/// The database's.
+pub async fn stream_connection(
+    reads: &Reads,
+) -> Result<impl std::ops::DerefMut<Target = PgConnection>, sqlx::Error> {
+    if let Some(replica) = reads.pick() {
+        match replica.target.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if database::is_unreachable(&e) => {
+                // The check task takes it out of the rotation; this batch reads the primary.
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    reads.inner.primary.connect().await
+}
