@@ -244,7 +244,10 @@ fn start_pgbouncer() -> PathBuf {
         }
         let _ = std::fs::remove_file(&pidfile);
     }
-    let host = server.admin.get_host().to_owned();
+    let host = server.admin.get_socket().map_or_else(
+        || server.admin.get_host().to_owned(),
+        |socket| socket.display().to_string(),
+    );
     let port = server.admin.get_port();
     let users = dir.join("users.txt");
     std::fs::write(&users, "\"postgres\" \"\"\n").expect("writing pgbouncer's users");
