@@ -118,6 +118,9 @@ pub struct TestDb {
     pub pool: PgPool,
     pub options: PgConnectOptions,
     pub name: String,
+    /// Whether it lives on the shared test server (which the test pgbouncer is in front of),
+    /// rather than on a test's own cluster.
+    pub shared: bool,
 }
 
 impl TestDb {
@@ -144,6 +147,7 @@ impl TestDb {
             pool,
             options,
             name,
+            shared: true,
         }
     }
 
@@ -160,6 +164,7 @@ impl TestDb {
             pool: self.another_pool(40).await,
             options: self.options.clone(),
             name: self.name.clone(),
+            shared: self.shared,
         }
     }
 
@@ -207,6 +212,7 @@ impl TestDb {
             pool,
             options,
             name,
+            shared: false,
         }
     }
 }
@@ -351,7 +357,8 @@ impl Default for AppOptions {
     }
 }
 
-/// The `DatabaseArgs` of a test server (only the pool's sizes and timeouts are read).
+/// The `DatabaseArgs` of a test server (only whether it is pooled, and the pool's sizes and
+/// timeouts, are read).
 fn database_args() -> DatabaseArgs {
     DatabaseArgs {
         database_url: None,
@@ -379,11 +386,12 @@ impl TestApp {
     }
 
     /// A server on `db` (its pool is the session connection), reading as `options` say;
-    /// through pgbouncer when [`through_pgbouncer`].
+    /// through pgbouncer when [`through_pgbouncer`] and `db` is on the shared server.
     pub async fn spawn_on(db: TestDb, options: AppOptions) -> Self {
-        let args = database_args();
+        let mut args = database_args();
+        args.database_pooled &= db.shared;
         let route = args.route();
-        let pool = if through_pgbouncer() {
+        let pool = if args.database_pooled {
             let url = format!(
                 "postgres://postgres@localhost:{PGBOUNCER_PORT}/{}?host={}",
                 db.name,
@@ -555,6 +563,7 @@ pub struct Replica {
     pub cluster: LocalPostgres,
     /// The URL of the primary's database on the replica.
     pub url: String,
+    root: PathBuf,
 }
 
 impl Replica {
@@ -573,7 +582,42 @@ impl Replica {
                 .expect("starting the replica")
                 .unwrap_or_else(|e| panic!("starting the replica: {e}"));
         let url = cluster.url(&name);
-        Self { cluster, url }
+        Self {
+            cluster,
+            url,
+            root: PathBuf::from(format!("{}-{name}-replica", test_pg_base().display())),
+        }
+    }
+
+    /// Stops the replica's server (fast shutdown).
+    pub async fn stop(&self) {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            LocalPostgres::ensure_running(&root).and_then(|cluster| cluster.stop())
+        })
+        .await
+        .expect("stopping the replica")
+        .unwrap_or_else(|e| panic!("stopping the replica: {e}"));
+    }
+
+    /// Starts the stopped replica again; it goes on following the primary.
+    pub async fn start(&mut self) {
+        let root = self.root.clone();
+        self.cluster = tokio::task::spawn_blocking(move || LocalPostgres::ensure_running(&root))
+            .await
+            .expect("starting the replica")
+            .unwrap_or_else(|e| panic!("starting the replica: {e}"));
+    }
+
+    /// Promotes the replica to a primary of its own.
+    pub async fn promote(&self) {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            LocalPostgres::ensure_running(&root).and_then(|cluster| cluster.promote())
+        })
+        .await
+        .expect("promoting the replica")
+        .unwrap_or_else(|e| panic!("promoting the replica: {e}"));
     }
 
     /// A connection to the replica's copy of the database.

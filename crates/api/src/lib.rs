@@ -88,6 +88,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::pages::router())
         .merge(openapi::router())
         .layer(middleware::from_fn(conditional::conditional_get))
+        .layer(middleware::from_fn(reads::position_header))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

@@ -21,9 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
+use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::middleware::Next;
+use axum::response::Response;
 use cutover_core::database::{self, Route};
 use cutover_core::read_source::{self, Domain, ReadSource};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -123,6 +125,26 @@ impl std::ops::DerefMut for Conn {
             Self::Pooled(tx) => tx,
         }
     }
+}
+
+/// The highest log position the server a request read shows (-1 until a snapshot is opened),
+/// which [`position_header`] sends as `Cutover-Position`.
+#[derive(Clone)]
+struct Seen(Arc<AtomicI64>);
+
+/// Sends, on the answer of every request that opened a [`Snapshot`] (errors included: a 404
+/// from a replica says how far it was), the position that server showed as `Cutover-Position`.
+pub async fn position_header(mut request: Request, next: Next) -> Response {
+    let seen = Seen(Arc::new(AtomicI64::new(-1)));
+    request.extensions_mut().insert(seen.clone());
+    let mut response = next.run(request).await;
+    let position = seen.0.load(Ordering::Relaxed);
+    if position >= 0 {
+        response
+            .headers_mut()
+            .insert(POSITION, HeaderValue::from(position));
+    }
+    response
 }
 
 /// One replica and what its last check found.
@@ -237,6 +259,12 @@ impl Reads {
         max_lag: Duration,
     ) -> Self {
         let metrics = ReadMetrics::default();
+        for served_by in ["primary", "replica"] {
+            metrics
+                .served
+                .get_or_create(&ServedLabels { served_by })
+                .inc_by(0);
+        }
         for replica in &replicas {
             let labels = ReplicaLabels {
                 replica: replica.name.clone(),
@@ -531,15 +559,6 @@ impl Snapshot {
     pub fn on_replica(&self) -> bool {
         self.on_replica
     }
-
-    /// `answer` with the `Cutover-Position` this read saw at least.
-    pub fn answer(&self, answer: impl IntoResponse) -> Response {
-        let mut response = answer.into_response();
-        response
-            .headers_mut()
-            .insert(POSITION, HeaderValue::from(self.position));
-        response
-    }
 }
 
 impl std::ops::Deref for Snapshot {
@@ -560,6 +579,7 @@ impl std::ops::DerefMut for Snapshot {
 pub struct Reading {
     reads: Reads,
     min_position: Option<i64>,
+    seen: Option<Seen>,
 }
 
 impl FromRequestParts<AppState> for Reading {
@@ -588,6 +608,7 @@ impl FromRequestParts<AppState> for Reading {
         Ok(Self {
             reads: state.reads.clone(),
             min_position,
+            seen: parts.extensions.get::<Seen>().cloned(),
         })
     }
 }
@@ -598,7 +619,8 @@ impl Reading {
     /// # Errors
     /// The database's, or a 400 for a `Cutover-Min-Position` that no event has.
     pub async fn open(&self, domain: Option<Domain>) -> Result<Snapshot, ApiError> {
-        self.reads.open_snapshot(domain, self.min_position).await
+        let snapshot = self.reads.open_snapshot(domain, self.min_position).await?;
+        Ok(self.saw(snapshot))
     }
 
     /// A snapshot on the primary, for what a replica could not answer yet.
@@ -606,7 +628,19 @@ impl Reading {
     /// # Errors
     /// As [`Reading::open`].
     pub async fn open_on_primary(&self, domain: Option<Domain>) -> Result<Snapshot, ApiError> {
-        self.reads.open_on_primary(domain, self.min_position).await
+        let snapshot = self
+            .reads
+            .open_on_primary(domain, self.min_position)
+            .await?;
+        Ok(self.saw(snapshot))
+    }
+
+    /// Records how far `snapshot`'s server is, for the answer's `Cutover-Position`.
+    fn saw(&self, snapshot: Snapshot) -> Snapshot {
+        if let Some(seen) = &self.seen {
+            seen.0.store(snapshot.position, Ordering::Relaxed);
+        }
+        snapshot
     }
 }
 

@@ -21,5 +21,6 @@ mod observability;
 mod openapi;
 mod repair;
 mod replay;
+mod replicas;
 mod resume;
 mod switch_gate;

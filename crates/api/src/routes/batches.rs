@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cutover_core::domain::batch::{
@@ -268,7 +268,7 @@ async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Respons
         BatchView::Legacy(row) => row.last_sequence,
         BatchView::New(row) => row.last_sequence,
     };
-    Ok(snapshot.answer(Answer(document(
+    Ok(IntoResponse::into_response(Answer(document(
         source,
         version,
         None,
@@ -318,7 +318,7 @@ async fn list_completions(
         .last()
         .filter(|_| full)
         .map(|row| row.player_lookup.clone());
-    Ok(snapshot.answer(axum::Json(CompletionPage {
+    Ok(IntoResponse::into_response(axum::Json(CompletionPage {
         read_source: source,
         items,
         next,

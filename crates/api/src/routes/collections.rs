@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::Router;
 use cutover_core::domain::collection::{
@@ -279,7 +279,7 @@ async fn fetch(
         CollectionView::Legacy(row) => row.last_sequence,
         CollectionView::New(row) => row.last_sequence,
     };
-    Ok(snapshot.answer(Answer(document(
+    Ok(IntoResponse::into_response(Answer(document(
         source,
         version,
         None,
@@ -332,7 +332,7 @@ async fn list(
         CollectionView::Legacy(row) => row.collection_id,
         CollectionView::New(row) => row.collection_id,
     });
-    Ok(snapshot.answer(axum::Json(CollectionPage {
+    Ok(IntoResponse::into_response(axum::Json(CollectionPage {
         read_source: source,
         items,
         next,

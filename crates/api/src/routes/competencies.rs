@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cutover_core::domain::competency::{
@@ -251,7 +251,7 @@ async fn fetch(
             .map(|row| (row.last_sequence, json!(row))),
     }
     .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
-    Ok(snapshot.answer(Answer(document(
+    Ok(IntoResponse::into_response(Answer(document(
         source,
         version,
         None,
@@ -298,7 +298,7 @@ async fn list(
             .map(|row| json!(row))
             .collect(),
     };
-    Ok(snapshot.answer(axum::Json(Page {
+    Ok(IntoResponse::into_response(axum::Json(Page {
         read_source: Some(source),
         items,
     })))
@@ -332,7 +332,7 @@ async fn analytics(
                 typed::NAME
             ))
         })?;
-    Ok(snapshot.answer(axum::Json(Page {
+    Ok(IntoResponse::into_response(axum::Json(Page {
         read_source: None,
         items,
     })))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -129,7 +129,7 @@ async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Respon
     };
     let read = log::read_safe(&mut *snapshot, cursor, limit, types.as_deref()).await?;
     let next = read.scanned_to.map_or(after, |c| c.position);
-    Ok(snapshot.answer(axum::Json(FeedPage {
+    Ok(IntoResponse::into_response(axum::Json(FeedPage {
         events: read.events.into_iter().map(FeedEvent::from).collect(),
         next,
     })))
