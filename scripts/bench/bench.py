@@ -12,7 +12,9 @@ One run, on one private Postgres cluster (started by Cutover's own server):
    batch, record an attempt;
 3. the rebuild of every projection from a seeded log, beside a COPY floor measured on the
    same data;
-4. peak memory of the servers and of the rebuilding CLI.
+4. peak memory of the servers and of the rebuilding CLI;
+5. GET throughput at 16 connections: Cutover's server on the primary alone, and a second one
+   reading from a streaming replica of the same cluster (pg_basebackup -R), in turns.
 
 It writes target/bench/results.json, results.md and chart.png and prints the table and the
 targets of the issue. Started by scripts/bench/run, which installs what it needs.
@@ -370,6 +372,74 @@ PGBENCH_RUNS = [
 ]
 
 
+def as_postgres(cmd):
+    """`cmd` run as the postgres user when this process is root (Postgres refuses root)."""
+    return ["runuser", "-u", "postgres", "--", *map(str, cmd)] if os.getuid() == 0 else cmd
+
+
+def start_replica(cluster, folder, logs):
+    """A hot standby of `cluster` in `folder`, made with pg_basebackup -R: its Cluster."""
+    folder.mkdir()
+    (folder / "run").mkdir(mode=0o700)
+    if os.getuid() == 0:
+        user = pwd.getpwnam("postgres")
+        for path in (folder, folder / "run"):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    replica = Cluster(cluster.bin, folder)
+    run(as_postgres([cluster.bin / "pg_basebackup", "-D", replica.data, "-R", "-X", "stream",
+                     "-c", "fast", "-h", cluster.socket, "-U", "postgres"]))
+    # The copied settings name the primary's socket folder: the replica listens in its own.
+    conf = replica.data / "cutover.conf"
+    conf.write_text(re.sub(r"unix_socket_directories = '[^']*'",
+                           f"unix_socket_directories = '{replica.socket}'", conf.read_text()))
+    run(as_postgres([cluster.bin / "pg_ctl", "-D", replica.data, "-l", logs / "replica.log",
+                     "-w", "-t", "120", "start"]), cwd="/")
+    return replica
+
+
+def metric(base, sample):
+    """One sample of a server's /metrics, or None."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[1])
+    return None
+
+
+def replica_reads(servers, cluster, profile, bins, work, logs):
+    """GETs at 16 connections, in turns: the server on the primary alone, and one reading from
+    a streaming replica; with how many reads the replica answered."""
+    replica = start_replica(cluster, work / "replica", logs)
+    port = free_port()
+    reader = Server("cutover-replica", [bins / "cutover-api"], {
+        "DATABASE_URL": cluster.url("cutover"), "CUTOVER_READ_DATABASE_URL": replica.url("cutover"),
+        "CUTOVER_BIND": f"127.0.0.1:{port}", "RUST_LOG": "warn"}, port, logs)
+    try:
+        reader.wait_healthy()
+        deadline = time.time() + 60
+        while metric(reader.base, 'cutover_replica_in_rotation{replica="0"}') != 1:
+            if time.time() > deadline:
+                raise RuntimeError("the replica did not come into rotation")
+            time.sleep(0.2)
+        systems = {"primary alone": servers["cutover"], "with a replica": reader}
+        runs = {name: [] for name in systems}
+        seconds = max(1, profile.seconds // ROUNDS)
+        for _ in range(ROUNDS):
+            for name, server in systems.items():
+                runs[name].append(wrk(server, cluster, "read", 0, 16, seconds, []))
+        results = {name: combined(r) for name, r in runs.items()}
+        served = metric(reader.base, 'cutover_reads_total{served_by="replica"}')
+        results["with a replica"]["served_by_replica"] = served
+        for name, result in results.items():
+            log(f"read     {name:<15} 16 conns: {result['ok_per_s']:>8.1f} ok/s, "
+                f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']}")
+        return results
+    finally:
+        reader.stop()
+        run(as_postgres([cluster.bin / "pg_ctl", "-D", replica.data, "-m", "fast", "-w", "stop"]),
+            cwd="/")
+
+
 def physical_limit(cluster, profile, logs):
     # Exactly the schema the running Cutover server made (tables, indexes, triggers).
     schema = run([cluster.bin / "pg_dump", "--schema-only", "-h", cluster.socket,
@@ -664,6 +734,11 @@ def targets(results):
         f"{full['peak_rss_mb']} vs {small['peak_rss_mb']} MB")
     rss = results["memory"]["cutover"]["peak_rss_mb"]
     add("server peak RSS under load (MB)", rss, "<= 100", rss is not None and rss <= 100)
+    reads = results["reads"]
+    r = ratio(reads["with a replica"]["ok_per_s"], reads["primary alone"]["ok_per_s"])
+    add("GET @16: with one replica / primary alone (same machine)", r, "(for reference)", True,
+        f"{reads['with a replica']['ok_per_s']} vs {reads['primary alone']['ok_per_s']}/s; "
+        f"{reads['with a replica']['served_by_replica']:.0f} reads served by the replica")
     return rows
 
 
@@ -719,6 +794,19 @@ def markdown(results):
         if any(system in counts for system in SYSTEMS):
             lines.append(f"| {SCENARIO_TITLES[scenario]} | {counts.get('pgbench', '')} | "
                          + " | ".join(str(counts.get(s, "")) for s in SYSTEMS) + " |")
+    lines += ["", "## Reads: the primary alone and with one replica", "",
+              "`GET /projects/{p}/collections?limit=10` at 16 connections, the two servers in "
+              f"{ROUNDS} turns. The replica is a hot standby of the same cluster on the same "
+              "machine, so both share its 2 cores: the figure shows what routing reads to a "
+              "replica costs, not what a replica on a machine of its own adds. CPU as above "
+              "(the replica's Postgres is not counted).", "",
+              "| server | ok/s | p50 ms | p99 ms | errors | app CPU ms | served by the replica |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results["reads"].items():
+        served = r.get("served_by_replica")
+        lines.append(f"| {name} | {r['ok_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['errors']} | {cpu(r['app_cpu_ms'])} | "
+                     f"{'' if served is None else f'{served:.0f}'} |")
     rb = results["rebuild"]
     lines += ["", "## Rebuild", "", "| what | events | seconds | events/s | peak RSS MB |",
               "| --- | ---: | ---: | ---: | ---: |"]
@@ -844,6 +932,7 @@ def main():
         # cannot hold the cluster's horizon back and make the rebuild wait for it.
         for system in ("cqrs-es", "dual-write"):
             servers.pop(system).stop()
+        results["reads"] = replica_reads(servers, cluster, profile, bins, work, logs)
         results["rebuild"] = rebuild(cluster, profile, bins, work, logs)
     finally:
         # The peers first: Cutover's server stops the cluster it started.

@@ -1,5 +1,5 @@
 -- wrk script of scripts/bench/run: one command scenario, against Cutover or a peer (they
--- share routes and bodies). Request number n runs from `first` up, spread over the threads, so
+-- share routes and bodies), or Cutover's reads. Request number n runs from `first` up, spread over the threads, so
 -- that consecutive runs on one server never repeat a request.
 --
 --   wrk ... -s load.lua URL -- SCENARIO FIRST THREADS [PREFIX BATCHES PLAYERS]
@@ -10,6 +10,7 @@
 --   hot       POST /batches/{PREFIX-k}/completions: batch n // PLAYERS, player n % PLAYERS
 --             (every request goes to the same batch until its players are used up)
 --   attempt   POST /students/{s}/attempts, 5,000 students x 240 subskills
+--   read      GET /projects/{p}/collections?limit=10, the 50 projects of create
 --
 -- done() prints one JSON line: requests, errors, duration and latency percentiles (us).
 
@@ -42,7 +43,10 @@ end
 request = function()
   local n = first + counter * nthreads + id
   counter = counter + 1
-  if scenario == "create" then
+  if scenario == "read" then
+    local project = string.format("00000000-0000-4000-8000-%012d", n % 50)
+    return wrk.format("GET", "/projects/" .. project .. "/collections?limit=10")
+  elseif scenario == "create" then
     local body = string.format('{"collection_name":"bench %d","description":"made by wrk"}', n)
     local project = string.format("00000000-0000-4000-8000-%012d", n % 50)
     return wrk.format("POST", "/projects/" .. project .. "/collections", json, body)

@@ -335,8 +335,8 @@ impl Reads {
             .await?
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
-                    "{MIN_POSITION}: no event has position {}; send a position a command \
-                     answered",
+                    "Cutover-Min-Position: no event has position {}; send a position a \
+                     command answered",
                     min_position.unwrap_or_default()
                 ))
             })?;
@@ -599,8 +599,8 @@ impl FromRequestParts<AppState> for Reading {
                     .filter(|p| *p >= 1)
                     .ok_or_else(|| {
                         ApiError::BadRequest(format!(
-                            "{MIN_POSITION} must be a log position (a whole number, 1 or more) \
-                             that a command answered"
+                            "Cutover-Min-Position must be a log position (a whole number, 1 or \
+                             more) that a command answered"
                         ))
                     })?,
             ),

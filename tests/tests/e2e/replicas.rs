@@ -164,7 +164,7 @@ async fn bad_input_a_min_position_that_is_no_position_is_400_on_a_replica_and_al
             assert!(problem["detail"]
                 .as_str()
                 .unwrap()
-                .contains("cutover-min-position"));
+                .contains("Cutover-Min-Position"));
         }
         let response = app
             .get("/events")

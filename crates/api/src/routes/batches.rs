@@ -249,7 +249,7 @@ async fn record_bulk(
     operation_id = "getBatch",
     tag = "batches",
     description = "The batch, from the domain's read source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "the batch", body = crate::openapi::Document, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
@@ -282,7 +282,7 @@ async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Respons
     operation_id = "listCompletions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::NotModified,

@@ -254,7 +254,7 @@ async fn delete(
     operation_id = "getCollection",
     tag = "collections",
     description = "The collection, from the domain's read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "the collection", body = crate::openapi::Document, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-Match takes it as that version, If-None-Match as this answer")
@@ -293,7 +293,7 @@ async fn fetch(
     operation_id = "listCollections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::NotModified,

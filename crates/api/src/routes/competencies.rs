@@ -224,7 +224,7 @@ async fn record_review(
     operation_id = "getCompetency",
     tag = "competencies",
     description = "One competency: 404 until the subskill has an attempt.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "the competency", body = crate::openapi::Document, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
@@ -265,7 +265,7 @@ async fn fetch(
     operation_id = "listCompetencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::NotModified,
@@ -310,7 +310,7 @@ async fn list(
     operation_id = "getSkillAnalytics",
     tag = "competencies",
     description = "Attempts, students and mean score per subskill (kept by the new shape's projection: a 409 while it is retired).",
-    params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::openapi::ReadHeaders),
+    params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::openapi::Page),
         crate::openapi::NotModified,

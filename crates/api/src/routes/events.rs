@@ -100,7 +100,7 @@ struct FeedPage {
     operation_id = "listEvents",
     tag = "events",
     description = "A page of the event log in gap-free order.",
-    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::openapi::ReadHeaders),
+    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
         (status = 200, description = "events and next", body = crate::openapi::EventPage),
         crate::openapi::NotModified,
