@@ -392,7 +392,8 @@ def start_replica(cluster, folder, logs):
     conf = replica.data / "cutover.conf"
     conf.write_text(re.sub(r"unix_socket_directories = '[^']*'",
                            f"unix_socket_directories = '{replica.socket}'", conf.read_text()))
-    run(as_postgres([cluster.bin / "pg_ctl", "-D", replica.data, "-l", logs / "replica.log",
+    # Its log in its own folder, which the postgres user can write; copied to logs/ when done.
+    run(as_postgres([cluster.bin / "pg_ctl", "-D", replica.data, "-l", folder / "postgres.log",
                      "-w", "-t", "120", "start"]), cwd="/")
     return replica
 
@@ -438,6 +439,7 @@ def replica_reads(servers, cluster, profile, bins, work, logs):
         reader.stop()
         run(as_postgres([cluster.bin / "pg_ctl", "-D", replica.data, "-m", "fast", "-w", "stop"]),
             cwd="/")
+        shutil.copy(work / "replica" / "postgres.log", logs / "replica.log")
 
 
 def physical_limit(cluster, profile, logs):
