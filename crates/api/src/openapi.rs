@@ -221,7 +221,7 @@ pub struct PositionHeaders {
     /// A log position a command answered (its `position`, or its `Cutover-Position` header):
     /// the read is answered only by a server that shows that event, a replica once it has
     /// replayed it (within `--replica-wait-ms`), else the primary. A position no event has is
-    /// a 400. Every read answers with `Cutover-Position`: the highest position its server
+    /// a 412. Every read answers with `Cutover-Position`: the highest position its server
     /// showed.
     #[param(rename = "Cutover-Min-Position", nullable = false, minimum = 1)]
     pub cutover_min_position: Option<i64>,

@@ -43,7 +43,7 @@ use crate::AppState;
 /// shows.
 pub const POSITION: HeaderName = HeaderName::from_static("cutover-position");
 /// A read answered only from a server that shows the event at this position.
-pub const MIN_POSITION: HeaderName = HeaderName::from_static("cutover-min-position");
+const MIN_POSITION: HeaderName = HeaderName::from_static("cutover-min-position");
 
 /// How often every replica is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -198,18 +198,6 @@ struct Inner {
 }
 
 impl Reads {
-    /// Reads served by the primary alone: `pool`, reached by `route`.
-    pub fn primary(pool: PgPool, route: Route) -> Self {
-        Self::new(
-            pool.clone(),
-            route,
-            pool,
-            Vec::new(),
-            Duration::ZERO,
-            Duration::ZERO,
-        )
-    }
-
     /// Opens the replicas of `args` (reached by `route`, as the primary's `pool` is) and
     /// starts checking them; `session` is a direct connection to the primary. The checks end
     /// when `shutdown` turns true.
@@ -324,7 +312,7 @@ impl Reads {
     }
 
     /// A snapshot on the primary. A `min_position` the primary does not show is no position a
-    /// command answered: a 400.
+    /// command answered, and no server can meet it: a 412.
     async fn open_on_primary(
         &self,
         domain: Option<Domain>,
@@ -334,7 +322,7 @@ impl Reads {
         let snapshot = Snapshot::on(conn, domain, min_position, None)
             .await?
             .ok_or_else(|| {
-                ApiError::BadRequest(format!(
+                ApiError::PreconditionFailed(format!(
                     "Cutover-Min-Position: no event has position {}; send a position a \
                      command answered",
                     min_position.unwrap_or_default()
@@ -598,10 +586,11 @@ impl FromRequestParts<AppState> for Reading {
                     .and_then(|v| v.trim().parse::<i64>().ok())
                     .filter(|p| *p >= 1)
                     .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
+                        ApiError::BadRequest(
                             "Cutover-Min-Position must be a log position (a whole number, 1 or \
                              more) that a command answered"
-                        ))
+                                .to_owned(),
+                        )
                     })?,
             ),
         };
@@ -617,7 +606,7 @@ impl Reading {
     /// A snapshot for a read of `domain`'s read models (or of none, for the feed).
     ///
     /// # Errors
-    /// The database's, or a 400 for a `Cutover-Min-Position` that no event has.
+    /// The database's, or a 412 for a `Cutover-Min-Position` that no event has.
     pub async fn open(&self, domain: Option<Domain>) -> Result<Snapshot, ApiError> {
         let snapshot = self.reads.open_snapshot(domain, self.min_position).await?;
         Ok(self.saw(snapshot))

@@ -134,6 +134,9 @@ impl Database {
     /// # Errors
     /// See [`DatabaseError`].
     pub async fn open(args: &DatabaseArgs) -> Result<Self, DatabaseError> {
+        if args.database_pooled && args.session_database_url.is_none() {
+            return Err(DatabaseError::PooledWithoutSession);
+        }
         let (url, local) = match &args.database_url {
             Some(url) => (url.clone(), None),
             None => {
@@ -151,7 +154,6 @@ impl Database {
                 pool(&url, route, args).await?,
                 pool(session_url, Route::Direct, args).await?,
             ),
-            None if args.database_pooled => return Err(DatabaseError::PooledWithoutSession),
             None => {
                 let pool = pool(&url, Route::Direct, args).await?;
                 (pool.clone(), pool)
@@ -295,5 +297,28 @@ pub fn is_unreachable(e: &sqlx::Error) -> bool {
             code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pooled_database_without_a_session_url_is_refused_before_anything_starts() {
+        let args = DatabaseArgs {
+            database_url: Some("postgres://cutover@127.0.0.1:6432/cutover".to_owned()),
+            database_pooled: true,
+            session_database_url: None,
+            data_dir: PathBuf::from("/nonexistent"),
+            max_connections: 1,
+            acquire_timeout_secs: 1,
+            statement_timeout_secs: 1,
+        };
+        let refused = Database::open(&args).await.err();
+        assert!(
+            matches!(refused, Some(DatabaseError::PooledWithoutSession)),
+            "{refused:?}"
+        );
     }
 }

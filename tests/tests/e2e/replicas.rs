@@ -149,7 +149,8 @@ async fn reads_are_served_by_the_replica_and_a_commands_position_reads_its_own_w
 }
 
 #[tokio::test]
-async fn bad_input_a_min_position_that_is_no_position_is_400_on_a_replica_and_alone() {
+async fn bad_input_a_malformed_min_position_is_400_and_one_no_event_has_412_on_a_replica_and_alone()
+{
     let (_primary, _replica, app) = replicated("replica_bad_position", 5_000).await;
     let alone = TestApp::spawn().await;
     for app in [&app, &alone] {
@@ -172,7 +173,7 @@ async fn bad_input_a_min_position_that_is_no_position_is_400_on_a_replica_and_al
             .send()
             .await
             .unwrap();
-        let problem = json_with_status(response, StatusCode::BAD_REQUEST).await;
+        let problem = json_with_status(response, StatusCode::PRECONDITION_FAILED).await;
         assert!(problem["detail"]
             .as_str()
             .unwrap()
