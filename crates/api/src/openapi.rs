@@ -218,13 +218,18 @@ pub struct ReadHeaders {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct PositionHeaders {
-    /// A log position a command answered (its `position`, or its `Cutover-Position` header):
+    /// A log position a command answered (its `position`, or its `Cutover-Position` header),
+    /// in digits (at most 18, [`crate::reads::MIN_POSITION_DIGITS`]):
     /// the read is answered only by a server that shows that event, a replica once it has
     /// replayed it (within `--replica-wait-ms`), else the primary. A position no event has is
     /// a 412. Every read answers with `Cutover-Position`: the highest position its server
     /// showed.
-    #[param(rename = "Cutover-Min-Position", nullable = false, minimum = 1)]
-    pub cutover_min_position: Option<i64>,
+    #[param(
+        rename = "Cutover-Min-Position",
+        nullable = false,
+        pattern = r"^[1-9][0-9]{0,17}$"
+    )]
+    pub cutover_min_position: Option<String>,
 }
 
 /// The headers every command route reads.

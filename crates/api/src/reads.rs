@@ -91,14 +91,17 @@ impl Target {
     async fn connect(&self) -> Result<Conn, sqlx::Error> {
         Ok(match self.route {
             Route::Direct => Conn::Direct(self.pool.acquire().await?),
-            Route::Pooled { .. } => Conn::Pooled(
-                self.pool
-                    .begin_with(format!(
-                        "BEGIN READ ONLY{}",
-                        self.route.transaction_settings()
-                    ))
-                    .await?,
-            ),
+            Route::Pooled { .. } => {
+                // In a task of its own: a `BEGIN` cancelled while it waits (the client hung
+                // up) would leave sqlx believing the connection is not in a transaction, and
+                // return it to the pool inside one.
+                let pool = self.pool.clone();
+                let begin = format!("BEGIN READ ONLY{}", self.route.transaction_settings());
+                let tx = tokio::spawn(async move { pool.begin_with(begin).await })
+                    .await
+                    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))??;
+                Conn::Pooled(tx)
+            }
         })
     }
 }
@@ -152,9 +155,10 @@ struct Replica {
     /// Its place in `--read-database-url`, from 0: its label in the metrics and logs.
     name: String,
     target: Target,
+    /// One connection of its own for the checks, so that reads filling `target`'s pool do not
+    /// make a busy replica look down.
+    checks: PgPool,
     in_rotation: AtomicBool,
-    /// Milliseconds its replay was behind at the last check (-1: unknown).
-    lag_ms: AtomicI64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,12 +220,12 @@ impl Reads {
         for (index, url) in args.urls.iter().enumerate() {
             let options = database::connect_options(url, route, database.statement_timeout_secs)?;
             let pool = database::pool_options(database.max_connections, REPLICA_TIMEOUT)
-                .connect_lazy_with(options);
+                .connect_lazy_with(options.clone());
             replicas.push(Replica {
                 name: index.to_string(),
                 target: Target { pool, route },
+                checks: database::pool_options(1, REPLICA_TIMEOUT).connect_lazy_with(options),
                 in_rotation: AtomicBool::new(false),
-                lag_ms: AtomicI64::new(-1),
             });
         }
         let reads = Self::new(
@@ -342,22 +346,28 @@ impl Reads {
 
     /// The read goes to the primary, which answers with its own error if the read has one (a
     /// replica may also cancel a query that conflicts with its replay). A replica that cannot
-    /// be reached leaves the rotation until its next good check.
+    /// be reached leaves the rotation until its next good check; one whose pool is only full
+    /// stays in it.
     fn replica_failed(&self, replica: &Replica, e: &sqlx::Error) {
-        if !database::is_unreachable(e) {
+        if matches!(e, sqlx::Error::PoolTimedOut) || !database::is_unreachable(e) {
             tracing::warn!(replica = %replica.name, error = %e, "replica read failed: reading the primary");
             return;
         }
         if replica.in_rotation.swap(false, Ordering::Relaxed) {
             tracing::warn!(replica = %replica.name, error = %e, "replica unreachable: out of rotation");
-            self.inner
-                .metrics
-                .in_rotation
-                .get_or_create(&ReplicaLabels {
-                    replica: replica.name.clone(),
-                })
-                .set(0);
         }
+        self.show_rotation(replica);
+    }
+
+    /// The rotation gauge of `replica`, from its flag (whoever changed it last).
+    fn show_rotation(&self, replica: &Replica) {
+        self.inner
+            .metrics
+            .in_rotation
+            .get_or_create(&ReplicaLabels {
+                replica: replica.name.clone(),
+            })
+            .set(i64::from(replica.in_rotation.load(Ordering::Relaxed)));
     }
 
     /// Checks every replica each [`CHECK_EVERY`] until `shutdown`.
@@ -379,7 +389,7 @@ impl Reads {
                 samples.pop_front();
             }
             for replica in &self.inner.replicas {
-                let state = tokio::time::timeout(REPLICA_TIMEOUT, replica_state(&replica.target))
+                let state = tokio::time::timeout(REPLICA_TIMEOUT, replica_state(&replica.checks))
                     .await
                     .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
                 self.record(replica, state, &samples);
@@ -401,26 +411,18 @@ impl Reads {
         let labels = ReplicaLabels {
             replica: replica.name.clone(),
         };
+        // Unknown (NaN) unless the replica is following this primary.
+        let lag_gauge = self.inner.metrics.lag.get_or_create(&labels).clone();
+        lag_gauge.set(f64::NAN);
         let (well, why) = match state {
-            Err(e) => {
-                replica.lag_ms.store(-1, Ordering::Relaxed);
-                (false, format!("unreachable: {e}"))
-            }
+            Err(e) => (false, format!("unreachable: {e}")),
             Ok((false, _)) => (
                 false,
                 "not in recovery: it was promoted, and no longer follows this primary".to_owned(),
             ),
             Ok((true, replayed)) => {
                 let lag = lag(samples, replayed);
-                let lag_ms = lag.map_or(i64::MAX, |l| {
-                    i64::try_from(l.as_millis()).unwrap_or(i64::MAX)
-                });
-                replica.lag_ms.store(lag_ms, Ordering::Relaxed);
-                self.inner
-                    .metrics
-                    .lag
-                    .get_or_create(&labels)
-                    .set(lag.map_or(f64::INFINITY, |l| l.as_secs_f64()));
+                lag_gauge.set(lag.map_or(f64::INFINITY, |l| l.as_secs_f64()));
                 match lag {
                     Some(lag) if lag <= self.inner.max_lag => (true, String::new()),
                     _ => (
@@ -441,11 +443,7 @@ impl Reads {
                 tracing::warn!(replica = %replica.name, "replica out of rotation: {why}");
             }
         }
-        self.inner
-            .metrics
-            .in_rotation
-            .get_or_create(&labels)
-            .set(i64::from(well));
+        self.show_rotation(replica);
     }
 }
 
@@ -476,12 +474,12 @@ async fn wal_position(pool: &PgPool, expression: &str) -> Result<i64, sqlx::Erro
 }
 
 /// Whether a replica is in recovery, and how far it has replayed.
-async fn replica_state(target: &Target) -> Result<(bool, i64), sqlx::Error> {
+async fn replica_state(checks: &PgPool) -> Result<(bool, i64), sqlx::Error> {
     let row = sqlx::raw_sql(
         "SELECT pg_is_in_recovery(),
                 (coalesce(pg_last_wal_replay_lsn(), '0/0') - '0/0'::pg_lsn)::bigint",
     )
-    .fetch_one(&target.pool)
+    .fetch_one(checks)
     .await?;
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
@@ -577,29 +575,37 @@ impl FromRequestParts<AppState> for Reading {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let min_position = match parts.headers.get(&MIN_POSITION) {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<i64>().ok())
-                    .filter(|p| *p >= 1)
-                    .ok_or_else(|| {
+        let min_position =
+            match parts.headers.get(&MIN_POSITION) {
+                None => None,
+                Some(value) => Some(value.to_str().ok().and_then(parse_position).ok_or_else(
+                    || {
                         ApiError::BadRequest(
-                            "Cutover-Min-Position must be a log position (a whole number, 1 or \
-                             more) that a command answered"
+                            "Cutover-Min-Position must be a log position a command answered: \
+                             digits, 1 or more, at most 18 of them"
                                 .to_owned(),
                         )
-                    })?,
-            ),
-        };
+                    },
+                )?),
+            };
         Ok(Self {
             reads: state.reads.clone(),
             min_position,
             seen: parts.extensions.get::<Seen>().cloned(),
         })
     }
+}
+
+/// Most digits of a `Cutover-Min-Position` (any such number is a bigint).
+pub const MIN_POSITION_DIGITS: usize = 18;
+
+/// A `Cutover-Min-Position`: digits only, not starting with 0, at most
+/// [`MIN_POSITION_DIGITS`] of them (the description's pattern says the same).
+fn parse_position(text: &str) -> Option<i64> {
+    let well_formed = (1..=MIN_POSITION_DIGITS).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && !text.starts_with('0');
+    well_formed.then(|| text.parse().ok()).flatten()
 }
 
 impl Reading {
@@ -652,15 +658,15 @@ impl Reads {
 /// The database's.
 pub async fn stream_connection(
     reads: &Reads,
-) -> Result<impl std::ops::DerefMut<Target = PgConnection>, sqlx::Error> {
+) -> Result<(impl std::ops::DerefMut<Target = PgConnection>, bool), sqlx::Error> {
     if let Some(replica) = reads.pick() {
         match replica.target.connect().await {
-            Ok(conn) => return Ok(conn),
+            Ok(conn) => return Ok((conn, true)),
             Err(e) if database::is_unreachable(&e) => {
                 // The check task takes it out of the rotation; this batch reads the primary.
             }
             Err(e) => return Err(e),
         }
     }
-    reads.inner.primary.connect().await
+    Ok((reads.inner.primary.connect().await?, false))
 }

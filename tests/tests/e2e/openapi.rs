@@ -292,6 +292,33 @@ async fn the_described_header_rules_are_the_servers() {
         .as_str()
         .unwrap();
     assert!(if_match.contains(r#"""#), "{if_match}");
+
+    let digits = cutover_api::reads::MIN_POSITION_DIGITS;
+    let min_position = &parameter(&doc, "listEvents", "Cutover-Min-Position");
+    assert_eq!(
+        min_position["pattern"],
+        format!("^[1-9][0-9]{{0,{}}}$", digits - 1)
+    );
+    let read = |position: String| {
+        app.get("/events")
+            .header("cutover-min-position", position)
+            .send()
+    };
+    // The longest allowed is well-formed (no event has it: a 412); one digit more is a 400.
+    assert_eq!(
+        read(format!("1{}", "0".repeat(digits - 1)))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        read(format!("1{}", "0".repeat(digits)))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]

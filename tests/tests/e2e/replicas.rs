@@ -154,7 +154,7 @@ async fn bad_input_a_malformed_min_position_is_400_and_one_no_event_has_412_on_a
     let (_primary, _replica, app) = replicated("replica_bad_position", 5_000).await;
     let alone = TestApp::spawn().await;
     for app in [&app, &alone] {
-        for bad in ["soon", "0", "-3", "1.5"] {
+        for bad in ["soon", "0", "-3", "1.5", "+4", "07", "1000000000000000000"] {
             let response = app
                 .get("/events")
                 .header("cutover-min-position", bad)
@@ -169,7 +169,7 @@ async fn bad_input_a_malformed_min_position_is_400_and_one_no_event_has_412_on_a
         }
         let response = app
             .get("/events")
-            .header("cutover-min-position", "987654321")
+            .header("cutover-min-position", "100000000000000000")
             .send()
             .await
             .unwrap();

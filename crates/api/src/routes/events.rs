@@ -121,6 +121,7 @@ async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Respon
     // primary says whether it exists.
     let (mut snapshot, cursor) = match resolve(&mut snapshot, after).await {
         Err(ApiError::NotFound(_)) if snapshot.on_replica() => {
+            drop(snapshot);
             let mut primary = reading.open_on_primary(None).await?;
             let cursor = resolve(&mut primary, after).await?;
             (primary, cursor)
@@ -186,6 +187,7 @@ async fn live(
         local,
         remote,
         shutdown: state.feed.shutdown(),
+        woken: false,
     };
     let events = stream::unfold(tail, Tail::next_batch)
         .flat_map(stream::iter)
@@ -204,6 +206,8 @@ struct Tail {
     local: watch::Receiver<u64>,
     remote: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
+    /// Whether a commit woke the last wait: a replica may not have replayed it yet.
+    woken: bool,
 }
 
 impl Tail {
@@ -240,18 +244,20 @@ impl Tail {
                     if changed.is_err() {
                         return None;
                     }
+                    self.woken = true;
                 }
                 changed = self.remote.changed() => {
                     if changed.is_err() {
                         return None;
                     }
+                    self.woken = true;
                 }
                 stopped = self.shutdown.changed() => {
                     if stopped.is_err() {
                         return None;
                     }
                 }
-                () = recheck => {}
+                () = recheck => self.woken = false,
             }
         }
     }
@@ -261,24 +267,27 @@ impl Tail {
 enum Look {
     /// Events to scan (wanted or not).
     Read(log::Read),
-    /// None yet, but committed events wait behind an older transaction.
+    /// None yet, but committed events wait behind an older transaction, or the commit that
+    /// woke the stream may not be replayed yet on the replica read: look again soon.
     HeldBack,
     Nothing,
 }
 
 impl Tail {
     async fn look(&self) -> Result<Look, sqlx::Error> {
-        let mut conn = stream_connection(&self.reads).await?;
+        let (mut conn, on_replica) = stream_connection(&self.reads).await?;
         let read =
             log::read_safe(&mut *conn, self.cursor, STREAM_BATCH, self.types.as_deref()).await?;
         if read.scanned > 0 {
             return Ok(Look::Read(read));
         }
-        Ok(if log::held_back(&mut *conn, self.cursor).await? {
-            Look::HeldBack
-        } else {
-            Look::Nothing
-        })
+        Ok(
+            if (on_replica && self.woken) || log::held_back(&mut *conn, self.cursor).await? {
+                Look::HeldBack
+            } else {
+                Look::Nothing
+            },
+        )
     }
 }
 
