@@ -137,7 +137,11 @@ impl TestDb {
             .await
             .expect("creating the test database");
         admin.close().await;
-        let options = server.admin.clone().database(&name);
+        Self::connect(server.admin.clone().database(&name), name, true).await
+    }
+
+    /// The database of `options` (named `name`), through a pool of its own.
+    async fn connect(options: PgConnectOptions, name: String, shared: bool) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(40)
             .connect_with(options.clone())
@@ -147,7 +151,7 @@ impl TestDb {
             pool,
             options,
             name,
-            shared: true,
+            shared,
         }
     }
 
@@ -203,17 +207,7 @@ impl TestDb {
             .get_database()
             .expect("a URL that names its database")
             .to_owned();
-        let pool = PgPoolOptions::new()
-            .max_connections(40)
-            .connect_with(options.clone())
-            .await
-            .expect("connecting to the test database");
-        Self {
-            pool,
-            options,
-            name,
-            shared: false,
-        }
+        Self::connect(options, name, false).await
     }
 }
 

@@ -96,11 +96,11 @@ async fn the_feed_pages_through_the_log_in_order_and_resumes_from_next() {
     assert_eq!(only_batches[0]["event_type"], "BatchStarted");
 }
 
-#[tokio::test]
-async fn gap_free_global_order_the_feed_never_skips_an_event_that_commits_late() {
-    let app = TestApp::spawn().await;
-    create(&app, Uuid::new_v4(), "before").await;
-    // A writer takes a position and holds its transaction open ...
+/// A writer that has taken a position and holds its transaction open: the transaction and the
+/// position.
+pub async fn hold_a_late_commit(
+    app: &TestApp,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, i64) {
     let mut slow = app.db.pool.begin().await.unwrap();
     let late: i64 = sqlx::query_scalar(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
@@ -109,6 +109,15 @@ async fn gap_free_global_order_the_feed_never_skips_an_event_that_commits_late()
     .fetch_one(&mut *slow)
     .await
     .unwrap();
+    (slow, late)
+}
+
+#[tokio::test]
+async fn gap_free_global_order_the_feed_never_skips_an_event_that_commits_late() {
+    let app = TestApp::spawn().await;
+    create(&app, Uuid::new_v4(), "before").await;
+    // A writer takes a position and holds its transaction open ...
+    let (slow, late) = hold_a_late_commit(&app).await;
     // ... while another command takes a later position and commits first.
     let early = create(&app, Uuid::new_v4(), "after").await["position"]
         .as_i64()

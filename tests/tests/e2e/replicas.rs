@@ -10,6 +10,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::feed::hold_a_late_commit;
+
 /// A primary of the test's own, a replica of it, and a server reading from the replica.
 async fn replicated(name: &str, max_lag_ms: u64) -> (OwnCluster, Replica, TestApp) {
     let primary = OwnCluster::start(name).await;
@@ -220,14 +222,7 @@ async fn gap_free_global_order_the_feed_read_on_a_replica_never_skips_an_event_t
     let (_primary, replica, app) = replicated("replica_feed", 5_000).await;
     let (_, before) = create(&app, Uuid::new_v4(), "before").await;
     // A writer takes a position and holds its transaction open ...
-    let mut slow = app.db.pool.begin().await.unwrap();
-    let late: i64 = sqlx::query_scalar(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         VALUES ('probe', 'slow', 1, 'Probe', '1.0', '{}', '{}') RETURNING position",
-    )
-    .fetch_one(&mut *slow)
-    .await
-    .unwrap();
+    let (slow, late) = hold_a_late_commit(&app).await;
     // ... while another command takes a later position and commits first ...
     let (_, early) = create(&app, Uuid::new_v4(), "after").await;
     assert!(early > late, "the later position committed first");
