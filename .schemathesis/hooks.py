@@ -14,9 +14,9 @@ description asks for integers written as JSON integers (763), which is what the 
 as an integer. The client writes a whole number as an integer: the same number.
 
 A completion for a player the batch does not expect is refused with 422, as the description
-says (README: "A completion for a player not expected is 422"). Whether a player is expected
-depends on the batch the request names, not on the request's shape, so that refusal of a
-request the schema allows is not a mismatch; every other refusal still is.
+says (docs/api.md: "A completion for a player not expected is 422"). Whether a player is
+expected depends on the batch the request names, not on the request's shape, so that refusal
+of a request the schema allows is not a mismatch; every other refusal still is.
 
 Where sequences start. The stateful phase starts its sequences only at operations it deems
 likely to succeed with drawn data, and it deems a parameter named like `project_id` or
