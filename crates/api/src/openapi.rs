@@ -29,7 +29,9 @@ use crate::AppState;
 /// source's shape. A row is `null` when the read source does not hold it (any more).
 #[derive(Serialize, ToSchema)]
 pub struct Document {
-    /// The shape the rows are in.
+    /// The read model that answered: `legacy` or `new`. The route decides the shape of the
+    /// rows, never the read source: the routes without `/v2` answer in the old API's shape from
+    /// either model, the `/v2` routes in the new shape from the new model.
     read_source: String,
     /// The aggregate's version, also sent as the `ETag`.
     version: i64,
@@ -38,7 +40,8 @@ pub struct Document {
     position: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     collection: Option<CollectionRow>,
-    /// The batch's summary.
+    /// The batch: the old API's document (expected and completed players, predictions by
+    /// player), or its counters on the `/v2` routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     batch: Option<Value>,
@@ -60,10 +63,11 @@ pub struct Document {
     review: Option<Value>,
 }
 
-/// A collection's read-model row. Both shapes have these fields; the legacy shape adds
+/// A collection. Both shapes have these fields; the old API's shape (routes without `/v2`) adds
 /// `collection_name`, `description` (`null` only for a collection imported from an old row
-/// whose description was NULL) and `is_active`; the new shape adds `research_context`, `tags`,
-/// `linked_project_question_ids` and `linked_project_hypothesis_ids`.
+/// whose description was NULL) and `is_active`; the new shape (`/v2` routes) adds
+/// `research_context`, `tags`, `linked_project_question_ids` and
+/// `linked_project_hypothesis_ids`.
 #[derive(Serialize, ToSchema)]
 pub struct CollectionRow {
     collection_id: Uuid,
@@ -75,7 +79,8 @@ pub struct CollectionRow {
 /// A page of rows.
 #[derive(Serialize, ToSchema)]
 pub struct Page {
-    /// The shape the rows are in, where a domain has two (`null` or absent otherwise).
+    /// The read model that answered, where a domain has two (`null` or absent otherwise); the
+    /// route decides the rows' shape.
     read_source: Option<String>,
     #[schema(value_type = Vec<Object>)]
     items: Vec<Value>,
@@ -280,11 +285,12 @@ impl Modify for BearerAuth {
     paths(
         health::health,
         collections::create, collections::fetch, collections::update, collections::set_links,
-        collections::delete, collections::list,
+        collections::delete, collections::list, collections::fetch_new, collections::list_new,
         batches::start, batches::fetch, batches::record, batches::record_bulk,
-        batches::list_completions,
+        batches::list_completions, batches::fetch_new, batches::list_completions_new,
         competencies::record_attempt, competencies::record_review, competencies::list,
-        competencies::fetch, competencies::analytics,
+        competencies::fetch, competencies::fetch_new, competencies::list_new,
+        competencies::analytics,
         events::page, events::live,
         admin::list, admin::status, admin::start_rebuild, admin::retire, admin::repair_aggregates, admin::job, admin::cancel_job,
         admin::read_sources, admin::set_read_source, admin::switch_gate, admin::consistency,

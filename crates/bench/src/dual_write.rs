@@ -36,8 +36,9 @@ RETURNING collection_id, project_id, collection_name, description, is_active, cr
 const INSERT_PROJECT_COLLECTION: &str = "\
 INSERT INTO project_collections (project_id, collection_id, research_context, tags,
                                  linked_project_question_ids, linked_project_hypothesis_ids,
-                                 created_at, updated_at, last_sequence)
-VALUES ($1, $2, $3, '{}', '{}', '{}', now(), now(), 1)";
+                                 created_at, updated_at, last_sequence, collection_name,
+                                 description, is_active)
+VALUES ($1, $2, $3, '{}', '{}', '{}', now(), now(), 1, $4, $3, true)";
 
 const INSERT_BATCH_STATE: &str = "\
 INSERT INTO batch_state (batch_id, expected_players, completed_players, predictions_by_player,
@@ -50,8 +51,9 @@ const SUMMARY_COLUMNS: &str = "batch_id, expected_count, completed_count, total_
 
 /// A completion of an expected player, unless the player has one.
 const INSERT_COMPLETION: &str = "\
-INSERT INTO batch_completions (batch_id, player_lookup, predictions_count, completed_at)
-SELECT batch_id, $2, $3, now() FROM batch_state WHERE batch_id = $1 AND $2 = ANY (expected_players)
+INSERT INTO batch_completions (batch_id, player_lookup, predictions_count, completed_at, sequence)
+SELECT batch_id, $2, $3, now(), cardinality(completed_players) + 2
+  FROM batch_state WHERE batch_id = $1 AND $2 = ANY (expected_players)
 ON CONFLICT (batch_id, player_lookup) DO NOTHING";
 
 const SELECT_COMPLETION: &str = "\
@@ -143,6 +145,7 @@ async fn create_collection(
         .bind(project_id)
         .bind(collection_id)
         .bind(description.as_str())
+        .bind(&row.collection_name)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -165,12 +168,13 @@ async fn start_batch(State(pool): State<PgPool>, Json(body): Json<StartBody>) ->
     }
     let summary: BatchSummary = sqlx::query_as(&format!(
         "INSERT INTO batch_counters (batch_id, expected_count, completed_count, total_predictions,
-                                     is_complete, last_updated, last_sequence)
-         VALUES ($1, $2, 0, 0, false, now(), 1)
+                                     is_complete, last_updated, last_sequence, expected_players)
+         VALUES ($1, $2, 0, 0, false, now(), 1, $3)
          RETURNING {SUMMARY_COLUMNS}"
     ))
     .bind(batch_id.as_str())
     .bind(expected)
+    .bind(&body.expected_players)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

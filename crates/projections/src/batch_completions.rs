@@ -1,5 +1,7 @@
 //! New read model of prediction batches: one `batch_completions` row per completion and one
-//! `batch_counters` row per batch, kept in step by one statement per run of completions.
+//! `batch_counters` row per batch, kept in step by one statement per run of completions. They
+//! also hold what the old answers show: the expected players, and each completion's event
+//! sequence, which orders the completed players as the old array did.
 
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
 use cutover_core::projection::ProjectionError;
@@ -7,7 +9,8 @@ use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde_json::json;
 
-use crate::batches::{BatchRow, BatchSummary};
+use crate::batches::{old_answer_queries, BatchSummary, CompletionRow};
+use sqlx::PgConnection;
 use crate::{column, Fold};
 
 /// The projection's name.
@@ -21,6 +24,7 @@ pub static COMPLETIONS: Table = Table {
         column!("player_lookup", "text", Keep),
         column!("predictions_count", "integer", Set),
         column!("completed_at", "timestamp with time zone", Set),
+        column!("sequence", "bigint", Keep),
     ],
     key: &["batch_id", "player_lookup"],
     address: &["batch_id", "player_lookup"],
@@ -38,6 +42,7 @@ pub static COUNTERS: Table = Table {
         column!("is_complete", "boolean", Set),
         column!("last_updated", "timestamp with time zone", Set),
         column!("last_sequence", "bigint", Set),
+        column!("expected_players", "text[]", Keep),
     ],
     key: &["batch_id"],
     address: &["batch_id"],
@@ -46,23 +51,22 @@ pub static COUNTERS: Table = Table {
 
 static TABLES: [&Table; 2] = [&COMPLETIONS, &COUNTERS];
 
-const SELECT_ONE: &str = "\
-SELECT batch_id, expected_count, completed_count, total_predictions, is_complete, last_updated,
-       last_sequence
-  FROM batch_counters
- WHERE batch_id = $1";
-
-const SELECT_COMPLETION: &str = "\
-SELECT player_lookup, predictions_count, completed_at
-  FROM batch_completions
- WHERE batch_id = $1 AND player_lookup = $2";
-
-const SELECT_COMPLETIONS: &str = "\
-SELECT player_lookup, predictions_count, completed_at
-  FROM batch_completions
- WHERE batch_id = $1 AND player_lookup > $2
- ORDER BY player_lookup
- LIMIT $3";
+/// The old answers, read from these tables: the completed players in the order they completed,
+/// their counts as the old map.
+pub(crate) static OLD_ANSWER: crate::batches::OldAnswerQueries = old_answer_queries!(
+    "SELECT c.batch_id, c.expected_players, \
+            ARRAY(SELECT p.player_lookup FROM batch_completions AS p \
+                   WHERE p.batch_id = c.batch_id ORDER BY p.sequence) AS completed_players, \
+            (SELECT coalesce(jsonb_object_agg(p.player_lookup, p.predictions_count), '{}') \
+               FROM batch_completions AS p WHERE p.batch_id = c.batch_id) AS predictions_by_player, \
+            c.total_predictions, c.is_complete, c.last_updated AS updated_at, c.last_sequence \
+       FROM batch_counters AS c WHERE c.batch_id = $1",
+    "SELECT player_lookup, predictions_count, NULL::timestamptz AS completed_at \
+       FROM batch_completions WHERE batch_id = $1 AND player_lookup = $2",
+    "SELECT player_lookup, predictions_count, NULL::timestamptz AS completed_at \
+       FROM batch_completions WHERE batch_id = $1 AND player_lookup > $2 \
+      ORDER BY player_lookup LIMIT $3"
+);
 
 /// Projector of the new `batch_completions` and `batch_counters` tables.
 pub struct BatchCompletions;
@@ -88,6 +92,7 @@ impl Fold for BatchCompletions {
                 &COUNTERS,
                 json!({
                     "batch_id": batch_id, "expected_count": expected_player_lookups.len(),
+                    "expected_players": expected_player_lookups,
                     "completed_count": 0, "total_predictions": 0, "is_complete": false,
                     "last_updated": at, "last_sequence": sequence,
                 }),
@@ -102,6 +107,7 @@ impl Fold for BatchCompletions {
                     json!({
                         "batch_id": batch_id, "player_lookup": player_lookup,
                         "predictions_count": predictions_count, "completed_at": at,
+                        "sequence": sequence,
                     }),
                 ),
                 Change::update(
@@ -124,9 +130,42 @@ impl Fold for BatchCompletions {
     }
 }
 
-impl BatchRow for BatchSummary {
-    const SELECT_ONE: &'static str = SELECT_ONE;
-    const SELECT_SUMMARY: &'static str = SELECT_ONE;
-    const SELECT_COMPLETION: &'static str = SELECT_COMPLETION;
-    const SELECT_COMPLETIONS: &'static str = SELECT_COMPLETIONS;
+/// Batch `batch_id` in the new shape.
+///
+/// # Errors
+/// A database error.
+pub async fn summary(
+    conn: &mut PgConnection,
+    batch_id: &str,
+) -> Result<Option<BatchSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT batch_id, expected_count, completed_count, total_predictions, is_complete, \
+                last_updated, last_sequence \
+           FROM batch_counters WHERE batch_id = $1",
+    )
+    .bind(batch_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Up to `limit` completions of `batch_id` with lookups after `after`, in lookup order, in the
+/// new shape (with when each was recorded).
+///
+/// # Errors
+/// A database error.
+pub async fn completions(
+    conn: &mut PgConnection,
+    batch_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<CompletionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT player_lookup, predictions_count, completed_at FROM batch_completions \
+          WHERE batch_id = $1 AND player_lookup > $2 ORDER BY player_lookup LIMIT $3",
+    )
+    .bind(batch_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }

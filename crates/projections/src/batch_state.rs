@@ -9,7 +9,7 @@ use cutover_core::store::StoredEvent;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::batches::BatchRow;
+use crate::batches::old_answer_queries;
 use crate::{column, Fold};
 
 /// The projection's name.
@@ -35,32 +35,19 @@ pub static TABLE: Table = Table {
 
 static TABLES: [&Table; 1] = [&TABLE];
 
-const SELECT_ONE: &str = "\
-SELECT batch_id, expected_players, completed_players, predictions_by_player, total_predictions,
-       is_complete, updated_at, last_sequence
-  FROM batch_state
- WHERE batch_id = $1";
-
-const SELECT_SUMMARY: &str = "\
-SELECT batch_id, cardinality(expected_players) AS expected_count,
-       cardinality(completed_players) AS completed_count, total_predictions, is_complete,
-       updated_at AS last_updated, last_sequence
-  FROM batch_state
- WHERE batch_id = $1";
-
-const SELECT_COMPLETION: &str = "\
-SELECT $2::text AS player_lookup, (predictions_by_player ->> $2)::int AS predictions_count,
-       NULL::timestamptz AS completed_at
-  FROM batch_state
- WHERE batch_id = $1 AND predictions_by_player ? $2";
-
-const SELECT_COMPLETIONS: &str = "\
-SELECT p AS player_lookup, (b.predictions_by_player ->> p)::int AS predictions_count,
-       NULL::timestamptz AS completed_at
-  FROM batch_state AS b, unnest(b.completed_players) AS p
- WHERE b.batch_id = $1 AND p > $2
- ORDER BY p
- LIMIT $3";
+/// The old answers, read from this table.
+pub(crate) static OLD_ANSWER: crate::batches::OldAnswerQueries = old_answer_queries!(
+    "SELECT batch_id, expected_players, completed_players, predictions_by_player, \
+            total_predictions, is_complete, updated_at, last_sequence \
+       FROM batch_state WHERE batch_id = $1",
+    "SELECT $2::text AS player_lookup, (predictions_by_player ->> $2)::int AS predictions_count, \
+            NULL::timestamptz AS completed_at \
+       FROM batch_state WHERE batch_id = $1 AND predictions_by_player ? $2",
+    "SELECT p AS player_lookup, (b.predictions_by_player ->> p)::int AS predictions_count, \
+            NULL::timestamptz AS completed_at \
+       FROM batch_state AS b, unnest(b.completed_players) AS p \
+      WHERE b.batch_id = $1 AND p > $2 ORDER BY p LIMIT $3"
+);
 
 /// Projector of the legacy `batch_state` table.
 pub struct LegacyBatchState;
@@ -114,6 +101,7 @@ impl Fold for LegacyBatchState {
     }
 }
 
+/// A batch as the old clients read it: the legacy row.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct BatchState {
     pub batch_id: String,
@@ -125,11 +113,4 @@ pub struct BatchState {
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
     pub last_sequence: i64,
-}
-
-impl BatchRow for BatchState {
-    const SELECT_ONE: &'static str = SELECT_ONE;
-    const SELECT_SUMMARY: &'static str = SELECT_SUMMARY;
-    const SELECT_COMPLETION: &'static str = SELECT_COMPLETION;
-    const SELECT_COMPLETIONS: &'static str = SELECT_COMPLETIONS;
 }

@@ -1,24 +1,24 @@
-//! What both batch projections answer with: the rows their queries read.
-
-use std::any::TypeId;
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, PoisonError};
+//! What the batch routes answer with, and the queries that read it from either model: the old
+//! clients' batch (the legacy `batch_state` row's shape) and completions, and the new shape's
+//! batch counters and completion rows.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow as _, Row as _};
+use cutover_core::read_source::ReadSource;
+use sqlx::{FromRow as _, PgConnection, Row as _};
 
-/// A completion as a read model lists it.
+use crate::batch_state::BatchState;
+/// A completion: the old clients read its player and count, the new shape also when it was
+/// recorded.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct CompletionRow {
     pub player_lookup: String,
     pub predictions_count: i32,
-    /// When the completion was recorded; the legacy shape does not know.
+    /// When the completion was recorded; the old answers do not show it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-/// A batch's counters, as command answers carry them (whichever the read source: the legacy
-/// row's arrays are counted, not sent).
+/// A batch in the new shape: its counters.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct BatchSummary {
     pub batch_id: String,
@@ -32,67 +32,82 @@ pub struct BatchSummary {
     pub last_sequence: i64,
 }
 
-/// A read-model row of one batch, with the queries that read it and its completions.
-pub trait BatchRow: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
-    /// One batch, by `$1` batch id.
-    const SELECT_ONE: &'static str;
-    /// The [`BatchSummary`] of batch `$1`.
-    const SELECT_SUMMARY: &'static str;
-    /// The completion of player `$2` in batch `$1`, as a [`CompletionRow`].
-    const SELECT_COMPLETION: &'static str;
-    /// Up to `$3` completions of batch `$1` with player lookups after `$2`, by lookup.
-    const SELECT_COMPLETIONS: &'static str;
+/// The queries of one model that read what the old clients see: the batch (`$1`) as a
+/// [`BatchState`], one completion (`$1`, player `$2`) and a page of completions (`$1`, after
+/// `$2`, at most `$3`, by player) as [`CompletionRow`]s without their time, and the batch with
+/// one completion in one query (each side's key NULL when there is no such row).
+pub struct OldAnswerQueries {
+    pub batch: &'static str,
+    pub completion: &'static str,
+    pub completions: &'static str,
+    pub batch_and_completion: &'static str,
 }
 
-/// The row of batch `batch_id`, if the table has one.
+/// `OldAnswerQueries` from the batch, completion and completions queries of a model, written
+/// as literals (or macros that expand to them).
+macro_rules! old_answer_queries {
+    ($batch:expr, $completion:expr, $completions:expr) => {
+        $crate::batches::OldAnswerQueries {
+            batch: $batch,
+            completion: $completion,
+            completions: $completions,
+            // A FULL JOIN of the two has no plan but a merge or hash join, which the shared
+            // transactions of the command path turn off: it scanned the whole table.
+            batch_and_completion: concat!(
+                "SELECT * FROM (SELECT) AS one LEFT JOIN (",
+                $batch,
+                ") AS batch ON true LEFT JOIN (",
+                $completion,
+                ") AS completion ON true"
+            ),
+        }
+    };
+}
+pub(crate) use old_answer_queries;
+
+fn queries(source: ReadSource) -> &'static OldAnswerQueries {
+    match source {
+        ReadSource::Legacy => &crate::batch_state::OLD_ANSWER,
+        ReadSource::New => &crate::batch_completions::OLD_ANSWER,
+    }
+}
+
+/// Batch `batch_id` as the old clients read it, from `source`.
 ///
 /// # Errors
 /// A database error.
-pub async fn find<'e, T: BatchRow>(
-    executor: impl sqlx::PgExecutor<'e>,
+pub async fn answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
     batch_id: &str,
-) -> Result<Option<T>, sqlx::Error> {
-    sqlx::query_as(T::SELECT_ONE)
+) -> Result<Option<BatchState>, sqlx::Error> {
+    sqlx::query_as(queries(source).batch)
         .bind(batch_id)
-        .fetch_optional(executor)
+        .fetch_optional(conn)
         .await
 }
 
-/// The summary of batch `batch_id` in `T`'s read model.
+/// Batch `batch_id` and the completion of `player` in it as the old clients read them, from
+/// `source`, by one query.
 ///
 /// # Errors
 /// A database error.
-pub async fn summary<'e, T: BatchRow>(
-    executor: impl sqlx::PgExecutor<'e>,
-    batch_id: &str,
-) -> Result<Option<BatchSummary>, sqlx::Error> {
-    sqlx::query_as(T::SELECT_SUMMARY)
-        .bind(batch_id)
-        .fetch_optional(executor)
-        .await
-}
-
-/// The summary of batch `batch_id` in `T`'s read model and the completion of `player` in it,
-/// read by one query.
-///
-/// # Errors
-/// A database error.
-pub async fn summary_and_completion<'e, T: BatchRow + 'static>(
-    executor: impl sqlx::PgExecutor<'e>,
+pub async fn answer_with_completion(
+    conn: &mut PgConnection,
+    source: ReadSource,
     batch_id: &str,
     player: &str,
-) -> Result<(Option<BatchSummary>, Option<CompletionRow>), sqlx::Error> {
-    let row = sqlx::query(summary_and_completion_sql::<T>())
+) -> Result<(Option<BatchState>, Option<CompletionRow>), sqlx::Error> {
+    let row = sqlx::query(queries(source).batch_and_completion)
         .bind(batch_id)
         .bind(player)
-        .fetch_optional(executor)
+        .fetch_optional(conn)
         .await?;
     let Some(row) = row else {
         return Ok((None, None));
     };
-    // One row, whatever the read model holds: each side's key is null when it has no row.
     let batch = match row.try_get::<Option<String>, _>("batch_id")? {
-        Some(_) => Some(BatchSummary::from_row(&row)?),
+        Some(_) => Some(BatchState::from_row(&row)?),
         None => None,
     };
     let completion = match row.try_get::<Option<String>, _>("player_lookup")? {
@@ -102,41 +117,22 @@ pub async fn summary_and_completion<'e, T: BatchRow + 'static>(
     Ok((batch, completion))
 }
 
-/// `T`'s summary and completion queries joined into one, made once per read model. (A `FULL
-/// JOIN` of the two has no plan but a merge or hash join, which the shared transactions of the
-/// command path turn off: it scanned the whole table.)
-fn summary_and_completion_sql<T: BatchRow + 'static>() -> &'static str {
-    static MADE: OnceLock<Mutex<HashMap<TypeId, &'static str>>> = OnceLock::new();
-    let mut made = MADE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    made.entry(TypeId::of::<T>()).or_insert_with(|| {
-        let sql = format!(
-            "SELECT * FROM (SELECT) AS one LEFT JOIN ({}) AS summary ON true \
-             LEFT JOIN ({}) AS completion ON true",
-            T::SELECT_SUMMARY,
-            T::SELECT_COMPLETION
-        );
-        // A few bytes per read model, kept for the process's life.
-        Box::leak(sql.into_boxed_str())
-    })
-}
-
-/// Up to `limit` completions of `batch_id` with lookups after `after`, in lookup order.
+/// Up to `limit` completions of `batch_id` with lookups after `after`, in lookup order, as the
+/// old clients read them, from `source`.
 ///
 /// # Errors
 /// A database error.
-pub async fn completions<'e, T: BatchRow>(
-    executor: impl sqlx::PgExecutor<'e>,
+pub async fn completions_answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
     batch_id: &str,
     after: &str,
     limit: i64,
 ) -> Result<Vec<CompletionRow>, sqlx::Error> {
-    sqlx::query_as(T::SELECT_COMPLETIONS)
+    sqlx::query_as(queries(source).completions)
         .bind(batch_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(executor)
+        .fetch_all(conn)
         .await
 }

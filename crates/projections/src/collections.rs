@@ -1,5 +1,6 @@
 //! Legacy read model of collections: table `collections`, one row per collection, soft delete
-//! (`is_active = false`). The shape the old system had.
+//! (`is_active = false`). The shape the old system had, and the shape the old clients' routes
+//! answer whichever model serves them: the new `project_collections` holds the same columns.
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
@@ -7,10 +8,12 @@ use cutover_core::projection::ProjectionError;
 use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
+use cutover_core::read_source::ReadSource;
 use serde_json::json;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{collection_id, column, CollectionRow, Fold};
+use crate::{collection_id, column, CollectionQueries, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "collections";
@@ -35,19 +38,65 @@ pub static TABLE: Table = Table {
 
 static TABLES: [&Table; 1] = [&TABLE];
 
-const SELECT_ONE: &str = "\
-SELECT collection_id, project_id, collection_name, description, is_active, created_at,
-       updated_at, last_sequence
-  FROM collections
- WHERE project_id = $1 AND collection_id = $2";
+/// The queries of the old answer's collection rows in `$table`: the legacy table, or the new
+/// one, which holds the same columns.
+macro_rules! old_answer_queries {
+    ($table:literal) => {
+        CollectionQueries {
+            one: concat!(
+                "SELECT collection_id, project_id, collection_name, description, is_active, \
+                        created_at, updated_at, last_sequence FROM ",
+                $table,
+                " WHERE project_id = $1 AND collection_id = $2"
+            ),
+            page: concat!(
+                "SELECT collection_id, project_id, collection_name, description, is_active, \
+                        created_at, updated_at, last_sequence FROM ",
+                $table,
+                " WHERE project_id = $1 AND is_active AND collection_id > $2 \
+                  ORDER BY collection_id LIMIT $3"
+            ),
+        }
+    };
+}
 
-const SELECT_PAGE: &str = "\
-SELECT collection_id, project_id, collection_name, description, is_active, created_at,
-       updated_at, last_sequence
-  FROM collections
- WHERE project_id = $1 AND is_active AND collection_id > $2
- ORDER BY collection_id
- LIMIT $3";
+/// The old answer's collection rows, by read source.
+fn queries(source: ReadSource) -> &'static CollectionQueries {
+    static LEGACY: CollectionQueries = old_answer_queries!("collections");
+    static NEW: CollectionQueries = old_answer_queries!("project_collections");
+    match source {
+        ReadSource::Legacy => &LEGACY,
+        ReadSource::New => &NEW,
+    }
+}
+
+/// Collection `collection_id` of project `project_id` as the old clients read it (deleted
+/// ones included), from `source`.
+///
+/// # Errors
+/// A database error.
+pub async fn answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    project_id: Uuid,
+    collection_id: Uuid,
+) -> Result<Option<LegacyCollection>, sqlx::Error> {
+    crate::find(conn, queries(source), project_id, collection_id).await
+}
+
+/// A page of the project's active collections as the old clients read it, from `source`.
+///
+/// # Errors
+/// A database error.
+pub async fn answer_page(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    project_id: Uuid,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<LegacyCollection>, sqlx::Error> {
+    crate::list(conn, queries(source), project_id, after, limit).await
+}
 
 /// Projector of the legacy `collections` table.
 pub struct LegacyCollections;
@@ -135,9 +184,4 @@ pub struct LegacyCollection {
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
     pub last_sequence: i64,
-}
-
-impl CollectionRow for LegacyCollection {
-    const SELECT_ONE: &'static str = SELECT_ONE;
-    const SELECT_PAGE: &'static str = SELECT_PAGE;
 }

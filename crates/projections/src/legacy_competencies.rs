@@ -1,15 +1,23 @@
 //! Legacy read model of competencies: the old document store's `attempts`, `reviews` and
 //! `competencies` collections as tables `legacy_attempts`, `legacy_reviews` and
 //! `legacy_competencies`, each `(id, student_id, doc jsonb)`.
+//!
+//! The old clients' routes answer these documents whichever model serves them: the `*_answer`
+//! functions read them from the legacy tables, or build them from the new typed rows with the
+//! same builders the projector writes them with.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
 use cutover_core::projection::ProjectionError;
+use cutover_core::read_source::ReadSource;
 use cutover_core::rows::{Change, Merge, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
 use serde_json::{json, Value};
+use sqlx::PgConnection;
+use uuid::Uuid;
 
+use crate::student_competencies as typed;
 use crate::{column, Fold};
 
 /// The projection's name.
@@ -91,9 +99,7 @@ impl Fold for LegacyCompetencies {
         event: &StoredEvent,
         decoded: CompetencyEvent,
     ) -> Result<Vec<Change>, ProjectionError> {
-        let timestamp = event
-            .recorded_at
-            .to_rfc3339_opts(SecondsFormat::Micros, true);
+        let timestamp = legacy_timestamp(event.recorded_at);
         Ok(match decoded {
             CompetencyEvent::AttemptRecorded {
                 key,
@@ -131,16 +137,7 @@ impl Fold for LegacyCompetencies {
                 full_review,
                 score,
             } => {
-                let review = json!({
-                    "student_id": key.student_id,
-                    "subject": key.subject,
-                    "skill_id": key.skill_id,
-                    "subskill_id": key.subskill_id,
-                    "problem_id": problem_id,
-                    "full_review": full_review,
-                    "score": score,
-                    "timestamp": timestamp,
-                });
+                let review = review_document(&key, &problem_id, &full_review, score, &timestamp);
                 vec![Change::insert(
                     &REVIEWS,
                     json!({"id": review_id.to_string(), "student_id": key.student_id, "doc": review}),
@@ -229,7 +226,32 @@ pub fn legacy_documents(
     timestamp: &str,
 ) -> (Value, Value) {
     let (score, analysis, feedback) = attempt;
-    let attempt = json!({
+    (
+        attempt_document(key, score, analysis, feedback, timestamp),
+        competency_document(
+            key,
+            competency.current_score,
+            competency.credibility,
+            i64::from(competency.total_attempts),
+            timestamp,
+        ),
+    )
+}
+
+/// A time as the old store wrote it: RFC 3339 in UTC with microseconds.
+pub fn legacy_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The old store's attempt document.
+fn attempt_document(
+    key: &SubskillKey,
+    score: f64,
+    analysis: &str,
+    feedback: &str,
+    timestamp: &str,
+) -> Value {
+    json!({
         "student_id": key.student_id,
         "subject": key.subject,
         "skill_id": key.skill_id,
@@ -238,16 +260,161 @@ pub fn legacy_documents(
         "analysis": analysis,
         "feedback": feedback,
         "timestamp": timestamp,
-    });
-    let competency = json!({
+    })
+}
+
+/// The old store's competency document.
+fn competency_document(
+    key: &SubskillKey,
+    current_score: f64,
+    credibility: f64,
+    total_attempts: i64,
+    timestamp: &str,
+) -> Value {
+    json!({
         "student_id": key.student_id,
         "subject": key.subject,
         "skill_id": key.skill_id,
         "subskill_id": key.subskill_id,
-        "current_score": competency.current_score,
-        "credibility": competency.credibility,
-        "total_attempts": competency.total_attempts,
+        "current_score": current_score,
+        "credibility": credibility,
+        "total_attempts": total_attempts,
         "last_updated": timestamp,
-    });
-    (attempt, competency)
+    })
+}
+
+/// The old store's review document.
+fn review_document(
+    key: &SubskillKey,
+    problem_id: &str,
+    full_review: &Value,
+    score: f64,
+    timestamp: &str,
+) -> Value {
+    json!({
+        "student_id": key.student_id,
+        "subject": key.subject,
+        "skill_id": key.skill_id,
+        "subskill_id": key.subskill_id,
+        "problem_id": problem_id,
+        "full_review": full_review,
+        "score": score,
+        "timestamp": timestamp,
+    })
+}
+
+impl From<typed::StudentCompetency> for LegacyDocument {
+    fn from(row: typed::StudentCompetency) -> Self {
+        let key = SubskillKey {
+            student_id: row.student_id,
+            subject: row.subject,
+            skill_id: row.skill_id,
+            subskill_id: row.subskill_id,
+        };
+        let doc = competency_document(
+            &key,
+            row.current_score,
+            row.credibility,
+            i64::from(row.total_attempts),
+            &legacy_timestamp(row.last_updated),
+        );
+        Self {
+            id: key.legacy_id(),
+            student_id: key.student_id,
+            doc,
+            last_sequence: row.last_sequence,
+        }
+    }
+}
+
+impl From<typed::StudentAttempt> for LegacyDocument {
+    fn from(row: typed::StudentAttempt) -> Self {
+        let key = SubskillKey {
+            student_id: row.student_id,
+            subject: row.subject,
+            skill_id: row.skill_id,
+            subskill_id: row.subskill_id,
+        };
+        let at = legacy_timestamp(row.attempted_at);
+        let doc = attempt_document(&key, row.score, &row.analysis, &row.feedback, &at);
+        Self {
+            id: row.attempt_id.to_string(),
+            student_id: key.student_id,
+            doc,
+            last_sequence: 0,
+        }
+    }
+}
+
+impl From<typed::StudentReview> for LegacyDocument {
+    fn from(row: typed::StudentReview) -> Self {
+        let key = SubskillKey {
+            student_id: row.student_id,
+            subject: row.subject,
+            skill_id: row.skill_id,
+            subskill_id: row.subskill_id,
+        };
+        let at = legacy_timestamp(row.reviewed_at);
+        let doc = review_document(&key, &row.problem_id, &row.full_review, row.score, &at);
+        Self {
+            id: row.review_id.to_string(),
+            student_id: key.student_id,
+            doc,
+            last_sequence: 0,
+        }
+    }
+}
+
+/// The competency document of subskill `key` as the old clients read it, from `source`.
+///
+/// # Errors
+/// A database error.
+pub async fn competency_answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    key: &SubskillKey,
+) -> Result<Option<LegacyDocument>, sqlx::Error> {
+    Ok(match source {
+        ReadSource::Legacy => competency(conn, key).await?,
+        ReadSource::New => typed::competency(conn, key).await?.map(Into::into),
+    })
+}
+
+/// A page of a student's competency documents as the old clients read it (by the old store's
+/// id), from `source`.
+///
+/// # Errors
+/// A database error.
+pub async fn student_competencies_answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    student_id: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<LegacyDocument>, sqlx::Error> {
+    Ok(match source {
+        ReadSource::Legacy => student_competencies(conn, student_id, limit, offset).await?,
+        ReadSource::New => typed::student_competencies_by_legacy_id(conn, student_id, limit, offset)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    })
+}
+
+/// The attempt or review document `id` as the old clients read it, from `source`.
+///
+/// # Errors
+/// A database error.
+pub async fn document_answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    collection: Collection,
+    id: Uuid,
+) -> Result<Option<LegacyDocument>, sqlx::Error> {
+    Ok(match (source, collection) {
+        (ReadSource::Legacy, _) => find(conn, collection, &id.to_string()).await?,
+        (ReadSource::New, Collection::Attempts) => typed::attempt(conn, id).await?.map(Into::into),
+        (ReadSource::New, Collection::Reviews) => typed::review(conn, id).await?.map(Into::into),
+    })
 }

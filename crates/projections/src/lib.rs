@@ -117,42 +117,50 @@ fn decode<E: serde::de::DeserializeOwned>(
     })
 }
 
-/// A read-model row of one collection, with the queries that read it.
-pub trait CollectionRow: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin {
-    /// One collection, by `$1` project id and `$2` collection id.
-    const SELECT_ONE: &'static str;
-    /// Up to `$3` collections of project `$1` with ids after `$2`, by id.
-    const SELECT_PAGE: &'static str;
+/// The two queries that read rows of one collection table: one collection, by `$1` project id
+/// and `$2` collection id; and a page of up to `$3` listed collections of project `$1` with ids
+/// after `$2`, by id.
+pub struct CollectionQueries {
+    pub one: &'static str,
+    pub page: &'static str,
 }
 
-/// The row of collection `collection_id` in project `project_id`, if the table has one.
+/// The row of collection `collection_id` in project `project_id` that `queries` read, if any.
 ///
 /// # Errors
 /// A database error.
-pub async fn find<'e, T: CollectionRow>(
+pub async fn find<'e, T>(
     executor: impl sqlx::PgExecutor<'e>,
+    queries: &CollectionQueries,
     project_id: uuid::Uuid,
     collection_id: uuid::Uuid,
-) -> Result<Option<T>, sqlx::Error> {
-    sqlx::query_as(T::SELECT_ONE)
+) -> Result<Option<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(queries.one)
         .bind(project_id)
         .bind(collection_id)
         .fetch_optional(executor)
         .await
 }
 
-/// Up to `limit` listed collections of `project_id` with ids after `after`, by id (the legacy
-/// table lists only active ones).
+/// Up to `limit` listed collections of `project_id` with ids after `after` that `queries` read,
+/// by id.
 ///
 /// # Errors
 /// A database error.
-pub async fn list<'e, T: CollectionRow>(
+pub async fn list<'e, T>(
     executor: impl sqlx::PgExecutor<'e>,
+    queries: &CollectionQueries,
     project_id: uuid::Uuid,
     after: uuid::Uuid,
     limit: i64,
-) -> Result<Vec<T>, sqlx::Error> {
-    sqlx::query_as(T::SELECT_PAGE)
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(queries.page)
         .bind(project_id)
         .bind(after)
         .bind(limit)

@@ -1,5 +1,8 @@
 //! New read model of collections: table `project_collections`, the project/collection junction
-//! with the research links; a deleted collection's row is removed.
+//! with the research links. It also holds what the old answers show (the name, the description
+//! as the old row had it, whether the collection is active), so that it can serve the old
+//! clients alone: a deleted collection keeps its row with `is_active = false`, and the new
+//! shape's readers list only active rows.
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
@@ -10,7 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{collection_id, column, CollectionRow, Fold};
+use crate::{collection_id, column, CollectionQueries, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "project_collections";
@@ -28,6 +31,9 @@ pub static TABLE: Table = Table {
         column!("created_at", "timestamp with time zone", Keep),
         column!("updated_at", "timestamp with time zone", Set),
         column!("last_sequence", "bigint", Set),
+        column!("collection_name", "text", Set),
+        column!("description", "text", Set),
+        column!("is_active", "boolean", Set),
     ],
     key: &["project_id", "collection_id"],
     // Events after the first name the collection only; its id is unique on its own.
@@ -37,19 +43,21 @@ pub static TABLE: Table = Table {
 
 static TABLES: [&Table; 1] = [&TABLE];
 
-const SELECT_ONE: &str = "\
+/// The new shape's queries: active collections only.
+pub static NEW_SHAPE: CollectionQueries = CollectionQueries {
+    one: "\
 SELECT project_id, collection_id, research_context, tags, linked_project_question_ids,
        linked_project_hypothesis_ids, created_at, updated_at, last_sequence
   FROM project_collections
- WHERE project_id = $1 AND collection_id = $2";
-
-const SELECT_PAGE: &str = "\
+ WHERE project_id = $1 AND collection_id = $2 AND is_active",
+    page: "\
 SELECT project_id, collection_id, research_context, tags, linked_project_question_ids,
        linked_project_hypothesis_ids, created_at, updated_at, last_sequence
   FROM project_collections
- WHERE project_id = $1 AND collection_id > $2
+ WHERE project_id = $1 AND collection_id > $2 AND is_active
  ORDER BY collection_id
- LIMIT $3";
+ LIMIT $3",
+};
 
 /// Projector of the new `project_collections` table.
 pub struct ProjectCollections;
@@ -69,45 +77,56 @@ impl Fold for ProjectCollections {
         let id = collection_id(NAME, event)?;
         let at = timestamp(event.recorded_at);
         let sequence = event.sequence;
-        let row = |project_id: Uuid, context: &str, created: Value, updated: Value| {
+        let row = |project_id: Uuid, name: &str, description: Option<&str>, active: bool, created: Value, updated: Value| {
             Change::insert(
                 &TABLE,
                 json!({
-                    "project_id": project_id, "collection_id": id, "research_context": context,
+                    "project_id": project_id, "collection_id": id,
+                    "research_context": description.unwrap_or_default(),
                     "tags": [], "linked_project_question_ids": [],
                     "linked_project_hypothesis_ids": [], "created_at": created,
                     "updated_at": updated, "last_sequence": sequence,
+                    "collection_name": name, "description": description, "is_active": active,
                 }),
             )
         };
         Ok(match decoded {
             CollectionEvent::CollectionCreated {
                 project_id,
+                collection_name,
                 description,
-                ..
-            } => vec![row(project_id, &description, at.clone(), at)],
-            // An inactive old row was deleted in the old system: the new model never lists it.
+            } => vec![row(
+                project_id,
+                &collection_name,
+                Some(&description),
+                true,
+                at.clone(),
+                at,
+            )],
             CollectionEvent::CollectionImported {
                 project_id,
+                name,
                 description,
                 is_active,
                 created_at,
                 updated_at,
-                ..
-            } => match is_active {
-                true => vec![row(
-                    project_id,
-                    description.as_deref().unwrap_or_default(),
-                    timestamp(created_at),
-                    timestamp(updated_at),
-                )],
-                false => Vec::new(),
-            },
-            CollectionEvent::CollectionUpdated { description, .. } => vec![Change::update(
+            } => vec![row(
+                project_id,
+                &name,
+                description.as_deref(),
+                is_active,
+                timestamp(created_at),
+                timestamp(updated_at),
+            )],
+            CollectionEvent::CollectionUpdated {
+                collection_name,
+                description,
+            } => vec![Change::update(
                 &TABLE,
                 json!({
-                    "collection_id": id, "research_context": description, "updated_at": at,
-                    "last_sequence": sequence,
+                    "collection_id": id, "research_context": description,
+                    "collection_name": collection_name, "description": description,
+                    "updated_at": at, "last_sequence": sequence,
                 }),
             )],
             CollectionEvent::CollectionResearchLinksSet {
@@ -123,13 +142,18 @@ impl Fold for ProjectCollections {
                     "last_sequence": sequence,
                 }),
             )],
-            CollectionEvent::CollectionDeleted {} => {
-                vec![Change::delete(&TABLE, json!({"collection_id": id}))]
-            }
+            CollectionEvent::CollectionDeleted {} => vec![Change::update(
+                &TABLE,
+                json!({
+                    "collection_id": id, "is_active": false, "updated_at": at,
+                    "last_sequence": sequence,
+                }),
+            )],
         })
     }
 }
 
+/// A collection in the new shape: the project/collection junction with its research links.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ProjectCollection {
     pub project_id: Uuid,
@@ -142,9 +166,4 @@ pub struct ProjectCollection {
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
     pub last_sequence: i64,
-}
-
-impl CollectionRow for ProjectCollection {
-    const SELECT_ONE: &'static str = SELECT_ONE;
-    const SELECT_PAGE: &'static str = SELECT_PAGE;
 }

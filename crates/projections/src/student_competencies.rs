@@ -274,6 +274,29 @@ pub async fn student_competencies<'e>(
     .await
 }
 
+/// A page of a student's competencies in the order of the old store's document ids
+/// (`{student_id}_{subject}_{skill_id}_{subskill_id}`), as the old clients list them.
+///
+/// # Errors
+/// A database error.
+pub async fn student_competencies_by_legacy_id<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    student_id: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<StudentCompetency>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COMPETENCY_COLUMNS} FROM student_competencies WHERE student_id = $1 \
+          ORDER BY student_id::text || '_' || subject || '_' || skill_id || '_' || subskill_id \
+          LIMIT $2 OFFSET $3"
+    ))
+    .bind(student_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(executor)
+    .await
+}
+
 /// The attempt `attempt_id`.
 ///
 /// # Errors
@@ -302,8 +325,7 @@ pub async fn review<'e>(
         .await
 }
 
-/// A page of the skill analytics, by subject, skill and subskill, optionally of one subject;
-/// `None` while the projection is retired.
+/// A page of the skill analytics, by subject, skill and subskill, optionally of one subject.
 ///
 /// # Errors
 /// A database error.
@@ -312,8 +334,8 @@ pub async fn skill_analytics<'e>(
     subject: Option<&str>,
     limit: i64,
     offset: i64,
-) -> Result<Option<Vec<SkillAnalytics>>, sqlx::Error> {
-    let rows = sqlx::query_as(
+) -> Result<Vec<SkillAnalytics>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT subject, skill_id, subskill_id, attempts, students, mean_score, last_updated \
            FROM skill_analytics \
           WHERE $1::text IS NULL OR subject = $1 \
@@ -323,13 +345,5 @@ pub async fn skill_analytics<'e>(
     .bind(limit)
     .bind(offset)
     .fetch_all(executor)
-    .await;
-    match rows {
-        Ok(rows) => Ok(Some(rows)),
-        // The projection is retired: its tables are gone.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => Ok(None),
-        Err(e) => Err(e),
-    }
+    .await
 }
-
-const UNDEFINED_TABLE: &str = "42P01";

@@ -1,5 +1,6 @@
 //! Verification on 100% of rows, without changing a live table:
-//! - each domain's legacy and new read models agree on the fields they share;
+//! - each domain's legacy and new read models agree on everything the old clients' answers show
+//!   (every field, the version, the order of lists), so that either can serve them;
 //! - each live projection equals a fresh rebuild of it from the log.
 //!
 //! The fresh rebuild goes into a scratch schema up to what is safe to read; then, for one
@@ -78,16 +79,20 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
             "collections/project_collections",
             "WITH pairs AS (
                  SELECT coalesce(l.collection_id, n.collection_id) AS id, l, n
-                   FROM (SELECT * FROM collections WHERE is_active) AS l
+                   FROM collections AS l
                    FULL JOIN project_collections AS n ON n.collection_id = l.collection_id)
              SELECT jsonb_build_object('collection_id', id), f.field, f.legacy, f.new, NULL::bigint
                FROM pairs CROSS JOIN LATERAL (VALUES
                    ('row', to_jsonb((l).collection_id IS NOT NULL), to_jsonb((n).collection_id IS NOT NULL)),
                    ('project_id', to_jsonb((l).project_id), to_jsonb((n).project_id)),
+                   ('collection_name', to_jsonb((l).collection_name), to_jsonb((n).collection_name)),
+                   ('description', to_jsonb((l).description), to_jsonb((n).description)),
                    -- an imported NULL description is an empty research context
                    ('description/research_context', to_jsonb(coalesce((l).description, '')), to_jsonb((n).research_context)),
+                   ('is_active', to_jsonb((l).is_active), to_jsonb((n).is_active)),
                    ('created_at', to_jsonb((l).created_at), to_jsonb((n).created_at)),
-                   ('updated_at', to_jsonb((l).updated_at), to_jsonb((n).updated_at))
+                   ('updated_at', to_jsonb((l).updated_at), to_jsonb((n).updated_at)),
+                   ('last_sequence', to_jsonb((l).last_sequence), to_jsonb((n).last_sequence))
                ) AS f(field, legacy, new)
               WHERE f.legacy IS DISTINCT FROM f.new
                 AND (f.field = 'row' OR ((l).collection_id IS NOT NULL AND (n).collection_id IS NOT NULL))
@@ -100,15 +105,24 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
             (
                 "batch_state/batch_counters",
                 "WITH pairs AS (
-                     SELECT coalesce(l.batch_id, n.batch_id) AS id, l, n
+                     SELECT coalesce(l.batch_id, n.batch_id) AS id, l, n,
+                            ARRAY(SELECT p.player_lookup FROM batch_completions AS p
+                                   WHERE p.batch_id = n.batch_id ORDER BY p.sequence) AS completed,
+                            (SELECT coalesce(jsonb_object_agg(p.player_lookup, p.predictions_count), '{}')
+                               FROM batch_completions AS p WHERE p.batch_id = n.batch_id) AS predictions
                        FROM batch_state AS l FULL JOIN batch_counters AS n USING (batch_id))
                  SELECT jsonb_build_object('batch_id', id), f.field, f.legacy, f.new, NULL::bigint
                    FROM pairs CROSS JOIN LATERAL (VALUES
                        ('row', to_jsonb((l).batch_id IS NOT NULL), to_jsonb((n).batch_id IS NOT NULL)),
+                       ('expected_players', to_jsonb((l).expected_players), to_jsonb((n).expected_players)),
                        ('expected_count', to_jsonb(cardinality((l).expected_players)), to_jsonb((n).expected_count)),
+                       ('completed_players', to_jsonb((l).completed_players), to_jsonb(completed)),
                        ('completed_count', to_jsonb(cardinality((l).completed_players)), to_jsonb((n).completed_count)),
+                       ('predictions_by_player', (l).predictions_by_player, predictions),
                        ('total_predictions', to_jsonb((l).total_predictions), to_jsonb((n).total_predictions)),
-                       ('is_complete', to_jsonb((l).is_complete), to_jsonb((n).is_complete))
+                       ('is_complete', to_jsonb((l).is_complete), to_jsonb((n).is_complete)),
+                       ('updated_at/last_updated', to_jsonb((l).updated_at), to_jsonb((n).last_updated)),
+                       ('last_sequence', to_jsonb((l).last_sequence), to_jsonb((n).last_sequence))
                    ) AS f(field, legacy, new)
                   WHERE f.legacy IS DISTINCT FROM f.new
                     AND (f.field = 'row' OR ((l).batch_id IS NOT NULL AND (n).batch_id IS NOT NULL))
@@ -144,13 +158,15 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                 "legacy_competencies/student_competencies",
                 "WITH legacy AS (
                      SELECT (doc ->> 'student_id')::bigint AS student_id, doc ->> 'subject' AS subject,
-                            doc ->> 'skill_id' AS skill_id, doc ->> 'subskill_id' AS subskill_id, doc
+                            doc ->> 'skill_id' AS skill_id, doc ->> 'subskill_id' AS subskill_id, doc,
+                            id, student_id AS partition_key, last_sequence AS sequence
                        FROM legacy_competencies),
                  pairs AS (
                      SELECT coalesce(l.student_id, n.student_id) AS student_id,
                             coalesce(l.subject, n.subject) AS subject,
                             coalesce(l.skill_id, n.skill_id) AS skill_id,
-                            coalesce(l.subskill_id, n.subskill_id) AS subskill_id, l.doc, n
+                            coalesce(l.subskill_id, n.subskill_id) AS subskill_id, l.doc, l.id,
+                            l.partition_key, l.sequence, n
                        FROM legacy AS l
                        FULL JOIN student_competencies AS n USING (student_id, subject, skill_id, subskill_id))
                  SELECT jsonb_build_object('student_id', student_id, 'subject', subject,
@@ -158,10 +174,15 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                         f.field, f.legacy, f.new, NULL::bigint
                    FROM pairs CROSS JOIN LATERAL (VALUES
                        ('row', to_jsonb(doc IS NOT NULL), to_jsonb((n).student_id IS NOT NULL)),
+                       ('id', to_jsonb(id), to_jsonb(concat_ws('_', student_id, subject, skill_id, subskill_id))),
+                       ('partition_key', to_jsonb(partition_key), to_jsonb((n).student_id)),
                        ('current_score', doc -> 'current_score', to_jsonb((n).current_score)),
                        ('credibility', doc -> 'credibility', to_jsonb((n).credibility)),
                        ('total_attempts', doc -> 'total_attempts', to_jsonb((n).total_attempts)),
-                       ('last_updated', to_jsonb((doc ->> 'last_updated')::timestamptz), to_jsonb((n).last_updated))
+                       ('last_updated', doc -> 'last_updated', to_jsonb(to_char((n).last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))),
+                       ('last_sequence', to_jsonb(sequence), to_jsonb((n).last_sequence)),
+                       ('document_fields', to_jsonb(ARRAY(SELECT jsonb_object_keys(doc) ORDER BY 1)),
+                        to_jsonb(ARRAY['credibility', 'current_score', 'last_updated', 'skill_id', 'student_id', 'subject', 'subskill_id', 'total_attempts']))
                    ) AS f(field, legacy, new)
                   WHERE f.legacy IS DISTINCT FROM f.new
                     AND (f.field = 'row' OR (doc IS NOT NULL AND (n).student_id IS NOT NULL))
@@ -170,7 +191,7 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
             (
                 "legacy_attempts/student_attempts",
                 "WITH pairs AS (
-                     SELECT coalesce(l.id, n.attempt_id::text) AS id, l.doc, n
+                     SELECT coalesce(l.id, n.attempt_id::text) AS id, l.doc, l.student_id AS partition_key, n
                        FROM legacy_attempts AS l
                        FULL JOIN student_attempts AS n ON n.attempt_id::text = l.id)
                  SELECT jsonb_build_object('attempt_id', id,
@@ -187,7 +208,11 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                        ('subskill_id', doc -> 'subskill_id', to_jsonb((n).subskill_id)),
                        ('score', doc -> 'score', to_jsonb((n).score)),
                        ('analysis', doc -> 'analysis', to_jsonb((n).analysis)),
-                       ('feedback', doc -> 'feedback', to_jsonb((n).feedback))
+                       ('feedback', doc -> 'feedback', to_jsonb((n).feedback)),
+                       ('timestamp', doc -> 'timestamp', to_jsonb(to_char((n).attempted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))),
+                       ('partition_key', to_jsonb(partition_key), to_jsonb((n).student_id)),
+                       ('document_fields', to_jsonb(ARRAY(SELECT jsonb_object_keys(doc) ORDER BY 1)),
+                        to_jsonb(ARRAY['analysis', 'feedback', 'score', 'skill_id', 'student_id', 'subject', 'subskill_id', 'timestamp']))
                    ) AS f(field, legacy, new)
                   WHERE f.legacy IS DISTINCT FROM f.new
                     AND (f.field = 'row' OR (doc IS NOT NULL AND (n).attempt_id IS NOT NULL))
@@ -196,7 +221,7 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
             (
                 "legacy_reviews/student_reviews",
                 "WITH pairs AS (
-                     SELECT coalesce(l.id, n.review_id::text) AS id, l.doc, n
+                     SELECT coalesce(l.id, n.review_id::text) AS id, l.doc, l.student_id AS partition_key, n
                        FROM legacy_reviews AS l
                        FULL JOIN student_reviews AS n ON n.review_id::text = l.id)
                  SELECT jsonb_build_object('review_id', id,
@@ -207,9 +232,17 @@ const DOMAINS: &[(&str, &[(&str, &str)])] = &[
                         f.field, f.legacy, f.new, NULL::bigint
                    FROM pairs CROSS JOIN LATERAL (VALUES
                        ('row', to_jsonb(doc IS NOT NULL), to_jsonb((n).review_id IS NOT NULL)),
+                       ('student_id', doc -> 'student_id', to_jsonb((n).student_id)),
+                       ('subject', doc -> 'subject', to_jsonb((n).subject)),
+                       ('skill_id', doc -> 'skill_id', to_jsonb((n).skill_id)),
+                       ('subskill_id', doc -> 'subskill_id', to_jsonb((n).subskill_id)),
                        ('problem_id', doc -> 'problem_id', to_jsonb((n).problem_id)),
                        ('full_review', doc -> 'full_review', (n).full_review),
-                       ('score', doc -> 'score', to_jsonb((n).score))
+                       ('score', doc -> 'score', to_jsonb((n).score)),
+                       ('timestamp', doc -> 'timestamp', to_jsonb(to_char((n).reviewed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))),
+                       ('partition_key', to_jsonb(partition_key), to_jsonb((n).student_id)),
+                       ('document_fields', to_jsonb(ARRAY(SELECT jsonb_object_keys(doc) ORDER BY 1)),
+                        to_jsonb(ARRAY['full_review', 'problem_id', 'score', 'skill_id', 'student_id', 'subject', 'subskill_id', 'timestamp']))
                    ) AS f(field, legacy, new)
                   WHERE f.legacy IS DISTINCT FROM f.new
                     AND (f.field = 'row' OR (doc IS NOT NULL AND (n).review_id IS NOT NULL))

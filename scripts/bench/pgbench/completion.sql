@@ -29,8 +29,8 @@ UPDATE batch_state
        last_sequence = CAST(:seq AS bigint)
  WHERE batch_id = CAST(:bid AS text) AND last_sequence < CAST(:seq AS bigint);
 WITH inserted AS (
-    INSERT INTO batch_completions (batch_id, player_lookup, predictions_count, completed_at)
-    SELECT CAST(:bid AS text), c.p, c.n, CAST(:at AS timestamptz)
+    INSERT INTO batch_completions (batch_id, player_lookup, predictions_count, completed_at, sequence)
+    SELECT CAST(:bid AS text), c.p, c.n, CAST(:at AS timestamptz), CAST(:seq AS bigint)
       FROM unnest(ARRAY[CAST(:player AS text)], ARRAY[CAST(:count AS int)]) AS c(p, n)
     ON CONFLICT (batch_id, player_lookup) DO NOTHING
     RETURNING predictions_count

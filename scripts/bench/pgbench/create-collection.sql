@@ -17,8 +17,9 @@ VALUES (CAST(:cid AS uuid), CAST(:project AS uuid), 'bench', 'made by pgbench', 
 ON CONFLICT (collection_id) DO NOTHING;
 INSERT INTO project_collections (project_id, collection_id, research_context, tags,
                                  linked_project_question_ids, linked_project_hypothesis_ids,
-                                 created_at, updated_at, last_sequence)
+                                 created_at, updated_at, last_sequence, collection_name,
+                                 description, is_active)
 VALUES (CAST(:project AS uuid), CAST(:cid AS uuid), 'made by pgbench', '{}', '{}', '{}',
-        CAST(:at AS timestamptz), CAST(:at AS timestamptz), 1)
+        CAST(:at AS timestamptz), CAST(:at AS timestamptz), 1, 'bench', 'made by pgbench', true)
 ON CONFLICT (project_id, collection_id) DO NOTHING;
 END;

@@ -22,7 +22,7 @@ INSERT INTO batch_state (batch_id, expected_players, completed_players, predicti
 SELECT batch_id, players, '{}', '{}', 0, false, now(), 1 FROM bench_batches;
 
 INSERT INTO batch_counters (batch_id, expected_count, completed_count, total_predictions,
-                            is_complete, last_updated, last_sequence)
-SELECT batch_id, cardinality(players), 0, 0, false, now(), 1 FROM bench_batches;
+                            is_complete, last_updated, last_sequence, expected_players)
+SELECT batch_id, cardinality(players), 0, 0, false, now(), 1, players FROM bench_batches;
 
 VACUUM ANALYZE;

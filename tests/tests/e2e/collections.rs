@@ -83,8 +83,11 @@ async fn research_links_show_in_the_new_read_model() {
         .await
         .unwrap();
     json_with_status(response, StatusCode::OK).await;
-    app.set_read_source("collections", "new").await;
-    let body = json_with_status(app.get(&path).send().await.unwrap(), StatusCode::OK).await;
+    let body = json_with_status(
+        app.get(&format!("/v2{path}")).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
 
     assert_eq!(body["read_source"], "new");
     assert_eq!(body["version"], 2);
@@ -96,7 +99,7 @@ async fn research_links_show_in_the_new_read_model() {
 }
 
 #[tokio::test]
-async fn a_deleted_collection_is_gone_in_legacy_and_absent_in_new() {
+async fn a_deleted_collection_is_gone_from_either_model_and_absent_from_the_new_shape() {
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
     let created = create(&app, project, "Interviews").await;
@@ -107,8 +110,13 @@ async fn a_deleted_collection_is_gone_in_legacy_and_absent_in_new() {
     assert_eq!(deleted["version"], 2);
     assert_eq!(deleted["collection"]["is_active"], false);
     json_with_status(app.get(&path).send().await.unwrap(), StatusCode::GONE).await;
+    json_with_status(
+        app.get(&format!("/v2{path}")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     app.set_read_source("collections", "new").await;
-    json_with_status(app.get(&path).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    json_with_status(app.get(&path).send().await.unwrap(), StatusCode::GONE).await;
 }
 
 #[tokio::test]
@@ -205,7 +213,20 @@ async fn listing_reads_the_new_model_when_it_is_the_read_source() {
     .await;
 
     assert_eq!(page["read_source"], "new");
-    assert_eq!(page["items"][0]["research_context"], "what we learned");
+    assert_eq!(page["items"][0]["collection_name"], "a");
+    assert_eq!(page["items"][0]["description"], "what we learned");
+    let new_shape = json_with_status(
+        app.get(&format!("/v2/projects/{project}/collections"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        new_shape["items"][0]["research_context"],
+        "what we learned"
+    );
 }
 
 #[tokio::test]

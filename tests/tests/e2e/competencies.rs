@@ -55,9 +55,8 @@ async fn scores_8_6_10_give_credibility_root_of_a_fifth_and_6_3416_in_both_shape
     );
     assert!(close(&legacy["doc"]["current_score"], 6.3416), "{legacy}");
     assert_eq!(last["attempt"]["doc"]["score"], 10.0);
-    app.set_read_source("competencies", "new").await;
     let typed = json_with_status(
-        app.get("/students/7/competencies/math/fractions/adding")
+        app.get("/v2/students/7/competencies/math/fractions/adding")
             .send()
             .await
             .unwrap(),
@@ -174,8 +173,16 @@ async fn a_student_s_competencies_list_from_either_source() {
     )
     .await;
     app.set_read_source("competencies", "new").await;
-    let typed = json_with_status(
+    let from_new = json_with_status(
         app.get("/students/3/competencies?limit=1&offset=1")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let typed = json_with_status(
+        app.get("/v2/students/3/competencies?limit=1&offset=1")
             .send()
             .await
             .unwrap(),
@@ -190,6 +197,8 @@ async fn a_student_s_competencies_list_from_either_source() {
         .map(|item| item["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["3_math_fractions_a-sub", "3_math_fractions_b-sub"]);
+    assert_eq!(from_new["read_source"], "new");
+    assert_eq!(from_new["items"], json!([legacy["items"][1]]));
     assert_eq!(typed["read_source"], "new");
     assert_eq!(typed["items"].as_array().unwrap().len(), 1);
     assert_eq!(typed["items"][0]["subskill_id"], "b-sub");

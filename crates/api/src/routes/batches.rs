@@ -12,9 +12,9 @@ use cutover_core::domain::batch::{
 };
 use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
-use cutover_projections::batch_state::BatchState;
+use cutover_projections::batch_completions as new_model;
 use cutover_projections::batches::{
-    completions, find, summary, summary_and_completion, BatchRow, BatchSummary, CompletionRow,
+    answer, answer_with_completion, completions_answer, CompletionRow,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -23,7 +23,9 @@ use sqlx::PgConnection;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{document, run, with_location, with_status, Answer, Respond};
+use crate::routes::{
+    document, from_new_model, run, with_location, with_status, Answer, Respond,
+};
 use crate::AppState;
 
 /// Default and largest page of `GET /batches/{batch_id}/completions`.
@@ -39,6 +41,8 @@ pub fn router() -> Router<AppState> {
             post(record).get(list_completions),
         )
         .route("/batches/{batch_id}/completions/bulk", post(record_bulk))
+        .route("/v2/batches/{batch_id}", get(fetch_new))
+        .route("/v2/batches/{batch_id}/completions", get(list_completions_new))
 }
 
 /// Body of `POST /batches`.
@@ -75,14 +79,6 @@ struct BulkBody {
 struct PageQuery {
     limit: Option<i64>,
     after: Option<String>,
-}
-
-/// A batch as its read source has it.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-enum BatchView {
-    Legacy(BatchState),
-    New(BatchSummary),
 }
 
 #[derive(Debug, Serialize)]
@@ -262,17 +258,13 @@ async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Respons
     let batch_id = path_batch_id(&batch_id)?;
     let mut snapshot = reading.open(Some(Domain::Batches)).await?;
     let source = snapshot.source();
-    let view = read(&mut snapshot, source, &batch_id).await?;
-    let view = view.ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
-    let version = match &view {
-        BatchView::Legacy(row) => row.last_sequence,
-        BatchView::New(row) => row.last_sequence,
-    };
+    let batch = answer(&mut snapshot, source, batch_id.as_str()).await?;
+    let batch = batch.ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
     Ok(IntoResponse::into_response(Answer(document(
         source,
-        version,
+        batch.last_sequence,
         None,
-        &[("batch", json!(view))],
+        &[("batch", json!(batch))],
     ))))
 }
 
@@ -295,34 +287,102 @@ async fn list_completions(
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
+    let (after, limit) = page_bounds(page)?;
+    let mut snapshot = reading.open(Some(Domain::Batches)).await?;
+    let source = snapshot.source();
+    if answer(&mut snapshot, source, batch_id.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound("no such batch".to_owned()));
+    }
+    let items = completions_answer(&mut snapshot, source, batch_id.as_str(), &after, limit).await?;
+    Ok(completion_page(source, items, limit))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/batches/{batch_id}",
+    operation_id = "getBatchV2",
+    tag = "batches",
+    description = "The batch in the new shape (its counters), from the new model whatever the read \
+                   source.",
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    responses(
+        (status = 200, description = "the batch", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
+        )),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
+    let batch_id = path_batch_id(&batch_id)?;
+    let mut snapshot = reading.open(None).await?;
+    let read = new_model::summary(&mut snapshot, batch_id.as_str()).await;
+    let batch = from_new_model(read, new_model::NAME)?
+        .ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
+    Ok(IntoResponse::into_response(Answer(document(
+        ReadSource::New,
+        batch.last_sequence,
+        None,
+        &[("batch", json!(batch))],
+    ))))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/batches/{batch_id}/completions",
+    operation_id = "listCompletionsV2",
+    tag = "batches",
+    description = "A page of the batch's completions in the new shape (with when each was \
+                   recorded), by player lookup, from the new model whatever the read source.",
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn list_completions_new(
+    reading: Reading,
+    Path(batch_id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let batch_id = path_batch_id(&batch_id)?;
+    let (after, limit) = page_bounds(page)?;
+    let mut snapshot = reading.open(None).await?;
+    let read = new_model::summary(&mut snapshot, batch_id.as_str()).await;
+    if from_new_model(read, new_model::NAME)?.is_none() {
+        return Err(ApiError::NotFound("no such batch".to_owned()));
+    }
+    let items = new_model::completions(&mut snapshot, batch_id.as_str(), &after, limit).await?;
+    Ok(completion_page(ReadSource::New, items, limit))
+}
+
+/// A page's `after` and `limit`, checked.
+fn page_bounds(page: PageQuery) -> Result<(String, i64), ApiError> {
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    let after = page.after.unwrap_or_default();
-    let mut snapshot = reading.open(Some(Domain::Batches)).await?;
-    let source = snapshot.source();
-    if read(&mut snapshot, source, &batch_id).await?.is_none() {
-        return Err(ApiError::NotFound("no such batch".to_owned()));
-    }
-    let conn = &mut *snapshot;
-    let id = batch_id.as_str();
-    let items = match source {
-        ReadSource::Legacy => completions::<BatchState>(conn, id, &after, limit).await?,
-        ReadSource::New => completions::<BatchSummary>(conn, id, &after, limit).await?,
-    };
+    Ok((page.after.unwrap_or_default(), limit))
+}
+
+/// A page of `limit` completions: its `next` is the last player when the page is full.
+fn completion_page(source: ReadSource, items: Vec<CompletionRow>, limit: i64) -> Response {
     let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
     let next = items
         .last()
         .filter(|_| full)
         .map(|row| row.player_lookup.clone());
-    Ok(IntoResponse::into_response(axum::Json(CompletionPage {
+    IntoResponse::into_response(axum::Json(CompletionPage {
         read_source: source,
         items,
         next,
-    })))
+    }))
 }
 
 /// A batch id in the path: malformed is a 400 (as a malformed uuid is elsewhere).
@@ -365,8 +425,8 @@ async fn execute(
     run(state, request, idempotency, respond).await
 }
 
-/// Write-then-read: the batch's summary (and the player's completion, for a single one) read
-/// back from the read source in the command's transaction.
+/// Write-then-read: the batch as the old clients read it (and the player's completion, for a
+/// single one), read back from the read source in the command's transaction.
 async fn respond(
     conn: &mut PgConnection,
     batch_id: &BatchId,
@@ -374,49 +434,21 @@ async fn respond(
     player: Option<&str>,
 ) -> Result<StoredResponse, ApiError> {
     let source = committed.read_sources.of(Domain::Batches)?;
-    let mut rows = match source {
-        ReadSource::Legacy => read_back::<BatchState>(conn, batch_id, player).await?,
-        ReadSource::New => read_back::<BatchSummary>(conn, batch_id, player).await?,
+    let id = batch_id.as_str();
+    let rows = match player {
+        Some(player) => {
+            let (batch, completion) = answer_with_completion(conn, source, id, player).await?;
+            vec![
+                ("batch", json!(batch)),
+                ("completion", json!(completion)),
+            ]
+        }
+        None => vec![("batch", json!(answer(conn, source, id).await?))],
     };
-    if player.is_none() {
-        rows.truncate(1);
-    }
     Ok(document(
         source,
         committed.version,
         Some(committed.position),
         &rows,
     ))
-}
-
-async fn read_back<T: BatchRow + 'static>(
-    conn: &mut PgConnection,
-    batch_id: &BatchId,
-    player: Option<&str>,
-) -> Result<Vec<(&'static str, serde_json::Value)>, ApiError> {
-    let (batch, completion) = match player {
-        Some(player) => summary_and_completion::<T>(&mut *conn, batch_id.as_str(), player).await?,
-        None => (summary::<T>(&mut *conn, batch_id.as_str()).await?, None),
-    };
-    Ok(vec![
-        ("batch", json!(batch)),
-        ("completion", json!(completion)),
-    ])
-}
-
-/// The batch as `source` holds it.
-async fn read(
-    conn: &mut PgConnection,
-    source: ReadSource,
-    batch_id: &BatchId,
-) -> Result<Option<BatchView>, ApiError> {
-    let view = match source {
-        ReadSource::Legacy => find::<BatchState>(conn, batch_id.as_str())
-            .await?
-            .map(BatchView::Legacy),
-        ReadSource::New => find::<BatchSummary>(conn, batch_id.as_str())
-            .await?
-            .map(BatchView::New),
-    };
-    Ok(view)
 }

@@ -1,18 +1,19 @@
 //! Collections: commands append events (both read models update in the same transaction);
-//! every answer is read back from the domain's read source in the command's transaction.
+//! every answer is read back from the domain's read source in the command's transaction, in the
+//! old API's shape whichever model is the source.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use cutover_core::domain::collection::{
     Collection, CollectionCommand, CollectionName, Description, ResearchLinks,
 };
 use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
-use cutover_projections::collections::LegacyCollection;
-use cutover_projections::project_collections::ProjectCollection;
+use cutover_projections::collections::{answer, answer_page, LegacyCollection};
+use cutover_projections::project_collections::{self as new_model, ProjectCollection};
 use cutover_projections::{find, list as list_page};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,7 +23,9 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{document, run, with_location, with_status, Answer, Respond};
+use crate::routes::{
+    document, from_new_model, run, with_location, with_status, Answer, Respond,
+};
 use crate::AppState;
 
 /// Default and largest page of `GET /projects/{project_id}/collections`.
@@ -39,6 +42,11 @@ pub fn router() -> Router<AppState> {
         .route(
             "/projects/{project_id}/collections/{collection_id}/links",
             put(set_links),
+        )
+        .route("/v2/projects/{project_id}/collections", get(list_new))
+        .route(
+            "/v2/projects/{project_id}/collections/{collection_id}",
+            get(fetch_new),
         )
 }
 
@@ -79,18 +87,10 @@ struct PageQuery {
     after: Option<Uuid>,
 }
 
-/// A collection as its read source has it: the legacy row or the new row.
 #[derive(Debug, Serialize)]
-#[serde(untagged)]
-enum CollectionView {
-    Legacy(LegacyCollection),
-    New(ProjectCollection),
-}
-
-#[derive(Debug, Serialize)]
-struct CollectionPage {
+struct CollectionPage<T> {
     read_source: ReadSource,
-    items: Vec<CollectionView>,
+    items: Vec<T>,
     /// Pass as `after` for the next page; `null` on the last page.
     next: Option<Uuid>,
 }
@@ -269,21 +269,17 @@ async fn fetch(
 ) -> Result<Response, ApiError> {
     let mut snapshot = reading.open(Some(Domain::Collections)).await?;
     let source = snapshot.source();
-    let view = read(&mut snapshot, source, project_id, collection_id).await?;
+    let row = answer(&mut snapshot, source, project_id, collection_id).await?;
     let not_found = || ApiError::NotFound("no such collection in this project".to_owned());
-    let view = view.ok_or_else(not_found)?;
-    let version = match &view {
-        CollectionView::Legacy(row) if !row.is_active => {
-            return Err(ApiError::Gone("the collection has been deleted".to_owned()))
-        }
-        CollectionView::Legacy(row) => row.last_sequence,
-        CollectionView::New(row) => row.last_sequence,
-    };
+    let row = row.ok_or_else(not_found)?;
+    if !row.is_active {
+        return Err(ApiError::Gone("the collection has been deleted".to_owned()));
+    }
     Ok(IntoResponse::into_response(Answer(document(
         source,
-        version,
+        row.last_sequence,
         None,
-        &[("collection", json!(view))],
+        &[("collection", json!(row))],
     ))))
 }
 
@@ -305,38 +301,108 @@ async fn list(
     Path(project_id): Path<Uuid>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
+    let (after, limit) = page_bounds(&page)?;
+    let mut snapshot = reading.open(Some(Domain::Collections)).await?;
+    let source = snapshot.source();
+    let items: Vec<LegacyCollection> =
+        answer_page(&mut snapshot, source, project_id, after, limit).await?;
+    let next = next_after(&items, limit, |row| row.collection_id);
+    Ok(IntoResponse::into_response(axum::Json(CollectionPage {
+        read_source: source,
+        items,
+        next,
+    })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/projects/{project_id}/collections/{collection_id}",
+    operation_id = "getCollectionV2",
+    tag = "collections",
+    description = "The collection in the new shape (its research context and links), from the new \
+                   model whatever the read source; a deleted collection is a 404.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    responses(
+        (status = 200, description = "the collection", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
+        )),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn fetch_new(
+    reading: Reading,
+    Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
+) -> Result<Response, ApiError> {
+    let mut snapshot = reading.open(None).await?;
+    let read = find::<ProjectCollection>(
+        &mut *snapshot,
+        &new_model::NEW_SHAPE,
+        project_id,
+        collection_id,
+    );
+    let row = from_new_model(read.await, new_model::NAME)?
+        .ok_or_else(|| ApiError::NotFound("no such collection in this project".to_owned()))?;
+    Ok(IntoResponse::into_response(Answer(document(
+        ReadSource::New,
+        row.last_sequence,
+        None,
+        &[("collection", json!(row))],
+    ))))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/projects/{project_id}/collections",
+    operation_id = "listCollectionsV2",
+    tag = "collections",
+    description = "A page of the project's live collections in the new shape, by id, from the new \
+                   model whatever the read source.",
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn list_new(
+    reading: Reading,
+    Path(project_id): Path<Uuid>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let (after, limit) = page_bounds(&page)?;
+    let mut snapshot = reading.open(None).await?;
+    let read = list_page::<ProjectCollection>(
+        &mut *snapshot,
+        &new_model::NEW_SHAPE,
+        project_id,
+        after,
+        limit,
+    );
+    let items = from_new_model(read.await, new_model::NAME)?;
+    let next = next_after(&items, limit, |row| row.collection_id);
+    Ok(IntoResponse::into_response(axum::Json(CollectionPage {
+        read_source: ReadSource::New,
+        items,
+        next,
+    })))
+}
+
+/// A page's `after` and `limit`, checked.
+fn page_bounds(page: &PageQuery) -> Result<(Uuid, i64), ApiError> {
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    let after = page.after.unwrap_or(Uuid::nil());
-    let mut snapshot = reading.open(Some(Domain::Collections)).await?;
-    let source = snapshot.source();
-    let conn = &mut *snapshot;
-    let items: Vec<CollectionView> = match source {
-        ReadSource::Legacy => list_page::<LegacyCollection>(&mut *conn, project_id, after, limit)
-            .await?
-            .into_iter()
-            .map(CollectionView::Legacy)
-            .collect(),
-        ReadSource::New => list_page::<ProjectCollection>(&mut *conn, project_id, after, limit)
-            .await?
-            .into_iter()
-            .map(CollectionView::New)
-            .collect(),
-    };
+    Ok((page.after.unwrap_or(Uuid::nil()), limit))
+}
+
+/// The `next` of a page of `limit` rows: the last one's id when the page is full.
+fn next_after<T>(items: &[T], limit: i64, id: impl Fn(&T) -> Uuid) -> Option<Uuid> {
     let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
-    let next = items.last().filter(|_| full).map(|item| match item {
-        CollectionView::Legacy(row) => row.collection_id,
-        CollectionView::New(row) => row.collection_id,
-    });
-    Ok(IntoResponse::into_response(axum::Json(CollectionPage {
-        read_source: source,
-        items,
-        next,
-    })))
+    items.last().filter(|_| full).map(id)
 }
 
 /// Runs a command on an existing collection and answers with it as read back.
@@ -393,29 +459,11 @@ async fn respond(
     committed: &Committed,
 ) -> Result<StoredResponse, ApiError> {
     let source = committed.read_sources.of(Domain::Collections)?;
-    let view = read(conn, source, project_id, collection_id).await?;
+    let row = answer(conn, source, project_id, collection_id).await?;
     Ok(document(
         source,
         committed.version,
         Some(committed.position),
-        &[("collection", json!(view))],
+        &[("collection", json!(row))],
     ))
-}
-
-/// The collection as `source` holds it.
-async fn read(
-    conn: &mut PgConnection,
-    source: ReadSource,
-    project_id: Uuid,
-    collection_id: Uuid,
-) -> Result<Option<CollectionView>, ApiError> {
-    let view = match source {
-        ReadSource::Legacy => find::<LegacyCollection>(&mut *conn, project_id, collection_id)
-            .await?
-            .map(CollectionView::Legacy),
-        ReadSource::New => find::<ProjectCollection>(&mut *conn, project_id, collection_id)
-            .await?
-            .map(CollectionView::New),
-    };
-    Ok(view)
 }

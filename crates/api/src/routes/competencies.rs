@@ -21,7 +21,9 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{document, run, with_location, with_status, Answer, Respond};
+use crate::routes::{
+    document, from_new_model, run, with_location, with_status, Answer, Respond,
+};
 use crate::AppState;
 
 /// Default and largest page of the list routes.
@@ -40,6 +42,11 @@ pub fn router() -> Router<AppState> {
             get(fetch),
         )
         .route("/analytics/skills", get(analytics))
+        .route("/v2/students/{student_id}/competencies", get(list_new))
+        .route(
+            "/v2/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
+            get(fetch_new),
+        )
 }
 
 /// Body of `POST …/attempts`: one attempt at a subskill.
@@ -137,19 +144,14 @@ async fn record_attempt(
             let subskill = subskill.clone();
             Box::pin(async move {
                 let source = committed.read_sources.of(Domain::Competencies)?;
-                let (attempt, competency) = match source {
-                    ReadSource::Legacy => {
-                        let id = attempt_id.to_string();
-                        let attempt = legacy::find(&mut *conn, Collection::Attempts, &id).await?;
-                        let competency = legacy::competency(&mut *conn, &subskill).await?;
-                        (json!(attempt), json!(competency))
-                    }
-                    ReadSource::New => (
-                        json!(typed::attempt(&mut *conn, attempt_id).await?),
-                        json!(typed::competency(&mut *conn, &subskill).await?),
-                    ),
-                };
-                let rows = [("attempt", attempt), ("competency", competency)];
+                let attempt =
+                    legacy::document_answer(&mut *conn, source, Collection::Attempts, attempt_id)
+                        .await?;
+                let competency = legacy::competency_answer(&mut *conn, source, &subskill).await?;
+                let rows = [
+                    ("attempt", json!(attempt)),
+                    ("competency", json!(competency)),
+                ];
                 Ok(created(source, &committed, &rows, &subskill))
             })
         },
@@ -199,13 +201,10 @@ async fn record_review(
             let subskill = subskill.clone();
             Box::pin(async move {
                 let source = committed.read_sources.of(Domain::Competencies)?;
-                let review = match source {
-                    ReadSource::Legacy => {
-                        let id = review_id.to_string();
-                        json!(legacy::find(&mut *conn, Collection::Reviews, &id).await?)
-                    }
-                    ReadSource::New => json!(typed::review(&mut *conn, review_id).await?),
-                };
+                let review =
+                    legacy::document_answer(&mut *conn, source, Collection::Reviews, review_id)
+                        .await?;
+                let review = json!(review);
                 Ok(created(
                     source,
                     &committed,
@@ -242,20 +241,14 @@ async fn fetch(
     let mut snapshot = reading.open(Some(Domain::Competencies)).await?;
     let source = snapshot.source();
     let conn = &mut *snapshot;
-    let (version, row) = match source {
-        ReadSource::Legacy => legacy::competency(conn, &key)
-            .await?
-            .map(|doc| (doc.last_sequence, json!(doc))),
-        ReadSource::New => typed::competency(conn, &key)
-            .await?
-            .map(|row| (row.last_sequence, json!(row))),
-    }
-    .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
+    let doc = legacy::competency_answer(conn, source, &key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
     Ok(IntoResponse::into_response(Answer(document(
         source,
-        version,
+        doc.last_sequence,
         None,
-        &[("competency", row)],
+        &[("competency", json!(doc))],
     ))))
 }
 
@@ -286,20 +279,81 @@ async fn list(
     let mut snapshot = reading.open(Some(Domain::Competencies)).await?;
     let source = snapshot.source();
     let conn = &mut *snapshot;
-    let items: Vec<Value> = match source {
-        ReadSource::Legacy => legacy::student_competencies(&mut *conn, student_id, limit, offset)
+    let items: Vec<Value> =
+        legacy::student_competencies_answer(conn, source, student_id, limit, offset)
             .await?
             .into_iter()
             .map(|doc| json!(doc))
-            .collect(),
-        ReadSource::New => typed::student_competencies(&mut *conn, student_id, limit, offset)
-            .await?
-            .into_iter()
-            .map(|row| json!(row))
-            .collect(),
-    };
+            .collect();
     Ok(IntoResponse::into_response(axum::Json(Page {
         read_source: Some(source),
+        items,
+    })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
+    operation_id = "getCompetencyV2",
+    tag = "competencies",
+    description = "One competency in the new shape (typed, flat), from the new model whatever the \
+                   read source: 404 until the subskill has an attempt.",
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    responses(
+        (status = 200, description = "the competency", body = crate::openapi::Document, headers(
+            ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
+        )),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn fetch_new(
+    reading: Reading,
+    Path((student_id, subject, skill_id, subskill_id)): Path<(i64, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let key = SubskillKey::parse(student_id, &subject, &skill_id, &subskill_id)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut snapshot = reading.open(None).await?;
+    let row = from_new_model(typed::competency(&mut *snapshot, &key).await, typed::NAME)?
+        .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
+    Ok(IntoResponse::into_response(Answer(document(
+        ReadSource::New,
+        row.last_sequence,
+        None,
+        &[("competency", json!(row))],
+    ))))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/students/{student_id}/competencies",
+    operation_id = "listCompetenciesV2",
+    tag = "competencies",
+    description = "A page of the student's competencies in the new shape, by subject, skill and \
+                   subskill, from the new model whatever the read source.",
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::Page),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn list_new(
+    reading: Reading,
+    Path(student_id): Path<i64>,
+    Query(page): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    if student_id < 1 {
+        return Err(ApiError::BadRequest(
+            "student_id must be a positive integer".to_owned(),
+        ));
+    }
+    let (limit, offset) = bounds(page.limit, page.offset)?;
+    let mut snapshot = reading.open(None).await?;
+    let read = typed::student_competencies(&mut *snapshot, student_id, limit, offset).await;
+    let items = from_new_model(read, typed::NAME)?;
+    Ok(IntoResponse::into_response(axum::Json(Page {
+        read_source: Some(ReadSource::New),
         items,
     })))
 }
@@ -323,15 +377,8 @@ async fn analytics(
 ) -> Result<Response, ApiError> {
     let (limit, offset) = bounds(query.limit, query.offset)?;
     let mut snapshot = reading.open(None).await?;
-    let items = typed::skill_analytics(&mut *snapshot, query.subject.as_deref(), limit, offset)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "the skill analytics are kept by the projection {}, which is retired: rebuild \
-                 it to serve them again",
-                typed::NAME
-            ))
-        })?;
+    let read = typed::skill_analytics(&mut *snapshot, query.subject.as_deref(), limit, offset);
+    let items = from_new_model(read.await, typed::NAME)?;
     Ok(IntoResponse::into_response(axum::Json(Page {
         read_source: None,
         items,

@@ -121,6 +121,25 @@ where
     }
 }
 
+/// A read of the new model (the `/v2` routes answer in the new shape, read from the new model
+/// whatever the domain's read source; the routes without it answer in the old API's shape): its tables are gone while its projection is retired, which is a 409
+/// naming the projection to rebuild.
+///
+/// # Errors
+/// The 409, or the database error.
+pub fn from_new_model<T>(read: Result<T, sqlx::Error>, projection: &str) -> Result<T, ApiError> {
+    const UNDEFINED_TABLE: &str = "42P01";
+    match read {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => {
+            Err(ApiError::Conflict(format!(
+                "the new shape is read from the projection {projection}, which is retired: \
+                 rebuild it to serve it again"
+            )))
+        }
+        read => Ok(read?),
+    }
+}
+
 /// Sets the answer's status.
 pub fn with_status(mut answer: StoredResponse, status: StatusCode) -> StoredResponse {
     answer.status = status.as_u16();
