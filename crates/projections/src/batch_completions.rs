@@ -10,8 +10,8 @@ use cutover_core::store::StoredEvent;
 use serde_json::json;
 
 use crate::batches::{old_answer_queries, BatchSummary, CompletionRow};
-use sqlx::PgConnection;
 use crate::{column, Fold};
+use sqlx::PgConnection;
 
 /// The projection's name.
 pub const NAME: &str = "batch_completions";

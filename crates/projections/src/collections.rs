@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::projection::ProjectionError;
+use cutover_core::read_source::ReadSource;
 use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
-use cutover_core::read_source::ReadSource;
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -394,11 +394,13 @@ pub async fn student_competencies_answer(
 ) -> Result<Vec<LegacyDocument>, sqlx::Error> {
     Ok(match source {
         ReadSource::Legacy => student_competencies(conn, student_id, limit, offset).await?,
-        ReadSource::New => typed::student_competencies_by_legacy_id(conn, student_id, limit, offset)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        ReadSource::New => {
+            typed::student_competencies_by_legacy_id(conn, student_id, limit, offset)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect()
+        }
     })
 }
 

@@ -77,7 +77,12 @@ impl Fold for ProjectCollections {
         let id = collection_id(NAME, event)?;
         let at = timestamp(event.recorded_at);
         let sequence = event.sequence;
-        let row = |project_id: Uuid, name: &str, description: Option<&str>, active: bool, created: Value, updated: Value| {
+        let row = |project_id: Uuid,
+                   name: &str,
+                   description: Option<&str>,
+                   active: bool,
+                   created: Value,
+                   updated: Value| {
             Change::insert(
                 &TABLE,
                 json!({

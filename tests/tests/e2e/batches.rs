@@ -72,7 +72,10 @@ async fn starting_a_batch_answers_201_with_the_legacy_document_read_back() {
         StatusCode::OK,
     )
     .await;
-    assert_eq!(document["batch"], body["batch"], "the command answers as its GET");
+    assert_eq!(
+        document["batch"], body["batch"],
+        "the command answers as its GET"
+    );
     assert_eq!(document["batch"]["predictions_by_player"], json!({}));
 }
 
@@ -372,7 +375,10 @@ async fn the_batch_and_its_completions_read_from_either_source() {
     assert_eq!(legacy_page["next"], "bob");
     assert_eq!(new["read_source"], "new");
     assert_eq!(new["version"], 5);
-    assert_eq!(new["batch"], legacy["batch"], "the switch changes no answer");
+    assert_eq!(
+        new["batch"], legacy["batch"],
+        "the switch changes no answer"
+    );
     assert_eq!(
         new_page["items"],
         json!([

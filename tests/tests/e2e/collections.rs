@@ -223,10 +223,7 @@ async fn listing_reads_the_new_model_when_it_is_the_read_source() {
         StatusCode::OK,
     )
     .await;
-    assert_eq!(
-        new_shape["items"][0]["research_context"],
-        "what we learned"
-    );
+    assert_eq!(new_shape["items"][0]["research_context"], "what we learned");
 }
 
 #[tokio::test]

@@ -279,25 +279,31 @@ async fn a_csv_export_with_nulls_and_awkward_text_imports_once_and_verifies_clea
         legacy[2]["is_active"], true,
         "no flag is an active collection"
     );
-    let contexts: Vec<String> = sqlx::query_scalar(
-        "SELECT research_context FROM project_collections ORDER BY collection_id",
+    let contexts: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT research_context, is_active FROM project_collections ORDER BY collection_id",
     )
     .fetch_all(&app.db.pool)
     .await
     .unwrap();
-    assert_eq!(contexts, ["", ""], "the inactive one has no new row");
-    let read = json_with_status(
-        app.get(
-            "/projects/00000000-0000-4000-8000-0000000000aa/collections/\
-             00000000-0000-4000-8000-000000000001",
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    assert_eq!(
+        contexts,
+        [
+            (String::new(), true),
+            ("tab\there, line\ntwo".to_owned(), false),
+            (String::new(), true)
+        ],
+        "the inactive one keeps a new row too, for the old answers"
+    );
+    let path = "/projects/00000000-0000-4000-8000-0000000000aa/collections/\
+                00000000-0000-4000-8000-000000000001";
+    let read = json_with_status(app.get(path).send().await.unwrap(), StatusCode::OK).await;
     assert_eq!(read["collection"]["description"], Value::Null);
+    app.set_read_source("collections", "new").await;
+    let from_new = json_with_status(app.get(path).send().await.unwrap(), StatusCode::OK).await;
+    assert_eq!(
+        from_new["collection"], read["collection"],
+        "NULL stays NULL in the new model"
+    );
 
     let report = verify(&app.db.pool, &inline_projectors(), None)
         .await

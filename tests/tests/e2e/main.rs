@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod access;
+mod answers;
 mod batches;
 mod collections;
 mod competencies;

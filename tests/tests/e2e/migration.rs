@@ -569,13 +569,15 @@ async fn import_legacy_twice_appends_once() {
         StatusCode::GONE,
     )
     .await;
-    let new_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM project_collections")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let new_rows: Vec<bool> =
+        sqlx::query_scalar("SELECT is_active FROM project_collections ORDER BY is_active")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
     assert_eq!(
-        new_rows, 1,
-        "a collection deleted in the old system has no new row"
+        new_rows,
+        [false, true],
+        "a collection deleted in the old system keeps an inactive new row, for the old answers"
     );
     json_with_status(
         app.put(&format!("/projects/{project}/collections/{active}"))
@@ -620,7 +622,10 @@ async fn a_read_source_switch_and_a_rebuild_are_seen_by_every_instance_at_once()
     assert_eq!(before["read_source"], "legacy");
     assert_eq!(before["collection"]["collection_name"], "shared");
     assert_eq!(after["read_source"], "new");
-    assert_eq!(after["collection"], before["collection"], "the switch changes no answer");
+    assert_eq!(
+        after["collection"], before["collection"],
+        "the switch changes no answer"
+    );
     let sources = json_with_status(
         second.get("/admin/read-sources").send().await.unwrap(),
         StatusCode::OK,

@@ -23,9 +23,7 @@ use sqlx::PgConnection;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{
-    document, from_new_model, run, with_location, with_status, Answer, Respond,
-};
+use crate::routes::{document, from_new_model, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of `GET /batches/{batch_id}/completions`.
@@ -42,7 +40,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/batches/{batch_id}/completions/bulk", post(record_bulk))
         .route("/v2/batches/{batch_id}", get(fetch_new))
-        .route("/v2/batches/{batch_id}/completions", get(list_completions_new))
+        .route(
+            "/v2/batches/{batch_id}/completions",
+            get(list_completions_new),
+        )
 }
 
 /// Body of `POST /batches`.
@@ -438,10 +439,7 @@ async fn respond(
     let rows = match player {
         Some(player) => {
             let (batch, completion) = answer_with_completion(conn, source, id, player).await?;
-            vec![
-                ("batch", json!(batch)),
-                ("completion", json!(completion)),
-            ]
+            vec![("batch", json!(batch)), ("completion", json!(completion))]
         }
         None => vec![("batch", json!(answer(conn, source, id).await?))],
     };

@@ -21,9 +21,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{
-    document, from_new_model, run, with_location, with_status, Answer, Respond,
-};
+use crate::routes::{document, from_new_model, run, with_location, with_status, Answer, Respond};
 use crate::AppState;
 
 /// Default and largest page of the list routes.
