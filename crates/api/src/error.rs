@@ -98,6 +98,11 @@ impl ApiError {
         }
     }
 
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     /// A 422 about `field`.
     pub fn invalid(field: &str, detail: impl Into<String>) -> Self {
         Self::Unprocessable {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reads;
 mod routes;
+pub mod shadow;
 
 use error::ApiError;
 use feed::FeedSignals;

@@ -232,6 +232,23 @@ impl Metrics {
             "How far behind the primary a replica's replay was at its last check",
             read.lag.clone(),
         );
+        let shadow = reads.shadow().metrics();
+        registry.register(
+            "shadow_reads",
+            "GETs of a domain in shadow also computed from the other model and compared, by \
+             domain and route",
+            shadow.reads.clone(),
+        );
+        registry.register(
+            "shadow_mismatches",
+            "Shadow reads whose two answers differed, by domain and route",
+            shadow.mismatches.clone(),
+        );
+        registry.register(
+            "shadow_errors",
+            "Shadow reads whose second read failed and was not compared, by domain and route",
+            shadow.errors.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,

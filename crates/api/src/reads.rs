@@ -37,6 +37,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::routes::{Answer, Respond};
+use crate::shadow::{Sampling, Shadow};
 use crate::AppState;
 
 /// The log position a command reached, or the highest one the server that answered a read
@@ -199,6 +201,7 @@ struct Inner {
     wait: Duration,
     max_lag: Duration,
     metrics: ReadMetrics,
+    shadow: Shadow,
 }
 
 impl Reads {
@@ -236,6 +239,13 @@ impl Reads {
             Duration::from_millis(args.replica_wait_ms),
             Duration::from_millis(args.replica_max_lag_ms),
         );
+        tokio::spawn(
+            reads
+                .inner
+                .shadow
+                .clone()
+                .run(reads.inner.session.clone(), shutdown.clone()),
+        );
         if !reads.inner.replicas.is_empty() {
             tokio::spawn(reads.clone().check(shutdown));
         }
@@ -272,12 +282,18 @@ impl Reads {
                 wait,
                 max_lag,
                 metrics,
+                shadow: Shadow::default(),
             }),
         }
     }
 
     pub fn metrics(&self) -> &ReadMetrics {
         &self.inner.metrics
+    }
+
+    /// The shadow reads of this instance.
+    pub fn shadow(&self) -> &Shadow {
+        &self.inner.shadow
     }
 
     /// The next replica in rotation, taken in turn.
@@ -489,6 +505,8 @@ async fn replica_state(checks: &PgPool) -> Result<(bool, i64), sqlx::Error> {
 pub struct Snapshot {
     conn: Conn,
     source: Option<ReadSource>,
+    /// Whether the domain is in shadow, and its window.
+    sampling: Option<Sampling>,
     position: i64,
     on_replica: bool,
 }
@@ -506,6 +524,9 @@ impl Snapshot {
         loop {
             let row = sqlx::query(
                 "SELECT (SELECT source FROM read_sources WHERE domain = $1) AS source,
+                        (SELECT fraction FROM shadow_settings WHERE domain = $1) AS fraction,
+                        (SELECT coalesce(max(changed_at), '-infinity') FROM projections
+                          WHERE domain = $1) AS since,
                         coalesce((SELECT max(position) FROM events), 0) AS position,
                         $2::bigint IS NULL
                             OR EXISTS (SELECT 1 FROM events WHERE position = $2) AS shows",
@@ -522,9 +543,17 @@ impl Snapshot {
                     ),
                     None => None,
                 };
+                let sampling = match row.try_get::<Option<f64>, _>("fraction")? {
+                    Some(fraction) => Some(Sampling {
+                        fraction,
+                        since: row.try_get("since")?,
+                    }),
+                    None => None,
+                };
                 return Ok(Some(Self {
                     conn,
                     source,
+                    sampling,
                     position: row.try_get("position")?,
                     on_replica: deadline.is_some(),
                 }));
@@ -566,6 +595,8 @@ pub struct Reading {
     reads: Reads,
     min_position: Option<i64>,
     seen: Option<Seen>,
+    /// The request's path and query, for a shadow read's record.
+    path: String,
 }
 
 impl FromRequestParts<AppState> for Reading {
@@ -592,6 +623,10 @@ impl FromRequestParts<AppState> for Reading {
             reads: state.reads.clone(),
             min_position,
             seen: parts.extensions.get::<Seen>().cloned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
         })
     }
 }
@@ -616,6 +651,29 @@ impl Reading {
     pub async fn open(&self, domain: Option<Domain>) -> Result<Snapshot, ApiError> {
         let snapshot = self.reads.open_snapshot(domain, self.min_position).await?;
         Ok(self.saw(snapshot))
+    }
+
+    /// The answer of a GET of the old API's shape on `route` (its template), computed by `read`
+    /// from `domain`'s read source; while the domain is in shadow, a share of them also from the
+    /// other model, compared and counted ([`crate::shadow`]). The client gets the first answer.
+    ///
+    /// # Errors
+    /// The read's error, or the snapshot's (as [`Reading::open`]).
+    pub async fn answer(
+        &self,
+        domain: Domain,
+        route: &'static str,
+        read: impl for<'c> Fn(&'c mut PgConnection, ReadSource) -> Respond<'c>,
+    ) -> Result<Response, ApiError> {
+        let mut snapshot = self.open(Some(domain)).await?;
+        let source = snapshot.source();
+        let served = read(&mut snapshot, source).await;
+        let shadow = self.reads.shadow();
+        if let Some(sampling) = snapshot.sampling.filter(|s| shadow.sample(s.fraction)) {
+            let other = read(&mut snapshot, source.other()).await;
+            shadow.compare(domain, sampling, route, &self.path, source, &served, &other);
+        }
+        served.map(|answer| axum::response::IntoResponse::into_response(Answer(answer)))
     }
 
     /// A snapshot on the primary, for what a replica could not answer yet.

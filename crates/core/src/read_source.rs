@@ -20,6 +20,14 @@ impl ReadSource {
             Self::New => "new",
         }
     }
+
+    /// The domain's other model.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Legacy => Self::New,
+            Self::New => Self::Legacy,
+        }
+    }
 }
 
 /// The domains that have two read-model shapes.

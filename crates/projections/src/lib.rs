@@ -22,6 +22,7 @@ pub mod project_collections;
 pub mod rebuild;
 pub mod registry;
 pub mod repair;
+pub mod shadow;
 pub mod student_competencies;
 pub mod verify;
 

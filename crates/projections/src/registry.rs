@@ -341,7 +341,8 @@ pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::
 }
 
 /// Whether `domain`'s read source may be switched: only after a clean consistency report of the
-/// domain, taken after the last rebuild, repair or retirement of any of its projections.
+/// domain, taken after the last rebuild, repair or retirement of any of its projections, and a
+/// shadow window since then of enough reads with no mismatch (`crate::shadow`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Gate {
     pub open: bool,
@@ -414,9 +415,15 @@ pub async fn gate(conn: &mut PgConnection, domain: &str) -> Result<Gate, sqlx::E
              repair them and run `cutover verify {domain}` again"
         )));
     }
+    if let Some(reason) = crate::shadow::closes_gate(conn, domain).await? {
+        return Ok(closed(reason));
+    }
     Ok(Gate {
         open: true,
-        reason: format!("consistency report #{id} of {domain} ({checked_at}) is clean"),
+        reason: format!(
+            "consistency report #{id} of {domain} ({checked_at}) is clean, and so is its shadow \
+             window"
+        ),
     })
 }
 
@@ -458,8 +465,8 @@ pub async fn set_read_source(
     let gate = gate(&mut tx, domain).await?;
     if !gate.open && !force {
         return Err(AdminError::Refused(format!(
-            "switching {domain} to {shape} needs a clean consistency report: {}; or force it \
-             (recorded)",
+            "switching {domain} to {shape} needs a clean consistency report and a clean shadow \
+             window: {}; or force it (recorded)",
             gate.reason
         )));
     }

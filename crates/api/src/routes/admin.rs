@@ -11,6 +11,7 @@ use cutover_core::read_source::ReadSource;
 use cutover_projections::rebuild::{self, Purpose};
 use cutover_projections::registry::{self, AdminError, Job, Status};
 use cutover_projections::repair;
+use cutover_projections::shadow;
 use cutover_projections::verify::{self, Report};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -31,6 +32,11 @@ pub fn router() -> Router<AppState> {
         .route("/admin/read-sources", get(read_sources))
         .route("/admin/read-sources/{domain}", put(set_read_source))
         .route("/admin/read-sources/{domain}/gate", get(switch_gate))
+        .route("/admin/shadow", get(shadow_windows))
+        .route(
+            "/admin/shadow/{domain}",
+            put(start_shadow).delete(stop_shadow),
+        )
         .route("/admin/consistency", get(consistency))
         .route("/admin/consistency/latest", get(latest_consistency))
 }
@@ -290,7 +296,8 @@ struct ReadSourceBody {
     #[schema(value_type = String)]
     source: ReadSource,
     /// Switch even though the gate is closed: no clean consistency report of the domain since
-    /// the last rebuild, repair or retirement of its projections. Recorded with who and when.
+    /// the last rebuild, repair or retirement of its projections, or too few shadow reads since
+    /// then, or a mismatch among them. Recorded with who and when.
     #[serde(default)]
     force: bool,
 }
@@ -324,6 +331,106 @@ async fn set_read_source(
     })))
 }
 
+/// Body of `PUT /admin/shadow/{domain}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ShadowBody {
+    /// The share of the domain's GETs also computed from the other model and compared, above 0
+    /// and at most 1 (1: all of them).
+    #[serde(default = "default_fraction")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0, default = default_fraction)]
+    fraction: f64,
+    /// How many shadow reads with no mismatch, since the last rebuild, repair or retirement of
+    /// the domain's projections, the switch gate wants (0 or more).
+    #[serde(default = "default_min_reads")]
+    #[schema(minimum = 0, default = default_min_reads)]
+    min_reads: i64,
+}
+
+fn default_fraction() -> f64 {
+    shadow::DEFAULT_FRACTION
+}
+
+fn default_min_reads() -> i64 {
+    shadow::DEFAULT_MIN_READS
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/shadow",
+    operation_id = "listShadowWindows",
+    tag = "admin",
+    description = "Each domain's shadow reads: whether it is in shadow (its fraction and the reads \
+                   its switch gate wants), the reads and mismatches counted since the last \
+                   rebuild, repair or retirement of its projections, and the latest mismatches \
+                   with both answers.",
+    params(crate::openapi::ReadHeaders),
+    responses(
+        (status = 200, description = "the domains' shadow windows", body = Vec<crate::openapi::AnyObject>),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn shadow_windows(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Vec<shadow::Window>>, ApiError> {
+    Ok(axum::Json(shadow::windows(&state.session).await?))
+}
+
+#[utoipa::path(
+    put,
+    path = "/admin/shadow/{domain}",
+    operation_id = "startShadowReads",
+    tag = "admin",
+    description = "Puts a domain in shadow (or changes its fraction and minimum): its GETs are \
+                   answered from the read source as before and, for the fraction given, also \
+                   computed from the other model and compared. Recorded with who and when.",
+    params(("domain" = String, Path, description = "the domain")),
+    request_body = ShadowBody,
+    responses(
+        (status = 200, description = "in shadow", body = crate::openapi::AnyObject),
+        crate::openapi::Errors
+    )
+)]
+async fn start_shadow(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+    Extension(actor): Extension<registry::Actor>,
+    Json(body): Json<ShadowBody>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let settings = shadow::start(
+        &state.session,
+        &domain,
+        body.fraction,
+        body.min_reads,
+        &actor,
+    )
+    .await?;
+    Ok(axum::Json(json!({ "domain": domain, "shadow": settings })))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/shadow/{domain}",
+    operation_id = "stopShadowReads",
+    tag = "admin",
+    description = "Takes a domain out of shadow; the reads it counted stay. Recorded with who and \
+                   when.",
+    params(("domain" = String, Path, description = "the domain")),
+    responses(
+        (status = 200, description = "out of shadow", body = crate::openapi::AnyObject),
+        crate::openapi::Errors
+    )
+)]
+async fn stop_shadow(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+    Extension(actor): Extension<registry::Actor>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    shadow::stop(&state.session, &domain, &actor).await?;
+    Ok(axum::Json(json!({ "domain": domain, "shadow": null })))
+}
+
 #[utoipa::path(
     get,
     path = "/admin/read-sources/{domain}/gate",
@@ -331,8 +438,8 @@ async fn set_read_source(
     tag = "admin",
     description = "Whether the domain's read source may be switched: open after a clean \
                    consistency report of the domain taken since the last rebuild, repair or \
-                   retirement of its projections; with the domain's last switch (who, when, \
-                   whether it was forced).",
+                   retirement of its projections, and enough shadow reads since then with no \
+                   mismatch; with the domain's last switch (who, when, whether it was forced).",
     params(("domain" = String, Path, description = "the domain"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the gate", body = crate::openapi::AnyObject),

@@ -23,21 +23,24 @@ use sqlx::PgConnection;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{document, from_new_model, run, with_location, with_status, Answer, Respond};
+use crate::routes::{
+    document, from_new_model, page, run, with_location, with_status, Answer, Respond,
+};
 use crate::AppState;
 
 /// Default and largest page of `GET /batches/{batch_id}/completions`.
 pub(crate) const DEFAULT_PAGE: i64 = 100;
 pub(crate) const MAX_PAGE: i64 = 1_000;
 
+/// The old API's routes of one batch and of its completions.
+const ONE: &str = "/batches/{batch_id}";
+const COMPLETIONS: &str = "/batches/{batch_id}/completions";
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/batches", post(start))
-        .route("/batches/{batch_id}", get(fetch))
-        .route(
-            "/batches/{batch_id}/completions",
-            post(record).get(list_completions),
-        )
+        .route(ONE, get(fetch))
+        .route(COMPLETIONS, post(record).get(list_completions))
         .route("/batches/{batch_id}/completions/bulk", post(record_bulk))
         .route("/v2/batches/{batch_id}", get(fetch_new))
         .route(
@@ -257,16 +260,21 @@ async fn record_bulk(
 )]
 async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
-    let mut snapshot = reading.open(Some(Domain::Batches)).await?;
-    let source = snapshot.source();
-    let batch = answer(&mut snapshot, source, batch_id.as_str()).await?;
-    let batch = batch.ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
-    Ok(IntoResponse::into_response(Answer(document(
-        source,
-        batch.last_sequence,
-        None,
-        &[("batch", json!(batch))],
-    ))))
+    reading
+        .answer(Domain::Batches, ONE, move |conn, source| {
+            let id = batch_id.clone();
+            Box::pin(async move {
+                let batch = answer(conn, source, id.as_str()).await?;
+                let batch = batch.ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
+                Ok(document(
+                    source,
+                    batch.last_sequence,
+                    None,
+                    &[("batch", json!(batch))],
+                ))
+            })
+        })
+        .await
 }
 
 #[utoipa::path(
@@ -289,22 +297,24 @@ async fn list_completions(
 ) -> Result<Response, ApiError> {
     let batch_id = path_batch_id(&batch_id)?;
     let (after, limit) = page_bounds(page)?;
-    let mut snapshot = reading.open(Some(Domain::Batches)).await?;
-    let source = snapshot.source();
-    if answer(&mut snapshot, source, batch_id.as_str())
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound("no such batch".to_owned()));
-    }
-    let items = completions_answer(&mut snapshot, source, batch_id.as_str(), &after, limit).await?;
-    Ok(completion_page(source, items, limit))
+    reading
+        .answer(Domain::Batches, COMPLETIONS, move |conn, source| {
+            let (id, after) = (batch_id.clone(), after.clone());
+            Box::pin(async move {
+                if answer(&mut *conn, source, id.as_str()).await?.is_none() {
+                    return Err(ApiError::NotFound("no such batch".to_owned()));
+                }
+                let items = completions_answer(conn, source, id.as_str(), &after, limit).await?;
+                Ok(completion_page(source, items, limit))
+            })
+        })
+        .await
 }
 
 #[utoipa::path(
     get,
     path = "/v2/batches/{batch_id}",
-    operation_id = "getBatchV2",
+    operation_id = "getBatchNewShape",
     tag = "batches",
     description = "The batch in the new shape (its counters), from the new model whatever the read \
                    source.",
@@ -334,7 +344,7 @@ async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Res
 #[utoipa::path(
     get,
     path = "/v2/batches/{batch_id}/completions",
-    operation_id = "listCompletionsV2",
+    operation_id = "listCompletionsNewShape",
     tag = "batches",
     description = "A page of the batch's completions in the new shape (with when each was \
                    recorded), by player lookup, from the new model whatever the read source.",
@@ -358,7 +368,7 @@ async fn list_completions_new(
         return Err(ApiError::NotFound("no such batch".to_owned()));
     }
     let items = new_model::completions(&mut snapshot, batch_id.as_str(), &after, limit).await?;
-    Ok(completion_page(ReadSource::New, items, limit))
+    Ok(Answer(completion_page(ReadSource::New, items, limit)).into_response())
 }
 
 /// A page's `after` and `limit`, checked.
@@ -373,13 +383,13 @@ fn page_bounds(page: PageQuery) -> Result<(String, i64), ApiError> {
 }
 
 /// A page of `limit` completions: its `next` is the last player when the page is full.
-fn completion_page(source: ReadSource, items: Vec<CompletionRow>, limit: i64) -> Response {
+fn completion_page(source: ReadSource, items: Vec<CompletionRow>, limit: i64) -> StoredResponse {
     let full = i64::try_from(items.len()).unwrap_or(i64::MAX) == limit;
     let next = items
         .last()
         .filter(|_| full)
         .map(|row| row.player_lookup.clone());
-    IntoResponse::into_response(axum::Json(CompletionPage {
+    page(json!(CompletionPage {
         read_source: source,
         items,
         next,

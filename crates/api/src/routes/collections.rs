@@ -23,20 +23,23 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{document, from_new_model, run, with_location, with_status, Answer, Respond};
+use crate::routes::{
+    document, from_new_model, page as page_of, run, with_location, with_status, Answer, Respond,
+};
 use crate::AppState;
 
 /// Default and largest page of `GET /projects/{project_id}/collections`.
 pub(crate) const DEFAULT_PAGE: i64 = 50;
 pub(crate) const MAX_PAGE: i64 = 200;
 
+/// The old API's routes of the project's collections and of one collection.
+const LIST: &str = "/projects/{project_id}/collections";
+const ONE: &str = "/projects/{project_id}/collections/{collection_id}";
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/projects/{project_id}/collections", post(create).get(list))
-        .route(
-            "/projects/{project_id}/collections/{collection_id}",
-            put(update).get(fetch).delete(delete),
-        )
+        .route(LIST, post(create).get(list))
+        .route(ONE, put(update).get(fetch).delete(delete))
         .route(
             "/projects/{project_id}/collections/{collection_id}/links",
             put(set_links),
@@ -265,20 +268,25 @@ async fn fetch(
     reading: Reading,
     Path((project_id, collection_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Response, ApiError> {
-    let mut snapshot = reading.open(Some(Domain::Collections)).await?;
-    let source = snapshot.source();
-    let row = answer(&mut snapshot, source, project_id, collection_id).await?;
-    let not_found = || ApiError::NotFound("no such collection in this project".to_owned());
-    let row = row.ok_or_else(not_found)?;
-    if !row.is_active {
-        return Err(ApiError::Gone("the collection has been deleted".to_owned()));
-    }
-    Ok(IntoResponse::into_response(Answer(document(
-        source,
-        row.last_sequence,
-        None,
-        &[("collection", json!(row))],
-    ))))
+    reading
+        .answer(Domain::Collections, ONE, move |conn, source| {
+            Box::pin(async move {
+                let row = answer(conn, source, project_id, collection_id).await?;
+                let not_found =
+                    || ApiError::NotFound("no such collection in this project".to_owned());
+                let row = row.ok_or_else(not_found)?;
+                if !row.is_active {
+                    return Err(ApiError::Gone("the collection has been deleted".to_owned()));
+                }
+                Ok(document(
+                    source,
+                    row.last_sequence,
+                    None,
+                    &[("collection", json!(row))],
+                ))
+            })
+        })
+        .await
 }
 
 #[utoipa::path(
@@ -300,22 +308,26 @@ async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let (after, limit) = page_bounds(&page)?;
-    let mut snapshot = reading.open(Some(Domain::Collections)).await?;
-    let source = snapshot.source();
-    let items: Vec<LegacyCollection> =
-        answer_page(&mut snapshot, source, project_id, after, limit).await?;
-    let next = next_after(&items, limit, |row| row.collection_id);
-    Ok(IntoResponse::into_response(axum::Json(CollectionPage {
-        read_source: source,
-        items,
-        next,
-    })))
+    reading
+        .answer(Domain::Collections, LIST, move |conn, source| {
+            Box::pin(async move {
+                let items: Vec<LegacyCollection> =
+                    answer_page(conn, source, project_id, after, limit).await?;
+                let next = next_after(&items, limit, |row| row.collection_id);
+                Ok(page_of(json!(CollectionPage {
+                    read_source: source,
+                    items,
+                    next,
+                })))
+            })
+        })
+        .await
 }
 
 #[utoipa::path(
     get,
     path = "/v2/projects/{project_id}/collections/{collection_id}",
-    operation_id = "getCollectionV2",
+    operation_id = "getCollectionNewShape",
     tag = "collections",
     description = "The collection in the new shape (its research context and links), from the new \
                    model whatever the read source; a deleted collection is a 404.",
@@ -352,7 +364,7 @@ async fn fetch_new(
 #[utoipa::path(
     get,
     path = "/v2/projects/{project_id}/collections",
-    operation_id = "listCollectionsV2",
+    operation_id = "listCollectionsNewShape",
     tag = "collections",
     description = "A page of the project's live collections in the new shape, by id, from the new \
                    model whatever the read source.",

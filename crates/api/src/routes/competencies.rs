@@ -21,7 +21,9 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
-use crate::routes::{document, from_new_model, run, with_location, with_status, Answer, Respond};
+use crate::routes::{
+    document, from_new_model, page as page_of, run, with_location, with_status, Answer, Respond,
+};
 use crate::AppState;
 
 /// Default and largest page of the list routes.
@@ -30,15 +32,16 @@ pub(crate) const MAX_PAGE: i64 = 1_000;
 /// Largest offset of the list routes.
 pub(crate) const MAX_OFFSET: i64 = 1_000_000;
 
+/// The old API's routes of a student's competencies and of one competency.
+const LIST: &str = "/students/{student_id}/competencies";
+const ONE: &str = "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}";
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/students/{student_id}/attempts", post(record_attempt))
         .route("/students/{student_id}/reviews", post(record_review))
-        .route("/students/{student_id}/competencies", get(list))
-        .route(
-            "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
-            get(fetch),
-        )
+        .route(LIST, get(list))
+        .route(ONE, get(fetch))
         .route("/analytics/skills", get(analytics))
         .route("/v2/students/{student_id}/competencies", get(list_new))
         .route(
@@ -236,18 +239,24 @@ async fn fetch(
 ) -> Result<Response, ApiError> {
     let key = SubskillKey::parse(student_id, &subject, &skill_id, &subskill_id)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut snapshot = reading.open(Some(Domain::Competencies)).await?;
-    let source = snapshot.source();
-    let conn = &mut *snapshot;
-    let doc = legacy::competency_answer(conn, source, &key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
-    Ok(IntoResponse::into_response(Answer(document(
-        source,
-        doc.last_sequence,
-        None,
-        &[("competency", json!(doc))],
-    ))))
+    reading
+        .answer(Domain::Competencies, ONE, move |conn, source| {
+            let key = key.clone();
+            Box::pin(async move {
+                let doc = legacy::competency_answer(conn, source, &key)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::NotFound("no attempts recorded for this subskill".to_owned())
+                    })?;
+                Ok(document(
+                    source,
+                    doc.last_sequence,
+                    None,
+                    &[("competency", json!(doc))],
+                ))
+            })
+        })
+        .await
 }
 
 #[utoipa::path(
@@ -274,25 +283,25 @@ async fn list(
         ));
     }
     let (limit, offset) = bounds(page.limit, page.offset)?;
-    let mut snapshot = reading.open(Some(Domain::Competencies)).await?;
-    let source = snapshot.source();
-    let conn = &mut *snapshot;
-    let items: Vec<Value> =
-        legacy::student_competencies_answer(conn, source, student_id, limit, offset)
-            .await?
-            .into_iter()
-            .map(|doc| json!(doc))
-            .collect();
-    Ok(IntoResponse::into_response(axum::Json(Page {
-        read_source: Some(source),
-        items,
-    })))
+    reading
+        .answer(Domain::Competencies, LIST, move |conn, source| {
+            Box::pin(async move {
+                let items =
+                    legacy::student_competencies_answer(conn, source, student_id, limit, offset)
+                        .await?;
+                Ok(page_of(json!(Page {
+                    read_source: Some(source),
+                    items,
+                })))
+            })
+        })
+        .await
 }
 
 #[utoipa::path(
     get,
     path = "/v2/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
-    operation_id = "getCompetencyV2",
+    operation_id = "getCompetencyNewShape",
     tag = "competencies",
     description = "One competency in the new shape (typed, flat), from the new model whatever the \
                    read source: 404 until the subskill has an attempt.",
@@ -325,7 +334,7 @@ async fn fetch_new(
 #[utoipa::path(
     get,
     path = "/v2/students/{student_id}/competencies",
-    operation_id = "listCompetenciesV2",
+    operation_id = "listCompetenciesNewShape",
     tag = "competencies",
     description = "A page of the student's competencies in the new shape, by subject, skill and \
                    subskill, from the new model whatever the read source.",

@@ -59,6 +59,15 @@ pub fn document(
     }
 }
 
+/// A 200 answer with `body` and no headers of its own (a page).
+pub fn page(body: serde_json::Value) -> StoredResponse {
+    StoredResponse {
+        status: StatusCode::OK.as_u16(),
+        headers: Vec::new(),
+        body,
+    }
+}
+
 /// A stored (or fresh) answer as an HTTP response.
 pub struct Answer(pub StoredResponse);
 
@@ -78,7 +87,8 @@ impl IntoResponse for Answer {
     }
 }
 
-/// Reads a command's answer back inside its transaction, before the commit.
+/// An answer being read: a command's, back inside its transaction before the commit, or a GET's
+/// from one read source (see [`crate::reads::Reading::answer`]).
 pub type Respond<'c> = BoxFuture<'c, Result<StoredResponse, ApiError>>;
 
 /// Runs `request` (with its idempotency key, if any); builds the answer with `respond` in the
