@@ -17,7 +17,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use cutover_core::log;
 use cutover_core::store::EventStore;
-use cutover_projections::registry;
+use cutover_projections::registry::{self, JobState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -90,6 +90,7 @@ pub struct Metrics {
     rebuild_done: Family<ProjectionLabels, Gauge>,
     rebuild_total: Family<ProjectionLabels, Gauge>,
     rebuild_rate: Family<ProjectionLabels, Rate>,
+    rebuild_interrupted: Family<ProjectionLabels, Gauge>,
     held_back: Gauge,
     blocker: Family<BlockerLabels, Rate>,
     pool: Family<PoolLabels, Gauge>,
@@ -184,6 +185,13 @@ impl Metrics {
             "Events per second of the running rebuild of a projection",
             rebuild_rate.clone(),
         );
+        let rebuild_interrupted = Family::<ProjectionLabels, Gauge>::default();
+        registry.register(
+            "rebuild_interrupted",
+            "1 while a projection's latest rebuild is interrupted (recorded running, run by no \
+             process: run it again to resume it), else 0",
+            rebuild_interrupted.clone(),
+        );
         let held_back = Gauge::default();
         registry.register(
             "feed_held_back",
@@ -258,6 +266,7 @@ impl Metrics {
             rebuild_done,
             rebuild_total,
             rebuild_rate,
+            rebuild_interrupted,
             held_back,
             blocker,
             pool,
@@ -274,6 +283,7 @@ impl Metrics {
         self.rebuild_done.clear();
         self.rebuild_total.clear();
         self.rebuild_rate.clear();
+        self.rebuild_interrupted.clear();
         for projection in registry::projections(pool).await? {
             let status = registry::progress(pool, store.projectors(), &projection.name).await?;
             let labels = ProjectionLabels {
@@ -282,7 +292,14 @@ impl Metrics {
             if let Some(lag) = status.lag {
                 self.lag.get_or_create(&labels).set(lag);
             }
-            if let Some(job) = status.latest_job.filter(|_| status.rebuild_running) {
+            let job = status.latest_job;
+            let interrupted = job
+                .as_ref()
+                .is_some_and(|job| job.status == JobState::Interrupted);
+            self.rebuild_interrupted
+                .get_or_create(&labels)
+                .set(i64::from(interrupted));
+            if let Some(job) = job.filter(|_| status.rebuild_running) {
                 self.rebuild_done
                     .get_or_create(&labels)
                     .set(job.events_done);
@@ -470,9 +487,10 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
             _ = stopping.changed() => return,
         }
         let rebuild: Result<f64, sqlx::Error> = async {
-            let jobs = registry::running_jobs(&state.session).await?;
+            let jobs = registry::unfinished_jobs(&state.session).await?;
             Ok(jobs
                 .iter()
+                .filter(|job| job.status == JobState::RUNNING)
                 .fold(0.0, |sum, job| sum + job.events_per_second))
         }
         .await;

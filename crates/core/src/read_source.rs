@@ -5,9 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A domain's read source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A domain's read source: one of its two shapes, which is also what a projection's `shape`
+/// names (`projections.shape`, `read_sources.source`: the CHECK constraints of both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum ReadSource {
     Legacy,
     New,

@@ -15,6 +15,7 @@ use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
 use cutover_projections::rebuild::{self, Progress, Purpose};
+use cutover_projections::registry::JobState;
 use cutover_projections::{inline_projectors, registry, repair, verify};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -61,8 +62,9 @@ enum Command {
     /// private cluster's socket), starting nothing: `psql "$(cutover database-url)"` opens it
     /// while the private cluster runs (while the server does).
     DatabaseUrl,
-    /// Every projection's state, row counts, version, last position and lag; each domain's
-    /// read source.
+    /// Every projection's state, version, last position, lag, latest rebuild job (running,
+    /// interrupted, or how it ended) and row counts; each domain's read source; the
+    /// interrupted rebuilds, with the command that resumes each.
     Status,
     /// Rebuild projections from the log while commands keep being accepted, then swap the
     /// rebuilt tables in. Brings a retired projection back.
@@ -219,16 +221,11 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
         }
         Command::Status => {
             println!(
-                "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  rows",
-                "projection", "domain", "shape", "state", "version", "position", "lag"
+                "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  {:<11}  rows",
+                "projection", "domain", "shape", "state", "version", "position", "lag", "rebuild"
             );
             for projection in registry::projections(pool).await? {
                 let status = registry::status(pool, &projectors, &projection.name).await?;
-                let state = if status.projection.state == "rebuilding" && !status.rebuild_running {
-                    "interrupted".to_owned()
-                } else {
-                    status.projection.state.clone()
-                };
                 let rows = status
                     .rows
                     .iter()
@@ -236,22 +233,31 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     .collect::<Vec<_>>()
                     .join(" ");
                 println!(
-                    "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  {}",
+                    "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  {:<11}  {}",
                     projection.name,
                     projection.domain,
-                    projection.shape,
-                    state,
+                    projection.shape.as_str(),
+                    projection.state,
                     projection.version,
                     status.last_position.map_or("-".into(), |p| p.to_string()),
                     status.lag.map_or("-".into(), |l| l.to_string()),
+                    status
+                        .latest_job
+                        .map_or("-".into(), |job| job.status.to_string()),
                     if rows.is_empty() { "-".into() } else { rows }
                 );
             }
             println!();
             for (domain, source) in registry::read_sources(pool).await? {
-                println!("read source of {domain}: {source}");
+                println!("read source of {domain}: {}", source.as_str());
             }
-            for job in registry::interrupted_jobs(pool).await? {
+            let interrupted = registry::unfinished_jobs(pool)
+                .await?
+                .into_iter()
+                .filter(|job| {
+                    job.purpose == Purpose::Rebuild && job.status == JobState::Interrupted
+                });
+            for job in interrupted {
                 println!(
                     "interrupted: rebuild job {} of {} at {} of {} events; resume it with `cutover rebuild {}` (or cancel it with --cancel)",
                     job.id,

@@ -12,12 +12,14 @@
 //!
 //! A rebuild holds a session advisory lock per projection for its whole run, so two rebuilds of
 //! one projection cannot run at once on any instance, and a killed rebuild releases it with its
-//! connection. A failed or interrupted rebuild leaves the live tables as they were. Each batch
-//! records the job's checkpoint (its log position) with its rows: a rebuild of the same
-//! projections started after an interruption (a killed CLI, a restarted server) resumes the
-//! interrupted job from that checkpoint in its schema, so every event is applied once. A
-//! failed job's schema is dropped; a cancelled one stops at its next batch and drops its
-//! schema.
+//! connection. Every job (rebuild or verify) also holds a lock of its own on that connection, by
+//! which the registry tells a running job from an interrupted one
+//! ([`crate::registry::JobState`]). A failed or interrupted rebuild leaves the live tables as
+//! they were. Each batch records the job's checkpoint (its log position) with its rows: a
+//! rebuild of the same projections started after an interruption (a killed CLI, a restarted
+//! server) resumes the interrupted job from that checkpoint in its schema, so every event is
+//! applied once. A failed job's schema is dropped; a cancelled one stops at its next batch and
+//! drops its schema.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +31,9 @@ use cutover_core::store::APPEND_LOCK;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::registry::{rebuild_lock_key, AdminError};
+use crate::registry::{
+    job_lock_key, rebuild_lock_key, runner_alive, AdminError, JobStatus, ProjectionState,
+};
 
 /// Events replayed per batch transaction.
 pub const BATCH: i64 = 5_000;
@@ -43,22 +47,15 @@ const SWAP_ATTEMPTS: u32 = 5;
 /// How often a rebuild that waits for the horizon looks again.
 const HORIZON_WAIT: Duration = Duration::from_secs(1);
 
-/// Why a job builds tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a job builds tables (`rebuild_jobs.purpose`, and its CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Purpose {
     /// Replace the live tables.
     Rebuild,
     /// Build a scratch copy to compare with the live tables (verify); never swapped in.
     Verify,
-}
-
-impl Purpose {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Rebuild => "rebuild",
-            Self::Verify => "verify",
-        }
-    }
 }
 
 /// How far a job is.
@@ -100,8 +97,8 @@ pub struct Job {
     replayed: i64,
     resumed_from: Option<i64>,
     started: Instant,
-    /// Holds the session locks of a rebuild: released by `release` when the job ends, or with the
-    /// connection when the process dies.
+    /// Holds the job's session lock, and a rebuild's locks of its projections: released by
+    /// `release` when the job ends, or with the connection when the process dies.
     locks: Option<PgConnection>,
 }
 
@@ -145,9 +142,10 @@ impl Job {
             .collect();
         types.sort();
         types.dedup();
-        let locks = match purpose {
-            Purpose::Rebuild => Some(claim(pool, &names).await?),
-            Purpose::Verify => None,
+        let mut locks = match purpose {
+            Purpose::Rebuild => claim(pool, &names).await?,
+            // Detached from the pool, as in `claim`.
+            Purpose::Verify => pool.acquire().await?.detach(),
         };
         let events_total: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
@@ -159,40 +157,52 @@ impl Job {
             // Holding the locks, no job of these projections still marked running is running.
             if let Some(job) = Self::resume(pool, &projectors, &names, &types, events_total).await?
             {
-                return Ok(Self { locks, ..job });
+                hold(&mut locks, job.id).await?;
+                return Ok(Self {
+                    locks: Some(locks),
+                    ..job
+                });
             }
         }
         let id = Uuid::now_v7();
+        // Before its row says `running`: from then on, a row that says so without the lock
+        // held is an interrupted job.
+        hold(&mut locks, id).await?;
         let schema = format!("cutover_job_{}", id.simple());
         let mut tx = pool.begin().await?;
         if purpose == Purpose::Rebuild {
             let interrupted: Vec<Uuid> = sqlx::query_scalar(
                 "UPDATE rebuild_jobs
-                    SET status = 'failed', error = 'interrupted', finished_at = now()
-                  WHERE status = 'running' AND purpose = 'rebuild' AND projections && $1
+                    SET status = $2, error = 'interrupted', finished_at = now()
+                  WHERE status = $3 AND purpose = $4 AND projections && $1
               RETURNING id",
             )
             .bind(&names)
+            .bind(JobStatus::Failed)
+            .bind(JobStatus::Running)
+            .bind(Purpose::Rebuild)
             .fetch_all(&mut *tx)
             .await?;
             for old in interrupted {
                 drop_schemas(&mut tx, old).await?;
             }
             sqlx::query(
-                "UPDATE projections SET state = 'rebuilding', changed_at = now()
+                "UPDATE projections SET state = $2, changed_at = now()
                   WHERE name = ANY($1)",
             )
             .bind(&names)
+            .bind(ProjectionState::Rebuilding)
             .execute(&mut *tx)
             .await?;
         }
         sqlx::query(
             "INSERT INTO rebuild_jobs (id, projections, purpose, status, events_total)
-             VALUES ($1, $2, $3, 'running', $4)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(&names)
-        .bind(purpose.as_str())
+        .bind(purpose)
+        .bind(JobStatus::Running)
         .bind(events_total)
         .execute(&mut *tx)
         .await?;
@@ -230,7 +240,7 @@ impl Job {
             replayed: 0,
             resumed_from: None,
             started: Instant::now(),
-            locks,
+            locks: Some(locks),
         })
     }
 
@@ -245,11 +255,13 @@ impl Job {
     ) -> Result<Option<Self>, AdminError> {
         let interrupted: Option<(Uuid, i64, i64)> = sqlx::query_as(
             "SELECT id, position, events_done FROM rebuild_jobs
-              WHERE status = 'running' AND purpose = 'rebuild'
+              WHERE status = $2 AND purpose = $3
                 AND projections @> $1 AND projections <@ $1
               ORDER BY started_at DESC LIMIT 1",
         )
         .bind(names)
+        .bind(JobStatus::Running)
+        .bind(Purpose::Rebuild)
         .fetch_optional(pool)
         .await?;
         let Some((id, position, events_done)) = interrupted else {
@@ -350,7 +362,7 @@ impl Job {
     async fn batch(&mut self, batch: &Batch) -> Result<(), AdminError> {
         let mut tx = self.pool.begin().await?;
         self.apply(&mut tx, batch).await?;
-        self.record(&mut tx, "running").await?;
+        self.record(&mut tx, JobStatus::Running).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -497,7 +509,7 @@ impl Job {
             waited += 1;
             tokio::time::sleep(HORIZON_WAIT).await;
             self.catch_up(on_progress).await?;
-            self.record(&mut *self.pool.acquire().await?, "running")
+            self.record(&mut *self.pool.acquire().await?, JobStatus::Running)
                 .await?;
         }
         Ok(())
@@ -534,15 +546,16 @@ impl Job {
             sqlx::Executor::execute(&mut *tx, moves.as_str()).await?;
             sqlx::query(
                 "UPDATE projections
-                    SET state = 'live', inline_active = true, version = version + 1,
+                    SET state = $3, inline_active = true, version = version + 1,
                         rebuilt_to = $2, changed_at = now()
                   WHERE name = ANY($1)",
             )
             .bind(&self.names)
             .bind(self.progress.position)
+            .bind(ProjectionState::Live)
             .execute(&mut *tx)
             .await?;
-            self.record(&mut tx, "succeeded").await?;
+            self.record(&mut tx, JobStatus::Succeeded).await?;
             Ok::<_, AdminError>(())
         }
         .await;
@@ -567,18 +580,19 @@ impl Job {
     ///
     /// # Errors
     /// `Cancelled` when the job was cancelled meanwhile; a database error.
-    async fn record(&self, conn: &mut PgConnection, status: &str) -> Result<(), AdminError> {
+    async fn record(&self, conn: &mut PgConnection, status: JobStatus) -> Result<(), AdminError> {
         let recorded = sqlx::query(
             "UPDATE public.rebuild_jobs
                 SET status = $4, events_done = $2, position = $3,
                     events_total = greatest(events_total, $2), updated_at = now(),
-                    finished_at = CASE WHEN $4 = 'running' THEN NULL ELSE now() END
-              WHERE id = $1 AND status = 'running'",
+                    finished_at = CASE WHEN $4 = $5 THEN NULL ELSE now() END
+              WHERE id = $1 AND status = $5",
         )
         .bind(self.id)
         .bind(self.progress.events_done)
         .bind(self.progress.position)
         .bind(status)
+        .bind(JobStatus::Running)
         .execute(conn)
         .await?;
         if recorded.rows_affected() == 0 {
@@ -593,24 +607,18 @@ impl Job {
         let mut tx = self.pool.begin().await?;
         // A cancelled job stays cancelled.
         sqlx::query(
-            "UPDATE rebuild_jobs SET status = 'failed', error = $2, finished_at = now(),
+            "UPDATE rebuild_jobs SET status = $3, error = $2, finished_at = now(),
                     updated_at = now()
-              WHERE id = $1 AND status = 'running'",
+              WHERE id = $1 AND status = $4",
         )
         .bind(self.id)
         .bind(reason)
+        .bind(JobStatus::Failed)
+        .bind(JobStatus::Running)
         .execute(&mut *tx)
         .await?;
         if self.purpose == Purpose::Rebuild {
-            sqlx::query(
-                "UPDATE projections
-                    SET state = CASE WHEN inline_active THEN 'live' ELSE 'retired' END,
-                        changed_at = now()
-                  WHERE name = ANY($1) AND state = 'rebuilding'",
-            )
-            .bind(&self.names)
-            .execute(&mut *tx)
-            .await?;
+            give_back(&mut tx, &self.names).await?;
         }
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
             .execute(&mut *tx)
@@ -618,22 +626,27 @@ impl Job {
         tx.commit().await
     }
 
-    /// Ends a scratch job, failed or not: records it and drops its tables.
+    /// Ends a scratch job, failed or not: records it, drops its tables and releases its lock.
     ///
     /// # Errors
     /// A database error.
-    pub async fn discard(self, failure: Option<&str>) -> Result<(), AdminError> {
-        match failure {
-            None => {
-                let mut conn = self.pool.acquire().await?;
-                self.record(&mut conn, "succeeded").await?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-            Some(reason) => Ok(self.fail(reason).await?),
-        }
+    pub async fn discard(mut self, failure: Option<&str>) -> Result<(), AdminError> {
+        let ended = match failure {
+            None => self.succeed_scratch().await,
+            Some(reason) => self.fail(reason).await.map_err(AdminError::from),
+        };
+        // Only once the job is recorded as ended, as in `run`.
+        self.release().await;
+        ended
+    }
+
+    async fn succeed_scratch(&self) -> Result<(), AdminError> {
+        let mut conn = self.pool.acquire().await?;
+        self.record(&mut conn, JobStatus::Succeeded).await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 
@@ -646,20 +659,23 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Vec<String>, AdminError> 
     let mut tx = pool.begin().await?;
     let cancelled: Option<Vec<String>> = sqlx::query_scalar(
         "UPDATE rebuild_jobs
-            SET status = 'cancelled', error = 'cancelled', finished_at = now(), updated_at = now()
-          WHERE id = $1 AND purpose = 'rebuild' AND status = 'running'
+            SET status = $2, error = 'cancelled', finished_at = now(), updated_at = now()
+          WHERE id = $1 AND purpose = $3 AND status = $4
       RETURNING projections",
     )
     .bind(id)
+    .bind(JobStatus::Cancelled)
+    .bind(Purpose::Rebuild)
+    .bind(JobStatus::Running)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(names) = cancelled else {
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM rebuild_jobs WHERE id = $1 AND purpose = 'rebuild'",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let status: Option<JobStatus> =
+            sqlx::query_scalar("SELECT status FROM rebuild_jobs WHERE id = $1 AND purpose = $2")
+                .bind(id)
+                .bind(Purpose::Rebuild)
+                .fetch_optional(&mut *tx)
+                .await?;
         return Err(match status {
             None => AdminError::NotFound(format!("no rebuild job {id}")),
             Some(status) => {
@@ -667,24 +683,40 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Vec<String>, AdminError> 
             }
         });
     };
-    let mut running = false;
-    for name in &names {
-        running |= crate::registry::rebuild_running(&mut *tx, name).await?;
-    }
-    if !running {
+    if !runner_alive(&mut *tx, id).await? {
         // Interrupted: nobody else will clean up.
-        sqlx::query(
-            "UPDATE projections SET state = CASE WHEN inline_active THEN 'live' ELSE 'retired' END,
-                    changed_at = now()
-              WHERE name = ANY($1) AND state = 'rebuilding'",
-        )
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
+        give_back(&mut tx, &names).await?;
         drop_schemas(&mut tx, id).await?;
     }
     tx.commit().await?;
     Ok(names)
+}
+
+/// Gives projections `names` that a rebuild left `rebuilding` their state back: live when
+/// commands still maintain them, retired otherwise.
+async fn give_back(conn: &mut PgConnection, names: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projections SET state = CASE WHEN inline_active THEN $2 ELSE $3 END,
+                changed_at = now()
+          WHERE name = ANY($1) AND state = $4",
+    )
+    .bind(names)
+    .bind(ProjectionState::Live)
+    .bind(ProjectionState::Retired)
+    .bind(ProjectionState::Rebuilding)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the session lock of job `id` on `conn`, the connection its runner keeps until the
+/// job ends (see [`crate::registry::JobState`]).
+async fn hold(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(job_lock_key(id))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Drops the schemas of jobs that no longer run (tables swapped out by a rebuild whose process
@@ -694,9 +726,10 @@ async fn sweep_leftovers(pool: &PgPool) -> Result<(), sqlx::Error> {
         "SELECT nspname::text FROM pg_namespace AS n
           WHERE nspname ~ '^cutover_job_[0-9a-f]{32}(_old)?$'
             AND NOT EXISTS (SELECT 1 FROM rebuild_jobs AS j
-                             WHERE j.status = 'running'
+                             WHERE j.status = $1
                                AND substr(n.nspname, 13, 32) = replace(j.id::text, '-', ''))",
     )
+    .bind(JobStatus::Running)
     .fetch_all(pool)
     .await?;
     for schema in leftovers {
@@ -800,9 +833,11 @@ pub async fn dry_run(
     let recent_rate: Option<f64> = sqlx::query_scalar(
         "SELECT avg(events_done / greatest(extract(epoch FROM finished_at - started_at), 0.001))::float8
            FROM (SELECT events_done, started_at, finished_at FROM rebuild_jobs
-                  WHERE purpose = 'rebuild' AND status = 'succeeded' AND events_done > 0
+                  WHERE purpose = $1 AND status = $2 AND events_done > 0
                   ORDER BY finished_at DESC LIMIT 5) AS recent",
     )
+    .bind(Purpose::Rebuild)
+    .bind(JobStatus::Succeeded)
     .fetch_one(pool)
     .await?;
     Ok(DryRun {

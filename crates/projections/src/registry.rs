@@ -3,6 +3,7 @@
 //! instances see one truth.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use cutover_core::read_source::ReadSource;
@@ -10,6 +11,8 @@ use cutover_core::store::APPEND_LOCK;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::rebuild::Purpose;
 
 /// An admin action could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -39,27 +42,95 @@ pub enum AdminError {
     Broken(String),
 }
 
+/// A projection's state (`projections.state`, and its CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum ProjectionState {
+    /// Maintained inline.
+    Live,
+    /// A rebuild of it was started (running, or interrupted: see its latest job).
+    Rebuilding,
+    /// Its tables are dropped.
+    Retired,
+}
+
+impl fmt::Display for ProjectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.serialize(f)
+    }
+}
+
+/// A job's status as its row records it (`rebuild_jobs.status`, and its CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum JobStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.serialize(f)
+    }
+}
+
+/// A job's status as every report gives it (the CLI, the admin API, `/metrics`, the console):
+/// its recorded status, except that a job recorded running whose runner is gone is
+/// `interrupted`. Never stored: [`Job::observed`] decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Recorded running, but no process runs it any more (killed, its server restarted, its
+    /// connection lost): a rebuild of the same projections resumes it from its checkpoint.
+    Interrupted,
+    #[serde(untagged)]
+    Recorded(JobStatus),
+}
+
+impl JobState {
+    /// Running now, on some process.
+    pub const RUNNING: Self = Self::Recorded(JobStatus::Running);
+}
+
+impl From<JobStatus> for JobState {
+    fn from(recorded: JobStatus) -> Self {
+        Self::Recorded(recorded)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.serialize(f)
+    }
+}
+
 /// A registry row.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Projection {
     pub name: String,
     pub domain: String,
-    pub shape: String,
+    pub shape: ReadSource,
     pub tables: Vec<String>,
     pub version: i32,
-    pub state: String,
+    pub state: ProjectionState,
     pub inline_active: bool,
     pub rebuilt_to: Option<i64>,
     pub changed_at: DateTime<Utc>,
 }
 
-/// A rebuild job's row, with its rate and estimated time left.
+/// A job's row (a rebuild's, or a verify's scratch job), with its rate and estimated time left.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Job {
     pub id: Uuid,
     pub projections: Vec<String>,
-    pub purpose: String,
-    pub status: String,
+    pub purpose: Purpose,
+    /// Its recorded status, or `interrupted` (see [`JobState`]).
+    #[sqlx(try_from = "JobStatus")]
+    pub status: JobState,
     pub events_done: i64,
     pub events_total: i64,
     pub position: i64,
@@ -71,19 +142,44 @@ pub struct Job {
     /// Events per second so far.
     #[sqlx(default)]
     pub events_per_second: f64,
-    /// Seconds left at the current rate, while running.
+    /// Seconds left at the current rate, while running (none once interrupted).
     #[sqlx(default)]
     pub eta_seconds: Option<f64>,
 }
 
 impl Job {
+    /// The job as it is now, as every report gives it: a job recorded running whose runner is
+    /// gone is `interrupted` (the one place that decides it); with its rate and, while it
+    /// runs, its time left.
+    ///
+    /// A runner holds the job's session lock ([`runner_alive`]) from before its row says
+    /// `running` until after its row says how it ended, and loses it with its connection when
+    /// its process dies. So a row that says `running` while no session holds the lock is
+    /// interrupted, unless the job ended between the read and the probe: then the row read
+    /// again says so.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn observed(self, conn: &mut PgConnection) -> Result<Self, sqlx::Error> {
+        let job = if self.status == JobState::RUNNING && !runner_alive(&mut *conn, self.id).await? {
+            let mut again = job_row(&mut *conn, self.id).await?.unwrap_or(self);
+            if again.status == JobState::RUNNING {
+                again.status = JobState::Interrupted;
+            }
+            again
+        } else {
+            self
+        };
+        Ok(job.with_rate())
+    }
+
     fn with_rate(mut self) -> Self {
         let end = self.finished_at.unwrap_or(self.updated_at);
         let elapsed = (end - self.started_at).num_milliseconds() as f64 / 1000.0;
         if elapsed > 0.0 {
             self.events_per_second = self.events_done as f64 / elapsed;
         }
-        if self.status == "running" && self.events_per_second > 0.0 {
+        if self.status == JobState::RUNNING && self.events_per_second > 0.0 {
             let left = (self.events_total - self.events_done).max(0) as f64;
             self.eta_seconds = Some(left / self.events_per_second);
         }
@@ -102,8 +198,9 @@ pub struct Status {
     pub last_position: Option<i64>,
     /// Events of its aggregate types its tables do not reflect yet.
     pub lag: Option<i64>,
-    /// Whether a rebuild of it runs right now (on any instance).
+    /// Whether a rebuild of it runs right now (on any instance): its latest job is `running`.
     pub rebuild_running: bool,
+    /// Its latest rebuild job, as it is now (`running`, `interrupted`, or how it ended).
     pub latest_job: Option<Job>,
 }
 
@@ -142,70 +239,63 @@ pub async fn projection(conn: &mut PgConnection, name: &str) -> Result<Projectio
         .ok_or_else(|| AdminError::UnknownProjection(name.to_owned()))
 }
 
-/// The job `id`.
+/// The row of job `id`, as recorded.
+async fn job_row(conn: &mut PgConnection, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(&format!("{SELECT_JOB} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The job `id`, as it is now.
 ///
 /// # Errors
 /// A database error.
 pub async fn job(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
-    let job: Option<Job> = sqlx::query_as(&format!("{SELECT_JOB} WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(job.map(Job::with_rate))
+    let mut conn = pool.acquire().await?;
+    match job_row(&mut conn, id).await? {
+        Some(job) => Ok(Some(job.observed(&mut conn).await?)),
+        None => Ok(None),
+    }
 }
 
-/// The rebuild jobs that run now: those marked running that reported progress in the last 30
-/// seconds (a job whose process died stays marked running, but stops reporting).
+/// Every job recorded running (rebuilds and verifies), as it is now: `running`, or
+/// `interrupted` (a rebuild of the same projections resumes it from its checkpoint); oldest
+/// first.
 ///
 /// # Errors
 /// A database error.
-pub async fn running_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
-    let jobs: Vec<Job> = sqlx::query_as(&format!(
-        "{SELECT_JOB} WHERE status = 'running' AND updated_at > now() - interval '30 seconds'"
+pub async fn unfinished_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let recorded: Vec<Job> = sqlx::query_as(&format!(
+        "{SELECT_JOB} WHERE status = $1 ORDER BY started_at"
     ))
-    .fetch_all(pool)
+    .bind(JobStatus::Running)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(jobs.into_iter().map(Job::with_rate).collect())
+    let mut now = Vec::with_capacity(recorded.len());
+    for job in recorded {
+        now.push(job.observed(&mut conn).await?);
+    }
+    Ok(now)
 }
 
-/// The rebuild job marked running whose projections overlap `names` (the newest), running or
-/// interrupted.
+/// The rebuild job recorded running whose projections overlap `names` (the newest), running
+/// or interrupted.
 ///
 /// # Errors
 /// A database error.
 pub async fn running_job_of(pool: &PgPool, names: &[String]) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM rebuild_jobs
-          WHERE status = 'running' AND purpose = 'rebuild' AND projections && $1
+          WHERE status = $2 AND purpose = $3 AND projections && $1
           ORDER BY started_at DESC LIMIT 1",
     )
     .bind(names)
+    .bind(JobStatus::Running)
+    .bind(Purpose::Rebuild)
     .fetch_optional(pool)
     .await
-}
-
-/// The rebuild jobs marked running that no process runs any more (killed, or their server
-/// restarted): `cutover rebuild` of the same projections resumes each from its checkpoint.
-///
-/// # Errors
-/// A database error.
-pub async fn interrupted_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
-    let marked: Vec<Job> = sqlx::query_as(&format!(
-        "{SELECT_JOB} WHERE status = 'running' AND purpose = 'rebuild' ORDER BY started_at"
-    ))
-    .fetch_all(pool)
-    .await?;
-    let mut interrupted = Vec::new();
-    for job in marked {
-        let mut running = false;
-        for name in &job.projections {
-            running |= rebuild_running(pool, name).await?;
-        }
-        if !running {
-            interrupted.push(job);
-        }
-    }
-    Ok(interrupted)
 }
 
 /// The session-lock key that a running rebuild of `projection` holds.
@@ -213,15 +303,21 @@ pub(crate) fn rebuild_lock_key(projection: &str) -> String {
     format!("cutover:rebuild:{projection}")
 }
 
-/// Whether a rebuild of `projection` runs (anywhere): whether some session of this database
-/// holds its lock. It reads `pg_locks` and takes no lock itself, so a probe never makes a
-/// starting rebuild be refused and never leaves a lock behind.
+/// The session-lock key that the runner of job `id` holds while it runs it.
+pub(crate) fn job_lock_key(id: Uuid) -> String {
+    format!("cutover:job:{id}")
+}
+
+/// Whether a process runs job `id`: whether some session of this database holds the job's
+/// lock (which its runner holds until the job ends, and loses with its connection when it
+/// dies). It reads `pg_locks` and takes no lock itself, so a probe never makes a starting job
+/// wait and never leaves a lock behind.
 ///
 /// # Errors
 /// A database error.
-pub async fn rebuild_running<'e>(
+pub(crate) async fn runner_alive<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    projection: &str,
+    id: Uuid,
 ) -> Result<bool, sqlx::Error> {
     // A bigint advisory key shows as its high and low 32 bits in classid and objid.
     sqlx::query_scalar(
@@ -232,7 +328,7 @@ pub async fn rebuild_running<'e>(
                 AND classid::bigint = (key.k >> 32) & 4294967295
                 AND objid::bigint = key.k & 4294967295)",
     )
-    .bind(rebuild_lock_key(projection))
+    .bind(job_lock_key(id))
     .fetch_one(executor)
     .await
 }
@@ -304,20 +400,24 @@ async fn status_of(
                 .await?;
         (None, Some(total))
     };
-    let running = rebuild_running(&mut *conn, name).await?;
     let latest_job: Option<Job> = sqlx::query_as(&format!(
-        "{SELECT_JOB} WHERE $1 = ANY(projections) AND purpose = 'rebuild' \
+        "{SELECT_JOB} WHERE $1 = ANY(projections) AND purpose = $2 \
           ORDER BY started_at DESC LIMIT 1"
     ))
     .bind(name)
+    .bind(Purpose::Rebuild)
     .fetch_optional(&mut *conn)
     .await?;
-    let latest_job = latest_job.map(Job::with_rate);
+    let latest_job = match latest_job {
+        Some(job) => Some(job.observed(&mut conn).await?),
+        None => None,
+    };
+    let running = latest_job
+        .as_ref()
+        .is_some_and(|job| job.status == JobState::RUNNING);
     // While it rebuilds, what it lacks is what the job has left.
     let lag = match &latest_job {
-        Some(job) if running && job.status == "running" => {
-            Some((job.events_total - job.events_done).max(0))
-        }
+        Some(job) if running => Some((job.events_total - job.events_done).max(0)),
         _ => lag,
     };
     Ok(Status {
@@ -334,7 +434,7 @@ async fn status_of(
 ///
 /// # Errors
 /// A database error.
-pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, ReadSource)>, sqlx::Error> {
     sqlx::query_as("SELECT domain, source FROM read_sources ORDER BY domain")
         .fetch_all(pool)
         .await
@@ -445,13 +545,12 @@ pub async fn set_read_source(
     force: bool,
     actor: &Actor,
 ) -> Result<Gate, AdminError> {
-    let shape = source.as_str();
     let mut tx = pool.begin().await?;
     let target: Option<(String, bool)> = sqlx::query_as(
         "SELECT name, inline_active FROM projections WHERE domain = $1 AND shape = $2 FOR SHARE",
     )
     .bind(domain)
-    .bind(shape)
+    .bind(source)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((name, live)) = target else {
@@ -465,14 +564,15 @@ pub async fn set_read_source(
     let gate = gate(&mut tx, domain).await?;
     if !gate.open && !force {
         return Err(AdminError::Refused(format!(
-            "switching {domain} to {shape} needs a clean consistency report and a clean shadow \
+            "switching {domain} to {} needs a clean consistency report and a clean shadow \
              window: {}; or force it (recorded)",
+            source.as_str(),
             gate.reason
         )));
     }
     sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")
         .bind(domain)
-        .bind(shape)
+        .bind(source)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -482,7 +582,7 @@ pub async fn set_read_source(
     .bind(domain)
     .bind(&actor.0)
     .bind(!gate.open)
-    .bind(serde_json::json!({ "source": shape, "gate": gate }))
+    .bind(serde_json::json!({ "source": source, "gate": gate }))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -548,15 +648,15 @@ pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError>
         .execute(&mut *tx)
         .await?;
     let projection = projection(&mut tx, name).await?;
-    if projection.state == "retired" {
+    if projection.state == ProjectionState::Retired {
         return Err(AdminError::Refused(format!("{name} is already retired")));
     }
-    let read_source: Option<String> =
+    let read_source: Option<ReadSource> =
         sqlx::query_scalar("SELECT source FROM read_sources WHERE domain = $1")
             .bind(&projection.domain)
             .fetch_optional(&mut *tx)
             .await?;
-    if read_source.as_deref() == Some(projection.shape.as_str()) {
+    if read_source == Some(projection.shape) {
         return Err(AdminError::Refused(format!(
             "{name} is the read source of {}: switch the read source first",
             projection.domain
@@ -568,14 +668,33 @@ pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError>
             .await?;
     }
     let retired: Projection = sqlx::query_as(
-        "UPDATE projections SET state = 'retired', inline_active = false, changed_at = now()
+        "UPDATE projections SET state = $2, inline_active = false, changed_at = now()
           WHERE name = $1
       RETURNING name, domain, shape, tables, version, state, inline_active, rebuilt_to,
                 changed_at",
     )
     .bind(name)
+    .bind(ProjectionState::Retired)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(retired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_answered_and_printed_with_its_recorded_status_or_interrupted() {
+        let answered = |state: JobState| serde_json::to_value(state).ok();
+        assert_eq!(answered(JobState::RUNNING), Some("running".into()));
+        assert_eq!(
+            answered(JobStatus::Cancelled.into()),
+            Some("cancelled".into())
+        );
+        assert_eq!(answered(JobState::Interrupted), Some("interrupted".into()));
+        assert_eq!(format!("{:<12}|", JobState::Interrupted), "interrupted |");
+        assert_eq!(format!("{:<12}|", ProjectionState::Live), "live        |");
+    }
 }

@@ -15,7 +15,7 @@ use cutover_core::store::{aggregate_lock_key, APPEND_LOCK};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::registry::{projections, AdminError};
+use crate::registry::{projections, AdminError, ProjectionState};
 
 /// Most aggregates one repair takes.
 pub const MAX_AGGREGATES: usize = 1_000;
@@ -198,9 +198,9 @@ pub async fn repair(
     }
     let registry = projections(&mut *tx).await?;
     for (projector, _) in &chosen {
-        let live = registry
-            .iter()
-            .any(|r| r.name == projector.name() && r.inline_active && r.state == "live");
+        let live = registry.iter().any(|r| {
+            r.name == projector.name() && r.inline_active && r.state == ProjectionState::Live
+        });
         if !live {
             return Err(AdminError::Refused(format!(
                 "projection {} is not live (retired, or being rebuilt): rebuild it instead",

@@ -6,6 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cutover_projections::inline_projectors;
+use cutover_projections::rebuild::{Job, Purpose};
+use cutover_projections::registry::{self, JobState, JobStatus};
 use cutover_projections::verify::verify;
 use cutover_tests::{binary, json_with_status, OwnCluster, TestApp};
 use reqwest::StatusCode;
@@ -97,6 +99,68 @@ async fn shadow_schemas(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// A GET of `path` on the test's server that must answer 200, as JSON.
+async fn admin(app: &TestApp, path: &str) -> Value {
+    json_with_status(app.get(path).send().await.unwrap(), StatusCode::OK).await
+}
+
+/// Waits until the process running `job` is seen gone (Postgres releases a killed session's
+/// locks once it notices the closed connection), then checks that the CLI's `status`, the admin
+/// API (the list, the projection, the job) and `/metrics` all report it `interrupted`: a
+/// rebuild of every projection, `collections` among them.
+async fn everyone_reports_interrupted(app: &TestApp, job: &str) {
+    for _ in 0..200 {
+        if admin(app, &format!("/admin/jobs/{job}")).await["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let answered = admin(app, &format!("/admin/jobs/{job}")).await;
+    assert_eq!(answered["status"], "interrupted", "{answered}");
+    assert_eq!(
+        answered["eta_seconds"],
+        Value::Null,
+        "no ETA: nothing runs it"
+    );
+
+    let shown = admin(app, "/admin/projections/collections").await;
+    assert_eq!(shown["state"], "rebuilding");
+    assert_eq!(shown["rebuild_running"], false);
+    assert_eq!(shown["latest_job"]["id"], job);
+    assert_eq!(shown["latest_job"]["status"], "interrupted");
+    assert_eq!(shown["latest_job"]["eta_seconds"], Value::Null);
+    let listed = admin(app, "/admin/projections").await;
+    for projection in listed.as_array().unwrap() {
+        assert_eq!(
+            projection["latest_job"]["status"], "interrupted",
+            "{projection}"
+        );
+    }
+
+    assert_eq!(
+        app.metric("cutover_rebuild_interrupted{projection=\"collections\"}")
+            .await,
+        1.0
+    );
+
+    let status = run_cli(app, &["status"]).await;
+    let row = status
+        .lines()
+        .find(|line| line.starts_with("collections "))
+        .unwrap_or_else(|| panic!("no collections row: {status}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (columns[3], columns[7]),
+        ("rebuilding", "interrupted"),
+        "state and rebuild: {status}"
+    );
+    assert!(
+        status.contains(&format!("interrupted: rebuild job {job}"))
+            && status.contains("resume it with `cutover rebuild"),
+        "{status}"
+    );
+}
+
 async fn events(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
@@ -114,14 +178,16 @@ async fn a_rebuild_killed_in_the_cli_or_the_server_resumes_from_its_checkpoint_a
     // kill -9 of the CLI at a checkpoint, then the same command again.
     let mut first = cli(&app, &["rebuild", "--all"]).spawn().unwrap();
     let (job, done) = running_job(&app.db.pool, 10_000).await;
+    let running = admin(&app, &format!("/admin/jobs/{job}")).await;
+    assert_eq!(running["status"], "running", "{running}");
+    assert_eq!(
+        app.metric("cutover_rebuild_interrupted{projection=\"collections\"}")
+            .await,
+        0.0
+    );
     first.start_kill().unwrap();
     first.wait().await.unwrap();
-    let status = run_cli(&app, &["status"]).await;
-    assert!(
-        status.contains(&format!("interrupted: rebuild job {job}"))
-            && status.contains("resume it with `cutover rebuild"),
-        "{status}"
-    );
+    everyone_reports_interrupted(&app, &job.to_string()).await;
     let resumed = run_cli(&app, &["rebuild", "--all"]).await;
     assert!(
         resumed.contains(&format!("resumed interrupted rebuild job {job}")),
@@ -154,12 +220,7 @@ async fn a_rebuild_killed_in_the_cli_or_the_server_resumes_from_its_checkpoint_a
     server.wait().await.unwrap();
     let mut server = start_server(&app.db.url(), port);
     wait_healthy(&client, &base).await;
-    let shown = get_ok(&client, format!("{base}/admin/projections/collections")).await;
-    assert_eq!(shown["rebuild_running"], false);
-    assert_eq!(
-        shown["latest_job"]["status"], "running",
-        "marked running, run by nobody: interrupted"
-    );
+    everyone_reports_interrupted(&app, &job).await;
     let again = rebuild_all(&client, &base).await;
     assert_eq!(
         again["job_id"],
@@ -266,6 +327,57 @@ async fn a_cancelled_rebuild_stops_and_leaves_no_shadow_schema() {
         StatusCode::NOT_FOUND,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_verify_whose_runner_is_gone_is_interrupted_and_one_that_ends_leaves_no_lock() {
+    let app = TestApp::spawn().await;
+    let pool = &app.db.pool;
+    let job = Job::start(pool, inline_projectors(), Purpose::Verify)
+        .await
+        .unwrap();
+    let id = job.id();
+    let status = |job: Option<registry::Job>| job.map(|job| job.status);
+    assert_eq!(
+        status(registry::job(pool, id).await.unwrap()),
+        Some(JobState::RUNNING)
+    );
+
+    drop(job); // its runner gone: the connection that held its lock closes
+
+    let mut seen = None;
+    for _ in 0..200 {
+        seen = status(registry::job(pool, id).await.unwrap());
+        if seen != Some(JobState::RUNNING) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, Some(JobState::Interrupted));
+    let unfinished = registry::unfinished_jobs(pool).await.unwrap();
+    assert_eq!(
+        unfinished
+            .iter()
+            .map(|j| (j.id, j.status))
+            .collect::<Vec<_>>(),
+        [(id, JobState::Interrupted)]
+    );
+
+    let report = verify(pool, &inline_projectors(), None).await.unwrap();
+    assert!(report.consistent(), "{report:?}");
+    let ended: Vec<JobStatus> =
+        sqlx::query_scalar("SELECT status FROM rebuild_jobs WHERE id <> $1 AND purpose = $2")
+            .bind(id)
+            .bind(Purpose::Verify)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(ended, [JobStatus::Succeeded]);
+    assert_eq!(
+        advisory_locks(pool).await,
+        0,
+        "the verify released its lock"
+    );
 }
 
 #[tokio::test]

@@ -149,9 +149,12 @@ async function verify() {
 
 // ---- rendering
 
+// The job's status is the server's: `running`, `interrupted` (recorded running, run by no
+// process any more), or how it ended.
 function progressCell(status) {
   const job = status.latest_job;
-  const running = status.rebuild_running && job.status === "running";
+  const running = job.status === "running";
+  const interrupted = job.status === "interrupted";
   const succeeded = job.status === "succeeded";
   const total = Math.max(job.events_total, job.events_done, 1);
   const done = succeeded ? total : job.events_done;
@@ -160,20 +163,18 @@ function progressCell(status) {
   let text;
   if (running) {
     text = `${number(job.events_done)} of ${number(job.events_total)} events (${percent}%), ${number(Math.round(job.events_per_second))} events/s, ETA ${seconds(job.eta_seconds)}`;
+  } else if (interrupted) {
+    text = `interrupted at ${number(job.events_done)} of ${number(job.events_total)} events: Rebuild resumes it from its checkpoint`;
   } else if (succeeded) {
     text = `done: ${number(job.events_done)} events at ${number(Math.round(job.events_per_second))} events/s, appends held ${job.swap_hold_ms === null ? "—" : job.swap_hold_ms.toFixed(1)} ms, finished ${new Date(job.finished_at).toLocaleTimeString()}`;
   } else {
     text = `${job.status}${job.error ? `: ${job.error}` : ""} (${number(job.events_done)} of ${number(job.events_total)} events)`;
   }
-  const interrupted = !status.rebuild_running && job.status === "running";
-  if (interrupted) {
-    text = `interrupted at ${number(job.events_done)} of ${number(job.events_total)} events: Rebuild resumes it from its checkpoint`;
-  }
   return el("td", { colspan: 9 },
     el("div", { class: "progress" },
-      el("progress", { max: total, value: done, "aria-label": label, "data-projection": status.name, "data-status": interrupted ? "interrupted" : job.status }),
+      el("progress", { max: total, value: done, "aria-label": label, "data-projection": status.name, "data-status": job.status }),
       el("span", { class: "progress-text" }, `${percent}% — ${text}`),
-      job.status === "running"
+      running || interrupted
         ? el("button", { type: "button", "aria-label": `Cancel the rebuild of ${status.name}`, onclick: () => cancelRebuild(job) }, "Cancel")
         : null));
 }

@@ -67,7 +67,7 @@ impl From<AdminError> for ApiError {
     path = "/admin/projections",
     operation_id = "listProjections",
     tag = "admin",
-    description = "Every projection with its status.",
+    description = "Every projection with its status, as `GET /admin/projections/{name}` gives it.",
     params(crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the projections", body = Vec<crate::openapi::AnyObject>),
@@ -89,7 +89,10 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
     path = "/admin/projections/{name}",
     operation_id = "getProjection",
     tag = "admin",
-    description = "One projection with its status and latest job.",
+    description = "One projection: its registry row (`state`: `live`, `rebuilding` or `retired`; \
+                   `shape`: `legacy` or `new`), its row counts, `last_position`, `lag`, \
+                   `rebuild_running` (its latest rebuild job is `running`) and `latest_job`, its \
+                   latest rebuild job as `GET /admin/jobs/{id}` gives it.",
     params(("name" = String, Path, description = "the projection"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the projection", body = crate::openapi::AnyObject),
@@ -225,7 +228,12 @@ async fn repair_aggregates(
     path = "/admin/jobs/{id}",
     operation_id = "getJob",
     tag = "admin",
-    description = "A rebuild job and its progress.",
+    description = "A job (`purpose`: `rebuild` or `verify`) and its progress. `status`: \
+                   `running`; `interrupted`, recorded running but run by no process any more \
+                   (killed, its server restarted: a rebuild of the same projections resumes it \
+                   from its checkpoint, or cancel it), with no `eta_seconds`; or how it ended: \
+                   `succeeded`, `failed` (with `error`), `cancelled`. `interrupted` is not \
+                   stored: every answer (and the CLI, `/metrics`, the console) derives it alike.",
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the job", body = crate::openapi::AnyObject),
