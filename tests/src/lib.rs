@@ -472,6 +472,49 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
     }
 
+    /// Puts `domain` in shadow wanting `reads` reads, sends that many GETs of `path` (a route of
+    /// the domain, with `token` if the server wants one), and waits until the server has
+    /// counted them in the database (it adds its counts every second).
+    pub async fn shadow_reads(&self, domain: &str, path: &str, reads: i64, token: Option<&str>) {
+        let authorized = |request: reqwest::RequestBuilder| match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let started = authorized(self.put(&format!("/admin/shadow/{domain}")))
+            .json(&serde_json::json!({ "min_reads": reads }))
+            .send()
+            .await
+            .expect("putting the domain in shadow");
+        assert_eq!(started.status(), reqwest::StatusCode::OK, "shadow {domain}");
+        for _ in 0..reads {
+            authorized(self.get(path))
+                .send()
+                .await
+                .expect("a shadowed GET");
+        }
+        for _ in 0..100 {
+            let windows: serde_json::Value = authorized(self.get("/admin/shadow"))
+                .send()
+                .await
+                .expect("the shadow windows")
+                .json()
+                .await
+                .expect("the shadow windows' JSON");
+            let counted = windows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|w| w["domain"] == domain)
+                .and_then(|w| w["reads"].as_i64())
+                .unwrap_or(0);
+            if counted >= reads {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the server did not count {reads} shadow reads of {domain}");
+    }
+
     /// Switches a domain's read source directly in the database.
     pub async fn set_read_source(&self, domain: &str, source: &str) {
         sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")

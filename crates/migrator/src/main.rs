@@ -16,7 +16,7 @@ use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
 use cutover_projections::rebuild::{self, Progress, Purpose};
 use cutover_projections::registry::JobState;
-use cutover_projections::{inline_projectors, registry, repair, verify};
+use cutover_projections::{inline_projectors, registry, repair, shadow, verify};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Cutover's operator CLI. Acts on the same registry as every server instance.
@@ -101,9 +101,10 @@ enum Command {
         #[arg(long = "aggregate", required = true)]
         aggregates: Vec<String>,
     },
-    /// Switch what a domain's GET routes read, at once, on every instance. Refused until a
-    /// clean consistency report of the domain (`cutover verify <domain>`) was taken after the
-    /// last rebuild, repair or retirement of its projections.
+    /// Switch what a domain's GET routes read, at once, on every instance; the answers do not
+    /// change. Refused until a clean consistency report of the domain (`cutover verify
+    /// <domain>`) was taken after the last rebuild, repair or retirement of its projections,
+    /// and enough shadow reads since then matched (`cutover shadow <domain>`).
     ReadSource {
         /// collections, batches or competencies.
         domain: String,
@@ -111,6 +112,23 @@ enum Command {
         /// Switch even though the gate is closed (recorded in the activity history).
         #[arg(long)]
         force: bool,
+    },
+    /// Put a domain in shadow: its GETs are answered from the read source as before and, for
+    /// the fraction given, also computed from the other model and compared as the client would
+    /// see them. The switch gate wants `--min-reads` of them with no mismatch since the last
+    /// rebuild, repair or retirement of the domain's projections. `cutover status` shows them.
+    Shadow {
+        /// collections, batches or competencies.
+        domain: String,
+        /// The share of GETs compared, above 0 and at most 1.
+        #[arg(long, default_value_t = shadow::DEFAULT_FRACTION)]
+        fraction: f64,
+        /// Shadow reads with no mismatch the switch gate wants.
+        #[arg(long, default_value_t = shadow::DEFAULT_MIN_READS)]
+        min_reads: i64,
+        /// Take the domain out of shadow instead (the reads counted stay).
+        #[arg(long, conflicts_with_all = ["fraction", "min_reads"])]
+        off: bool,
     },
     /// Stop maintaining a projection and drop its tables (refused while it is its domain's
     /// read source). `cutover rebuild` brings it back.
@@ -171,6 +189,7 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
         Command::Rebuild { .. }
             | Command::Retire { .. }
             | Command::ReadSource { .. }
+            | Command::Shadow { .. }
             | Command::Repair { .. }
             | Command::ImportLegacy
             | Command::Seed { .. }
@@ -188,6 +207,34 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
         anyhow::bail!("this command needs an admin token: pass --token or set CUTOVER_TOKEN");
     }
     Ok(())
+}
+
+/// Who runs this command, as the activity history records it.
+fn cli_actor() -> registry::Actor {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    registry::Actor(format!("cli:{user}"))
+}
+
+/// A domain's shadow window, as `status` prints it.
+fn print_shadow(window: &shadow::Window) {
+    let state = match &window.shadow {
+        Some(s) => format!(
+            "in shadow ({:.0}% of GETs, the gate wants {} reads)",
+            s.fraction * 100.0,
+            s.min_reads
+        ),
+        None => "not in shadow".to_owned(),
+    };
+    println!(
+        "shadow of {}: {state}; {} reads, {} mismatches since {}",
+        window.domain, window.reads, window.mismatches, window.since
+    );
+    for m in &window.recent {
+        println!(
+            "  mismatch at {} on {} ({}, served from {}): served {} / other {}",
+            m.seen_at, m.path, m.route, m.served_source, m.served, m.other
+        );
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -250,6 +297,9 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             println!();
             for (domain, source) in registry::read_sources(pool).await? {
                 println!("read source of {domain}: {}", source.as_str());
+            }
+            for window in shadow::windows(pool).await? {
+                print_shadow(&window);
             }
             let interrupted = registry::unfinished_jobs(pool)
                 .await?
@@ -392,13 +442,32 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                 SourceArg::Legacy => ReadSource::Legacy,
                 SourceArg::New => ReadSource::New,
             };
-            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
-            let actor = registry::Actor(format!("cli:{user}"));
-            let gate = registry::set_read_source(pool, &domain, source, force, &actor).await?;
+            let gate =
+                registry::set_read_source(pool, &domain, source, force, &cli_actor()).await?;
             if !gate.open {
                 println!("forced past the gate ({}); recorded", gate.reason);
             }
             println!("{domain} now reads from {}", source.as_str());
+        }
+        Command::Shadow {
+            domain,
+            fraction,
+            min_reads,
+            off,
+        } => {
+            if off {
+                shadow::stop(pool, &domain, &cli_actor()).await?;
+                println!("{domain} is out of shadow; the reads it counted stay");
+            } else {
+                let settings =
+                    shadow::start(pool, &domain, fraction, min_reads, &cli_actor()).await?;
+                println!(
+                    "{domain} is in shadow: {:.0}% of its GETs are also read from the other \
+                     model and compared; the switch gate wants {} of them with no mismatch",
+                    settings.fraction * 100.0,
+                    settings.min_reads
+                );
+            }
         }
         Command::Retire { projection } => {
             registry::retire(pool, &projection).await?;

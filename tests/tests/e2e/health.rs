@@ -93,6 +93,14 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
         "/admin/read-sources",
         "/admin/read-sources/{domain}",
         "/admin/read-sources/{domain}/gate",
+        "/admin/shadow",
+        "/admin/shadow/{domain}",
+        "/v2/projects/{project_id}/collections",
+        "/v2/projects/{project_id}/collections/{collection_id}",
+        "/v2/batches/{batch_id}",
+        "/v2/batches/{batch_id}/completions",
+        "/v2/students/{student_id}/competencies",
+        "/v2/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
         "/admin/consistency",
         "/admin/consistency/latest",
         "/admin/activity",
@@ -103,7 +111,7 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
             "{route} is not described"
         );
     }
-    assert_eq!(paths.len(), 28);
+    assert_eq!(paths.len(), 36);
     let create = &spec["paths"]["/projects/{project_id}/collections"]["post"];
     assert!(create["responses"]["422"]["content"]["application/problem+json"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());

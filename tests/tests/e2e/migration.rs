@@ -605,8 +605,9 @@ async fn a_read_source_switch_and_a_rebuild_are_seen_by_every_instance_at_once()
     let before = json_with_status(second.get(&path).send().await.unwrap(), StatusCode::OK).await;
     assert!(
         verify_all(&first).await.consistent(),
-        "a clean report opens the switch gate"
+        "a clean report and a clean shadow window open the switch gate"
     );
+    first.shadow_reads("collections", &path, 3, None).await;
     json_with_status(
         first
             .put("/admin/read-sources/collections")

@@ -1,5 +1,6 @@
-//! The cutover is gated by verification: a read-source switch needs a clean consistency report
-//! of its domain taken after the last rebuild of its projections, unless forced (recorded).
+//! The cutover is gated by verification and shadow reads: a read-source switch needs a clean
+//! consistency report of its domain taken after the last rebuild of its projections, and enough
+//! shadow reads since then with no mismatch, unless forced (recorded).
 
 use cutover_projections::inline_projectors;
 use cutover_projections::verify::verify;
@@ -37,20 +38,28 @@ async fn source(app: &TestApp) -> String {
 }
 
 async fn actions(app: &TestApp) -> Vec<(String, bool, Value)> {
-    sqlx::query_as("SELECT actor, forced, detail FROM admin_actions ORDER BY id")
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "SELECT actor, forced, detail FROM admin_actions WHERE action = 'read_source' ORDER BY id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap()
 }
 
 async fn gated_app() -> TestApp {
+    gated_app_with_collection().await.0
+}
+
+/// A server with tokens and one collection, with its path.
+async fn gated_app_with_collection() -> (TestApp, String) {
     let app = TestApp::spawn_with(AppOptions {
         tokens: Some("admin:admin-token"),
         ..AppOptions::default()
     })
     .await;
-    json_with_status(
-        app.post(&format!("/projects/{}/collections", Uuid::new_v4()))
+    let project = Uuid::new_v4();
+    let created = json_with_status(
+        app.post(&format!("/projects/{project}/collections"))
             .bearer_auth("admin-token")
             .json(&json!({"collection_name": "gated"}))
             .send()
@@ -59,7 +68,35 @@ async fn gated_app() -> TestApp {
         StatusCode::CREATED,
     )
     .await;
-    app
+    let id = created["collection"]["collection_id"].as_str().unwrap();
+    let path = format!("/projects/{project}/collections/{id}");
+    (app, path)
+}
+
+async fn verify_collections(app: &TestApp) -> bool {
+    verify(&app.db.pool, &inline_projectors(), Some("collections"))
+        .await
+        .unwrap()
+        .consistent()
+}
+
+async fn shadow_window(app: &TestApp) -> Value {
+    let windows = json_with_status(
+        app.get("/admin/shadow")
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    windows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["domain"] == "collections")
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test]
@@ -84,14 +121,21 @@ async fn a_switch_without_a_consistency_report_is_refused_with_409_and_changes_n
 }
 
 #[tokio::test]
-async fn a_switch_after_a_clean_verify_succeeds_and_a_rebuild_closes_the_gate_again() {
-    let app = gated_app().await;
+async fn a_switch_after_a_clean_verify_and_a_clean_shadow_window_succeeds_and_a_rebuild_closes_the_gate_again(
+) {
+    let (app, path) = gated_app_with_collection().await;
+    assert!(verify_collections(&app).await);
+    let without_shadow = gate(&app).await;
+    assert_eq!(without_shadow["gate"]["open"], false);
     assert!(
-        verify(&app.db.pool, &inline_projectors(), Some("collections"))
-            .await
+        without_shadow["gate"]["reason"]
+            .as_str()
             .unwrap()
-            .consistent()
+            .contains("cutover shadow collections"),
+        "{without_shadow}"
     );
+    app.shadow_reads("collections", &path, 3, Some("admin-token"))
+        .await;
     assert_eq!(gate(&app).await["gate"]["open"], true);
 
     let switched =
@@ -178,4 +222,158 @@ async fn a_forced_switch_is_made_and_recorded_with_who_and_when() {
     assert_eq!(last["forced"], true);
     assert_eq!(&last["actor"], actor);
     assert!(last["at"].is_string());
+}
+
+#[tokio::test]
+async fn a_row_tampered_in_the_other_model_is_caught_by_the_next_shadow_read_and_the_switch_waits_for_a_clean_window_after_a_repair(
+) {
+    let (app, path) = gated_app_with_collection().await;
+    assert!(verify_collections(&app).await);
+    app.shadow_reads("collections", &path, 2, Some("admin-token"))
+        .await;
+    sqlx::query("UPDATE project_collections SET collection_name = 'tampered'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let answered = json_with_status(
+        app.get(&path)
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+
+    assert_eq!(
+        answered["collection"]["collection_name"], "gated",
+        "the client's answer is the read source's"
+    );
+    let mut window = Value::Null;
+    for _ in 0..100 {
+        window = shadow_window(&app).await;
+        if window["mismatches"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(window["mismatches"], 1, "{window}");
+    assert_eq!(window["reads"], 3);
+    let mismatch = &window["recent"][0];
+    assert_eq!(
+        mismatch["route"],
+        "/projects/{project_id}/collections/{collection_id}"
+    );
+    assert_eq!(mismatch["path"], path);
+    assert_eq!(mismatch["served_source"], "legacy");
+    assert_eq!(
+        mismatch["served"]["body"]["collection"]["collection_name"],
+        "gated"
+    );
+    assert_eq!(
+        mismatch["other"]["body"]["collection"]["collection_name"],
+        "tampered"
+    );
+    let metrics = app
+        .get("/metrics")
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|line| line
+            == "cutover_shadow_mismatches_total{domain=\"collections\",\
+                route=\"/projects/{project_id}/collections/{collection_id}\"} 1"),
+        "{metrics}"
+    );
+    let closed = gate(&app).await;
+    assert!(
+        closed["gate"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not match"),
+        "{closed}"
+    );
+    json_with_status(
+        switch(&app, json!({"source": "new"})).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+
+    let id = path.rsplit('/').next().unwrap();
+    json_with_status(
+        app.post("/admin/projections/project_collections/repair")
+            .bearer_auth("admin-token")
+            .json(&json!({"aggregates": [id]}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(verify_collections(&app).await);
+    let after_repair = shadow_window(&app).await;
+    assert_eq!(
+        (&after_repair["reads"], &after_repair["mismatches"]),
+        (&json!(0), &json!(0)),
+        "a repair starts a new window: {after_repair}"
+    );
+    json_with_status(
+        switch(&app, json!({"source": "new"})).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    app.shadow_reads("collections", &path, 2, Some("admin-token"))
+        .await;
+    json_with_status(switch(&app, json!({"source": "new"})).await, StatusCode::OK).await;
+    assert_eq!(source(&app).await, "new");
+}
+
+#[tokio::test]
+async fn bad_input_shadow_settings_out_of_range_or_of_no_domain_are_refused_and_change_nothing() {
+    let app = gated_app().await;
+    let put = |domain: &str, body: Value| {
+        app.put(&format!("/admin/shadow/{domain}"))
+            .bearer_auth("admin-token")
+            .json(&body)
+            .send()
+    };
+
+    let cases = [
+        (
+            put("collections", json!({"fraction": 0})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            put("collections", json!({"fraction": 1.5})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            put("collections", json!({"min_reads": -1})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            put("collections", json!({"fraction": "all"})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            put("collections", json!({"extra": 1})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (put("nope", json!({})).await, StatusCode::NOT_FOUND),
+    ];
+
+    for (response, status) in cases {
+        json_with_status(response.unwrap(), status).await;
+    }
+    assert_eq!(shadow_window(&app).await["shadow"], Value::Null);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_actions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
 }
