@@ -244,8 +244,9 @@ class Server:
         self.log_file.close()
 
 
-def post(base, path, body):
-    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+def post(base, path, body, method="POST"):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method,
                                      headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -254,10 +255,10 @@ def post(base, path, body):
         return e.code, e.read().decode()
 
 
-def post_ok(base, path, body):
-    status, text = post(base, path, body)
+def post_ok(base, path, body, method="POST"):
+    status, text = post(base, path, body, method)
     if not 200 <= status < 300:
-        raise RuntimeError(f"POST {base}{path} answered {status}: {text[:500]}")
+        raise RuntimeError(f"{method} {base}{path} answered {status}: {text[:500]}")
 
 
 def start_batches(base, prefix, count, players):
@@ -440,6 +441,34 @@ def replica_reads(servers, cluster, profile, bins, work, logs):
         run(as_postgres([cluster.bin / "pg_ctl", "-D", replica.data, "-m", "fast", "-w", "stop"]),
             cwd="/")
         shutil.copy(work / "replica" / "postgres.log", logs / "replica.log")
+
+
+def shadow_reads(servers, cluster, profile):
+    """GETs at 16 connections, in turns: the collections domain out of shadow, and in shadow
+    with every GET also computed from the other model and compared; with the reads compared
+    and the mismatches found."""
+    server = servers["cutover"]
+    runs = {"shadow off": [], "shadow on": []}
+    seconds = max(1, profile.seconds // ROUNDS)
+    try:
+        for _ in range(ROUNDS):
+            for name in runs:
+                if name == "shadow on":
+                    post_ok(server.base, "/admin/shadow/collections", {"fraction": 1.0}, "PUT")
+                else:
+                    post_ok(server.base, "/admin/shadow/collections", None, "DELETE")
+                runs[name].append(wrk(server, cluster, "read", 0, 16, seconds, []))
+    finally:
+        post_ok(server.base, "/admin/shadow/collections", None, "DELETE")
+    results = {name: combined(r) for name, r in runs.items()}
+    route = 'domain="collections",route="/projects/{project_id}/collections"'
+    results["shadow on"]["compared"] = metric(server.base, f"cutover_shadow_reads_total{{{route}}}")
+    results["shadow on"]["mismatches"] = metric(server.base,
+                                                f"cutover_shadow_mismatches_total{{{route}}}")
+    for name, result in results.items():
+        log(f"read     {name:<15} 16 conns: {result['ok_per_s']:>8.1f} ok/s, "
+            f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']}")
+    return results
 
 
 def physical_limit(cluster, profile, logs):
@@ -741,6 +770,13 @@ def targets(results):
     add("GET @16: with one replica / primary alone (same machine)", r, "(for reference)", True,
         f"{reads['with a replica']['ok_per_s']} vs {reads['primary alone']['ok_per_s']}/s; "
         f"{reads['with a replica']['served_by_replica']:.0f} reads served by the replica")
+    shadow = results["shadow"]
+    on, off = shadow["shadow on"], shadow["shadow off"]
+    add("GET @16 p99 (ms): shadow on (every GET compared) against off", on["p99_ms"],
+        "(for reference)", True,
+        f"{on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms; {on['ok_per_s']:.0f} vs "
+        f"{off['ok_per_s']:.0f}/s; {on['compared'] or 0:.0f} reads compared, "
+        f"{on['mismatches'] or 0:.0f} mismatches")
     return rows
 
 
@@ -809,6 +845,18 @@ def markdown(results):
         lines.append(f"| {name} | {r['ok_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['errors']} | {cpu(r['app_cpu_ms'])} | "
                      f"{'' if served is None else f'{served:.0f}'} |")
+    lines += ["", "## Reads with shadow reads off and on", "",
+              "The same GETs at 16 connections on the primary, the collections domain out of "
+              f"shadow and in shadow with every GET also computed from the other model and "
+              f"compared, in {ROUNDS} turns.", "",
+              "| shadow | ok/s | p50 ms | p99 ms | errors | app CPU ms | compared | mismatches |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results["shadow"].items():
+        compared, mismatches = r.get("compared"), r.get("mismatches")
+        lines.append(f"| {name} | {r['ok_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['errors']} | {cpu(r['app_cpu_ms'])} | "
+                     f"{'' if compared is None else f'{compared:.0f}'} | "
+                     f"{'' if mismatches is None else f'{mismatches:.0f}'} |")
     rb = results["rebuild"]
     lines += ["", "## Rebuild", "", "| what | events | seconds | events/s | peak RSS MB |",
               "| --- | ---: | ---: | ---: | ---: |"]
@@ -935,6 +983,7 @@ def main():
         for system in ("cqrs-es", "dual-write"):
             servers.pop(system).stop()
         results["reads"] = replica_reads(servers, cluster, profile, bins, work, logs)
+        results["shadow"] = shadow_reads(servers, cluster, profile)
         results["rebuild"] = rebuild(cluster, profile, bins, work, logs)
     finally:
         # The peers first: Cutover's server stops the cluster it started.
