@@ -9,7 +9,7 @@ use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde_json::json;
 
-use crate::batches::{old_answer_queries, BatchSummary, CompletionRow};
+use crate::batches::{BatchSummary, CompletionRow, OldAnswerQueries};
 use crate::{column, Fold};
 use sqlx::PgConnection;
 
@@ -53,20 +53,23 @@ static TABLES: [&Table; 2] = [&COMPLETIONS, &COUNTERS];
 
 /// The old answers, read from these tables: the completed players in the order they completed,
 /// their counts as the old map.
-pub(crate) static OLD_ANSWER: crate::batches::OldAnswerQueries = old_answer_queries!(
-    "SELECT c.batch_id, c.expected_players, \
-            ARRAY(SELECT p.player_lookup FROM batch_completions AS p \
-                   WHERE p.batch_id = c.batch_id ORDER BY p.sequence) AS completed_players, \
-            (SELECT coalesce(jsonb_object_agg(p.player_lookup, p.predictions_count), '{}') \
-               FROM batch_completions AS p WHERE p.batch_id = c.batch_id) AS predictions_by_player, \
-            c.total_predictions, c.is_complete, c.last_updated AS updated_at, c.last_sequence \
-       FROM batch_counters AS c WHERE c.batch_id = $1",
-    "SELECT player_lookup, predictions_count, NULL::timestamptz AS completed_at \
-       FROM batch_completions WHERE batch_id = $1 AND player_lookup = $2",
-    "SELECT player_lookup, predictions_count, NULL::timestamptz AS completed_at \
-       FROM batch_completions WHERE batch_id = $1 AND player_lookup > $2 \
-      ORDER BY player_lookup LIMIT $3"
-);
+pub(crate) static OLD_ANSWER: OldAnswerQueries = OldAnswerQueries {
+    batch: "SELECT c.batch_id, c.expected_players, \
+                   ARRAY(SELECT p.player_lookup FROM batch_completions AS p \
+                          WHERE p.batch_id = c.batch_id ORDER BY p.sequence) AS completed_players, \
+                   (SELECT coalesce(jsonb_object_agg(p.player_lookup, p.predictions_count), '{}') \
+                      FROM batch_completions AS p WHERE p.batch_id = c.batch_id) \
+                       AS predictions_by_player, \
+                   c.total_predictions, c.is_complete, c.last_updated AS updated_at, \
+                   c.last_sequence \
+              FROM batch_counters AS c WHERE c.batch_id = $1",
+    completions_of: "SELECT player_lookup, predictions_count, NULL::timestamptz AS completed_at \
+                       FROM batch_completions \
+                      WHERE batch_id = $1 AND player_lookup = ANY ($2) ORDER BY player_lookup",
+    completions: "SELECT player_lookup, predictions_count, NULL::timestamptz AS completed_at \
+                    FROM batch_completions WHERE batch_id = $1 AND player_lookup > $2 \
+                   ORDER BY player_lookup LIMIT $3",
+};
 
 /// Projector of the new `batch_completions` and `batch_counters` tables.
 pub struct BatchCompletions;

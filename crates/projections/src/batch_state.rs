@@ -9,7 +9,7 @@ use cutover_core::store::StoredEvent;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::batches::old_answer_queries;
+use crate::batches::OldAnswerQueries;
 use crate::{column, Fold};
 
 /// The projection's name.
@@ -36,18 +36,21 @@ pub static TABLE: Table = Table {
 static TABLES: [&Table; 1] = [&TABLE];
 
 /// The old answers, read from this table.
-pub(crate) static OLD_ANSWER: crate::batches::OldAnswerQueries = old_answer_queries!(
-    "SELECT batch_id, expected_players, completed_players, predictions_by_player, \
-            total_predictions, is_complete, updated_at, last_sequence \
-       FROM batch_state WHERE batch_id = $1",
-    "SELECT $2::text AS player_lookup, (predictions_by_player ->> $2)::int AS predictions_count, \
-            NULL::timestamptz AS completed_at \
-       FROM batch_state WHERE batch_id = $1 AND predictions_by_player ? $2",
-    "SELECT p AS player_lookup, (b.predictions_by_player ->> p)::int AS predictions_count, \
-            NULL::timestamptz AS completed_at \
-       FROM batch_state AS b, unnest(b.completed_players) AS p \
-      WHERE b.batch_id = $1 AND p > $2 ORDER BY p LIMIT $3"
-);
+pub(crate) static OLD_ANSWER: OldAnswerQueries = OldAnswerQueries {
+    batch: "SELECT batch_id, expected_players, completed_players, predictions_by_player, \
+                   total_predictions, is_complete, updated_at, last_sequence \
+              FROM batch_state WHERE batch_id = $1",
+    completions_of: "SELECT p AS player_lookup, \
+                            (b.predictions_by_player ->> p)::int AS predictions_count, \
+                            NULL::timestamptz AS completed_at \
+                       FROM batch_state AS b, unnest($2::text[]) AS p \
+                      WHERE b.batch_id = $1 AND b.predictions_by_player ? p ORDER BY p",
+    completions: "SELECT p AS player_lookup, \
+                         (b.predictions_by_player ->> p)::int AS predictions_count, \
+                         NULL::timestamptz AS completed_at \
+                    FROM batch_state AS b, unnest(b.completed_players) AS p \
+                   WHERE b.batch_id = $1 AND p > $2 ORDER BY p LIMIT $3",
+};
 
 /// Projector of the legacy `batch_state` table.
 pub struct LegacyBatchState;

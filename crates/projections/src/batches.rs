@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use cutover_core::read_source::ReadSource;
-use sqlx::{FromRow as _, PgConnection, Row as _};
+use sqlx::PgConnection;
 
 use crate::batch_state::BatchState;
 /// A completion: the old clients read its player and count, the new shape also when it was
@@ -33,37 +33,14 @@ pub struct BatchSummary {
 }
 
 /// The queries of one model that read what the old clients see: the batch (`$1`) as a
-/// [`BatchState`], one completion (`$1`, player `$2`) and a page of completions (`$1`, after
-/// `$2`, at most `$3`, by player) as [`CompletionRow`]s without their time, and the batch with
-/// one completion in one query (each side's key NULL when there is no such row).
+/// [`BatchState`]; the completions of the players `$2` (an array) in batch `$1`, by player; and
+/// a page of completions (`$1`, after `$2`, at most `$3`, by player). Completions are
+/// [`CompletionRow`]s without their time.
 pub struct OldAnswerQueries {
     pub batch: &'static str,
-    pub completion: &'static str,
+    pub completions_of: &'static str,
     pub completions: &'static str,
-    pub batch_and_completion: &'static str,
 }
-
-/// `OldAnswerQueries` from the batch, completion and completions queries of a model, written
-/// as literals (or macros that expand to them).
-macro_rules! old_answer_queries {
-    ($batch:expr, $completion:expr, $completions:expr) => {
-        $crate::batches::OldAnswerQueries {
-            batch: $batch,
-            completion: $completion,
-            completions: $completions,
-            // A FULL JOIN of the two has no plan but a merge or hash join, which the shared
-            // transactions of the command path turn off: it scanned the whole table.
-            batch_and_completion: concat!(
-                "SELECT * FROM (SELECT) AS one LEFT JOIN (",
-                $batch,
-                ") AS batch ON true LEFT JOIN (",
-                $completion,
-                ") AS completion ON true"
-            ),
-        }
-    };
-}
-pub(crate) use old_answer_queries;
 
 fn queries(source: ReadSource) -> &'static OldAnswerQueries {
     match source {
@@ -87,34 +64,22 @@ pub async fn answer(
         .await
 }
 
-/// Batch `batch_id` and the completion of `player` in it as the old clients read them, from
-/// `source`, by one query.
+/// The completions of `players` in batch `batch_id` as the old clients read them, from
+/// `source`, by player lookup.
 ///
 /// # Errors
 /// A database error.
-pub async fn answer_with_completion(
+pub async fn completions_of(
     conn: &mut PgConnection,
     source: ReadSource,
     batch_id: &str,
-    player: &str,
-) -> Result<(Option<BatchState>, Option<CompletionRow>), sqlx::Error> {
-    let row = sqlx::query(queries(source).batch_and_completion)
+    players: &[String],
+) -> Result<Vec<CompletionRow>, sqlx::Error> {
+    sqlx::query_as(queries(source).completions_of)
         .bind(batch_id)
-        .bind(player)
-        .fetch_optional(conn)
-        .await?;
-    let Some(row) = row else {
-        return Ok((None, None));
-    };
-    let batch = match row.try_get::<Option<String>, _>("batch_id")? {
-        Some(_) => Some(BatchState::from_row(&row)?),
-        None => None,
-    };
-    let completion = match row.try_get::<Option<String>, _>("player_lookup")? {
-        Some(_) => Some(CompletionRow::from_row(&row)?),
-        None => None,
-    };
-    Ok((batch, completion))
+        .bind(players)
+        .fetch_all(conn)
+        .await
 }
 
 /// Up to `limit` completions of `batch_id` with lookups after `after`, in lookup order, as the

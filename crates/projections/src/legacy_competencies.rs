@@ -303,14 +303,24 @@ fn review_document(
     })
 }
 
+/// The subskill a typed row names.
+fn subskill(
+    student_id: i64,
+    subject: String,
+    skill_id: String,
+    subskill_id: String,
+) -> SubskillKey {
+    SubskillKey {
+        student_id,
+        subject,
+        skill_id,
+        subskill_id,
+    }
+}
+
 impl From<typed::StudentCompetency> for LegacyDocument {
     fn from(row: typed::StudentCompetency) -> Self {
-        let key = SubskillKey {
-            student_id: row.student_id,
-            subject: row.subject,
-            skill_id: row.skill_id,
-            subskill_id: row.subskill_id,
-        };
+        let key = subskill(row.student_id, row.subject, row.skill_id, row.subskill_id);
         let doc = competency_document(
             &key,
             row.current_score,
@@ -329,12 +339,7 @@ impl From<typed::StudentCompetency> for LegacyDocument {
 
 impl From<typed::StudentAttempt> for LegacyDocument {
     fn from(row: typed::StudentAttempt) -> Self {
-        let key = SubskillKey {
-            student_id: row.student_id,
-            subject: row.subject,
-            skill_id: row.skill_id,
-            subskill_id: row.subskill_id,
-        };
+        let key = subskill(row.student_id, row.subject, row.skill_id, row.subskill_id);
         let at = legacy_timestamp(row.attempted_at);
         let doc = attempt_document(&key, row.score, &row.analysis, &row.feedback, &at);
         Self {
@@ -348,12 +353,7 @@ impl From<typed::StudentAttempt> for LegacyDocument {
 
 impl From<typed::StudentReview> for LegacyDocument {
     fn from(row: typed::StudentReview) -> Self {
-        let key = SubskillKey {
-            student_id: row.student_id,
-            subject: row.subject,
-            skill_id: row.skill_id,
-            subskill_id: row.subskill_id,
-        };
+        let key = subskill(row.student_id, row.subject, row.skill_id, row.subskill_id);
         let at = legacy_timestamp(row.reviewed_at);
         let doc = review_document(&key, &row.problem_id, &row.full_review, row.score, &at);
         Self {
@@ -395,7 +395,8 @@ pub async fn student_competencies_answer(
     Ok(match source {
         ReadSource::Legacy => student_competencies(conn, student_id, limit, offset).await?,
         ReadSource::New => {
-            typed::student_competencies_by_legacy_id(conn, student_id, limit, offset)
+            let order = typed::Order::LegacyId;
+            typed::student_competencies(conn, student_id, order, limit, offset)
                 .await?
                 .into_iter()
                 .map(Into::into)

@@ -253,42 +253,36 @@ pub async fn competency<'e>(
     .await
 }
 
-/// A page of a student's competencies, by subject, skill and subskill.
+/// The order of a page of a student's competencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// By subject, skill and subskill: the new shape's.
+    Subskill,
+    /// By the old store's document id (`{student_id}_{subject}_{skill_id}_{subskill_id}`, as
+    /// text): the old clients'.
+    LegacyId,
+}
+
+/// A page of a student's competencies in `order`.
 ///
 /// # Errors
 /// A database error.
 pub async fn student_competencies<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     student_id: i64,
+    order: Order,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<StudentCompetency>, sqlx::Error> {
+    let order = match order {
+        Order::Subskill => "subject, skill_id, subskill_id",
+        Order::LegacyId => {
+            "student_id::text || '_' || subject || '_' || skill_id || '_' || subskill_id"
+        }
+    };
     sqlx::query_as(&format!(
         "SELECT {COMPETENCY_COLUMNS} FROM student_competencies WHERE student_id = $1 \
-          ORDER BY subject, skill_id, subskill_id LIMIT $2 OFFSET $3"
-    ))
-    .bind(student_id)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(executor)
-    .await
-}
-
-/// A page of a student's competencies in the order of the old store's document ids
-/// (`{student_id}_{subject}_{skill_id}_{subskill_id}`), as the old clients list them.
-///
-/// # Errors
-/// A database error.
-pub async fn student_competencies_by_legacy_id<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    student_id: i64,
-    limit: i64,
-    offset: i64,
-) -> Result<Vec<StudentCompetency>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COMPETENCY_COLUMNS} FROM student_competencies WHERE student_id = $1 \
-          ORDER BY student_id::text || '_' || subject || '_' || skill_id || '_' || subskill_id \
-          LIMIT $2 OFFSET $3"
+          ORDER BY {order} LIMIT $2 OFFSET $3"
     ))
     .bind(student_id)
     .bind(limit)

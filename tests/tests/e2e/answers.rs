@@ -48,8 +48,8 @@ fn shape(value: &Value) -> Value {
 }
 
 /// Sends a command and checks that its answer shows what the GET of `resource` shows then
-/// (`key` names what it wrote, `None` for a document that has no GET of its own); returns the
-/// answer's shape.
+/// (`key` names what it wrote, `None` when that GET shows it otherwise); returns the answer
+/// without `read_source`.
 async fn command(
     app: &TestApp,
     request: reqwest::RequestBuilder,
@@ -76,7 +76,7 @@ async fn command(
     if let Some(body) = answer.as_object_mut() {
         body.remove("read_source");
     }
-    shape(&answer)
+    answer
 }
 
 /// Creates a collection and checks that the answer shows what its GET shows; returns its path.
@@ -105,8 +105,8 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
         json!({"collection_name": "Interview notes", "description": "Round one"}),
     )
     .await;
-    shapes.push(
-        command(
+    shapes.push(shape(
+        &command(
             app,
             app.put(&one)
                 .json(&json!({"collection_name": "Renamed", "description": null})),
@@ -115,9 +115,9 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
             Some("collection"),
         )
         .await,
-    );
-    shapes.push(
-        command(
+    ));
+    shapes.push(shape(
+        &command(
             app,
             app.put(&format!("{one}/links"))
                 .json(&json!({"tags": ["ux"], "question_ids": [Uuid::new_v4()]})),
@@ -126,12 +126,14 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
             Some("collection"),
         )
         .await,
-    );
+    ));
     let gone = create(app, &list, json!({"name": "Short-lived"})).await;
-    shapes.push(command(app, app.delete(&gone), StatusCode::OK, &gone, None).await);
+    shapes.push(shape(
+        &command(app, app.delete(&gone), StatusCode::OK, &gone, None).await,
+    ));
 
     let batch = format!("/batches/{tag}-b");
-    shapes.push(command(
+    shapes.push(shape(&command(
         app,
         app.post("/batches").json(
             &json!({"batch_id": format!("{tag}-b"), "expected_players": ["zed", "amy", "bo", "cy"]}),
@@ -140,41 +142,50 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
         &batch,
         Some("batch"),
     )
-    .await);
+    .await));
     let completions = format!("{batch}/completions");
     for status in [StatusCode::CREATED, StatusCode::OK] {
-        shapes.push(
-            command(
-                app,
-                app.post(&completions)
-                    .json(&json!({"player_lookup": "zed", "predictions_count": 4})),
-                status,
-                &batch,
-                Some("batch"),
-            )
-            .await,
-        );
-    }
-    shapes.push(
-        command(
+        let answer = command(
             app,
-            app.post(&format!("{completions}/bulk"))
-                .json(&json!({"completions": [
-                    {"player_lookup": "cy", "predictions_count": 0},
-                    {"player_lookup": "amy", "predictions_count": 2},
-                    {"player_lookup": "bo", "predictions_count": 9},
-                ]})),
-            StatusCode::CREATED,
+            app.post(&completions)
+                .json(&json!({"player_lookup": "zed", "predictions_count": 4})),
+            status,
             &batch,
-            Some("batch"),
+            None,
         )
-        .await,
+        .await;
+        let (_, listed) = read(app, &completions).await;
+        assert_eq!(
+            json!([answer["completion"]]),
+            listed["items"],
+            "a completion answers with what it wrote, as its list shows it"
+        );
+        shapes.push(shape(&answer));
+    }
+    let bulk = command(
+        app,
+        app.post(&format!("{completions}/bulk"))
+            .json(&json!({"completions": [
+                {"player_lookup": "cy", "predictions_count": 0},
+                {"player_lookup": "amy", "predictions_count": 2},
+                {"player_lookup": "bo", "predictions_count": 9},
+            ]})),
+        StatusCode::CREATED,
+        &batch,
+        None,
+    )
+    .await;
+    let (_, listed) = read(app, &format!("{completions}?limit=3")).await;
+    assert_eq!(
+        bulk["completions"], listed["items"],
+        "amy, bo and cy, by lookup"
     );
+    shapes.push(shape(&bulk));
 
     let competency = format!("/students/{student}/competencies/math/{tag}/adding");
     for score in [8.0, 6.5] {
-        shapes.push(
-            command(
+        shapes.push(shape(
+            &command(
                 app,
                 app.post(&format!("/students/{student}/attempts"))
                     .json(&json!({
@@ -186,9 +197,9 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
                 Some("competency"),
             )
             .await,
-        );
+        ));
     }
-    shapes.push(command(
+    shapes.push(shape(&command(
         app,
         app.post(&format!("/students/{student}/reviews"))
             .json(&json!({
@@ -201,7 +212,7 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
         &competency,
         None,
     )
-    .await);
+    .await));
 
     let paths = vec![
         one,

@@ -90,14 +90,18 @@ async fn a_completion_is_201_and_its_redelivery_is_200_and_counts_once() {
     assert_eq!(first["version"], 2);
     assert_eq!(again["version"], 2);
     assert_eq!(again["position"], first["position"]);
-    assert_eq!(first["batch"]["completed_players"], json!(["ann"]));
-    assert_eq!(first["batch"]["total_predictions"], 7);
     assert_eq!(
         first["completion"],
-        json!({"player_lookup": "ann", "predictions_count": 7})
+        json!({"player_lookup": "ann", "predictions_count": 7}),
+        "a completion answers with what it wrote, as GET …/completions lists it"
     );
-    assert_eq!(again["batch"], first["batch"]);
     assert_eq!(again["completion"], first["completion"]);
+    let listed = json_with_status(
+        app.get("/batches/b1/completions").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed["items"], json!([first["completion"]]));
     assert_eq!(count_events(&app, "PlayerCompleted").await, 1);
     assert_eq!(both_shapes(&app, "b1").await, (1, 1, 1, 7, 7));
 }
@@ -173,13 +177,17 @@ async fn a_bulk_records_every_completion_in_one_command_and_completes_the_batch(
 
     let body = json_with_status(response, StatusCode::CREATED).await;
     assert_eq!(body["version"], 5, "bob, cy, then the batch completed");
-    assert_eq!(body["batch"]["is_complete"], true);
     assert_eq!(
-        body["batch"]["completed_players"].as_array().map(Vec::len),
-        Some(3)
+        body["completions"],
+        json!([
+            {"player_lookup": "ann", "predictions_count": 1},
+            {"player_lookup": "bob", "predictions_count": 2},
+            {"player_lookup": "cy", "predictions_count": 3},
+        ])
     );
     let document =
         json_with_status(app.get("/batches/b1").send().await.unwrap(), StatusCode::OK).await;
+    assert_eq!(document["batch"]["is_complete"], true);
     assert_eq!(
         document["batch"]["completed_players"],
         json!(["ann", "bob", "cy"])

@@ -13,9 +13,7 @@ use cutover_core::domain::batch::{
 use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_projections::batch_completions as new_model;
-use cutover_projections::batches::{
-    answer, answer_with_completion, completions_answer, CompletionRow,
-};
+use cutover_projections::batches::{answer, completions_answer, completions_of, CompletionRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -24,7 +22,8 @@ use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
 use crate::routes::{
-    document, from_new_model, page, run, with_location, with_status, Answer, Respond,
+    document, from_new_model, from_new_model_one, page, run, with_location, with_status, Answer,
+    Respond,
 };
 use crate::AppState;
 
@@ -132,7 +131,7 @@ async fn start(
             let id = id.clone();
             let location = location.clone();
             Box::pin(async move {
-                let answer = respond(conn, &id, &committed, None).await?;
+                let answer = respond_batch(conn, &id, &committed).await?;
                 Ok(with_location(
                     with_status(answer, StatusCode::CREATED),
                     location,
@@ -179,7 +178,8 @@ async fn record(
             let id = id.clone();
             let player = body.player_lookup.clone();
             Box::pin(async move {
-                let answer = respond(conn, &id, &committed, Some(&player)).await?;
+                let players = std::slice::from_ref(&player);
+                let answer = respond_completions(conn, &id, &committed, players, false).await?;
                 Ok(created_or_ok(answer, &committed))
             })
         },
@@ -223,6 +223,11 @@ async fn record_bulk(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let players: Vec<String> = body
+        .completions
+        .iter()
+        .map(|c| c.player_lookup.clone())
+        .collect();
     let command = BatchCommand::RecordCompletions(completions);
     let idempotency = key.for_body(&body);
     let id = batch_id.clone();
@@ -234,8 +239,9 @@ async fn record_bulk(
         idempotency,
         move |conn, committed| {
             let id = id.clone();
+            let players = players.clone();
             Box::pin(async move {
-                let answer = respond(conn, &id, &committed, None).await?;
+                let answer = respond_completions(conn, &id, &committed, &players, true).await?;
                 Ok(created_or_ok(answer, &committed))
             })
         },
@@ -331,14 +337,9 @@ async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Res
     let batch_id = path_batch_id(&batch_id)?;
     let mut snapshot = reading.open(None).await?;
     let read = new_model::summary(&mut snapshot, batch_id.as_str()).await;
-    let batch = from_new_model(read, new_model::NAME)?
-        .ok_or_else(|| ApiError::NotFound("no such batch".to_owned()))?;
-    Ok(IntoResponse::into_response(Answer(document(
-        ReadSource::New,
-        batch.last_sequence,
-        None,
-        &[("batch", json!(batch))],
-    ))))
+    from_new_model_one(read, new_model::NAME, "batch", "no such batch", |batch| {
+        batch.last_sequence
+    })
 }
 
 #[utoipa::path(
@@ -436,27 +437,44 @@ async fn execute(
     run(state, request, idempotency, respond).await
 }
 
-/// Write-then-read: the batch as the old clients read it (and the player's completion, for a
-/// single one), read back from the read source in the command's transaction.
-async fn respond(
+/// Write-then-read: the batch started, as its GET shows it, read back from the read source in
+/// the command's transaction.
+async fn respond_batch(
     conn: &mut PgConnection,
     batch_id: &BatchId,
     committed: &Committed,
-    player: Option<&str>,
 ) -> Result<StoredResponse, ApiError> {
     let source = committed.read_sources.of(Domain::Batches)?;
-    let id = batch_id.as_str();
-    let rows = match player {
-        Some(player) => {
-            let (batch, completion) = answer_with_completion(conn, source, id, player).await?;
-            vec![("batch", json!(batch)), ("completion", json!(completion))]
-        }
-        None => vec![("batch", json!(answer(conn, source, id).await?))],
+    let batch = answer(conn, source, batch_id.as_str()).await?;
+    Ok(document(
+        source,
+        committed.version,
+        Some(committed.position),
+        &[("batch", json!(batch))],
+    ))
+}
+
+/// Write-then-read: what a completion command wrote, the completions of `players` as
+/// `GET …/completions` lists them (`completion` for one, `completions` for a bulk), read back
+/// from the read source in the command's transaction. The batch's whole document is its GET's:
+/// a batch of 10,000 players would send it with every completion.
+async fn respond_completions(
+    conn: &mut PgConnection,
+    batch_id: &BatchId,
+    committed: &Committed,
+    players: &[String],
+    bulk: bool,
+) -> Result<StoredResponse, ApiError> {
+    let source = committed.read_sources.of(Domain::Batches)?;
+    let rows = completions_of(conn, source, batch_id.as_str(), players).await?;
+    let row = match bulk {
+        false => ("completion", json!(rows.first())),
+        true => ("completions", json!(rows)),
     };
     Ok(document(
         source,
         committed.version,
         Some(committed.position),
-        &rows,
+        &[row],
     ))
 }

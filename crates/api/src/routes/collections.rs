@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
 use crate::routes::{
-    document, from_new_model, page as page_of, run, with_location, with_status, Answer, Respond,
+    document, from_new_model, from_new_model_one, page as page_of, run, with_location, with_status,
+    Respond,
 };
 use crate::AppState;
 
@@ -351,14 +352,13 @@ async fn fetch_new(
         project_id,
         collection_id,
     );
-    let row = from_new_model(read.await, new_model::NAME)?
-        .ok_or_else(|| ApiError::NotFound("no such collection in this project".to_owned()))?;
-    Ok(IntoResponse::into_response(Answer(document(
-        ReadSource::New,
-        row.last_sequence,
-        None,
-        &[("collection", json!(row))],
-    ))))
+    from_new_model_one(
+        read.await,
+        new_model::NAME,
+        "collection",
+        "no such collection in this project",
+        |row| row.last_sequence,
+    )
 }
 
 #[utoipa::path(

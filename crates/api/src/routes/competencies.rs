@@ -22,7 +22,8 @@ use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
 use crate::routes::{
-    document, from_new_model, page as page_of, run, with_location, with_status, Answer, Respond,
+    document, from_new_model, from_new_model_one, page as page_of, run, with_location, with_status,
+    Respond,
 };
 use crate::AppState;
 
@@ -237,17 +238,14 @@ async fn fetch(
     reading: Reading,
     Path((student_id, subject, skill_id, subskill_id)): Path<(i64, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let key = SubskillKey::parse(student_id, &subject, &skill_id, &subskill_id)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let key = path_key(student_id, &subject, &skill_id, &subskill_id)?;
     reading
         .answer(Domain::Competencies, ONE, move |conn, source| {
             let key = key.clone();
             Box::pin(async move {
                 let doc = legacy::competency_answer(conn, source, &key)
                     .await?
-                    .ok_or_else(|| {
-                        ApiError::NotFound("no attempts recorded for this subskill".to_owned())
-                    })?;
+                    .ok_or_else(|| ApiError::NotFound(NO_ATTEMPTS.to_owned()))?;
                 Ok(document(
                     source,
                     doc.last_sequence,
@@ -277,12 +275,7 @@ async fn list(
     Path(student_id): Path<i64>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    if student_id < 1 {
-        return Err(ApiError::BadRequest(
-            "student_id must be a positive integer".to_owned(),
-        ));
-    }
-    let (limit, offset) = bounds(page.limit, page.offset)?;
+    let (limit, offset) = student_page(student_id, &page)?;
     reading
         .answer(Domain::Competencies, LIST, move |conn, source| {
             Box::pin(async move {
@@ -318,17 +311,15 @@ async fn fetch_new(
     reading: Reading,
     Path((student_id, subject, skill_id, subskill_id)): Path<(i64, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let key = SubskillKey::parse(student_id, &subject, &skill_id, &subskill_id)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let key = path_key(student_id, &subject, &skill_id, &subskill_id)?;
     let mut snapshot = reading.open(None).await?;
-    let row = from_new_model(typed::competency(&mut *snapshot, &key).await, typed::NAME)?
-        .ok_or_else(|| ApiError::NotFound("no attempts recorded for this subskill".to_owned()))?;
-    Ok(IntoResponse::into_response(Answer(document(
-        ReadSource::New,
-        row.last_sequence,
-        None,
-        &[("competency", json!(row))],
-    ))))
+    from_new_model_one(
+        typed::competency(&mut *snapshot, &key).await,
+        typed::NAME,
+        "competency",
+        NO_ATTEMPTS,
+        |row| row.last_sequence,
+    )
 }
 
 #[utoipa::path(
@@ -350,14 +341,16 @@ async fn list_new(
     Path(student_id): Path<i64>,
     Query(page): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    if student_id < 1 {
-        return Err(ApiError::BadRequest(
-            "student_id must be a positive integer".to_owned(),
-        ));
-    }
-    let (limit, offset) = bounds(page.limit, page.offset)?;
+    let (limit, offset) = student_page(student_id, &page)?;
     let mut snapshot = reading.open(None).await?;
-    let read = typed::student_competencies(&mut *snapshot, student_id, limit, offset).await;
+    let read = typed::student_competencies(
+        &mut *snapshot,
+        student_id,
+        typed::Order::Subskill,
+        limit,
+        offset,
+    )
+    .await;
     let items = from_new_model(read, typed::NAME)?;
     Ok(IntoResponse::into_response(axum::Json(Page {
         read_source: Some(ReadSource::New),
@@ -390,6 +383,30 @@ async fn analytics(
         read_source: None,
         items,
     })))
+}
+
+/// What a competency's GET says before its first attempt.
+const NO_ATTEMPTS: &str = "no attempts recorded for this subskill";
+
+/// A subskill named in a path: malformed is a 400.
+fn path_key(
+    student_id: i64,
+    subject: &str,
+    skill_id: &str,
+    subskill_id: &str,
+) -> Result<SubskillKey, ApiError> {
+    SubskillKey::parse(student_id, subject, skill_id, subskill_id)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// A page of a student's competencies: the student and the bounds, checked.
+fn student_page(student_id: i64, page: &PageQuery) -> Result<(i64, i64), ApiError> {
+    if student_id < 1 {
+        return Err(ApiError::BadRequest(
+            "student_id must be a positive integer".to_owned(),
+        ));
+    }
+    bounds(page.limit, page.offset)
 }
 
 fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {

@@ -59,6 +59,29 @@ pub fn document(
     }
 }
 
+/// The answer of a `/v2` route about one aggregate: its row `key`, read from the new model
+/// (`None`: a 404 saying `missing`; a retired new projection: [`from_new_model`]'s 409).
+///
+/// # Errors
+/// The 404, the 409, or the database error.
+pub fn from_new_model_one<T: serde::Serialize>(
+    read: Result<Option<T>, sqlx::Error>,
+    projection: &str,
+    key: &'static str,
+    missing: &str,
+    version: impl Fn(&T) -> i64,
+) -> Result<Response, ApiError> {
+    let row =
+        from_new_model(read, projection)?.ok_or_else(|| ApiError::NotFound(missing.to_owned()))?;
+    Ok(Answer(document(
+        ReadSource::New,
+        version(&row),
+        None,
+        &[(key, serde_json::json!(row))],
+    ))
+    .into_response())
+}
+
 /// A 200 answer with `body` and no headers of its own (a page).
 pub fn page(body: serde_json::Value) -> StoredResponse {
     StoredResponse {
