@@ -40,15 +40,20 @@ pub struct Document {
     position: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     collection: Option<CollectionRow>,
-    /// The batch: the old API's document (expected and completed players, predictions by
-    /// player), or its counters on the `/v2` routes.
+    /// The batch (`startBatch`, `getBatch`): the old API's document (expected and completed
+    /// players, predictions by player), or its counters on the `/v2` routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     batch: Option<Value>,
-    /// The player's completion (`recordCompletion` only).
+    /// The player's completion as `GET …/completions` lists it (`recordCompletion` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     completion: Option<Value>,
+    /// The completions recorded, as `GET …/completions` lists them, by player lookup
+    /// (`recordCompletions` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    completions: Option<Value>,
     /// The attempt just recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]

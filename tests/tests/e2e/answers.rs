@@ -127,6 +127,22 @@ async fn old_client_flow(app: &TestApp, tag: &str, student: i64) -> (Vec<String>
         )
         .await,
     ));
+    // The README's refusals: a stale If-Match and a broken rule, answered alike from either
+    // model and changing nothing.
+    let stale = app
+        .put(&one)
+        .header("if-match", "\"1\"")
+        .json(&json!({"collection_name": "Stale"}))
+        .send()
+        .await
+        .unwrap();
+    json_with_status(stale, StatusCode::PRECONDITION_FAILED).await;
+    let broken = app.post(&list).json(&json!({"collection_name": "  "}));
+    json_with_status(
+        broken.send().await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     let gone = create(app, &list, json!({"name": "Short-lived"})).await;
     shapes.push(shape(
         &command(app, app.delete(&gone), StatusCode::OK, &gone, None).await,
