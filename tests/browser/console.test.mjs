@@ -64,6 +64,30 @@ async function act(name) {
   await dialog.getByRole("button", { name: "Confirm" }).click();
 }
 
+const stageRow = (domain, stage) =>
+  page.locator(`#stages tr[data-domain="${domain}"]${stage ? `[data-stage="${stage}"]` : ""}`);
+
+/**
+ * Waits until the console shows `domain` at `stage`, checks the next command it shows (none
+ * when `command` is null), and gives the row's text.
+ */
+async function expectStage(domain, stage, command) {
+  const row = stageRow(domain, stage);
+  await row.waitFor();
+  const commands = await row.locator("code.command").allTextContents();
+  assert.deepEqual(commands, command ? [command] : [], `the next command of ${domain} at ${stage}`);
+  return row.innerText();
+}
+
+const gate = (domain, state) => page.locator(`#read-sources li[data-domain="${domain}"] [data-gate="${state}"]`);
+const shadowCard = (domain) => page.locator(`#shadow li[data-domain="${domain}"]`);
+
+async function shadowWindows() {
+  const response = await fetch(`${base}/admin/shadow`, { headers: { Authorization: `Bearer ${readToken}` } });
+  assert.equal(response.status, 200);
+  return Object.fromEntries((await response.json()).map((w) => [w.domain, w]));
+}
+
 test("the console asks for a token, then shows every projection and read source", async () => {
   await page.goto(`${base}/console`);
   await page.getByText("type a token to watch").waitFor();
@@ -80,6 +104,13 @@ test("the console asks for a token, then shows every projection and read source"
   assert.match(await collections.innerText(), /live/);
   await page.locator('#read-sources li[data-domain="collections"]').waitFor();
   assert.match(await page.locator("#read-sources").innerText(), /collections\s*reads from legacy/);
+  // Backfilled (seeded and rebuilt), never verified: the next step is the verification.
+  const stage = await expectStage("collections", "verify", "cutover verify collections");
+  assert.match(stage, /No consistency report covers collections yet/);
+  assert.match(await stageRow("collections").locator("li.done").innerText(), /Backfilled/);
+  assert.match(await stageRow("collections").locator('li[aria-current="step"]').innerText(), /^Verified/);
+  for (const domain of ["batches", "competencies"]) await expectStage(domain, "verify", `cutover verify ${domain}`);
+  assert.match(await shadowCard("collections").innerText(), /Not in shadow/);
 });
 
 test("a refused action shows the server's problem message and changes nothing", async () => {
@@ -96,8 +127,35 @@ test("cancelling the confirmation sends nothing", async () => {
   await useToken(adminToken);
   const dialog = await openDialog("Retire batch_state");
   await dialog.getByRole("button", { name: "Cancel", exact: true }).click();
+  const shadow = await openDialog("Start shadow reads of competencies");
+  assert.match(await shadow.innerText(), /Put competencies in shadow\?/);
+  await shadow.getByRole("button", { name: "Cancel", exact: true }).click();
   await page.waitForTimeout(2500);
   assert.match(await page.locator('#projections tr[data-projection="batch_state"]').innerText(), /live/);
+  assert.equal((await shadowWindows()).competencies.shadow, null);
+  assert.equal(await shadowCard("competencies").getAttribute("data-in-shadow"), "no");
+});
+
+test("a refused shadow start shows the server's problem message", async () => {
+  const fraction = shadowCard("competencies").getByLabel("Share of reads compared, %");
+  await fraction.fill("0");
+  await act("Start shadow reads of competencies");
+  const message = page.getByRole("alert");
+  await message.getByText("fraction must be above 0").waitFor();
+  assert.match(await message.innerText(), /^Refused\s*422 /);
+  assert.equal((await shadowWindows()).competencies.shadow, null);
+  await fraction.fill("100");
+});
+
+test("a clean verification moves each domain on to its shadow reads", async () => {
+  await act("Run verification");
+  await page.getByRole("alert").getByText("Verification found no difference").waitFor({ timeout: 120_000 });
+  await page.locator('#consistency[data-outdated="none"] .consistent').waitFor();
+  const stage = await expectStage("collections", "shadow", "cutover shadow collections");
+  assert.match(stage, /Put collections in shadow/);
+  const done = await stageRow("collections").locator("li.done").allInnerTexts();
+  assert.deepEqual(done.map((step) => step.replace(/\s+/g, " ")), ["✓ Backfilled (done)", "✓ Verified (done)"]);
+  assert.doesNotMatch(await page.locator("#consistency").innerText(), /out of date/i);
 });
 
 test("a rebuild shows a live progress bar that reaches 100%", async () => {
@@ -108,6 +166,8 @@ test("a rebuild shows a live progress bar that reaches 100%", async () => {
   await page.waitForFunction(() => [...document.querySelectorAll('progress[data-status="running"]')]
     .some((bar) => bar.value > 0 && bar.value < bar.max));
   assert.match(await page.locator(".progress-text").first().innerText(), /of [\d,]+ events \(\d+%\), [\d,]+ events\/s, ETA \d/);
+  // While its new projection is rebuilt, a domain is back at the backfill, with nothing to run.
+  assert.match(await expectStage("collections", "backfill", null), /A rebuild of project_collections is running: wait for it to finish/);
   await shot("rebuild-running");
   await page.locator('progress[data-projection="student_competencies"][data-status="succeeded"]')
     .waitFor({ timeout: 120_000 });
@@ -117,8 +177,19 @@ test("a rebuild shows a live progress bar that reaches 100%", async () => {
   await shot("rebuild-done");
 });
 
-test("the switch gate stays closed until a verification, and a forced switch says so", async () => {
-  const gate = (domain, state) => page.locator(`#read-sources li[data-domain="${domain}"] [data-gate="${state}"]`);
+test("a consistency report taken before the rebuild shows as out of date", async () => {
+  await page.locator('#consistency[data-outdated="all"]').waitFor();
+  const text = await page.locator("#consistency").innerText();
+  assert.match(text, /^Out of date \(consistent when taken\)/);
+  assert.match(text, /Out of date for [a-z, ]*collections[a-z, ]*: taken before the last rebuild, repair or retirement of their projections/);
+  assert.equal(await page.locator("#consistency .consistent").count(), 0, "not shown as current");
+  const stage = await expectStage("collections", "verify", "cutover verify collections");
+  assert.match(stage, /Verified \(report out of date\)/);
+  assert.match(stage, /The latest consistency report of collections is out of date/);
+  await shot("report-out-of-date");
+});
+
+test("the switch gate stays closed until a verification and shadow reads, and a forced switch says so", async () => {
   await gate("collections", "closed").waitFor();
   assert.match(await gate("collections", "closed").innerText(), /cutover verify collections/);
   await act("Force batches to new");
@@ -126,7 +197,48 @@ test("the switch gate stays closed until a verification, and a forced switch say
   await page.locator('#read-sources li[data-domain="batches"]', { hasText: "forced past the gate" }).waitFor();
   await act("Run verification");
   await page.getByRole("alert").getByText("Verification found no difference").waitFor({ timeout: 120_000 });
+  // A clean, current report, but no shadow reads since the rebuild: still closed.
+  await page.locator('#consistency[data-outdated="none"] .consistent').waitFor();
+  await page.locator('#read-sources li[data-domain="collections"] [data-gate="closed"]', { hasText: "cutover shadow collections" }).waitFor();
+  await expectStage("collections", "shadow", "cutover shadow collections");
+  // The forced switch skipped the shadow reads: batches still needs them.
+  await expectStage("batches", "shadow", "cutover shadow batches");
+});
+
+test("shadow reads started from the console are counted and open the gate", async () => {
+  const card = shadowCard("collections");
+  await card.getByLabel("Reads wanted").fill("5");
+  await act("Start shadow reads of collections");
+  await page.getByRole("alert").getByText("collections is in shadow: 100% of its reads are compared, and the switch gate wants 5 with no mismatch.").waitFor();
+  await page.locator('#shadow li[data-domain="collections"][data-in-shadow="yes"]').waitFor();
+  assert.match(await card.locator(".shadow-state").innerText(), /^In shadow since .+: 100% of reads compared; the switch gate wants 5 reads with no mismatch\.$/);
+  assert.match(await expectStage("collections", "shadow", null), /Let reads come in: 0 of the 5 shadow reads wanted so far/);
+  const settings = (await shadowWindows()).collections.shadow;
+  assert.deepEqual([settings.fraction, settings.min_reads], [1, 5]);
+
+  // Five GETs of the old API's route, each answered from legacy and compared with new.
+  const project = "00000000-0000-4000-8000-0000000000a1";
+  const created = await fetch(`${base}/projects/${project}/collections`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${writeToken}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ collection_name: "Read in shadow" }),
+  });
+  assert.equal(created.status, 201);
+  const id = (await created.json()).collection.collection_id;
+  for (let i = 0; i < 5; i++) {
+    const read = await fetch(`${base}/projects/${project}/collections/${id}`, { headers: { Authorization: `Bearer ${readToken}` } });
+    assert.equal(read.status, 200);
+    assert.equal((await read.json()).read_source, "legacy");
+  }
+  // Counts reach the database within a second or so, and the console at its next refresh.
+  await card.locator('.shadow-counts[data-reads="5"]').waitFor({ timeout: 15_000 });
+  assert.match(await card.locator(".shadow-counts").innerText(), /: 5 reads compared, 0 mismatches\.$/);
+  assert.equal(await card.locator("details.mismatch").count(), 0);
+  const stage = await expectStage("collections", "switch", "cutover read-source collections new");
+  assert.match(stage, /Shadow reads \(5 of 5 reads, 0 mismatches\)/);
   await gate("collections", "open").waitFor();
+  assert.match(await page.locator('#read-sources li[data-domain="collections"]').innerText(), /Last action: shadow reads started \(100% compared, 5 wanted\)/);
+  await shot("shadow-reads");
 });
 
 test("switching a read source takes effect and shows", async () => {
@@ -137,6 +249,8 @@ test("switching a read source takes effect and shows", async () => {
     headers: { Authorization: `Bearer ${readToken}` },
   })).json();
   assert.equal(sources.collections, "new");
+  await expectStage("collections", "retire legacy", "cutover retire collections");
+  assert.match(await page.locator('#read-sources li[data-domain="collections"]').innerText(), /Last switch: to new by /);
 });
 
 test("retiring the projection a domain reads from is refused with the server's reason", async () => {
@@ -151,6 +265,7 @@ test("a verification's report appears with its row count", async () => {
   await page.getByRole("alert").getByText("Verification found no difference").waitFor({ timeout: 120_000 });
   await page.locator("#consistency .consistent").waitFor();
   assert.match(await page.locator("#consistency").innerText(), /rows compared/);
+  assert.equal(await page.locator("#consistency").getAttribute("data-outdated"), "none");
 });
 
 test("new events arrive live from the feed", async () => {
@@ -169,6 +284,51 @@ test("new events arrive live from the feed", async () => {
   for (let i = 0; i < 30 && /^0\.0 now, peak 0\.0$/.test(await shown()); i++) await page.waitForTimeout(500);
   assert.doesNotMatch(await shown(), /^0\.0 now, peak 0\.0$/, "the command shows in the chart");
   await shot("console");
+});
+
+test("shadow reads can be stopped, and the latest mismatches show both answers, collapsed", async () => {
+  await act("Stop shadow reads of collections");
+  await page.getByRole("alert").getByText("collections is out of shadow.").waitFor();
+  await page.locator('#shadow li[data-domain="collections"][data-in-shadow="no"]').waitFor();
+  assert.equal((await shadowWindows()).collections.shadow, null);
+
+  // The two models agree on this data, so the server's answer is given a mismatch on its way
+  // to the page: this checks how the console shows one.
+  const mismatch = {
+    route: "/students/{student_id}/competencies",
+    path: "/students/s-shadow-test/competencies?limit=5",
+    seen_at: new Date().toISOString(),
+    served_source: "legacy",
+    served: { status: 200, body: { items: [{ subject: "math", skill_id: "s1", level: 3 }], next: null } },
+    other: { status: 422, detail: "limit must be at least 10" },
+  };
+  await page.route("**/admin/shadow", async (route) => {
+    const response = await route.fetch();
+    const windows = await response.json();
+    for (const window of windows) {
+      if (window.domain === "competencies") Object.assign(window, { reads: 3, mismatches: 1, recent: [mismatch] });
+    }
+    await route.fulfill({ response, json: windows });
+  });
+  try {
+    const details = shadowCard("competencies").locator("details.mismatch");
+    await details.waitFor();
+    assert.equal(await details.evaluate((d) => d.open), false, "collapsed");
+    assert.equal(await details.locator("summary").innerText(), `GET /students/{student_id}/competencies — /students/s-shadow-test/competencies?limit=5 — ${await page.evaluate((t) => new Date(t).toLocaleString(), mismatch.seen_at)}, served from legacy`);
+    assert.equal(await details.locator("pre").first().isVisible(), false);
+    await details.locator("summary").focus();
+    await page.keyboard.press("Enter");
+    await page.waitForTimeout(2500); // a refresh or more: it stays open
+    assert.equal(await details.evaluate((d) => d.open), true);
+    const answers = await details.innerText();
+    assert.match(answers, /Served \(legacy\): status 200[\s\S]*"level": 3/);
+    assert.match(answers, /Other model \(new\): status 422\s*limit must be at least 10/);
+    assert.match(await shadowCard("competencies").locator(".shadow-counts").innerText(), /3 reads compared, 1 mismatch\./);
+    assert.match(await expectStage("competencies", "shadow", "cutover verify competencies"), /1 of 3 shadow reads did not match/);
+    await shot("shadow-mismatch");
+  } finally {
+    await page.unroute("**/admin/shadow");
+  }
 });
 
 test("the console is usable from the keyboard", async () => {

@@ -5,12 +5,23 @@
 const POLL_MS = 2000;
 const EVENTS_KEPT = 25;
 const TOKEN_KEY = "cutover-console-token";
+// The reads the switch gate wants of a domain taken out of shadow after some were counted
+// (cutover_projections::shadow::DEFAULT_MIN_READS), and the defaults of a new shadow.
+const DEFAULT_MIN_READS = 1000;
+const DEFAULT_FRACTION = 1.0;
 
 const page = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
   feed: null,
   after: null,
   polling: null,
+  // The latest answers of the admin API: the stages and the report's freshness are derived from
+  // them together. `latest` is undefined until the consistency report is asked for, null when
+  // there is none.
+  data: { projections: null, sources: null, gates: null, shadows: null, latest: undefined },
+  // Per domain: the shadow card's elements, built once so that typed settings and opened
+  // mismatches survive the refreshes.
+  shadowCards: new Map(),
 };
 
 // ---- DOM helpers (text only: nothing from the server is parsed as HTML)
@@ -34,6 +45,22 @@ function seconds(s) {
   if (s === null || s === undefined) return "—";
   if (s < 60) return `${s.toFixed(1)} s`;
   return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+}
+
+/** `n` things, in words: "1 mismatch", "2 mismatches". */
+const count = (n, one, many) => `${number(n)} ${Number(n) === 1 ? one : many}`;
+const percent = (fraction) => `${Number((fraction * 100).toFixed(2))}%`;
+const when = (timestamp) => new Date(timestamp).toLocaleString();
+
+/**
+ * A timestamp of the server as microseconds since the epoch, exactly: the server's timestamps
+ * have microseconds, and a Date keeps milliseconds only, which would make a report taken in
+ * the same millisecond as a rebuild look as old as it.
+ */
+function micros(timestamp) {
+  const parts = /^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$/.exec(timestamp);
+  if (!parts) return Date.parse(timestamp) * 1000;
+  return Date.parse(parts[1] + parts[3]) * 1000 + Number((parts[2] || "").padEnd(6, "0").slice(0, 6));
 }
 
 function showMessage(text, ok) {
@@ -121,13 +148,44 @@ const retire = (name) =>
     () => `${name} is retired.`,
   );
 
-const switchSource = (domain, source, force) =>
+const switchSource = (domain, source, force, gate) =>
   act(
     force
-      ? `Force the switch of ${domain} to ${source} past the closed gate? No clean consistency report covers the ${domain} projections as they are now. The override is recorded with your token and the time.`
+      ? `Force the switch of ${domain} to ${source} past the closed gate? The gate is closed: ${gate.reason}. The override is recorded with your token and the time.`
       : `Switch the ${domain} read source to ${source}? Queries of ${domain} read from the ${source} tables from now on.`,
     "PUT", `/admin/read-sources/${encodeURIComponent(domain)}`, { source, force },
     (answer) => `${answer.domain} now reads from ${answer.source}${answer.forced ? " (forced past the gate)" : ""}.`,
+  );
+
+/** The shadow settings typed into a domain's card, as the API takes them (blank: its default). */
+function shadowSettings(card) {
+  const body = {};
+  const fraction = card.fraction.value.trim();
+  const minReads = card.minReads.value.trim();
+  if (fraction !== "") body.fraction = Number(fraction) / 100;
+  if (minReads !== "") body.min_reads = Number(minReads);
+  return body;
+}
+
+function startShadow(domain, card) {
+  const body = shadowSettings(card);
+  const source = page.data.sources?.[domain] ?? "legacy";
+  const other = source === "legacy" ? "new" : "legacy";
+  const fraction = body.fraction ?? DEFAULT_FRACTION;
+  const minReads = body.min_reads ?? DEFAULT_MIN_READS;
+  const inShadow = Boolean(card.shadowWindow?.shadow);
+  return act(
+    `${inShadow ? `Change the shadow settings of ${domain}?` : `Put ${domain} in shadow?`} Its GETs are answered from the ${source} tables as before, and ${Number.isFinite(fraction) ? percent(fraction) : "a share"} of them are also computed from the ${other} tables and compared. The switch gate wants ${Number.isFinite(minReads) ? number(minReads) : "some"} reads with no mismatch since the last rebuild, repair or retirement of its projections.`,
+    "PUT", `/admin/shadow/${encodeURIComponent(domain)}`, body,
+    (answer) => `${answer.domain} is in shadow: ${percent(answer.shadow.fraction)} of its reads are compared, and the switch gate wants ${number(answer.shadow.min_reads)} with no mismatch.`,
+  );
+}
+
+const stopShadow = (domain) =>
+  act(
+    `Take ${domain} out of shadow? Its GETs are no longer compared. The reads counted so far stay counted.`,
+    "DELETE", `/admin/shadow/${encodeURIComponent(domain)}`, null,
+    (answer) => `${answer.domain} is out of shadow.`,
   );
 
 async function verify() {
@@ -211,37 +269,303 @@ function renderSources(sources, gates) {
     const other = source === "legacy" ? "new" : "legacy";
     const { gate, last_switch: last } = gates[domain] ?? { gate: { open: false, reason: "unknown" } };
     const switchButton = gate.open
-      ? el("button", { type: "button", onclick: () => switchSource(domain, other, false) }, `Switch ${domain} to ${other}`)
-      : el("button", { type: "button", class: "danger", onclick: () => switchSource(domain, other, true) }, `Force ${domain} to ${other}`);
+      ? el("button", { type: "button", onclick: () => switchSource(domain, other, false, gate) }, `Switch ${domain} to ${other}`)
+      : el("button", { type: "button", class: "danger", onclick: () => switchSource(domain, other, true, gate) }, `Force ${domain} to ${other}`);
     return el("li", { "data-domain": domain },
       el("strong", {}, domain), "reads from ",
       el("span", { class: "source" }, source), " ",
       switchButton,
       el("p", { class: gate.open ? "gate open" : "gate closed", "data-gate": gate.open ? "open" : "closed" },
         gate.open ? `Gate open: ${gate.reason}` : `Gate closed: ${gate.reason}`),
-      last
-        ? el("p", { class: "muted" }, `Last switch: to ${last.detail.source} by ${last.actor} at ${new Date(last.at).toLocaleString()}${last.forced ? " (forced past the gate)" : ""}`)
-        : "");
+      last ? el("p", { class: "muted" }, lastAction(last)) : "");
   }));
 }
 
-function renderConsistency(latest) {
+// The domain's newest entry of the activity history (the gate's `last_switch`): a switch, or a
+// start or stop of its shadow reads.
+function lastAction(last) {
+  const by = `by ${last.actor} at ${when(last.at)}`;
+  if (last.action === "read_source") {
+    return `Last switch: to ${last.detail.source} ${by}${last.forced ? " (forced past the gate)" : ""}`;
+  }
+  if (last.action === "shadow") {
+    return last.detail.shadow
+      ? `Last action: shadow reads started (${percent(last.detail.shadow.fraction)} compared, ${number(last.detail.shadow.min_reads)} wanted) ${by}`
+      : `Last action: shadow reads stopped ${by}`;
+  }
+  return `Last action: ${last.action} ${by}`;
+}
+
+// ---- where each domain stands
+
+const STEPS = [
+  { stage: "backfill", label: "Backfilled" },
+  { stage: "verify", label: "Verified" },
+  { stage: "shadow", label: "Shadow reads" },
+  { stage: "switch", label: "Switched" },
+  { stage: "retire legacy", label: "Legacy retired" },
+];
+
+/** The last rebuild, repair or retirement of one of `domain`'s projections (its changed_at). */
+function lastChange(projections, domain) {
+  let latest = null;
+  for (const p of projections) {
+    if (p.domain === domain && (latest === null || micros(p.changed_at) > micros(latest))) latest = p.changed_at;
+  }
+  return latest;
+}
+
+/**
+ * What the latest consistency report says of `domain`, as the switch gate reads it:
+ * `none` (no report at all), `unknown` (the latest report does not cover the domain; an older
+ * one may), `out of date` (taken before the last rebuild, repair or retirement of the
+ * domain's projections), `differences` (some of them, or some not listed), or `clean`.
+ */
+function reportState(domain, latest, projections) {
+  if (latest === null) return { state: "none" };
+  if (!latest || !latest.report.domains.includes(domain)) return { state: "unknown" };
+  const report = latest.report;
+  const changed = lastChange(projections, domain);
+  if (changed !== null && micros(latest.checked_at) <= micros(changed)) {
+    return { state: "out of date", checkedAt: latest.checked_at, changedAt: changed };
+  }
+  const names = projections.filter((p) => p.domain === domain).map((p) => p.name);
+  const own = report.differences.filter((d) => d.projection.split("/").some((n) => names.includes(n))).length;
+  const listedAll = report.differences.length === report.difference_count;
+  if (own > 0 || (!listedAll && report.difference_count > 0)) return { state: "differences", count: own };
+  return { state: "clean" };
+}
+
+/**
+ * What the shadow window of a domain lacks for the switch gate, as the server decides it
+ * (`cutover_projections::shadow::closes_gate`): nothing (`ok`), shadow reads (`not in shadow`,
+ * none counted), `mismatches`, or reads (`too few`); with the reads wanted.
+ */
+function shadowState(shadowWindow) {
+  if (!shadowWindow) return { state: "unknown", wanted: null };
+  const wanted = shadowWindow.shadow ? shadowWindow.shadow.min_reads : shadowWindow.reads > 0 ? DEFAULT_MIN_READS : null;
+  if (wanted === null) return { state: "not in shadow", wanted };
+  if (shadowWindow.mismatches > 0) return { state: "mismatches", wanted };
+  if (shadowWindow.reads < wanted) return { state: shadowWindow.shadow ? "too few" : "not in shadow", wanted };
+  return { state: "ok", wanted };
+}
+
+/**
+ * Where `domain` stands and what to do next: `stage` is the first step not done (`backfill`,
+ * `verify`, `shadow`, `switch`, `retire legacy`) or `done`; `next` says why and what to do,
+ * `command` is the CLI command that does it (null when the next step is to wait).
+ */
+function domainStage(domain, data) {
+  const own = data.projections.filter((p) => p.domain === domain);
+  const legacy = own.find((p) => p.shape === "legacy");
+  const fresh = own.find((p) => p.shape === "new");
+  const source = data.sources[domain];
+  const gate = data.gates[domain]?.gate ?? { open: false, reason: "unknown" };
+  const shadowWindow = data.shadows.find((w) => w.domain === domain);
+  const report = reportState(domain, data.latest, data.projections);
+  const shadow = shadowState(shadowWindow);
+  const result = (stage, next, command) => ({ stage, next, command, report, shadow, shadowWindow });
+
+  if (!fresh || fresh.state !== "live" || !fresh.inline_active) {
+    const name = fresh ? fresh.name : `the new projection of ${domain}`;
+    if (fresh?.rebuild_running) return result("backfill", `A rebuild of ${name} is running: wait for it to finish.`, null);
+    return result("backfill", `Rebuild ${name}, the new projection, from the event log.`, `cutover rebuild ${name}`);
+  }
+  if (source === "new" && legacy && !legacy.inline_active) {
+    return result("done", `Migrated: ${domain} reads from the new model and its legacy projection is retired.`, null);
+  }
+  // The latest report may not cover the domain while an older one does: then the gate says
+  // whether that one counts. It checks the report before the shadow window, so a closed gate
+  // with a window that is enough is closed by the report; otherwise its reason says which.
+  const reportMet = report.state === "clean"
+    || (report.state === "unknown"
+      && (gate.open || (shadow.state !== "ok" && !/consistency report/.test(gate.reason))));
+  if (!reportMet) {
+    const why = {
+      none: `No consistency report covers ${domain} yet.`,
+      unknown: `No current, clean consistency report of ${domain}: ${gate.reason}.`,
+      "out of date": `The latest consistency report of ${domain} is out of date: it was taken (${when(report.checkedAt)}) before the last rebuild, repair or retirement of its projections (${when(report.changedAt)}).`,
+      differences: `The latest consistency report found differences in ${domain}: repair them (the report gives the command of each), then verify again.`,
+    }[report.state];
+    return result("verify", why, `cutover verify ${domain}`);
+  }
+  if (shadow.state !== "ok") {
+    if (shadow.state === "mismatches") {
+      return result("shadow", `${number(shadowWindow.mismatches)} of ${count(shadowWindow.reads, "shadow read", "shadow reads")} did not match (see Shadow reads): find the cause, repair or rebuild the projections (that starts a new window), verify, and shadow again.`, `cutover verify ${domain}`);
+    }
+    if (shadow.state === "too few") {
+      return result("shadow", `Let reads come in: ${number(shadowWindow.reads)} of the ${number(shadow.wanted)} shadow reads wanted so far, none mismatched.`, null);
+    }
+    return result("shadow", `Put ${domain} in shadow, so that its reads are also answered from the other model and compared${shadowWindow && shadowWindow.reads > 0 ? ` (${number(shadowWindow.reads)} of the ${number(shadow.wanted)} reads wanted so far)` : ""}.`, `cutover shadow ${domain}`);
+  }
+  if (source === "legacy") {
+    if (!gate.open) return result("switch", `The switch gate is closed: ${gate.reason}.`, null);
+    return result("switch", `The switch gate is open: switch ${domain} to the new model.`, `cutover read-source ${domain} new`);
+  }
+  const name = legacy ? legacy.name : `the legacy projection of ${domain}`;
+  return result("retire legacy", `${domain} reads from the new model: retire ${name}, the legacy projection.`, `cutover retire ${name}`);
+}
+
+function renderStages() {
+  const data = page.data;
+  if (!data.projections || !data.sources || !data.gates || !data.shadows || data.latest === undefined) return;
+  const body = document.querySelector("#stages tbody");
+  body.replaceChildren(...Object.keys(data.sources).map((domain) => {
+    const where = domainStage(domain, data);
+    const at = where.stage === "done" ? STEPS.length : STEPS.findIndex((s) => s.stage === where.stage);
+    const steps = el("ol", { class: "steps", "aria-label": `Steps of ${domain}` }, ...STEPS.map((step, i) => {
+      let label = step.label;
+      if (step.stage === "verify" && where.report.state === "out of date") label += " (report out of date)";
+      if (step.stage === "shadow" && where.shadowWindow && (where.shadowWindow.shadow || where.shadowWindow.reads > 0)) {
+        label += where.shadow.wanted !== null
+          ? ` (${number(where.shadowWindow.reads)} of ${count(where.shadow.wanted, "read", "reads")}, ${count(where.shadowWindow.mismatches, "mismatch", "mismatches")})`
+          : ` (${count(where.shadowWindow.reads, "read", "reads")}, ${count(where.shadowWindow.mismatches, "mismatch", "mismatches")})`;
+      }
+      if (step.stage === "switch" && i < at) label += ` to ${data.sources[domain]}`;
+      if (i < at) return el("li", { class: "step done" }, el("span", { "aria-hidden": "true" }, "✓ "), label, el("span", { class: "visually-hidden" }, " (done)"));
+      if (i === at) return el("li", { class: "step current", "aria-current": "step" }, label);
+      return el("li", { class: "step" }, label);
+    }));
+    return el("tr", { "data-domain": domain, "data-stage": where.stage },
+      el("th", { scope: "row" }, domain),
+      el("td", {}, steps),
+      el("td", { class: "next" },
+        el("p", {}, where.next),
+        where.command ? el("p", {}, "Next command: ", el("code", { class: "command" }, where.command)) : null));
+  }));
+}
+
+// ---- shadow reads
+
+/** A model's answer to a shadow read, as kept: status and body (or the error's detail). */
+function answerBlock(title, answer) {
+  let text;
+  if (answer && answer.truncated) text = `(cut: the first part of ${number(answer.bytes)} bytes)\n${answer.start}`;
+  else if (answer && answer.body !== undefined) text = JSON.stringify(answer.body, null, 2);
+  else text = answer && answer.detail !== undefined ? answer.detail : JSON.stringify(answer);
+  return el("div", { class: "answer" },
+    el("h4", {}, `${title}${answer && answer.status !== undefined ? `: status ${answer.status}` : ""}`),
+    el("pre", {}, text));
+}
+
+function mismatchDetails(m) {
+  const other = m.served_source === "legacy" ? "new" : "legacy";
+  return el("details", { class: "mismatch" },
+    el("summary", {}, `GET ${m.route} — ${m.path} — ${when(m.seen_at)}, served from ${m.served_source}`),
+    el("div", { class: "answers" },
+      answerBlock(`Served (${m.served_source})`, m.served),
+      answerBlock(`Other model (${other})`, m.other)));
+}
+
+/** The card of `domain` in the shadow list, built on first use. */
+function shadowCard(domain) {
+  let card = page.shadowCards.get(domain);
+  if (card) return card;
+  const id = (what) => `shadow-${what}-${domain}`;
+  card = {
+    state: el("p", { class: "shadow-state" }),
+    shadowWindow: null,
+    counts: el("p", { class: "shadow-counts" }),
+    fraction: el("input", { id: id("fraction"), name: "fraction", type: "number", min: "0.01", max: "100", step: "any", inputmode: "decimal" }),
+    minReads: el("input", { id: id("min-reads"), name: "min_reads", type: "number", min: "0", step: "1", inputmode: "numeric" }),
+    start: el("button", { type: "submit" }),
+    stop: el("button", { type: "button", class: "danger", "aria-label": `Stop shadow reads of ${domain}`, onclick: () => stopShadow(domain) }, "Stop shadow reads"),
+    mismatches: el("div", { class: "mismatches" }),
+    settingsShown: undefined,
+    mismatchesShown: undefined,
+  };
+  card.fraction.value = String(DEFAULT_FRACTION * 100);
+  card.minReads.value = String(DEFAULT_MIN_READS);
+  // The server checks the values, and its refusal is shown like every other.
+  const form = el("form", { class: "shadow-form", novalidate: "" },
+    el("label", { for: id("fraction") }, "Share of reads compared, %"), card.fraction,
+    el("label", { for: id("min-reads") }, "Reads wanted"), card.minReads,
+    card.start, card.stop);
+  form.addEventListener("submit", (submitted) => {
+    submitted.preventDefault();
+    startShadow(domain, card);
+  });
+  card.item = el("li", { "data-domain": domain },
+    el("h3", {}, domain), card.state, card.counts, form, card.mismatches);
+  page.shadowCards.set(domain, card);
+  return card;
+}
+
+function renderShadow(windows) {
+  const list = document.getElementById("shadow");
+  const items = windows.map((shadowWindow) => {
+    const domain = shadowWindow.domain;
+    const card = shadowCard(domain);
+    card.shadowWindow = shadowWindow;
+    const settings = shadowWindow.shadow;
+    const shadow = shadowState(shadowWindow);
+    card.item.dataset.inShadow = settings ? "yes" : "no";
+    card.state.textContent = settings
+      ? `In shadow since ${when(settings.started_at)}: ${percent(settings.fraction)} of reads compared; the switch gate wants ${number(settings.min_reads)} reads with no mismatch.`
+      : `Not in shadow.${shadow.wanted !== null ? ` The switch gate wants ${number(shadow.wanted)} reads with no mismatch.` : ""}`;
+    card.counts.dataset.reads = shadowWindow.reads;
+    card.counts.dataset.mismatches = shadowWindow.mismatches;
+    card.counts.textContent = `Since ${when(shadowWindow.since)} (the last rebuild, repair or retirement of its projections): ${count(shadowWindow.reads, "read", "reads")} compared, ${count(shadowWindow.mismatches, "mismatch", "mismatches")}.`;
+    card.counts.classList.toggle("inconsistent", shadowWindow.mismatches > 0);
+    const startText = settings ? "Change shadow settings" : "Start shadow reads";
+    if (card.start.textContent !== startText) {
+      card.start.textContent = startText;
+      card.start.setAttribute("aria-label", settings ? `Change the shadow settings of ${domain}` : `Start shadow reads of ${domain}`);
+    }
+    card.stop.hidden = !settings;
+    // The settings in force fill the fields when they change, unless someone is typing there.
+    const shown = settings ? `${settings.fraction}/${settings.min_reads}` : "none";
+    if (shown !== card.settingsShown && settings && ![card.fraction, card.minReads].includes(document.activeElement)) {
+      card.fraction.value = String(Number((settings.fraction * 100).toFixed(4)));
+      card.minReads.value = String(settings.min_reads);
+    }
+    card.settingsShown = shown;
+    // Rebuilt only when the mismatches change, so that opened ones stay open.
+    const mismatchesKey = JSON.stringify(shadowWindow.recent.map((m) => [m.seen_at, m.path]));
+    if (mismatchesKey !== card.mismatchesShown) {
+      card.mismatchesShown = mismatchesKey;
+      card.mismatches.replaceChildren(...(shadowWindow.recent.length
+        ? [el("h4", {}, shadowWindow.recent.length < shadowWindow.mismatches ? `The ${shadowWindow.recent.length} newest of ${number(shadowWindow.mismatches)} mismatches` : "Mismatches"), ...shadowWindow.recent.map(mismatchDetails)]
+        : []));
+    }
+    return card.item;
+  });
+  if (items.length !== list.children.length || items.some((item, i) => list.children[i] !== item)) list.replaceChildren(...items);
+}
+
+// A report taken before the last rebuild, repair or retirement of a domain's projections says
+// nothing of them as they are now: it is marked out of date for that domain, and wholly out of
+// date (instead of shown as current) when that is so for every domain it covers.
+function renderConsistency() {
+  const latest = page.data.latest;
   const box = document.getElementById("consistency");
   if (!latest) {
     box.replaceChildren(el("p", { class: "muted" }, "No verification has run yet."));
     return;
   }
   const report = latest.report;
+  const projections = page.data.projections || [];
+  const outdated = report.domains.filter((domain) => reportState(domain, latest, projections).state === "out of date");
+  const allOutdated = outdated.length > 0 && outdated.length === report.domains.length;
+  box.dataset.outdated = allOutdated ? "all" : outdated.length ? "some" : "none";
+  const result = latest.consistent ? "Consistent" : `${number(report.difference_count)} differences`;
   const parts = [
     el("p", {},
-      el("span", { class: latest.consistent ? "consistent" : "inconsistent" },
-        latest.consistent ? "Consistent" : `${number(report.difference_count)} differences`),
-      ` — ${number(report.rows_compared)} rows compared in ${report.domains.join(", ")}, checked ${new Date(latest.checked_at).toLocaleString()}`),
+      allOutdated
+        ? el("span", { class: "outdated" }, `Out of date (${latest.consistent ? "consistent" : `${number(report.difference_count)} differences`} when taken)`)
+        : el("span", { class: latest.consistent ? "consistent" : "inconsistent" }, result),
+      ` — ${number(report.rows_compared)} rows compared in ${report.domains.join(", ")}, checked ${when(latest.checked_at)}`),
   ];
+  if (outdated.length) {
+    const changes = outdated.map((domain) => `${domain} ${when(lastChange(projections, domain))}`).join(", ");
+    parts.push(el("p", { class: "outdated-note" },
+      el("strong", {}, "Out of date"),
+      ` for ${outdated.join(", ")}: taken before the last rebuild, repair or retirement of their projections (${changes}). It says nothing of them as they are now: run a verification again.`));
+  }
   if (report.skipped.length) parts.push(el("p", { class: "muted" }, `Skipped: ${report.skipped.join("; ")}`));
   if (report.differences.length) {
     parts.push(el("table", { id: "differences" },
-      el("caption", {}, `The first ${report.differences.length} differences`),
+      el("caption", {}, `The first ${report.differences.length} differences${allOutdated ? " (out of date)" : ""}`),
       el("thead", {}, el("tr", {}, ...["Check", "Projection", "Table", "Key", "Field", "Legacy / live", "New / rebuilt", "Repair"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...report.differences.map((d) => el("tr", {},
         el("td", {}, d.check), el("td", {}, d.projection), el("td", {}, d.table),
@@ -291,25 +615,33 @@ function renderActivity(activity) {
 
 async function refreshConsistency() {
   try {
-    renderConsistency(await api("GET", "/admin/consistency/latest"));
+    page.data.latest = await api("GET", "/admin/consistency/latest");
   } catch (error) {
-    if (error.status === 404) renderConsistency(null);
+    if (error.status !== 404) return;
+    page.data.latest = null;
   }
+  renderConsistency();
+  renderStages();
 }
 
 async function refresh() {
   const connection = document.getElementById("connection");
   try {
-    const [projections, sources, activity] = await Promise.all([
+    const [projections, sources, activity, shadows] = await Promise.all([
       api("GET", "/admin/projections"),
       api("GET", "/admin/read-sources"),
       api("GET", "/admin/activity"),
+      api("GET", "/admin/shadow"),
     ]);
     const gates = Object.fromEntries(await Promise.all(Object.keys(sources).map(async (domain) =>
       [domain, await api("GET", `/admin/read-sources/${encodeURIComponent(domain)}/gate`)])));
+    Object.assign(page.data, { projections, sources, gates, shadows });
     renderProjections(projections);
     renderSources(sources, gates);
+    renderShadow(shadows);
     renderActivity(activity);
+    renderStages();
+    if (page.data.latest !== undefined) renderConsistency();
     if (page.after === null) {
       page.after = activity.log_head;
       follow();
