@@ -601,14 +601,14 @@ pub struct Action {
     pub detail: serde_json::Value,
 }
 
-/// The newest entry of `domain` in the activity history.
+/// The newest read-source switch of `domain` in the activity history.
 ///
 /// # Errors
 /// A database error.
-pub async fn last_action(pool: &PgPool, domain: &str) -> Result<Option<Action>, sqlx::Error> {
+pub async fn last_switch(pool: &PgPool, domain: &str) -> Result<Option<Action>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, at, action, domain, actor, forced, detail FROM admin_actions
-          WHERE domain = $1 ORDER BY id DESC LIMIT 1",
+          WHERE domain = $1 AND action = 'read_source' ORDER BY id DESC LIMIT 1",
     )
     .bind(domain)
     .fetch_optional(pool)

@@ -277,23 +277,13 @@ function renderSources(sources, gates) {
       switchButton,
       el("p", { class: gate.open ? "gate open" : "gate closed", "data-gate": gate.open ? "open" : "closed" },
         gate.open ? `Gate open: ${gate.reason}` : `Gate closed: ${gate.reason}`),
-      last ? el("p", { class: "muted" }, lastAction(last)) : "");
+      last ? el("p", { class: "muted" }, lastSwitch(last)) : "");
   }));
 }
 
-// The domain's newest entry of the activity history (the gate's `last_switch`): a switch, or a
-// start or stop of its shadow reads.
-function lastAction(last) {
-  const by = `by ${last.actor} at ${when(last.at)}`;
-  if (last.action === "read_source") {
-    return `Last switch: to ${last.detail.source} ${by}${last.forced ? " (forced past the gate)" : ""}`;
-  }
-  if (last.action === "shadow") {
-    return last.detail.shadow
-      ? `Last action: shadow reads started (${percent(last.detail.shadow.fraction)} compared, ${number(last.detail.shadow.min_reads)} wanted) ${by}`
-      : `Last action: shadow reads stopped ${by}`;
-  }
-  return `Last action: ${last.action} ${by}`;
+// The domain's last read-source switch (the gate's `last_switch`).
+function lastSwitch(last) {
+  return `Last switch: to ${last.detail.source} by ${last.actor} at ${when(last.at)}${last.forced ? " (forced past the gate)" : ""}`;
 }
 
 // ---- where each domain stands

@@ -468,7 +468,7 @@ async fn switch_gate(
         .ok_or_else(|| ApiError::from(AdminError::UnknownDomain(domain.clone())))?;
     let mut conn = pool.acquire().await?;
     let gate = registry::gate(&mut conn, &domain).await?;
-    let last_switch = registry::last_action(pool, &domain).await?;
+    let last_switch = registry::last_switch(pool, &domain).await?;
     Ok(axum::Json(json!({
         "domain": domain,
         "source": source,
