@@ -386,6 +386,10 @@ fn rules() -> Vec<(At, Value)> {
             Param("listCollections", "limit"),
             page(collections::DEFAULT_PAGE, collections::MAX_PAGE),
         ),
+        (
+            Param("listCollectionsNewShape", "limit"),
+            page(collections::DEFAULT_PAGE, collections::MAX_PAGE),
+        ),
         // Batches.
         (Schema("StartBody/properties/batch_id"), batch_id.clone()),
         (
@@ -412,6 +416,14 @@ fn rules() -> Vec<(At, Value)> {
         ),
         (
             Param("listCompletions", "after"),
+            json!({"pattern": no_nul()}),
+        ),
+        (
+            Param("listCompletionsNewShape", "limit"),
+            page(batches::DEFAULT_PAGE, batches::MAX_PAGE),
+        ),
+        (
+            Param("listCompletionsNewShape", "after"),
             json!({"pattern": no_nul()}),
         ),
         // Competencies.
@@ -446,7 +458,10 @@ fn rules() -> Vec<(At, Value)> {
         ),
         (Param("getCompetency", "subject"), key_part.clone()),
         (Param("getCompetency", "skill_id"), key_part.clone()),
-        (Param("getCompetency", "subskill_id"), key_part),
+        (Param("getCompetency", "subskill_id"), key_part.clone()),
+        (Param("getCompetencyNewShape", "subject"), key_part.clone()),
+        (Param("getCompetencyNewShape", "skill_id"), key_part.clone()),
+        (Param("getCompetencyNewShape", "subskill_id"), key_part),
         (
             Param("getSkillAnalytics", "subject"),
             json!({"pattern": no_nul()}),
@@ -456,6 +471,11 @@ fn rules() -> Vec<(At, Value)> {
             page(competencies::DEFAULT_PAGE, competencies::MAX_PAGE),
         ),
         (Param("listCompetencies", "offset"), offset.clone()),
+        (
+            Param("listCompetenciesNewShape", "limit"),
+            page(competencies::DEFAULT_PAGE, competencies::MAX_PAGE),
+        ),
+        (Param("listCompetenciesNewShape", "offset"), offset.clone()),
         (
             Param("getSkillAnalytics", "limit"),
             page(competencies::DEFAULT_PAGE, competencies::MAX_PAGE),
@@ -648,6 +668,10 @@ const LINKS: &[Link] = &[
         COLLECTION_AT_VERSION,
     ),
     link("deleteCollection", "200", "getCollection", COLLECTION),
+    link("createCollection", "201", "getCollectionNewShape", CREATED),
+    link("startBatch", "201", "getBatchNewShape", STARTED_BATCH),
+    link("recordCompletion", "201", "listCompletionsNewShape", BATCH),
+    link("recordAttempt", "201", "getCompetencyNewShape", COMPETENCY),
     link("startBatch", "201", "getBatch", STARTED_BATCH),
     link("startBatch", "201", "listCompletions", STARTED_BATCH),
     Link {
