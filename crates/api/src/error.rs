@@ -43,9 +43,12 @@ pub enum ApiError {
     /// 413
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    /// 415
-    #[error("{0}")]
-    UnsupportedMediaType(String),
+    /// 415: a body whose `content-type` is not `application/json` (see [`crate::extract::Json`]).
+    #[error(
+        "a request body must have content-type: application/json, optionally with \
+         charset=utf-8; no other media type, charset or parameter is accepted"
+    )]
+    UnsupportedMediaType,
     /// 422: well-formed but breaks a rule; `field` names the offending field when known.
     #[error("{detail}")]
     Unprocessable {
@@ -89,7 +92,7 @@ impl ApiError {
             Self::Gone(_) => (StatusCode::GONE, "gone"),
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
-            Self::UnsupportedMediaType(_) => {
+            Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
             Self::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
@@ -201,7 +204,7 @@ impl From<JsonRejection> for ApiError {
                 field: None,
             },
             JsonRejection::JsonSyntaxError(e) => Self::BadRequest(e.body_text()),
-            JsonRejection::MissingJsonContentType(e) => Self::UnsupportedMediaType(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Self::PayloadTooLarge { limit: BODY_LIMIT }
             }

@@ -1,7 +1,8 @@
 //! Axum's extractors, with their rejections turned into [`ApiError`] so that malformed input is
 //! answered as problem+json like every other error.
 
-use axum::extract::FromRequestParts;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
@@ -13,10 +14,51 @@ use sha2::{Digest as _, Sha256};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// A JSON body.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body, sent as `content-type: application/json`, optionally with `charset=utf-8`
+/// (names and values in any case); any other media type or parameter is refused with 415.
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Whether the request has exactly one `content-type`, `application/json` with no parameter
+/// but `charset=utf-8` (quoted or not).
+fn is_json(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.map(str::trim).all(|parameter| {
+            // `application/json;` has an empty parameter list, which RFC 9110 allows.
+            parameter.is_empty()
+                || parameter.split_once('=').is_some_and(|(name, value)| {
+                    let value = value
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(value);
+                    name.eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")
+                })
+        })
+}
 
 /// Path parameters.
 #[derive(FromRequestParts)]
@@ -134,4 +176,52 @@ impl IdempotencyKey {
 /// The `ETag` of an aggregate version.
 pub fn etag(version: i64) -> String {
     format!("\"{version}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::CONTENT_TYPE, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn json_bodies_are_application_json_with_at_most_charset_utf_8_in_any_case() {
+        for accepted in [
+            "application/json",
+            "APPLICATION/JSON",
+            "Application/JSON; Charset=UTF-8",
+            "application/json;charset=utf-8",
+            "application/json; charset=\"utf-8\"",
+            "application/json;",
+        ] {
+            assert!(is_json(&headers(&[accepted])), "{accepted}");
+        }
+        for refused in [
+            "application/problem+json",
+            "application/json-patch+json",
+            "text/json",
+            "text/plain",
+            "application/json; charset=latin1",
+            "application/json; charset=utf-16",
+            "application/json; charset=utf-8; boundary=x",
+            "application/json; q=1",
+            "application/json; charset",
+            "application / json",
+            "",
+        ] {
+            assert!(!is_json(&headers(&[refused])), "{refused}");
+        }
+        assert!(!is_json(&headers(&[])), "no content-type");
+        assert!(
+            !is_json(&headers(&["application/json", "text/plain"])),
+            "two content-types"
+        );
+    }
 }

@@ -187,7 +187,8 @@ pub enum Errors {
     PayloadTooLarge(Problem),
     #[response(
         status = 415,
-        description = "a body that is not JSON",
+        description = "a body whose content-type is not application/json (optionally with \
+                       charset=utf-8)",
         content_type = "application/problem+json"
     )]
     UnsupportedMediaType(Problem),

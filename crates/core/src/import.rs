@@ -1,7 +1,9 @@
-//! Adopting an existing deployment (`cutover import-legacy`): adopts an existing deployment's legacy rows. Each row of
-//! `import_collections` becomes one genesis event (`CollectionImported`) through the normal
-//! command path, so both read models get it in the same transaction. A collection that already
-//! has a history is left alone: a second run appends nothing.
+//! Adopting an existing deployment (`cutover import-legacy`): each row of `import_collections`
+//! becomes one genesis event (`CollectionImported`) through the normal command path, so both
+//! read models get it in the same transaction. The staging table is consumed: a row imported,
+//! or whose collection already has a history (left alone: importing twice appends once), is
+//! deleted from it; a refused row stays, its `refused` column saying why, so that once fixed the
+//! next run imports it.
 
 use crate::domain::collection::{Collection, CollectionCommand, CollectionName, Description};
 use crate::store::{CommandError, EventStore};
@@ -35,7 +37,7 @@ type Row = (
 /// Importing stopped; rows imported before stay imported, and a re-run continues.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read import_collections")]
+    #[error("cannot read or update import_collections")]
     Read(#[from] sqlx::Error),
     #[error("cannot import collection {id}")]
     Command {
@@ -45,7 +47,8 @@ pub enum ImportError {
     },
 }
 
-/// Imports every row of `import_collections`.
+/// Imports every row of `import_collections`, deleting the rows it imports (or finds already
+/// imported) and marking the ones it refuses.
 ///
 /// # Errors
 /// See [`ImportError`].
@@ -70,6 +73,8 @@ pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportEr
             return Ok(outcome);
         };
         after = last.0;
+        let (mut consumed, refused_before) =
+            (Vec::with_capacity(rows.len()), outcome.refused.len());
         for row in rows {
             let id = row.0;
             let command = match command(row, imported_at) {
@@ -89,8 +94,36 @@ pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportEr
             } else {
                 outcome.appended += 1;
             }
+            consumed.push(id);
         }
+        settle(store, &consumed, &outcome.refused[refused_before..]).await?;
     }
+}
+
+/// Deletes the staging rows of `consumed` (their collections have their genesis events, so a
+/// run that stopped before this finds them already imported and deletes them then), and records
+/// why each of `refused` was refused.
+async fn settle(
+    store: &EventStore,
+    consumed: &[Uuid],
+    refused: &[(Uuid, String)],
+) -> Result<(), sqlx::Error> {
+    let (ids, reasons): (Vec<Uuid>, Vec<&str>) = refused
+        .iter()
+        .map(|(id, reason)| (*id, reason.as_str()))
+        .unzip();
+    sqlx::query(
+        "WITH consumed AS (DELETE FROM import_collections WHERE collection_id = ANY($1))
+         UPDATE import_collections AS staged SET refused = r.reason
+           FROM unnest($2::uuid[], $3::text[]) AS r (id, reason)
+          WHERE staged.collection_id = r.id",
+    )
+    .bind(consumed)
+    .bind(ids)
+    .bind(reasons)
+    .execute(store.pool())
+    .await?;
+    Ok(())
 }
 
 /// The command that adopts a staging row, or why the row is refused. NULLs map as the old

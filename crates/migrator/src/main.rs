@@ -3,7 +3,7 @@
 
 mod seed;
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,26 @@ use cutover_projections::rebuild::{self, Progress, Purpose};
 use cutover_projections::registry::JobState;
 use cutover_projections::{inline_projectors, registry, repair, shadow, verify};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// `println!`, but a reader that has gone away (`cutover status | head -1`) is no error: what
+/// it would have read is dropped and the command goes on to end as usual. Any other failure to
+/// write is the command's error.
+macro_rules! out {
+    () => {
+        line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line of output; see [`out!`].
+fn line(text: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
+}
 
 /// Cutover's operator CLI. Acts on the same registry as every server instance.
 #[derive(Debug, Parser)]
@@ -134,8 +154,9 @@ enum Command {
     /// read source). `cutover rebuild` brings it back.
     Retire { projection: String },
     /// Append one genesis event per row of `import_collections` (legacy rows of an existing
-    /// deployment). Rows that already have a history are skipped, so a second run appends
-    /// nothing.
+    /// deployment), deleting each row imported (a row whose collection already has a history
+    /// appends nothing and is deleted too). A refused row stays, its `refused` column saying
+    /// why; fix it (or delete it) and run again. Exits with status 1 when a row was refused.
     ImportLegacy,
     /// Write a synthetic history of about N events, then rebuild every projection from it.
     Seed {
@@ -216,7 +237,7 @@ fn cli_actor() -> registry::Actor {
 }
 
 /// A domain's shadow window, as `status` prints it.
-fn print_shadow(window: &shadow::Window) {
+fn print_shadow(window: &shadow::Window) -> std::io::Result<()> {
     let state = match &window.shadow {
         Some(s) => format!(
             "in shadow ({:.0}% of GETs, the gate wants {} reads)",
@@ -225,25 +246,34 @@ fn print_shadow(window: &shadow::Window) {
         ),
         None => "not in shadow".to_owned(),
     };
-    println!(
+    out!(
         "shadow of {}: {state}; {} reads, {} mismatches since {}",
-        window.domain, window.reads, window.mismatches, window.since
-    );
+        window.domain,
+        window.reads,
+        window.mismatches,
+        window.since
+    )?;
     for m in &window.recent {
-        println!(
+        out!(
             "  mismatch at {} on {} ({}, served from {}): served {} / other {}",
-            m.seen_at, m.path, m.route, m.served_source, m.served, m.other
-        );
+            m.seen_at,
+            m.path,
+            m.route,
+            m.served_source,
+            m.served,
+            m.other
+        )?;
     }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     check_token(&cli)?;
     if matches!(cli.command, Command::DatabaseUrl) {
-        println!(
+        out!(
             "{}",
             database::database_url(&cli.database).context("locating the database")?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let database = Database::open(&cli.database)
@@ -264,13 +294,20 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
         Command::DatabaseUrl => {}
         Command::Migrate => {
             let applied = cutover_core::database::MIGRATOR.iter().count();
-            println!("schema is up to date ({applied} migrations)");
+            out!("schema is up to date ({applied} migrations)")?;
         }
         Command::Status => {
-            println!(
+            out!(
                 "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  {:<11}  rows",
-                "projection", "domain", "shape", "state", "version", "position", "lag", "rebuild"
-            );
+                "projection",
+                "domain",
+                "shape",
+                "state",
+                "version",
+                "position",
+                "lag",
+                "rebuild"
+            )?;
             for projection in registry::projections(pool).await? {
                 let status = registry::status(pool, &projectors, &projection.name).await?;
                 let rows = status
@@ -279,7 +316,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     .map(|(table, n)| format!("{table}={n}"))
                     .collect::<Vec<_>>()
                     .join(" ");
-                println!(
+                out!(
                     "{:<22} {:<13} {:<7} {:<11} {:>8} {:>12} {:>8}  {:<11}  {}",
                     projection.name,
                     projection.domain,
@@ -292,14 +329,14 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                         .latest_job
                         .map_or("-".into(), |job| job.status.to_string()),
                     if rows.is_empty() { "-".into() } else { rows }
-                );
+                )?;
             }
-            println!();
+            out!()?;
             for (domain, source) in registry::read_sources(pool).await? {
-                println!("read source of {domain}: {}", source.as_str());
+                out!("read source of {domain}: {}", source.as_str())?;
             }
             for window in shadow::windows(pool).await? {
-                print_shadow(&window);
+                print_shadow(&window)?;
             }
             let interrupted = registry::unfinished_jobs(pool)
                 .await?
@@ -308,20 +345,20 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     job.purpose == Purpose::Rebuild && job.status == JobState::Interrupted
                 });
             for job in interrupted {
-                println!(
+                out!(
                     "interrupted: rebuild job {} of {} at {} of {} events; resume it with `cutover rebuild {}` (or cancel it with --cancel)",
                     job.id,
                     job.projections.join(", "),
                     job.events_done,
                     job.events_total,
                     job.projections.join(" ")
-                );
+                )?;
             }
             if let Some(b) = cutover_core::log::horizon_blocker(pool).await? {
-                println!(
+                out!(
                     "the log's horizon is held back by pid {} (application {:?}, its transaction open {:.0} s): {}",
                     b.pid, b.application, b.age_seconds, b.query
-                );
+                )?;
             }
         }
         Command::Rebuild {
@@ -343,28 +380,28 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     anyhow::bail!("no rebuild of {} is running", selected_names.join(", "));
                 };
                 let cancelled = rebuild::cancel(pool, job).await?;
-                println!(
+                out!(
                     "cancelled rebuild job {job} of {}: it stops at its next batch and its tables are dropped",
                     cancelled.join(", ")
-                );
+                )?;
                 return Ok(ExitCode::SUCCESS);
             }
             if dry_run {
                 let plan = rebuild::dry_run(pool, &selected).await?;
-                println!(
+                out!(
                     "a rebuild of {} would replay {} events into:",
                     selected_names.join(", "),
                     plan.events
-                );
+                )?;
                 for (table, rows) in &plan.tables {
-                    println!("  {table}: {rows} rows now");
+                    out!("  {table}: {rows} rows now")?;
                 }
                 match (plan.recent_rate, plan.expected()) {
-                    (Some(rate), Some(expected)) => println!(
+                    (Some(rate), Some(expected)) => out!(
                         "expected: about {:.0} s at {rate:.0} events/s (the last rebuilds' rate)",
                         expected.as_secs_f64()
-                    ),
-                    _ => println!("expected: unknown (no rebuild has finished here yet)"),
+                    )?,
+                    _ => out!("expected: unknown (no rebuild has finished here yet)")?,
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -376,46 +413,52 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             reporter.finish();
             let rate = outcome.replayed as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
             if let Some(position) = outcome.resumed_from {
-                println!(
+                out!(
                     "resumed interrupted rebuild job {} from its checkpoint at position {position}",
                     outcome.job_id
-                );
+                )?;
             }
-            println!(
+            out!(
                 "rebuilt {label}: {} events replayed in {:.1} s ({rate:.0} events/s; {} in all); appends held back {:.1} ms at the swap; reached position {}",
                 outcome.replayed,
                 outcome.elapsed.as_secs_f64(),
                 outcome.events,
                 outcome.swap_hold.as_secs_f64() * 1000.0,
                 outcome.position
-            );
+            )?;
         }
         Command::Verify { domain } => {
             let report = verify::verify(pool, &projectors, domain.as_deref()).await?;
             for skipped in &report.skipped {
-                println!("skipped: {skipped}");
+                out!("skipped: {skipped}")?;
             }
             for d in &report.differences {
-                println!(
+                out!(
                     "DIFFERENCE {} {} {} key={} field={}: {} vs {}",
-                    d.check, d.projection, d.table, d.key, d.field, d.left, d.right
-                );
+                    d.check,
+                    d.projection,
+                    d.table,
+                    d.key,
+                    d.field,
+                    d.left,
+                    d.right
+                )?;
                 if let Some(repair) = &d.repair {
-                    println!("  repair: {repair}");
+                    out!("  repair: {repair}")?;
                 }
             }
             if report.difference_count > report.differences.len() {
-                println!(
+                out!(
                     "... and {} more",
                     report.difference_count - report.differences.len()
-                );
+                )?;
             }
-            println!(
+            out!(
                 "verified {}: {} rows compared, {} differences",
                 report.domains.join(", "),
                 report.rows_compared,
                 report.difference_count
-            );
+            )?;
             if !report.consistent() {
                 return Ok(ExitCode::FAILURE);
             }
@@ -425,13 +468,13 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             aggregates,
         } => {
             let repaired = repair::repair(pool, &projectors, &projections, &aggregates).await?;
-            println!(
+            out!(
                 "repaired {} for {} {} aggregate(s): {} events replayed",
                 repaired.projections.join(", "),
                 repaired.aggregates.len(),
                 repaired.aggregate_type,
                 repaired.events_replayed
-            );
+            )?;
         }
         Command::ReadSource {
             domain,
@@ -445,9 +488,9 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             let gate =
                 registry::set_read_source(pool, &domain, source, force, &cli_actor()).await?;
             if !gate.open {
-                println!("forced past the gate ({}); recorded", gate.reason);
+                out!("forced past the gate ({}); recorded", gate.reason)?;
             }
-            println!("{domain} now reads from {}", source.as_str());
+            out!("{domain} now reads from {}", source.as_str())?;
         }
         Command::Shadow {
             domain,
@@ -457,36 +500,36 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
         } => {
             if off {
                 shadow::stop(pool, &domain, &cli_actor()).await?;
-                println!("{domain} is out of shadow; the reads it counted stay");
+                out!("{domain} is out of shadow; the reads it counted stay")?;
             } else {
                 let settings =
                     shadow::start(pool, &domain, fraction, min_reads, &cli_actor()).await?;
-                println!(
+                out!(
                     "{domain} is in shadow: {:.0}% of its GETs are also read from the other \
                      model and compared; the switch gate wants {} of them with no mismatch",
                     settings.fraction * 100.0,
                     settings.min_reads
-                );
+                )?;
             }
         }
         Command::Retire { projection } => {
             registry::retire(pool, &projection).await?;
-            println!(
+            out!(
                 "{projection} is retired: its tables are dropped and commands no longer update it"
-            );
+            )?;
         }
         Command::ImportLegacy => {
             let store = EventStore::new(pool.clone(), projectors, 5);
             let imported = cutover_core::import::import_collections(&store).await?;
             for (id, reason) in &imported.refused {
-                println!("refused {id}: {reason}");
+                out!("refused {id}: {reason}")?;
             }
-            println!(
+            out!(
                 "imported {} collections; {} already had a history; {} refused",
                 imported.appended,
                 imported.already_present,
                 imported.refused.len()
-            );
+            )?;
             if !imported.refused.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
@@ -497,22 +540,22 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             let written = seed::seed(pool, events, |n| bar.report(n, events)).await?;
             bar.finish();
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            out!(
                 "seeded {written} events in {secs:.1} s ({:.0} events/s)",
                 written as f64 / secs.max(1e-9)
-            );
+            )?;
             if !no_rebuild {
                 let job = rebuild::Job::start(pool, projectors, Purpose::Rebuild).await?;
                 let mut reporter = Reporter::new("rebuild all");
                 let outcome = job.run(|p| reporter.update(p)).await?;
                 reporter.finish();
-                println!(
+                out!(
                     "rebuilt every projection: {} events in {:.1} s ({:.0} events/s); appends held back {:.1} ms at the swap",
                     outcome.events,
                     outcome.elapsed.as_secs_f64(),
                     outcome.events as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
                     outcome.swap_hold.as_secs_f64() * 1000.0
-                );
+                )?;
             }
         }
     }

@@ -6,6 +6,7 @@
 mod access;
 mod answers;
 mod batches;
+mod cli_output;
 mod collections;
 mod competencies;
 mod declarations;
@@ -16,6 +17,7 @@ mod feed;
 mod guarantees;
 mod health;
 mod idempotency;
+mod input;
 mod legacy_contracts;
 mod migration;
 mod observability;

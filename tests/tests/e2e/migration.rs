@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::collections::create;
+use crate::resume::cli;
 
 async fn verify_all(app: &TestApp) -> Report {
     verify(&app.db.pool, &inline_projectors(), None)
@@ -521,6 +522,14 @@ async fn retire_then_rebuild_restores_identical_rows() {
     assert_eq!(status["inline_active"], true);
 }
 
+/// The rows left in the staging table of `cutover import-legacy`, with why each was refused.
+async fn staged(app: &TestApp) -> Vec<(Uuid, Option<String>)> {
+    sqlx::query_as("SELECT collection_id, refused FROM import_collections ORDER BY collection_id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn import_legacy_twice_appends_once() {
     let app = TestApp::spawn().await;
@@ -543,13 +552,35 @@ async fn import_legacy_twice_appends_once() {
     let store = app.db.store();
 
     let first = import_collections(&store).await.unwrap();
+    // Staged again, as by a run that stopped between committing a row's event and deleting it.
+    sqlx::query(
+        "INSERT INTO import_collections (collection_id, project_id, collection_name)
+         VALUES ($1, $2, 'Old notes')",
+    )
+    .bind(active)
+    .bind(project)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
     let second = import_collections(&store).await.unwrap();
 
     assert_eq!((first.appended, first.already_present), (2, 0));
-    assert_eq!((second.appended, second.already_present), (0, 2));
-    assert_eq!(first.refused.len(), 1);
-    assert_eq!(first.refused[0].0, invalid);
+    assert_eq!((second.appended, second.already_present), (0, 1));
+    for run in [&first, &second] {
+        assert_eq!(
+            run.refused,
+            [(invalid, "collection_name must not be empty".to_owned())]
+        );
+    }
     assert_eq!(app.db.event_count().await, 2);
+    assert_eq!(
+        staged(&app).await,
+        [(
+            invalid,
+            Some("collection_name must not be empty".to_owned())
+        )],
+        "what was imported is consumed; the refused row stays, with why"
+    );
     let legacy = json_with_status(
         app.get(&format!("/projects/{project}/collections/{active}"))
             .send()
@@ -589,6 +620,57 @@ async fn import_legacy_twice_appends_once() {
     )
     .await;
     assert!(verify_all(&app).await.consistent());
+}
+
+#[tokio::test]
+async fn import_legacy_refuses_a_row_until_it_is_fixed_then_has_nothing_left_to_do() {
+    let app = TestApp::spawn().await;
+    let (good, orphan, project) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO import_collections (collection_id, project_id, collection_name)
+         VALUES ($1, $3, 'Notes'), ($2, NULL, 'Orphan')",
+    )
+    .bind(good)
+    .bind(orphan)
+    .bind(project)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let import = || async {
+        let output = cli(&app, &["import-legacy"]).output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), stdout, staged(&app).await)
+    };
+
+    let (code, stdout, staged) = import().await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("refused {orphan}: project_id is NULL")));
+    assert!(stdout.contains("imported 1 collections; 0 already had a history; 1 refused"));
+    assert_eq!(staged, [(orphan, Some("project_id is NULL".to_owned()))]);
+
+    sqlx::query("UPDATE import_collections SET project_id = $1 WHERE collection_id = $2")
+        .bind(project)
+        .bind(orphan)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (code, stdout, staged) = import().await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("imported 1 collections; 0 already had a history; 0 refused"));
+    assert_eq!(staged, []);
+
+    let (code, stdout, _) = import().await;
+    assert_eq!(code, Some(0), "a run with nothing new succeeds: {stdout}");
+    assert!(stdout.contains("imported 0 collections; 0 already had a history; 0 refused"));
+    assert_eq!(app.db.event_count().await, 2);
+    json_with_status(
+        app.get(&format!("/projects/{project}/collections/{orphan}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
 }
 
 #[tokio::test]

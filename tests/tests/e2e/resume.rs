@@ -20,7 +20,7 @@ use crate::collections::create;
 use crate::faults::{free_port, start_server, wait_healthy};
 
 /// The `cutover` CLI against the test's database.
-fn cli(app: &TestApp, args: &[&str]) -> Command {
+pub fn cli(app: &TestApp, args: &[&str]) -> Command {
     let mut command = Command::new(binary("cutover"));
     command
         .args(args)

@@ -11,6 +11,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::trimmed_visible;
 use crate::upcast::{rename, Upcaster};
 
 /// Longest collection name, in characters, after trimming.
@@ -55,19 +56,18 @@ impl InvalidCollectionInput {
     }
 }
 
-/// A collection name: 1–200 characters once surrounding white space is trimmed.
+/// A collection name: 1–200 characters once surrounding white space is trimmed, not all of
+/// them invisible (see [`trimmed_visible`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectionName(String);
 
 impl CollectionName {
     /// # Errors
-    /// `EmptyName` or `NameTooLong` when the trimmed name is outside 1–200 characters.
+    /// `EmptyName` when nothing visible is left once trimmed, `NameTooLong` past 200
+    /// characters.
     pub fn parse(raw: &str) -> Result<Self, InvalidCollectionInput> {
-        let trimmed = raw.trim();
+        let trimmed = trimmed_visible(raw).ok_or(InvalidCollectionInput::EmptyName)?;
         let chars = trimmed.chars().count();
-        if chars == 0 {
-            return Err(InvalidCollectionInput::EmptyName);
-        }
         if chars > MAX_NAME_CHARS {
             return Err(InvalidCollectionInput::NameTooLong(chars));
         }
@@ -100,7 +100,7 @@ impl Description {
 }
 
 /// The research a collection links to: tags, project question ids and hypothesis ids.
-/// Tags are trimmed; repeated tags and ids are kept once, in the order first given.
+/// Tags are trimmed (one of only invisible characters is empty); repeated tags and ids are kept once, in the order first given.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ResearchLinks {
     tags: Vec<String>,
@@ -121,11 +121,8 @@ impl ResearchLinks {
         }
         let mut clean_tags: Vec<String> = Vec::with_capacity(tags.len());
         for (index, tag) in tags.iter().enumerate() {
-            let tag = tag.trim();
+            let tag = trimmed_visible(tag).ok_or(InvalidCollectionInput::EmptyTag(index))?;
             let chars = tag.chars().count();
-            if chars == 0 {
-                return Err(InvalidCollectionInput::EmptyTag(index));
-            }
             if chars > MAX_TAG_CHARS {
                 return Err(InvalidCollectionInput::TagTooLong { index, chars });
             }
@@ -628,6 +625,38 @@ mod tests {
             CollectionName::parse(&"é".repeat(201)),
             Err(InvalidCollectionInput::NameTooLong(201))
         );
+    }
+
+    #[test]
+    fn names_and_tags_of_only_invisible_characters_are_empty() {
+        for raw in ["\u{200b}", " \u{200c}\u{200d} ", "\u{2060}\u{feff}"] {
+            assert_eq!(
+                CollectionName::parse(raw),
+                Err(InvalidCollectionInput::EmptyName),
+                "{raw:?}"
+            );
+            assert_eq!(
+                ResearchLinks::parse(&["ok".into(), raw.into()], &[], &[]),
+                Err(InvalidCollectionInput::EmptyTag(1)),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_with_a_joiner_between_visible_characters_is_kept_as_given() {
+        CollectionTest::with(())
+            .given_no_previous_events()
+            .when(CollectionCommand::CreateCollection {
+                project_id: PROJECT,
+                name: name(" \u{1f469}\u{200d}\u{1f52c} "),
+                description: Description::default(),
+            })
+            .then_expect_events(vec![CollectionEvent::CollectionCreated {
+                project_id: PROJECT,
+                collection_name: "\u{1f469}\u{200d}\u{1f52c}".into(),
+                description: String::new(),
+            }]);
     }
 
     #[test]
