@@ -20,6 +20,9 @@ pub struct Config {
     #[command(flatten)]
     pub reads: crate::reads::ReadArgs,
 
+    #[command(flatten)]
+    pub swap: cutover_projections::rebuild::SwapArgs,
+
     /// How many times a command is re-run after losing an optimistic-concurrency race before
     /// the client gets a 409.
     #[arg(long, env = "CUTOVER_COMMAND_RETRIES", default_value_t = 5)]

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let mut state = AppState::new(store, database.session.clone(), reads, stopping.clone());
     state.idempotency_ttl = Duration::from_secs(config.idempotency_ttl_secs);
     state.tokens = tokens.map(Arc::new);
+    state.swap = config.swap;
     tokio::spawn(forget_expired_keys(database.session.clone(), stopping));
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
