@@ -432,10 +432,9 @@ impl TestApp {
         state.tokens = cutover_core::auth::Tokens::load(options.tokens, None)
             .expect("valid test tokens")
             .map(std::sync::Arc::new);
+        let limits = cutover_api::serve::ConnectionArgs::default();
         tokio::spawn(async move {
-            axum::serve(listener, app(state))
-                .await
-                .expect("serving the test app");
+            cutover_api::serve::serve(listener, app(state), &limits, std::future::pending()).await;
         });
         Self {
             db,

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reads;
 mod routes;
+pub mod serve;
 pub mod shadow;
 
 use error::ApiError;
