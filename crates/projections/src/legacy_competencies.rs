@@ -148,10 +148,12 @@ impl Fold for LegacyCompetencies {
 }
 
 /// A document of the legacy store: its id, its partition key, the document.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LegacyDocument {
     pub id: String,
     pub student_id: i64,
+    /// The document as the old store kept it.
+    #[schema(value_type = Object)]
     pub doc: Value,
     /// The subskill's event sequence a competency document reflects (0 for other documents).
     #[serde(skip)]

@@ -184,14 +184,22 @@ async fn the_described_bounds_of_the_bodies_are_the_domains_constants() {
     let app = TestApp::spawn().await;
     let doc = description(&app).await;
 
-    let name = schema(&doc, "CollectionBody/properties/collection_name");
-    assert_eq!(
-        number(&name["maxLength"]),
-        collection::MAX_NAME_CHARS as u64
+    for name in [
+        "CollectionBodyWithCollectionName/properties/collection_name",
+        "CollectionBodyWithName/properties/name",
+    ] {
+        let name = schema(&doc, name);
+        assert_eq!(
+            number(&name["maxLength"]),
+            collection::MAX_NAME_CHARS as u64
+        );
+        assert_eq!(number(&name["minLength"]), 1);
+        assert!(name["description"].as_str().unwrap().contains("`name`"));
+    }
+    let description = schema(
+        &doc,
+        "CollectionBodyWithCollectionName/properties/description",
     );
-    assert_eq!(number(&name["minLength"]), 1);
-    assert!(name["description"].as_str().unwrap().contains("`name`"));
-    let description = schema(&doc, "CollectionBody/properties/description");
     assert_eq!(
         number(&description["maxLength"]),
         collection::MAX_DESCRIPTION_CHARS as u64
@@ -411,4 +419,126 @@ async fn the_described_aggregate_type_filter_is_the_servers() {
         status(vec!["a"; types + 1].join(",")).await,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// The names of a schema's required properties.
+fn required(doc: &Value, name: &str) -> BTreeSet<String> {
+    schema(doc, name)["required"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name} requires nothing"))
+        .iter()
+        .map(|field| field.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The schema an operation's answer of `status` refers to.
+fn answer_schema<'a>(doc: &'a Value, operation_id: &str, status: &str) -> &'a str {
+    operation(doc, operation_id)["responses"][status]["content"]["application/json"]["schema"]
+        ["$ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{operation_id}'s {status} names no schema"))
+        .trim_start_matches("#/components/schemas/")
+}
+
+#[tokio::test]
+async fn the_described_answers_have_the_real_fields() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+    let fields = |names: &[&str]| -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    };
+
+    let collection = answer_schema(&doc, "getCollection", "200");
+    assert_eq!(collection, "CollectionDocument");
+    assert_eq!(
+        required(&doc, collection),
+        fields(&["read_source", "version", "collection"])
+    );
+    assert_eq!(
+        required(&doc, "LegacyCollection"),
+        fields(&[
+            "collection_id",
+            "project_id",
+            "collection_name",
+            "description",
+            "is_active",
+            "created_at",
+            "updated_at",
+        ])
+    );
+    let page = answer_schema(&doc, "listCollections", "200");
+    assert_eq!(
+        schema(&doc, &format!("{page}/properties/items/items"))["$ref"],
+        "#/components/schemas/LegacyCollection"
+    );
+    assert!(required(&doc, "ProjectCollection").contains("research_context"));
+
+    assert_eq!(answer_schema(&doc, "startBatch", "201"), "BatchDocument");
+    assert_eq!(
+        required(&doc, "BatchState"),
+        fields(&[
+            "batch_id",
+            "expected_players",
+            "completed_players",
+            "predictions_by_player",
+            "total_predictions",
+            "is_complete",
+            "updated_at",
+        ])
+    );
+    let completion = answer_schema(&doc, "recordCompletion", "201");
+    assert!(required(&doc, completion).contains("completion"));
+    assert_eq!(
+        required(&doc, "CompletionRow"),
+        fields(&["player_lookup", "predictions_count"])
+    );
+    assert_eq!(
+        required(&doc, "LegacyDocument"),
+        fields(&["id", "student_id", "doc"])
+    );
+    let attempt = answer_schema(&doc, "recordAttempt", "201");
+    assert!(required(&doc, attempt).is_superset(&fields(&["attempt", "competency"])));
+    let competency = answer_schema(&doc, "getCompetencyNewShape", "200");
+    assert_eq!(
+        schema(&doc, &format!("{competency}/properties/competency"))["$ref"],
+        "#/components/schemas/StudentCompetency"
+    );
+
+    // The old API's `name` is one form of the collection body, `collection_name` the other.
+    let forms: Vec<&str> = schema(&doc, "CollectionBody")["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|form| form["$ref"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        forms,
+        [
+            "#/components/schemas/CollectionBodyWithCollectionName",
+            "#/components/schemas/CollectionBodyWithName",
+        ]
+    );
+    assert_eq!(required(&doc, "CollectionBodyWithName"), fields(&["name"]));
+}
+
+#[tokio::test]
+async fn every_operation_has_a_summary_and_a_get_no_body_errors() {
+    let app = TestApp::spawn().await;
+    let doc = description(&app).await;
+    for (path, method, operation) in operations(&doc) {
+        assert!(
+            operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{method} {path} has no summary"
+        );
+        if method == "get" {
+            for status in ["413", "415"] {
+                assert!(
+                    operation["responses"][status].is_null(),
+                    "{method} {path} lists {status}, which no GET answers"
+                );
+            }
+        }
+    }
+    let text = doc.to_string();
+    assert!(!text.contains("crate::"), "a description shows a Rust path");
 }

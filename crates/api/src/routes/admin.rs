@@ -66,6 +66,7 @@ impl From<AdminError> for ApiError {
     get,
     path = "/admin/projections",
     operation_id = "listProjections",
+    summary = "List the projections",
     tag = "admin",
     description = "Every projection with its status, as `GET /admin/projections/{name}` gives it.",
     params(crate::openapi::ReadHeaders),
@@ -88,6 +89,7 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
     get,
     path = "/admin/projections/{name}",
     operation_id = "getProjection",
+    summary = "Get a projection",
     tag = "admin",
     description = "One projection: its registry row (`state`: `live`, `rebuilding` or `retired`; \
                    `shape`: `legacy` or `new`), its row counts, `last_position`, `lag`, \
@@ -123,6 +125,7 @@ struct Started {
     post,
     path = "/admin/projections/{name}/rebuild",
     operation_id = "startRebuild",
+    summary = "Start a rebuild",
     tag = "admin",
     description = "Starts a rebuild of a projection, or of every one (`all`); 409 while one of them is being rebuilt.",
     params(("name" = String, Path, description = "the projection, or `all`")),
@@ -130,7 +133,7 @@ struct Started {
         (status = 202, description = "started: `job_id`, `projections` and `job`, the job's path", body = crate::openapi::AnyObject, headers(
             ("Location" = String, description = "the projection's path")
         )),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn start_rebuild(
@@ -171,12 +174,13 @@ async fn start_rebuild(
     post,
     path = "/admin/projections/{name}/retire",
     operation_id = "retireProjection",
+    summary = "Retire a projection",
     tag = "admin",
     description = "Retires a projection: commands stop updating it and its tables are dropped; 409 while it is its domain's read source or being rebuilt.",
     params(("name" = String, Path, description = "the projection")),
     responses(
         (status = 200, description = "retired", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn retire(
@@ -200,6 +204,7 @@ struct RepairBody {
     post,
     path = "/admin/projections/{name}/repair",
     operation_id = "repairProjection",
+    summary = "Repair some aggregates' rows",
     tag = "admin",
     description = "Rebuilds, in place, the rows of some aggregates in a live projection (after \
                    verify found a drift), in one transaction that holds off commands on those \
@@ -210,7 +215,7 @@ struct RepairBody {
     responses(
         (status = 200, description = "repaired: the projection, the aggregates and the events \
                                       replayed", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn repair_aggregates(
@@ -227,6 +232,7 @@ async fn repair_aggregates(
     get,
     path = "/admin/jobs/{id}",
     operation_id = "getJob",
+    summary = "Get a job",
     tag = "admin",
     description = "A job (`purpose`: `rebuild` or `verify`) and its progress. `status`: \
                    `running`; `interrupted`, recorded running but run by no process any more \
@@ -252,6 +258,7 @@ async fn job(
     delete,
     path = "/admin/jobs/{id}",
     operation_id = "cancelJob",
+    summary = "Cancel a rebuild",
     tag = "admin",
     description = "Cancels a running (or interrupted) rebuild: it stops at its next batch and its \
                    tables are dropped; the live tables stay as they are. 404 for an unknown \
@@ -259,7 +266,7 @@ async fn job(
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`")),
     responses(
         (status = 200, description = "cancelled: the job as it is now", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn cancel_job(
@@ -275,6 +282,7 @@ async fn cancel_job(
     get,
     path = "/admin/read-sources",
     operation_id = "listReadSources",
+    summary = "List the read sources",
     tag = "admin",
     description = "Each domain's read source.",
     params(crate::openapi::ReadHeaders),
@@ -314,13 +322,14 @@ struct ReadSourceBody {
     put,
     path = "/admin/read-sources/{domain}",
     operation_id = "setReadSource",
+    summary = "Switch a domain's read source",
     tag = "admin",
     description = "Switches a domain's read source.",
     params(("domain" = String, Path, description = "the domain")),
     request_body = ReadSourceBody,
     responses(
         (status = 200, description = "switched", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn set_read_source(
@@ -367,6 +376,7 @@ fn default_min_reads() -> i64 {
     get,
     path = "/admin/shadow",
     operation_id = "listShadowWindows",
+    summary = "List the shadow reads",
     tag = "admin",
     description = "Each domain's shadow reads: whether it is in shadow (its fraction and the reads \
                    its switch gate wants), the reads and mismatches counted since the last \
@@ -389,6 +399,7 @@ async fn shadow_windows(
     put,
     path = "/admin/shadow/{domain}",
     operation_id = "startShadowReads",
+    summary = "Start shadow reads",
     tag = "admin",
     description = "Puts a domain in shadow (or changes its fraction and minimum): its GETs are \
                    answered from the read source as before and, for the fraction given, also \
@@ -397,7 +408,7 @@ async fn shadow_windows(
     request_body = ShadowBody,
     responses(
         (status = 200, description = "in shadow", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn start_shadow(
@@ -421,13 +432,14 @@ async fn start_shadow(
     delete,
     path = "/admin/shadow/{domain}",
     operation_id = "stopShadowReads",
+    summary = "Stop shadow reads",
     tag = "admin",
     description = "Takes a domain out of shadow; the reads it counted stay. Recorded with who and \
                    when.",
     params(("domain" = String, Path, description = "the domain")),
     responses(
         (status = 200, description = "out of shadow", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn stop_shadow(
@@ -443,6 +455,7 @@ async fn stop_shadow(
     get,
     path = "/admin/read-sources/{domain}/gate",
     operation_id = "getSwitchGate",
+    summary = "Get a domain's switch gate",
     tag = "admin",
     description = "Whether the domain's read source may be switched: open after a clean \
                    consistency report of the domain taken since the last rebuild, repair or \
@@ -494,13 +507,14 @@ struct Consistency {
     get,
     path = "/admin/consistency",
     operation_id = "verifyConsistency",
+    summary = "Verify consistency",
     tag = "admin",
     description = "Verifies legacy against new and live against a fresh rebuild (an admin token).",
     params(("domain" = Option<String>, Query, nullable = false, description = "only this domain (all of them by default)"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the report", body = crate::openapi::AnyObject),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::Retired
     )
 )]
 async fn consistency(
@@ -523,6 +537,7 @@ async fn consistency(
     get,
     path = "/admin/consistency/latest",
     operation_id = "getLatestConsistency",
+    summary = "Get the latest consistency report",
     tag = "admin",
     description = "The newest consistency report (from the CLI or the API), without running one; 404 before the first.",
     params(crate::openapi::ReadHeaders),

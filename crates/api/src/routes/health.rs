@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
     get,
     path = "/health",
     operation_id = "getHealth",
+    summary = "Check health",
     tag = "health",
     security(()),
     description = "200 when Postgres answers, 503 when not.",
