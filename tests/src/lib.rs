@@ -136,6 +136,17 @@ impl TestDb {
             .execute(format!("CREATE DATABASE {name} TEMPLATE {}", server.template).as_str())
             .await
             .expect("creating the test database");
+        // A copy does not take its template's database privileges (which the migrations set,
+        // e.g. no TEMPORARY for PUBLIC): give it the template's.
+        sqlx::query(
+            "UPDATE pg_database SET datacl = (SELECT datacl FROM pg_database WHERE datname = $2)
+              WHERE datname = $1",
+        )
+        .bind(&name)
+        .bind(&server.template)
+        .execute(&admin)
+        .await
+        .expect("giving the test database its template's privileges");
         admin.close().await;
         Self::connect(server.admin.clone().database(&name), name, true).await
     }
@@ -421,10 +432,9 @@ impl TestApp {
         state.tokens = cutover_core::auth::Tokens::load(options.tokens, None)
             .expect("valid test tokens")
             .map(std::sync::Arc::new);
+        let limits = cutover_api::serve::ConnectionArgs::default();
         tokio::spawn(async move {
-            axum::serve(listener, app(state))
-                .await
-                .expect("serving the test app");
+            cutover_api::serve::serve(listener, app(state), &limits, std::future::pending()).await;
         });
         Self {
             db,
@@ -738,11 +748,28 @@ pub async fn rebuild(
     pool: &PgPool,
     names: &[&str],
 ) -> Result<cutover_projections::rebuild::Outcome, cutover_projections::registry::AdminError> {
+    rebuild_with(
+        pool,
+        names,
+        cutover_projections::rebuild::SwapArgs::default(),
+    )
+    .await
+}
+
+/// [`rebuild`], with `swap` as `--swap-wait-secs` and `--swap-blocked`.
+///
+/// # Errors
+/// The rebuild's own error.
+pub async fn rebuild_with(
+    pool: &PgPool,
+    names: &[&str],
+    swap: cutover_projections::rebuild::SwapArgs,
+) -> Result<cutover_projections::rebuild::Outcome, cutover_projections::registry::AdminError> {
     use cutover_projections::rebuild::{select, Job, Purpose};
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let selected = select(&cutover_projections::inline_projectors(), &names)?;
     Job::start(pool, selected, Purpose::Rebuild)
         .await?
-        .run(|_| {})
+        .run(swap, |_| {})
         .await
 }

@@ -20,6 +20,12 @@ pub struct Config {
     #[command(flatten)]
     pub reads: crate::reads::ReadArgs,
 
+    #[command(flatten)]
+    pub swap: cutover_projections::rebuild::SwapArgs,
+
+    #[command(flatten)]
+    pub connections: crate::serve::ConnectionArgs,
+
     /// How many times a command is re-run after losing an optimistic-concurrency race before
     /// the client gets a 409.
     #[arg(long, env = "CUTOVER_COMMAND_RETRIES", default_value_t = 5)]
@@ -56,3 +62,77 @@ Pages and routes beside the API:
   /health         Liveness and database reachability (no token)
 
 See README.md, docs/operations.md and docs/architecture.md.";
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Config;
+
+    /// The connection bounds' flags, their environment variables and defaults, as the flags
+    /// table of docs/operations.md lists them.
+    #[test]
+    fn the_connection_bounds_default_to_what_the_operations_guide_says() {
+        let config = Config::try_parse_from(["cutover-api"]).unwrap();
+        let limits = &config.connections;
+        let guide = include_str!("../../../docs/operations.md");
+        for (flag, variable, value) in [
+            (
+                "--header-read-timeout-ms",
+                "CUTOVER_HEADER_READ_TIMEOUT_MS",
+                limits.header_read_timeout_ms,
+            ),
+            (
+                "--body-read-timeout-ms",
+                "CUTOVER_BODY_READ_TIMEOUT_MS",
+                limits.body_read_timeout_ms,
+            ),
+            (
+                "--max-http-connections",
+                "CUTOVER_MAX_HTTP_CONNECTIONS",
+                u64::from(limits.max_http_connections),
+            ),
+        ] {
+            let row = format!("| `{flag}` | `{variable}` | {value} |");
+            assert!(guide.contains(&row), "docs/operations.md has no row {row}");
+        }
+        assert_eq!(
+            (limits.header_read_timeout_ms, limits.body_read_timeout_ms),
+            (10_000, 30_000)
+        );
+        assert_eq!(limits.max_http_connections, 1_024);
+    }
+
+    #[test]
+    fn the_connection_bounds_are_set_by_flags_and_refuse_zero() {
+        let config = Config::try_parse_from([
+            "cutover-api",
+            "--header-read-timeout-ms",
+            "1500",
+            "--body-read-timeout-ms",
+            "2500",
+            "--max-http-connections",
+            "64",
+        ])
+        .unwrap();
+        let limits = &config.connections;
+        assert_eq!(
+            (
+                limits.header_read_timeout_ms,
+                limits.body_read_timeout_ms,
+                limits.max_http_connections
+            ),
+            (1_500, 2_500, 64)
+        );
+        for flag in [
+            "--header-read-timeout-ms",
+            "--body-read-timeout-ms",
+            "--max-http-connections",
+        ] {
+            assert!(
+                Config::try_parse_from(["cutover-api", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
+    }
+}

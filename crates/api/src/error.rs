@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 405
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 408: the request body did not all arrive within `--body-read-timeout-ms`.
+    #[error("{0}")]
+    RequestTimeout(crate::serve::BodyTimedOut),
     /// 409
     #[error("{0}")]
     Conflict(String),
@@ -88,6 +91,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Gone(_) => (StatusCode::GONE, "gone"),
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "version-mismatch"),
@@ -208,9 +212,20 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Self::PayloadTooLarge { limit: BODY_LIMIT }
             }
+            JsonRejection::BytesRejection(e) => match timed_out(&e) {
+                Some(timed_out) => Self::RequestTimeout(timed_out),
+                None => Self::BadRequest(e.body_text()),
+            },
             other => Self::BadRequest(other.body_text()),
         }
     }
+}
+
+/// The body deadline that `rejection` (a body that could not be read) met, if that was why.
+fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> Option<crate::serve::BodyTimedOut> {
+    std::iter::successors(Some(rejection), |e| e.source())
+        .find_map(|e| e.downcast_ref::<crate::serve::BodyTimedOut>())
+        .cloned()
 }
 
 impl From<PathRejection> for ApiError {

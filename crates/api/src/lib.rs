@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reads;
 mod routes;
+pub mod serve;
 pub mod shadow;
 
 use error::ApiError;
@@ -43,6 +44,8 @@ pub struct AppState {
     /// The bearer tokens requests need; `None` accepts every request (loopback only).
     pub tokens: Option<Arc<Tokens>>,
     pub metrics: metrics::Metrics,
+    /// How a rebuild's swap treats the readers that hold it up.
+    pub swap: cutover_projections::rebuild::SwapArgs,
 }
 
 /// Default of [`AppState::idempotency_ttl`]: 24 hours.
@@ -67,6 +70,7 @@ impl AppState {
             feed,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tokens: None,
+            swap: cutover_projections::rebuild::SwapArgs::default(),
         };
         tokio::spawn(metrics::sample(state.clone(), shutdown));
         state

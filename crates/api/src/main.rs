@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use cutover_api::config::Config;
 use cutover_api::reads::Reads;
+use cutover_api::serve::serve;
 use cutover_api::{app, AppState};
 use cutover_core::auth::Tokens;
 use cutover_core::database::Database;
@@ -56,17 +57,15 @@ async fn main() -> anyhow::Result<()> {
     let mut state = AppState::new(store, database.session.clone(), reads, stopping.clone());
     state.idempotency_ttl = Duration::from_secs(config.idempotency_ttl_secs);
     state.tokens = tokens.map(Arc::new);
+    state.swap = config.swap;
     tokio::spawn(forget_expired_keys(database.session.clone(), stopping));
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Live event streams end, so that open connections do not hold the shutdown.
-            stop.send_replace(true);
-        })
-        .await
-        .context("serving HTTP");
-    database.close().await.context("closing the database")?;
-    served
+    serve(listener, app(state), &config.connections, async move {
+        shutdown_signal().await;
+        // Live event streams end, so that open connections do not hold the shutdown.
+        stop.send_replace(true);
+    })
+    .await;
+    database.close().await.context("closing the database")
 }
 
 /// Deletes expired idempotency keys every few minutes, a bounded number at a time.

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use axum::response::IntoResponse as _;
 use axum::routing::get;
 use axum::Router;
-use cutover_core::domain::{batch, collection, competency};
+use cutover_core::domain::{self, batch, collection, competency};
 use cutover_core::read_source::{Domain, ReadSource};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -808,26 +808,29 @@ fn no_nul() -> &'static str {
     r"^[^\u0000]*$"
 }
 
-/// No NUL character, and at least one that is not white space: what remains once the server
-/// trims the value (with `str::trim`) is not empty.
+/// No NUL character, and at least one visible one: what remains once the server trims the
+/// value is not empty and not made only of characters drawn as nothing
+/// (`cutover_core::domain::is_invisible`). The pattern spells the Basic Multilingual Plane's
+/// invisible characters; the few above it (tag characters, shorthand format controls) the server
+/// refuses as well, and the field's description says so.
 fn not_blank() -> String {
-    format!(r"^[^\u0000]*[^\u0000{}][^\u0000]*$", white_space_class())
+    format!(r"^[^\u0000]*[^\u0000{}][^\u0000]*$", invisible_class())
 }
 
-/// The characters `str::trim` removes, as the inside of a regular-expression class. Every one
-/// is in the Basic Multilingual Plane, so `\uXXXX` spells each.
-fn white_space_class() -> String {
-    let spaces: Vec<u32> = (0..=0xFFFF_u32)
-        .filter(|c| char::from_u32(*c).is_some_and(char::is_whitespace))
+/// The invisible characters of the Basic Multilingual Plane, as the inside of a
+/// regular-expression class of `\uXXXX` ranges.
+fn invisible_class() -> String {
+    let invisible: Vec<u32> = (0..=0xFFFF_u32)
+        .filter(|c| char::from_u32(*c).is_some_and(domain::is_invisible))
         .collect();
     let mut class = String::new();
     let mut i = 0;
-    while i < spaces.len() {
-        let start = spaces[i];
+    while i < invisible.len() {
+        let start = invisible[i];
         let mut end = start;
-        while i + 1 < spaces.len() && spaces[i + 1] == end + 1 {
+        while i + 1 < invisible.len() && invisible[i + 1] == end + 1 {
             i += 1;
-            end = spaces[i];
+            end = invisible[i];
         }
         class.push_str(&format!(r"\u{start:04x}"));
         if end > start {
@@ -1014,10 +1017,15 @@ mod tests {
     }
 
     #[test]
-    fn the_white_space_class_is_what_trim_removes() {
-        let class = white_space_class();
-        assert!(class.starts_with(r"\u0009-\u000d\u0020"), "{class}");
+    fn the_invisible_class_is_what_the_server_refuses() {
+        let class = invisible_class();
+        // Controls and white space, U+0000–U+0020 and U+007F–U+00A0, then the soft hyphen.
+        assert!(
+            class.starts_with(r"\u0000-\u0020\u007f-\u00a0\u00ad"),
+            "{class}"
+        );
+        assert!(class.contains(r"\u2000-\u200f"), "{class}");
         assert!(class.contains(r"\u3000"), "{class}");
-        assert!(!class.contains(r"\ufeff"), "{class}");
+        assert!(class.contains(r"\ufeff"), "{class}");
     }
 }

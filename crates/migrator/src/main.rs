@@ -14,7 +14,7 @@ use cutover_core::database::{self, Database, DatabaseArgs};
 use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
-use cutover_projections::rebuild::{self, Progress, Purpose};
+use cutover_projections::rebuild::{self, Progress, Purpose, SwapArgs};
 use cutover_projections::registry::JobState;
 use cutover_projections::{inline_projectors, registry, repair, shadow, verify};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -103,6 +103,8 @@ enum Command {
         /// rate of the last rebuilds) and do nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        swap: SwapArgs,
     },
     /// Compare, on 100% of rows, each domain's legacy and new read models, and each live
     /// projection with a fresh rebuild. Exits with status 1 when anything differs.
@@ -167,6 +169,8 @@ enum Command {
         /// rebuild).
         #[arg(long)]
         no_rebuild: bool,
+        #[command(flatten)]
+        swap: SwapArgs,
     },
 }
 
@@ -366,6 +370,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             all,
             cancel,
             dry_run,
+            swap,
         } => {
             let names = if all {
                 vec!["all".to_owned()]
@@ -409,7 +414,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             let label: Vec<&str> = job.projectors().iter().map(|p| p.name()).collect();
             let label = label.join(", ");
             let mut reporter = Reporter::new(&format!("rebuild {label}"));
-            let outcome = job.run(|p| reporter.update(p)).await?;
+            let outcome = job.run(swap, |p| reporter.update(p)).await?;
             reporter.finish();
             let rate = outcome.replayed as f64 / outcome.elapsed.as_secs_f64().max(1e-9);
             if let Some(position) = outcome.resumed_from {
@@ -534,7 +539,11 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Seed { events, no_rebuild } => {
+        Command::Seed {
+            events,
+            no_rebuild,
+            swap,
+        } => {
             let started = Instant::now();
             let mut bar = Reporter::new("seed");
             let written = seed::seed(pool, events, |n| bar.report(n, events)).await?;
@@ -547,7 +556,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             if !no_rebuild {
                 let job = rebuild::Job::start(pool, projectors, Purpose::Rebuild).await?;
                 let mut reporter = Reporter::new("rebuild all");
-                let outcome = job.run(|p| reporter.update(p)).await?;
+                let outcome = job.run(swap, |p| reporter.update(p)).await?;
                 reporter.finish();
                 out!(
                     "rebuilt every projection: {} events in {:.1} s ({:.0} events/s); appends held back {:.1} ms at the swap",

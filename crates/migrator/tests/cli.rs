@@ -2,15 +2,19 @@
 
 use std::process::Command;
 
-#[test]
-fn help_lists_every_command() {
+/// What `cutover <args>` prints, having succeeded.
+fn help(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .arg("--help")
+        .args(args)
         .output()
         .expect("running cutover --help");
-
     assert!(output.status.success());
-    let help = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn help_lists_every_command() {
+    let help = help(&["--help"]);
     for command in [
         "migrate",
         "status",
@@ -32,6 +36,26 @@ fn help_lists_every_command() {
             help.contains(command),
             "--help does not mention {command}:\n{help}"
         );
+    }
+}
+
+#[test]
+fn rebuild_and_seed_take_the_swap_options() {
+    for command in ["rebuild", "seed"] {
+        let help = help(&[command, "--help"]);
+        for option in [
+            "--swap-wait-secs",
+            "CUTOVER_SWAP_WAIT_SECS",
+            "--swap-blocked",
+            "CUTOVER_SWAP_BLOCKED",
+            "readers-cancel",
+            "give-up",
+        ] {
+            assert!(
+                help.contains(option),
+                "{command} --help does not mention {option}:\n{help}"
+            );
+        }
     }
 }
 

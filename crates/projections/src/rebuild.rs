@@ -8,7 +8,9 @@
 //! into `<job schema>_old` and the rebuilt ones into `public`; the old tables are dropped after
 //! the commit. Every event is applied exactly once: before the swap only the live tables get
 //! inline writes; from the swap on only the new ones do. A swap that cannot lock the live
-//! tables in time catches up again and retries, [`SWAP_ATTEMPTS`] times in all, then fails.
+//! tables in time (readers of them hold it up) lets appends go, catches up again and retries;
+//! once readers have held it up for [`SwapArgs::swap_wait_secs`], [`SwapBlocked`] decides:
+//! stop those readers (as pg_repack does) and go on, or fail.
 //!
 //! A rebuild holds a session advisory lock per projection for its whole run, so two rebuilds of
 //! one projection cannot run at once on any instance, and a killed rebuild releases it with its
@@ -40,10 +42,13 @@ pub const BATCH: i64 = 5_000;
 /// The swap is attempted once a catch-up batch finds fewer new events than this, so that the
 /// final catch-up, done while appends wait, is short.
 const SWAP_WHEN_BEHIND_BY: usize = 20;
-/// Longest the swap waits for a table lock (readers of the live tables) before giving up and
-/// trying again; appends wait at most this long.
+/// Longest one swap attempt waits for a table lock (readers of the live tables) before it
+/// lets appends go and tries again; appends wait at most this long.
 const SWAP_LOCK_TIMEOUT: &str = "2s";
-const SWAP_ATTEMPTS: u32 = 5;
+/// Default of [`SwapArgs::swap_wait_secs`].
+const DEFAULT_SWAP_WAIT_SECS: u64 = 10;
+/// How much of a stopped session's query its record keeps, in characters.
+const STOPPED_QUERY_CHARS: i32 = 200;
 /// How often a rebuild that waits for the horizon looks again.
 const HORIZON_WAIT: Duration = Duration::from_secs(1);
 
@@ -56,6 +61,80 @@ pub enum Purpose {
     Rebuild,
     /// Build a scratch copy to compare with the live tables (verify); never swapped in.
     Verify,
+}
+
+/// What a swap does once readers of the live tables have held it up for
+/// [`SwapArgs::swap_wait_secs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SwapBlocked {
+    /// Stop the sessions that hold it up: cancel their query, or end the session when it sits
+    /// idle in a transaction; then the swap goes on. A rebuild does not fail because someone
+    /// was reading, unless that session is one this role may not signal (a superuser's).
+    #[default]
+    ReadersCancel,
+    /// Fail the rebuild (the live tables stay as they were), as before this option.
+    GiveUp,
+}
+
+/// How a swap treats the readers that hold it up: flags (with environment variables) of the
+/// server and of the `cutover` commands that rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct SwapArgs {
+    /// Seconds readers of the live tables may hold a rebuild's swap up (attempts of at most 2 s
+    /// each, appends let go between them) before `--swap-blocked` applies.
+    #[arg(long, env = "CUTOVER_SWAP_WAIT_SECS", default_value_t = DEFAULT_SWAP_WAIT_SECS)]
+    pub swap_wait_secs: u64,
+    /// What a swap held up that long does: `readers-cancel` stops the sessions that hold it up
+    /// (cancels their query, ends a session idle in a transaction) and goes on; `give-up`
+    /// fails the rebuild.
+    #[arg(long, env = "CUTOVER_SWAP_BLOCKED", value_enum, default_value_t = SwapBlocked::default())]
+    pub swap_blocked: SwapBlocked,
+}
+
+impl Default for SwapArgs {
+    fn default() -> Self {
+        Self {
+            swap_wait_secs: DEFAULT_SWAP_WAIT_SECS,
+            swap_blocked: SwapBlocked::default(),
+        }
+    }
+}
+
+impl SwapArgs {
+    fn wait(&self) -> Duration {
+        Duration::from_secs(self.swap_wait_secs)
+    }
+}
+
+/// How a swap stopped a session that held it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Its running query was cancelled (`pg_cancel_backend`): the query gets an error.
+    Cancel,
+    /// The session was ended (`pg_terminate_backend`): it sat idle in a transaction.
+    Terminate,
+}
+
+/// A session that holds a lock on a live table, as `pg_stat_activity` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct Session {
+    pub pid: i32,
+    pub user: Option<String>,
+    pub application: Option<String>,
+    pub query_start: Option<chrono::DateTime<chrono::Utc>>,
+    pub state: Option<String>,
+    /// Its query, cut to its first 200 characters.
+    pub query: Option<String>,
+}
+
+/// A session that held a swap up, and what the swap did to it (`rebuild_jobs.swap_stopped`,
+/// the job's `swap_stopped`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoppedSession {
+    #[serde(flatten)]
+    pub session: Session,
+    pub signal: Signal,
 }
 
 /// How far a job is.
@@ -419,9 +498,10 @@ impl Job {
     /// failed.
     pub async fn run(
         mut self,
+        swap: SwapArgs,
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Outcome, AdminError> {
-        let result = match self.run_inner(&mut on_progress).await {
+        let result = match self.run_inner(swap, &mut on_progress).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 let reason = e.to_string();
@@ -463,14 +543,19 @@ impl Job {
 
     async fn run_inner(
         &mut self,
+        swap: SwapArgs,
         on_progress: &mut impl FnMut(Progress),
     ) -> Result<Outcome, AdminError> {
-        let mut attempt = 0;
+        // Since when readers of the live tables hold the swap up.
+        let mut blocked_since: Option<Instant> = None;
         loop {
-            attempt += 1;
             self.catch_up(on_progress).await?;
             self.wait_for_the_horizon(on_progress).await?;
-            match self.swap().await {
+            let attempted_at = Instant::now();
+            let waited = blocked_since.map(|since| since.elapsed() >= swap.wait());
+            let stop_readers =
+                swap.swap_blocked == SwapBlocked::ReadersCancel && waited == Some(true);
+            match self.swap(stop_readers).await {
                 Ok(hold) => {
                     on_progress(self.progress);
                     return Ok(Outcome {
@@ -484,9 +569,13 @@ impl Job {
                     });
                 }
                 Err(AdminError::Database(sqlx::Error::Database(e)))
-                    if e.code().as_deref() == Some("55P03") && attempt < SWAP_ATTEMPTS =>
+                    if e.code().as_deref() == Some("55P03") =>
                 {
-                    tracing::warn!(job = %self.id, attempt, "swap could not lock the live tables in time; retrying");
+                    let since = *blocked_since.get_or_insert(attempted_at);
+                    if swap.swap_blocked == SwapBlocked::GiveUp && since.elapsed() >= swap.wait() {
+                        return Err(AdminError::Database(sqlx::Error::Database(e)));
+                    }
+                    tracing::warn!(job = %self.id, held_up_ms = since.elapsed().as_millis(), "readers of the live tables held the swap up; retrying");
                 }
                 Err(e) => return Err(e),
             }
@@ -516,8 +605,9 @@ impl Job {
     }
 
     /// The swap: appends wait from the moment the exclusive append lock is requested until the
-    /// commit; that span is returned.
-    async fn swap(&mut self) -> Result<Duration, AdminError> {
+    /// commit; that span is returned. With `stop_readers`, the sessions that hold a lock on a
+    /// live table are stopped first ([`Self::stop_readers`]).
+    async fn swap(&mut self, stop_readers: bool) -> Result<Duration, AdminError> {
         let saved = (self.cursor, self.progress);
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
@@ -528,6 +618,9 @@ impl Job {
             sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
                 .execute(&mut *tx)
                 .await?;
+            if stop_readers {
+                self.stop_readers(&mut tx).await?;
+            }
             self.finish_in(&mut tx).await?;
             // The live tables are moved aside, not dropped: dropping large tables takes a while,
             // and appends wait until this transaction ends. They are dropped after the commit.
@@ -573,6 +666,101 @@ impl Job {
             .await?;
         drop_schemas(&mut *self.pool.acquire().await?, self.id).await?;
         Ok(hold)
+    }
+
+    /// Stops the sessions other than the swap's own (`swap`, which holds the append lock, so
+    /// no command is in flight) that hold a lock on a live table of the job: cancels a
+    /// session's query, or ends a session that sits idle in a transaction (a cancelled query
+    /// leaves its transaction holding its locks until it rolls back: the next attempt ends
+    /// it). Names each in the log and in the job's row, at once (whether the swap commits or
+    /// not).
+    ///
+    /// # Errors
+    /// `Refused` when this role may not signal one of them (a superuser's session, or no
+    /// `pg_signal_backend`); a database error.
+    async fn stop_readers(&self, swap: &mut PgConnection) -> Result<(), AdminError> {
+        let own: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *swap)
+            .await?;
+        let tables: Vec<&str> = self
+            .projectors
+            .iter()
+            .flat_map(|p| table_names(p.as_ref()))
+            .collect();
+        let holders: Vec<Session> = sqlx::query_as(
+            "SELECT a.pid, a.usename::text AS user, a.application_name AS application,
+                    a.query_start, a.state, left(a.query, $3) AS query
+               FROM pg_stat_activity AS a
+              WHERE a.pid <> $2
+                AND a.pid IN (SELECT l.pid FROM pg_locks AS l
+                               WHERE l.locktype = 'relation' AND l.granted
+                                 AND l.database = (SELECT oid FROM pg_database
+                                                    WHERE datname = current_database())
+                                 AND l.relation IN (SELECT to_regclass('public.' || t)::oid
+                                                      FROM unnest($1::text[]) AS t))
+              ORDER BY a.pid",
+        )
+        .bind(&tables)
+        .bind(own)
+        .bind(STOPPED_QUERY_CHARS)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stopped = Vec::new();
+        for holder in holders {
+            let idle_in_transaction = holder
+                .state
+                .as_deref()
+                .is_some_and(|s| s.starts_with("idle in transaction"));
+            let (signal, function) = if idle_in_transaction {
+                (Signal::Terminate, "pg_terminate_backend")
+            } else {
+                (Signal::Cancel, "pg_cancel_backend")
+            };
+            let signalled = sqlx::query_scalar(&format!("SELECT {function}($1)"))
+                .bind(holder.pid)
+                .fetch_one(&self.pool)
+                .await;
+            match signalled {
+                // false: the session ended meanwhile.
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                    return Err(AdminError::Refused(format!(
+                        "the swap is held up by session {} (user {}), which this role may not \
+                         signal: {}",
+                        holder.pid,
+                        holder.user.as_deref().unwrap_or("?"),
+                        e.message()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tracing::warn!(
+                job = %self.id,
+                pid = holder.pid,
+                user = holder.user.as_deref().unwrap_or(""),
+                application = holder.application.as_deref().unwrap_or(""),
+                query_start = ?holder.query_start,
+                query = holder.query.as_deref().unwrap_or(""),
+                ?signal,
+                "the swap stopped a session that held it up"
+            );
+            stopped.push(StoppedSession {
+                session: holder,
+                signal,
+            });
+        }
+        if !stopped.is_empty() {
+            sqlx::query(
+                "UPDATE rebuild_jobs SET swap_stopped = swap_stopped || $2, updated_at = now()
+                  WHERE id = $1",
+            )
+            .bind(self.id)
+            .bind(sqlx::types::Json(&stopped))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Records the job's progress (its checkpoint), and its end when `status` is not

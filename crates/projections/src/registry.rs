@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::rebuild::Purpose;
+use crate::rebuild::{Purpose, StoppedSession};
 
 /// An admin action could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,9 @@ pub struct Job {
     pub events_total: i64,
     pub position: i64,
     pub swap_hold_ms: Option<f64>,
+    /// The sessions its swap stopped because they held it up (readers of the live tables).
+    #[sqlx(json)]
+    pub swap_stopped: Vec<StoppedSession>,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -210,7 +213,7 @@ SELECT name, domain, shape, tables, version, state, inline_active, rebuilt_to, c
 
 const SELECT_JOB: &str = "\
 SELECT id, projections, purpose, status, events_done, events_total, position, swap_hold_ms,
-       error, started_at, updated_at, finished_at
+       swap_stopped, error, started_at, updated_at, finished_at
   FROM rebuild_jobs";
 
 /// Every projection, by domain and shape.

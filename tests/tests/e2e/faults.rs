@@ -14,10 +14,12 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-/// The real server on `port`, its output discarded; killed if the test ends early.
-pub(crate) fn start_server(url: &str, port: u16) -> Child {
+/// The real server on `port` with the flags `args`, its output discarded; killed if the test
+/// ends early.
+pub(crate) fn start_server(url: &str, port: u16, args: &[&str]) -> Child {
     Command::new(binary("cutover-api"))
         .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(args)
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -117,7 +119,7 @@ async fn nothing_acknowledged_is_lost_when_the_server_is_killed_or_postgres_rest
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut server = start_server(&own.url, port);
+    let mut server = start_server(&own.url, port, &[]);
     wait_healthy(&http, &base).await;
     let players: Vec<String> = (0..10_000).map(|i| format!("p{i}")).collect();
     let started = http
@@ -144,7 +146,7 @@ async fn nothing_acknowledged_is_lost_when_the_server_is_killed_or_postgres_rest
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     server.kill().await.expect("kill -9 of the server");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut server = start_server(&own.url, port);
+    let mut server = start_server(&own.url, port, &[]);
     wait_healthy(&http, &base).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let cluster = &own.cluster;

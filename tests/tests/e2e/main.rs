@@ -26,4 +26,5 @@ mod repair;
 mod replay;
 mod replicas;
 mod resume;
+mod slow_clients;
 mod switch_gate;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cutover_core::import::import_collections;
 use cutover_projections::inline_projectors;
-use cutover_projections::rebuild::{self, Job, Purpose};
+use cutover_projections::rebuild::{self, Job, Purpose, SwapArgs};
 use cutover_projections::verify::{verify, Report};
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
@@ -388,7 +388,7 @@ async fn autovacuum_keeps_off_a_rebuilds_tables_until_the_swap_and_comes_back_wi
         vec![off.clone(), off],
         "an autovacuum of a job's table would hold the swap (and appends) back"
     );
-    job.run(|_| {}).await.unwrap();
+    job.run(SwapArgs::default(), |_| {}).await.unwrap();
     assert_eq!(reloptions(&app, "public").await, vec![None, None]);
 }
 
@@ -807,7 +807,7 @@ async fn admin_actions_that_the_state_does_not_allow_are_refused_clearly() {
     )
     .await;
     assert!(busy["detail"].as_str().unwrap().contains("already running"));
-    running.run(|_| {}).await.unwrap();
+    running.run(SwapArgs::default(), |_| {}).await.unwrap();
     json_with_status(
         app.post("/admin/projections/batch_completions/retire")
             .send()

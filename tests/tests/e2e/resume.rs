@@ -211,14 +211,14 @@ async fn a_rebuild_killed_in_the_cli_or_the_server_resumes_from_its_checkpoint_a
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = start_server(&app.db.url(), port);
+    let mut server = start_server(&app.db.url(), port, &[]);
     wait_healthy(&client, &base).await;
     let started = rebuild_all(&client, &base).await;
     let job = started["job_id"].as_str().unwrap().to_owned();
     running_job(&app.db.pool, 10_000).await;
     server.start_kill().unwrap();
     server.wait().await.unwrap();
-    let mut server = start_server(&app.db.url(), port);
+    let mut server = start_server(&app.db.url(), port, &[]);
     wait_healthy(&client, &base).await;
     everyone_reports_interrupted(&app, &job).await;
     let again = rebuild_all(&client, &base).await;
@@ -426,7 +426,7 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = start_server(&own.url, port);
+    let mut server = start_server(&own.url, port, &[]);
     wait_healthy(&client, &base).await;
     let path = format!("{base}/projects/{}/collections", Uuid::new_v4());
     let create = |name: String| {

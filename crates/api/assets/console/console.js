@@ -234,7 +234,21 @@ function progressCell(status) {
       el("span", { class: "progress-text" }, `${percent}% — ${text}`),
       running || interrupted
         ? el("button", { type: "button", "aria-label": `Cancel the rebuild of ${status.name}`, onclick: () => cancelRebuild(job) }, "Cancel")
-        : null));
+        : null),
+    stoppedList(job));
+}
+
+// The readers' sessions the job's swap stopped because they held it up (`swap_stopped`).
+function stoppedList(job) {
+  if (job.swap_stopped.length === 0) {
+    return null;
+  }
+  return el("ul", { class: "swap-stopped", "aria-label": "Sessions the swap stopped" },
+    ...job.swap_stopped.map((s) => el("li", {},
+      `${s.signal === "terminate" ? "ended" : "cancelled"}: pid ${s.pid}, ${s.user ?? "?"}`
+        + `${s.application ? ` (${s.application})` : ""}`
+        + `${s.query_start ? `, query since ${new Date(s.query_start).toLocaleTimeString()}` : ""}`
+        + `: ${s.query ?? ""}`)));
 }
 
 function renderProjections(statuses) {

@@ -152,7 +152,7 @@ async fn start_rebuild(
         job: format!("/admin/jobs/{}", job.id()),
     };
     tokio::spawn(async move {
-        match job.run(|_| {}).await {
+        match job.run(state.swap, |_| {}).await {
             Ok(outcome) => tracing::info!(
                 job = %outcome.job_id,
                 events = outcome.events,
@@ -239,7 +239,12 @@ async fn repair_aggregates(
                    (killed, its server restarted: a rebuild of the same projections resumes it \
                    from its checkpoint, or cancel it), with no `eta_seconds`; or how it ended: \
                    `succeeded`, `failed` (with `error`), `cancelled`. `interrupted` is not \
-                   stored: every answer (and the CLI, `/metrics`, the console) derives it alike.",
+                   stored: every answer (and the CLI, `/metrics`, the console) derives it alike. \
+                   `swap_stopped`: the sessions a rebuild's swap stopped because they held it \
+                   up by reading a live table (`--swap-blocked readers-cancel`), each with \
+                   `pid`, `user`, `application`, `query_start`, `state`, `query` (its first \
+                   200 characters) and `signal` (`cancel`: its query was cancelled; \
+                   `terminate`: the session, idle in a transaction, was ended); empty when none.",
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the job", body = crate::openapi::AnyObject),

@@ -57,7 +57,9 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct CollectionBody {
     /// The name. Surrounding white space is trimmed and the length bounds apply to what
-    /// remains, which must not be empty. The old API's `name` is accepted in its place, as an
+    /// remains, which must hold a visible character: white space, control characters and
+    /// characters drawn as nothing (zero-width spaces and joiners, direction marks, U+FEFF,
+    /// variation selectors, tag characters) do not count. The old API's `name` is accepted in its place, as an
     /// alias: one or the other, not both.
     #[serde(alias = "name")]
     collection_name: String,
@@ -71,7 +73,8 @@ struct CollectionBody {
 #[serde(deny_unknown_fields)]
 struct LinksBody {
     /// Tags, each trimmed of surrounding white space (the length bounds apply to what
-    /// remains, which must not be empty); a repeated tag is kept once.
+    /// remains, which must hold a visible character, as in a collection's name); a repeated
+    /// tag is kept once.
     #[serde(default)]
     tags: Vec<String>,
     /// The project's question ids; a repeated id is kept once.

@@ -11,10 +11,13 @@ pub mod competency;
 /// field that must not be empty after trimming is read through this.
 pub(crate) fn trimmed_visible(raw: &str) -> Option<&str> {
     let trimmed = raw.trim();
-    trimmed
-        .chars()
-        .any(|c| !(c.is_whitespace() || c.is_control() || is_default_ignorable(c)))
-        .then_some(trimmed)
+    trimmed.chars().any(|c| !is_invisible(c)).then_some(trimmed)
+}
+
+/// Whether `c` counts as nothing in a text that must not be empty: white space, a control
+/// character, or a character drawn as nothing.
+pub fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || is_default_ignorable(c)
 }
 
 /// Whether `c` has Unicode's `Default_Ignorable_Code_Point` property (DerivedCoreProperties,
