@@ -99,6 +99,16 @@ const gone = await client.GET("/projects/{project_id}/collections/{collection_id
 });
 check("read the deleted one (410)", gone.error?.status === 410, gone.error);
 
+const blank = await client.POST("/projects/{project_id}/collections", {
+  params: { path: { project_id } },
+  body: { collection_name: "   " },
+});
+check(
+  "a broken rule (422 naming the field)",
+  blank.error?.status === 422 && blank.error.field === "collection_name",
+  blank.error,
+);
+
 // Batches: start, record a completion, read the batch in both shapes and its completions.
 const batch_id = `batch-${crypto.randomUUID()}`;
 const started = await client.POST("/batches", {
@@ -118,6 +128,16 @@ check(
   "record a completion",
   recorded.response.status === 201 && recorded.data?.completion?.predictions_count === 3,
   recorded.data ?? recorded.error,
+);
+
+const redelivered = await client.POST("/batches/{batch_id}/completions", {
+  params: { path: { batch_id } },
+  body: { player_lookup: "p1", predictions_count: 3 },
+});
+check(
+  "the same completion redelivered (200, counted once)",
+  redelivered.response.status === 200 && redelivered.data?.completion?.predictions_count === 3,
+  redelivered.data ?? redelivered.error,
 );
 
 const batch = await client.GET("/batches/{batch_id}", { params: { path: { batch_id } } });
@@ -179,5 +199,23 @@ check(
   "list the competencies' new shape",
   listedCompetencies.data?.items.length === 1,
   listedCompetencies.data ?? listedCompetencies.error,
+);
+// The event feed: a page of the log, and the next one from its `next`.
+const events = await client.GET("/events", { params: { query: { after: 0, limit: 2 } } });
+const firstEvent = events.data?.events[0];
+check(
+  "a page of the log",
+  events.data?.events.length === 2 &&
+    firstEvent?.position === 1 &&
+    typeof firstEvent.aggregate_type === "string" &&
+    typeof firstEvent.recorded_at === "string",
+  events.data ?? events.error,
+);
+const after = events.data?.next ?? 0;
+const more = await client.GET("/events", { params: { query: { after, limit: 2 } } });
+check(
+  "the next page from its next",
+  (more.data?.events[0]?.position ?? 0) > after,
+  more.data ?? more.error,
 );
 console.log("the typed client ran the README's flows");

@@ -526,7 +526,6 @@ pub struct Activity {
     pub log_head: i64,
     /// The transaction that holds the log's horizon back, if one does: `{pid, age_seconds,
     /// application, query}` (the feed and rebuilds' catch-up wait for it).
-    #[schema(value_type = Option<Object>)]
     pub horizon_blocker: Option<log::HorizonBlocker>,
     /// Oldest first.
     pub samples: Vec<Sample>,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use cutover_projections::batch_state::BatchState;
 use cutover_projections::batches::{BatchSummary, CompletionRow};
 use cutover_projections::collections::LegacyCollection;
-use cutover_projections::legacy_competencies::LegacyDocument;
+use cutover_projections::legacy_competencies::{AttemptDoc, CompetencyDoc, ReviewDoc};
 use cutover_projections::project_collections::ProjectCollection;
 use cutover_projections::student_competencies::{SkillAnalytics, StudentCompetency};
 
@@ -70,13 +70,39 @@ documents! {
     /// The completions recorded, as `GET …/completions` lists them, by player lookup.
     CompletionsDocument { completions: Vec<CompletionRow> }
     /// The attempt just recorded and the subskill's competency, as the old store's documents.
-    AttemptDocument { attempt: Option<LegacyDocument>, competency: Option<LegacyDocument> }
+    AttemptDocument { attempt: Option<LegacyAttempt>, competency: Option<LegacyCompetency> }
     /// The review just recorded, as the old store's document.
-    ReviewDocument { review: Option<LegacyDocument> }
+    ReviewDocument { review: Option<LegacyReview> }
     /// The subskill's competency, as the old store's document.
-    CompetencyDocument { competency: LegacyDocument }
+    CompetencyDocument { competency: LegacyCompetency }
     /// The subskill's competency in the new shape.
     CompetencyNewDocument { competency: StudentCompetency }
+}
+
+/// Declares the old store's documents of one kind: `{id, student_id, doc}`, as the old clients
+/// read them (the legacy tables' rows, or the same built from the new model's).
+macro_rules! legacy_documents {
+    ($($(#[$meta:meta])* $name:ident($doc:ty))+) => {$(
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            /// The old store's id of the document.
+            id: String,
+            /// The student: the old store's partition key.
+            student_id: i64,
+            doc: $doc,
+        }
+    )+};
+}
+
+legacy_documents! {
+    /// An attempt, as the old store kept it.
+    LegacyAttempt(AttemptDoc)
+    /// A subskill's competency, as the old store kept it (its id is
+    /// `<student>_<subject>_<skill>_<subskill>`).
+    LegacyCompetency(CompetencyDoc)
+    /// A review, as the old store kept it.
+    LegacyReview(ReviewDoc)
 }
 
 /// Declares a page of rows: `{read_source, items, next}`.
@@ -107,7 +133,7 @@ pages! {
 #[derive(Serialize, ToSchema)]
 pub struct CompetencyPage {
     read_source: ReadSourceName,
-    items: Vec<LegacyDocument>,
+    items: Vec<LegacyCompetency>,
 }
 
 /// A page of competencies in the new shape, by offset.
@@ -123,16 +149,13 @@ pub struct AnalyticsPage {
     items: Vec<SkillAnalytics>,
 }
 
-/// A page of the event log.
-#[derive(Serialize, ToSchema)]
-pub struct EventPage {
-    /// Each with its `position`, `aggregate_type`, `aggregate_id`, `sequence`, `event_type`,
-    /// `event_version`, `payload`, `metadata` and `recorded_at`, in gap-free order.
-    #[schema(value_type = Vec<Object>)]
-    events: Vec<Value>,
-    /// Pass as `after` to continue: the last event looked at (filtered out or not); the same
-    /// `after` when nothing new was safe to serve.
-    next: i64,
+/// One Server-Sent Event of `GET /events/stream`.
+#[derive(ToSchema)]
+pub struct StreamEvent {
+    /// The event's position, which a reconnecting browser sends back as `Last-Event-ID`.
+    pub id: String,
+    /// The event as `GET /events` lists it (a `FeedEvent`), as JSON.
+    pub data: String,
 }
 
 /// A reviewer's full review: four JSON objects, of which `evaluation` holds the review's
@@ -157,9 +180,9 @@ pub struct Evaluation {
     score: f64,
 }
 
-/// A JSON object (a registry row, a job, a report).
+/// A JSON object (a registry row, a job, a report), its fields described in words.
 #[derive(Serialize, ToSchema)]
-#[schema(value_type = Object)]
+#[schema(value_type = std::collections::BTreeMap<String, Value>)]
 pub struct AnyObject(Value);
 
 /// The errors every route may answer, as `application/problem+json`.
@@ -366,7 +389,7 @@ impl Modify for BearerAuth {
         admin::start_shadow, admin::stop_shadow, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),
-    components(schemas(Problem, EventPage, AnyObject)),
+    components(schemas(Problem, AnyObject)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -148,12 +148,11 @@ impl Fold for LegacyCompetencies {
 }
 
 /// A document of the legacy store: its id, its partition key, the document.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct LegacyDocument {
     pub id: String,
     pub student_id: i64,
-    /// The document as the old store kept it.
-    #[schema(value_type = Object)]
+    /// An [`AttemptDoc`], a [`CompetencyDoc`] or a [`ReviewDoc`].
     pub doc: Value,
     /// The subskill's event sequence a competency document reflects (0 for other documents).
     #[serde(skip)]
@@ -246,6 +245,51 @@ pub fn legacy_timestamp(at: DateTime<Utc>) -> String {
 }
 
 /// The old store's attempt document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptDoc {
+    pub student_id: i64,
+    pub subject: String,
+    pub skill_id: String,
+    pub subskill_id: String,
+    pub score: f64,
+    pub analysis: String,
+    pub feedback: String,
+    /// When the attempt was recorded: RFC 3339 in UTC with microseconds.
+    pub timestamp: String,
+}
+
+/// The old store's competency document: the subskill's competency after its last attempt.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompetencyDoc {
+    pub student_id: i64,
+    pub subject: String,
+    pub skill_id: String,
+    pub subskill_id: String,
+    pub current_score: f64,
+    pub credibility: f64,
+    pub total_attempts: i64,
+    /// When the last attempt was recorded: RFC 3339 in UTC with microseconds.
+    pub last_updated: String,
+}
+
+/// The old store's review document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewDoc {
+    pub student_id: i64,
+    pub subject: String,
+    pub skill_id: String,
+    pub subskill_id: String,
+    pub problem_id: String,
+    /// The review as the reviewer sent it: `observation`, `analysis`, `evaluation` (with its
+    /// `score`) and `feedback`, each a JSON object.
+    #[schema(value_type = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>)]
+    pub full_review: Value,
+    pub score: f64,
+    /// When the review was recorded: RFC 3339 in UTC with microseconds.
+    pub timestamp: String,
+}
+
+/// The old store's attempt document.
 fn attempt_document(
     key: &SubskillKey,
     score: f64,
@@ -253,15 +297,15 @@ fn attempt_document(
     feedback: &str,
     timestamp: &str,
 ) -> Value {
-    json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "score": score,
-        "analysis": analysis,
-        "feedback": feedback,
-        "timestamp": timestamp,
+    json!(AttemptDoc {
+        student_id: key.student_id,
+        subject: key.subject.clone(),
+        skill_id: key.skill_id.clone(),
+        subskill_id: key.subskill_id.clone(),
+        score,
+        analysis: analysis.to_owned(),
+        feedback: feedback.to_owned(),
+        timestamp: timestamp.to_owned(),
     })
 }
 
@@ -273,15 +317,15 @@ fn competency_document(
     total_attempts: i64,
     timestamp: &str,
 ) -> Value {
-    json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "current_score": current_score,
-        "credibility": credibility,
-        "total_attempts": total_attempts,
-        "last_updated": timestamp,
+    json!(CompetencyDoc {
+        student_id: key.student_id,
+        subject: key.subject.clone(),
+        skill_id: key.skill_id.clone(),
+        subskill_id: key.subskill_id.clone(),
+        current_score,
+        credibility,
+        total_attempts,
+        last_updated: timestamp.to_owned(),
     })
 }
 
@@ -293,15 +337,15 @@ fn review_document(
     score: f64,
     timestamp: &str,
 ) -> Value {
-    json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "problem_id": problem_id,
-        "full_review": full_review,
-        "score": score,
-        "timestamp": timestamp,
+    json!(ReviewDoc {
+        student_id: key.student_id,
+        subject: key.subject.clone(),
+        skill_id: key.skill_id.clone(),
+        subskill_id: key.subskill_id.clone(),
+        problem_id: problem_id.to_owned(),
+        full_review: full_review.clone(),
+        score,
+        timestamp: timestamp.to_owned(),
     })
 }
 

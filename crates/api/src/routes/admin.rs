@@ -519,7 +519,10 @@ struct Consistency {
     responses(
         (status = 200, description = "the report", body = crate::openapi::AnyObject),
         crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::Retired
+        crate::openapi::Errors,
+        (status = 409, description = "the fresh rebuild could not replay the log: two subskills \
+                                      share an old store id, which the legacy shape cannot hold",
+         body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 async fn consistency(
