@@ -247,10 +247,9 @@ pub fn legacy_timestamp(at: DateTime<Utc>) -> String {
 /// The old store's attempt document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptDoc {
-    pub student_id: i64,
-    pub subject: String,
-    pub skill_id: String,
-    pub subskill_id: String,
+    /// The subskill: `student_id`, `subject`, `skill_id`, `subskill_id`.
+    #[serde(flatten)]
+    pub key: SubskillKey,
     pub score: f64,
     pub analysis: String,
     pub feedback: String,
@@ -261,10 +260,9 @@ pub struct AttemptDoc {
 /// The old store's competency document: the subskill's competency after its last attempt.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CompetencyDoc {
-    pub student_id: i64,
-    pub subject: String,
-    pub skill_id: String,
-    pub subskill_id: String,
+    /// The subskill: `student_id`, `subject`, `skill_id`, `subskill_id`.
+    #[serde(flatten)]
+    pub key: SubskillKey,
     pub current_score: f64,
     pub credibility: f64,
     pub total_attempts: i64,
@@ -275,10 +273,9 @@ pub struct CompetencyDoc {
 /// The old store's review document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewDoc {
-    pub student_id: i64,
-    pub subject: String,
-    pub skill_id: String,
-    pub subskill_id: String,
+    /// The subskill: `student_id`, `subject`, `skill_id`, `subskill_id`.
+    #[serde(flatten)]
+    pub key: SubskillKey,
     pub problem_id: String,
     /// The review as the reviewer sent it: `observation`, `analysis`, `evaluation` (with its
     /// `score`) and `feedback`, each a JSON object.
@@ -298,10 +295,7 @@ fn attempt_document(
     timestamp: &str,
 ) -> Value {
     json!(AttemptDoc {
-        student_id: key.student_id,
-        subject: key.subject.clone(),
-        skill_id: key.skill_id.clone(),
-        subskill_id: key.subskill_id.clone(),
+        key: key.clone(),
         score,
         analysis: analysis.to_owned(),
         feedback: feedback.to_owned(),
@@ -318,10 +312,7 @@ fn competency_document(
     timestamp: &str,
 ) -> Value {
     json!(CompetencyDoc {
-        student_id: key.student_id,
-        subject: key.subject.clone(),
-        skill_id: key.skill_id.clone(),
-        subskill_id: key.subskill_id.clone(),
+        key: key.clone(),
         current_score,
         credibility,
         total_attempts,
@@ -338,10 +329,7 @@ fn review_document(
     timestamp: &str,
 ) -> Value {
     json!(ReviewDoc {
-        student_id: key.student_id,
-        subject: key.subject.clone(),
-        skill_id: key.skill_id.clone(),
-        subskill_id: key.subskill_id.clone(),
+        key: key.clone(),
         problem_id: problem_id.to_owned(),
         full_review: full_review.clone(),
         score,

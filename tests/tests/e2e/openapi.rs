@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use cutover_core::domain::{batch, collection, competency};
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 async fn description(app: &TestApp) -> Value {
@@ -503,9 +503,20 @@ fn assert_described(doc: &Value, schema: &Value, value: &Value, at: &str) {
     }
     match value {
         Value::Object(fields) => {
-            let Some(properties) = schema["properties"].as_object() else {
+            // The schema and the parts it is made of (`allOf`, as a flattened field makes).
+            let parts: Vec<&Value> = std::iter::once(schema)
+                .chain(schema["allOf"].as_array().into_iter().flatten())
+                .map(|part| resolve(doc, part))
+                .collect();
+            let properties: Map<String, Value> = parts
+                .iter()
+                .filter_map(|part| part["properties"].as_object())
+                .flatten()
+                .map(|(name, property)| (name.clone(), property.clone()))
+                .collect();
+            if properties.is_empty() {
                 return;
-            };
+            }
             for (name, field) in fields {
                 let described = properties
                     .get(name)
@@ -514,7 +525,11 @@ fn assert_described(doc: &Value, schema: &Value, value: &Value, at: &str) {
                     assert_described(doc, described, field, &format!("{at}.{name}"));
                 }
             }
-            for name in schema["required"].as_array().into_iter().flatten() {
+            let required = parts
+                .iter()
+                .filter_map(|part| part["required"].as_array())
+                .flatten();
+            for name in required {
                 let name = name.as_str().unwrap();
                 assert!(
                     fields.contains_key(name),
@@ -554,6 +569,11 @@ async fn every_answer_describes_its_fields() {
     assert!(answers >= 25, "only {answers} answers");
 }
 
+/// The JSON answer of `request`, which must be `status`.
+async fn answer(request: reqwest::RequestBuilder, status: StatusCode) -> Value {
+    json_with_status(request.send().await.unwrap(), status).await
+}
+
 #[tokio::test]
 async fn the_readmes_answers_have_the_described_fields_and_no_others() {
     let app = TestApp::spawn().await;
@@ -561,109 +581,81 @@ async fn the_readmes_answers_have_the_described_fields_and_no_others() {
     let project = Uuid::new_v4();
     let collections = format!("/projects/{project}/collections");
     let student = 1 + i64::from(Uuid::new_v4().as_fields().1);
-    // (operationId, status, the answer)
-    let mut answers: Vec<(&str, &str, Value)> = Vec::new();
-    let body =
-        serde_json::json!({"collection_name": "Interview notes", "description": "Round one"});
-    let created = app.post(&collections).json(&body).send().await.unwrap();
-    let created = json_with_status(created, StatusCode::CREATED).await;
-    let one = format!(
-        "{collections}/{}",
-        created["collection"]["collection_id"].as_str().unwrap()
-    );
-    answers.push(("createCollection", "201", created));
-    let renamed = app.put(&one).json(&serde_json::json!({"name": "Renamed"}));
-    let renamed = json_with_status(renamed.send().await.unwrap(), StatusCode::OK).await;
-    answers.push(("updateCollection", "200", renamed));
-    let links = serde_json::json!({"tags": ["ux"], "question_ids": [], "hypothesis_ids": []});
-    let linked = app
-        .put(&format!("{one}/links"))
-        .json(&links)
-        .send()
-        .await
-        .unwrap();
-    answers.push((
-        "setCollectionLinks",
-        "200",
-        json_with_status(linked, StatusCode::OK).await,
-    ));
-    let batch =
-        serde_json::json!({"batch_id": format!("b-{project}"), "expected_players": ["ann", "bob"]});
-    let started = app.post("/batches").json(&batch).send().await.unwrap();
-    answers.push((
-        "startBatch",
-        "201",
-        json_with_status(started, StatusCode::CREATED).await,
-    ));
-    let completions = format!("/batches/b-{project}/completions");
-    let completion = serde_json::json!({"player_lookup": "ann", "predictions_count": 12});
-    let recorded = app
-        .post(&completions)
-        .json(&completion)
-        .send()
-        .await
-        .unwrap();
-    answers.push((
-        "recordCompletion",
-        "201",
-        json_with_status(recorded, StatusCode::CREATED).await,
-    ));
-    let bulk =
-        serde_json::json!({"completions": [{"player_lookup": "bob", "predictions_count": 3}]});
-    let recorded = app
-        .post(&format!("{completions}/bulk"))
-        .json(&bulk)
-        .send()
-        .await
-        .unwrap();
-    answers.push((
-        "recordCompletions",
-        "201",
-        json_with_status(recorded, StatusCode::CREATED).await,
-    ));
-    let subskill =
-        serde_json::json!({"subject": "math", "skill_id": "fractions", "subskill_id": "adding"});
+    let batch = format!("b-{project}");
+    let completions = format!("/batches/{batch}/completions");
+    let (created, ok) = (StatusCode::CREATED, StatusCode::OK);
+
+    let body = json!({"collection_name": "Interview notes", "description": "Round one"});
+    let first = answer(app.post(&collections).json(&body), created).await;
+    let id = first["collection"]["collection_id"].as_str().unwrap();
+    let one = format!("{collections}/{id}");
+    let links = json!({"tags": ["ux"], "question_ids": [], "hypothesis_ids": []});
+    let started = json!({"batch_id": batch, "expected_players": ["ann", "bob"]});
+    let completion = json!({"player_lookup": "ann", "predictions_count": 12});
+    let bulk = json!({"completions": [{"player_lookup": "bob", "predictions_count": 3}]});
+    let subskill = json!({"subject": "math", "skill_id": "fractions", "subskill_id": "adding"});
     let mut attempt = subskill.clone();
-    attempt["score"] = 8.into();
-    let attempts = format!("/students/{student}/attempts");
-    let recorded = app.post(&attempts).json(&attempt).send().await.unwrap();
-    answers.push((
-        "recordAttempt",
-        "201",
-        json_with_status(recorded, StatusCode::CREATED).await,
-    ));
-    let mut review = subskill.clone();
-    review["problem_id"] = "p1".into();
-    review["score"] = 7.into();
-    review["full_review"] = serde_json::json!({
-        "observation": {}, "analysis": {}, "evaluation": {"score": 7}, "feedback": {}
-    });
-    let reviews = format!("/students/{student}/reviews");
-    let recorded = app.post(&reviews).json(&review).send().await.unwrap();
-    answers.push((
-        "recordReview",
-        "201",
-        json_with_status(recorded, StatusCode::CREATED).await,
-    ));
-    let competency = format!("/students/{student}/competencies/math/fractions/adding");
+    attempt["score"] = json!(8);
+    let mut review = subskill;
+    review["problem_id"] = json!("p1");
+    review["score"] = json!(7);
+    review["full_review"] =
+        json!({"observation": {}, "analysis": {}, "evaluation": {"score": 7}, "feedback": {}});
+    let student_path = format!("/students/{student}");
+    // (operationId, status, the answer): the commands in the README's order, then the reads.
+    let mut answers = vec![("createCollection", "201", first.clone())];
+    for (operation_id, request, status) in [
+        (
+            "updateCollection",
+            app.put(&one).json(&json!({"name": "Renamed"})),
+            ok,
+        ),
+        (
+            "setCollectionLinks",
+            app.put(&format!("{one}/links")).json(&links),
+            ok,
+        ),
+        ("startBatch", app.post("/batches").json(&started), created),
+        (
+            "recordCompletion",
+            app.post(&completions).json(&completion),
+            created,
+        ),
+        (
+            "recordCompletions",
+            app.post(&format!("{completions}/bulk")).json(&bulk),
+            created,
+        ),
+        (
+            "recordAttempt",
+            app.post(&format!("{student_path}/attempts")).json(&attempt),
+            created,
+        ),
+        (
+            "recordReview",
+            app.post(&format!("{student_path}/reviews")).json(&review),
+            created,
+        ),
+    ] {
+        let code = if status == created { "201" } else { "200" };
+        answers.push((operation_id, code, answer(request, status).await));
+    }
+    let competency = format!("{student_path}/competencies/math/fractions/adding");
     for (operation_id, path) in [
         ("getCollection", one.clone()),
         ("listCollections", collections.clone()),
         ("getCollectionNewShape", format!("/v2{one}")),
         ("listCollectionsNewShape", format!("/v2{collections}")),
-        ("getBatch", format!("/batches/b-{project}")),
-        ("getBatchNewShape", format!("/v2/batches/b-{project}")),
+        ("getBatch", format!("/batches/{batch}")),
+        ("getBatchNewShape", format!("/v2/batches/{batch}")),
         ("listCompletions", completions.clone()),
         ("listCompletionsNewShape", format!("/v2{completions}")),
         ("getCompetency", competency.clone()),
         ("getCompetencyNewShape", format!("/v2{competency}")),
-        (
-            "listCompetencies",
-            format!("/students/{student}/competencies"),
-        ),
+        ("listCompetencies", format!("{student_path}/competencies")),
         (
             "listCompetenciesNewShape",
-            format!("/v2/students/{student}/competencies"),
+            format!("/v2{student_path}/competencies"),
         ),
         (
             "getSkillAnalytics",
@@ -672,14 +664,12 @@ async fn the_readmes_answers_have_the_described_fields_and_no_others() {
         ("listEvents", "/events?after=0&limit=5".to_owned()),
         ("getHealth", "/health".to_owned()),
     ] {
-        let read = json_with_status(app.get(&path).send().await.unwrap(), StatusCode::OK).await;
-        answers.push((operation_id, "200", read));
+        answers.push((operation_id, "200", answer(app.get(&path), ok).await));
     }
-    let deleted = app.delete(&one).send().await.unwrap();
     answers.push((
         "deleteCollection",
         "200",
-        json_with_status(deleted, StatusCode::OK).await,
+        answer(app.delete(&one), ok).await,
     ));
 
     for (operation_id, status, answer) in &answers {
@@ -749,7 +739,11 @@ async fn the_described_answers_have_the_real_fields() {
         required(&doc, "LegacyCompetency"),
         fields(&["id", "student_id", "doc"])
     );
-    assert!(required(&doc, "CompetencyDoc").contains("current_score"));
+    assert_eq!(
+        schema(&doc, "CompetencyDoc/allOf/0")["$ref"],
+        "#/components/schemas/SubskillKey"
+    );
+    assert!(required(&doc, "CompetencyDoc/allOf/1").contains("current_score"));
     let attempt = answer_schema(&doc, "recordAttempt", "201");
     assert!(required(&doc, attempt).is_superset(&fields(&["attempt", "competency"])));
     let competency = answer_schema(&doc, "getCompetencyNewShape", "200");
