@@ -433,8 +433,11 @@ impl TestApp {
             .expect("valid test tokens")
             .map(std::sync::Arc::new);
         let limits = cutover_api::serve::ConnectionArgs::default();
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
-            cutover_api::serve::serve(listener, app(state), &limits, std::future::pending()).await;
+            let app = app(state);
+            cutover_api::serve::serve(listener, app, metrics, &limits, std::future::pending())
+                .await;
         });
         Self {
             db,
@@ -464,7 +467,7 @@ impl TestApp {
         self.client.delete(self.url(path))
     }
 
-    /// The value of one sample of `/metrics`, named with its labels as the exposition writes
+    /// The value of one sample of `/metrics` (see [`sample_in`]), named with its labels as the exposition writes
     /// them (`cutover_events_appended_total`, `name{label="value"}`); panics when absent, so a
     /// metric that disappears fails the test that reads it.
     pub async fn metric(&self, sample: &str) -> f64 {
@@ -476,9 +479,7 @@ impl TestApp {
             .text()
             .await
             .expect("reading /metrics");
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .map(|value| value.trim().parse().expect("a metric's value"))
+        sample_in(&text, sample)
             .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
     }
 
@@ -772,4 +773,12 @@ pub async fn rebuild_with(
         .await?
         .run(swap, |_| {})
         .await
+}
+
+/// The value of one sample of a `/metrics` text, named with its labels as the exposition
+/// writes them (`cutover_events_appended_total`, `name{label="value"}`), if it is there.
+pub fn sample_in(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a metric's value"))
 }

@@ -59,11 +59,18 @@ async fn main() -> anyhow::Result<()> {
     state.tokens = tokens.map(Arc::new);
     state.swap = config.swap;
     tokio::spawn(forget_expired_keys(database.session.clone(), stopping));
-    serve(listener, app(state), &config.connections, async move {
-        shutdown_signal().await;
-        // Live event streams end, so that open connections do not hold the shutdown.
-        stop.send_replace(true);
-    })
+    let metrics = state.metrics.clone();
+    serve(
+        listener,
+        app(state),
+        metrics,
+        &config.connections,
+        async move {
+            shutdown_signal().await;
+            // Live event streams end, so that open connections do not hold the shutdown.
+            stop.send_replace(true);
+        },
+    )
     .await;
     database.close().await.context("closing the database")
 }

@@ -60,6 +60,11 @@ fn method_label(method: &Method) -> &'static str {
 const UNMATCHED: &str = "unmatched";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProjectionLabels {
     projection: String,
 }
@@ -84,6 +89,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram>,
+    refused: Family<RefusalLabels, Counter>,
     /// Commands answered (any status), for the console's rate chart.
     commands: Counter,
     lag: Family<ProjectionLabels, Gauge>,
@@ -120,6 +126,14 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time to answer a request (to its response head), by method and route",
             durations.clone(),
+        );
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "http_refused_before_routing",
+            "Connections the HTTP layer ended before a request reached a route, by reason: \
+             malformed (answered 400), head_too_large (414 or 431), header_timeout (no \
+             complete request header in time, idle kept-alive connections included)",
+            refused.clone(),
         );
         let counts = store.metrics();
         for (name, help, counter) in [
@@ -261,6 +275,7 @@ impl Metrics {
             registry: Arc::new(registry),
             requests,
             durations,
+            refused,
             commands: Counter::default(),
             lag,
             rebuild_done,
@@ -273,6 +288,11 @@ impl Metrics {
             pool_max,
             history: Arc::default(),
         }
+    }
+
+    /// Counts a connection the HTTP layer ended before routing, for `reason`.
+    pub fn refused_before_routing(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Reads what lives in the database into the gauges (on `session`, a direct connection),

@@ -21,6 +21,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::metrics::Metrics;
+
 /// Default of `--header-read-timeout-ms`.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default of `--body-read-timeout-ms`.
@@ -78,10 +80,12 @@ impl Default for ConnectionArgs {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then accepts no more connections,
-/// lets each open one finish its request in flight, and returns once all have closed.
+/// lets each open one finish its request in flight, and returns once all have closed. A
+/// connection ended before its request reached the router is counted in `metrics`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    metrics: Metrics,
     limits: &ConnectionArgs,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -92,6 +96,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_header_size(HEADER_LIMIT)
         .max_buf_size(HEADER_LIMIT);
     let slots = Arc::new(Semaphore::new(limits.max_http_connections as usize));
     let connections = GracefulShutdown::new();
@@ -112,15 +117,35 @@ pub async fn serve(
         };
         let connection =
             connections.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection closed");
+                if let Some(reason) = refusal(&e) {
+                    metrics.refused_before_routing(reason);
+                }
             }
             drop(slot);
         });
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Why hyper ended a connection before its request reached the router, if it did: `malformed`
+/// (a request line or header it cannot parse, a NUL byte in a header among them; answered
+/// 400), `head_too_large` (a URI or header beyond the limits; 414 or 431) or `header_timeout`
+/// (no complete header within `--header-read-timeout-ms`; closed without an answer).
+fn refusal(error: &hyper::Error) -> Option<&'static str> {
+    if error.is_parse_too_large() {
+        Some("head_too_large")
+    } else if error.is_parse() {
+        Some("malformed")
+    } else if error.is_timeout() {
+        Some("header_timeout")
+    } else {
+        None
+    }
 }
 
 /// `request`, whose body fails with [`BodyTimedOut`] unless it has all arrived within

@@ -165,8 +165,8 @@ enum Command {
         /// How many events to write.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
-        /// Leave the read models as they are (they will not reflect the new events until a
-        /// rebuild).
+        /// Leave the read models as they are: they lack the new events until a rebuild, and
+        /// `cutover status` counts them as each projection's lag meanwhile.
         #[arg(long)]
         no_rebuild: bool,
         #[command(flatten)]
@@ -546,7 +546,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
         } => {
             let started = Instant::now();
             let mut bar = Reporter::new("seed");
-            let written = seed::seed(pool, events, |n| bar.report(n, events)).await?;
+            let written = seed::seed(pool, &projectors, events, |n| bar.report(n, events)).await?;
             bar.finish();
             let secs = started.elapsed().as_secs_f64();
             out!(

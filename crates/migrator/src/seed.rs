@@ -2,8 +2,9 @@
 //! demos — collections that are created, renamed, linked and sometimes deleted; prediction
 //! batches whose players complete; students' attempts and reviews. Events are made with the
 //! domain's own types (the competency numbers by the domain's formula) and appended in large
-//! multi-row inserts under the append lock, bypassing the inline projectors: the read models
-//! are then rebuilt from the log.
+//! multi-row inserts under the append lock, bypassing the inline projectors: each insert
+//! counts, in the same transaction, the events every projection has not seen (its lag until a
+//! rebuild swaps fresh tables in), and the read models are then rebuilt from the log.
 
 use anyhow::Context as _;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -12,9 +13,11 @@ use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::domain::competency::{
     Competency, CompetencyEvent, StudentSubskill, SubskillKey, MAX_SCORE,
 };
+use cutover_core::projection::Projector;
 use cutover_core::store::APPEND_LOCK;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Events per insert transaction.
@@ -193,6 +196,7 @@ fn competency_history(rng: &mut Rng, student_base: i64, n: u64) -> anyhow::Resul
 /// A database error; what was inserted before it stays.
 pub async fn seed(
     pool: &PgPool,
+    projectors: &[Arc<dyn Projector>],
     target: u64,
     mut on_progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
@@ -212,20 +216,35 @@ pub async fn seed(
         };
         pending.extend(history);
         if pending.len() >= CHUNK {
-            written += insert(pool, &mut pending).await?;
+            written += insert(pool, projectors, &mut pending).await?;
             on_progress(written);
         }
     }
-    written += insert(pool, &mut pending).await?;
+    written += insert(pool, projectors, &mut pending).await?;
     on_progress(written);
     Ok(written)
 }
 
-async fn insert(pool: &PgPool, rows: &mut Vec<Row>) -> anyhow::Result<u64> {
+async fn insert(
+    pool: &PgPool,
+    projectors: &[Arc<dyn Projector>],
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
     let count = rows.len() as u64;
+    let (names, unseen): (Vec<&str>, Vec<i64>) = projectors
+        .iter()
+        .map(|p| {
+            let types = p.aggregate_types();
+            let n = rows
+                .iter()
+                .filter(|row| types.contains(&row.aggregate_type))
+                .count();
+            (p.name(), i64::try_from(n).unwrap_or(i64::MAX))
+        })
+        .unzip();
     let mut types = Vec::with_capacity(rows.len());
     let mut ids = Vec::with_capacity(rows.len());
     let mut sequences = Vec::with_capacity(rows.len());
@@ -262,6 +281,16 @@ async fn insert(pool: &PgPool, rows: &mut Vec<Row>) -> anyhow::Result<u64> {
     .execute(&mut *tx)
     .await
     .context("inserting seed events")?;
+    sqlx::query(
+        "UPDATE projections SET unprojected = unprojected + u.n
+           FROM unnest($1::text[], $2::bigint[]) AS u(name, n)
+          WHERE projections.name = u.name AND u.n > 0",
+    )
+    .bind(&names)
+    .bind(&unseen)
+    .execute(&mut *tx)
+    .await
+    .context("counting the events the read models have not seen")?;
     tx.commit().await?;
     Ok(count)
 }

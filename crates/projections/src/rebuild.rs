@@ -640,7 +640,7 @@ impl Job {
             sqlx::query(
                 "UPDATE projections
                     SET state = $3, inline_active = true, version = version + 1,
-                        rebuilt_to = $2, changed_at = now()
+                        rebuilt_to = $2, unprojected = 0, changed_at = now()
                   WHERE name = ANY($1)",
             )
             .bind(&self.names)

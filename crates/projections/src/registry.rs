@@ -197,9 +197,13 @@ pub struct Status {
     pub projection: Projection,
     /// Rows in each of its tables (none while retired).
     pub rows: BTreeMap<String, i64>,
-    /// The log position its tables reflect: the head of its events while maintained inline.
+    /// The log position its tables reflect: the head of its events while maintained inline,
+    /// unknown (`null`) while events that bypassed it are missing (see `lag`).
     pub last_position: Option<i64>,
-    /// Events of its aggregate types its tables do not reflect yet.
+    /// Events of its aggregate types its tables do not reflect yet: while it is maintained
+    /// inline, those that reached the log without passing through it (`cutover seed`) since
+    /// its tables were last built; while retired, all of them; while it rebuilds, what the job
+    /// has left.
     pub lag: Option<i64>,
     /// Whether a rebuild of it runs right now (on any instance): its latest job is `running`.
     pub rebuild_running: bool,
@@ -394,7 +398,15 @@ async fn status_of(
             .fetch_one(&mut *conn)
             .await?;
     let (last_position, lag) = if projection.inline_active {
-        (Some(head.unwrap_or(0)), Some(0))
+        // Commands update it as they append; what it lacks is what reached the log without
+        // passing through it (`cutover seed`), until a rebuild.
+        let unprojected: i64 =
+            sqlx::query_scalar("SELECT unprojected FROM projections WHERE name = $1")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?;
+        let reflects_head = unprojected == 0;
+        (reflects_head.then(|| head.unwrap_or(0)), Some(unprojected))
     } else {
         let total: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")

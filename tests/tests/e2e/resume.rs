@@ -516,3 +516,71 @@ async fn a_long_transaction_is_named_and_the_rebuild_waits_for_it_instead_of_swa
     server.start_kill().unwrap();
     server.wait().await.unwrap();
 }
+
+/// Each projection's lag as `cutover status` prints it, and as the admin API and `/metrics`
+/// answer it: the three must agree.
+async fn lags(app: &TestApp) -> Vec<(String, String, i64)> {
+    let status = run_cli(app, &["status"]).await;
+    let mut lags = Vec::new();
+    for projection in inline_projectors() {
+        let name = projection.name();
+        let row = status
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row: {status}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        let answered = admin(app, &format!("/admin/projections/{name}")).await;
+        let lag = answered["lag"].as_i64().unwrap();
+        assert_eq!(columns[6], lag.to_string(), "{name}: {status} / {answered}");
+        let position = answered["last_position"]
+            .as_i64()
+            .map_or("-".to_owned(), |p| p.to_string());
+        assert_eq!(columns[5], position, "{name}: {status} / {answered}");
+        let metric = app
+            .metric(&format!(
+                "cutover_projection_lag_events{{projection=\"{name}\"}}"
+            ))
+            .await;
+        assert_eq!(metric, lag as f64, "{name}");
+        lags.push((name.to_owned(), position, lag));
+    }
+    lags
+}
+
+#[tokio::test]
+async fn a_seed_without_a_rebuild_shows_as_lag_until_a_rebuild() {
+    let app = TestApp::spawn().await;
+    create(&app, Uuid::new_v4(), "Before the seed").await;
+    assert!(lags(&app)
+        .await
+        .iter()
+        .all(|(_, p, lag)| p != "-" && *lag == 0));
+
+    run_cli(&app, &["seed", "--events", "3000", "--no-rebuild"]).await;
+    // Each projection lacks exactly the seeded events of its aggregate types; a command
+    // afterwards is projected inline and adds nothing.
+    create(&app, Uuid::new_v4(), "After the seed").await;
+    for (name, position, lag) in lags(&app).await {
+        let projector = inline_projectors()
+            .into_iter()
+            .find(|p| p.name() == name)
+            .unwrap();
+        let types: Vec<&str> = projector.aggregate_types().to_vec();
+        let seeded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events
+              WHERE aggregate_type = ANY($1) AND metadata->>'command' = 'Seed'",
+        )
+        .bind(&types)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert!(seeded > 0, "{name}");
+        assert_eq!((position.as_str(), lag), ("-", seeded), "{name}");
+    }
+
+    run_cli(&app, &["rebuild", "--all"]).await;
+    assert!(lags(&app)
+        .await
+        .iter()
+        .all(|(_, p, lag)| p != "-" && *lag == 0));
+}

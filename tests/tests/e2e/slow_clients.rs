@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use cutover_tests::TestDb;
+use cutover_tests::{sample_in, TestDb};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -228,4 +228,57 @@ async fn a_shutdown_closes_idle_connections_ends_streams_and_waits_for_no_slow_c
     let (_, dripping_closed) = dripping.await.unwrap();
     assert!(silent_closed.is_some() && dripping_closed.is_some());
     assert!(signalled.elapsed() <= HEADER_TIMEOUT + SLACK);
+}
+
+/// Sends `request` on a connection of its own and reads until the server closes it.
+async fn raw(address: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = stream.write_all(request).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// A sample of `/metrics` (0 when the series does not exist yet).
+async fn sample(address: &str, series: &str) -> f64 {
+    let scrape = reqwest::get(format!("http://{address}/metrics")).await;
+    let text = scrape.unwrap().text().await.unwrap();
+    sample_in(&text, series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn requests_refused_before_routing_are_counted() {
+    let (_server, address, _db) = slow_server(&[]).await;
+    let series =
+        |reason: &str| format!("cutover_http_refused_before_routing_total{{reason=\"{reason}\"}}");
+
+    let nul = raw(
+        &address,
+        b"GET /health HTTP/1.1\r\nhost: x\r\nx-bad: a\0b\r\n\r\n",
+    )
+    .await;
+    assert!(nul.starts_with("HTTP/1.1 400 "), "{nul}");
+    let long_header = format!(
+        "GET /health HTTP/1.1\r\nhost: x\r\nx-long: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let answer = raw(&address, long_header.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let long_uri = format!(
+        "GET /health?{} HTTP/1.1\r\nhost: x\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let answer = raw(&address, long_uri.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 414 ") || answer.starts_with("HTTP/1.1 431 "),
+        "{answer}"
+    );
+    let (received, closed) = slow_client(&address, Slow::Silent).await;
+    assert!(received.is_empty() && closed.is_some());
+
+    assert_eq!(sample(&address, &series("malformed")).await, 1.0);
+    assert_eq!(sample(&address, &series("head_too_large")).await, 2.0);
+    // (Idle kept-alive connections of other clients may have timed out as well.)
+    assert!(sample(&address, &series("header_timeout")).await >= 1.0);
 }
