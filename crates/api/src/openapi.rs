@@ -25,6 +25,8 @@ use cutover_projections::legacy_competencies::{AttemptDoc, CompetencyDoc, Review
 use cutover_projections::project_collections::ProjectCollection;
 use cutover_projections::student_competencies::{SkillAnalytics, StudentCompetency};
 
+pub mod registry;
+
 use crate::error::{ApiError, Problem};
 use crate::routes::{admin, batches, collections, competencies, events, health};
 use crate::AppState;
@@ -179,11 +181,6 @@ pub struct Evaluation {
     /// A number, decimals allowed.
     score: f64,
 }
-
-/// A JSON object (a registry row, a job, a report), its fields described in words.
-#[derive(Serialize, ToSchema)]
-#[schema(value_type = std::collections::BTreeMap<String, Value>)]
-pub struct AnyObject(Value);
 
 /// The errors every route may answer, as `application/problem+json`.
 #[derive(IntoResponses)]
@@ -389,7 +386,7 @@ impl Modify for BearerAuth {
         admin::start_shadow, admin::stop_shadow, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),
-    components(schemas(Problem, AnyObject)),
+    components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
