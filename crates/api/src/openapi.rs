@@ -25,11 +25,11 @@ use cutover_projections::legacy_competencies::{AttemptDoc, CompetencyDoc, Review
 use cutover_projections::project_collections::ProjectCollection;
 use cutover_projections::student_competencies::{SkillAnalytics, StudentCompetency};
 
-pub mod registry;
-
 use crate::error::{ApiError, Problem};
 use crate::routes::{admin, batches, collections, competencies, events, health};
 use crate::AppState;
+
+pub mod registry;
 
 /// The read model that answered: `legacy` or `new`. The route decides the shape of the rows,
 /// never the read source: the routes without `/v2` answer in the old API's shape from either
