@@ -416,6 +416,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
     get,
     path = "/metrics",
     operation_id = "getMetrics",
+    summary = "Scrape metrics",
     tag = "operations",
     description = "Prometheus metrics: the OpenMetrics text format, or the Prometheus text \
                    format 0.0.4 when `Accept` asks for `text/plain` (and not for \
@@ -545,7 +546,6 @@ pub struct Activity {
     pub log_head: i64,
     /// The transaction that holds the log's horizon back, if one does: `{pid, age_seconds,
     /// application, query}` (the feed and rebuilds' catch-up wait for it).
-    #[schema(value_type = Option<Object>)]
     pub horizon_blocker: Option<log::HorizonBlocker>,
     /// Oldest first.
     pub samples: Vec<Sample>,
@@ -555,6 +555,7 @@ pub struct Activity {
     get,
     path = "/admin/activity",
     operation_id = "getActivity",
+    summary = "Get recent activity",
     tag = "admin",
     description = "The last ten minutes of this server's command rate and the running \
                    rebuilds' event rate, a point every two seconds, and the log's head.",

@@ -10,7 +10,6 @@ use std::sync::LazyLock;
 use axum::response::IntoResponse as _;
 use axum::routing::get;
 use axum::Router;
-use chrono::{DateTime, Utc};
 use cutover_core::domain::{self, batch, collection, competency};
 use cutover_core::read_source::{Domain, ReadSource};
 use serde::Serialize;
@@ -19,91 +18,146 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
+use cutover_projections::batch_state::BatchState;
+use cutover_projections::batches::{BatchSummary, CompletionRow};
+use cutover_projections::collections::LegacyCollection;
+use cutover_projections::legacy_competencies::{AttemptDoc, CompetencyDoc, ReviewDoc};
+use cutover_projections::project_collections::ProjectCollection;
+use cutover_projections::student_competencies::{SkillAnalytics, StudentCompetency};
+
 use crate::error::{ApiError, Problem};
 use crate::routes::{admin, batches, collections, competencies, events, health};
 use crate::AppState;
 
-/// The answer about one aggregate: where it was read from, its version, the event-log
-/// position a command reached, and the read-model rows the route names (`collection`;
-/// `batch` and `completion`; `attempt` and `competency`; `competency`; `review`) in the read
-/// source's shape. A row is `null` when the read source does not hold it (any more).
+pub mod registry;
+
+/// The read model that answered: `legacy` or `new`. The route decides the shape of the rows,
+/// never the read source: the routes without `/v2` answer in the old API's shape from either
+/// model, the `/v2` routes in the new shape from the new model.
 #[derive(Serialize, ToSchema)]
-pub struct Document {
-    /// The read model that answered: `legacy` or `new`. The route decides the shape of the
-    /// rows, never the read source: the routes without `/v2` answer in the old API's shape from
-    /// either model, the `/v2` routes in the new shape from the new model.
-    read_source: String,
-    /// The aggregate's version, also sent as the `ETag`.
-    version: i64,
-    /// The event-log position the command reached (commands only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    position: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    collection: Option<CollectionRow>,
-    /// The batch (`startBatch`, `getBatch`): the old API's document (expected and completed
-    /// players, predictions by player), or its counters on the `/v2` routes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    batch: Option<Value>,
-    /// The player's completion as `GET …/completions` lists it (`recordCompletion` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    completion: Option<Value>,
-    /// The completions recorded, as `GET …/completions` lists them, by player lookup
-    /// (`recordCompletions` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    completions: Option<Value>,
-    /// The attempt just recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    attempt: Option<Value>,
-    /// The subskill's competency.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    competency: Option<Value>,
-    /// The review just recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    review: Option<Value>,
+pub struct ReadSourceName(String);
+
+/// Declares the answer about one aggregate, one per route family:
+/// `{read_source, version, position?, <rows>}`. `version` is also sent as the `ETag`;
+/// `position` is the event-log position a command reached (commands only).
+macro_rules! documents {
+    ($($(#[$meta:meta])* $name:ident { $($(#[$row_meta:meta])* $row:ident: $ty:ty),+ $(,)? })+) => {$(
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            read_source: ReadSourceName,
+            /// The aggregate's version, also sent as the `ETag`.
+            version: i64,
+            /// The event-log position the command reached (commands only).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(nullable = false)]
+            position: Option<i64>,
+            $($(#[$row_meta])* #[schema(required = true)] $row: $ty,)+
+        }
+    )+};
 }
 
-/// A collection. Both shapes have these fields; the old API's shape (routes without `/v2`) adds
-/// `collection_name`, `description` (`null` only for a collection imported from an old row
-/// whose description was NULL) and `is_active`; the new shape (`/v2` routes) adds
-/// `research_context`, `tags`, `linked_project_question_ids` and
-/// `linked_project_hypothesis_ids`.
-#[derive(Serialize, ToSchema)]
-pub struct CollectionRow {
-    collection_id: Uuid,
-    project_id: Uuid,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+documents! {
+    /// A collection in the old API's shape (`null` when the read source no longer holds it).
+    CollectionDocument { collection: Option<LegacyCollection> }
+    /// A collection in the new shape.
+    CollectionNewDocument { collection: ProjectCollection }
+    /// A batch in the old API's shape: its expected and completed players, predictions by
+    /// player.
+    BatchDocument { batch: Option<BatchState> }
+    /// A batch in the new shape: its counters.
+    BatchNewDocument { batch: BatchSummary }
+    /// The player's completion as `GET …/completions` lists it.
+    CompletionDocument { completion: Option<CompletionRow> }
+    /// The completions recorded, as `GET …/completions` lists them, by player lookup.
+    CompletionsDocument { completions: Vec<CompletionRow> }
+    /// The attempt just recorded and the subskill's competency, as the old store's documents.
+    AttemptDocument { attempt: Option<LegacyAttempt>, competency: Option<LegacyCompetency> }
+    /// The review just recorded, as the old store's document.
+    ReviewDocument { review: Option<LegacyReview> }
+    /// The subskill's competency, as the old store's document.
+    CompetencyDocument { competency: LegacyCompetency }
+    /// The subskill's competency in the new shape.
+    CompetencyNewDocument { competency: StudentCompetency }
 }
 
-/// A page of rows.
-#[derive(Serialize, ToSchema)]
-pub struct Page {
-    /// The read model that answered, where a domain has two (`null` or absent otherwise); the
-    /// route decides the rows' shape.
-    read_source: Option<String>,
-    #[schema(value_type = Vec<Object>)]
-    items: Vec<Value>,
-    /// Pass as `after` for the next page; `null` on the last page (pages by offset have none).
-    #[schema(value_type = Option<String>)]
-    next: Option<Value>,
+/// Declares the old store's documents of one kind: `{id, student_id, doc}`, as the old clients
+/// read them (the legacy tables' rows, or the same built from the new model's).
+macro_rules! legacy_documents {
+    ($($(#[$meta:meta])* $name:ident($doc:ty))+) => {$(
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            /// The old store's id of the document.
+            id: String,
+            /// The student: the old store's partition key.
+            student_id: i64,
+            doc: $doc,
+        }
+    )+};
 }
 
-/// A page of the event log.
+legacy_documents! {
+    /// An attempt, as the old store kept it.
+    LegacyAttempt(AttemptDoc)
+    /// A subskill's competency, as the old store kept it (its id is
+    /// `<student>_<subject>_<skill>_<subskill>`).
+    LegacyCompetency(CompetencyDoc)
+    /// A review, as the old store kept it.
+    LegacyReview(ReviewDoc)
+}
+
+/// Declares a page of rows: `{read_source, items, next}`.
+macro_rules! pages {
+    ($($(#[$meta:meta])* $name:ident { items: $item:ty, next: $next:ty $(, $(#[$source_meta:meta])* read_source: $source:ty)? })+) => {$(
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            $($(#[$source_meta])* read_source: $source,)?
+            items: Vec<$item>,
+            /// Pass as `after` for the next page; `null` on the last page.
+            #[schema(required = true)]
+            next: $next,
+        }
+    )+};
+}
+
+pages! {
+    /// A page of collections in the old API's shape.
+    CollectionPage { items: LegacyCollection, next: Option<Uuid>, read_source: ReadSourceName }
+    /// A page of collections in the new shape.
+    CollectionNewPage { items: ProjectCollection, next: Option<Uuid>, read_source: ReadSourceName }
+    /// A page of completions (the `/v2` routes add when each was recorded).
+    CompletionPage { items: CompletionRow, next: Option<String>, read_source: ReadSourceName }
+}
+
+/// A page of competencies in the old API's shape, by offset.
 #[derive(Serialize, ToSchema)]
-pub struct EventPage {
-    /// Each with its `position`, `aggregate_type`, `aggregate_id`, `sequence`, `event_type`,
-    /// `event_version`, `payload`, `metadata` and `recorded_at`, in gap-free order.
-    #[schema(value_type = Vec<Object>)]
-    events: Vec<Value>,
-    /// Pass as `after` to continue: the last event looked at (filtered out or not); the same
-    /// `after` when nothing new was safe to serve.
-    next: i64,
+pub struct CompetencyPage {
+    read_source: ReadSourceName,
+    items: Vec<LegacyCompetency>,
+}
+
+/// A page of competencies in the new shape, by offset.
+#[derive(Serialize, ToSchema)]
+pub struct CompetencyNewPage {
+    read_source: ReadSourceName,
+    items: Vec<StudentCompetency>,
+}
+
+/// A page of skill analytics, by offset.
+#[derive(Serialize, ToSchema)]
+pub struct AnalyticsPage {
+    items: Vec<SkillAnalytics>,
+}
+
+/// One Server-Sent Event of `GET /events/stream`.
+#[derive(ToSchema)]
+pub struct StreamEvent {
+    /// The event's position, which a reconnecting browser sends back as `Last-Event-ID`.
+    pub id: String,
+    /// The event as `GET /events` lists it (a `FeedEvent`), as JSON.
+    pub data: String,
 }
 
 /// A reviewer's full review: four JSON objects, of which `evaluation` holds the review's
@@ -128,18 +182,12 @@ pub struct Evaluation {
     score: f64,
 }
 
-/// A JSON object (a registry row, a job, a report).
-#[derive(Serialize, ToSchema)]
-#[schema(value_type = Object)]
-pub struct AnyObject(Value);
-
-/// The errors a route may answer, as `application/problem+json` (a route gives those its
-/// rules allow: a GET never 412s).
+/// The errors every route may answer, as `application/problem+json`.
 #[derive(IntoResponses)]
 pub enum Errors {
     #[response(
         status = 400,
-        description = "malformed request: JSON, a path or query value, If-Match or Idempotency-Key",
+        description = "malformed request: a path, query or header value, or the JSON body",
         content_type = "application/problem+json"
     )]
     BadRequest(Problem),
@@ -161,6 +209,26 @@ pub enum Errors {
         content_type = "application/problem+json"
     )]
     NotFound(Problem),
+    #[response(
+        status = 422,
+        description = "a value the database cannot store (a NUL character); for a command also a \
+                       broken rule (`field` names it) or an Idempotency-Key reused with another \
+                       request",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(Problem),
+    #[response(
+        status = 503,
+        description = "the database cannot be reached; Retry-After says when to try again",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
+/// The errors only a command (a request with a body or an If-Match) may answer, as
+/// `application/problem+json`.
+#[derive(IntoResponses)]
+pub enum CommandErrors {
     #[response(
         status = 409,
         description = "the state does not allow it, or the append race was lost too often",
@@ -192,20 +260,34 @@ pub enum Errors {
         content_type = "application/problem+json"
     )]
     UnsupportedMediaType(Problem),
-    #[response(
-        status = 422,
-        description = "a broken rule (`field` names it), a value the database cannot store (a NUL \
-                       character), or an Idempotency-Key reused with another request",
-        content_type = "application/problem+json"
-    )]
-    Unprocessable(Problem),
-    #[response(
-        status = 503,
-        description = "the database cannot be reached; Retry-After says when to try again",
-        content_type = "application/problem+json"
-    )]
-    Unavailable(Problem),
 }
+
+/// The answer of a read whose Cutover-Min-Position names a position no event has.
+#[derive(IntoResponses)]
+#[response(
+    status = 412,
+    description = "Cutover-Min-Position names a position no event has",
+    content_type = "application/problem+json"
+)]
+pub struct UnknownPosition(pub Problem);
+
+/// The answer of a GET of a deleted resource.
+#[derive(IntoResponses)]
+#[response(
+    status = 410,
+    description = "deleted",
+    content_type = "application/problem+json"
+)]
+pub struct Deleted(pub Problem);
+
+/// The answer of a GET of the new shape while its projection is retired.
+#[derive(IntoResponses)]
+#[response(
+    status = 409,
+    description = "the projection that keeps the new shape is retired: rebuild it to serve it again",
+    content_type = "application/problem+json"
+)]
+pub struct Retired(pub Problem);
 
 /// The answer to a conditional GET whose `If-None-Match` names the current tag.
 #[derive(IntoResponses)]
@@ -230,7 +312,7 @@ pub struct ReadHeaders {
 #[into_params(parameter_in = Header)]
 pub struct PositionHeaders {
     /// A log position a command answered (its `position`, or its `Cutover-Position` header),
-    /// in digits (at most 18, [`crate::reads::MIN_POSITION_DIGITS`]):
+    /// in digits (at most 18):
     /// the read is answered only by a server that shows that event, a replica once it has
     /// replayed it (within `--replica-wait-ms`), else the primary. A position no event has is
     /// a 412. Every read answers with `Cutover-Position`: the highest position its server
@@ -288,6 +370,7 @@ impl Modify for BearerAuth {
         title = "Cutover",
         description = "Ledger-first data-model migrations: commands append events and update the legacy and the new read model in one transaction."
     ),
+    servers((url = "/", description = "the server that serves this description")),
     paths(
         health::health,
         collections::create, collections::fetch, collections::update, collections::set_links,
@@ -303,7 +386,7 @@ impl Modify for BearerAuth {
         admin::start_shadow, admin::stop_shadow, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),
-    components(schemas(Problem, Document, Page, EventPage, AnyObject)),
+    components(schemas(Problem)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -352,11 +435,6 @@ fn rules() -> Vec<(At, Value)> {
         "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
     });
     let sources = read_sources();
-    let nullable_sources: Vec<Value> = sources
-        .iter()
-        .map(|s| json!(s))
-        .chain([Value::Null])
-        .collect();
     vec![
         // Collections.
         (
@@ -524,14 +602,7 @@ fn rules() -> Vec<(At, Value)> {
             json!({"enum": sources}),
         ),
         // Answers.
-        (
-            Schema("Document/properties/read_source"),
-            json!({"enum": sources}),
-        ),
-        (
-            Schema("Page/properties/read_source"),
-            json!({"enum": nullable_sources}),
-        ),
+        (Schema("ReadSourceName"), json!({"enum": sources})),
         // Headers.
         (
             Every("If-Match"),
@@ -811,7 +882,46 @@ pub fn description() -> Result<Value, String> {
     for link in LINKS {
         add_link(&mut doc, link)?;
     }
+    name_alias(&mut doc)?;
     Ok(doc)
+}
+
+/// The collection body's two forms: the name as `collection_name`, or as the old API's `name`
+/// (the `serde` alias of `CollectionBody`), one or the other, never both nor neither (422).
+/// Each form is a schema of its own, the same but for that property's name, and the body is
+/// one of them.
+fn name_alias(doc: &mut Value) -> Result<(), String> {
+    let schemas = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+        .ok_or("the description has no schemas")?;
+    let named = schemas
+        .remove("CollectionBody")
+        .ok_or("the description has no CollectionBody")?;
+    let mut aliased = named.clone();
+    let properties = aliased
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .ok_or("CollectionBody has no properties")?;
+    let name = properties
+        .remove("collection_name")
+        .ok_or("CollectionBody has no collection_name")?;
+    properties.insert("name".to_owned(), name);
+    aliased["required"] = json!(["name"]);
+    let description = named.get("description").cloned().unwrap_or(Value::Null);
+    schemas.insert("CollectionBodyWithCollectionName".to_owned(), named);
+    schemas.insert("CollectionBodyWithName".to_owned(), aliased);
+    schemas.insert(
+        "CollectionBody".to_owned(),
+        json!({
+            "description": description,
+            "oneOf": [
+                {"$ref": "#/components/schemas/CollectionBodyWithCollectionName"},
+                {"$ref": "#/components/schemas/CollectionBodyWithName"},
+            ],
+        }),
+    );
+    Ok(())
 }
 
 /// The schemas a rule applies to.

@@ -278,7 +278,7 @@ fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
 
 /// A transaction that holds the log's horizon back: readers that follow the log (the feed, a
 /// rebuild's catch-up) wait for it to end before they read what committed after it started.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HorizonBlocker {
     pub pid: i32,
     /// How long its transaction has been open, in seconds.

@@ -105,11 +105,13 @@ impl Fold for LegacyBatchState {
 }
 
 /// A batch as the old clients read it: the legacy row.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BatchState {
     pub batch_id: String,
     pub expected_players: Vec<String>,
     pub completed_players: Vec<String>,
+    /// Each completed player's predictions count, by player lookup.
+    #[schema(value_type = std::collections::BTreeMap<String, i64>)]
     pub predictions_by_player: serde_json::Value,
     pub total_predictions: i64,
     pub is_complete: bool,

@@ -9,17 +9,18 @@ use sqlx::PgConnection;
 use crate::batch_state::BatchState;
 /// A completion: the old clients read its player and count, the new shape also when it was
 /// recorded.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CompletionRow {
     pub player_lookup: String,
     pub predictions_count: i32,
     /// When the completion was recorded; the old answers do not show it.
+    #[schema(nullable = false)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
 }
 
 /// A batch in the new shape: its counters.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BatchSummary {
     pub batch_id: String,
     pub expected_count: i32,

@@ -172,12 +172,13 @@ impl Fold for LegacyCollections {
 }
 
 /// A row of the legacy `collections` table.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LegacyCollection {
     pub collection_id: Uuid,
     pub project_id: Uuid,
     pub collection_name: String,
     /// NULL only for a collection imported from an old row whose description was NULL.
+    #[schema(required = true)]
     pub description: Option<String>,
     pub is_active: bool,
     pub created_at: DateTime<Utc>,

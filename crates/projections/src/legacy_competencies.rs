@@ -152,6 +152,7 @@ impl Fold for LegacyCompetencies {
 pub struct LegacyDocument {
     pub id: String,
     pub student_id: i64,
+    /// An [`AttemptDoc`], a [`CompetencyDoc`] or a [`ReviewDoc`].
     pub doc: Value,
     /// The subskill's event sequence a competency document reflects (0 for other documents).
     #[serde(skip)]
@@ -244,6 +245,48 @@ pub fn legacy_timestamp(at: DateTime<Utc>) -> String {
 }
 
 /// The old store's attempt document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptDoc {
+    /// The subskill: `student_id`, `subject`, `skill_id`, `subskill_id`.
+    #[serde(flatten)]
+    pub key: SubskillKey,
+    pub score: f64,
+    pub analysis: String,
+    pub feedback: String,
+    /// When the attempt was recorded: RFC 3339 in UTC with microseconds.
+    pub timestamp: String,
+}
+
+/// The old store's competency document: the subskill's competency after its last attempt.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompetencyDoc {
+    /// The subskill: `student_id`, `subject`, `skill_id`, `subskill_id`.
+    #[serde(flatten)]
+    pub key: SubskillKey,
+    pub current_score: f64,
+    pub credibility: f64,
+    pub total_attempts: i64,
+    /// When the last attempt was recorded: RFC 3339 in UTC with microseconds.
+    pub last_updated: String,
+}
+
+/// The old store's review document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewDoc {
+    /// The subskill: `student_id`, `subject`, `skill_id`, `subskill_id`.
+    #[serde(flatten)]
+    pub key: SubskillKey,
+    pub problem_id: String,
+    /// The review as the reviewer sent it: `observation`, `analysis`, `evaluation` (with its
+    /// `score`) and `feedback`, each a JSON object.
+    #[schema(value_type = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>)]
+    pub full_review: Value,
+    pub score: f64,
+    /// When the review was recorded: RFC 3339 in UTC with microseconds.
+    pub timestamp: String,
+}
+
+/// The old store's attempt document.
 fn attempt_document(
     key: &SubskillKey,
     score: f64,
@@ -251,15 +294,12 @@ fn attempt_document(
     feedback: &str,
     timestamp: &str,
 ) -> Value {
-    json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "score": score,
-        "analysis": analysis,
-        "feedback": feedback,
-        "timestamp": timestamp,
+    json!(AttemptDoc {
+        key: key.clone(),
+        score,
+        analysis: analysis.to_owned(),
+        feedback: feedback.to_owned(),
+        timestamp: timestamp.to_owned(),
     })
 }
 
@@ -271,15 +311,12 @@ fn competency_document(
     total_attempts: i64,
     timestamp: &str,
 ) -> Value {
-    json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "current_score": current_score,
-        "credibility": credibility,
-        "total_attempts": total_attempts,
-        "last_updated": timestamp,
+    json!(CompetencyDoc {
+        key: key.clone(),
+        current_score,
+        credibility,
+        total_attempts,
+        last_updated: timestamp.to_owned(),
     })
 }
 
@@ -291,15 +328,12 @@ fn review_document(
     score: f64,
     timestamp: &str,
 ) -> Value {
-    json!({
-        "student_id": key.student_id,
-        "subject": key.subject,
-        "skill_id": key.skill_id,
-        "subskill_id": key.subskill_id,
-        "problem_id": problem_id,
-        "full_review": full_review,
-        "score": score,
-        "timestamp": timestamp,
+    json!(ReviewDoc {
+        key: key.clone(),
+        problem_id: problem_id.to_owned(),
+        full_review: full_review.clone(),
+        score,
+        timestamp: timestamp.to_owned(),
     })
 }
 

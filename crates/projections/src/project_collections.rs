@@ -159,7 +159,7 @@ impl Fold for ProjectCollections {
 }
 
 /// A collection in the new shape: the project/collection junction with its research links.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ProjectCollection {
     pub project_id: Uuid,
     pub collection_id: Uuid,

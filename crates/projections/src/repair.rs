@@ -123,7 +123,7 @@ const PLANS: &[Plan] = &[
 ];
 
 /// What a repair did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Repaired {
     pub projections: Vec<String>,
     pub aggregate_type: String,

@@ -22,7 +22,7 @@ pub const KEPT_MISMATCHES: i64 = 100;
 pub const KEPT_BODY_BYTES: usize = 16 * 1024;
 
 /// A domain in shadow.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Settings {
     pub fraction: f64,
     pub min_reads: i64,
@@ -30,18 +30,20 @@ pub struct Settings {
 }
 
 /// A mismatch: the request, and both models' answers as `{"status", "body"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Mismatch {
     pub route: String,
     pub path: String,
     pub seen_at: DateTime<Utc>,
     pub served_source: String,
+    /// The answer served, `{"status", "body"}`.
     pub served: Value,
+    /// The other model's answer, `{"status", "body"}`.
     pub other: Value,
 }
 
 /// A domain's shadow state: whether it is in shadow, and its current window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Window {
     pub domain: String,
     /// `None` while the domain is not in shadow.

@@ -178,7 +178,7 @@ impl Fold for StudentCompetencies {
 }
 
 /// A row of `student_competencies`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StudentCompetency {
     pub student_id: i64,
     pub subject: String,
@@ -222,7 +222,7 @@ pub struct StudentReview {
 }
 
 /// A row of `skill_analytics`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SkillAnalytics {
     pub subject: String,
     pub skill_id: String,

@@ -24,13 +24,15 @@ use crate::repair;
 pub const MAX_LISTED: usize = 1_000;
 
 /// One difference: where, and both values.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Difference {
     /// `legacy_vs_new` or `live_vs_rebuild`.
+    #[schema(value_type = String)]
     pub check: &'static str,
     /// The projection (for `legacy_vs_new`, the domain's two projections `legacy/new`).
     pub projection: String,
     pub table: String,
+    /// The row's key (a JSON value).
     pub key: Value,
     pub field: String,
     /// The legacy value, or the live one.
@@ -43,7 +45,7 @@ pub struct Difference {
 }
 
 /// The outcome of a verification.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub domains: Vec<String>,
     /// Rows compared, over every check.
@@ -340,10 +342,12 @@ async fn record(pool: &PgPool, report: &Report) -> Result<(), sqlx::Error> {
 }
 
 /// A report as it was kept: when, and what it found.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Recorded {
     pub checked_at: chrono::DateTime<chrono::Utc>,
     pub consistent: bool,
+    /// The [`Report`] as it was kept.
+    #[schema(value_type = Report)]
     pub report: sqlx::types::Json<Value>,
 }
 

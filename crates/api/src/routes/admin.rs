@@ -1,6 +1,8 @@
 //! The admin API: the projection registry, rebuilds (run in the background, progress in the
 //! database so every instance reports it), retirement, read sources, and verification.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,6 @@ use cutover_projections::repair;
 use cutover_projections::shadow;
 use cutover_projections::verify::{self, Report};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -66,11 +67,12 @@ impl From<AdminError> for ApiError {
     get,
     path = "/admin/projections",
     operation_id = "listProjections",
+    summary = "List the projections",
     tag = "admin",
     description = "Every projection with its status, as `GET /admin/projections/{name}` gives it.",
     params(crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the projections", body = Vec<crate::openapi::AnyObject>),
+        (status = 200, description = "the projections", body = Vec<crate::openapi::registry::ProjectionStatus>),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -88,6 +90,7 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
     get,
     path = "/admin/projections/{name}",
     operation_id = "getProjection",
+    summary = "Get a projection",
     tag = "admin",
     description = "One projection: its registry row (`state`: `live`, `rebuilding` or `retired`; \
                    `shape`: `legacy` or `new`), its row counts, `last_position`, `lag`, \
@@ -95,7 +98,7 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
                    latest rebuild job as `GET /admin/jobs/{id}` gives it.",
     params(("name" = String, Path, description = "the projection"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the projection", body = crate::openapi::AnyObject),
+        (status = 200, description = "the projection", body = crate::openapi::registry::ProjectionStatus),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -109,9 +112,11 @@ async fn status(
     ))
 }
 
-#[derive(Debug, Serialize)]
+/// A rebuild started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Started {
     job_id: Uuid,
+    /// The projections it rebuilds.
     projections: Vec<String>,
     /// Where the job's progress is.
     job: String,
@@ -123,14 +128,15 @@ struct Started {
     post,
     path = "/admin/projections/{name}/rebuild",
     operation_id = "startRebuild",
+    summary = "Start a rebuild",
     tag = "admin",
     description = "Starts a rebuild of a projection, or of every one (`all`); 409 while one of them is being rebuilt.",
     params(("name" = String, Path, description = "the projection, or `all`")),
     responses(
-        (status = 202, description = "started: `job_id`, `projections` and `job`, the job's path", body = crate::openapi::AnyObject, headers(
+        (status = 202, description = "started: `job_id`, `projections` and `job`, the job's path", body = Started, headers(
             ("Location" = String, description = "the projection's path")
         )),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn start_rebuild(
@@ -171,12 +177,13 @@ async fn start_rebuild(
     post,
     path = "/admin/projections/{name}/retire",
     operation_id = "retireProjection",
+    summary = "Retire a projection",
     tag = "admin",
     description = "Retires a projection: commands stop updating it and its tables are dropped; 409 while it is its domain's read source or being rebuilt.",
     params(("name" = String, Path, description = "the projection")),
     responses(
-        (status = 200, description = "retired", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        (status = 200, description = "retired", body = crate::openapi::registry::Projection),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn retire(
@@ -200,6 +207,7 @@ struct RepairBody {
     post,
     path = "/admin/projections/{name}/repair",
     operation_id = "repairProjection",
+    summary = "Repair some aggregates' rows",
     tag = "admin",
     description = "Rebuilds, in place, the rows of some aggregates in a live projection (after \
                    verify found a drift), in one transaction that holds off commands on those \
@@ -209,8 +217,8 @@ struct RepairBody {
     request_body = RepairBody,
     responses(
         (status = 200, description = "repaired: the projection, the aggregates and the events \
-                                      replayed", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+                                      replayed", body = repair::Repaired),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn repair_aggregates(
@@ -227,6 +235,7 @@ async fn repair_aggregates(
     get,
     path = "/admin/jobs/{id}",
     operation_id = "getJob",
+    summary = "Get a job",
     tag = "admin",
     description = "A job (`purpose`: `rebuild` or `verify`) and its progress. `status`: \
                    `running`; `interrupted`, recorded running but run by no process any more \
@@ -241,7 +250,7 @@ async fn repair_aggregates(
                    `terminate`: the session, idle in a transaction, was ended); empty when none.",
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the job", body = crate::openapi::AnyObject),
+        (status = 200, description = "the job", body = crate::openapi::registry::Job),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -257,14 +266,15 @@ async fn job(
     delete,
     path = "/admin/jobs/{id}",
     operation_id = "cancelJob",
+    summary = "Cancel a rebuild",
     tag = "admin",
     description = "Cancels a running (or interrupted) rebuild: it stops at its next batch and its \
                    tables are dropped; the live tables stay as they are. 404 for an unknown \
                    job, 409 for one that is not running.",
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`")),
     responses(
-        (status = 200, description = "cancelled: the job as it is now", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        (status = 200, description = "cancelled: the job as it is now", body = crate::openapi::registry::Job),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn cancel_job(
@@ -276,28 +286,40 @@ async fn cancel_job(
     found(registry::job(pool, id).await?, "no such job")
 }
 
+/// Each domain's read source, by domain.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(value_type = BTreeMap<String, crate::openapi::ReadSourceName>)]
+struct ReadSources(BTreeMap<String, ReadSource>);
+
 #[utoipa::path(
     get,
     path = "/admin/read-sources",
     operation_id = "listReadSources",
+    summary = "List the read sources",
     tag = "admin",
     description = "Each domain's read source.",
     params(crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the read sources", body = crate::openapi::AnyObject),
+        (status = 200, description = "the read sources", body = ReadSources),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
 )]
-async fn read_sources(
-    State(state): State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn read_sources(State(state): State<AppState>) -> Result<axum::Json<ReadSources>, ApiError> {
     let sources = registry::read_sources(&state.session).await?;
-    let body: serde_json::Map<String, serde_json::Value> = sources
-        .into_iter()
-        .map(|(domain, source)| (domain, json!(source)))
-        .collect();
-    Ok(axum::Json(serde_json::Value::Object(body)))
+    Ok(axum::Json(ReadSources(sources.into_iter().collect())))
+}
+
+/// A domain's read source switched: to what, whether the gate was forced, and the gate.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Switched {
+    domain: String,
+    #[schema(value_type = crate::openapi::ReadSourceName)]
+    source: ReadSource,
+    /// Whether the switch went through a closed gate (`force`).
+    forced: bool,
+    #[schema(value_type = crate::openapi::registry::Gate)]
+    gate: registry::Gate,
 }
 
 /// Body of `PUT /admin/read-sources/{domain}`.
@@ -319,13 +341,14 @@ struct ReadSourceBody {
     put,
     path = "/admin/read-sources/{domain}",
     operation_id = "setReadSource",
+    summary = "Switch a domain's read source",
     tag = "admin",
     description = "Switches a domain's read source.",
     params(("domain" = String, Path, description = "the domain")),
     request_body = ReadSourceBody,
     responses(
-        (status = 200, description = "switched", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        (status = 200, description = "switched", body = Switched),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn set_read_source(
@@ -333,15 +356,15 @@ async fn set_read_source(
     Path(domain): Path<String>,
     Extension(actor): Extension<registry::Actor>,
     Json(body): Json<ReadSourceBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Switched>, ApiError> {
     let pool = &state.session;
     let gate = registry::set_read_source(pool, &domain, body.source, body.force, &actor).await?;
-    Ok(axum::Json(json!({
-        "domain": domain,
-        "source": body.source,
-        "forced": !gate.open,
-        "gate": gate,
-    })))
+    Ok(axum::Json(Switched {
+        domain,
+        source: body.source,
+        forced: !gate.open,
+        gate,
+    }))
 }
 
 /// Body of `PUT /admin/shadow/{domain}`.
@@ -372,6 +395,7 @@ fn default_min_reads() -> i64 {
     get,
     path = "/admin/shadow",
     operation_id = "listShadowWindows",
+    summary = "List the shadow reads",
     tag = "admin",
     description = "Each domain's shadow reads: whether it is in shadow (its fraction and the reads \
                    its switch gate wants), the reads and mismatches counted since the last \
@@ -379,7 +403,7 @@ fn default_min_reads() -> i64 {
                    with both answers.",
     params(crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the domains' shadow windows", body = Vec<crate::openapi::AnyObject>),
+        (status = 200, description = "the domains' shadow windows", body = Vec<shadow::Window>),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -394,6 +418,7 @@ async fn shadow_windows(
     put,
     path = "/admin/shadow/{domain}",
     operation_id = "startShadowReads",
+    summary = "Start shadow reads",
     tag = "admin",
     description = "Puts a domain in shadow (or changes its fraction and minimum): its GETs are \
                    answered from the read source as before and, for the fraction given, also \
@@ -401,8 +426,8 @@ async fn shadow_windows(
     params(("domain" = String, Path, description = "the domain")),
     request_body = ShadowBody,
     responses(
-        (status = 200, description = "in shadow", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        (status = 200, description = "in shadow", body = InShadow),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn start_shadow(
@@ -410,7 +435,7 @@ async fn start_shadow(
     Path(domain): Path<String>,
     Extension(actor): Extension<registry::Actor>,
     Json(body): Json<ShadowBody>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<InShadow>, ApiError> {
     let settings = shadow::start(
         &state.session,
         &domain,
@@ -419,35 +444,63 @@ async fn start_shadow(
         &actor,
     )
     .await?;
-    Ok(axum::Json(json!({ "domain": domain, "shadow": settings })))
+    Ok(axum::Json(InShadow {
+        domain,
+        shadow: Some(settings),
+    }))
 }
 
 #[utoipa::path(
     delete,
     path = "/admin/shadow/{domain}",
     operation_id = "stopShadowReads",
+    summary = "Stop shadow reads",
     tag = "admin",
     description = "Takes a domain out of shadow; the reads it counted stay. Recorded with who and \
                    when.",
     params(("domain" = String, Path, description = "the domain")),
     responses(
-        (status = 200, description = "out of shadow", body = crate::openapi::AnyObject),
-        crate::openapi::Errors
+        (status = 200, description = "out of shadow", body = InShadow),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn stop_shadow(
     State(state): State<AppState>,
     Path(domain): Path<String>,
     Extension(actor): Extension<registry::Actor>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<InShadow>, ApiError> {
     shadow::stop(&state.session, &domain, &actor).await?;
-    Ok(axum::Json(json!({ "domain": domain, "shadow": null })))
+    Ok(axum::Json(InShadow {
+        domain,
+        shadow: None,
+    }))
+}
+
+/// A domain's shadow settings after a change: `null` once out of shadow.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct InShadow {
+    domain: String,
+    shadow: Option<shadow::Settings>,
+}
+
+/// A domain's switch gate, its read source and its last switch.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SwitchGate {
+    domain: String,
+    #[schema(value_type = crate::openapi::ReadSourceName)]
+    source: ReadSource,
+    #[schema(value_type = crate::openapi::registry::Gate)]
+    gate: registry::Gate,
+    /// The domain's last switch of read source (who, when, whether forced), if any.
+    #[schema(value_type = Option<crate::openapi::registry::Action>)]
+    last_switch: Option<registry::Action>,
 }
 
 #[utoipa::path(
     get,
     path = "/admin/read-sources/{domain}/gate",
     operation_id = "getSwitchGate",
+    summary = "Get a domain's switch gate",
     tag = "admin",
     description = "Whether the domain's read source may be switched: open after a clean \
                    consistency report of the domain taken since the last rebuild, repair or \
@@ -455,7 +508,7 @@ async fn stop_shadow(
                    mismatch; with the domain's last switch (who, when, whether it was forced).",
     params(("domain" = String, Path, description = "the domain"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the gate", body = crate::openapi::AnyObject),
+        (status = 200, description = "the gate", body = SwitchGate),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -463,7 +516,7 @@ async fn stop_shadow(
 async fn switch_gate(
     State(state): State<AppState>,
     Path(domain): Path<String>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<SwitchGate>, ApiError> {
     let pool = &state.session;
     let source = registry::read_sources(pool)
         .await?
@@ -474,12 +527,12 @@ async fn switch_gate(
     let mut conn = pool.acquire().await?;
     let gate = registry::gate(&mut conn, &domain).await?;
     let last_switch = registry::last_switch(pool, &domain).await?;
-    Ok(axum::Json(json!({
-        "domain": domain,
-        "source": source,
-        "gate": gate,
-        "last_switch": last_switch,
-    })))
+    Ok(axum::Json(SwitchGate {
+        domain,
+        source,
+        gate,
+        last_switch,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,7 +541,8 @@ struct ConsistencyQuery {
     domain: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A verification's report, and whether it found no difference.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Consistency {
     consistent: bool,
     #[serde(flatten)]
@@ -499,13 +553,17 @@ struct Consistency {
     get,
     path = "/admin/consistency",
     operation_id = "verifyConsistency",
+    summary = "Verify consistency",
     tag = "admin",
     description = "Verifies legacy against new and live against a fresh rebuild (an admin token).",
     params(("domain" = Option<String>, Query, nullable = false, description = "only this domain (all of them by default)"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the report", body = crate::openapi::AnyObject),
+        (status = 200, description = "the report", body = Consistency),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors,
+        (status = 409, description = "the fresh rebuild could not replay the log: two subskills \
+                                      share an old store id, which the legacy shape cannot hold",
+         body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
 async fn consistency(
@@ -528,11 +586,12 @@ async fn consistency(
     get,
     path = "/admin/consistency/latest",
     operation_id = "getLatestConsistency",
+    summary = "Get the latest consistency report",
     tag = "admin",
     description = "The newest consistency report (from the CLI or the API), without running one; 404 before the first.",
     params(crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the report and when it was made", body = crate::openapi::AnyObject),
+        (status = 200, description = "the report and when it was made", body = verify::Recorded),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )

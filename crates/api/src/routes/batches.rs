@@ -96,16 +96,17 @@ struct CompletionPage {
     post,
     path = "/batches",
     operation_id = "startBatch",
+    summary = "Start a batch",
     tag = "batches",
     description = "Starts a batch for its expected players.",
     params(crate::openapi::CommandHeaders),
     request_body = StartBody,
     responses(
-        (status = 201, description = "started", body = crate::openapi::Document, headers(
+        (status = 201, description = "started", body = crate::openapi::BatchDocument, headers(
             ("ETag" = String, description = "the batch's version, `\"1\"`"),
             ("Location" = String, description = "the batch's path")
         )),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn start(
@@ -146,14 +147,15 @@ async fn start(
     post,
     path = "/batches/{batch_id}/completions",
     operation_id = "recordCompletion",
+    summary = "Record a completion",
     tag = "batches",
     description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
     params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::CommandHeaders),
     request_body = CompletionBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        (status = 200, description = "already recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        crate::openapi::Errors
+        (status = 201, description = "recorded", body = crate::openapi::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        (status = 200, description = "already recorded", body = crate::openapi::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn record(
@@ -191,14 +193,15 @@ async fn record(
     post,
     path = "/batches/{batch_id}/completions/bulk",
     operation_id = "recordCompletions",
+    summary = "Record many completions",
     tag = "batches",
     description = "Records many completions, all or nothing: each as recordCompletion would, a player at most once with one count.",
     params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::CommandHeaders),
     request_body = BulkBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        (status = 200, description = "all already recorded", body = crate::openapi::Document, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        crate::openapi::Errors
+        (status = 201, description = "recorded", body = crate::openapi::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        (status = 200, description = "all already recorded", body = crate::openapi::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn record_bulk(
@@ -253,15 +256,16 @@ async fn record_bulk(
     get,
     path = "/batches/{batch_id}",
     operation_id = "getBatch",
+    summary = "Get a batch",
     tag = "batches",
     description = "The batch, from the domain's read source.",
     params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "the batch", body = crate::openapi::Document, headers(
+        (status = 200, description = "the batch", body = crate::openapi::BatchDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition
     )
 )]
 async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
@@ -287,13 +291,14 @@ async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Respons
     get,
     path = "/batches/{batch_id}/completions",
     operation_id = "listCompletions",
+    summary = "List a batch's completions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
     params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::CompletionPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition
     )
 )]
 async fn list_completions(
@@ -321,16 +326,17 @@ async fn list_completions(
     get,
     path = "/v2/batches/{batch_id}",
     operation_id = "getBatchNewShape",
+    summary = "Get a batch (new shape)",
     tag = "batches",
     description = "The batch in the new shape (its counters), from the new model whatever the read \
                    source.",
     params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "the batch", body = crate::openapi::Document, headers(
+        (status = 200, description = "the batch", body = crate::openapi::BatchNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
@@ -346,14 +352,15 @@ async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Res
     get,
     path = "/v2/batches/{batch_id}/completions",
     operation_id = "listCompletionsNewShape",
+    summary = "List a batch's completions (new shape)",
     tag = "batches",
     description = "A page of the batch's completions in the new shape (with when each was \
                    recorded), by player lookup, from the new model whatever the read source.",
     params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::CompletionPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn list_completions_new(

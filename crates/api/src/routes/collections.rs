@@ -104,16 +104,17 @@ struct CollectionPage<T> {
     post,
     path = "/projects/{project_id}/collections",
     operation_id = "createCollection",
+    summary = "Create a collection",
     tag = "collections",
     description = "Creates a collection; the answer is read back from the read source.",
     params(("project_id" = Uuid, Path, description = "the project"), crate::openapi::CommandHeaders),
     request_body = CollectionBody,
     responses(
-        (status = 201, description = "created", body = crate::openapi::Document, headers(
+        (status = 201, description = "created", body = crate::openapi::CollectionDocument, headers(
             ("ETag" = String, description = "the collection's version, `\"1\"`: send it as If-Match"),
             ("Location" = String, description = "the collection's path")
         )),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn create(
@@ -155,13 +156,14 @@ async fn create(
     put,
     path = "/projects/{project_id}/collections/{collection_id}",
     operation_id = "updateCollection",
+    summary = "Rename a collection",
     tag = "collections",
     description = "Renames a collection and sets its description.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     request_body = CollectionBody,
     responses(
-        (status = 200, description = "updated", body = crate::openapi::Document, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
-        crate::openapi::Errors
+        (status = 200, description = "updated", body = crate::openapi::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn update(
@@ -192,13 +194,14 @@ async fn update(
     put,
     path = "/projects/{project_id}/collections/{collection_id}/links",
     operation_id = "setCollectionLinks",
+    summary = "Set a collection's research links",
     tag = "collections",
     description = "Replaces the collection's tags, question ids and hypothesis ids.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     request_body = LinksBody,
     responses(
-        (status = 200, description = "linked", body = crate::openapi::Document, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
-        crate::openapi::Errors
+        (status = 200, description = "linked", body = crate::openapi::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn set_links(
@@ -226,12 +229,13 @@ async fn set_links(
     delete,
     path = "/projects/{project_id}/collections/{collection_id}",
     operation_id = "deleteCollection",
+    summary = "Delete a collection",
     tag = "collections",
     description = "Deletes a collection (a soft delete in the legacy shape); reading it afterwards is a 410.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
     responses(
-        (status = 200, description = "deleted", body = crate::openapi::Document, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
-        crate::openapi::Errors
+        (status = 200, description = "deleted", body = crate::openapi::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn delete(
@@ -257,15 +261,16 @@ async fn delete(
     get,
     path = "/projects/{project_id}/collections/{collection_id}",
     operation_id = "getCollection",
+    summary = "Get a collection",
     tag = "collections",
     description = "The collection, from the domain's read source.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "the collection", body = crate::openapi::Document, headers(
+        (status = 200, description = "the collection", body = crate::openapi::CollectionDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-Match takes it as that version, If-None-Match as this answer")
         )),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Deleted
     )
 )]
 async fn fetch(
@@ -297,13 +302,14 @@ async fn fetch(
     get,
     path = "/projects/{project_id}/collections",
     operation_id = "listCollections",
+    summary = "List a project's collections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
     params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::CollectionPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition
     )
 )]
 async fn list(
@@ -332,16 +338,17 @@ async fn list(
     get,
     path = "/v2/projects/{project_id}/collections/{collection_id}",
     operation_id = "getCollectionNewShape",
+    summary = "Get a collection (new shape)",
     tag = "collections",
     description = "The collection in the new shape (its research context and links), from the new \
                    model whatever the read source; a deleted collection is a 404.",
     params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "the collection", body = crate::openapi::Document, headers(
+        (status = 200, description = "the collection", body = crate::openapi::CollectionNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn fetch_new(
@@ -368,14 +375,15 @@ async fn fetch_new(
     get,
     path = "/v2/projects/{project_id}/collections",
     operation_id = "listCollectionsNewShape",
+    summary = "List a project's collections (new shape)",
     tag = "collections",
     description = "A page of the project's live collections in the new shape, by id, from the new \
                    model whatever the read source.",
     params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::CollectionNewPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn list_new(

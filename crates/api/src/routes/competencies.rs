@@ -108,16 +108,17 @@ struct Page<T> {
     post,
     path = "/students/{student_id}/attempts",
     operation_id = "recordAttempt",
+    summary = "Record an attempt",
     tag = "competencies",
     description = "Records an attempt; the answer carries the attempt and the competency it led to.",
     params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::openapi::CommandHeaders),
     request_body = AttemptBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document, headers(
+        (status = 201, description = "recorded", body = crate::openapi::AttemptDocument, headers(
             ("ETag" = String, description = "the subskill's version, `\"<version>\"`"),
             ("Location" = String, description = "the competency's path")
         )),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn record_attempt(
@@ -165,16 +166,17 @@ async fn record_attempt(
     post,
     path = "/students/{student_id}/reviews",
     operation_id = "recordReview",
+    summary = "Record a review",
     tag = "competencies",
     description = "Records a problem review.",
     params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::openapi::CommandHeaders),
     request_body = ReviewBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::Document, headers(
+        (status = 201, description = "recorded", body = crate::openapi::ReviewDocument, headers(
             ("ETag" = String, description = "the subskill's version, `\"<version>\"`"),
             ("Location" = String, description = "the competency's path")
         )),
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
 async fn record_review(
@@ -223,15 +225,16 @@ async fn record_review(
     get,
     path = "/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
     operation_id = "getCompetency",
+    summary = "Get a competency",
     tag = "competencies",
     description = "One competency: 404 until the subskill has an attempt.",
     params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "the competency", body = crate::openapi::Document, headers(
+        (status = 200, description = "the competency", body = crate::openapi::CompetencyDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition
     )
 )]
 async fn fetch(
@@ -261,13 +264,14 @@ async fn fetch(
     get,
     path = "/students/{student_id}/competencies",
     operation_id = "listCompetencies",
+    summary = "List a student's competencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
     params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::CompetencyPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition
     )
 )]
 async fn list(
@@ -295,16 +299,17 @@ async fn list(
     get,
     path = "/v2/students/{student_id}/competencies/{subject}/{skill_id}/{subskill_id}",
     operation_id = "getCompetencyNewShape",
+    summary = "Get a competency (new shape)",
     tag = "competencies",
     description = "One competency in the new shape (typed, flat), from the new model whatever the \
                    read source: 404 until the subskill has an attempt.",
     params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "the competency", body = crate::openapi::Document, headers(
+        (status = 200, description = "the competency", body = crate::openapi::CompetencyNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn fetch_new(
@@ -326,14 +331,15 @@ async fn fetch_new(
     get,
     path = "/v2/students/{student_id}/competencies",
     operation_id = "listCompetenciesNewShape",
+    summary = "List a student's competencies (new shape)",
     tag = "competencies",
     description = "A page of the student's competencies in the new shape, by subject, skill and \
                    subskill, from the new model whatever the read source.",
     params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::CompetencyNewPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn list_new(
@@ -362,13 +368,14 @@ async fn list_new(
     get,
     path = "/analytics/skills",
     operation_id = "getSkillAnalytics",
+    summary = "Get skill analytics",
     tag = "competencies",
     description = "Attempts, students and mean score per subskill (kept by the new shape's projection: a 409 while it is retired).",
     params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::Page),
+        (status = 200, description = "a page", body = crate::openapi::AnalyticsPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
     )
 )]
 async fn analytics(

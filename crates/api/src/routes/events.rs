@@ -57,15 +57,22 @@ struct FeedQuery {
 }
 
 /// One event as the feed serves it.
-#[derive(Debug, Serialize)]
-struct FeedEvent {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeedEvent {
+    /// Its place in the gap-free order of the log.
     position: i64,
     aggregate_type: String,
     aggregate_id: String,
+    /// Its place among its aggregate's events, from 1: the aggregate's version after it.
     sequence: i64,
     event_type: String,
     event_version: String,
+    /// What happened, as the event type's version says (a JSON object).
+    #[schema(value_type = std::collections::BTreeMap<String, Value>)]
     payload: Value,
+    /// What its writer recorded with it, such as the `command` that appended it (a JSON
+    /// object).
+    #[schema(value_type = std::collections::BTreeMap<String, Value>)]
     metadata: Value,
     recorded_at: DateTime<Utc>,
 }
@@ -86,8 +93,10 @@ impl From<StoredEvent> for FeedEvent {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct FeedPage {
+/// A page of the event log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeedPage {
+    /// In gap-free order.
     events: Vec<FeedEvent>,
     /// Pass as `after` to continue: the last event looked at (filtered out or not); the same
     /// `after` when nothing new was safe to serve.
@@ -98,13 +107,14 @@ struct FeedPage {
     get,
     path = "/events",
     operation_id = "listEvents",
+    summary = "List events",
     tag = "events",
     description = "A page of the event log in gap-free order.",
     params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
     responses(
-        (status = 200, description = "events and next", body = crate::openapi::EventPage),
+        (status = 200, description = "events and next", body = FeedPage),
         crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::openapi::Errors, crate::openapi::UnknownPosition
     )
 )]
 async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Response, ApiError> {
@@ -150,11 +160,12 @@ struct StreamQuery {
     get,
     path = "/events/stream",
     operation_id = "streamEvents",
+    summary = "Stream events",
     tag = "events",
     description = "The event feed as Server-Sent Events: every event after `after`, then each new one as it commits; the stream does not end.",
     params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log, the default) or a position the feed gave (another is a 404)"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "what a reconnecting browser sends: the last event's position, which then takes the place of `after`")),
     responses(
-        (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::openapi::AnyObject),
+        (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::openapi::StreamEvent),
         crate::openapi::Errors
     )
 )]

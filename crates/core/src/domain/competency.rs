@@ -55,7 +55,7 @@ impl InvalidCompetencyInput {
 }
 
 /// Which subskill of which student: the aggregate's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubskillKey {
     pub student_id: i64,
     pub subject: String,
