@@ -314,7 +314,7 @@ impl View<Collection> for LegacyCollectionView {
                 description,
             } => {
                 self.collection_name.clone_from(collection_name);
-                self.description.clone_from(description);
+                self.description = description.clone().unwrap_or_default();
             }
             CollectionEvent::CollectionResearchLinksSet { .. } => {}
             CollectionEvent::CollectionDeleted {} => self.is_active = false,
@@ -368,7 +368,7 @@ impl View<Collection> for ProjectCollectionView {
                 self.created_at = now;
             }
             CollectionEvent::CollectionUpdated { description, .. } => {
-                self.research_context.clone_from(description);
+                self.research_context = description.clone().unwrap_or_default();
             }
             CollectionEvent::CollectionResearchLinksSet {
                 tags,

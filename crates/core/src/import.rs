@@ -23,16 +23,37 @@ pub struct Imported {
     pub refused: Vec<(Uuid, String)>,
 }
 
-/// A staging row; every column but the id may be NULL, as in the old table.
-type Row = (
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    Option<String>,
-    Option<bool>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
+/// A row of the old system's `collections` table; every column but the id may be NULL, as
+/// in the old table.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OldCollectionRow {
+    pub collection_id: Uuid,
+    pub project_id: Option<Uuid>,
+    pub collection_name: Option<String>,
+    pub description: Option<String>,
+    pub is_active: Option<bool>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl OldCollectionRow {
+    /// The row's name and description (`None` where NULL) as the domain holds them, or why
+    /// the domain refuses them.
+    ///
+    /// # Errors
+    /// The domain's rule the name or description breaks.
+    pub fn text(&self) -> Result<(CollectionName, Option<Description>), String> {
+        let name = CollectionName::parse(self.collection_name.as_deref().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        let description = self
+            .description
+            .as_deref()
+            .map(Description::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok((name, description))
+    }
+}
 
 /// Importing stopped; rows imported before stay imported, and a re-run continues.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +78,7 @@ pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportEr
     let mut after = Uuid::nil();
     let imported_at = Utc::now();
     loop {
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<OldCollectionRow> = sqlx::query_as(
             "SELECT collection_id, project_id, collection_name, description, is_active,
                     created_at, updated_at
                FROM import_collections
@@ -72,12 +93,12 @@ pub async fn import_collections(store: &EventStore) -> Result<Imported, ImportEr
         let Some(last) = rows.last() else {
             return Ok(outcome);
         };
-        after = last.0;
+        after = last.collection_id;
         let (mut consumed, refused_before) =
             (Vec::with_capacity(rows.len()), outcome.refused.len());
         for row in rows {
-            let id = row.0;
-            let command = match command(row, imported_at) {
+            let id = row.collection_id;
+            let command = match adopt(&row, imported_at) {
                 Ok(command) => command,
                 Err(reason) => {
                     outcome.refused.push((id, reason));
@@ -126,27 +147,23 @@ async fn settle(
     Ok(())
 }
 
-/// The command that adopts a staging row, or why the row is refused. NULLs map as the old
+/// The command that adopts an old row, or why the row is refused. NULLs map as the old
 /// system read them: no description stays no description (`null` in the event and the legacy
 /// row, empty in the new shape), no `is_active` flag is an active collection, and a missing
-/// timestamp is the other one, or the import's time when both are missing.
-fn command(row: Row, imported_at: DateTime<Utc>) -> Result<CollectionCommand, String> {
-    let (_, project_id, name, description, is_active, created_at, updated_at) = row;
-    let project_id = project_id.ok_or("project_id is NULL")?;
-    let name =
-        CollectionName::parse(name.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
-    let description = description
-        .as_deref()
-        .map(Description::parse)
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let created_at = created_at.or(updated_at).unwrap_or(imported_at);
+/// timestamp is the other one, or `now` when both are missing.
+///
+/// # Errors
+/// Why the row is refused: no project, or a name or description the domain refuses.
+pub fn adopt(row: &OldCollectionRow, now: DateTime<Utc>) -> Result<CollectionCommand, String> {
+    let project_id = row.project_id.ok_or("project_id is NULL")?;
+    let (name, description) = row.text()?;
+    let created_at = row.created_at.or(row.updated_at).unwrap_or(now);
     Ok(CollectionCommand::ImportCollection {
         project_id,
         name,
         description,
-        is_active: is_active.unwrap_or(true),
+        is_active: row.is_active.unwrap_or(true),
         created_at,
-        updated_at: updated_at.unwrap_or(created_at),
+        updated_at: row.updated_at.unwrap_or(created_at),
     })
 }

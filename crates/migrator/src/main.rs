@@ -16,7 +16,7 @@ use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
 use cutover_projections::rebuild::{self, Progress, Purpose, SwapArgs};
 use cutover_projections::registry::JobState;
-use cutover_projections::{inline_projectors, registry, repair, shadow, verify};
+use cutover_projections::{follow, inline_projectors, registry, repair, shadow, verify};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// `println!`, but a reader that has gone away (`cutover status | head -1`) is no error: what
@@ -160,6 +160,30 @@ enum Command {
     /// appends nothing and is deleted too). A refused row stays, its `refused` column saying
     /// why; fix it (or delete it) and run again. Exits with status 1 when a row was refused.
     ImportLegacy,
+    /// Follow the old system's tables while its application still writes them: copy their
+    /// rows, then apply every insert, update and delete as the domain's events, through
+    /// logical replication from the old database (a publication of its tables, a replication
+    /// slot this command makes). Runs until stopped (Ctrl-C), or with `--until-caught-up`
+    /// until nothing more waits. Stopped at any moment, it resumes where it stood when run
+    /// again. Only the collections domain can be followed yet.
+    Follow {
+        /// The old database (another server, or another database on this one).
+        #[arg(long, env = "CUTOVER_LEGACY_URL")]
+        legacy_url: String,
+        /// The publication of the old tables on the old database.
+        #[arg(long, default_value = follow::DEFAULT_PUBLICATION)]
+        publication: String,
+        /// Stop once everything the old database had committed is applied.
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Stop following instead: remove the slot from the old database (which then keeps no
+        /// more WAL for it) and what Cutover recorded of it.
+        #[arg(long, conflicts_with = "until_caught_up")]
+        drop: bool,
+        /// The domains to follow (collections).
+        #[arg(default_value = "collections")]
+        domains: Vec<String>,
+    },
     /// Write a synthetic history of about N events, then rebuild every projection from it.
     Seed {
         /// How many events to write.
@@ -194,6 +218,9 @@ async fn main() -> ExitCode {
 }
 
 /// Warnings, and where the private cluster is (with the psql command that opens it).
+/// How often `cutover follow` looks for new changes once caught up.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
 const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error,cutover_core::local_postgres=info";
 
 const AFTER_HELP: &str = "\
@@ -217,6 +244,7 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
             | Command::Shadow { .. }
             | Command::Repair { .. }
             | Command::ImportLegacy
+            | Command::Follow { .. }
             | Command::Seed { .. }
     );
     let Some(tokens) = Tokens::load(cli.tokens.as_deref(), cli.tokens_file.as_deref())
@@ -341,6 +369,26 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             }
             for window in shadow::windows(pool).await? {
                 print_shadow(&window)?;
+            }
+            for followed in follow::follows(pool).await? {
+                out!(
+                    "following {} from the old {} (slot {}): at {}; {} changes applied, {} refused; \
+                     {} bytes of WAL behind{} (as of {})",
+                    followed.domain,
+                    followed.legacy_table,
+                    followed.slot,
+                    followed.lsn,
+                    followed.changes_applied,
+                    followed.changes_refused,
+                    followed.lag_bytes,
+                    followed.waiting_since.map_or(String::new(), |since| format!(
+                        ", changes waiting since {since}"
+                    )),
+                    followed.updated_at
+                )?;
+                if followed.changes_refused > 0 {
+                    out!("  the refused changes, with why: SELECT * FROM follow_refusals WHERE domain = '{}'", followed.domain)?;
+                }
             }
             let interrupted = registry::unfinished_jobs(pool)
                 .await?
@@ -537,6 +585,56 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             )?;
             if !imported.refused.is_empty() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Follow {
+            legacy_url,
+            publication,
+            until_caught_up,
+            drop,
+            domains,
+        } => {
+            let store = EventStore::new(pool.clone(), projectors, 5);
+            let old = follow::connect_legacy(&legacy_url).await?;
+            if drop {
+                for domain in &domains {
+                    if follow::drop_follow(&store, &old, domain).await? {
+                        out!("stopped following {domain}; its slot is removed")?;
+                    } else {
+                        out!("{domain} was not followed")?;
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut followers = Vec::new();
+            for domain in &domains {
+                followers.push(
+                    follow::Follower::start(store.clone(), old.clone(), domain, &publication)
+                        .await?,
+                );
+            }
+            let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+            loop {
+                for follower in &mut followers {
+                    let progress = follower.catch_up().await?;
+                    if progress != follow::Progress::default() {
+                        out!(
+                            "{}: copied {} rows, applied {} changes, refused {}; at {}",
+                            follower.follow().domain,
+                            progress.copied,
+                            progress.applied,
+                            progress.refused,
+                            follower.follow().lsn
+                        )?;
+                    }
+                }
+                if until_caught_up {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
             }
         }
         Command::Seed {

@@ -102,7 +102,7 @@ fn collection_history(rng: &mut Rng) -> anyhow::Result<Vec<Row>> {
     for _ in 0..rng.below(3) {
         events.push(CollectionEvent::CollectionUpdated {
             collection_name: phrase(rng, 3),
-            description: phrase(rng, 14),
+            description: Some(phrase(rng, 14)),
         });
     }
     events.push(CollectionEvent::CollectionResearchLinksSet {

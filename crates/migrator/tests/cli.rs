@@ -24,6 +24,7 @@ fn help_lists_every_command() {
         "retire",
         "repair",
         "import-legacy",
+        "follow",
         "seed",
         "DATABASE_URL",
         "CUTOVER_DATA_DIR",

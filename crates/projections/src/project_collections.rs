@@ -129,7 +129,8 @@ impl Fold for ProjectCollections {
             } => vec![Change::update(
                 &TABLE,
                 json!({
-                    "collection_id": id, "research_context": description,
+                    "collection_id": id,
+                    "research_context": description.as_deref().unwrap_or_default(),
                     "collection_name": collection_name, "description": description,
                     "updated_at": at, "last_sequence": sequence,
                 }),

@@ -14,6 +14,7 @@ mod event_log;
 mod event_versions;
 mod faults;
 mod feed;
+mod follow;
 mod guarantees;
 mod health;
 mod idempotency;

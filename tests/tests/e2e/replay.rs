@@ -121,7 +121,7 @@ async fn run(store: &EventStore, collections: &[Uuid], op: Op) {
             let command = CollectionCommand::UpdateCollection {
                 project_id: project,
                 name: name("renamed"),
-                description: Description::parse(&description).expect("a valid description"),
+                description: Some(Description::parse(&description).expect("a valid description")),
             };
             let id = collections[usize::from(collection)].to_string();
             refused_or_done(outcome(

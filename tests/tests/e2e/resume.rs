@@ -33,7 +33,7 @@ pub fn cli(app: &TestApp, args: &[&str]) -> Command {
     command
 }
 
-async fn run_cli(app: &TestApp, args: &[&str]) -> String {
+pub async fn run_cli(app: &TestApp, args: &[&str]) -> String {
     let output = cli(app, args).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(

@@ -176,7 +176,9 @@ async fn update(
     let command = CollectionCommand::UpdateCollection {
         project_id,
         name: CollectionName::parse(&body.collection_name)?,
-        description: Description::parse(body.description.as_deref().unwrap_or_default())?,
+        description: Some(Description::parse(
+            body.description.as_deref().unwrap_or_default(),
+        )?),
     };
     let idempotency = key.for_body(&body);
     change(

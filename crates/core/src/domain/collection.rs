@@ -166,7 +166,9 @@ pub enum CollectionCommand {
     UpdateCollection {
         project_id: Uuid,
         name: CollectionName,
-        description: Description,
+        /// `None` only when following an old row whose description is NULL (the API always
+        /// gives one: absent is empty).
+        description: Option<Description>,
     },
     SetResearchLinks {
         project_id: Uuid,
@@ -211,10 +213,12 @@ pub enum CollectionEvent {
         collection_name: String,
         description: String,
     },
-    /// Version 2.0 renamed `name` to `collection_name`.
+    /// Version 2.0 renamed `name` to `collection_name`. `description` is `null` where a
+    /// followed old row's description is NULL (payloads written before it could be null hold
+    /// a string, which still reads).
     CollectionUpdated {
         collection_name: String,
-        description: String,
+        description: Option<String>,
     },
     CollectionResearchLinksSet {
         tags: Vec<String>,
@@ -354,7 +358,7 @@ impl Aggregate for Collection {
                 self.ensure_live_in(project_id)?;
                 CollectionEvent::CollectionUpdated {
                     collection_name: name.0,
-                    description: description.0,
+                    description: description.map(|d| d.0),
                 }
             }
             CollectionCommand::SetResearchLinks { project_id, links } => {
@@ -445,7 +449,7 @@ mod tests {
         CollectionCommand::UpdateCollection {
             project_id,
             name: name("Renamed"),
-            description: Description::parse("new words").unwrap(),
+            description: Some(Description::parse("new words").unwrap()),
         }
     }
 
@@ -480,7 +484,7 @@ mod tests {
             .when(update(PROJECT))
             .then_expect_events(vec![CollectionEvent::CollectionUpdated {
                 collection_name: "Renamed".into(),
-                description: "new words".into(),
+                description: Some("new words".into()),
             }]);
     }
 

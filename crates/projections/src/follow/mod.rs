@@ -1,0 +1,971 @@
+//! Following the old system while it still writes (`cutover follow`): the old database's
+//! table is read through Postgres's logical replication — a publication of the table and a
+//! replication slot, read with `pg_logical_slot_peek_binary_changes` in the `pgoutput`
+//! format — first its existing rows under one snapshot, then every insert, update and delete
+//! in commit order. Each row change is read as "this row now looks like this" and turned, through
+//! the domain's commands, into the events that take the aggregate there: nothing when it is
+//! already there, so the copy and the stream may overlap. A change the domain refuses is kept
+//! in `follow_refusals` with why, and following goes on.
+//!
+//! Exactly once: the position reached (the old transaction's commit position and how many of
+//! its changes were applied) commits in the transaction of the events a change made; the slot
+//! is advanced past a transaction only after all of it committed here. A follower stopped at
+//! any moment, old database restarted or not, resumes where it stands, losing no change and
+//! applying none twice.
+//!
+//! The collections domain is followed; the batch and competency documents are not yet.
+
+pub mod pgoutput;
+
+use std::collections::HashMap;
+use std::str::FromStr as _;
+
+use chrono::{DateTime, Utc};
+use cutover_core::domain::collection::{Collection, CollectionCommand, Description};
+use cutover_core::import::{adopt, OldCollectionRow};
+use cutover_core::read_source::ReadSource;
+use cutover_core::store::{Begun, CommandError, EventStore, Request};
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::collections::{self, LegacyCollection};
+use crate::registry;
+use pgoutput::{Lsn, Message, Relation, Value};
+
+/// The domains that can be followed, each with the old table it follows (schema `public`).
+pub const FOLLOWED: &[(&str, &str)] = &[("collections", "collections")];
+
+/// Default of `--publication`: the publication of the old tables on the old database.
+pub const DEFAULT_PUBLICATION: &str = "cutover_follow";
+
+/// Most row changes read from the slot at once (whole transactions: one larger than this is
+/// read whole).
+const BATCH: i32 = 1_000;
+
+/// The replication slot that follows `domain` on the old database.
+pub fn slot_name(domain: &str) -> String {
+    format!("cutover_follow_{domain}")
+}
+
+/// Following could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// Something the operator must do first, said with how.
+    #[error("{0}")]
+    Setup(String),
+    #[error("the old database: {0}")]
+    Legacy(#[source] sqlx::Error),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error("applying a change of collection {id}")]
+    Command {
+        id: Uuid,
+        #[source]
+        source: CommandError<cutover_core::domain::collection::CollectionError>,
+    },
+}
+
+fn legacy(e: sqlx::Error) -> FollowError {
+    FollowError::Legacy(e)
+}
+
+/// A pool on the old database at `url`, whose sessions write values as the follower reads them
+/// (ISO dates, UTC).
+///
+/// # Errors
+/// A URL that does not parse, or a server that cannot be reached.
+pub async fn connect_legacy(url: &str) -> Result<PgPool, FollowError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(legacy)?
+        .application_name("cutover follow")
+        .options([("datestyle", "ISO"), ("timezone", "UTC")]);
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .map_err(legacy)
+}
+
+/// A followed domain's row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct Follow {
+    pub domain: String,
+    pub slot: String,
+    pub publication: String,
+    pub legacy_table: String,
+    /// Whether the existing rows were copied (the stream is applied after).
+    #[sqlx(try_from = "Option<String>")]
+    #[serde(skip)]
+    pub snapshot: Snapshot,
+    pub lsn: String,
+    pub applied: i32,
+    pub changes_applied: i64,
+    pub changes_refused: i64,
+    pub lag_bytes: i64,
+    pub waiting_since: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const SELECT_FOLLOW: &str = "\
+SELECT domain, slot, publication, legacy_table, snapshot, lsn::text AS lsn, applied,
+       changes_applied, changes_refused, lag_bytes, waiting_since, started_at, updated_at
+  FROM follows";
+
+/// Every followed domain.
+///
+/// # Errors
+/// A database error.
+pub async fn follows<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<Vec<Follow>, sqlx::Error> {
+    sqlx::query_as(&format!("{SELECT_FOLLOW} ORDER BY domain"))
+        .fetch_all(executor)
+        .await
+}
+
+/// The transactions a snapshot shows (Postgres's `pg_snapshot`: `xmin:xmax:xip,…`), or none
+/// taken yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot(Option<(u64, u64, Vec<u64>)>);
+
+impl TryFrom<Option<String>> for Snapshot {
+    type Error = pgoutput::DecodeError;
+
+    fn try_from(text: Option<String>) -> Result<Self, Self::Error> {
+        text.map_or(Ok(Self(None)), |text| Self::parse(&text))
+    }
+}
+
+impl Snapshot {
+    fn parse(text: &str) -> Result<Self, pgoutput::DecodeError> {
+        let bad = || pgoutput::DecodeError::new(format!("not a snapshot: {text:?}"));
+        let mut parts = text.splitn(3, ':');
+        let mut next = || -> Result<&str, pgoutput::DecodeError> { parts.next().ok_or_else(bad) };
+        let xmin = next()?.parse().map_err(|_| bad())?;
+        let xmax = next()?.parse().map_err(|_| bad())?;
+        let xip = next()?
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self(Some((xmin, xmax, xip))))
+    }
+
+    fn taken(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether the transaction `xid` (32 bits, as the stream gives it) had committed when the
+    /// snapshot was taken: its changes were in the copy.
+    fn shows(&self, xid: u32) -> bool {
+        let Some((xmin, xmax, xip)) = &self.0 else {
+            return false;
+        };
+        // The full id: the epoch of xmax, or the one before for an id above xmax's low bits.
+        let epoch = xmax >> 32;
+        let mut full = (epoch << 32) | u64::from(xid);
+        if full > *xmax && epoch > 0 {
+            full -= 1 << 32;
+        }
+        full < *xmin || (full < *xmax && !xip.contains(&full))
+    }
+}
+
+/// What following did in one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Rows of the initial copy read.
+    pub copied: u64,
+    /// Row changes applied (or already reflected).
+    pub applied: u64,
+    /// Row changes refused (kept in `follow_refusals`).
+    pub refused: u64,
+}
+
+/// One domain followed from the old database.
+pub struct Follower {
+    store: EventStore,
+    old: PgPool,
+    follow: Follow,
+}
+
+impl Follower {
+    /// Starts following `domain` (its slot and its row in `follows` are made the first time),
+    /// or takes up where an earlier follower stopped.
+    ///
+    /// # Errors
+    /// `Setup` when the old database is not ready (with what to do), or a database error.
+    pub async fn start(
+        store: EventStore,
+        old: PgPool,
+        domain: &str,
+        publication: &str,
+    ) -> Result<Self, FollowError> {
+        let table = FOLLOWED
+            .iter()
+            .find(|(name, _)| *name == domain)
+            .map(|(_, table)| *table)
+            .ok_or_else(|| {
+                FollowError::Setup(format!(
+                    "{domain} cannot be followed: only {} can (the batch and competency \
+                     documents are not followed yet)",
+                    FOLLOWED
+                        .iter()
+                        .map(|(d, _)| *d)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let existing: Option<Follow> =
+            sqlx::query_as(&format!("{SELECT_FOLLOW} WHERE domain = $1"))
+                .bind(domain)
+                .fetch_optional(store.pool())
+                .await?;
+        let follow = match existing {
+            Some(follow) => follow,
+            None => {
+                create_slot(&old, domain, table, publication).await?;
+                sqlx::query_as(&format!(
+                    "WITH made AS (INSERT INTO follows (domain, slot, publication, legacy_table)
+                                   VALUES ($1, $2, $3, $4) RETURNING *)
+                     {}",
+                    SELECT_FOLLOW.replace("FROM follows", "FROM made")
+                ))
+                .bind(domain)
+                .bind(slot_name(domain))
+                .bind(publication)
+                .bind(format!("public.{table}"))
+                .fetch_one(store.pool())
+                .await?
+            }
+        };
+        Ok(Self { store, old, follow })
+    }
+
+    /// The followed domain's row as this follower last wrote it.
+    pub fn follow(&self) -> &Follow {
+        &self.follow
+    }
+
+    /// Copies the existing rows if that is not done, then applies what the slot holds, a batch
+    /// at a time, until it holds nothing more.
+    ///
+    /// # Errors
+    /// See [`FollowError`]; what was applied before stays applied.
+    pub async fn catch_up(&mut self) -> Result<Progress, FollowError> {
+        let mut progress = Progress::default();
+        if !self.follow.snapshot.taken() {
+            self.copy(&mut progress).await?;
+        }
+        while self.step(&mut progress).await? {}
+        self.reload().await?;
+        Ok(progress)
+    }
+
+    async fn reload(&mut self) -> Result<(), FollowError> {
+        self.follow = sqlx::query_as(&format!("{SELECT_FOLLOW} WHERE domain = $1"))
+            .bind(&self.follow.domain)
+            .fetch_one(self.store.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The initial copy: every existing row, under one snapshot of the old database, whose
+    /// visible transactions the stream then skips. Run again from the start if it stopped
+    /// (a row already reflected is a no-op).
+    async fn copy(&mut self, progress: &mut Progress) -> Result<(), FollowError> {
+        let mut old = self.old.begin().await.map_err(legacy)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *old)
+            .await
+            .map_err(legacy)?;
+        let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+            .fetch_one(&mut *old)
+            .await
+            .map_err(legacy)?;
+        let mut after = Uuid::nil();
+        loop {
+            let rows: Vec<OldCollectionRow> = sqlx::query_as(&format!(
+                "SELECT collection_id, project_id, collection_name, description, is_active,
+                        created_at, updated_at
+                   FROM {} WHERE collection_id > $1 ORDER BY collection_id LIMIT $2",
+                self.follow.legacy_table
+            ))
+            .bind(after)
+            .bind(i64::from(BATCH))
+            .fetch_all(&mut *old)
+            .await
+            .map_err(legacy)?;
+            let Some(last) = rows.last() else { break };
+            after = last.collection_id;
+            for row in rows {
+                progress.copied += 1;
+                let change = Change {
+                    row,
+                    unchanged: Vec::new(),
+                    deleted: false,
+                };
+                self.apply(change, None, progress).await?;
+            }
+        }
+        old.commit().await.map_err(legacy)?;
+        sqlx::query("UPDATE follows SET snapshot = $2, updated_at = now() WHERE domain = $1")
+            .bind(&self.follow.domain)
+            .bind(&snapshot)
+            .execute(self.store.pool())
+            .await?;
+        self.follow.snapshot = Snapshot::parse(&snapshot)?;
+        Ok(())
+    }
+
+    /// Applies one batch of the slot's transactions; whether there was any.
+    async fn step(&mut self, progress: &mut Progress) -> Result<bool, FollowError> {
+        let changes: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(
+                 $1, NULL, $2, 'proto_version', '1', 'publication_names', $3)",
+        )
+        .bind(&self.follow.slot)
+        .bind(BATCH)
+        .bind(&self.follow.publication)
+        .fetch_all(&self.old)
+        .await
+        .map_err(legacy)?;
+        let (mut done, mut end) = (Lsn::from_str(&self.follow.lsn)?, None);
+        let mut applied_in_done = self.follow.applied;
+        let mut relations: HashMap<u32, Relation> = HashMap::new();
+        let mut tx: Option<Tx> = None;
+        let mut last_commit_time = None;
+        for data in &changes {
+            match pgoutput::decode(data)? {
+                Message::Begin {
+                    final_lsn,
+                    commit_time,
+                    xid,
+                } => {
+                    tx = Some(Tx {
+                        lsn: final_lsn,
+                        changes: 0,
+                        skip_through: if self.follow.snapshot.shows(xid) || final_lsn < done {
+                            i32::MAX
+                        } else if final_lsn == done {
+                            applied_in_done
+                        } else {
+                            0
+                        },
+                    });
+                    last_commit_time = Some(commit_time);
+                }
+                Message::Relation(relation) => {
+                    relations.insert(relation.id, relation);
+                }
+                Message::Insert { relation, new } | Message::Update { relation, new } => {
+                    self.row_change(&relations, tx.as_mut(), relation, &new, false, progress)
+                        .await?;
+                }
+                Message::Delete { relation, old } => {
+                    self.row_change(&relations, tx.as_mut(), relation, &old, true, progress)
+                        .await?;
+                }
+                Message::Truncate { .. } => {
+                    if let Some(at) = next_change(tx.as_mut()) {
+                        let reason = "the old table was truncated: Cutover deletes nothing \
+                                      for a TRUNCATE; delete the rows instead";
+                        self.refuse(&json!({}), reason, Some(at), progress).await?;
+                    }
+                }
+                Message::Commit {
+                    commit_lsn,
+                    end_lsn,
+                } => {
+                    if let Some(tx) = tx.take() {
+                        if tx.skip_through != i32::MAX {
+                            // Its last changes may have been of other tables: all of it is done.
+                            self.advance(
+                                &mut *self.store.pool().acquire().await?,
+                                (commit_lsn, tx.changes),
+                                0,
+                                0,
+                            )
+                            .await?;
+                        }
+                        done = commit_lsn;
+                        applied_in_done = tx.changes;
+                    }
+                    end = Some(end_lsn);
+                }
+                Message::Other => {}
+            }
+        }
+        if let Some(end) = end {
+            sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
+                .bind(&self.follow.slot)
+                .bind(end.to_string())
+                .execute(&self.old)
+                .await
+                .map_err(legacy)?;
+        }
+        let more = changes.len() >= BATCH as usize;
+        self.record_lag(more.then_some(last_commit_time).flatten())
+            .await?;
+        self.follow.lsn = done.to_string();
+        self.follow.applied = applied_in_done;
+        Ok(!changes.is_empty())
+    }
+
+    /// Records how far behind the old database this follower is: WAL bytes its slot has not
+    /// confirmed, and since when old transactions wait (`waiting_commit`: the commit time, in
+    /// microseconds since 2000, of the last transaction applied while more wait).
+    async fn record_lag(&self, waiting_commit: Option<i64>) -> Result<(), FollowError> {
+        let lag_bytes: Option<i64> = sqlx::query_scalar(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&self.follow.slot)
+        .fetch_optional(&self.old)
+        .await
+        .map_err(legacy)?
+        .flatten();
+        let waiting_since = waiting_commit
+            .and_then(|micros| DateTime::from_timestamp_micros(micros + POSTGRES_EPOCH_MICROS));
+        sqlx::query(
+            "UPDATE follows SET lag_bytes = $2, waiting_since = $3, updated_at = now()
+              WHERE domain = $1",
+        )
+        .bind(&self.follow.domain)
+        .bind(lag_bytes.unwrap_or(0))
+        .bind(waiting_since)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// One inserted, updated or deleted row of transaction `tx`.
+    async fn row_change(
+        &self,
+        relations: &HashMap<u32, Relation>,
+        tx: Option<&mut Tx>,
+        relation: u32,
+        values: &[Value],
+        deleted: bool,
+        progress: &mut Progress,
+    ) -> Result<(), FollowError> {
+        let Some(at) = next_change(tx) else {
+            return Ok(());
+        };
+        let relation = relations.get(&relation).ok_or_else(|| {
+            pgoutput::DecodeError::new(format!("a row of relation {relation}, not described"))
+        })?;
+        if format!("{}.{}", relation.schema, relation.table) != self.follow.legacy_table {
+            // Another table of the publication: not this domain's.
+            return self
+                .advance(&mut *self.store.pool().acquire().await?, at, 0, 0)
+                .await;
+        }
+        let columns: HashMap<&str, &Value> = relation
+            .columns
+            .iter()
+            .map(String::as_str)
+            .zip(values)
+            .collect();
+        match read_row(&columns) {
+            Ok((row, unchanged)) => {
+                let change = Change {
+                    row,
+                    unchanged,
+                    deleted,
+                };
+                self.apply(change, Some(at), progress).await
+            }
+            Err(reason) => {
+                let shown = shown(&columns);
+                self.refuse(&shown, &reason, Some(at), progress).await
+            }
+        }
+    }
+
+    /// Takes collection `change.row` to the state the old row shows, through the domain's
+    /// commands; records the position `at` with the last of them (or alone when none is
+    /// needed), or the refusal.
+    async fn apply(
+        &self,
+        change: Change,
+        at: Option<(Lsn, i32)>,
+        progress: &mut Progress,
+    ) -> Result<(), FollowError> {
+        let (id, shown) = (change.row.collection_id, old_row_json(&change.row));
+        let commands = match self.commands(change).await? {
+            Ok(commands) => commands,
+            Err(reason) => return self.refuse(&shown, &reason, at, progress).await,
+        };
+        progress.applied += 1;
+        if commands.is_empty() {
+            let mut conn = self.store.pool().acquire().await?;
+            return self.advance(&mut conn, at.unwrap_or_default(), 1, 0).await;
+        }
+        let metadata = json!({
+            "source": "follow",
+            "legacy_table": self.follow.legacy_table,
+            "legacy_lsn": at.map(|(lsn, _)| lsn.to_string()),
+        });
+        let last = commands.len() - 1;
+        for (i, command) in commands.into_iter().enumerate() {
+            let records = (i == last).then_some(at.unwrap_or_default());
+            if let Ran::Refused(reason) = self.run(id, command, &metadata, records).await? {
+                progress.applied -= 1;
+                return self.refuse(&shown, &reason, at, progress).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one command on collection `id`; with `records`, records that position (and one
+    /// change applied) in its transaction.
+    async fn run(
+        &self,
+        id: Uuid,
+        command: CollectionCommand,
+        metadata: &serde_json::Value,
+        records: Option<(Lsn, i32)>,
+    ) -> Result<Ran, FollowError> {
+        let importing = matches!(command, CollectionCommand::ImportCollection { .. });
+        let mut metadata = metadata.clone();
+        metadata["command"] = json!(command.name());
+        let aggregate_id = id.to_string();
+        let request = Request::<Collection> {
+            aggregate_id: &aggregate_id,
+            command,
+            services: &(),
+            expected_version: None,
+            metadata: &metadata,
+            new_aggregate: false,
+        };
+        let begun = match self.store.begin(request, None, false).await {
+            Ok(begun) => begun,
+            Err(CommandError::Rejected(e)) => return Ok(Ran::Refused(e.to_string())),
+            Err(source) => return Err(FollowError::Command { id, source }),
+        };
+        let Begun::Open(mut pending) = begun else {
+            return Err(FollowError::Setup(
+                "the event store answered a command without an idempotency key from its \
+                 stored answers"
+                    .into(),
+            ));
+        };
+        if importing && pending.committed().events.is_empty() {
+            // The collection has a history, but not in the row's project.
+            return Ok(Ran::Refused(format!(
+                "collection {id} is in another project in Cutover: a collection cannot move"
+            )));
+        }
+        if let Some(at) = records {
+            self.advance(pending.conn(), at, 1, 0).await?;
+        }
+        (*pending)
+            .commit(None)
+            .await
+            .map_err(|e| FollowError::Command {
+                id,
+                source: CommandError::Commit(e),
+            })?;
+        Ok(Ran::Done)
+    }
+
+    /// The commands that take the collection to the old row's state (none when it is there),
+    /// or why the domain refuses the change.
+    async fn commands(
+        &self,
+        change: Change,
+    ) -> Result<Result<Vec<CollectionCommand>, String>, FollowError> {
+        let Change {
+            mut row,
+            unchanged,
+            deleted,
+        } = change;
+        let Some(project_id) = row.project_id else {
+            return Ok(Err(if deleted {
+                "a delete that does not say the row's project: set REPLICA IDENTITY FULL on \
+                 the old table"
+                    .into()
+            } else {
+                "project_id is NULL".into()
+            }));
+        };
+        let current = self.current(project_id, row.collection_id).await?;
+        let Some(current) = current else {
+            if deleted {
+                // Deleted before Cutover saw it, or never imported: nothing to take away.
+                return Ok(Ok(Vec::new()));
+            }
+            if !unchanged.is_empty() {
+                return Ok(Err(format!(
+                    "the update left {} unchanged, and Cutover does not hold the collection \
+                     to know {}",
+                    unchanged.join(", "),
+                    if unchanged.len() == 1 { "it" } else { "them" }
+                )));
+            }
+            return Ok(adopt(&row, Utc::now()).map(|command| vec![command]));
+        };
+        if deleted {
+            let gone = current
+                .is_active
+                .then_some(CollectionCommand::DeleteCollection { project_id });
+            return Ok(Ok(gone.into_iter().collect()));
+        }
+        for column in &unchanged {
+            match *column {
+                "collection_name" => row.collection_name = Some(current.collection_name.clone()),
+                "description" => row.description.clone_from(&current.description),
+                _ => {}
+            }
+        }
+        Ok(converge(&row, &current))
+    }
+
+    /// The collection as Cutover's read source shows it, if it has it in `project_id`.
+    async fn current(
+        &self,
+        project_id: Uuid,
+        collection_id: Uuid,
+    ) -> Result<Option<LegacyCollection>, FollowError> {
+        let source = registry::read_sources(self.store.pool())
+            .await?
+            .into_iter()
+            .find(|(domain, _)| *domain == self.follow.domain)
+            .map_or(ReadSource::Legacy, |(_, source)| source);
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(collections::answer(&mut conn, source, project_id, collection_id).await?)
+    }
+
+    /// Keeps a refused change with why, and records the position `at` past it.
+    async fn refuse(
+        &self,
+        shown: &serde_json::Value,
+        reason: &str,
+        at: Option<(Lsn, i32)>,
+        progress: &mut Progress,
+    ) -> Result<(), FollowError> {
+        progress.refused += 1;
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO follow_refusals (domain, lsn, legacy_table, legacy_row, reason)
+             VALUES ($1, $2::pg_lsn, $3, $4, $5)",
+        )
+        .bind(&self.follow.domain)
+        .bind(at.map(|(lsn, _)| lsn.to_string()))
+        .bind(&self.follow.legacy_table)
+        .bind(shown)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        self.advance(&mut tx, at.unwrap_or_default(), 0, 1).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records on `conn` that the changes of the old transaction committed at `at.0` are
+    /// applied up to the `at.1`-th (`Lsn(0)`: a row of the copy, no position), and counts
+    /// `applied` and `refused` changes more.
+    async fn advance(
+        &self,
+        conn: &mut PgConnection,
+        at: (Lsn, i32),
+        applied: i64,
+        refused: i64,
+    ) -> Result<(), FollowError> {
+        let (lsn, index) = at;
+        sqlx::query(
+            "UPDATE follows
+                SET lsn = CASE WHEN $2 THEN $3::pg_lsn ELSE lsn END,
+                    applied = CASE WHEN $2 THEN $4 ELSE applied END,
+                    changes_applied = changes_applied + $5,
+                    changes_refused = changes_refused + $6,
+                    updated_at = now()
+              WHERE domain = $1",
+        )
+        .bind(&self.follow.domain)
+        .bind(lsn != Lsn(0))
+        .bind(lsn.to_string())
+        .bind(index)
+        .bind(applied)
+        .bind(refused)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// How a command went.
+enum Ran {
+    Done,
+    Refused(String),
+}
+
+/// A transaction of the stream being read.
+struct Tx {
+    /// Its commit position.
+    lsn: Lsn,
+    /// Its row changes so far.
+    changes: i32,
+    /// Its changes up to this one were applied before (all of them: `i32::MAX`).
+    skip_through: i32,
+}
+
+/// Counts a change of `tx`; its position when it is to be applied (not applied before).
+fn next_change(tx: Option<&mut Tx>) -> Option<(Lsn, i32)> {
+    let tx = tx?;
+    tx.changes += 1;
+    (tx.changes > tx.skip_through).then_some((tx.lsn, tx.changes))
+}
+
+/// One old row as it now is.
+struct Change {
+    row: OldCollectionRow,
+    /// Columns the update left unchanged and the stream does not send again (large values).
+    unchanged: Vec<&'static str>,
+    /// The row was deleted (its key, or its whole old row, is in `row`).
+    deleted: bool,
+}
+
+/// The commands that take `current` to the state of `row`, or why the domain refuses it.
+fn converge(
+    row: &OldCollectionRow,
+    current: &LegacyCollection,
+) -> Result<Vec<CollectionCommand>, String> {
+    let project_id = current.project_id;
+    let (name, description) = row.text()?;
+    let active = row.is_active.unwrap_or(true);
+    let mut commands = Vec::new();
+    let text_changed = name.as_str() != current.collection_name
+        || description.as_ref().map(Description::as_str) != current.description.as_deref();
+    if text_changed {
+        if !current.is_active {
+            return Err(
+                "a deleted collection changed: Cutover's deleted collections do not".into(),
+            );
+        }
+        commands.push(CollectionCommand::UpdateCollection {
+            project_id,
+            name,
+            description,
+        });
+    }
+    match (current.is_active, active) {
+        (true, false) => commands.push(CollectionCommand::DeleteCollection { project_id }),
+        (false, true) => {
+            return Err(
+                "a deleted collection became active again: Cutover's collections are not restored"
+                    .into(),
+            )
+        }
+        _ => {}
+    }
+    Ok(commands)
+}
+
+/// The old row of the stream's `columns`, and the columns it left unchanged; or why it cannot
+/// be read.
+fn read_row(
+    columns: &HashMap<&str, &Value>,
+) -> Result<(OldCollectionRow, Vec<&'static str>), String> {
+    let mut unchanged = Vec::new();
+    let mut text = |name: &'static str| -> Result<Option<String>, String> {
+        match columns.get(name) {
+            None => Err(format!("the old table has no column {name}")),
+            Some(Value::Null) => Ok(None),
+            Some(Value::Unchanged) => {
+                unchanged.push(name);
+                Ok(None)
+            }
+            Some(Value::Text(text)) => Ok(Some(text.clone())),
+        }
+    };
+    let id = text("collection_id")?.ok_or("collection_id is NULL")?;
+    let project_id = text("project_id")?;
+    let collection_name = text("collection_name")?;
+    let description = text("description")?;
+    let is_active = text("is_active")?;
+    let created_at = text("created_at")?;
+    let updated_at = text("updated_at")?;
+    let uuid = |name: &str, value: &str| {
+        Uuid::parse_str(value).map_err(|_| format!("{name} is not a UUID: {value:?}"))
+    };
+    let row = OldCollectionRow {
+        collection_id: uuid("collection_id", &id)?,
+        project_id: project_id.map(|p| uuid("project_id", &p)).transpose()?,
+        collection_name,
+        description,
+        is_active: is_active
+            .map(|value| match value.as_str() {
+                "t" => Ok(true),
+                "f" => Ok(false),
+                other => Err(format!("is_active is not a boolean: {other:?}")),
+            })
+            .transpose()?,
+        created_at: created_at
+            .map(|t| timestamp("created_at", &t))
+            .transpose()?,
+        updated_at: updated_at
+            .map(|t| timestamp("updated_at", &t))
+            .transpose()?,
+    };
+    Ok((row, unchanged))
+}
+
+/// A `timestamptz` as the old database writes it in ISO style in UTC
+/// (`2026-12-04 21:37:01.123456+00`).
+fn timestamp(name: &str, text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("{name} is not a time Cutover can hold: {text:?}"))
+}
+
+/// The stream's columns as kept with a refusal.
+fn shown(columns: &HashMap<&str, &Value>) -> serde_json::Value {
+    columns
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                Value::Null => serde_json::Value::Null,
+                Value::Unchanged => json!("(unchanged)"),
+                Value::Text(text) => json!(text),
+            };
+            ((*name).to_owned(), value)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// An old row as kept with a refusal.
+fn old_row_json(row: &OldCollectionRow) -> serde_json::Value {
+    json!({
+        "collection_id": row.collection_id,
+        "project_id": row.project_id,
+        "collection_name": row.collection_name,
+        "description": row.description,
+        "is_active": row.is_active,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    })
+}
+
+/// Postgres's epoch (2000-01-01 UTC) in microseconds since the Unix epoch.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Makes the slot of `domain` on the old database, after checking what it needs.
+async fn create_slot(
+    old: &PgPool,
+    domain: &str,
+    table: &str,
+    publication: &str,
+) -> Result<(), FollowError> {
+    let wal_level: String = sqlx::query_scalar("SHOW wal_level")
+        .fetch_one(old)
+        .await
+        .map_err(legacy)?;
+    if wal_level != "logical" {
+        return Err(FollowError::Setup(format!(
+            "the old database's wal_level is {wal_level}: set it to logical \
+             (ALTER SYSTEM SET wal_level = logical) and restart it"
+        )));
+    }
+    let published: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                         WHERE pubname = $1 AND schemaname = 'public' AND tablename = $2)",
+    )
+    .bind(publication)
+    .bind(table)
+    .fetch_one(old)
+    .await
+    .map_err(legacy)?;
+    if !published {
+        return Err(FollowError::Setup(format!(
+            "the old database has no publication {publication} of table {table}: run there \
+             `CREATE PUBLICATION {publication} FOR TABLE {table};` (or `ALTER PUBLICATION \
+             {publication} ADD TABLE {table};`), and `ALTER TABLE {table} REPLICA IDENTITY FULL;` \
+             so that a deleted row says its project"
+        )));
+    }
+    let slot = slot_name(domain);
+    let made = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+        .bind(&slot)
+        .execute(old)
+        .await;
+    match made {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => {
+            Err(FollowError::Setup(format!(
+                "the old database has a slot {slot} that Cutover has no record of following \
+                 with: remove it with `cutover follow --drop {domain} --legacy-url …` and start \
+                 again"
+            )))
+        }
+        Err(e) => Err(legacy(e)),
+    }
+}
+
+/// Stops following `domain`: removes its slot from the old database (which then keeps no WAL
+/// for it) and its row here, with its refusals.
+///
+/// # Errors
+/// A database error.
+pub async fn drop_follow(
+    store: &EventStore,
+    old: &PgPool,
+    domain: &str,
+) -> Result<bool, FollowError> {
+    let slot = slot_name(domain);
+    let dropped: Option<String> =
+        sqlx::query_scalar("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&slot)
+            .fetch_optional(old)
+            .await
+            .map_err(legacy)?;
+    if dropped.is_some() {
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&slot)
+            .execute(old)
+            .await
+            .map_err(legacy)?;
+    }
+    let deleted = sqlx::query("DELETE FROM follows WHERE domain = $1")
+        .bind(domain)
+        .execute(store.pool())
+        .await?
+        .rows_affected();
+    Ok(dropped.is_some() || deleted > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_shows_what_had_committed_when_it_was_taken() {
+        let snapshot = Snapshot::parse("100:105:101,103").unwrap();
+        assert!(snapshot.shows(99));
+        assert!(snapshot.shows(100));
+        assert!(!snapshot.shows(101));
+        assert!(snapshot.shows(102));
+        assert!(!snapshot.shows(103));
+        assert!(!snapshot.shows(105));
+        assert!(!Snapshot::default().shows(1));
+        // Ids of a later epoch, as the stream gives them in 32 bits.
+        let (base, running) = (1_u64 << 32, (1_u64 << 32) + 15);
+        let wrapped = Snapshot::parse(&format!("{}:{}:{running}", base + 10, base + 20)).unwrap();
+        assert!(wrapped.shows(5));
+        assert!(!wrapped.shows(15));
+        assert!(wrapped.shows(u32::MAX));
+    }
+
+    #[test]
+    fn times_read_as_the_old_database_writes_them() {
+        let t = timestamp("t", "2026-12-04 21:37:01.123456+00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-04T21:37:01.123456+00:00");
+        assert!(timestamp("t", "2026-12-04 21:37:01+00").is_ok());
+        assert!(timestamp("t", "infinity").is_err());
+    }
+}

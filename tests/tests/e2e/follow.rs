@@ -1,0 +1,295 @@
+//! Following the old system while it still writes: a second Postgres cluster with
+//! `wal_level = logical` plays the old system, its application writing the old `collections`
+//! table (NULLs, quotes, non-ASCII text, large values, transactions of hundreds of rows, soft
+//! and hard deletes), and `cutover follow` makes Cutover's log and both models follow it:
+//! every change applied once, in commit order, across a follower killed with -9 and an old
+//! server restarted; what the domain refuses kept with why.
+
+use std::time::Duration;
+
+use cutover_tests::{OwnCluster, TestApp};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::resume::{cli, run_cli};
+
+/// The old system's table, in its own shape, published for Cutover; deletes carry the whole
+/// row.
+const OLD_SCHEMA: &str = "
+CREATE TABLE collections (
+    collection_id   uuid PRIMARY KEY,
+    project_id      uuid,
+    collection_name text,
+    description     text,
+    is_active       boolean DEFAULT true,
+    created_at      timestamptz DEFAULT now(),
+    updated_at      timestamptz DEFAULT now()
+);
+ALTER TABLE collections REPLICA IDENTITY FULL;
+CREATE PUBLICATION cutover_follow FOR TABLE collections;
+";
+
+/// The old system: a cluster of the test's own with logical decoding, and its database.
+struct OldSystem {
+    cluster: OwnCluster,
+    url: String,
+    pool: PgPool,
+}
+
+impl OldSystem {
+    async fn start(name: &str) -> Self {
+        let cluster = OwnCluster::start(name).await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&cluster.cluster.url("postgres"))
+            .await
+            .unwrap();
+        for statement in [
+            "ALTER SYSTEM SET wal_level = logical",
+            "DROP DATABASE IF EXISTS oldapp WITH (FORCE)",
+            "CREATE DATABASE oldapp",
+        ] {
+            sqlx::query(statement).execute(&admin).await.unwrap();
+        }
+        admin.close().await;
+        tokio::task::block_in_place(|| cluster.cluster.restart()).unwrap();
+        let url = cluster.cluster.url("oldapp");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(OLD_SCHEMA).execute(&pool).await.unwrap();
+        Self { cluster, url, pool }
+    }
+
+    async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
+    }
+
+    /// Every old row: (id, project, name, description, active).
+    async fn rows(&self) -> Vec<(Uuid, Uuid, String, Option<String>, bool)> {
+        sqlx::query_as(
+            "SELECT collection_id, project_id, collection_name, description, is_active
+               FROM collections ORDER BY collection_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+/// `cutover follow --until-caught-up` against `old`; its output.
+async fn catch_up(app: &TestApp, old: &OldSystem) -> String {
+    run_cli(
+        app,
+        &["follow", "--legacy-url", &old.url, "--until-caught-up"],
+    )
+    .await
+}
+
+/// What the old clients' GET answers for each old row matches the row: name, description,
+/// active flag; a deleted one is gone (410) and a hard-deleted one too.
+async fn answers_match(app: &TestApp, old: &OldSystem, hard_deleted: &[(Uuid, Uuid)]) {
+    for (id, project, name, description, active) in old.rows().await {
+        let response = app
+            .get(&format!("/projects/{project}/collections/{id}"))
+            .send()
+            .await
+            .unwrap();
+        if !active {
+            assert_eq!(response.status(), StatusCode::GONE, "{id}");
+            continue;
+        }
+        assert_eq!(response.status(), StatusCode::OK, "{id}");
+        let body: Value = response.json().await.unwrap();
+        let row = &body["collection"];
+        assert_eq!(row["collection_name"], name.trim(), "{id}: {body}");
+        assert_eq!(row["description"], serde_json::json!(description), "{id}");
+        assert_eq!(row["is_active"], true, "{id}");
+    }
+    for (project, id) in hard_deleted {
+        let response = app
+            .get(&format!("/projects/{project}/collections/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::GONE, "{id}");
+    }
+}
+
+async fn events(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_what_it_refuses() {
+    let old = OldSystem::start("follow_changes").await;
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name, description, is_active)
+         VALUES ('{a}', '{project}', 'Interview notes', NULL, true),
+                ('{b}', '{project}', 'Entretiens « été » ''q'' \"d\"', 'Round one', true),
+                ('{c}', '{project}', 'Old', 'gone', false)"
+    ))
+    .await;
+
+    let first = catch_up(&app, &old).await;
+    assert!(first.contains("copied 3 rows"), "{first}");
+    answers_match(&app, &old, &[]).await;
+
+    // The old application goes on writing: a transaction of 200 new rows, renames, a soft and
+    // a hard delete, a large description then a rename that leaves it unchanged, and two
+    // changes the domain refuses (an empty name; a description back to NULL).
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name, description)
+         SELECT gen_random_uuid(), '{project}', 'Batch ' || n, repeat('x', n) FROM generate_series(1, 200) n"
+    ))
+    .await;
+    old.exec(&format!(
+        "UPDATE collections SET collection_name = 'Renamed', updated_at = now() WHERE collection_id = '{a}';
+         UPDATE collections SET is_active = false WHERE collection_id = '{b}';
+         UPDATE collections SET collection_name = collection_name || ' (2)'
+          WHERE collection_name LIKE 'Batch 1%';"
+    ))
+    .await;
+    let large = Uuid::new_v4();
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name, description)
+         VALUES ('{large}', '{project}', 'Large', (SELECT string_agg(md5(n::text), '') FROM generate_series(1, 250) n));
+         UPDATE collections SET collection_name = 'Large, renamed' WHERE collection_id = '{large}';"
+    ))
+    .await;
+    let hard = Uuid::new_v4();
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name) VALUES ('{hard}', '{project}', 'Brief');
+         DELETE FROM collections WHERE collection_id = '{hard}';"
+    ))
+    .await;
+    let (empty, moved, nulled) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name) VALUES ('{empty}', '{project}', '  ');
+         INSERT INTO collections (collection_id, project_id, collection_name, description)
+         VALUES ('{moved}', '{project}', 'Moved', 'x'), ('{nulled}', '{project}', 'Nulled', 'y');"
+    ))
+    .await;
+    old.exec(&format!(
+        "UPDATE collections SET project_id = gen_random_uuid() WHERE collection_id = '{moved}';
+         UPDATE collections SET description = NULL WHERE collection_id = '{nulled}';"
+    ))
+    .await;
+
+    let second = catch_up(&app, &old).await;
+    let refused: Vec<(String, Value)> =
+        sqlx::query_as("SELECT reason, legacy_row FROM follow_refusals ORDER BY id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(second.contains("refused 2"), "{second} {refused:?}");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].0.contains("empty"), "{refused:?}");
+    assert_eq!(refused[0].1["collection_id"], empty.to_string());
+    assert!(refused[1].0.contains("another project"), "{refused:?}");
+    assert_eq!(refused[1].1["collection_id"], moved.to_string());
+    // The refused rows aside, every answer is the old row's.
+    old.exec(&format!(
+        "DELETE FROM collections WHERE collection_id IN ('{empty}', '{moved}')"
+    ))
+    .await;
+    catch_up(&app, &old).await;
+    answers_match(&app, &old, &[(project, hard)]).await;
+
+    // Nothing more to apply: a run appends nothing.
+    let before = events(&app).await;
+    let third = catch_up(&app, &old).await;
+    assert_eq!(events(&app).await, before, "{third}");
+    let status = String::from_utf8_lossy(&cli(&app, &["status"]).output().await.unwrap().stdout)
+        .into_owned();
+    assert!(
+        status.contains("following collections from the old public.collections")
+            && status.contains("2 refused"),
+        "{status}"
+    );
+
+    let dropped = cli(&app, &["follow", "--legacy-url", &old.url, "--drop"])
+        .output()
+        .await
+        .unwrap();
+    assert!(dropped.status.success());
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots")
+        .fetch_one(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(slots, 0, "the slot is gone from the old database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_repeat_nothing() {
+    let old = OldSystem::start("follow_kill").await;
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    // 300 collections, each renamed three times, each write its own transaction.
+    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        old.exec(&format!(
+            "INSERT INTO collections (collection_id, project_id, collection_name)
+             VALUES ('{id}', '{project}', 'v0')"
+        ))
+        .await;
+    }
+    catch_up(&app, &old).await;
+    for round in 1..=3 {
+        for id in &ids {
+            old.exec(&format!(
+                "UPDATE collections SET collection_name = 'v{round}' WHERE collection_id = '{id}'"
+            ))
+            .await;
+        }
+    }
+
+    // Killed twice in the middle of applying, the old server restarted in between.
+    for _ in 0..2 {
+        let mut follower = cli(&app, &["follow", "--legacy-url", &old.url])
+            .spawn()
+            .unwrap();
+        let before: i64 = sqlx::query_scalar("SELECT changes_applied FROM follows")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        for _ in 0..600 {
+            let applied: i64 = sqlx::query_scalar("SELECT changes_applied FROM follows")
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+            if applied >= before + 150 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        follower.start_kill().unwrap();
+        follower.wait().await.unwrap();
+        tokio::task::block_in_place(|| old.cluster.cluster.restart()).unwrap();
+    }
+    catch_up(&app, &old).await;
+
+    // Each collection: imported once, renamed exactly three times, in order.
+    let renames: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, count(*) FILTER (WHERE event_type = 'CollectionUpdated')
+           FROM events WHERE aggregate_type = 'collection' GROUP BY aggregate_id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(renames.len(), ids.len());
+    assert!(renames.iter().all(|(_, n)| *n == 3), "{renames:?}");
+    assert_eq!(events(&app).await, 4 * ids.len() as i64);
+    answers_match(&app, &old, &[]).await;
+}
