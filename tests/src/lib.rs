@@ -414,9 +414,8 @@ impl TestApp {
             options.command_retries,
         )
         .on_route(route);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
+        let listener =
+            cutover_api::serve::bind(([127, 0, 0, 1], 0).into()).expect("a loopback port");
         let address = listener.local_addr().expect("the bound address");
         let (shutdown, stopping) = tokio::sync::watch::channel(false);
         let reads = Reads::open(

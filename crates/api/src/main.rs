@@ -40,8 +40,7 @@ async fn main() -> anyhow::Result<()> {
         config.command_retries,
     )
     .on_route(database.route);
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
+    let listener = cutover_api::serve::bind(config.bind)
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(address = %config.bind, "listening");
     let (stop, stopping) = tokio::sync::watch::channel(false);

@@ -4,6 +4,7 @@
 //! what they are, is in docs/operations.md ("Slow and hostile clients").
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
@@ -33,6 +34,27 @@ pub const DEFAULT_MAX_HTTP_CONNECTIONS: u32 = 1_024;
 /// Most bytes of a request header a connection buffers; a longer header is answered 431.
 /// (hyper's own default is about 400 KiB; real headers, tokens included, fit in a few KiB.)
 pub const HEADER_LIMIT: usize = 64 * 1024;
+
+/// Connections the kernel completes and holds until the server accepts them (it caps this at
+/// `net.core.somaxconn`). The standard library's and tokio's default, 128, is too few for a
+/// burst of clients: beyond it the kernel drops their handshakes' last packets, and each such
+/// client waits a second or more for a retransmission before the server sees it.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `address` with a backlog of [`LISTEN_BACKLOG`].
+///
+/// # Errors
+/// The address cannot be bound (in use, not this machine's, not allowed).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// A timeout flag's largest value, a day.
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
