@@ -29,8 +29,6 @@ use crate::error::{ApiError, Problem};
 use crate::routes::{admin, batches, collections, competencies, events, health};
 use crate::AppState;
 
-pub mod registry;
-
 /// The read model that answered: `legacy` or `new`. The route decides the shape of the rows,
 /// never the read source: the routes without `/v2` answer in the old API's shape from either
 /// model, the `/v2` routes in the new shape from the new model.

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// A domain's read source: one of its two shapes, which is also what a projection's `shape`
 /// names (`projections.shape`, `read_sources.source`: the CHECK constraints of both).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum ReadSource {

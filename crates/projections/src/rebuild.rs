@@ -53,7 +53,7 @@ const STOPPED_QUERY_CHARS: i32 = 200;
 const HORIZON_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a job builds tables (`rebuild_jobs.purpose`, and its CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Purpose {
@@ -107,7 +107,9 @@ impl SwapArgs {
 }
 
 /// How a swap stopped a session that held it up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     /// Its running query was cancelled (`pg_cancel_backend`): the query gets an error.
@@ -117,7 +119,9 @@ pub enum Signal {
 }
 
 /// A session that holds a lock on a live table, as `pg_stat_activity` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema,
+)]
 pub struct Session {
     pub pid: i32,
     pub user: Option<String>,
@@ -130,7 +134,7 @@ pub struct Session {
 
 /// A session that held a swap up, and what the swap did to it (`rebuild_jobs.swap_stopped`,
 /// the job's `swap_stopped`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StoppedSession {
     #[serde(flatten)]
     pub session: Session,

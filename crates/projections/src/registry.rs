@@ -43,7 +43,7 @@ pub enum AdminError {
 }
 
 /// A projection's state (`projections.state`, and its CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum ProjectionState {
@@ -62,7 +62,7 @@ impl fmt::Display for ProjectionState {
 }
 
 /// A job's status as its row records it (`rebuild_jobs.status`, and its CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum JobStatus {
@@ -80,8 +80,8 @@ impl fmt::Display for JobStatus {
 
 /// A job's status as every report gives it (the CLI, the admin API, `/metrics`, the console):
 /// its recorded status, except that a job recorded running whose runner is gone is
-/// `interrupted`. Never stored: [`Job::observed`] decides it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `interrupted`. Never stored: a job's `observed` decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Recorded running, but no process runs it any more (killed, its server restarted, its
@@ -109,26 +109,30 @@ impl fmt::Display for JobState {
 }
 
 /// A registry row.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Projection {
     pub name: String,
+    /// `collections`, `batches` or `competencies`.
     pub domain: String,
+    /// The shape its tables hold.
     pub shape: ReadSource,
     pub tables: Vec<String>,
     pub version: i32,
     pub state: ProjectionState,
+    /// Whether commands update it.
     pub inline_active: bool,
+    /// The log position its last rebuild reached.
     pub rebuilt_to: Option<i64>,
     pub changed_at: DateTime<Utc>,
 }
 
 /// A job's row (a rebuild's, or a verify's scratch job), with its rate and estimated time left.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
     pub id: Uuid,
     pub projections: Vec<String>,
     pub purpose: Purpose,
-    /// Its recorded status, or `interrupted` (see [`JobState`]).
+    /// Its recorded status, or `interrupted` (see `JobState`).
     #[sqlx(try_from = "JobStatus")]
     pub status: JobState,
     pub events_done: i64,
@@ -191,7 +195,8 @@ impl Job {
 }
 
 /// A projection with its row counts, how far it is, and its latest job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ProjectionStatus)]
 pub struct Status {
     #[serde(flatten)]
     pub projection: Projection,
@@ -457,8 +462,8 @@ pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, ReadSource)>, sq
 
 /// Whether `domain`'s read source may be switched: only after a clean consistency report of the
 /// domain, taken after the last rebuild, repair or retirement of any of its projections, and a
-/// shadow window since then of enough reads with no mismatch (`crate::shadow`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// shadow window since then of enough reads with no mismatch (see shadow reads).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Gate {
     pub open: bool,
     /// The report that opens it, or what is missing or failing; with the command that helps.
@@ -604,15 +609,17 @@ pub async fn set_read_source(
     Ok(gate)
 }
 
-/// One entry of the activity history.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One entry of the activity history (a switch of a read source, for one).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Action {
     pub id: i64,
     pub at: DateTime<Utc>,
     pub action: String,
     pub domain: String,
+    /// Who asked: the token's name.
     pub actor: String,
     pub forced: bool,
+    /// What else the action recorded (a JSON value).
     pub detail: serde_json::Value,
 }
 

@@ -72,7 +72,7 @@ impl From<AdminError> for ApiError {
     description = "Every projection with its status, as `GET /admin/projections/{name}` gives it.",
     params(crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the projections", body = Vec<crate::openapi::registry::ProjectionStatus>),
+        (status = 200, description = "the projections", body = Vec<Status>),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -98,7 +98,7 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
                    latest rebuild job as `GET /admin/jobs/{id}` gives it.",
     params(("name" = String, Path, description = "the projection"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the projection", body = crate::openapi::registry::ProjectionStatus),
+        (status = 200, description = "the projection", body = Status),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -182,7 +182,7 @@ async fn start_rebuild(
     description = "Retires a projection: commands stop updating it and its tables are dropped; 409 while it is its domain's read source or being rebuilt.",
     params(("name" = String, Path, description = "the projection")),
     responses(
-        (status = 200, description = "retired", body = crate::openapi::registry::Projection),
+        (status = 200, description = "retired", body = registry::Projection),
         crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
@@ -250,7 +250,7 @@ async fn repair_aggregates(
                    `terminate`: the session, idle in a transaction, was ended); empty when none.",
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::openapi::ReadHeaders),
     responses(
-        (status = 200, description = "the job", body = crate::openapi::registry::Job),
+        (status = 200, description = "the job", body = Job),
         crate::openapi::NotModified,
         crate::openapi::Errors
     )
@@ -273,7 +273,7 @@ async fn job(
                    job, 409 for one that is not running.",
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`")),
     responses(
-        (status = 200, description = "cancelled: the job as it is now", body = crate::openapi::registry::Job),
+        (status = 200, description = "cancelled: the job as it is now", body = Job),
         crate::openapi::Errors, crate::openapi::CommandErrors
     )
 )]
@@ -318,7 +318,6 @@ struct Switched {
     source: ReadSource,
     /// Whether the switch went through a closed gate (`force`).
     forced: bool,
-    #[schema(value_type = crate::openapi::registry::Gate)]
     gate: registry::Gate,
 }
 
@@ -489,10 +488,8 @@ struct SwitchGate {
     domain: String,
     #[schema(value_type = crate::openapi::ReadSourceName)]
     source: ReadSource,
-    #[schema(value_type = crate::openapi::registry::Gate)]
     gate: registry::Gate,
     /// The domain's last switch of read source (who, when, whether forced), if any.
-    #[schema(value_type = Option<crate::openapi::registry::Action>)]
     last_switch: Option<registry::Action>,
 }
 
