@@ -81,7 +81,7 @@ impl fmt::Display for JobStatus {
 /// A job's status as every report gives it (the CLI, the admin API, `/metrics`, the console):
 /// its recorded status, except that a job recorded running whose runner is gone is
 /// `interrupted`. Never stored: a job's `observed` decides it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Recorded running, but no process runs it any more (killed, its server restarted, its
@@ -94,6 +94,44 @@ pub enum JobState {
 impl JobState {
     /// Running now, on some process.
     pub const RUNNING: Self = Self::Recorded(JobStatus::Running);
+}
+
+/// `interrupted`, or one of the recorded statuses (utoipa's derive does not read the untagged
+/// variant).
+impl utoipa::PartialSchema for JobState {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Type};
+        let interrupted = serde_json::to_value(JobState::Interrupted).unwrap_or_default();
+        OneOfBuilder::new()
+            .description(Some(
+                "A job's status: `running`; `interrupted` (recorded running, but no process runs \
+                 it any more: a rebuild of the same projections resumes it from its \
+                 checkpoint); or how it ended.",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([interrupted])),
+            )
+            .item(Ref::from_schema_name(
+                <JobStatus as utoipa::ToSchema>::name(),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JobState {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            <JobStatus as utoipa::ToSchema>::name().into_owned(),
+            <JobStatus as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 impl From<JobStatus> for JobState {
