@@ -17,6 +17,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use cutover_core::log;
 use cutover_core::store::EventStore;
+use cutover_projections::follow;
 use cutover_projections::registry::{self, JobState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,6 +61,11 @@ fn method_label(method: &Method) -> &'static str {
 const UNMATCHED: &str = "unmatched";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabels {
+    domain: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     reason: &'static str,
 }
@@ -97,6 +103,10 @@ pub struct Metrics {
     rebuild_total: Family<ProjectionLabels, Gauge>,
     rebuild_rate: Family<ProjectionLabels, Rate>,
     rebuild_interrupted: Family<ProjectionLabels, Gauge>,
+    follow_applied: Family<DomainLabels, Gauge>,
+    follow_refused: Family<DomainLabels, Gauge>,
+    follow_lag_bytes: Family<DomainLabels, Gauge>,
+    follow_stopped: Family<DomainLabels, Gauge>,
     held_back: Gauge,
     blocker: Family<BlockerLabels, Rate>,
     pool: Family<PoolLabels, Gauge>,
@@ -206,6 +216,32 @@ impl Metrics {
              process: run it again to resume it), else 0",
             rebuild_interrupted.clone(),
         );
+        let [follow_applied, follow_refused, follow_lag_bytes, follow_stopped] = [
+            (
+                "follow_changes_applied",
+                "Changes of the old database applied to a followed domain (cutover follow), \
+                 already reflected ones included",
+            ),
+            (
+                "follow_changes_refused",
+                "Changes of the old database a followed domain refused (kept in follow_refusals)",
+            ),
+            (
+                "follow_lag_bytes",
+                "WAL of the old database a followed domain's slot had not confirmed at the \
+                 follower's last look",
+            ),
+            (
+                "follow_stopped",
+                "1 while no follower has looked at the old database for a minute (its slot \
+                 holds WAL back there), else 0",
+            ),
+        ]
+        .map(|(name, help)| {
+            let family = Family::<DomainLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        });
         let held_back = Gauge::default();
         registry.register(
             "feed_held_back",
@@ -282,6 +318,10 @@ impl Metrics {
             rebuild_total,
             rebuild_rate,
             rebuild_interrupted,
+            follow_applied,
+            follow_refused,
+            follow_lag_bytes,
+            follow_stopped,
             held_back,
             blocker,
             pool,
@@ -329,6 +369,28 @@ impl Metrics {
                 self.rebuild_rate
                     .get_or_create(&labels)
                     .set(job.events_per_second);
+            }
+        }
+        let now = chrono::Utc::now();
+        for family in [
+            &self.follow_applied,
+            &self.follow_refused,
+            &self.follow_lag_bytes,
+            &self.follow_stopped,
+        ] {
+            family.clear();
+        }
+        for followed in follow::follows(pool).await? {
+            let labels = DomainLabels {
+                domain: followed.domain.clone(),
+            };
+            for (family, value) in [
+                (&self.follow_applied, followed.changes_applied),
+                (&self.follow_refused, followed.changes_refused),
+                (&self.follow_lag_bytes, followed.lag_bytes),
+                (&self.follow_stopped, i64::from(followed.stopped(now))),
+            ] {
+                family.get_or_create(&labels).set(value);
             }
         }
         self.held_back.set(log::held_back_count(pool).await?);

@@ -389,6 +389,15 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                 if followed.changes_refused > 0 {
                     out!("  the refused changes, with why: SELECT * FROM follow_refusals WHERE domain = '{}'", followed.domain)?;
                 }
+                if followed.stopped(chrono::Utc::now()) {
+                    out!(
+                        "  warning: no follower has run since {}: the old database keeps its WAL \
+                         for slot {} meanwhile; run `cutover follow` again, or stop following with \
+                         `cutover follow --drop`",
+                        followed.updated_at,
+                        followed.slot
+                    )?;
+                }
             }
             let interrupted = registry::unfinished_jobs(pool)
                 .await?

@@ -219,6 +219,21 @@ async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_w
         "{status}"
     );
 
+    let metric = |name: &str| format!("cutover_follow_{name}{{domain=\"collections\"}}");
+    assert_eq!(app.metric(&metric("changes_refused")).await, 2.0);
+    assert_eq!(app.metric(&metric("stopped")).await, 0.0);
+    // A follower that stopped two minutes ago: the old database keeps WAL for it.
+    sqlx::query("UPDATE follows SET updated_at = now() - interval '2 minutes'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.metric(&metric("stopped")).await, 1.0);
+    let status = run_cli(&app, &["status"]).await;
+    assert!(
+        status.contains("warning: no follower has run since"),
+        "{status}"
+    );
+
     let dropped = cli(&app, &["follow", "--legacy-url", &old.url, "--drop"])
         .output()
         .await

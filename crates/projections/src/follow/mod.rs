@@ -111,6 +111,18 @@ pub struct Follow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// How long a followed domain's row may go unrefreshed before it counts as stopped: a running
+/// follower refreshes it at every look (several times a second).
+pub const STOPPED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+impl Follow {
+    /// Whether no follower has looked at the old database for [`STOPPED_AFTER`] by `now`: the
+    /// old database then keeps the WAL its slot has not confirmed, and its disk fills.
+    pub fn stopped(&self, now: DateTime<Utc>) -> bool {
+        now - self.updated_at > STOPPED_AFTER
+    }
+}
+
 const SELECT_FOLLOW: &str = "\
 SELECT domain, slot, publication, legacy_table, snapshot, lsn::text AS lsn, applied,
        changes_applied, changes_refused, lag_bytes, waiting_since, started_at, updated_at
