@@ -165,6 +165,9 @@ impl From<sqlx::Error> for ApiError {
             tracing::warn!(error = %e, "database unavailable");
             return Self::Unavailable;
         }
+        if let Some(refusal) = cutover_core::store::followed_refusal(&e) {
+            return Self::Conflict(refusal);
+        }
         if refused_value(&e) {
             return Self::Unprocessable {
                 detail: "a value in the request cannot be stored (for example a NUL character)"

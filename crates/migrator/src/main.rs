@@ -603,7 +603,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             drop,
             domains,
         } => {
-            let store = EventStore::new(pool.clone(), projectors, 5);
+            let store = EventStore::new(follow::writer_pool(pool).await?, projectors, 5);
             let old = follow::connect_legacy(&legacy_url).await?;
             if drop {
                 for domain in &domains {

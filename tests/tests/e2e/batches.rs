@@ -5,7 +5,7 @@ use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn start(app: &TestApp, batch_id: &str, players: &[&str]) -> Value {
+pub async fn start(app: &TestApp, batch_id: &str, players: &[&str]) -> Value {
     let response = app
         .post("/batches")
         .json(&json!({"batch_id": batch_id, "expected_players": players}))

@@ -146,6 +146,28 @@ async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_w
     assert!(first.contains("copied 3 rows"), "{first}");
     answers_match(&app, &old, &[]).await;
 
+    // One writer at a time: the old application writes the followed domain; Cutover's own
+    // commands on it are refused (and change nothing), those of other domains are not.
+    let before = events(&app).await;
+    for refused in [
+        app.post(&format!("/projects/{project}/collections"))
+            .json(&serde_json::json!({"collection_name": "Mine"})),
+        app.put(&format!("/projects/{project}/collections/{a}"))
+            .json(&serde_json::json!({"collection_name": "Mine"})),
+    ] {
+        let response = refused.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        let problem: Value = response.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("followed from the old system")),
+            "{problem}"
+        );
+    }
+    assert_eq!(events(&app).await, before);
+    crate::batches::start(&app, "followed-b1", &["p1"]).await;
+
     // The old application goes on writing: a transaction of 200 new rows, renames, a soft and
     // a hard delete, a large description then a rename that leaves it unchanged, and two
     // changes the domain refuses (an empty name; a description back to NULL).
@@ -244,6 +266,14 @@ async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_w
         .await
         .unwrap();
     assert_eq!(slots, 0, "the slot is gone from the old database");
+    // Followed no more: Cutover writes the domain again.
+    let created = app
+        .post(&format!("/projects/{project}/collections"))
+        .json(&serde_json::json!({"collection_name": "Mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,21 @@ fn begin_locked(route: Route, locks: &[i64]) -> String {
     sql
 }
 
+/// The SQLSTATE of an append refused because its events' domain is followed from the old
+/// system (`cutover follow`): its writer is the old application. The append statement asks
+/// (`cutover_may_write`), so nothing of the command is written.
+pub const FOLLOWED_SQLSTATE: &str = "CF409";
+
+/// The database's words when `e` refused a command because its domain is followed.
+pub fn followed_refusal(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(FOLLOWED_SQLSTATE) => {
+            Some(db.message().to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`. Every
 /// command on the aggregate holds it for its transaction (and so does a repair of it).
 pub fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {

@@ -42,8 +42,10 @@ SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source),
 /// Appends events of one stream or several (`$1`–`$7` each event's aggregate type and id,
 /// sequence, type, version, payload and metadata, in the order they take positions; `$8` the
 /// recording time), checks that the projections maintained inline are `$9` (those whose rows the
-/// statement writes: it fails with SQLSTATE `CUT02` otherwise) and reads the read sources, after
-/// `WITH` parts of its own (each inline projection's row changes, from `$10` on).
+/// statement writes: it fails with SQLSTATE `CUT02` otherwise) and that no domain of the events
+/// is followed from the old system (SQLSTATE [`super::FOLLOWED_SQLSTATE`] otherwise), and reads
+/// the read sources, after `WITH` parts of its own (each inline projection's row changes, from
+/// `$10` on).
 pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
     static MADE: OnceLock<Mutex<HashMap<Vec<usize>, Arc<str>>>> = OnceLock::new();
     // The parts are kept for good by `rows`, so their addresses name them.
@@ -72,6 +74,8 @@ pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
                 ELSE public.cutover_inline_projections_changed($9::text[], names) END AS current
       FROM (SELECT coalesce(array_agg(name ORDER BY name), '{}') AS names
               FROM projections WHERE inline_active) AS registry
+), writable AS (
+    SELECT public.cutover_may_write(ARRAY(SELECT DISTINCT unnest($1::text[]))) AS writable
 )",
     );
     for (i, part) in parts.iter().enumerate() {
@@ -81,7 +85,7 @@ pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
         "
 SELECT appended.position, appended.transaction_id, appended.aggregate_type, appended.aggregate_id,
        appended.sequence, sources.domains, sources.sources, inline.current
-  FROM appended CROSS JOIN sources CROSS JOIN inline",
+  FROM appended CROSS JOIN sources CROSS JOIN inline CROSS JOIN writable",
     );
         sql.into()
     }))

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::str::FromStr as _;
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate as _;
 use cutover_core::domain::collection::{Collection, CollectionCommand, Description};
 use cutover_core::import::{adopt, OldCollectionRow};
 use cutover_core::read_source::ReadSource;
@@ -34,8 +35,9 @@ use crate::collections::{self, LegacyCollection};
 use crate::registry;
 use pgoutput::{Lsn, Message, Relation, Value};
 
-/// The domains that can be followed, each with the old table it follows (schema `public`).
-pub const FOLLOWED: &[(&str, &str)] = &[("collections", "collections")];
+/// The domains that can be followed, each with the old table it follows (schema `public`) and
+/// the aggregate type its commands write.
+pub const FOLLOWED: &[(&str, &str, &str)] = &[("collections", "collections", Collection::TYPE)];
 
 /// Default of `--publication`: the publication of the old tables on the old database.
 pub const DEFAULT_PUBLICATION: &str = "cutover_follow";
@@ -88,6 +90,21 @@ pub async fn connect_legacy(url: &str) -> Result<PgPool, FollowError> {
         .connect_with(options)
         .await
         .map_err(legacy)
+}
+
+/// A pool like `pool` whose sessions write as the follower (`cutover.writer = follow`): the
+/// only sessions whose commands a followed domain accepts.
+///
+/// # Errors
+/// The database cannot be reached.
+pub async fn writer_pool(pool: &PgPool) -> Result<PgPool, sqlx::Error> {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("cutover.writer", "follow")]);
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
 }
 
 /// A followed domain's row.
@@ -216,17 +233,17 @@ impl Follower {
         domain: &str,
         publication: &str,
     ) -> Result<Self, FollowError> {
-        let table = FOLLOWED
+        let (table, aggregate_type) = FOLLOWED
             .iter()
-            .find(|(name, _)| *name == domain)
-            .map(|(_, table)| *table)
+            .find(|(name, ..)| *name == domain)
+            .map(|(_, table, aggregate_type)| (*table, *aggregate_type))
             .ok_or_else(|| {
                 FollowError::Setup(format!(
                     "{domain} cannot be followed: only {} can (the batch and competency \
                      documents are not followed yet)",
                     FOLLOWED
                         .iter()
-                        .map(|(d, _)| *d)
+                        .map(|(d, ..)| *d)
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))
@@ -240,9 +257,16 @@ impl Follower {
             Some(follow) => follow,
             None => {
                 create_slot(&old, domain, table, publication).await?;
-                sqlx::query_as(&format!(
-                    "WITH made AS (INSERT INTO follows (domain, slot, publication, legacy_table)
-                                   VALUES ($1, $2, $3, $4) RETURNING *)
+                // Under the lock every command's BEGIN holds shared: commands of the domain
+                // begun before end first, and those begun after are refused.
+                let mut tx = store.pool().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cutover:follows', 0))")
+                    .execute(&mut *tx)
+                    .await?;
+                let made = sqlx::query_as(&format!(
+                    "WITH made AS (INSERT INTO follows
+                                       (domain, slot, publication, legacy_table, aggregate_type)
+                                   VALUES ($1, $2, $3, $4, $5) RETURNING *)
                      {}",
                     SELECT_FOLLOW.replace("FROM follows", "FROM made")
                 ))
@@ -250,8 +274,11 @@ impl Follower {
                 .bind(slot_name(domain))
                 .bind(publication)
                 .bind(format!("public.{table}"))
-                .fetch_one(store.pool())
-                .await?
+                .bind(aggregate_type)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                made
             }
         };
         Ok(Self { store, old, follow })
