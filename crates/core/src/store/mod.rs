@@ -233,8 +233,8 @@ fn begin_locked(route: Route, locks: &[i64]) -> String {
 }
 
 /// The SQLSTATE of an append refused because its events' domain is followed from the old
-/// system (`cutover follow`): its writer is the old application. The append statement asks
-/// (`cutover_may_write`), so nothing of the command is written.
+/// system (`cutover follow`): its writer is the old application. The append statement checks,
+/// so nothing of the command is written.
 pub const FOLLOWED_SQLSTATE: &str = "CF409";
 
 /// The database's words when `e` refused a command because its domain is followed.

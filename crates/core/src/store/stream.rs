@@ -75,7 +75,9 @@ pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
       FROM (SELECT coalesce(array_agg(name ORDER BY name), '{}') AS names
               FROM projections WHERE inline_active) AS registry
 ), writable AS (
-    SELECT public.cutover_may_write(ARRAY(SELECT DISTINCT unnest($1::text[]))) AS writable
+    SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM follows WHERE aggregate_type = ANY ($1::text[]))
+                  OR current_setting('cutover.writer', true) = 'follow' THEN true
+                ELSE public.cutover_refuse_followed($1::text[]) END AS writable
 )",
     );
     for (i, part) in parts.iter().enumerate() {

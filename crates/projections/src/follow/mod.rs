@@ -25,7 +25,7 @@ use cqrs_es::Aggregate as _;
 use cutover_core::domain::collection::{Collection, CollectionCommand, Description};
 use cutover_core::import::{adopt, OldCollectionRow};
 use cutover_core::read_source::ReadSource;
-use cutover_core::store::{Begun, CommandError, EventStore, Request};
+use cutover_core::store::{Begun, CommandError, EventStore, Request, APPEND_LOCK};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
@@ -257,10 +257,10 @@ impl Follower {
             Some(follow) => follow,
             None => {
                 create_slot(&old, domain, table, publication).await?;
-                // Under the lock every command's BEGIN holds shared: commands of the domain
-                // begun before end first, and those begun after are refused.
+                // Under the append lock, which every command holds shared from its BEGIN:
+                // commands begun before end first, and those begun after are refused.
                 let mut tx = store.pool().begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cutover:follows', 0))")
+                sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
                     .execute(&mut *tx)
                     .await?;
                 let made = sqlx::query_as(&format!(
