@@ -219,6 +219,8 @@ pub struct Follower {
     store: EventStore,
     old: PgPool,
     follow: Follow,
+    /// The domain's read source, read once per batch: the model a change is compared with.
+    source: ReadSource,
 }
 
 impl Follower {
@@ -281,7 +283,12 @@ impl Follower {
                 made
             }
         };
-        Ok(Self { store, old, follow })
+        Ok(Self {
+            store,
+            old,
+            follow,
+            source: ReadSource::Legacy,
+        })
     }
 
     /// The followed domain's row as this follower last wrote it.
@@ -316,6 +323,7 @@ impl Follower {
     /// visible transactions the stream then skips. Run again from the start if it stopped
     /// (a row already reflected is a no-op).
     async fn copy(&mut self, progress: &mut Progress) -> Result<(), FollowError> {
+        self.refresh_source().await?;
         let mut old = self.old.begin().await.map_err(legacy)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *old)
@@ -362,6 +370,7 @@ impl Follower {
 
     /// Applies one batch of the slot's transactions; whether there was any.
     async fn step(&mut self, progress: &mut Progress) -> Result<bool, FollowError> {
+        self.refresh_source().await?;
         let changes: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(
                  $1, NULL, $2, 'proto_version', '1', 'publication_names', $3)",
@@ -419,17 +428,8 @@ impl Follower {
                     commit_lsn,
                     end_lsn,
                 } => {
+                    // (Each of its changes recorded its own position as it was applied.)
                     if let Some(tx) = tx.take() {
-                        if tx.skip_through != i32::MAX {
-                            // Its last changes may have been of other tables: all of it is done.
-                            self.advance(
-                                &mut *self.store.pool().acquire().await?,
-                                (commit_lsn, tx.changes),
-                                0,
-                                0,
-                            )
-                            .await?;
-                        }
                         done = commit_lsn;
                         applied_in_done = tx.changes;
                     }
@@ -670,13 +670,19 @@ impl Follower {
         project_id: Uuid,
         collection_id: Uuid,
     ) -> Result<Option<LegacyCollection>, FollowError> {
-        let source = registry::read_sources(self.store.pool())
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(collections::answer(&mut conn, self.source, project_id, collection_id).await?)
+    }
+
+    /// Reads the domain's read source again (both models hold what a change is compared with,
+    /// so a switch between two reads changes no outcome).
+    async fn refresh_source(&mut self) -> Result<(), FollowError> {
+        self.source = registry::read_sources(self.store.pool())
             .await?
             .into_iter()
             .find(|(domain, _)| *domain == self.follow.domain)
             .map_or(ReadSource::Legacy, |(_, source)| source);
-        let mut conn = self.store.pool().acquire().await?;
-        Ok(collections::answer(&mut conn, source, project_id, collection_id).await?)
+        Ok(())
     }
 
     /// Keeps a refused change with why, and records the position `at` past it.
