@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -74,11 +75,14 @@ class Profile:
     pgbench_batches: int  # per pgbench client
     seeds: list  # cumulative history sizes at which the rebuild is measured
     cargo_profile: str
+    follow_rows: int  # rows of the old system's table the follower copies, then changes twice
+    follow_seconds: int  # of the old system writing 1,000 changes/s with the follower running
 
 
 FULL = Profile("full", 10, 2, [1, 16, 64], [1, 16], 2000, 50, 12, 100,
-               [100_000, 1_000_000], "release")
-SMOKE = Profile("smoke", 1, 0, [1, 16], [1, 16], 100, 40, 2, 10, [2_000, 10_000], "dev")
+               [100_000, 1_000_000], "release", 50_000, 30)
+SMOKE = Profile("smoke", 1, 0, [1, 16], [1, 16], 100, 40, 2, 10, [2_000, 10_000], "dev",
+                2_000, 3)
 
 
 def log(message):
@@ -378,14 +382,19 @@ def as_postgres(cmd):
     return ["runuser", "-u", "postgres", "--", *map(str, cmd)] if os.getuid() == 0 else cmd
 
 
-def start_replica(cluster, folder, logs):
-    """A hot standby of `cluster` in `folder`, made with pg_basebackup -R: its Cluster."""
+def cluster_folder(folder):
+    """Makes `folder` and its socket folder `run`, the postgres user's when this is root."""
     folder.mkdir()
     (folder / "run").mkdir(mode=0o700)
     if os.getuid() == 0:
         user = pwd.getpwnam("postgres")
         for path in (folder, folder / "run"):
             os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def start_replica(cluster, folder, logs):
+    """A hot standby of `cluster` in `folder`, made with pg_basebackup -R: its Cluster."""
+    cluster_folder(folder)
     replica = Cluster(cluster.bin, folder)
     run(as_postgres([cluster.bin / "pg_basebackup", "-D", replica.data, "-R", "-X", "stream",
                      "-c", "fast", "-h", cluster.socket, "-U", "postgres"]))
@@ -468,6 +477,120 @@ def shadow_reads(servers, cluster, profile):
     for name, result in results.items():
         log(f"read     {name:<15} 16 conns: {result['ok_per_s']:>8.1f} ok/s, "
             f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']}")
+    return results
+
+
+# The old system's table (the follow tests' too), and a number per row for pgbench to pick
+# rows by (the follower reads the columns it knows, by name).
+OLD_SCHEMA = (ROOT / "tests" / "old_system.sql").read_text() + """
+ALTER TABLE collections ADD COLUMN n integer UNIQUE;
+"""
+
+# Upper bounds (s) of the follower's lag histogram buckets, as `cutover follow` counts them
+# (follow::LAG_BUCKETS), and one more bucket past the last.
+LAG_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+
+def start_old_system(bin_dir, folder, logs):
+    """A second cluster with wal_level = logical, playing the old system: its Cluster."""
+    cluster_folder(folder)
+    old = Cluster(bin_dir, folder)
+    run(as_postgres([bin_dir / "initdb", "-D", old.data, "-U", "postgres", "-A", "trust"]))
+    with open(old.data / "postgresql.conf", "a") as conf:
+        conf.write(f"listen_addresses = ''\nunix_socket_directories = '{old.socket}'\n"
+                   "wal_level = logical\nmax_replication_slots = 4\n")
+    run(as_postgres([bin_dir / "pg_ctl", "-D", old.data, "-l", folder / "postgres.log", "-w",
+                     "-t", "120", "start"]), cwd="/")
+    old.sql("postgres", "CREATE DATABASE oldapp")
+    old.psql("oldapp", stdin=OLD_SCHEMA)
+    return old
+
+
+def lag_p99(before, after):
+    """The bucket bound within which 99% of the changes counted between two readings of a
+    lag histogram were applied (inf: later than the last bound), and how many were counted."""
+    counts = [b - a for a, b in zip(before + [0] * 20, after)]
+    total = sum(counts)
+    if total == 0:
+        return None, 0
+    seen = 0
+    for i, count in enumerate(counts):
+        seen += count
+        if seen >= 0.99 * total:
+            return (LAG_BUCKETS[i] if i < len(LAG_BUCKETS) else float("inf")), total
+    return float("inf"), total
+
+
+def follow_old_system(cluster, profile, bins, work, logs):
+    """`cutover follow` against a second cluster playing the old system: the copy of its
+    existing rows, the catch-up over changes written while no follower ran (transactions of
+    100 rows, then of one row), and the lag while the old system writes about 1,000 changes/s
+    (pgbench, one row per transaction) with the follower running."""
+    old = start_old_system(cluster.bin, work / "old", logs)
+    db = "bench_follow"
+    cluster.sql("postgres", f"CREATE DATABASE {db}")
+    env = {"DATABASE_URL": cluster.url(db), "RUST_LOG": "warn"}
+    follow = [bins / "cutover", "follow", "--legacy-url", old.url("oldapp")]
+    rows = profile.follow_rows
+    project = "00000000-0000-0000-0000-00000000f011"
+    results = {}
+    try:
+        def catch_up(name, changes):
+            cluster.checkpoint()
+            old.checkpoint()
+            seconds, _, out = run_peak(follow + ["--until-caught-up", "collections"], env, logs,
+                                       f"follow-{name}")
+            applied = int(cluster.sql(db, "SELECT changes_applied FROM follows"))
+            results[name] = {"changes": changes, "seconds": round(seconds, 2),
+                             "changes_per_s": round(changes / seconds),
+                             "reported": out.strip().splitlines()[-1:]}
+            log(f"follow   {name:<24} {changes} changes in {seconds:.2f} s "
+                f"({changes / seconds:.0f}/s); {applied} applied in all")
+
+        old.sql("oldapp", "INSERT INTO collections (collection_id, project_id, collection_name, "
+                          f"description, n) SELECT gen_random_uuid(), '{project}', 'c' || i, "
+                          f"'Row ' || i || ' of the old system', i FROM generate_series(1, {rows}) i")
+        catch_up("copy", rows)
+        old.sql("oldapp", "DO $$ BEGIN FOR i IN 0..%d LOOP UPDATE collections "
+                          "SET collection_name = collection_name || 'x', updated_at = now() "
+                          "WHERE n > i * 100 AND n <= (i + 1) * 100; COMMIT; END LOOP; END $$"
+                % (rows // 100 - 1))
+        catch_up("stream, 100 rows a transaction", rows)
+        old.sql("oldapp", "DO $$ BEGIN FOR i IN 1..%d LOOP UPDATE collections "
+                          "SET collection_name = collection_name || 'y', updated_at = now() "
+                          "WHERE n = i; COMMIT; END LOOP; END $$" % rows)
+        catch_up("stream, 1 row a transaction", rows)
+
+        histogram = "SELECT array_to_string(lag_histogram, ' ') FROM follows"
+        before = [int(x) for x in cluster.sql(db, histogram).split()]
+        with open(logs / "follow-live.out", "w") as out:
+            follower = subprocess.Popen(follow + ["collections"], env={**os.environ, **env},
+                                        stdout=out, stderr=subprocess.STDOUT)
+            try:
+                script = work / "old-write.sql"
+                script.write_text(f"\\set n random(1, {rows})\n"
+                                  "UPDATE collections SET collection_name = 'w' || :n || '-' || "
+                                  "random(), updated_at = now() WHERE n = :n;\n")
+                written = run([old.bin / "pgbench", "-h", old.socket, "-U", "postgres", "-n",
+                               "-c", "2", "-j", "1", "-R", "1000", "-T",
+                               str(profile.follow_seconds), "-f", script, "oldapp"])
+                tps = float(re.search(r"tps = ([\d.]+)", written).group(1))
+                # The last changes: applied within the poll and a batch, or counted as late.
+                time.sleep(2)
+            finally:
+                follower.send_signal(signal.SIGINT)
+                follower.wait(60)
+        after = [int(x) for x in cluster.sql(db, histogram).split()]
+        p99, counted = lag_p99(before, after)
+        results["lag"] = {"old_changes_per_s": round(tps), "seconds": profile.follow_seconds,
+                          "changes_counted": counted, "p99_within_s": p99}
+        log(f"follow   lag at {tps:.0f} old changes/s: 99% of {counted} applied within "
+            f"{p99} s of their old commit")
+        run(follow + ["--drop", "collections"], env={**os.environ, **env})
+    finally:
+        run(as_postgres([old.bin / "pg_ctl", "-D", old.data, "-m", "fast", "-w", "stop"]),
+            cwd="/")
+        shutil.copy(work / "old" / "postgres.log", logs / "old-system.log")
     return results
 
 
@@ -777,6 +900,19 @@ def targets(results):
         f"{on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms; {on['ok_per_s']:.0f} vs "
         f"{off['ok_per_s']:.0f}/s; {on['compared'] or 0:.0f} reads compared, "
         f"{on['mismatches'] or 0:.0f} mismatches")
+    fo = results["follow"]
+    slowest = min(fo[k]["changes_per_s"] for k in
+                  ("copy", "stream, 100 rows a transaction", "stream, 1 row a transaction"))
+    add("follow: catch-up (old changes/s), slowest of copy and streams", slowest, ">= 10,000",
+        slowest >= 10_000,
+        "; ".join(f"{k} {fo[k]['changes_per_s']}/s" for k in
+                  ("copy", "stream, 100 rows a transaction", "stream, 1 row a transaction")))
+    lag = fo["lag"]
+    p99 = lag["p99_within_s"]
+    add("follow: lag p99 (s) while the old system writes ~1,000 changes/s", p99, "<= 1",
+        p99 is not None and p99 <= 1.0,
+        f"{lag['changes_counted']} changes at {lag['old_changes_per_s']}/s for "
+        f"{lag['seconds']} s (the bound of the histogram bucket reached)")
     return rows
 
 
@@ -866,6 +1002,23 @@ def markdown(results):
     fl = rb["floor"]
     lines.append(f"| COPY floor (events out in log order + {fl['rows_written']} read-model rows in)"
                  f" | {fl['events']} | {fl['read_s'] + fl['write_s']:.2f} | {fl['events_per_s']} | |")
+    fo = results["follow"]
+    lines += ["", "## Following the old system", "",
+              "`cutover follow` against a second cluster (`wal_level = logical`) playing the old "
+              "system, on the same machine: the copy of its existing rows, then the catch-up "
+              "over changes the old system wrote while no follower ran, each timed as one "
+              "`cutover follow --until-caught-up` (the process's start included); then the "
+              "lag while pgbench writes about 1,000 single-row transactions a second to the old "
+              "table with the follower running (how long after its old commit each change was "
+              "written here, from the follower's histogram).", "",
+              "| what | changes | seconds | changes/s |", "| --- | ---: | ---: | ---: |"]
+    for name in ("copy", "stream, 100 rows a transaction", "stream, 1 row a transaction"):
+        r = fo[name]
+        lines.append(f"| {name} | {r['changes']} | {r['seconds']} | {r['changes_per_s']} |")
+    lag = fo["lag"]
+    lines += ["", f"Lag at {lag['old_changes_per_s']} old changes/s for {lag['seconds']} s: "
+                  f"99% of {lag['changes_counted']} changes applied within "
+                  f"{lag['p99_within_s']} s of their old commit."]
     lines += ["", "## Memory", "", "| process | peak RSS MB |", "| --- | ---: |"]
     for name, memory in results["memory"].items():
         lines.append(f"| {name} server, after the load | {memory['peak_rss_mb']} |")
@@ -985,6 +1138,7 @@ def main():
         results["reads"] = replica_reads(servers, cluster, profile, bins, work, logs)
         results["shadow"] = shadow_reads(servers, cluster, profile)
         results["rebuild"] = rebuild(cluster, profile, bins, work, logs)
+        results["follow"] = follow_old_system(cluster, profile, bins, work, logs)
     finally:
         # The peers first: Cutover's server stops the cluster it started.
         for server in reversed(list(servers.values())):

@@ -66,6 +66,13 @@ struct DomainLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LagLabels {
+    domain: String,
+    /// A bucket's upper bound, in seconds (`+Inf`: every change).
+    le: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     reason: &'static str,
 }
@@ -107,6 +114,7 @@ pub struct Metrics {
     follow_refused: Family<DomainLabels, Gauge>,
     follow_lag_bytes: Family<DomainLabels, Gauge>,
     follow_stopped: Family<DomainLabels, Gauge>,
+    follow_lag: Family<LagLabels, Gauge>,
     held_back: Gauge,
     blocker: Family<BlockerLabels, Rate>,
     pool: Family<PoolLabels, Gauge>,
@@ -242,6 +250,13 @@ impl Metrics {
             registry.register(name, help, family.clone());
             family
         });
+        let follow_lag = Family::<LagLabels, Gauge>::default();
+        registry.register(
+            "follow_lag_changes",
+            "Changes streamed from the old database and applied to a followed domain within le \
+             seconds of their old commit (cumulative, as a histogram's buckets)",
+            follow_lag.clone(),
+        );
         let held_back = Gauge::default();
         registry.register(
             "feed_held_back",
@@ -322,6 +337,7 @@ impl Metrics {
             follow_refused,
             follow_lag_bytes,
             follow_stopped,
+            follow_lag,
             held_back,
             blocker,
             pool,
@@ -380,7 +396,21 @@ impl Metrics {
         ] {
             family.clear();
         }
+        self.follow_lag.clear();
         for followed in follow::follows(pool).await? {
+            let mut within = 0;
+            let bounds = follow::LAG_BUCKETS.iter().map(f64::to_string);
+            for (le, count) in bounds
+                .chain(["+Inf".to_owned()])
+                .zip(followed.lag_histogram.iter().chain(std::iter::repeat(&0)))
+            {
+                within += count;
+                let labels = LagLabels {
+                    domain: followed.domain.clone(),
+                    le,
+                };
+                self.follow_lag.get_or_create(&labels).set(within);
+            }
             let labels = DomainLabels {
                 domain: followed.domain.clone(),
             };

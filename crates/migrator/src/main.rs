@@ -176,6 +176,10 @@ enum Command {
         /// Stop once everything the old database had committed is applied.
         #[arg(long)]
         until_caught_up: bool,
+        /// Most changes applied in one transaction here.
+        #[arg(long, default_value_t = follow::DEFAULT_BATCH,
+              value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        batch: u16,
         /// Stop following instead: remove the slot from the old database (which then keeps no
         /// more WAL for it) and what Cutover recorded of it.
         #[arg(long, conflicts_with = "until_caught_up")]
@@ -386,6 +390,16 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     )),
                     followed.updated_at
                 )?;
+                if let Some(p99) = follow::Follow::lag_quantile(&followed.lag_histogram, 0.99) {
+                    out!(
+                        "  99% of the changes streamed were applied within {} of their old commit",
+                        if p99.is_finite() {
+                            format!("{p99} s")
+                        } else {
+                            "more than a minute".into()
+                        }
+                    )?;
+                }
                 if followed.changes_refused > 0 {
                     out!("  the refused changes, with why: SELECT * FROM follow_refusals WHERE domain = '{}'", followed.domain)?;
                 }
@@ -600,6 +614,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             legacy_url,
             publication,
             until_caught_up,
+            batch,
             drop,
             domains,
         } => {
@@ -619,7 +634,8 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             for domain in &domains {
                 followers.push(
                     follow::Follower::start(store.clone(), old.clone(), domain, &publication)
-                        .await?,
+                        .await?
+                        .with_batch(usize::from(batch)),
                 );
             }
             let mut stop = std::pin::pin!(tokio::signal::ctrl_c());

@@ -38,20 +38,26 @@ pub static TABLE: Table = Table {
 
 static TABLES: [&Table; 1] = [&TABLE];
 
+/// The old answer's columns of a collection row, as a query's start (the table follows).
+macro_rules! old_answer_select {
+    () => {
+        "SELECT collection_id, project_id, collection_name, description, is_active, \
+                created_at, updated_at, last_sequence FROM "
+    };
+}
+
 /// The queries of the old answer's collection rows in `$table`: the legacy table, or the new
 /// one, which holds the same columns.
 macro_rules! old_answer_queries {
     ($table:literal) => {
         CollectionQueries {
             one: concat!(
-                "SELECT collection_id, project_id, collection_name, description, is_active, \
-                        created_at, updated_at, last_sequence FROM ",
+                old_answer_select!(),
                 $table,
                 " WHERE project_id = $1 AND collection_id = $2"
             ),
             page: concat!(
-                "SELECT collection_id, project_id, collection_name, description, is_active, \
-                        created_at, updated_at, last_sequence FROM ",
+                old_answer_select!(),
                 $table,
                 " WHERE project_id = $1 AND is_active AND collection_id > $2 \
                   ORDER BY collection_id LIMIT $3"
@@ -68,6 +74,29 @@ fn queries(source: ReadSource) -> &'static CollectionQueries {
         ReadSource::Legacy => &LEGACY,
         ReadSource::New => &NEW,
     }
+}
+
+/// The collections of `ids` (of any project, deleted ones included) as the old clients read
+/// them, from `source`; those it does not hold are left out.
+///
+/// # Errors
+/// A database error.
+pub async fn answers_by_id(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    ids: &[Uuid],
+) -> Result<Vec<LegacyCollection>, sqlx::Error> {
+    let sql = match source {
+        ReadSource::Legacy => concat!(
+            old_answer_select!(),
+            "collections WHERE collection_id = ANY($1)"
+        ),
+        ReadSource::New => concat!(
+            old_answer_select!(),
+            "project_collections WHERE collection_id = ANY($1)"
+        ),
+    };
+    sqlx::query_as(sql).bind(ids).fetch_all(conn).await
 }
 
 /// Collection `collection_id` of project `project_id` as the old clients read it (deleted

@@ -18,19 +18,7 @@ use crate::resume::{cli, run_cli};
 
 /// The old system's table, in its own shape, published for Cutover; deletes carry the whole
 /// row.
-const OLD_SCHEMA: &str = "
-CREATE TABLE collections (
-    collection_id   uuid PRIMARY KEY,
-    project_id      uuid,
-    collection_name text,
-    description     text,
-    is_active       boolean DEFAULT true,
-    created_at      timestamptz DEFAULT now(),
-    updated_at      timestamptz DEFAULT now()
-);
-ALTER TABLE collections REPLICA IDENTITY FULL;
-CREATE PUBLICATION cutover_follow FOR TABLE collections;
-";
+const OLD_SCHEMA: &str = include_str!("../../old_system.sql");
 
 /// The old system: a cluster of the test's own with logical decoding, and its database.
 struct OldSystem {
@@ -244,6 +232,20 @@ async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_w
     let metric = |name: &str| format!("cutover_follow_{name}{{domain=\"collections\"}}");
     assert_eq!(app.metric(&metric("changes_refused")).await, 2.0);
     assert_eq!(app.metric(&metric("stopped")).await, 0.0);
+    // Every streamed change is counted in the lag histogram, and "+Inf" counts them all.
+    let streamed: i64 = sqlx::query_scalar(
+        "SELECT (SELECT sum(n) FROM unnest(lag_histogram) AS n)::bigint FROM follows",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(streamed > 0);
+    let all = "cutover_follow_lag_changes{domain=\"collections\",le=\"+Inf\"}";
+    assert_eq!(app.metric(all).await, streamed as f64);
+    assert!(
+        status.contains("99% of the changes streamed were applied within"),
+        "{status}"
+    );
     // A follower that stopped two minutes ago: the old database keeps WAL for it.
     sqlx::query("UPDATE follows SET updated_at = now() - interval '2 minutes'")
         .execute(&app.db.pool)
@@ -281,7 +283,7 @@ async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_re
     let old = OldSystem::start("follow_kill").await;
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
-    // 300 collections, each renamed three times, each write its own transaction.
+    // 300 collections, each inserted in a transaction of its own.
     let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
         old.exec(&format!(
@@ -291,7 +293,15 @@ async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_re
         .await;
     }
     catch_up(&app, &old).await;
+    // Renamed three times: each rename its own transaction, then all 300 in one transaction
+    // (applied in several batches, each recording how far into it it reached), then one by one
+    // again.
     for round in 1..=3 {
+        if round == 2 {
+            old.exec("UPDATE collections SET collection_name = 'v2'")
+                .await;
+            continue;
+        }
         for id in &ids {
             old.exec(&format!(
                 "UPDATE collections SET collection_name = 'v{round}' WHERE collection_id = '{id}'"
@@ -300,9 +310,10 @@ async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_re
         }
     }
 
-    // Killed twice in the middle of applying, the old server restarted in between.
+    // Killed twice in the middle of applying (batches of 40 changes), the old server restarted
+    // in between.
     for _ in 0..2 {
-        let mut follower = cli(&app, &["follow", "--legacy-url", &old.url])
+        let mut follower = cli(&app, &["follow", "--legacy-url", &old.url, "--batch", "40"])
             .spawn()
             .unwrap();
         let before: i64 = sqlx::query_scalar("SELECT changes_applied FROM follows")
@@ -323,6 +334,14 @@ async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_re
         follower.wait().await.unwrap();
         tokio::task::block_in_place(|| old.cluster.cluster.restart()).unwrap();
     }
+    let applied: i64 = sqlx::query_scalar("SELECT changes_applied FROM follows")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        applied < 4 * ids.len() as i64,
+        "the follower was killed before it applied everything: {applied} applied"
+    );
     catch_up(&app, &old).await;
 
     // Each collection: imported once, renamed exactly three times, in order.
@@ -334,7 +353,18 @@ async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_re
     .await
     .unwrap();
     assert_eq!(renames.len(), ids.len());
-    assert!(renames.iter().all(|(_, n)| *n == 3), "{renames:?}");
+    // The first collection that was not, with its history (each event's old transaction).
+    if let Some((bad, _)) = renames.iter().find(|(_, n)| *n != 3) {
+        let history: Vec<(i64, i64, i64, Value, Value)> = sqlx::query_as(
+            "SELECT sequence, position, transaction_id::text::bigint, payload, metadata FROM events
+              WHERE aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(bad)
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        panic!("collection {bad} was not renamed exactly three times: {history:#?}");
+    }
     assert_eq!(events(&app).await, 4 * ids.len() as i64);
     answers_match(&app, &old, &[]).await;
 }

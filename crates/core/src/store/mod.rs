@@ -8,6 +8,7 @@
 //! after its commit.
 //!
 //! - this file: the store, a command's run from its turn to its answer, and what it returns;
+//! - `batch`: many commands decided in memory and appended in one statement (the follower's);
 //! - `cache`: what the process remembers between commands (aggregates, inline projections);
 //! - `group`: the queue of commands per aggregate and the transactions they share;
 //! - `idempotency`: idempotency keys and the answers kept under them;
@@ -33,12 +34,14 @@ use crate::database::Route;
 use crate::projection::{ProjectionError, Projector};
 use crate::read_source::ReadSources;
 
+mod batch;
 mod cache;
 mod group;
 mod idempotency;
 mod shared;
 mod stream;
 
+pub use batch::Batch;
 pub use idempotency::{Idempotency, StoredResponse};
 
 use cache::{AggregateCache, InlineProjections};
@@ -116,6 +119,11 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// A stored event of an older version that no upcaster turns into the current shape.
     #[error(transparent)]
     Upcast(#[from] crate::upcast::UpcastError),
+    /// The projections maintained inline changed (a rebuild swapped, a projection was retired)
+    /// after a [`Batch`] began: nothing of it was written, and it is to run again. (A single
+    /// command re-runs by itself.)
+    #[error("the projections maintained inline changed while the batch ran; nothing was written")]
+    InlineChanged,
 }
 
 /// A command's transaction did not commit.
@@ -226,11 +234,24 @@ fn begin_locked(route: Route, locks: &[i64]) -> String {
         "BEGIN{}; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})",
         route.transaction_settings()
     );
-    for lock in locks {
-        sql.push_str(&format!(", pg_advisory_xact_lock({lock})"));
+    if locks.len() <= FEW_LOCKS {
+        for lock in locks {
+            sql.push_str(&format!(", pg_advisory_xact_lock({lock})"));
+        }
+    } else {
+        // Past a select list's length: one row per lock, taken in the order given.
+        let keys: Vec<String> = locks.iter().map(i64::to_string).collect();
+        sql.push_str(&format!(
+            "; SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) \
+             FROM unnest('{{{}}}'::bigint[]) WITH ORDINALITY AS l(k, n) ORDER BY n) AS locked",
+            keys.join(",")
+        ));
     }
     sql
 }
+
+/// Most aggregate locks [`begin_locked`] takes in its select list.
+const FEW_LOCKS: usize = 64;
 
 /// The SQLSTATE of an append refused because its events' domain is followed from the old
 /// system (`cutover follow`): its writer is the old application. The append statement checks,

@@ -22,29 +22,29 @@ use std::str::FromStr as _;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate as _;
-use cutover_core::domain::collection::{Collection, CollectionCommand, Description};
+use cutover_core::domain::collection::{Collection, CollectionCommand, CollectionError};
 use cutover_core::import::{adopt, OldCollectionRow};
-use cutover_core::read_source::ReadSource;
-use cutover_core::store::{Begun, CommandError, EventStore, Request, APPEND_LOCK};
+use cutover_core::read_source::Domain;
+use cutover_core::store::{Batch, CommandError, EventStore, APPEND_LOCK};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::collections::{self, LegacyCollection};
-use crate::registry;
 use pgoutput::{Lsn, Message, Relation, Value};
 
 /// The domains that can be followed, each with the old table it follows (schema `public`) and
 /// the aggregate type its commands write.
 pub const FOLLOWED: &[(&str, &str, &str)] = &[("collections", "collections", Collection::TYPE)];
 
+/// Default of `--batch`: most changes applied in one transaction here (a larger old
+/// transaction is applied in several, each recording how many of its changes it reached; the
+/// copy reads as many rows at once).
+pub const DEFAULT_BATCH: u16 = 2_000;
+
 /// Default of `--publication`: the publication of the old tables on the old database.
 pub const DEFAULT_PUBLICATION: &str = "cutover_follow";
-
-/// Most row changes read from the slot at once (whole transactions: one larger than this is
-/// read whole).
-const BATCH: i32 = 1_000;
 
 /// The replication slot that follows `domain` on the old database.
 pub fn slot_name(domain: &str) -> String {
@@ -63,12 +63,20 @@ pub enum FollowError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Decode(#[from] pgoutput::DecodeError),
-    #[error("applying a change of collection {id}")]
+    #[error("{what}")]
     Command {
-        id: Uuid,
+        what: String,
         #[source]
-        source: CommandError<cutover_core::domain::collection::CollectionError>,
+        source: CommandError<CollectionError>,
     },
+}
+
+/// A batch that failed at `what`.
+fn failed(what: &'static str) -> impl FnOnce(CommandError<CollectionError>) -> FollowError {
+    move |source| FollowError::Command {
+        what: what.into(),
+        source,
+    }
 }
 
 fn legacy(e: sqlx::Error) -> FollowError {
@@ -124,6 +132,8 @@ pub struct Follow {
     pub changes_refused: i64,
     pub lag_bytes: i64,
     pub waiting_since: Option<DateTime<Utc>>,
+    /// Changes applied within each of [`LAG_BUCKETS`] of their old commit, and later.
+    pub lag_histogram: Vec<i64>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -133,6 +143,24 @@ pub struct Follow {
 pub const STOPPED_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 
 impl Follow {
+    /// The bound of [`LAG_BUCKETS`] within which the fraction `q` of the changes counted in
+    /// `histogram` were applied (`f64::INFINITY`: later than the last), or none counted.
+    pub fn lag_quantile(histogram: &[i64], q: f64) -> Option<f64> {
+        let total: i64 = histogram.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = (q * total as f64).ceil() as i64;
+        let mut seen = 0;
+        for (i, count) in histogram.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return Some(LAG_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
     /// Whether no follower has looked at the old database for [`STOPPED_AFTER`] by `now`: the
     /// old database then keeps the WAL its slot has not confirmed, and its disk fills.
     pub fn stopped(&self, now: DateTime<Utc>) -> bool {
@@ -142,7 +170,8 @@ impl Follow {
 
 const SELECT_FOLLOW: &str = "\
 SELECT domain, slot, publication, legacy_table, snapshot, lsn::text AS lsn, applied,
-       changes_applied, changes_refused, lag_bytes, waiting_since, started_at, updated_at
+       changes_applied, changes_refused, lag_bytes, waiting_since, lag_histogram, started_at,
+       updated_at
   FROM follows";
 
 /// Every followed domain.
@@ -214,13 +243,20 @@ pub struct Progress {
     pub refused: u64,
 }
 
+/// Upper bounds, in seconds, of the lag histogram's buckets (`follows.lag_histogram` counts the
+/// changes applied within each, and one more bucket those applied later): how long after its
+/// old transaction committed a change was written here.
+pub const LAG_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// One domain followed from the old database.
 pub struct Follower {
     store: EventStore,
     old: PgPool,
     follow: Follow,
-    /// The domain's read source, read once per batch: the model a change is compared with.
-    source: ReadSource,
+    /// Most changes applied in one transaction here.
+    batch: usize,
 }
 
 impl Follower {
@@ -287,8 +323,17 @@ impl Follower {
             store,
             old,
             follow,
-            source: ReadSource::Legacy,
+            batch: DEFAULT_BATCH.into(),
         })
+    }
+
+    /// The follower applying at most `batch` changes in one transaction here (at least one).
+    #[must_use]
+    pub fn with_batch(self, batch: usize) -> Self {
+        Self {
+            batch: batch.max(1),
+            ..self
+        }
     }
 
     /// The followed domain's row as this follower last wrote it.
@@ -323,7 +368,6 @@ impl Follower {
     /// visible transactions the stream then skips. Run again from the start if it stopped
     /// (a row already reflected is a no-op).
     async fn copy(&mut self, progress: &mut Progress) -> Result<(), FollowError> {
-        self.refresh_source().await?;
         let mut old = self.old.begin().await.map_err(legacy)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *old)
@@ -342,21 +386,25 @@ impl Follower {
                 self.follow.legacy_table
             ))
             .bind(after)
-            .bind(i64::from(BATCH))
+            .bind(i64::try_from(self.batch).unwrap_or(i64::MAX))
             .fetch_all(&mut *old)
             .await
             .map_err(legacy)?;
             let Some(last) = rows.last() else { break };
             after = last.collection_id;
-            for row in rows {
-                progress.copied += 1;
-                let change = Change {
-                    row,
-                    unchanged: Vec::new(),
-                    deleted: false,
-                };
-                self.apply(change, None, progress).await?;
-            }
+            progress.copied += rows.len() as u64;
+            let items: Vec<Item> = rows
+                .into_iter()
+                .map(|row| Item {
+                    legacy: None,
+                    kind: Kind::Row(Change {
+                        row,
+                        unchanged: Vec::new(),
+                        deleted: false,
+                    }),
+                })
+                .collect();
+            self.apply(&items, progress).await?;
         }
         old.commit().await.map_err(legacy)?;
         sqlx::query("UPDATE follows SET snapshot = $2, updated_at = now() WHERE domain = $1")
@@ -370,13 +418,12 @@ impl Follower {
 
     /// Applies one batch of the slot's transactions; whether there was any.
     async fn step(&mut self, progress: &mut Progress) -> Result<bool, FollowError> {
-        self.refresh_source().await?;
         let changes: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(
                  $1, NULL, $2, 'proto_version', '1', 'publication_names', $3)",
         )
         .bind(&self.follow.slot)
-        .bind(BATCH)
+        .bind(i32::try_from(self.peek()).unwrap_or(i32::MAX))
         .bind(&self.follow.publication)
         .fetch_all(&self.old)
         .await
@@ -386,6 +433,7 @@ impl Follower {
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut tx: Option<Tx> = None;
         let mut last_commit_time = None;
+        let mut items = Vec::new();
         for data in &changes {
             match pgoutput::decode(data)? {
                 Message::Begin {
@@ -395,6 +443,8 @@ impl Follower {
                 } => {
                     tx = Some(Tx {
                         lsn: final_lsn,
+                        xid,
+                        commit_time,
                         changes: 0,
                         skip_through: if self.follow.snapshot.shows(xid) || final_lsn < done {
                             i32::MAX
@@ -410,26 +460,43 @@ impl Follower {
                     relations.insert(relation.id, relation);
                 }
                 Message::Insert { relation, new } | Message::Update { relation, new } => {
-                    self.row_change(&relations, tx.as_mut(), relation, &new, false, progress)
-                        .await?;
+                    items.extend(self.read_change(
+                        &relations,
+                        tx.as_mut(),
+                        relation,
+                        &new,
+                        false,
+                    )?);
                 }
                 Message::Delete { relation, old } => {
-                    self.row_change(&relations, tx.as_mut(), relation, &old, true, progress)
-                        .await?;
+                    items.extend(self.read_change(
+                        &relations,
+                        tx.as_mut(),
+                        relation,
+                        &old,
+                        true,
+                    )?);
                 }
                 Message::Truncate { .. } => {
-                    if let Some(at) = next_change(tx.as_mut()) {
-                        let reason = "the old table was truncated: Cutover deletes nothing \
-                                      for a TRUNCATE; delete the rows instead";
-                        self.refuse(&json!({}), reason, Some(at), progress).await?;
+                    if let Some(legacy) = next_change(tx.as_mut()) {
+                        items.push(Item {
+                            legacy: Some(legacy),
+                            kind: Kind::Unreadable {
+                                shown: json!({}),
+                                reason: "the old table was truncated: Cutover deletes nothing \
+                                         for a TRUNCATE; delete the rows instead"
+                                    .into(),
+                            },
+                        });
                     }
                 }
                 Message::Commit {
                     commit_lsn,
                     end_lsn,
                 } => {
-                    // (Each of its changes recorded its own position as it was applied.)
-                    if let Some(tx) = tx.take() {
+                    // A transaction applied before, read again because the slot had not
+                    // been advanced past it, leaves the position where it stands.
+                    if let Some(tx) = tx.take().filter(|_| commit_lsn >= done) {
                         done = commit_lsn;
                         applied_in_done = tx.changes;
                     }
@@ -437,6 +504,10 @@ impl Follower {
                 }
                 Message::Other => {}
             }
+        }
+        // (Each chunk records the position of its last change as it commits.)
+        for chunk in items.chunks(self.batch) {
+            self.apply(chunk, progress).await?;
         }
         if let Some(end) = end {
             sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
@@ -446,7 +517,7 @@ impl Follower {
                 .await
                 .map_err(legacy)?;
         }
-        let more = changes.len() >= BATCH as usize;
+        let more = changes.len() >= self.peek();
         self.record_lag(more.then_some(last_commit_time).flatten())
             .await?;
         self.follow.lsn = done.to_string();
@@ -467,8 +538,7 @@ impl Follower {
         .await
         .map_err(legacy)?
         .flatten();
-        let waiting_since = waiting_commit
-            .and_then(|micros| DateTime::from_timestamp_micros(micros + POSTGRES_EPOCH_MICROS));
+        let waiting_since = waiting_commit.and_then(postgres_time);
         sqlx::query(
             "UPDATE follows SET lag_bytes = $2, waiting_since = $3, updated_at = now()
               WHERE domain = $1",
@@ -481,27 +551,28 @@ impl Follower {
         Ok(())
     }
 
-    /// One inserted, updated or deleted row of transaction `tx`.
-    async fn row_change(
+    /// One inserted, updated or deleted row of transaction `tx`, as a change to apply (none
+    /// when it was applied before).
+    fn read_change(
         &self,
         relations: &HashMap<u32, Relation>,
         tx: Option<&mut Tx>,
         relation: u32,
         values: &[Value],
         deleted: bool,
-        progress: &mut Progress,
-    ) -> Result<(), FollowError> {
-        let Some(at) = next_change(tx) else {
-            return Ok(());
+    ) -> Result<Option<Item>, FollowError> {
+        let Some(legacy) = next_change(tx) else {
+            return Ok(None);
         };
         let relation = relations.get(&relation).ok_or_else(|| {
             pgoutput::DecodeError::new(format!("a row of relation {relation}, not described"))
         })?;
         if format!("{}.{}", relation.schema, relation.table) != self.follow.legacy_table {
             // Another table of the publication: not this domain's.
-            return self
-                .advance(&mut *self.store.pool().acquire().await?, at, 0, 0)
-                .await;
+            return Ok(Some(Item {
+                legacy: Some(legacy),
+                kind: Kind::OtherTable,
+            }));
         }
         let columns: HashMap<&str, &Value> = relation
             .columns
@@ -509,261 +580,244 @@ impl Follower {
             .map(String::as_str)
             .zip(values)
             .collect();
-        match read_row(&columns) {
-            Ok((row, unchanged)) => {
-                let change = Change {
-                    row,
-                    unchanged,
-                    deleted,
-                };
-                self.apply(change, Some(at), progress).await
-            }
-            Err(reason) => {
-                let shown = shown(&columns);
-                self.refuse(&shown, &reason, Some(at), progress).await
+        let kind = match read_row(&columns) {
+            Ok((row, unchanged)) => Kind::Row(Change {
+                row,
+                unchanged,
+                deleted,
+            }),
+            Err(reason) => Kind::Unreadable {
+                shown: shown(&columns),
+                reason,
+            },
+        };
+        Ok(Some(Item {
+            legacy: Some(legacy),
+            kind,
+        }))
+    }
+
+    /// Applies `items` (old changes in commit order) in one transaction here, with the position
+    /// of the last of them; counts them in `progress` once committed. Run again, from the
+    /// start, when the projections maintained inline changed meanwhile.
+    async fn apply(&self, items: &[Item], progress: &mut Progress) -> Result<(), FollowError> {
+        let mut refreshes = 0;
+        loop {
+            match self.apply_once(items).await {
+                Ok((applied, refused)) => {
+                    progress.applied += applied;
+                    progress.refused += refused;
+                    return Ok(());
+                }
+                Err(FollowError::Command {
+                    source: CommandError::InlineChanged,
+                    ..
+                }) if refreshes < MAX_INLINE_REFRESHES => refreshes += 1,
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// Takes collection `change.row` to the state the old row shows, through the domain's
-    /// commands; records the position `at` with the last of them (or alone when none is
-    /// needed), or the refusal.
-    async fn apply(
-        &self,
-        change: Change,
-        at: Option<(Lsn, i32)>,
-        progress: &mut Progress,
-    ) -> Result<(), FollowError> {
-        let (id, shown) = (change.row.collection_id, old_row_json(&change.row));
-        let commands = match self.commands(change).await? {
-            Ok(commands) => commands,
-            Err(reason) => return self.refuse(&shown, &reason, at, progress).await,
-        };
-        progress.applied += 1;
-        if commands.is_empty() {
-            let mut conn = self.store.pool().acquire().await?;
-            return self.advance(&mut conn, at.unwrap_or_default(), 1, 0).await;
-        }
-        let metadata = json!({
-            "source": "follow",
-            "legacy_table": self.follow.legacy_table,
-            "legacy_lsn": at.map(|(lsn, _)| lsn.to_string()),
-        });
-        let last = commands.len() - 1;
-        for (i, command) in commands.into_iter().enumerate() {
-            let records = (i == last).then_some(at.unwrap_or_default());
-            if let Ran::Refused(reason) = self.run(id, command, &metadata, records).await? {
-                progress.applied -= 1;
-                return self.refuse(&shown, &reason, at, progress).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs one command on collection `id`; with `records`, records that position (and one
-    /// change applied) in its transaction.
-    async fn run(
-        &self,
-        id: Uuid,
-        command: CollectionCommand,
-        metadata: &serde_json::Value,
-        records: Option<(Lsn, i32)>,
-    ) -> Result<Ran, FollowError> {
-        let importing = matches!(command, CollectionCommand::ImportCollection { .. });
-        let mut metadata = metadata.clone();
-        metadata["command"] = json!(command.name());
-        let aggregate_id = id.to_string();
-        let request = Request::<Collection> {
-            aggregate_id: &aggregate_id,
-            command,
-            services: &(),
-            expected_version: None,
-            metadata: &metadata,
-            new_aggregate: false,
-        };
-        let begun = match self.store.begin(request, None, false).await {
-            Ok(begun) => begun,
-            Err(CommandError::Rejected(e)) => return Ok(Ran::Refused(e.to_string())),
-            Err(source) => return Err(FollowError::Command { id, source }),
-        };
-        let Begun::Open(mut pending) = begun else {
-            return Err(FollowError::Setup(
-                "the event store answered a command without an idempotency key from its \
-                 stored answers"
-                    .into(),
-            ));
-        };
-        if importing && pending.committed().events.is_empty() {
-            // The collection has a history, but not in the row's project.
-            return Ok(Ran::Refused(format!(
-                "collection {id} is in another project in Cutover: a collection cannot move"
-            )));
-        }
-        if let Some(at) = records {
-            self.advance(pending.conn(), at, 1, 0).await?;
-        }
-        (*pending)
-            .commit(None)
+    /// [`Follower::apply`], once: how many changes were applied and refused.
+    async fn apply_once(&self, items: &[Item]) -> Result<(u64, u64), FollowError> {
+        let ids: Vec<Uuid> = items
+            .iter()
+            .filter_map(|item| match &item.kind {
+                Kind::Row(change) => Some(change.row.collection_id),
+                _ => None,
+            })
+            .collect();
+        let names: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let mut batch = self
+            .store
+            .batch::<Collection>(&names)
             .await
-            .map_err(|e| FollowError::Command {
-                id,
-                source: CommandError::Commit(e),
-            })?;
-        Ok(Ran::Done)
-    }
-
-    /// The commands that take the collection to the old row's state (none when it is there),
-    /// or why the domain refuses the change.
-    async fn commands(
-        &self,
-        change: Change,
-    ) -> Result<Result<Vec<CollectionCommand>, String>, FollowError> {
-        let Change {
-            mut row,
-            unchanged,
-            deleted,
-        } = change;
-        let Some(project_id) = row.project_id else {
-            return Ok(Err(if deleted {
-                "a delete that does not say the row's project: set REPLICA IDENTITY FULL on \
-                 the old table"
-                    .into()
-            } else {
-                "project_id is NULL".into()
-            }));
-        };
-        let current = self.current(project_id, row.collection_id).await?;
-        let Some(current) = current else {
-            if deleted {
-                // Deleted before Cutover saw it, or never imported: nothing to take away.
-                return Ok(Ok(Vec::new()));
-            }
-            if !unchanged.is_empty() {
-                return Ok(Err(format!(
-                    "the update left {} unchanged, and Cutover does not hold the collection \
-                     to know {}",
-                    unchanged.join(", "),
-                    if unchanged.len() == 1 { "it" } else { "them" }
-                )));
-            }
-            return Ok(adopt(&row, Utc::now()).map(|command| vec![command]));
-        };
-        if deleted {
-            let gone = current
-                .is_active
-                .then_some(CollectionCommand::DeleteCollection { project_id });
-            return Ok(Ok(gone.into_iter().collect()));
-        }
-        for column in &unchanged {
-            match *column {
-                "collection_name" => row.collection_name = Some(current.collection_name.clone()),
-                "description" => row.description.clone_from(&current.description),
-                _ => {}
+            .map_err(failed("beginning a batch of changes"))?;
+        let source = batch
+            .read_sources()
+            .of(Domain::Collections)
+            .map_err(|e| FollowError::Setup(e.to_string()))?;
+        let mut current: HashMap<Uuid, Shown> =
+            collections::answers_by_id(batch.conn(), source, &ids)
+                .await?
+                .into_iter()
+                .map(|c| (c.collection_id, Shown::from(c)))
+                .collect();
+        let mut refusals = Refusals::default();
+        let mut applied = 0_u64;
+        for item in items {
+            match &item.kind {
+                Kind::OtherTable => {}
+                Kind::Unreadable { shown, reason } => refusals.push(item, shown.clone(), reason),
+                Kind::Row(change) => {
+                    let id = change.row.collection_id;
+                    match self.run(&mut batch, item, change, current.get(&id)).await? {
+                        Ok(now) => {
+                            applied += 1;
+                            if let Some(now) = now {
+                                current.insert(id, now);
+                            }
+                        }
+                        Err(reason) => refusals.push(item, old_row_json(&change.row), &reason),
+                    }
+                }
             }
         }
-        Ok(converge(&row, &current))
-    }
-
-    /// The collection as Cutover's read source shows it, if it has it in `project_id`.
-    async fn current(
-        &self,
-        project_id: Uuid,
-        collection_id: Uuid,
-    ) -> Result<Option<LegacyCollection>, FollowError> {
-        let mut conn = self.store.pool().acquire().await?;
-        Ok(collections::answer(&mut conn, self.source, project_id, collection_id).await?)
-    }
-
-    /// Reads the domain's read source again (both models hold what a change is compared with,
-    /// so a switch between two reads changes no outcome).
-    async fn refresh_source(&mut self) -> Result<(), FollowError> {
-        self.source = registry::read_sources(self.store.pool())
-            .await?
-            .into_iter()
-            .find(|(domain, _)| *domain == self.follow.domain)
-            .map_or(ReadSource::Legacy, |(_, source)| source);
-        Ok(())
-    }
-
-    /// Keeps a refused change with why, and records the position `at` past it.
-    async fn refuse(
-        &self,
-        shown: &serde_json::Value,
-        reason: &str,
-        at: Option<(Lsn, i32)>,
-        progress: &mut Progress,
-    ) -> Result<(), FollowError> {
-        progress.refused += 1;
-        let mut tx = self.store.pool().begin().await?;
+        batch
+            .append()
+            .await
+            .map_err(failed("appending a batch of changes"))?;
+        let lag = lag_histogram(items, Utc::now());
+        let last = items.iter().rev().find_map(|item| item.legacy);
         sqlx::query(
-            "INSERT INTO follow_refusals (domain, lsn, legacy_table, legacy_row, reason)
-             VALUES ($1, $2::pg_lsn, $3, $4, $5)",
-        )
-        .bind(&self.follow.domain)
-        .bind(at.map(|(lsn, _)| lsn.to_string()))
-        .bind(&self.follow.legacy_table)
-        .bind(shown)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        self.advance(&mut tx, at.unwrap_or_default(), 0, 1).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records on `conn` that the changes of the old transaction committed at `at.0` are
-    /// applied up to the `at.1`-th (`Lsn(0)`: a row of the copy, no position), and counts
-    /// `applied` and `refused` changes more.
-    async fn advance(
-        &self,
-        conn: &mut PgConnection,
-        at: (Lsn, i32),
-        applied: i64,
-        refused: i64,
-    ) -> Result<(), FollowError> {
-        let (lsn, index) = at;
-        sqlx::query(
-            "UPDATE follows
-                SET lsn = CASE WHEN $2 THEN $3::pg_lsn ELSE lsn END,
-                    applied = CASE WHEN $2 THEN $4 ELSE applied END,
-                    changes_applied = changes_applied + $5,
-                    changes_refused = changes_refused + $6,
+            "WITH refused AS (
+                 INSERT INTO follow_refusals (domain, lsn, legacy_table, legacy_row, reason)
+                 SELECT $1, r.lsn::pg_lsn, $2, r.legacy_row, r.reason
+                   FROM unnest($3::text[], $4::jsonb[], $5::text[]) AS r (lsn, legacy_row, reason)
+             )
+             UPDATE follows
+                SET lsn = coalesce($6::pg_lsn, lsn),
+                    applied = coalesce($7, applied),
+                    changes_applied = changes_applied + $8,
+                    changes_refused = changes_refused + cardinality($5::text[]),
+                    lag_histogram = ARRAY(
+                        SELECT coalesce(was, 0) + coalesce(more, 0)
+                          FROM unnest(lag_histogram, $9::bigint[]) WITH ORDINALITY
+                               AS bucket (was, more, n)
+                         ORDER BY n),
                     updated_at = now()
               WHERE domain = $1",
         )
         .bind(&self.follow.domain)
-        .bind(lsn != Lsn(0))
-        .bind(lsn.to_string())
-        .bind(index)
-        .bind(applied)
-        .bind(refused)
-        .execute(conn)
+        .bind(&self.follow.legacy_table)
+        .bind(&refusals.lsns)
+        .bind(&refusals.rows)
+        .bind(&refusals.reasons)
+        .bind(last.map(|legacy| legacy.lsn.to_string()))
+        .bind(last.map(|legacy| legacy.index))
+        .bind(i64::try_from(applied).unwrap_or(i64::MAX))
+        .bind(lag)
+        .execute(batch.conn())
         .await?;
-        Ok(())
+        batch
+            .commit()
+            .await
+            .map_err(failed("committing a batch of changes"))?;
+        Ok((applied, refusals.reasons.len() as u64))
+    }
+
+    /// Stages in `batch` the commands that take collection `change.row` to the state the old
+    /// row shows, from `current` (as Cutover shows it, if it has it); returns the collection as
+    /// it then shows (`None`: not held), or why the domain refuses the change.
+    async fn run(
+        &self,
+        batch: &mut Batch<Collection>,
+        item: &Item,
+        change: &Change,
+        current: Option<&Shown>,
+    ) -> Result<Result<Option<Shown>, String>, FollowError> {
+        let (commands, now) = match decide(change, current) {
+            Ok(decided) => decided,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let id = change.row.collection_id;
+        let metadata = json!({
+            "source": "follow",
+            "legacy_table": self.follow.legacy_table,
+            "legacy_lsn": item.legacy.map(|legacy| legacy.lsn.to_string()),
+            "legacy_xid": item.legacy.map(|legacy| legacy.xid),
+            "legacy_committed_at": item.legacy.and_then(|legacy| postgres_time(legacy.commit_time)),
+        });
+        for (i, command) in commands.into_iter().enumerate() {
+            let importing = matches!(command, CollectionCommand::ImportCollection { .. });
+            let mut metadata = metadata.clone();
+            metadata["command"] = json!(command.name());
+            match batch.handle(&id.to_string(), command, &(), &metadata).await {
+                Ok(0) if importing => {
+                    return Ok(Err(format!(
+                        "collection {id} has a history in Cutover that its read model does not \
+                         show: run `cutover verify collections`"
+                    )))
+                }
+                Ok(_) => {}
+                Err(CommandError::Rejected(e)) if i == 0 => return Ok(Err(e.to_string())),
+                Err(source) => {
+                    return Err(FollowError::Command {
+                        what: format!("applying a change of collection {id}"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(Ok(now))
     }
 }
 
-/// How a command went.
-enum Ran {
-    Done,
-    Refused(String),
+/// Most times a batch is run again because the projections maintained inline changed.
+const MAX_INLINE_REFRESHES: u32 = 3;
+
+impl Follower {
+    /// Most messages read from the slot at once (whole transactions: a larger one is read
+    /// whole). Every read decodes the slot's log from its start again, which costs tens of
+    /// milliseconds whatever it returns, and a transaction of one row change is three
+    /// messages: so several batches are read at once.
+    fn peek(&self) -> usize {
+        5 * self.batch
+    }
 }
 
 /// A transaction of the stream being read.
 struct Tx {
     /// Its commit position.
     lsn: Lsn,
+    xid: u32,
+    /// Its commit time, in microseconds since 2000.
+    commit_time: i64,
     /// Its row changes so far.
     changes: i32,
     /// Its changes up to this one were applied before (all of them: `i32::MAX`).
     skip_through: i32,
 }
 
-/// Counts a change of `tx`; its position when it is to be applied (not applied before).
-fn next_change(tx: Option<&mut Tx>) -> Option<(Lsn, i32)> {
+/// Where a change of the stream stands in the old database's log.
+#[derive(Debug, Clone, Copy)]
+struct Legacy {
+    /// Its transaction's commit position, and its place among that transaction's changes.
+    lsn: Lsn,
+    index: i32,
+    xid: u32,
+    /// Its transaction's commit time, in microseconds since 2000.
+    commit_time: i64,
+}
+
+/// Counts a change of `tx`; where it stands, when it is to be applied (not applied before).
+fn next_change(tx: Option<&mut Tx>) -> Option<Legacy> {
     let tx = tx?;
     tx.changes += 1;
-    (tx.changes > tx.skip_through).then_some((tx.lsn, tx.changes))
+    (tx.changes > tx.skip_through).then_some(Legacy {
+        lsn: tx.lsn,
+        index: tx.changes,
+        xid: tx.xid,
+        commit_time: tx.commit_time,
+    })
+}
+
+/// A change to apply: a row of the copy (no position) or of the stream.
+struct Item {
+    legacy: Option<Legacy>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A row as it now is.
+    Row(Change),
+    /// A change that cannot be read as a row: the columns as the stream showed them, and why.
+    Unreadable {
+        shown: serde_json::Value,
+        reason: String,
+    },
+    /// A change of another table of the publication: only its position counts.
+    OtherTable,
 }
 
 /// One old row as it now is.
@@ -775,17 +829,151 @@ struct Change {
     deleted: bool,
 }
 
-/// The commands that take `current` to the state of `row`, or why the domain refuses it.
+/// Refused changes of a batch, as `follow_refusals` keeps them.
+#[derive(Default)]
+struct Refusals {
+    lsns: Vec<Option<String>>,
+    rows: Vec<serde_json::Value>,
+    reasons: Vec<String>,
+}
+
+impl Refusals {
+    fn push(&mut self, item: &Item, row: serde_json::Value, reason: &str) {
+        self.lsns
+            .push(item.legacy.map(|legacy| legacy.lsn.to_string()));
+        self.rows.push(row);
+        self.reasons.push(reason.to_owned());
+    }
+}
+
+/// A collection as Cutover shows it: what a change of the old row is compared with.
+#[derive(Debug, Clone)]
+struct Shown {
+    project_id: Uuid,
+    name: String,
+    description: Option<String>,
+    is_active: bool,
+}
+
+impl From<LegacyCollection> for Shown {
+    fn from(c: LegacyCollection) -> Self {
+        Self {
+            project_id: c.project_id,
+            name: c.collection_name,
+            description: c.description,
+            is_active: c.is_active,
+        }
+    }
+}
+
+/// How many of `items` (those of the stream) were applied within each of [`LAG_BUCKETS`] of
+/// their old commit, at `now`, and in one more bucket, later.
+fn lag_histogram(items: &[Item], now: DateTime<Utc>) -> Vec<i64> {
+    let mut counts = vec![0_i64; LAG_BUCKETS.len() + 1];
+    for legacy in items.iter().filter_map(|item| item.legacy) {
+        let Some(committed) = postgres_time(legacy.commit_time) else {
+            continue;
+        };
+        let lag = (now - committed).as_seconds_f64();
+        let bucket = LAG_BUCKETS
+            .iter()
+            .position(|bound| lag <= *bound)
+            .unwrap_or(LAG_BUCKETS.len());
+        if let Some(count) = counts.get_mut(bucket) {
+            *count += 1;
+        }
+    }
+    counts
+}
+
+/// The commands that take the collection to the state of `change`'s row from `current` (as
+/// Cutover shows it, if it has it), and how it then shows (`None`: not held); or why the
+/// domain refuses the change.
+fn decide(
+    change: &Change,
+    current: Option<&Shown>,
+) -> Result<(Vec<CollectionCommand>, Option<Shown>), String> {
+    let mut row = change.row.clone();
+    let Some(project_id) = row.project_id else {
+        return Err(if change.deleted {
+            "a delete that does not say the row's project: set REPLICA IDENTITY FULL on \
+             the old table"
+                .into()
+        } else {
+            "project_id is NULL".into()
+        });
+    };
+    // A collection Cutover holds in another project is, for this row, one it does not hold.
+    let Some(current) = current.filter(|c| c.project_id == project_id || !change.deleted) else {
+        if change.deleted {
+            // Deleted before Cutover saw it, or never imported: nothing to take away.
+            return Ok((Vec::new(), None));
+        }
+        if !change.unchanged.is_empty() {
+            return Err(format!(
+                "the update left {} unchanged, and Cutover does not hold the collection \
+                 to know {}",
+                change.unchanged.join(", "),
+                if change.unchanged.len() == 1 {
+                    "it"
+                } else {
+                    "them"
+                }
+            ));
+        }
+        let command = adopt(&row, Utc::now())?;
+        let (name, description) = row.text()?;
+        let now = Shown {
+            project_id,
+            name: name.as_str().to_owned(),
+            description: description.map(|d| d.as_str().to_owned()),
+            is_active: row.is_active.unwrap_or(true),
+        };
+        return Ok((vec![command], Some(now)));
+    };
+    if current.project_id != project_id {
+        return Err(format!(
+            "collection {} is in another project in Cutover: a collection cannot move",
+            row.collection_id
+        ));
+    }
+    if change.deleted {
+        let gone = current
+            .is_active
+            .then_some(CollectionCommand::DeleteCollection { project_id });
+        let now = Shown {
+            is_active: false,
+            ..current.clone()
+        };
+        return Ok((gone.into_iter().collect(), Some(now)));
+    }
+    for column in &change.unchanged {
+        match *column {
+            "collection_name" => row.collection_name = Some(current.name.clone()),
+            "description" => row.description.clone_from(&current.description),
+            _ => {}
+        }
+    }
+    converge(&row, current)
+}
+
+/// The commands that take `current` to the state of `row`, and how it then shows; or why the
+/// domain refuses it.
 fn converge(
     row: &OldCollectionRow,
-    current: &LegacyCollection,
-) -> Result<Vec<CollectionCommand>, String> {
+    current: &Shown,
+) -> Result<(Vec<CollectionCommand>, Option<Shown>), String> {
     let project_id = current.project_id;
     let (name, description) = row.text()?;
     let active = row.is_active.unwrap_or(true);
+    let now = Shown {
+        project_id,
+        name: name.as_str().to_owned(),
+        description: description.as_ref().map(|d| d.as_str().to_owned()),
+        is_active: active,
+    };
     let mut commands = Vec::new();
-    let text_changed = name.as_str() != current.collection_name
-        || description.as_ref().map(Description::as_str) != current.description.as_deref();
+    let text_changed = now.name != current.name || now.description != current.description;
     if text_changed {
         if !current.is_active {
             return Err(
@@ -808,7 +996,7 @@ fn converge(
         }
         _ => {}
     }
-    Ok(commands)
+    Ok((commands, Some(now)))
 }
 
 /// The old row of the stream's `columns`, and the columns it left unchanged; or why it cannot
@@ -899,6 +1087,11 @@ fn old_row_json(row: &OldCollectionRow) -> serde_json::Value {
 
 /// Postgres's epoch (2000-01-01 UTC) in microseconds since the Unix epoch.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A time the stream gives (microseconds since Postgres's epoch).
+fn postgres_time(micros: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros + POSTGRES_EPOCH_MICROS)
+}
 
 /// Makes the slot of `domain` on the old database, after checking what it needs.
 async fn create_slot(
@@ -1004,6 +1197,18 @@ mod tests {
         assert!(wrapped.shows(5));
         assert!(!wrapped.shows(15));
         assert!(wrapped.shows(u32::MAX));
+    }
+
+    #[test]
+    fn the_lag_quantile_is_the_bound_of_the_bucket_it_falls_in() {
+        let mut histogram = vec![0_i64; LAG_BUCKETS.len() + 1];
+        assert_eq!(Follow::lag_quantile(&histogram, 0.99), None);
+        histogram[4] = 98; // within 0.1 s
+        histogram[8] = 1; // within 1 s
+        histogram[LAG_BUCKETS.len()] = 1; // later than a minute
+        assert_eq!(Follow::lag_quantile(&histogram, 0.98), Some(0.1));
+        assert_eq!(Follow::lag_quantile(&histogram, 0.99), Some(1.0));
+        assert_eq!(Follow::lag_quantile(&histogram, 1.0), Some(f64::INFINITY));
     }
 
     #[test]
