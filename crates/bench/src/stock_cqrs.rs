@@ -312,12 +312,13 @@ impl View<Collection> for LegacyCollectionView {
             CollectionEvent::CollectionUpdated {
                 collection_name,
                 description,
+                ..
             } => {
                 self.collection_name.clone_from(collection_name);
                 self.description = description.clone().unwrap_or_default();
             }
             CollectionEvent::CollectionResearchLinksSet { .. } => {}
-            CollectionEvent::CollectionDeleted {} => self.is_active = false,
+            CollectionEvent::CollectionDeleted { .. } => self.is_active = false,
             CollectionEvent::CollectionImported {
                 project_id,
                 name,
@@ -380,7 +381,7 @@ impl View<Collection> for ProjectCollectionView {
                 self.linked_project_hypothesis_ids
                     .clone_from(hypothesis_ids);
             }
-            CollectionEvent::CollectionDeleted {} => self.deleted = true,
+            CollectionEvent::CollectionDeleted { .. } => self.deleted = true,
             CollectionEvent::CollectionImported {
                 project_id,
                 description,

@@ -53,6 +53,13 @@ impl OldCollectionRow {
             .map_err(|e| e.to_string())?;
         Ok((name, description))
     }
+
+    /// The row's creation and update times as Cutover keeps them: a missing one is the other
+    /// one, or `now` when both are missing.
+    pub fn times(&self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let created_at = self.created_at.or(self.updated_at).unwrap_or(now);
+        (created_at, self.updated_at.unwrap_or(created_at))
+    }
 }
 
 /// Importing stopped; rows imported before stay imported, and a re-run continues.
@@ -157,13 +164,13 @@ async fn settle(
 pub fn adopt(row: &OldCollectionRow, now: DateTime<Utc>) -> Result<CollectionCommand, String> {
     let project_id = row.project_id.ok_or("project_id is NULL")?;
     let (name, description) = row.text()?;
-    let created_at = row.created_at.or(row.updated_at).unwrap_or(now);
+    let (created_at, updated_at) = row.times(now);
     Ok(CollectionCommand::ImportCollection {
         project_id,
         name,
         description,
         is_active: row.is_active.unwrap_or(true),
         created_at,
-        updated_at: row.updated_at.unwrap_or(created_at),
+        updated_at,
     })
 }

@@ -188,6 +188,20 @@ enum Command {
         #[arg(default_value = "collections")]
         domains: Vec<String>,
     },
+    /// Move a followed domain's writes from the old system to Cutover: make the old table
+    /// refuse writes (a trigger; the URL's role must own the table), apply everything the old
+    /// database committed before, compare every old row with both of Cutover's models, and
+    /// only with no difference open Cutover's commands for the domain and drop the slot. With
+    /// differences, the old table takes writes again, following goes on, and the exit status
+    /// is 1.
+    Handover {
+        /// The old database, as the role that owns the followed tables.
+        #[arg(long, env = "CUTOVER_LEGACY_URL")]
+        legacy_url: String,
+        /// The domains to hand over (collections).
+        #[arg(default_value = "collections")]
+        domains: Vec<String>,
+    },
     /// Write a synthetic history of about N events, then rebuild every projection from it.
     Seed {
         /// How many events to write.
@@ -249,6 +263,7 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
             | Command::Repair { .. }
             | Command::ImportLegacy
             | Command::Follow { .. }
+            | Command::Handover { .. }
             | Command::Seed { .. }
     );
     let Some(tokens) = Tokens::load(cli.tokens.as_deref(), cli.tokens_file.as_deref())
@@ -373,6 +388,12 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             }
             for window in shadow::windows(pool).await? {
                 print_shadow(&window)?;
+            }
+            for handed in follow::handover::handovers(pool).await? {
+                out!(
+                    "{} was handed over from the old {} at {} ({} old rows compared, no difference)",
+                    handed.domain, handed.legacy_table, handed.handed_over_at, handed.rows_compared
+                )?;
             }
             for followed in follow::follows(pool).await? {
                 out!(
@@ -660,6 +681,61 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     _ = &mut stop => break,
                     () = tokio::time::sleep(FOLLOW_POLL) => {}
                 }
+            }
+        }
+        Command::Handover {
+            legacy_url,
+            domains,
+        } => {
+            let store = EventStore::new(follow::writer_pool(pool).await?, projectors, 5);
+            let old = follow::connect_legacy(&legacy_url).await?;
+            let followed = follow::follows(pool).await?;
+            let mut refused = false;
+            for domain in &domains {
+                let Some(follow) = followed.iter().find(|f| &f.domain == domain) else {
+                    out!("{domain} is not followed: there is nothing to hand over")?;
+                    refused = true;
+                    continue;
+                };
+                let mut follower = follow::Follower::start(
+                    store.clone(),
+                    old.clone(),
+                    domain,
+                    &follow.publication,
+                )
+                .await?;
+                let report = follow::handover::handover(&mut follower).await?;
+                for d in &report.differences {
+                    out!(
+                        "{domain} {}: {} is {} in the old table, {} in the legacy model, {} in the new",
+                        d.collection_id, d.field, d.old, d.legacy, d.new
+                    )?;
+                }
+                out!(
+                    "{domain}: {} changes drained, {} old rows compared, {} differences, {} \
+                     collections deleted outright in the old table (kept as deleted)",
+                    report.drained,
+                    report.rows_compared,
+                    report.difference_count,
+                    report.deleted_outright
+                )?;
+                if report.handed_over {
+                    out!(
+                        "{domain} is handed over: the old {} refuses writes, and Cutover's \
+                         commands write the domain",
+                        follow.legacy_table
+                    )?;
+                } else {
+                    out!(
+                        "{domain} is not handed over: the old {} takes writes again and is still \
+                         followed; mend the differences (in the old table) and run the handover again",
+                        follow.legacy_table
+                    )?;
+                    refused = true;
+                }
+            }
+            if refused {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Seed {

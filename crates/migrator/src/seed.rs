@@ -103,6 +103,7 @@ fn collection_history(rng: &mut Rng) -> anyhow::Result<Vec<Row>> {
         events.push(CollectionEvent::CollectionUpdated {
             collection_name: phrase(rng, 3),
             description: Some(phrase(rng, 14)),
+            updated_at: None,
         });
     }
     events.push(CollectionEvent::CollectionResearchLinksSet {
@@ -111,7 +112,7 @@ fn collection_history(rng: &mut Rng) -> anyhow::Result<Vec<Row>> {
         hypothesis_ids: (0..rng.below(2)).map(|_| Uuid::new_v4()).collect(),
     });
     if rng.below(10) == 0 {
-        events.push(CollectionEvent::CollectionDeleted {});
+        events.push(CollectionEvent::CollectionDeleted { updated_at: None });
     }
     rows::<Collection>(&id, events)
 }

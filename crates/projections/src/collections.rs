@@ -178,22 +178,24 @@ impl Fold for LegacyCollections {
             CollectionEvent::CollectionUpdated {
                 collection_name,
                 description,
+                updated_at,
             } => Change::update(
                 &TABLE,
                 json!({
                     "collection_id": id, "collection_name": collection_name,
-                    "description": description, "updated_at": at, "last_sequence": sequence,
+                    "description": description, "updated_at": updated_at.map_or(at, timestamp),
+                    "last_sequence": sequence,
                 }),
             ),
             CollectionEvent::CollectionResearchLinksSet { .. } => Change::update(
                 &TABLE,
                 json!({"collection_id": id, "updated_at": at, "last_sequence": sequence}),
             ),
-            CollectionEvent::CollectionDeleted {} => Change::update(
+            CollectionEvent::CollectionDeleted { updated_at } => Change::update(
                 &TABLE,
                 json!({
-                    "collection_id": id, "is_active": false, "updated_at": at,
-                    "last_sequence": sequence,
+                    "collection_id": id, "is_active": false,
+                    "updated_at": updated_at.map_or(at, timestamp), "last_sequence": sequence,
                 }),
             ),
         }])

@@ -126,13 +126,14 @@ impl Fold for ProjectCollections {
             CollectionEvent::CollectionUpdated {
                 collection_name,
                 description,
+                updated_at,
             } => vec![Change::update(
                 &TABLE,
                 json!({
                     "collection_id": id,
                     "research_context": description.as_deref().unwrap_or_default(),
                     "collection_name": collection_name, "description": description,
-                    "updated_at": at, "last_sequence": sequence,
+                    "updated_at": updated_at.map_or(at, timestamp), "last_sequence": sequence,
                 }),
             )],
             CollectionEvent::CollectionResearchLinksSet {
@@ -148,11 +149,11 @@ impl Fold for ProjectCollections {
                     "last_sequence": sequence,
                 }),
             )],
-            CollectionEvent::CollectionDeleted {} => vec![Change::update(
+            CollectionEvent::CollectionDeleted { updated_at } => vec![Change::update(
                 &TABLE,
                 json!({
-                    "collection_id": id, "is_active": false, "updated_at": at,
-                    "last_sequence": sequence,
+                    "collection_id": id, "is_active": false,
+                    "updated_at": updated_at.map_or(at, timestamp), "last_sequence": sequence,
                 }),
             )],
         })

@@ -39,7 +39,7 @@ async fn postgres_es_reads_the_log_that_cutover_writes() {
                 collection_name: "Interviews".into(),
                 description: "what we learned".into(),
             },
-            CollectionEvent::CollectionDeleted {},
+            CollectionEvent::CollectionDeleted { updated_at: None },
         ]
     );
     assert_eq!(envelopes[1].sequence, 2);

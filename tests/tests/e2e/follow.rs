@@ -109,6 +109,16 @@ async fn answers_match(app: &TestApp, old: &OldSystem, hard_deleted: &[(Uuid, Uu
     }
 }
 
+/// A collection created through Cutover's API in `project`: the answer's status.
+async fn create(app: &TestApp, project: Uuid) -> StatusCode {
+    app.post(&format!("/projects/{project}/collections"))
+        .json(&serde_json::json!({"collection_name": "Mine"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 async fn events(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&app.db.pool)
@@ -269,13 +279,7 @@ async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_w
         .unwrap();
     assert_eq!(slots, 0, "the slot is gone from the old database");
     // Followed no more: Cutover writes the domain again.
-    let created = app
-        .post(&format!("/projects/{project}/collections"))
-        .json(&serde_json::json!({"collection_name": "Mine"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(create(&app, project).await, StatusCode::CREATED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,4 +371,161 @@ async fn a_follower_killed_at_any_moment_and_an_old_server_restarted_lose_and_re
     }
     assert_eq!(events(&app).await, 4 * ids.len() as i64);
     answers_match(&app, &old, &[]).await;
+}
+
+/// The old table's error for a write, once handed over.
+async fn old_write_error(old: &OldSystem, sql: &str) -> String {
+    match sqlx::raw_sql(sql).execute(&old.pool).await {
+        Ok(_) => panic!("the old table took a write after the handover: {sql}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handover_moves_the_writes_to_cutover_only_when_every_old_row_matches() {
+    let old = OldSystem::start("follow_handover").await;
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let (a, b, c, e) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name, description)
+         VALUES ('{a}', '{project}', 'Alpha', 'first'), ('{b}', '{project}', 'Beta', NULL),
+                ('{c}', '{project}', 'Gamma', 'third'), ('{e}', '{project}', '   ', 'empty')"
+    ))
+    .await;
+    catch_up(&app, &old).await;
+    // The old application goes on: a rename and a soft delete at its own times, a row
+    // deleted outright.
+    old.exec(&format!(
+        "UPDATE collections SET collection_name = 'Alpha 2', updated_at = '2031-01-02 03:04:05.123456+00'
+          WHERE collection_id = '{a}';
+         UPDATE collections SET is_active = false, updated_at = '2031-01-03 00:00:00+00'
+          WHERE collection_id = '{c}';
+         DELETE FROM collections WHERE collection_id = '{b}';"
+    ))
+    .await;
+
+    // The row the domain refused (an empty name) is not in Cutover: no handover, and the old
+    // system stays the writer.
+    let refused = cli(&app, &["handover", "--legacy-url", &old.url])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains(&format!("{e}: collection_id")), "{said}");
+    assert!(said.contains("is not handed over"), "{said}");
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name)
+         VALUES (gen_random_uuid(), '{project}', 'Written after a refused handover')"
+    ))
+    .await;
+    assert_eq!(
+        create(&app, project).await,
+        StatusCode::CONFLICT,
+        "still followed"
+    );
+
+    // Mended in the old table: the handover drains the mend and goes through.
+    old.exec(&format!(
+        "UPDATE collections SET collection_name = 'Echo' WHERE collection_id = '{e}'"
+    ))
+    .await;
+    let done = run_cli(&app, &["handover", "--legacy-url", &old.url]).await;
+    assert!(done.contains("collections is handed over"), "{done}");
+    assert!(
+        done.contains("0 differences, 1 collections deleted outright"),
+        "{done}"
+    );
+
+    // The old application's writes are refused, with where they go now.
+    for sql in [
+        format!(
+            "INSERT INTO collections (collection_id, project_id, collection_name)
+             VALUES (gen_random_uuid(), '{project}', 'Too late')"
+        ),
+        format!("UPDATE collections SET collection_name = 'Too late' WHERE collection_id = '{a}'"),
+        format!("DELETE FROM collections WHERE collection_id = '{a}'"),
+        "TRUNCATE collections".to_owned(),
+    ] {
+        let error = old_write_error(&old, &sql).await;
+        assert!(
+            error.contains("public.collections is written by Cutover since its handover"),
+            "{error}"
+        );
+    }
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots")
+        .fetch_one(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(slots, 0, "the slot is dropped");
+    let status = run_cli(&app, &["status"]).await;
+    assert!(
+        status.contains("collections was handed over from the old public.collections"),
+        "{status}"
+    );
+
+    // The old clients read what the old system showed, its times included, and Cutover's
+    // commands continue the same aggregates.
+    let read = |id: Uuid| {
+        let app = &app;
+        async move {
+            let response = app
+                .get(&format!("/projects/{project}/collections/{id}"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = read(a).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["collection"]["collection_name"], "Alpha 2");
+    assert_eq!(
+        body["collection"]["updated_at"], "2031-01-02T03:04:05.123456Z",
+        "{body}"
+    );
+    assert_eq!(read(c).await.0, StatusCode::GONE);
+    let renamed = app
+        .put(&format!("/projects/{project}/collections/{a}"))
+        .json(&serde_json::json!({"collection_name": "Alpha 3", "description": "first"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let (_, body) = read(a).await;
+    assert_eq!(body["collection"]["collection_name"], "Alpha 3");
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(a.to_string())
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        versions,
+        [1, 2, 3],
+        "imported, renamed by the old system, renamed here"
+    );
+
+    // The read-only role sees nothing of following.
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    for table in ["follows", "follow_refusals", "handovers"] {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        sqlx::query("SET LOCAL ROLE cutover_reader")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let denied = sqlx::query(&format!("SELECT * FROM {table}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
+        tx.rollback().await.unwrap();
+    }
 }

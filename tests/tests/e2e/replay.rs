@@ -122,6 +122,7 @@ async fn run(store: &EventStore, collections: &[Uuid], op: Op) {
                 project_id: project,
                 name: name("renamed"),
                 description: Some(Description::parse(&description).expect("a valid description")),
+                updated_at: None,
             };
             let id = collections[usize::from(collection)].to_string();
             refused_or_done(outcome(
@@ -146,6 +147,7 @@ async fn run(store: &EventStore, collections: &[Uuid], op: Op) {
         Op::Delete { collection } => {
             let command = CollectionCommand::DeleteCollection {
                 project_id: project,
+                updated_at: None,
             };
             let id = collections[usize::from(collection)].to_string();
             refused_or_done(outcome(

@@ -179,6 +179,7 @@ async fn update(
         description: Some(Description::parse(
             body.description.as_deref().unwrap_or_default(),
         )?),
+        updated_at: None,
     };
     let idempotency = key.for_body(&body);
     change(
@@ -246,7 +247,10 @@ async fn delete(
     IfMatch(expected): IfMatch,
     key: IdempotencyKey,
 ) -> Result<Response, ApiError> {
-    let command = CollectionCommand::DeleteCollection { project_id };
+    let command = CollectionCommand::DeleteCollection {
+        project_id,
+        updated_at: None,
+    };
     let idempotency = key.for_body(&());
     change(
         &state,

@@ -169,6 +169,9 @@ pub enum CollectionCommand {
         /// `None` only when following an old row whose description is NULL (the API always
         /// gives one: absent is empty).
         description: Option<Description>,
+        /// `Some` only when following the old system: the old row's time of the change, which
+        /// the event then carries (otherwise the read models show when it was recorded).
+        updated_at: Option<DateTime<Utc>>,
     },
     SetResearchLinks {
         project_id: Uuid,
@@ -176,6 +179,8 @@ pub enum CollectionCommand {
     },
     DeleteCollection {
         project_id: Uuid,
+        /// As `UpdateCollection`'s.
+        updated_at: Option<DateTime<Utc>>,
     },
     /// Adopts a collection that the old system created, with no events behind it. A collection
     /// that already has a history is left as it is, so importing twice appends once.
@@ -219,13 +224,22 @@ pub enum CollectionEvent {
     CollectionUpdated {
         collection_name: String,
         description: Option<String>,
+        /// The old system's time of the change, for a change followed from it; absent
+        /// otherwise (and in every payload written before it existed): the read models then
+        /// show the time the event was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        updated_at: Option<DateTime<Utc>>,
     },
     CollectionResearchLinksSet {
         tags: Vec<String>,
         question_ids: Vec<Uuid>,
         hypothesis_ids: Vec<Uuid>,
     },
-    CollectionDeleted {},
+    /// `updated_at`: as `CollectionUpdated`'s.
+    CollectionDeleted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        updated_at: Option<DateTime<Utc>>,
+    },
     /// The genesis of a collection adopted from the old system, with its old timestamps.
     /// `description` is `null` where the old row's was NULL (payloads written before it could
     /// be null hold a string, which still reads).
@@ -245,7 +259,7 @@ impl DomainEvent for CollectionEvent {
             Self::CollectionCreated { .. } => "CollectionCreated",
             Self::CollectionUpdated { .. } => "CollectionUpdated",
             Self::CollectionResearchLinksSet { .. } => "CollectionResearchLinksSet",
-            Self::CollectionDeleted {} => "CollectionDeleted",
+            Self::CollectionDeleted { .. } => "CollectionDeleted",
             Self::CollectionImported { .. } => "CollectionImported",
         }
         .to_owned()
@@ -354,11 +368,13 @@ impl Aggregate for Collection {
                 project_id,
                 name,
                 description,
+                updated_at,
             } => {
                 self.ensure_live_in(project_id)?;
                 CollectionEvent::CollectionUpdated {
                     collection_name: name.0,
                     description: description.map(|d| d.0),
+                    updated_at,
                 }
             }
             CollectionCommand::SetResearchLinks { project_id, links } => {
@@ -369,9 +385,12 @@ impl Aggregate for Collection {
                     hypothesis_ids: links.hypothesis_ids,
                 }
             }
-            CollectionCommand::DeleteCollection { project_id } => {
+            CollectionCommand::DeleteCollection {
+                project_id,
+                updated_at,
+            } => {
                 self.ensure_live_in(project_id)?;
-                CollectionEvent::CollectionDeleted {}
+                CollectionEvent::CollectionDeleted { updated_at }
             }
             CollectionCommand::ImportCollection {
                 project_id,
@@ -406,7 +425,7 @@ impl Aggregate for Collection {
             }
             CollectionEvent::CollectionUpdated { .. }
             | CollectionEvent::CollectionResearchLinksSet { .. } => {}
-            CollectionEvent::CollectionDeleted {} => self.lifecycle = Lifecycle::Deleted,
+            CollectionEvent::CollectionDeleted { .. } => self.lifecycle = Lifecycle::Deleted,
             CollectionEvent::CollectionImported {
                 project_id,
                 is_active,
@@ -450,6 +469,7 @@ mod tests {
             project_id,
             name: name("Renamed"),
             description: Some(Description::parse("new words").unwrap()),
+            updated_at: None,
         }
     }
 
@@ -485,6 +505,7 @@ mod tests {
             .then_expect_events(vec![CollectionEvent::CollectionUpdated {
                 collection_name: "Renamed".into(),
                 description: Some("new words".into()),
+                updated_at: None,
             }]);
     }
 
@@ -507,7 +528,10 @@ mod tests {
     #[test]
     fn updating_a_deleted_collection_is_refused() {
         CollectionTest::with(())
-            .given(vec![created(), CollectionEvent::CollectionDeleted {}])
+            .given(vec![
+                created(),
+                CollectionEvent::CollectionDeleted { updated_at: None },
+            ])
             .when(update(PROJECT))
             .then_expect_error(CollectionError::Deleted);
     }
@@ -515,7 +539,10 @@ mod tests {
     #[test]
     fn linking_a_deleted_collection_is_refused() {
         CollectionTest::with(())
-            .given(vec![created(), CollectionEvent::CollectionDeleted {}])
+            .given(vec![
+                created(),
+                CollectionEvent::CollectionDeleted { updated_at: None },
+            ])
             .when(CollectionCommand::SetResearchLinks {
                 project_id: PROJECT,
                 links: ResearchLinks::default(),
@@ -526,9 +553,13 @@ mod tests {
     #[test]
     fn deleting_twice_is_refused() {
         CollectionTest::with(())
-            .given(vec![created(), CollectionEvent::CollectionDeleted {}])
+            .given(vec![
+                created(),
+                CollectionEvent::CollectionDeleted { updated_at: None },
+            ])
             .when(CollectionCommand::DeleteCollection {
                 project_id: PROJECT,
+                updated_at: None,
             })
             .then_expect_error(CollectionError::Deleted);
     }
@@ -593,6 +624,25 @@ mod tests {
             event,
             CollectionEvent::CollectionImported { description: Some(d), .. } if d == "kept"
         ));
+    }
+
+    #[test]
+    fn update_and_delete_payloads_without_the_old_time_read_and_are_written_as_before() {
+        let update = serde_json::json!({"CollectionUpdated": {
+            "collection_name": "Renamed", "description": "words"}});
+        let delete = serde_json::json!({"CollectionDeleted": {}});
+        for stored in [update, delete] {
+            let event: CollectionEvent =
+                serde_json::from_value(stored.clone()).expect("an old payload");
+            assert!(matches!(
+                event,
+                CollectionEvent::CollectionUpdated {
+                    updated_at: None,
+                    ..
+                } | CollectionEvent::CollectionDeleted { updated_at: None }
+            ));
+            assert_eq!(serde_json::to_value(&event).unwrap(), stored);
+        }
     }
 
     #[test]

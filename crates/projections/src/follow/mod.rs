@@ -15,6 +15,7 @@
 //!
 //! The collections domain is followed; the batch and competency documents are not yet.
 
+pub mod handover;
 pub mod pgoutput;
 
 use std::collections::HashMap;
@@ -716,7 +717,10 @@ impl Follower {
         change: &Change,
         current: Option<&Shown>,
     ) -> Result<Result<Option<Shown>, String>, FollowError> {
-        let (commands, now) = match decide(change, current) {
+        let deleted_at = item
+            .legacy
+            .and_then(|legacy| postgres_time(legacy.commit_time));
+        let (commands, now) = match decide(change, current, deleted_at) {
             Ok(decided) => decided,
             Err(reason) => return Ok(Err(reason)),
         };
@@ -853,6 +857,7 @@ struct Shown {
     name: String,
     description: Option<String>,
     is_active: bool,
+    updated_at: DateTime<Utc>,
 }
 
 impl From<LegacyCollection> for Shown {
@@ -862,6 +867,7 @@ impl From<LegacyCollection> for Shown {
             name: c.collection_name,
             description: c.description,
             is_active: c.is_active,
+            updated_at: c.updated_at,
         }
     }
 }
@@ -888,10 +894,13 @@ fn lag_histogram(items: &[Item], now: DateTime<Utc>) -> Vec<i64> {
 
 /// The commands that take the collection to the state of `change`'s row from `current` (as
 /// Cutover shows it, if it has it), and how it then shows (`None`: not held); or why the
-/// domain refuses the change.
+/// domain refuses the change. A change keeps the old row's times: an update or a soft delete
+/// its `updated_at`, a row deleted outright the time its old transaction committed
+/// (`deleted_at`).
 fn decide(
     change: &Change,
     current: Option<&Shown>,
+    deleted_at: Option<DateTime<Utc>>,
 ) -> Result<(Vec<CollectionCommand>, Option<Shown>), String> {
     let mut row = change.row.clone();
     let Some(project_id) = row.project_id else {
@@ -921,15 +930,17 @@ fn decide(
                 }
             ));
         }
-        let command = adopt(&row, Utc::now())?;
+        let now = Utc::now();
+        let command = adopt(&row, now)?;
         let (name, description) = row.text()?;
-        let now = Shown {
+        let shown = Shown {
             project_id,
             name: name.as_str().to_owned(),
             description: description.map(|d| d.as_str().to_owned()),
             is_active: row.is_active.unwrap_or(true),
+            updated_at: row.times(now).1,
         };
-        return Ok((vec![command], Some(now)));
+        return Ok((vec![command], Some(shown)));
     };
     if current.project_id != project_id {
         return Err(format!(
@@ -940,17 +951,22 @@ fn decide(
     if change.deleted {
         let gone = current
             .is_active
-            .then_some(CollectionCommand::DeleteCollection { project_id });
-        let now = Shown {
+            .then_some(CollectionCommand::DeleteCollection {
+                project_id,
+                updated_at: deleted_at,
+            });
+        let shown = Shown {
             is_active: false,
+            updated_at: deleted_at.unwrap_or(current.updated_at),
             ..current.clone()
         };
-        return Ok((gone.into_iter().collect(), Some(now)));
+        return Ok((gone.into_iter().collect(), Some(shown)));
     }
     for column in &change.unchanged {
         match *column {
             "collection_name" => row.collection_name = Some(current.name.clone()),
             "description" => row.description.clone_from(&current.description),
+            "updated_at" => row.updated_at = Some(current.updated_at),
             _ => {}
         }
     }
@@ -966,37 +982,52 @@ fn converge(
     let project_id = current.project_id;
     let (name, description) = row.text()?;
     let active = row.is_active.unwrap_or(true);
-    let now = Shown {
+    // A NULL time is not compared: the read models cannot show it.
+    let updated_at = row.updated_at;
+    let shown = Shown {
         project_id,
         name: name.as_str().to_owned(),
         description: description.as_ref().map(|d| d.as_str().to_owned()),
         is_active: active,
+        updated_at: updated_at.unwrap_or_else(Utc::now),
     };
     let mut commands = Vec::new();
-    let text_changed = now.name != current.name || now.description != current.description;
-    if text_changed {
-        if !current.is_active {
-            return Err(
-                "a deleted collection changed: Cutover's deleted collections do not".into(),
-            );
-        }
-        commands.push(CollectionCommand::UpdateCollection {
-            project_id,
-            name,
-            description,
-        });
+    let changed = shown.name != current.name
+        || shown.description != current.description
+        || updated_at.is_some_and(|at| at != current.updated_at);
+    if changed && !current.is_active {
+        return Err("a deleted collection changed: Cutover's deleted collections do not".into());
     }
     match (current.is_active, active) {
-        (true, false) => commands.push(CollectionCommand::DeleteCollection { project_id }),
+        (true, false) => {
+            if shown.name != current.name || shown.description != current.description {
+                commands.push(CollectionCommand::UpdateCollection {
+                    project_id,
+                    name,
+                    description,
+                    updated_at,
+                });
+            }
+            commands.push(CollectionCommand::DeleteCollection {
+                project_id,
+                updated_at,
+            });
+        }
         (false, true) => {
             return Err(
                 "a deleted collection became active again: Cutover's collections are not restored"
                     .into(),
             )
         }
+        _ if changed => commands.push(CollectionCommand::UpdateCollection {
+            project_id,
+            name,
+            description,
+            updated_at,
+        }),
         _ => {}
     }
-    Ok((commands, Some(now)))
+    Ok((commands, Some(shown)))
 }
 
 /// The old row of the stream's `columns`, and the columns it left unchanged; or why it cannot
@@ -1155,26 +1186,31 @@ pub async fn drop_follow(
     old: &PgPool,
     domain: &str,
 ) -> Result<bool, FollowError> {
-    let slot = slot_name(domain);
-    let dropped: Option<String> =
-        sqlx::query_scalar("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1")
-            .bind(&slot)
-            .fetch_optional(old)
-            .await
-            .map_err(legacy)?;
-    if dropped.is_some() {
-        sqlx::query("SELECT pg_drop_replication_slot($1)")
-            .bind(&slot)
-            .execute(old)
-            .await
-            .map_err(legacy)?;
-    }
+    let dropped = drop_slot(old, &slot_name(domain)).await?;
     let deleted = sqlx::query("DELETE FROM follows WHERE domain = $1")
         .bind(domain)
         .execute(store.pool())
         .await?
         .rows_affected();
-    Ok(dropped.is_some() || deleted > 0)
+    Ok(dropped || deleted > 0)
+}
+
+/// Removes `slot` from the old database, if it is there; whether it was.
+async fn drop_slot(old: &PgPool, slot: &str) -> Result<bool, FollowError> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(slot)
+            .fetch_optional(old)
+            .await
+            .map_err(legacy)?;
+    if found.is_some() {
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(slot)
+            .execute(old)
+            .await
+            .map_err(legacy)?;
+    }
+    Ok(found.is_some())
 }
 
 #[cfg(test)]
