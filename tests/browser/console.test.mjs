@@ -5,14 +5,20 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
 
 const base = process.env.CUTOVER_URL;
 const readToken = process.env.CUTOVER_READ_TOKEN;
 const writeToken = process.env.CUTOVER_WRITE_TOKEN;
 const adminToken = process.env.CUTOVER_ADMIN_TOKEN;
+// The server's database, for what only the CLI writes (following the old system).
+const databaseUrl = process.env.CUTOVER_DATABASE_URL;
 const artifacts = process.env.CUTOVER_ARTIFACTS || "target/browser-artifacts";
-assert.ok(base && readToken && writeToken && adminToken, "run through scripts/browser-test");
+assert.ok(base && readToken && writeToken && adminToken && databaseUrl, "run through scripts/browser-test");
+
+/** Runs SQL on the server's database with psql. */
+const sql = (statement) => execFileSync("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", databaseUrl, "-c", statement]);
 mkdirSync(artifacts, { recursive: true });
 
 let browser;
@@ -329,6 +335,36 @@ test("shadow reads can be stopped, and the latest mismatches show both answers, 
   } finally {
     await page.unroute("**/admin/shadow");
   }
+});
+
+test("a followed domain shows its progress and a stopped follower, and a handover shows", async () => {
+  const following = page.locator("#following");
+  await following.getByText("No domain is followed from an old system.").waitFor();
+  // As `cutover follow` leaves a domain whose follower stopped two minutes ago, and as
+  // `cutover handover` records one (the follower is the CLI's: the console shows its rows).
+  sql(`INSERT INTO follows (domain, slot, publication, legacy_table, aggregate_type, snapshot, lsn,
+                            applied, changes_applied, changes_refused, lag_bytes, lag_histogram,
+                            updated_at)
+       VALUES ('competencies', 'cutover_follow_competencies', 'cutover_follow', 'public.attempts',
+               'student_subskill', '1:1:', '0/16B3748', 1, 1234, 2, 4096,
+               '{0,0,0,0,990,10,0,0,0,0,0,0,0,0,0}', now() - interval '2 minutes');
+       INSERT INTO handovers (domain, legacy_table, lsn, rows_compared)
+       VALUES ('collections', 'public.collections', '0/16B3748', 5000)`);
+  try {
+    const followed = following.locator('li[data-domain="competencies"]');
+    await followed.waitFor();
+    const text = await followed.innerText();
+    assert.match(text, /competencies follows the old public\.attempts \(slot cutover_follow_competencies\): 1,234 changes applied, 2 refused; 4,096 bytes of WAL behind; 99% of the streamed changes applied within 100 ms/);
+    assert.match(text, /SELECT \* FROM follow_refusals WHERE domain = 'competencies'/);
+    assert.match(text, /No follower has looked at the old database since/);
+    assert.equal(await followed.getAttribute("data-stopped"), "yes");
+    assert.match(await following.locator('li[data-handed-over="yes"]').innerText(),
+      /collections was handed over from the old public\.collections at .*: 5,000 old rows compared, no difference/);
+    await shot("following");
+  } finally {
+    sql("DELETE FROM follows WHERE domain = 'competencies'; DELETE FROM handovers");
+  }
+  await following.getByText("No domain is followed from an old system.").waitFor();
 });
 
 test("the console is usable from the keyboard", async () => {

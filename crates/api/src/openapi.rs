@@ -380,7 +380,7 @@ impl Modify for BearerAuth {
         competencies::analytics,
         events::page, events::live,
         admin::list, admin::status, admin::start_rebuild, admin::retire, admin::repair_aggregates, admin::job, admin::cancel_job,
-        admin::read_sources, admin::set_read_source, admin::switch_gate, admin::shadow_windows,
+        admin::read_sources, admin::set_read_source, admin::switch_gate, admin::shadow_windows, admin::follows,
         admin::start_shadow, admin::stop_shadow, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),

@@ -119,6 +119,17 @@ async fn create(app: &TestApp, project: Uuid) -> StatusCode {
         .status()
 }
 
+/// What `GET /admin/follows` answers.
+async fn following(app: &TestApp) -> Value {
+    app.get("/admin/follows")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn events(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&app.db.pool)
@@ -256,6 +267,18 @@ async fn following_copies_the_old_rows_then_applies_each_change_once_and_keeps_w
         status.contains("99% of the changes streamed were applied within"),
         "{status}"
     );
+    // The admin API shows the same.
+    let following = following(&app).await;
+    let followed = &following["follows"][0];
+    assert_eq!(followed["domain"], "collections", "{following}");
+    assert_eq!(followed["legacy_table"], "public.collections");
+    assert_eq!(followed["changes_refused"], 2);
+    assert_eq!(followed["stopped"], false);
+    assert!(
+        followed["lag_p99_seconds"].as_f64().is_some(),
+        "{following}"
+    );
+    assert_eq!(following["handovers"], serde_json::json!([]));
     // A follower that stopped two minutes ago: the old database keeps WAL for it.
     sqlx::query("UPDATE follows SET updated_at = now() - interval '2 minutes'")
         .execute(&app.db.pool)
@@ -469,6 +492,10 @@ async fn the_handover_moves_the_writes_to_cutover_only_when_every_old_row_matche
         status.contains("collections was handed over from the old public.collections"),
         "{status}"
     );
+    let following = following(&app).await;
+    assert_eq!(following["follows"], serde_json::json!([]), "{following}");
+    assert_eq!(following["handovers"][0]["domain"], "collections");
+    assert_eq!(following["handovers"][0]["rows_compared"], 4, "{following}");
 
     // The old clients read what the old system showed, its times included, and Cutover's
     // commands continue the same aggregates.

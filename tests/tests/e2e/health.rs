@@ -95,6 +95,7 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
         "/admin/read-sources/{domain}/gate",
         "/admin/shadow",
         "/admin/shadow/{domain}",
+        "/admin/follows",
         "/v2/projects/{project_id}/collections",
         "/v2/projects/{project_id}/collections/{collection_id}",
         "/v2/batches/{batch_id}",
@@ -111,7 +112,7 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
             "{route} is not described"
         );
     }
-    assert_eq!(paths.len(), 36);
+    assert_eq!(paths.len(), 37);
     let create = &spec["paths"]["/projects/{project_id}/collections"]["post"];
     assert!(create["responses"]["422"]["content"]["application/problem+json"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());

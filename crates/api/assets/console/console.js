@@ -537,6 +537,39 @@ function renderShadow(windows) {
   if (items.length !== list.children.length || items.some((item, i) => list.children[i] !== item)) list.replaceChildren(...items);
 }
 
+/** One followed domain: where its old log stands, what it applied and refused, how far behind. */
+function followItem(f) {
+  const lag = f.lag_p99_seconds === null
+    ? (f.late_changes > 0 ? `${count(f.late_changes, "change was", "changes were")} applied more than a minute after its old commit` : "no change streamed yet")
+    : `99% of the streamed changes applied within ${f.lag_p99_seconds < 1 ? `${Math.round(f.lag_p99_seconds * 1000)} ms` : seconds(f.lag_p99_seconds)} of their old commit`;
+  return el("li", { "data-domain": f.domain, "data-stopped": f.stopped ? "yes" : "no" },
+    el("strong", {}, f.domain), ` follows the old ${f.legacy_table} (slot ${f.slot}): `,
+    `${count(f.changes_applied, "change", "changes")} applied, `,
+    el("span", { class: f.changes_refused > 0 ? "inconsistent" : "" }, `${number(f.changes_refused)} refused`),
+    `; ${number(f.lag_bytes)} bytes of WAL behind; ${lag}; last look ${when(f.updated_at)}.`,
+    f.changes_refused > 0
+      ? el("p", { class: "muted" }, "The refused changes are kept with why: ",
+        el("code", {}, `SELECT * FROM follow_refusals WHERE domain = '${f.domain}'`))
+      : null,
+    f.stopped
+      ? el("p", { class: "gate closed", role: "status" },
+        `No follower has looked at the old database since ${when(f.updated_at)}: it keeps WAL for slot ${f.slot} meanwhile. Run `,
+        el("code", { class: "command" }, "cutover follow"), " again, or stop following with ",
+        el("code", { class: "command" }, `cutover follow --drop ${f.domain}`), ".")
+      : null);
+}
+
+function renderFollowing(following) {
+  const items = [
+    ...following.follows.map(followItem),
+    ...following.handovers.map((h) => el("li", { "data-domain": h.domain, "data-handed-over": "yes" },
+      el("strong", {}, h.domain), ` was handed over from the old ${h.legacy_table} at ${when(h.handed_over_at)}: ${count(h.rows_compared, "old row", "old rows")} compared, no difference; Cutover writes it.`)),
+  ];
+  document.getElementById("following").replaceChildren(...(items.length
+    ? items
+    : [el("li", { class: "muted" }, "No domain is followed from an old system.")]));
+}
+
 // A report taken before the last rebuild, repair or retirement of a domain's projections says
 // nothing of them as they are now: it is marked out of date for that domain, and wholly out of
 // date (instead of shown as current) when that is so for every domain it covers.
@@ -631,11 +664,12 @@ async function refreshConsistency() {
 async function refresh() {
   const connection = document.getElementById("connection");
   try {
-    const [projections, sources, activity, shadows] = await Promise.all([
+    const [projections, sources, activity, shadows, following] = await Promise.all([
       api("GET", "/admin/projections"),
       api("GET", "/admin/read-sources"),
       api("GET", "/admin/activity"),
       api("GET", "/admin/shadow"),
+      api("GET", "/admin/follows"),
     ]);
     const gates = Object.fromEntries(await Promise.all(Object.keys(sources).map(async (domain) =>
       [domain, await api("GET", `/admin/read-sources/${encodeURIComponent(domain)}/gate`)])));
@@ -643,6 +677,7 @@ async function refresh() {
     renderProjections(projections);
     renderSources(sources, gates);
     renderShadow(shadows);
+    renderFollowing(following);
     renderActivity(activity);
     renderStages();
     if (page.data.latest !== undefined) renderConsistency();

@@ -38,6 +38,7 @@ pub fn router() -> Router<AppState> {
             "/admin/shadow/{domain}",
             put(start_shadow).delete(stop_shadow),
         )
+        .route("/admin/follows", get(follows))
         .route("/admin/consistency", get(consistency))
         .route("/admin/consistency/latest", get(latest_consistency))
 }
@@ -388,6 +389,32 @@ fn default_fraction() -> f64 {
 
 fn default_min_reads() -> i64 {
     shadow::DEFAULT_MIN_READS
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/follows",
+    operation_id = "listFollows",
+    summary = "List the domains followed from the old system",
+    tag = "admin",
+    description = "Each domain followed from the old system's database (`cutover follow`): where \
+                   its old log stands, the changes applied and refused, how far behind it is \
+                   (WAL bytes, and within how long 99% of the streamed changes were applied), \
+                   and whether its follower stopped; and each domain handed over to Cutover \
+                   (`cutover handover`). Following and the handover run in the CLI.",
+    params(crate::openapi::ReadHeaders),
+    responses(
+        (status = 200, description = "the followed and handed-over domains", body = cutover_projections::follow::Following),
+        crate::openapi::NotModified,
+        crate::openapi::Errors
+    )
+)]
+async fn follows(
+    State(state): State<AppState>,
+) -> Result<axum::Json<cutover_projections::follow::Following>, ApiError> {
+    Ok(axum::Json(
+        cutover_projections::follow::following(&state.session).await?,
+    ))
 }
 
 #[utoipa::path(

@@ -65,7 +65,7 @@ impl Handover {
 }
 
 /// A domain handed over.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HandedOver {
     pub domain: String,
     pub legacy_table: String,

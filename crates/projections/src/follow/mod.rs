@@ -117,7 +117,7 @@ pub async fn writer_pool(pool: &PgPool) -> Result<PgPool, sqlx::Error> {
 }
 
 /// A followed domain's row.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Follow {
     pub domain: String,
     pub slot: String,
@@ -126,7 +126,10 @@ pub struct Follow {
     /// Whether the existing rows were copied (the stream is applied after).
     #[sqlx(try_from = "Option<String>")]
     #[serde(skip)]
+    #[schema(ignore)]
     pub snapshot: Snapshot,
+    /// The commit position of the last old transaction applied (Postgres's `pg_lsn` text),
+    /// and how many of its row changes were.
     pub lsn: String,
     pub applied: i32,
     pub changes_applied: i64,
@@ -134,6 +137,8 @@ pub struct Follow {
     pub lag_bytes: i64,
     pub waiting_since: Option<DateTime<Utc>>,
     /// Changes applied within each of [`LAG_BUCKETS`] of their old commit, and later.
+    #[serde(skip)]
+    #[schema(ignore)]
     pub lag_histogram: Vec<i64>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -183,6 +188,55 @@ pub async fn follows<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<Vec<Foll
     sqlx::query_as(&format!("{SELECT_FOLLOW} ORDER BY domain"))
         .fetch_all(executor)
         .await
+}
+
+/// A followed domain as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct FollowState {
+    #[serde(flatten)]
+    pub follow: Follow,
+    /// Within how many seconds of their old commit 99% of the changes streamed so far were
+    /// applied (a bound of the lag histogram's buckets, 0.005 to 60); null when none was
+    /// streamed yet or when that is later than a minute (see `late_changes`).
+    pub lag_p99_seconds: Option<f64>,
+    /// Changes applied more than a minute after their old commit.
+    pub late_changes: i64,
+    /// No follower has looked at the old database for a minute: it keeps WAL for the slot.
+    pub stopped: bool,
+}
+
+/// Every followed domain, and every handover.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Following {
+    pub follows: Vec<FollowState>,
+    pub handovers: Vec<handover::HandedOver>,
+}
+
+/// Every followed domain as the admin API shows it, and every handover.
+///
+/// # Errors
+/// A database error.
+pub async fn following(pool: &PgPool) -> Result<Following, sqlx::Error> {
+    let now = Utc::now();
+    let follows = follows(pool)
+        .await?
+        .into_iter()
+        .map(|follow| FollowState {
+            lag_p99_seconds: Follow::lag_quantile(&follow.lag_histogram, 0.99)
+                .filter(|p99| p99.is_finite()),
+            late_changes: follow
+                .lag_histogram
+                .get(LAG_BUCKETS.len())
+                .copied()
+                .unwrap_or(0),
+            stopped: follow.stopped(now),
+            follow,
+        })
+        .collect();
+    Ok(Following {
+        follows,
+        handovers: handover::handovers(pool).await?,
+    })
 }
 
 /// The transactions a snapshot shows (Postgres's `pg_snapshot`: `xmin:xmax:xip,…`), or none
