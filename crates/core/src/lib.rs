@@ -13,6 +13,7 @@ pub mod log;
 pub mod projection;
 pub mod read_source;
 pub mod rows;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 pub mod upcast;

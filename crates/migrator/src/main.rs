@@ -239,6 +239,9 @@ async fn main() -> ExitCode {
 /// How often `cutover follow` looks for new changes once caught up.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
+/// The longest `cutover follow` waits before trying again while a database is out of reach.
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
+
 const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error,cutover_core::local_postgres=info";
 
 const AFTER_HELP: &str = "\
@@ -659,10 +662,30 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                         .with_batch(usize::from(batch)),
                 );
             }
-            let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+            let mut stop = std::pin::pin!(cutover_core::signals::stop_requested());
+            // After a failure that waiting can mend (either database out of reach, restarting):
+            // how long until the next try, doubling up to FOLLOW_RETRY_MAX.
+            let mut retry = FOLLOW_POLL;
             loop {
+                let mut pause = FOLLOW_POLL;
                 for follower in &mut followers {
-                    let progress = follower.catch_up().await?;
+                    let progress = match follower.catch_up().await {
+                        Ok(progress) => progress,
+                        Err(e) if !until_caught_up && e.is_transient() => {
+                            tracing::warn!(
+                                domain = %follower.follow().domain,
+                                error = %anyhow::Error::from(e),
+                                "following paused: a database is out of reach; trying again in {retry:?}"
+                            );
+                            pause = retry;
+                            retry = (retry * 2).min(FOLLOW_RETRY_MAX);
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if pause == FOLLOW_POLL {
+                        retry = FOLLOW_POLL;
+                    }
                     if progress != follow::Progress::default() {
                         out!(
                             "{}: copied {} rows, applied {} changes, refused {}; at {}",
@@ -678,8 +701,8 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     break;
                 }
                 tokio::select! {
-                    _ = &mut stop => break,
-                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(pause) => {}
                 }
             }
         }

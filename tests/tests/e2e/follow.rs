@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use cutover_core::local_postgres::LocalPostgres;
 use cutover_tests::{OwnCluster, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -555,4 +556,69 @@ async fn the_handover_moves_the_writes_to_cutover_only_when_every_old_row_matche
         assert!(denied.to_string().contains("permission denied"), "{denied}");
         tx.rollback().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_follower_waits_out_an_old_server_restart_and_goes_on() {
+    let old = OldSystem::start("follow_restart").await;
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let insert = |n: usize| {
+        format!(
+            "INSERT INTO collections (collection_id, project_id, collection_name)
+             SELECT gen_random_uuid(), '{project}', 'c' || i FROM generate_series(1, {n}) AS i"
+        )
+    };
+    let mut follower = cli(&app, &["follow", "--legacy-url", &old.url])
+        .spawn()
+        .unwrap();
+    let applied = |want: i64| {
+        let pool = app.db.pool.clone();
+        async move {
+            for _ in 0..1_500 {
+                let applied: Option<i64> =
+                    sqlx::query_scalar("SELECT changes_applied FROM follows")
+                        .fetch_optional(&pool)
+                        .await
+                        .unwrap();
+                if applied == Some(want) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{want} changes were not applied in 30 s");
+        }
+    };
+    old.exec(&insert(50)).await;
+    applied(50).await;
+    // The old server goes away under the running follower for two seconds (several of its
+    // looks fail), and comes back.
+    tokio::task::block_in_place(|| old.cluster.cluster.stop()).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requested = old.cluster.cluster.location().requested.clone();
+    let cluster =
+        tokio::task::block_in_place(|| LocalPostgres::ensure_running(&requested)).unwrap();
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "the follower waits while the old server is away"
+    );
+    drop(cluster); // the same server as `old.cluster`'s, which stops it at the end
+    let old = OldSystem {
+        pool: PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&old.url)
+            .await
+            .unwrap(),
+        ..old
+    };
+    old.exec(&insert(70)).await;
+    applied(120).await;
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "the follower is still running"
+    );
+    follower.start_kill().unwrap();
+    follower.wait().await.unwrap();
+    assert_eq!(events(&app).await, 120, "each row imported once");
+    answers_match(&app, &old, &[]).await;
 }

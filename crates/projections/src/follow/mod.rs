@@ -80,6 +80,22 @@ fn failed(what: &'static str) -> impl FnOnce(CommandError<CollectionError>) -> F
     }
 }
 
+impl FollowError {
+    /// Whether waiting may mend it: either database out of reach, shutting down or starting
+    /// up. Nothing of a batch that failed so was committed, and following resumes where it
+    /// stood.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Legacy(e) | Self::Database(e) => cutover_core::database::is_unreachable(e),
+            Self::Command {
+                source: CommandError::Database(e),
+                ..
+            } => cutover_core::database::is_unreachable(e),
+            _ => false,
+        }
+    }
+}
+
 fn legacy(e: sqlx::Error) -> FollowError {
     FollowError::Legacy(e)
 }
