@@ -25,7 +25,7 @@ pub struct Imported {
 
 /// A row of the old system's `collections` table; every column but the id may be NULL, as
 /// in the old table.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct OldCollectionRow {
     pub collection_id: Uuid,
     pub project_id: Option<Uuid>,

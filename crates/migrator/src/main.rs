@@ -727,11 +727,11 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     &follow.publication,
                 )
                 .await?;
-                let report = follow::handover::handover(&mut follower).await?;
+                let report = follower.handover().await?;
                 for d in &report.differences {
                     out!(
                         "{domain} {}: {} is {} in the old table, {} in the legacy model, {} in the new",
-                        d.collection_id, d.field, d.old, d.legacy, d.new
+                        d.id, d.field, d.old, d.legacy, d.new
                     )?;
                 }
                 out!(

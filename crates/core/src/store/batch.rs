@@ -86,6 +86,14 @@ where
         &self.read_sources
     }
 
+    /// Aggregate `aggregate_id` (one the batch began on) as the commands handled so far left
+    /// it.
+    pub fn aggregate(&self, aggregate_id: &str) -> Option<&A> {
+        self.aggregates
+            .get(aggregate_id)
+            .map(|loaded| &loaded.aggregate)
+    }
+
     /// The batch's transaction, to read from or write to.
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx

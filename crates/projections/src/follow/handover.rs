@@ -8,15 +8,13 @@
 //! system stays the writer, and nothing it writes is lost.
 
 use chrono::{DateTime, Utc};
-use cutover_core::import::OldCollectionRow;
-use cutover_core::read_source::ReadSource;
+use cqrs_es::Aggregate;
 use cutover_core::store::EventStore;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use uuid::Uuid;
 
-use super::{legacy, FollowError, Follower, Progress};
-use crate::collections::{self, LegacyCollection};
+use super::source::Source;
+use super::{legacy, DomainFollower, FollowError, Progress};
 
 /// Most differences listed in a handover's report (all are counted).
 pub const MAX_LISTED: usize = 100;
@@ -30,7 +28,8 @@ const LOCK_TIMEOUT: &str = "60s";
 /// A field an old row and Cutover's models disagree on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Difference {
-    pub collection_id: Uuid,
+    /// The row's key (the aggregate's id).
+    pub id: String,
     pub field: &'static str,
     /// The old row's value (`null`: no row).
     pub old: Value,
@@ -91,7 +90,12 @@ pub async fn handovers(pool: &PgPool) -> Result<Vec<HandedOver>, sqlx::Error> {
 /// # Errors
 /// `Setup` when the old table cannot be made to refuse writes (with what to do), or a
 /// database error; in either case the old system stays the writer.
-pub async fn handover(follower: &mut Follower) -> Result<Handover, FollowError> {
+pub(super) async fn handover<S: Source>(
+    follower: &mut DomainFollower<S>,
+) -> Result<Handover, FollowError>
+where
+    <S::Aggregate as Aggregate>::Error: Send + Sync,
+{
     let table = follower.follow.legacy_table.clone();
     refuse_writes(&follower.old, &table).await?;
     let outcome = drain_and_compare(follower).await;
@@ -123,9 +127,14 @@ pub async fn handover(follower: &mut Follower) -> Result<Handover, FollowError> 
     })
 }
 
-async fn drain_and_compare(follower: &mut Follower) -> Result<Handover, FollowError> {
+async fn drain_and_compare<S: Source>(
+    follower: &mut DomainFollower<S>,
+) -> Result<Handover, FollowError>
+where
+    <S::Aggregate as Aggregate>::Error: Send + Sync,
+{
     let Progress { applied, .. } = follower.catch_up().await?;
-    let mut report = compare(
+    let mut report = compare::<S>(
         &follower.store,
         &follower.old,
         &follower.follow.legacy_table,
@@ -193,74 +202,65 @@ async fn allow_writes(old: &PgPool, table: &str) -> Result<(), FollowError> {
     Ok(())
 }
 
-/// Compares every row of the old `table` with both of Cutover's models, field by field as
-/// the old clients read them; then looks for collections Cutover holds that the old table
-/// does not.
-async fn compare(store: &EventStore, old: &PgPool, table: &str) -> Result<Handover, FollowError> {
+/// Compares every row of the old table with both of Cutover's models, field by field as the
+/// old clients read them; then looks for aggregates Cutover holds that the old table does not.
+async fn compare<S: Source>(
+    store: &EventStore,
+    old: &PgPool,
+    table: &str,
+) -> Result<Handover, FollowError> {
     let mut report = Handover::default();
     let mut conn = store.pool().acquire().await?;
-    let mut after = Uuid::nil();
+    let mut after: Option<String> = None;
     loop {
-        let rows: Vec<OldCollectionRow> = sqlx::query_as(&format!(
-            "SELECT collection_id, project_id, collection_name, description, is_active,
-                    created_at, updated_at
-               FROM {table} WHERE collection_id > $1 ORDER BY collection_id LIMIT $2"
+        let rows: Vec<S::Row> = sqlx::query_as(&format!(
+            "SELECT {columns} FROM {table}
+              WHERE $1::text IS NULL OR {key} > $1::{key_type}
+              ORDER BY {key} LIMIT $2",
+            columns = S::COLUMNS,
+            key = S::KEY,
+            key_type = S::KEY_TYPE,
         ))
-        .bind(after)
+        .bind(&after)
         .bind(PAGE)
         .fetch_all(old)
         .await
         .map_err(legacy)?;
         let Some(last) = rows.last() else { break };
-        after = last.collection_id;
-        let ids: Vec<Uuid> = rows.iter().map(|row| row.collection_id).collect();
-        let legacy_rows = collections::answers_by_id(&mut conn, ReadSource::Legacy, &ids).await?;
-        let new_rows = collections::answers_by_id(&mut conn, ReadSource::New, &ids).await?;
-        for row in &rows {
-            report.rows_compared += 1;
-            let find = |rows: &[LegacyCollection]| {
-                rows.iter()
-                    .find(|c| c.collection_id == row.collection_id)
-                    .cloned()
-            };
-            for difference in differences(row, find(&legacy_rows), find(&new_rows)) {
-                report.add(difference);
-            }
+        after = Some(S::id(last));
+        report.rows_compared += rows.len() as u64;
+        for difference in S::compare(&mut conn, &rows).await? {
+            report.add(difference);
         }
     }
-    // Collections Cutover holds that the old table does not: deleted outright there (kept as
+    // Aggregates Cutover holds that the old table does not: deleted outright there (kept as
     // deleted here), or never there.
-    let mut after = Uuid::nil();
+    let mut after: Option<String> = None;
     loop {
-        let held: Vec<(Uuid, bool)> = sqlx::query_as(
-            "SELECT collection_id, is_active FROM collections
-              WHERE collection_id > $1 ORDER BY collection_id LIMIT $2",
-        )
-        .bind(after)
-        .bind(PAGE)
-        .fetch_all(&mut *conn)
-        .await?;
+        let held = S::held(&mut conn, after.as_deref(), PAGE).await?;
         let Some((last, _)) = held.last() else { break };
-        after = *last;
-        let ids: Vec<Uuid> = held.iter().map(|(id, _)| *id).collect();
-        let present: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT collection_id FROM {table} WHERE collection_id = ANY($1)"
+        after = Some(last.clone());
+        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let present: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT {key}::text FROM {table} WHERE {key} = ANY($1::{key_type}[])",
+            key = S::KEY,
+            key_type = S::KEY_TYPE,
         ))
         .bind(&ids)
         .fetch_all(old)
         .await
         .map_err(legacy)?;
-        for (id, active) in held {
+        for (id, live) in held {
             if present.contains(&id) {
                 continue;
             }
-            if active {
+            if live {
                 report.add(Difference {
-                    collection_id: id,
-                    field: "collection_id",
+                    field: S::KEY,
                     old: Value::Null,
                     legacy: json!(id),
                     new: json!(id),
+                    id,
                 });
             } else {
                 report.deleted_outright += 1;
@@ -268,58 +268,4 @@ async fn compare(store: &EventStore, old: &PgPool, table: &str) -> Result<Handov
         }
     }
     Ok(report)
-}
-
-/// The fields on which an old row and the models' rows disagree (a row either model lacks is
-/// one difference, of `collection_id`). NULL flags and times, which the models cannot hold,
-/// compare as Cutover adopts them (active; the other time; both NULL: not compared).
-fn differences(
-    row: &OldCollectionRow,
-    legacy: Option<LegacyCollection>,
-    new: Option<LegacyCollection>,
-) -> Vec<Difference> {
-    let id = row.collection_id;
-    let (Some(legacy), Some(new)) = (&legacy, &new) else {
-        let held = |c: &Option<LegacyCollection>| c.as_ref().map_or(Value::Null, |_| json!(id));
-        return vec![Difference {
-            collection_id: id,
-            field: "collection_id",
-            old: json!(id),
-            legacy: held(&legacy),
-            new: held(&new),
-        }];
-    };
-    let times = (row.created_at.is_some() || row.updated_at.is_some())
-        .then(|| row.times(DateTime::<Utc>::UNIX_EPOCH));
-    let fields = |c: &LegacyCollection| {
-        [
-            ("project_id", json!(c.project_id)),
-            ("collection_name", json!(c.collection_name)),
-            ("description", json!(c.description)),
-            ("is_active", json!(c.is_active)),
-            ("created_at", json!(c.created_at)),
-            ("updated_at", json!(c.updated_at)),
-        ]
-    };
-    let expected = [
-        json!(row.project_id),
-        json!(row.collection_name),
-        json!(row.description),
-        json!(row.is_active.unwrap_or(true)),
-        times.map_or(json!(legacy.created_at), |(created, _)| json!(created)),
-        times.map_or(json!(legacy.updated_at), |(_, updated)| json!(updated)),
-    ];
-    fields(legacy)
-        .into_iter()
-        .zip(fields(new))
-        .zip(expected)
-        .filter(|(((_, l), (_, n)), old)| old != l || old != n)
-        .map(|(((field, l), (_, n)), old)| Difference {
-            collection_id: id,
-            field,
-            old,
-            legacy: l,
-            new: n,
-        })
-        .collect()
 }

@@ -13,31 +13,32 @@
 //! any moment, old database restarted or not, resumes where it stands, losing no change and
 //! applying none twice.
 //!
-//! The collections domain is followed; the batch and competency documents are not yet.
+//! What is particular to a domain (its old table, how a row becomes its commands) is a
+//! [`source::Source`]; the collections domain is followed; the batch and competency documents
+//! are not yet.
 
+mod collections;
 pub mod handover;
 pub mod pgoutput;
+mod source;
 
 use std::collections::HashMap;
 use std::str::FromStr as _;
 
+use std::marker::PhantomData;
+
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate as _;
-use cutover_core::domain::collection::{Collection, CollectionCommand, CollectionError};
-use cutover_core::import::{adopt, OldCollectionRow};
-use cutover_core::read_source::Domain;
+use cqrs_es::Aggregate;
 use cutover_core::store::{Batch, CommandError, EventStore, APPEND_LOCK};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use uuid::Uuid;
 
-use crate::collections::{self, LegacyCollection};
 use pgoutput::{Lsn, Message, Relation, Value};
+use source::{Change, Source};
 
-/// The domains that can be followed, each with the old table it follows (schema `public`) and
-/// the aggregate type its commands write.
-pub const FOLLOWED: &[(&str, &str, &str)] = &[("collections", "collections", Collection::TYPE)];
+/// The domains that can be followed.
+pub const FOLLOWED: &[&str] = &["collections"];
 
 /// Default of `--batch`: most changes applied in one transaction here (a larger old
 /// transaction is applied in several, each recording how many of its changes it reached; the
@@ -68,15 +69,26 @@ pub enum FollowError {
     Command {
         what: String,
         #[source]
-        source: CommandError<CollectionError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The projections maintained inline changed while a batch ran (a rebuild swapped, a
+    /// projection was retired): nothing of it was written, and it runs again.
+    #[error("the projections maintained inline changed while a batch of changes ran")]
+    InlineChanged,
 }
 
 /// A batch that failed at `what`.
-fn failed(what: &'static str) -> impl FnOnce(CommandError<CollectionError>) -> FollowError {
-    move |source| FollowError::Command {
-        what: what.into(),
-        source,
+fn failed<E>(what: &'static str) -> impl FnOnce(CommandError<E>) -> FollowError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |source| match source {
+        CommandError::InlineChanged => FollowError::InlineChanged,
+        CommandError::Database(e) => FollowError::Database(e),
+        source => FollowError::Command {
+            what: what.into(),
+            source: Box::new(source),
+        },
     }
 }
 
@@ -87,10 +99,6 @@ impl FollowError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Legacy(e) | Self::Database(e) => cutover_core::database::is_unreachable(e),
-            Self::Command {
-                source: CommandError::Database(e),
-                ..
-            } => cutover_core::database::is_unreachable(e),
             _ => false,
         }
     }
@@ -322,12 +330,17 @@ pub const LAG_BUCKETS: [f64; 14] = [
 ];
 
 /// One domain followed from the old database.
-pub struct Follower {
-    store: EventStore,
-    old: PgPool,
-    follow: Follow,
-    /// Most changes applied in one transaction here.
-    batch: usize,
+pub enum Follower {
+    Collections(DomainFollower<collections::Collections>),
+}
+
+/// The same code for every domain a [`Follower`] may follow.
+macro_rules! each {
+    ($follower:expr, $f:ident => $body:expr) => {
+        match $follower {
+            Follower::Collections($f) => $body,
+        }
+    };
 }
 
 impl Follower {
@@ -335,28 +348,80 @@ impl Follower {
     /// or takes up where an earlier follower stopped.
     ///
     /// # Errors
-    /// `Setup` when the old database is not ready (with what to do), or a database error.
+    /// `Setup` for a domain that cannot be followed or an old database that is not ready (with
+    /// what to do), or a database error.
     pub async fn start(
         store: EventStore,
         old: PgPool,
         domain: &str,
         publication: &str,
     ) -> Result<Self, FollowError> {
-        let (table, aggregate_type) = FOLLOWED
-            .iter()
-            .find(|(name, ..)| *name == domain)
-            .map(|(_, table, aggregate_type)| (*table, *aggregate_type))
-            .ok_or_else(|| {
-                FollowError::Setup(format!(
-                    "{domain} cannot be followed: only {} can (the batch and competency \
-                     documents are not followed yet)",
-                    FOLLOWED
-                        .iter()
-                        .map(|(d, ..)| *d)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+        let start = Start {
+            store,
+            old,
+            publication,
+        };
+        match domain {
+            "collections" => Ok(Self::Collections(start.follow().await?)),
+            _ => Err(FollowError::Setup(format!(
+                "{domain} cannot be followed: only {} can (the batch and competency documents \
+                 are not followed yet)",
+                FOLLOWED.join(", ")
+            ))),
+        }
+    }
+
+    /// The follower applying at most `batch` changes in one transaction here (at least one).
+    #[must_use]
+    pub fn with_batch(self, batch: usize) -> Self {
+        let batch = batch.max(1);
+        each!(self, f => DomainFollower { batch, ..f }.into())
+    }
+
+    /// The followed domain's row as this follower last wrote it.
+    pub fn follow(&self) -> &Follow {
+        each!(self, f => &f.follow)
+    }
+
+    /// Copies the existing rows if that is not done, then applies what the slot holds, a batch
+    /// at a time, until it holds nothing more.
+    ///
+    /// # Errors
+    /// See [`FollowError`]; what was applied before stays applied.
+    pub async fn catch_up(&mut self) -> Result<Progress, FollowError> {
+        each!(self, f => f.catch_up().await)
+    }
+
+    /// Hands the domain's writes over to Cutover (see [`handover`]).
+    ///
+    /// # Errors
+    /// See [`handover::handover`].
+    pub async fn handover(&mut self) -> Result<handover::Handover, FollowError> {
+        each!(self, f => handover::handover(f).await)
+    }
+}
+
+impl From<DomainFollower<collections::Collections>> for Follower {
+    fn from(f: DomainFollower<collections::Collections>) -> Self {
+        Self::Collections(f)
+    }
+}
+
+/// What starting a follower needs.
+struct Start<'a> {
+    store: EventStore,
+    old: PgPool,
+    publication: &'a str,
+}
+
+impl Start<'_> {
+    async fn follow<S: Source>(self) -> Result<DomainFollower<S>, FollowError> {
+        let Start {
+            store,
+            old,
+            publication,
+        } = self;
+        let (domain, table, aggregate_type) = (S::DOMAIN.as_str(), S::TABLE, S::Aggregate::TYPE);
         let existing: Option<Follow> =
             sqlx::query_as(&format!("{SELECT_FOLLOW} WHERE domain = $1"))
                 .bind(domain)
@@ -390,34 +455,31 @@ impl Follower {
                 made
             }
         };
-        Ok(Self {
+        Ok(DomainFollower {
             store,
             old,
             follow,
             batch: DEFAULT_BATCH.into(),
+            source: PhantomData,
         })
     }
+}
 
-    /// The follower applying at most `batch` changes in one transaction here (at least one).
-    #[must_use]
-    pub fn with_batch(self, batch: usize) -> Self {
-        Self {
-            batch: batch.max(1),
-            ..self
-        }
-    }
+/// One domain followed from the old database, its particulars in `S`.
+pub struct DomainFollower<S> {
+    store: EventStore,
+    old: PgPool,
+    follow: Follow,
+    /// Most changes applied in one transaction here.
+    batch: usize,
+    source: PhantomData<S>,
+}
 
-    /// The followed domain's row as this follower last wrote it.
-    pub fn follow(&self) -> &Follow {
-        &self.follow
-    }
-
-    /// Copies the existing rows if that is not done, then applies what the slot holds, a batch
-    /// at a time, until it holds nothing more.
-    ///
-    /// # Errors
-    /// See [`FollowError`]; what was applied before stays applied.
-    pub async fn catch_up(&mut self) -> Result<Progress, FollowError> {
+impl<S: Source> DomainFollower<S>
+where
+    <S::Aggregate as Aggregate>::Error: Send + Sync,
+{
+    async fn catch_up(&mut self) -> Result<Progress, FollowError> {
         let mut progress = Progress::default();
         if !self.follow.snapshot.taken() {
             self.copy(&mut progress).await?;
@@ -448,23 +510,26 @@ impl Follower {
             .fetch_one(&mut *old)
             .await
             .map_err(legacy)?;
-        let mut after = Uuid::nil();
+        let mut after: Option<String> = None;
         loop {
-            let rows: Vec<OldCollectionRow> = sqlx::query_as(&format!(
-                "SELECT collection_id, project_id, collection_name, description, is_active,
-                        created_at, updated_at
-                   FROM {} WHERE collection_id > $1 ORDER BY collection_id LIMIT $2",
-                self.follow.legacy_table
+            let rows: Vec<S::Row> = sqlx::query_as(&format!(
+                "SELECT {columns} FROM {table}
+                  WHERE $1::text IS NULL OR {key} > $1::{key_type}
+                  ORDER BY {key} LIMIT $2",
+                columns = S::COLUMNS,
+                table = self.follow.legacy_table,
+                key = S::KEY,
+                key_type = S::KEY_TYPE,
             ))
-            .bind(after)
+            .bind(&after)
             .bind(i64::try_from(self.batch).unwrap_or(i64::MAX))
             .fetch_all(&mut *old)
             .await
             .map_err(legacy)?;
             let Some(last) = rows.last() else { break };
-            after = last.collection_id;
+            after = Some(S::id(last));
             progress.copied += rows.len() as u64;
-            let items: Vec<Item> = rows
+            let items: Vec<Item<S::Row>> = rows
                 .into_iter()
                 .map(|row| Item {
                     legacy: None,
@@ -631,7 +696,7 @@ impl Follower {
         relation: u32,
         values: &[Value],
         deleted: bool,
-    ) -> Result<Option<Item>, FollowError> {
+    ) -> Result<Option<Item<S::Row>>, FollowError> {
         let Some(legacy) = next_change(tx) else {
             return Ok(None);
         };
@@ -651,7 +716,7 @@ impl Follower {
             .map(String::as_str)
             .zip(values)
             .collect();
-        let kind = match read_row(&columns) {
+        let kind = match S::read(&columns) {
             Ok((row, unchanged)) => Kind::Row(Change {
                 row,
                 unchanged,
@@ -671,7 +736,11 @@ impl Follower {
     /// Applies `items` (old changes in commit order) in one transaction here, with the position
     /// of the last of them; counts them in `progress` once committed. Run again, from the
     /// start, when the projections maintained inline changed meanwhile.
-    async fn apply(&self, items: &[Item], progress: &mut Progress) -> Result<(), FollowError> {
+    async fn apply(
+        &self,
+        items: &[Item<S::Row>],
+        progress: &mut Progress,
+    ) -> Result<(), FollowError> {
         let mut refreshes = 0;
         loop {
             match self.apply_once(items).await {
@@ -680,40 +749,33 @@ impl Follower {
                     progress.refused += refused;
                     return Ok(());
                 }
-                Err(FollowError::Command {
-                    source: CommandError::InlineChanged,
-                    ..
-                }) if refreshes < MAX_INLINE_REFRESHES => refreshes += 1,
+                Err(FollowError::InlineChanged) if refreshes < MAX_INLINE_REFRESHES => {
+                    refreshes += 1;
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// [`Follower::apply`], once: how many changes were applied and refused.
-    async fn apply_once(&self, items: &[Item]) -> Result<(u64, u64), FollowError> {
-        let ids: Vec<Uuid> = items
+    /// [`DomainFollower::apply`], once: how many changes were applied and refused.
+    async fn apply_once(&self, items: &[Item<S::Row>]) -> Result<(u64, u64), FollowError> {
+        let ids: Vec<String> = items
             .iter()
             .filter_map(|item| match &item.kind {
-                Kind::Row(change) => Some(change.row.collection_id),
+                Kind::Row(change) => Some(S::id(&change.row)),
                 _ => None,
             })
             .collect();
-        let names: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         let mut batch = self
             .store
-            .batch::<Collection>(&names)
+            .batch::<S::Aggregate>(&ids)
             .await
             .map_err(failed("beginning a batch of changes"))?;
         let source = batch
             .read_sources()
-            .of(Domain::Collections)
+            .of(S::DOMAIN)
             .map_err(|e| FollowError::Setup(e.to_string()))?;
-        let mut current: HashMap<Uuid, Shown> =
-            collections::answers_by_id(batch.conn(), source, &ids)
-                .await?
-                .into_iter()
-                .map(|c| (c.collection_id, Shown::from(c)))
-                .collect();
+        let mut current = S::shown(batch.conn(), source, &ids).await?;
         let mut refusals = Refusals::default();
         let mut applied = 0_u64;
         for item in items {
@@ -721,7 +783,7 @@ impl Follower {
                 Kind::OtherTable => {}
                 Kind::Unreadable { shown, reason } => refusals.push(item, shown.clone(), reason),
                 Kind::Row(change) => {
-                    let id = change.row.collection_id;
+                    let id = S::id(&change.row);
                     match self.run(&mut batch, item, change, current.get(&id)).await? {
                         Ok(now) => {
                             applied += 1;
@@ -729,7 +791,10 @@ impl Follower {
                                 current.insert(id, now);
                             }
                         }
-                        Err(reason) => refusals.push(item, old_row_json(&change.row), &reason),
+                        Err(reason) => {
+                            let row = serde_json::to_value(&change.row).unwrap_or_default();
+                            refusals.push(item, row, &reason);
+                        }
                     }
                 }
             }
@@ -777,24 +842,29 @@ impl Follower {
         Ok((applied, refusals.reasons.len() as u64))
     }
 
-    /// Stages in `batch` the commands that take collection `change.row` to the state the old
-    /// row shows, from `current` (as Cutover shows it, if it has it); returns the collection as
-    /// it then shows (`None`: not held), or why the domain refuses the change.
+    /// Stages in `batch` the commands that take the aggregate of `change.row` to the state the
+    /// old row shows, from `current` (as Cutover shows it, if it shows it); returns how it then
+    /// shows (`None`: not shown), or why the domain refuses the change.
     async fn run(
         &self,
-        batch: &mut Batch<Collection>,
-        item: &Item,
-        change: &Change,
-        current: Option<&Shown>,
-    ) -> Result<Result<Option<Shown>, String>, FollowError> {
+        batch: &mut Batch<S::Aggregate>,
+        item: &Item<S::Row>,
+        change: &Change<S::Row>,
+        current: Option<&S::Shown>,
+    ) -> Result<Result<Option<S::Shown>, String>, FollowError> {
         let deleted_at = item
             .legacy
             .and_then(|legacy| postgres_time(legacy.commit_time));
-        let (commands, now) = match decide(change, current, deleted_at) {
+        let id = S::id(&change.row);
+        let Some(aggregate) = batch.aggregate(&id) else {
+            return Err(FollowError::Setup(format!(
+                "a batch of changes did not hold {id}, which it was begun on"
+            )));
+        };
+        let (commands, now) = match S::decide(change, current, aggregate, deleted_at) {
             Ok(decided) => decided,
             Err(reason) => return Ok(Err(reason)),
         };
-        let id = change.row.collection_id;
         let metadata = json!({
             "source": "follow",
             "legacy_table": self.follow.legacy_table,
@@ -803,22 +873,15 @@ impl Follower {
             "legacy_committed_at": item.legacy.and_then(|legacy| postgres_time(legacy.commit_time)),
         });
         for (i, command) in commands.into_iter().enumerate() {
-            let importing = matches!(command, CollectionCommand::ImportCollection { .. });
             let mut metadata = metadata.clone();
-            metadata["command"] = json!(command.name());
-            match batch.handle(&id.to_string(), command, &(), &metadata).await {
-                Ok(0) if importing => {
-                    return Ok(Err(format!(
-                        "collection {id} has a history in Cutover that its read model does not \
-                         show: run `cutover verify collections`"
-                    )))
-                }
+            metadata["command"] = json!(S::command_name(&command));
+            match batch.handle(&id, command, &(), &metadata).await {
                 Ok(_) => {}
                 Err(CommandError::Rejected(e)) if i == 0 => return Ok(Err(e.to_string())),
                 Err(source) => {
                     return Err(FollowError::Command {
-                        what: format!("applying a change of collection {id}"),
-                        source,
+                        what: format!("applying a change of {} {id}", S::Aggregate::TYPE),
+                        source: Box::new(source),
                     })
                 }
             }
@@ -830,7 +893,7 @@ impl Follower {
 /// Most times a batch is run again because the projections maintained inline changed.
 const MAX_INLINE_REFRESHES: u32 = 3;
 
-impl Follower {
+impl<S> DomainFollower<S> {
     /// Most messages read from the slot at once (whole transactions: a larger one is read
     /// whole). Every read decodes the slot's log from its start again, which costs tens of
     /// milliseconds whatever it returns, and a transaction of one row change is three
@@ -877,14 +940,14 @@ fn next_change(tx: Option<&mut Tx>) -> Option<Legacy> {
 }
 
 /// A change to apply: a row of the copy (no position) or of the stream.
-struct Item {
+struct Item<R> {
     legacy: Option<Legacy>,
-    kind: Kind,
+    kind: Kind<R>,
 }
 
-enum Kind {
+enum Kind<R> {
     /// A row as it now is.
-    Row(Change),
+    Row(Change<R>),
     /// A change that cannot be read as a row: the columns as the stream showed them, and why.
     Unreadable {
         shown: serde_json::Value,
@@ -892,15 +955,6 @@ enum Kind {
     },
     /// A change of another table of the publication: only its position counts.
     OtherTable,
-}
-
-/// One old row as it now is.
-struct Change {
-    row: OldCollectionRow,
-    /// Columns the update left unchanged and the stream does not send again (large values).
-    unchanged: Vec<&'static str>,
-    /// The row was deleted (its key, or its whole old row, is in `row`).
-    deleted: bool,
 }
 
 /// Refused changes of a batch, as `follow_refusals` keeps them.
@@ -912,7 +966,7 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn push(&mut self, item: &Item, row: serde_json::Value, reason: &str) {
+    fn push<R>(&mut self, item: &Item<R>, row: serde_json::Value, reason: &str) {
         self.lsns
             .push(item.legacy.map(|legacy| legacy.lsn.to_string()));
         self.rows.push(row);
@@ -920,31 +974,9 @@ impl Refusals {
     }
 }
 
-/// A collection as Cutover shows it: what a change of the old row is compared with.
-#[derive(Debug, Clone)]
-struct Shown {
-    project_id: Uuid,
-    name: String,
-    description: Option<String>,
-    is_active: bool,
-    updated_at: DateTime<Utc>,
-}
-
-impl From<LegacyCollection> for Shown {
-    fn from(c: LegacyCollection) -> Self {
-        Self {
-            project_id: c.project_id,
-            name: c.collection_name,
-            description: c.description,
-            is_active: c.is_active,
-            updated_at: c.updated_at,
-        }
-    }
-}
-
 /// How many of `items` (those of the stream) were applied within each of [`LAG_BUCKETS`] of
 /// their old commit, at `now`, and in one more bucket, later.
-fn lag_histogram(items: &[Item], now: DateTime<Utc>) -> Vec<i64> {
+fn lag_histogram<R>(items: &[Item<R>], now: DateTime<Utc>) -> Vec<i64> {
     let mut counts = vec![0_i64; LAG_BUCKETS.len() + 1];
     for legacy in items.iter().filter_map(|item| item.legacy) {
         let Some(committed) = postgres_time(legacy.commit_time) else {
@@ -962,196 +994,9 @@ fn lag_histogram(items: &[Item], now: DateTime<Utc>) -> Vec<i64> {
     counts
 }
 
-/// The commands that take the collection to the state of `change`'s row from `current` (as
-/// Cutover shows it, if it has it), and how it then shows (`None`: not held); or why the
-/// domain refuses the change. A change keeps the old row's times: an update or a soft delete
-/// its `updated_at`, a row deleted outright the time its old transaction committed
-/// (`deleted_at`).
-fn decide(
-    change: &Change,
-    current: Option<&Shown>,
-    deleted_at: Option<DateTime<Utc>>,
-) -> Result<(Vec<CollectionCommand>, Option<Shown>), String> {
-    let mut row = change.row.clone();
-    let Some(project_id) = row.project_id else {
-        return Err(if change.deleted {
-            "a delete that does not say the row's project: set REPLICA IDENTITY FULL on \
-             the old table"
-                .into()
-        } else {
-            "project_id is NULL".into()
-        });
-    };
-    // A collection Cutover holds in another project is, for this row, one it does not hold.
-    let Some(current) = current.filter(|c| c.project_id == project_id || !change.deleted) else {
-        if change.deleted {
-            // Deleted before Cutover saw it, or never imported: nothing to take away.
-            return Ok((Vec::new(), None));
-        }
-        if !change.unchanged.is_empty() {
-            return Err(format!(
-                "the update left {} unchanged, and Cutover does not hold the collection \
-                 to know {}",
-                change.unchanged.join(", "),
-                if change.unchanged.len() == 1 {
-                    "it"
-                } else {
-                    "them"
-                }
-            ));
-        }
-        let now = Utc::now();
-        let command = adopt(&row, now)?;
-        let (name, description) = row.text()?;
-        let shown = Shown {
-            project_id,
-            name: name.as_str().to_owned(),
-            description: description.map(|d| d.as_str().to_owned()),
-            is_active: row.is_active.unwrap_or(true),
-            updated_at: row.times(now).1,
-        };
-        return Ok((vec![command], Some(shown)));
-    };
-    if current.project_id != project_id {
-        return Err(format!(
-            "collection {} is in another project in Cutover: a collection cannot move",
-            row.collection_id
-        ));
-    }
-    if change.deleted {
-        let gone = current
-            .is_active
-            .then_some(CollectionCommand::DeleteCollection {
-                project_id,
-                updated_at: deleted_at,
-            });
-        let shown = Shown {
-            is_active: false,
-            updated_at: deleted_at.unwrap_or(current.updated_at),
-            ..current.clone()
-        };
-        return Ok((gone.into_iter().collect(), Some(shown)));
-    }
-    for column in &change.unchanged {
-        match *column {
-            "collection_name" => row.collection_name = Some(current.name.clone()),
-            "description" => row.description.clone_from(&current.description),
-            "updated_at" => row.updated_at = Some(current.updated_at),
-            _ => {}
-        }
-    }
-    converge(&row, current)
-}
-
-/// The commands that take `current` to the state of `row`, and how it then shows; or why the
-/// domain refuses it.
-fn converge(
-    row: &OldCollectionRow,
-    current: &Shown,
-) -> Result<(Vec<CollectionCommand>, Option<Shown>), String> {
-    let project_id = current.project_id;
-    let (name, description) = row.text()?;
-    let active = row.is_active.unwrap_or(true);
-    // A NULL time is not compared: the read models cannot show it.
-    let updated_at = row.updated_at;
-    let shown = Shown {
-        project_id,
-        name: name.as_str().to_owned(),
-        description: description.as_ref().map(|d| d.as_str().to_owned()),
-        is_active: active,
-        updated_at: updated_at.unwrap_or_else(Utc::now),
-    };
-    let mut commands = Vec::new();
-    let changed = shown.name != current.name
-        || shown.description != current.description
-        || updated_at.is_some_and(|at| at != current.updated_at);
-    if changed && !current.is_active {
-        return Err("a deleted collection changed: Cutover's deleted collections do not".into());
-    }
-    match (current.is_active, active) {
-        (true, false) => {
-            if shown.name != current.name || shown.description != current.description {
-                commands.push(CollectionCommand::UpdateCollection {
-                    project_id,
-                    name,
-                    description,
-                    updated_at,
-                });
-            }
-            commands.push(CollectionCommand::DeleteCollection {
-                project_id,
-                updated_at,
-            });
-        }
-        (false, true) => {
-            return Err(
-                "a deleted collection became active again: Cutover's collections are not restored"
-                    .into(),
-            )
-        }
-        _ if changed => commands.push(CollectionCommand::UpdateCollection {
-            project_id,
-            name,
-            description,
-            updated_at,
-        }),
-        _ => {}
-    }
-    Ok((commands, Some(shown)))
-}
-
-/// The old row of the stream's `columns`, and the columns it left unchanged; or why it cannot
-/// be read.
-fn read_row(
-    columns: &HashMap<&str, &Value>,
-) -> Result<(OldCollectionRow, Vec<&'static str>), String> {
-    let mut unchanged = Vec::new();
-    let mut text = |name: &'static str| -> Result<Option<String>, String> {
-        match columns.get(name) {
-            None => Err(format!("the old table has no column {name}")),
-            Some(Value::Null) => Ok(None),
-            Some(Value::Unchanged) => {
-                unchanged.push(name);
-                Ok(None)
-            }
-            Some(Value::Text(text)) => Ok(Some(text.clone())),
-        }
-    };
-    let id = text("collection_id")?.ok_or("collection_id is NULL")?;
-    let project_id = text("project_id")?;
-    let collection_name = text("collection_name")?;
-    let description = text("description")?;
-    let is_active = text("is_active")?;
-    let created_at = text("created_at")?;
-    let updated_at = text("updated_at")?;
-    let uuid = |name: &str, value: &str| {
-        Uuid::parse_str(value).map_err(|_| format!("{name} is not a UUID: {value:?}"))
-    };
-    let row = OldCollectionRow {
-        collection_id: uuid("collection_id", &id)?,
-        project_id: project_id.map(|p| uuid("project_id", &p)).transpose()?,
-        collection_name,
-        description,
-        is_active: is_active
-            .map(|value| match value.as_str() {
-                "t" => Ok(true),
-                "f" => Ok(false),
-                other => Err(format!("is_active is not a boolean: {other:?}")),
-            })
-            .transpose()?,
-        created_at: created_at
-            .map(|t| timestamp("created_at", &t))
-            .transpose()?,
-        updated_at: updated_at
-            .map(|t| timestamp("updated_at", &t))
-            .transpose()?,
-    };
-    Ok((row, unchanged))
-}
-
 /// A `timestamptz` as the old database writes it in ISO style in UTC
 /// (`2026-12-04 21:37:01.123456+00`).
-fn timestamp(name: &str, text: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn timestamp(name: &str, text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| format!("{name} is not a time Cutover can hold: {text:?}"))
@@ -1171,19 +1016,6 @@ fn shown(columns: &HashMap<&str, &Value>) -> serde_json::Value {
         })
         .collect::<serde_json::Map<_, _>>()
         .into()
-}
-
-/// An old row as kept with a refusal.
-fn old_row_json(row: &OldCollectionRow) -> serde_json::Value {
-    json!({
-        "collection_id": row.collection_id,
-        "project_id": row.project_id,
-        "collection_name": row.collection_name,
-        "description": row.description,
-        "is_active": row.is_active,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    })
 }
 
 /// Postgres's epoch (2000-01-01 UTC) in microseconds since the Unix epoch.
