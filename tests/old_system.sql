@@ -1,5 +1,5 @@
--- The old system's collections table in its own shape, published for Cutover to follow, with
--- whole rows on delete: what the follow tests and the benchmark write as the old application.
+-- The old system's tables in their own shapes, published for Cutover to follow, with whole
+-- rows on delete: what the follow tests and the benchmark write as the old application.
 CREATE TABLE collections (
     collection_id   uuid PRIMARY KEY,
     project_id      uuid,
@@ -10,4 +10,16 @@ CREATE TABLE collections (
     updated_at      timestamptz DEFAULT now()
 );
 ALTER TABLE collections REPLICA IDENTITY FULL;
-CREATE PUBLICATION cutover_follow FOR TABLE collections;
+-- A batch's document: its players, the completed ones in the order they completed, and each
+-- one's predictions count.
+CREATE TABLE batch_state (
+    batch_id              text PRIMARY KEY,
+    expected_players      text[],
+    completed_players     text[] DEFAULT '{}',
+    predictions_by_player jsonb  DEFAULT '{}',
+    total_predictions     bigint DEFAULT 0,
+    is_complete           boolean DEFAULT false,
+    updated_at            timestamptz DEFAULT now()
+);
+ALTER TABLE batch_state REPLICA IDENTITY FULL;
+CREATE PUBLICATION cutover_follow FOR TABLE collections, batch_state;

@@ -238,6 +238,7 @@ async fn start_batch(State(state): State<AppState>, Json(body): Json<StartBody>)
     let batch_id = BatchId::parse(&body.batch_id)?;
     let command = BatchCommand::StartBatch {
         expected_players: ExpectedPlayers::parse(&body.expected_players)?,
+        updated_at: None,
     };
     execute(&state.batches, batch_id.as_str(), command).await?;
     Ok((
@@ -417,6 +418,7 @@ impl View<PredictionBatch> for BatchStateView {
         match &event.payload {
             BatchEvent::BatchStarted {
                 expected_player_lookups,
+                ..
             } => {
                 self.batch_id.clone_from(&event.aggregate_id);
                 self.expected_players.clone_from(expected_player_lookups);
@@ -424,6 +426,7 @@ impl View<PredictionBatch> for BatchStateView {
             BatchEvent::PlayerCompleted {
                 player_lookup,
                 predictions_count,
+                ..
             } => {
                 self.completed_players.push(player_lookup.clone());
                 self.predictions_by_player
@@ -461,6 +464,7 @@ impl View<PredictionBatch> for BatchCompletionsView {
         match &event.payload {
             BatchEvent::BatchStarted {
                 expected_player_lookups,
+                ..
             } => {
                 self.batch_id.clone_from(&event.aggregate_id);
                 self.expected_count = expected_player_lookups.len();
@@ -468,6 +472,7 @@ impl View<PredictionBatch> for BatchCompletionsView {
             BatchEvent::PlayerCompleted {
                 player_lookup,
                 predictions_count,
+                ..
             } => {
                 let completion = CompletionView {
                     predictions_count: *predictions_count,

@@ -165,7 +165,7 @@ enum Command {
     /// logical replication from the old database (a publication of its tables, a replication
     /// slot this command makes). Runs until stopped (Ctrl-C), or with `--until-caught-up`
     /// until nothing more waits. Stopped at any moment, it resumes where it stood when run
-    /// again. Only the collections domain can be followed yet.
+    /// again. The collections and the batches can be followed; the competencies not yet.
     Follow {
         /// The old database (another server, or another database on this one).
         #[arg(long, env = "CUTOVER_LEGACY_URL")]
@@ -184,7 +184,7 @@ enum Command {
         /// more WAL for it) and what Cutover recorded of it.
         #[arg(long, conflicts_with = "until_caught_up")]
         drop: bool,
-        /// The domains to follow (collections).
+        /// The domains to follow (collections, batches).
         #[arg(default_value = "collections")]
         domains: Vec<String>,
     },
@@ -198,7 +198,7 @@ enum Command {
         /// The old database, as the role that owns the followed tables.
         #[arg(long, env = "CUTOVER_LEGACY_URL")]
         legacy_url: String,
-        /// The domains to hand over (collections).
+        /// The domains to hand over (collections, batches).
         #[arg(default_value = "collections")]
         domains: Vec<String>,
     },

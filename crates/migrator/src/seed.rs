@@ -130,6 +130,7 @@ fn batch_history(rng: &mut Rng, tag: &str, n: u64) -> anyhow::Result<Vec<Row>> {
     };
     let mut events = vec![BatchEvent::BatchStarted {
         expected_player_lookups: players.clone(),
+        updated_at: None,
     }];
     let mut total = 0_u64;
     for player in players.iter().take(completing) {
@@ -138,12 +139,14 @@ fn batch_history(rng: &mut Rng, tag: &str, n: u64) -> anyhow::Result<Vec<Row>> {
         events.push(BatchEvent::PlayerCompleted {
             player_lookup: player.clone(),
             predictions_count: count,
+            updated_at: None,
         });
     }
     if finishing {
         events.push(BatchEvent::BatchCompleted {
             completed_count: u32::try_from(players.len()).unwrap_or(u32::MAX),
             total_predictions: total,
+            updated_at: None,
         });
     }
     rows::<PredictionBatch>(&id, events)

@@ -85,12 +85,13 @@ impl Fold for BatchCompletions {
     fn project(event: &StoredEvent, decoded: BatchEvent) -> Result<Vec<Change>, ProjectionError> {
         let (batch_id, at, sequence) = (
             &event.aggregate_id,
-            timestamp(event.recorded_at),
+            timestamp(decoded.updated_at().unwrap_or(event.recorded_at)),
             event.sequence,
         );
         Ok(match decoded {
             BatchEvent::BatchStarted {
                 expected_player_lookups,
+                ..
             } => vec![Change::insert(
                 &COUNTERS,
                 json!({
@@ -104,6 +105,7 @@ impl Fold for BatchCompletions {
             BatchEvent::PlayerCompleted {
                 player_lookup,
                 predictions_count,
+                ..
             } => vec![
                 Change::insert(
                     &COMPLETIONS,

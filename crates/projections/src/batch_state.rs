@@ -66,12 +66,13 @@ impl Fold for LegacyBatchState {
     fn project(event: &StoredEvent, decoded: BatchEvent) -> Result<Vec<Change>, ProjectionError> {
         let (batch_id, at, sequence) = (
             &event.aggregate_id,
-            timestamp(event.recorded_at),
+            timestamp(decoded.updated_at().unwrap_or(event.recorded_at)),
             event.sequence,
         );
         Ok(vec![match decoded {
             BatchEvent::BatchStarted {
                 expected_player_lookups,
+                ..
             } => Change::insert(
                 &TABLE,
                 json!({
@@ -84,6 +85,7 @@ impl Fold for LegacyBatchState {
             BatchEvent::PlayerCompleted {
                 player_lookup,
                 predictions_count,
+                ..
             } => Change::update(
                 &TABLE,
                 json!({

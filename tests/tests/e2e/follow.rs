@@ -622,3 +622,134 @@ async fn a_running_follower_waits_out_an_old_server_restart_and_goes_on() {
     assert_eq!(events(&app).await, 120, "each row imported once");
     answers_match(&app, &old, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_batches_records_each_new_completion_once_then_hands_them_over() {
+    let old = OldSystem::start("follow_batches").await;
+    let app = TestApp::spawn().await;
+    let follow = [
+        "follow",
+        "--legacy-url",
+        &old.url,
+        "--until-caught-up",
+        "batches",
+    ];
+    old.exec(
+        "INSERT INTO batch_state (batch_id, expected_players, completed_players,
+                                  predictions_by_player, total_predictions, updated_at)
+         VALUES ('b1', '{ann,bob,\"c d\"}', '{ann}', '{\"ann\": 3}', 3, '2031-01-01 00:00:00+00'),
+                ('b2', '{x}', '{}', '{}', 0, '2031-02-01 00:00:00+00')",
+    )
+    .await;
+    let copied = run_cli(&app, &follow).await;
+    assert!(copied.contains("copied 2 rows"), "{copied}");
+    let batch = |id: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.get(&format!("/batches/{id}")).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (_, b1) = batch("b1").await;
+    assert_eq!(
+        b1["batch"]["expected_players"],
+        serde_json::json!(["ann", "bob", "c d"])
+    );
+    assert_eq!(b1["batch"]["completed_players"], serde_json::json!(["ann"]));
+    assert_eq!(b1["batch"]["updated_at"], "2031-01-01T00:00:00Z", "{b1}");
+
+    // The old application completes the players one by one; it also records a player the
+    // batch does not expect and deletes a batch, which Cutover refuses.
+    old.exec(
+        "UPDATE batch_state SET completed_players = completed_players || '{bob}',
+                predictions_by_player = predictions_by_player || '{\"bob\": 5}',
+                total_predictions = 8, updated_at = '2031-01-02 00:00:00+00'
+          WHERE batch_id = 'b1';
+         UPDATE batch_state SET completed_players = completed_players || '{c d}',
+                predictions_by_player = predictions_by_player || '{\"c d\": 1}',
+                total_predictions = 9, is_complete = true, updated_at = '2031-01-03 00:00:00+00'
+          WHERE batch_id = 'b1';
+         UPDATE batch_state SET completed_players = '{zed}', predictions_by_player = '{\"zed\": 1}'
+          WHERE batch_id = 'b2';
+         DELETE FROM batch_state WHERE batch_id = 'b2';",
+    )
+    .await;
+    let streamed = run_cli(&app, &follow).await;
+    assert!(streamed.contains("refused 2"), "{streamed}");
+    let (_, b1) = batch("b1").await;
+    assert_eq!(
+        b1["batch"]["completed_players"],
+        serde_json::json!(["ann", "bob", "c d"])
+    );
+    assert_eq!(b1["batch"]["total_predictions"], 9);
+    assert_eq!(b1["batch"]["is_complete"], true);
+    assert_eq!(b1["batch"]["updated_at"], "2031-01-03T00:00:00Z", "{b1}");
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM follow_refusals ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        reasons[0].contains("\"zed\" is not expected"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("Cutover deletes no batch"),
+        "{reasons:?}"
+    );
+    // Applied once: the copy and the stream again append nothing.
+    let before = events(&app).await;
+    assert_eq!(
+        before,
+        2 + 3 + 1,
+        "two starts, three completions, one batch completed"
+    );
+    run_cli(&app, &follow).await;
+    assert_eq!(events(&app).await, before);
+
+    // The old application writes a total that is not its completions' (the follower has
+    // nothing to do for it); the handover finds it, and the batch deleted in the old table, and
+    // does not go through.
+    old.exec("UPDATE batch_state SET total_predictions = 10 WHERE batch_id = 'b1'")
+        .await;
+    let handover = ["handover", "--legacy-url", &old.url, "batches"];
+    let refused = cli(&app, &handover).output().await.unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("batches b2: batch_id"), "{said}");
+    assert!(
+        said.contains(
+            "batches b1: total_predictions is 10 in the old table, 9 in the legacy model, 9 in \
+             the new"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("2 differences"), "{said}");
+    // Mended in the old table (the total right, the batch back as it was), it goes through.
+    old.exec(
+        "UPDATE batch_state SET total_predictions = 9 WHERE batch_id = 'b1';
+         INSERT INTO batch_state (batch_id, expected_players, updated_at)
+         VALUES ('b2', '{x}', '2031-02-01 00:00:00+00')",
+    )
+    .await;
+    let done = run_cli(&app, &handover).await;
+    assert!(done.contains("batches is handed over"), "{done}");
+    let error = old_write_error(
+        &old,
+        "UPDATE batch_state SET completed_players = '{x}' WHERE batch_id = 'b2'",
+    )
+    .await;
+    assert!(
+        error.contains("public.batch_state is written by Cutover since its handover"),
+        "{error}"
+    );
+    let recorded = app
+        .post("/batches/b2/completions")
+        .json(&serde_json::json!({"player_lookup": "x", "predictions_count": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recorded.status(), StatusCode::CREATED);
+    let (_, b2) = batch("b2").await;
+    assert_eq!(b2["batch"]["is_complete"], true, "{b2}");
+}

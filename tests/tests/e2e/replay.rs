@@ -160,6 +160,7 @@ async fn run(store: &EventStore, collections: &[Uuid], op: Op) {
             let players: Vec<String> = (0..players).map(|p| format!("p{p}")).collect();
             let command = BatchCommand::StartBatch {
                 expected_players: ExpectedPlayers::parse(&players).expect("valid players"),
+                updated_at: None,
             };
             let id = format!("b{batch}");
             refused_or_done(outcome(

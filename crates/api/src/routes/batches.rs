@@ -118,6 +118,7 @@ async fn start(
     let batch_id = BatchId::parse(&body.batch_id)?;
     let command = BatchCommand::StartBatch {
         expected_players: ExpectedPlayers::parse(&body.expected_players)?,
+        updated_at: None,
     };
     let location = format!("/batches/{}", batch_id.as_str());
     let idempotency = key.for_body(&body);
@@ -427,12 +428,7 @@ async fn execute(
     idempotency: Option<Idempotency>,
     respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError> {
-    let name = match &command {
-        BatchCommand::StartBatch { .. } => "StartBatch",
-        BatchCommand::RecordCompletion(_) => "RecordCompletion",
-        BatchCommand::RecordCompletions(_) => "RecordCompletions",
-    };
-    let metadata = json!({ "command": name });
+    let metadata = json!({ "command": command.name() });
     let request = Request::<PredictionBatch> {
         aggregate_id: batch_id.as_str(),
         command,

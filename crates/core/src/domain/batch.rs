@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,8 @@ impl ExpectedPlayers {
 pub struct Completion {
     player_lookup: PlayerLookup,
     predictions_count: u32,
+    /// `Some` only when following the old system: the old row's time of the change.
+    at: Option<DateTime<Utc>>,
 }
 
 impl Completion {
@@ -126,7 +129,15 @@ impl Completion {
         Ok(Self {
             player_lookup: PlayerLookup::parse(player_lookup)?,
             predictions_count: count,
+            at: None,
         })
+    }
+
+    /// The completion as the old system recorded it at `at` (its events then carry that time;
+    /// otherwise the read models show when they were recorded).
+    #[must_use]
+    pub fn at(self, at: Option<DateTime<Utc>>) -> Self {
+        Self { at, ..self }
     }
 }
 
@@ -135,10 +146,23 @@ impl Completion {
 pub enum BatchCommand {
     StartBatch {
         expected_players: ExpectedPlayers,
+        /// As [`Completion::at`].
+        updated_at: Option<DateTime<Utc>>,
     },
     RecordCompletion(Completion),
     /// All or nothing: one refused completion refuses them all.
     RecordCompletions(Vec<Completion>),
+}
+
+impl BatchCommand {
+    /// The command's name, as events' metadata records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::StartBatch { .. } => "StartBatch",
+            Self::RecordCompletion(_) => "RecordCompletion",
+            Self::RecordCompletions(_) => "RecordCompletions",
+        }
+    }
 }
 
 /// Facts about a batch. Stored forever: names and shapes never change.
@@ -146,17 +170,38 @@ pub enum BatchCommand {
 pub enum BatchEvent {
     /// Version 2.0 renamed `expected_players` to `expected_player_lookups`: each is a
     /// `player_lookup`, as completions name them.
+    ///
+    /// Each event's `updated_at` is the old system's time of the change, for a change followed
+    /// from it; absent otherwise (and in every payload written before it existed): the read
+    /// models then show the time the event was recorded.
     BatchStarted {
         expected_player_lookups: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        updated_at: Option<DateTime<Utc>>,
     },
     PlayerCompleted {
         player_lookup: String,
         predictions_count: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        updated_at: Option<DateTime<Utc>>,
     },
     BatchCompleted {
         completed_count: u32,
         total_predictions: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        updated_at: Option<DateTime<Utc>>,
     },
+}
+
+impl BatchEvent {
+    /// The old system's time of the change, for an event followed from it.
+    pub fn updated_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::BatchStarted { updated_at, .. }
+            | Self::PlayerCompleted { updated_at, .. }
+            | Self::BatchCompleted { updated_at, .. } => *updated_at,
+        }
+    }
 }
 
 impl DomainEvent for BatchEvent {
@@ -214,6 +259,16 @@ pub struct PredictionBatch {
 }
 
 impl PredictionBatch {
+    /// The players it expects, once started (none before).
+    pub fn expected(&self) -> Option<&BTreeSet<String>> {
+        self.started.then_some(&self.expected)
+    }
+
+    /// Each completed player's predictions count.
+    pub fn completed(&self) -> &BTreeMap<String, u32> {
+        &self.completed
+    }
+
     /// The completions of `requested` that are new, in order; an error when one is refused.
     fn new_completions(&self, requested: Vec<Completion>) -> Result<Vec<BatchEvent>, BatchError> {
         let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
@@ -221,6 +276,7 @@ impl PredictionBatch {
         for Completion {
             player_lookup: PlayerLookup(player),
             predictions_count: given,
+            at,
         } in requested
         {
             if !self.expected.contains(&player) {
@@ -242,6 +298,7 @@ impl PredictionBatch {
             events.push(BatchEvent::PlayerCompleted {
                 player_lookup: player,
                 predictions_count: given,
+                updated_at: at,
             });
         }
         Ok(events)
@@ -262,12 +319,16 @@ impl Aggregate for PredictionBatch {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let requested = match command {
-            BatchCommand::StartBatch { expected_players } => {
+            BatchCommand::StartBatch {
+                expected_players,
+                updated_at,
+            } => {
                 if self.started {
                     return Err(BatchError::AlreadyStarted);
                 }
                 let event = BatchEvent::BatchStarted {
                     expected_player_lookups: expected_players.0,
+                    updated_at,
                 };
                 sink.write(event, self).await;
                 return Ok(());
@@ -278,13 +339,16 @@ impl Aggregate for PredictionBatch {
         if !self.started {
             return Err(BatchError::NotFound);
         }
+        let mut updated_at = None;
         for event in self.new_completions(requested)? {
+            updated_at = event.updated_at();
             sink.write(event, self).await;
         }
         if !self.complete && self.completed.len() == self.expected.len() {
             let event = BatchEvent::BatchCompleted {
                 completed_count: u32::try_from(self.completed.len()).unwrap_or(u32::MAX),
                 total_predictions: self.total_predictions,
+                updated_at,
             };
             sink.write(event, self).await;
         }
@@ -295,6 +359,7 @@ impl Aggregate for PredictionBatch {
         match event {
             BatchEvent::BatchStarted {
                 expected_player_lookups,
+                ..
             } => {
                 self.started = true;
                 self.expected = expected_player_lookups.into_iter().collect();
@@ -302,6 +367,7 @@ impl Aggregate for PredictionBatch {
             BatchEvent::PlayerCompleted {
                 player_lookup,
                 predictions_count,
+                ..
             } => {
                 self.total_predictions += u64::from(predictions_count);
                 self.completed.insert(player_lookup, predictions_count);
@@ -321,6 +387,7 @@ mod tests {
     fn started(players: &[&str]) -> BatchEvent {
         BatchEvent::BatchStarted {
             expected_player_lookups: players.iter().map(|p| (*p).to_owned()).collect(),
+            updated_at: None,
         }
     }
 
@@ -328,6 +395,7 @@ mod tests {
         BatchEvent::PlayerCompleted {
             player_lookup: player.to_owned(),
             predictions_count: count,
+            updated_at: None,
         }
     }
 
@@ -340,12 +408,48 @@ mod tests {
     }
 
     #[test]
+    fn completions_followed_from_the_old_system_keep_its_time() {
+        let at = Some(DateTime::UNIX_EPOCH);
+        BatchTest::with(())
+            .given(vec![started(&["ann"])])
+            .when(BatchCommand::RecordCompletions(vec![
+                completion("ann", 2).at(at)
+            ]))
+            .then_expect_events(vec![
+                BatchEvent::PlayerCompleted {
+                    player_lookup: "ann".into(),
+                    predictions_count: 2,
+                    updated_at: at,
+                },
+                BatchEvent::BatchCompleted {
+                    completed_count: 1,
+                    total_predictions: 2,
+                    updated_at: at,
+                },
+            ]);
+    }
+
+    #[test]
+    fn payloads_without_the_old_time_read_and_are_written_as_before() {
+        for stored in [
+            serde_json::json!({"BatchStarted": {"expected_player_lookups": ["ann"]}}),
+            serde_json::json!({"PlayerCompleted": {"player_lookup": "ann", "predictions_count": 2}}),
+            serde_json::json!({"BatchCompleted": {"completed_count": 1, "total_predictions": 2}}),
+        ] {
+            let event: BatchEvent = serde_json::from_value(stored.clone()).expect("an old payload");
+            assert_eq!(event.updated_at(), None);
+            assert_eq!(serde_json::to_value(&event).unwrap(), stored);
+        }
+    }
+
+    #[test]
     fn a_batch_starts_with_its_expected_players() {
         let players = ExpectedPlayers::parse(&["ann".into(), "bob".into()]).unwrap();
         BatchTest::with(())
             .given_no_previous_events()
             .when(BatchCommand::StartBatch {
                 expected_players: players,
+                updated_at: None,
             })
             .then_expect_events(vec![started(&["ann", "bob"])]);
     }
@@ -357,6 +461,7 @@ mod tests {
             .given(vec![started(&["ann"])])
             .when(BatchCommand::StartBatch {
                 expected_players: players,
+                updated_at: None,
             })
             .then_expect_error(BatchError::AlreadyStarted);
     }
@@ -415,6 +520,7 @@ mod tests {
                 BatchEvent::BatchCompleted {
                     completed_count: 2,
                     total_predictions: 8,
+                    updated_at: None,
                 },
             ]);
         BatchTest::with(())
@@ -424,6 +530,7 @@ mod tests {
                 BatchEvent::BatchCompleted {
                     completed_count: 1,
                     total_predictions: 3,
+                    updated_at: None,
                 },
             ])
             .when(record("ann", 3))
@@ -446,6 +553,7 @@ mod tests {
                 BatchEvent::BatchCompleted {
                     completed_count: 3,
                     total_predictions: 4,
+                    updated_at: None,
                 },
             ]);
     }

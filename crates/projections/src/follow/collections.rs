@@ -11,12 +11,9 @@ use cutover_core::read_source::{Domain, ReadSource};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use serde_json::{json, Value as Json};
-
 use super::handover::Difference;
 use super::pgoutput::Value;
-use super::source::{Change, Source};
-use super::timestamp;
+use super::source::{self, Change, Columns, Source};
 use crate::collections::{self, LegacyCollection};
 
 /// The collections domain, followed from the old `collections` table.
@@ -30,6 +27,8 @@ impl Source for Collections {
     const TABLE: &'static str = "collections";
     const KEY: &'static str = "collection_id";
     const KEY_TYPE: &'static str = "uuid";
+    const MODEL_TABLE: &'static str = "collections";
+    const MUST_BE_OLD: &'static str = "is_active";
     const COLUMNS: &'static str =
         "collection_id, project_id, collection_name, description, is_active, created_at, updated_at";
 
@@ -75,25 +74,10 @@ impl Source for Collections {
             .iter()
             .flat_map(|row| {
                 let id = row.collection_id;
-                differences(row, find(&legacy_rows, id), find(&new_rows, id))
+                let (legacy, new) = (find(&legacy_rows, id), find(&new_rows, id));
+                differences(row, legacy.as_ref(), new.as_ref())
             })
             .collect())
-    }
-
-    async fn held(
-        conn: &mut PgConnection,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<(String, bool)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT collection_id::text, is_active FROM collections
-              WHERE $1::text IS NULL OR collection_id > $1::uuid
-              ORDER BY collection_id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(conn)
-        .await
     }
 
     fn decide(
@@ -271,48 +255,26 @@ fn converge(
 fn read_row(
     columns: &HashMap<&str, &Value>,
 ) -> Result<(OldCollectionRow, Vec<&'static str>), String> {
-    let mut unchanged = Vec::new();
-    let mut text = |name: &'static str| -> Result<Option<String>, String> {
-        match columns.get(name) {
-            None => Err(format!("the old table has no column {name}")),
-            Some(Value::Null) => Ok(None),
-            Some(Value::Unchanged) => {
-                unchanged.push(name);
-                Ok(None)
-            }
-            Some(Value::Text(text)) => Ok(Some(text.clone())),
-        }
-    };
-    let id = text("collection_id")?.ok_or("collection_id is NULL")?;
-    let project_id = text("project_id")?;
-    let collection_name = text("collection_name")?;
-    let description = text("description")?;
-    let is_active = text("is_active")?;
-    let created_at = text("created_at")?;
-    let updated_at = text("updated_at")?;
+    let mut columns = Columns::new(columns);
     let uuid = |name: &str, value: &str| {
         Uuid::parse_str(value).map_err(|_| format!("{name} is not a UUID: {value:?}"))
     };
+    let id = columns
+        .text("collection_id")?
+        .ok_or("collection_id is NULL")?;
     let row = OldCollectionRow {
         collection_id: uuid("collection_id", &id)?,
-        project_id: project_id.map(|p| uuid("project_id", &p)).transpose()?,
-        collection_name,
-        description,
-        is_active: is_active
-            .map(|value| match value.as_str() {
-                "t" => Ok(true),
-                "f" => Ok(false),
-                other => Err(format!("is_active is not a boolean: {other:?}")),
-            })
+        project_id: columns
+            .text("project_id")?
+            .map(|p| uuid("project_id", &p))
             .transpose()?,
-        created_at: created_at
-            .map(|t| timestamp("created_at", &t))
-            .transpose()?,
-        updated_at: updated_at
-            .map(|t| timestamp("updated_at", &t))
-            .transpose()?,
+        collection_name: columns.text("collection_name")?,
+        description: columns.text("description")?,
+        is_active: columns.boolean("is_active")?,
+        created_at: columns.time("created_at")?,
+        updated_at: columns.time("updated_at")?,
     };
-    Ok((row, unchanged))
+    Ok((row, columns.unchanged))
 }
 
 /// The fields on which an old row and the models' rows disagree (a row either model lacks is
@@ -320,51 +282,26 @@ fn read_row(
 /// compare as Cutover adopts them (active; the other time; both NULL: not compared).
 fn differences(
     row: &OldCollectionRow,
-    legacy: Option<LegacyCollection>,
-    new: Option<LegacyCollection>,
+    legacy: Option<&LegacyCollection>,
+    new: Option<&LegacyCollection>,
 ) -> Vec<Difference> {
-    let id = row.collection_id;
-    let (Some(legacy), Some(new)) = (&legacy, &new) else {
-        let held = |c: &Option<LegacyCollection>| c.as_ref().map_or(Json::Null, |_| json!(id));
-        return vec![Difference {
-            id: id.to_string(),
-            field: "collection_id",
-            old: json!(id),
-            legacy: held(&legacy),
-            new: held(&new),
-        }];
-    };
     let times = (row.created_at.is_some() || row.updated_at.is_some())
         .then(|| row.times(DateTime::<Utc>::UNIX_EPOCH));
-    let fields = |c: &LegacyCollection| {
-        [
-            ("project_id", json!(c.project_id)),
-            ("collection_name", json!(c.collection_name)),
-            ("description", json!(c.description)),
-            ("is_active", json!(c.is_active)),
-            ("created_at", json!(c.created_at)),
-            ("updated_at", json!(c.updated_at)),
-        ]
+    let adopted = OldCollectionRow {
+        is_active: Some(row.is_active.unwrap_or(true)),
+        created_at: times
+            .map(|(created, _)| created)
+            .or(legacy.map(|c| c.created_at)),
+        updated_at: times
+            .map(|(_, updated)| updated)
+            .or(legacy.map(|c| c.updated_at)),
+        ..row.clone()
     };
-    let expected = [
-        json!(row.project_id),
-        json!(row.collection_name),
-        json!(row.description),
-        json!(row.is_active.unwrap_or(true)),
-        times.map_or(json!(legacy.created_at), |(created, _)| json!(created)),
-        times.map_or(json!(legacy.updated_at), |(_, updated)| json!(updated)),
-    ];
-    fields(legacy)
-        .into_iter()
-        .zip(fields(new))
-        .zip(expected)
-        .filter(|(((_, l), (_, n)), old)| old != l || old != n)
-        .map(|(((field, l), (_, n)), old)| Difference {
-            id: id.to_string(),
-            field,
-            old,
-            legacy: l,
-            new: n,
-        })
-        .collect()
+    source::differences(
+        &row.collection_id.to_string(),
+        "collection_id",
+        &adopted,
+        legacy,
+        new,
+    )
 }

@@ -30,7 +30,7 @@ const LOCK_TIMEOUT: &str = "60s";
 pub struct Difference {
     /// The row's key (the aggregate's id).
     pub id: String,
-    pub field: &'static str,
+    pub field: String,
     /// The old row's value (`null`: no row).
     pub old: Value,
     /// The legacy model's and the new model's (`null`: no row).
@@ -237,7 +237,19 @@ async fn compare<S: Source>(
     // deleted here), or never there.
     let mut after: Option<String> = None;
     loop {
-        let held = S::held(&mut conn, after.as_deref(), PAGE).await?;
+        let held: Vec<(String, bool)> = sqlx::query_as(&format!(
+            "SELECT {key}::text, {live} FROM {model}
+              WHERE $1::text IS NULL OR {key} > $1::{key_type}
+              ORDER BY {key} LIMIT $2",
+            key = S::KEY,
+            key_type = S::KEY_TYPE,
+            live = S::MUST_BE_OLD,
+            model = S::MODEL_TABLE,
+        ))
+        .bind(&after)
+        .bind(PAGE)
+        .fetch_all(&mut *conn)
+        .await?;
         let Some((last, _)) = held.last() else { break };
         after = Some(last.clone());
         let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
@@ -256,7 +268,7 @@ async fn compare<S: Source>(
             }
             if live {
                 report.add(Difference {
-                    field: S::KEY,
+                    field: S::KEY.to_owned(),
                     old: Value::Null,
                     legacy: json!(id),
                     new: json!(id),

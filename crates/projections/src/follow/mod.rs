@@ -14,9 +14,10 @@
 //! applying none twice.
 //!
 //! What is particular to a domain (its old table, how a row becomes its commands) is a
-//! [`source::Source`]; the collections domain is followed; the batch and competency documents
+//! [`source::Source`]; the collections and the batches are followed; the competency documents
 //! are not yet.
 
+mod batches;
 mod collections;
 pub mod handover;
 pub mod pgoutput;
@@ -38,7 +39,7 @@ use pgoutput::{Lsn, Message, Relation, Value};
 use source::{Change, Source};
 
 /// The domains that can be followed.
-pub const FOLLOWED: &[&str] = &["collections"];
+pub const FOLLOWED: &[&str] = &["collections", "batches"];
 
 /// Default of `--batch`: most changes applied in one transaction here (a larger old
 /// transaction is applied in several, each recording how many of its changes it reached; the
@@ -332,6 +333,7 @@ pub const LAG_BUCKETS: [f64; 14] = [
 /// One domain followed from the old database.
 pub enum Follower {
     Collections(DomainFollower<collections::Collections>),
+    Batches(DomainFollower<batches::Batches>),
 }
 
 /// The same code for every domain a [`Follower`] may follow.
@@ -339,6 +341,7 @@ macro_rules! each {
     ($follower:expr, $f:ident => $body:expr) => {
         match $follower {
             Follower::Collections($f) => $body,
+            Follower::Batches($f) => $body,
         }
     };
 }
@@ -363,9 +366,10 @@ impl Follower {
         };
         match domain {
             "collections" => Ok(Self::Collections(start.follow().await?)),
+            "batches" => Ok(Self::Batches(start.follow().await?)),
             _ => Err(FollowError::Setup(format!(
-                "{domain} cannot be followed: only {} can (the batch and competency documents \
-                 are not followed yet)",
+                "{domain} cannot be followed: only {} can (the competency documents are not \
+                 followed yet)",
                 FOLLOWED.join(", ")
             ))),
         }
@@ -404,6 +408,12 @@ impl Follower {
 impl From<DomainFollower<collections::Collections>> for Follower {
     fn from(f: DomainFollower<collections::Collections>) -> Self {
         Self::Collections(f)
+    }
+}
+
+impl From<DomainFollower<batches::Batches>> for Follower {
+    fn from(f: DomainFollower<batches::Batches>) -> Self {
+        Self::Batches(f)
     }
 }
 

@@ -43,6 +43,57 @@ impl DecodeError {
     }
 }
 
+/// The elements of a one-dimensional array in Postgres's text form (`{a,"b c",NULL}`), as the
+/// stream sends an array column: `None` for a NULL element.
+///
+/// # Errors
+/// Text that is not such an array.
+pub fn text_array(text: &str) -> Result<Vec<Option<String>>, DecodeError> {
+    let bad = |why: &str| DecodeError(format!("{why}: {text:?}"));
+    let inner = text
+        .strip_prefix('{')
+        .and_then(|rest| rest.strip_suffix('}'))
+        .ok_or_else(|| bad("not an array"))?;
+    let mut elements = Vec::new();
+    if inner.is_empty() {
+        return Ok(elements);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        let element = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut element = String::new();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => {
+                        element.push(chars.next().ok_or_else(|| bad("an unfinished escape"))?)
+                    }
+                    Some(c) => element.push(c),
+                    None => return Err(bad("an unfinished quoted element")),
+                }
+            }
+            Some(element)
+        } else {
+            let mut element = String::new();
+            while let Some(c) = chars.peek().copied().filter(|c| *c != ',') {
+                if matches!(c, '{' | '}' | '"') {
+                    return Err(bad("more than one dimension, or a stray quote"));
+                }
+                element.push(c);
+                chars.next();
+            }
+            (element != "NULL").then_some(element)
+        };
+        elements.push(element);
+        match chars.next() {
+            None => return Ok(elements),
+            Some(',') => {}
+            Some(_) => return Err(bad("text after a quoted element")),
+        }
+    }
+}
+
 /// One column's value in a row image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -263,6 +314,27 @@ fn kind(r: &mut Reader<'_>, allowed: &[u8], what: &str) -> Result<u8, DecodeErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_arrays_read_as_postgres_writes_them() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(text_array("{}").unwrap(), Vec::<Option<String>>::new());
+        assert_eq!(
+            text_array(r#"{ann,"b c","q\"d","back\\slash",NULL,"NULL",été}"#).unwrap(),
+            [
+                some("ann"),
+                some("b c"),
+                some("q\"d"),
+                some("back\\slash"),
+                None,
+                some("NULL"),
+                some("été")
+            ]
+        );
+        for bad in ["", "ann", "{ann", r#"{"open}"#, "{{a},{b}}", r#"{"a"b}"#] {
+            assert!(text_array(bad).is_err(), "{bad}");
+        }
+    }
 
     fn tuple(columns: &[Option<&str>]) -> Vec<u8> {
         let mut bytes = u16::try_from(columns.len()).unwrap().to_be_bytes().to_vec();

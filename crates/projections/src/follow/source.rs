@@ -9,8 +9,11 @@ use cqrs_es::Aggregate;
 use cutover_core::read_source::{Domain, ReadSource};
 use sqlx::PgConnection;
 
+use serde_json::Value as Json;
+
 use super::handover::Difference;
 use super::pgoutput::Value;
+use super::timestamp;
 
 /// One domain as followed from one old table (schema `public`). (Its async functions' futures
 /// are awaited where they are made, never sent elsewhere, so they need not be `Send`.)
@@ -35,6 +38,11 @@ pub trait Source: Send + Sync + 'static {
     const KEY_TYPE: &'static str;
     /// The columns of [`Self::Row`], as the copy selects them.
     const COLUMNS: &'static str;
+    /// Cutover's legacy model table of the domain (keyed as the old table), and, in SQL over
+    /// its row, whether the old table must still hold the aggregate (a deleted one may have
+    /// been deleted outright there).
+    const MODEL_TABLE: &'static str;
+    const MUST_BE_OLD: &'static str;
 
     /// The aggregate id of an old row.
     fn id(row: &Self::Row) -> String;
@@ -83,15 +91,6 @@ pub trait Source: Send + Sync + 'static {
         conn: &mut PgConnection,
         rows: &[Self::Row],
     ) -> Result<Vec<Difference>, sqlx::Error>;
-
-    /// A page of the aggregates Cutover holds (ids after `after`, at most `limit`, by id), each
-    /// with whether the old table must still hold it (a deleted one may have been deleted
-    /// outright there).
-    async fn held(
-        conn: &mut PgConnection,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<(String, bool)>, sqlx::Error>;
 }
 
 /// One old row as it now is.
@@ -101,4 +100,103 @@ pub struct Change<R> {
     pub unchanged: Vec<&'static str>,
     /// The row was deleted (its key, or its whole old row, is in `row`).
     pub deleted: bool,
+}
+
+/// A row image's columns, by name, read as text; remembers the columns an update left
+/// unchanged (read as NULL).
+pub struct Columns<'a> {
+    columns: &'a HashMap<&'a str, &'a Value>,
+    pub unchanged: Vec<&'static str>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn new(columns: &'a HashMap<&'a str, &'a Value>) -> Self {
+        Self {
+            columns,
+            unchanged: Vec::new(),
+        }
+    }
+
+    /// Column `name`'s text.
+    ///
+    /// # Errors
+    /// The table has no such column.
+    pub fn text(&mut self, name: &'static str) -> Result<Option<String>, String> {
+        match self.columns.get(name) {
+            None => Err(format!("the old table has no column {name}")),
+            Some(Value::Null) => Ok(None),
+            Some(Value::Unchanged) => {
+                self.unchanged.push(name);
+                Ok(None)
+            }
+            Some(Value::Text(text)) => Ok(Some(text.clone())),
+        }
+    }
+
+    /// Column `name` as a `boolean`.
+    ///
+    /// # Errors
+    /// No such column, or not a boolean.
+    pub fn boolean(&mut self, name: &'static str) -> Result<Option<bool>, String> {
+        self.text(name)?
+            .map(|value| match value.as_str() {
+                "t" => Ok(true),
+                "f" => Ok(false),
+                other => Err(format!("{name} is not a boolean: {other:?}")),
+            })
+            .transpose()
+    }
+
+    /// Column `name` as a `timestamptz`.
+    ///
+    /// # Errors
+    /// No such column, or not a time Cutover can hold.
+    pub fn time(&mut self, name: &'static str) -> Result<Option<DateTime<Utc>>, String> {
+        self.text(name)?.map(|t| timestamp(name, &t)).transpose()
+    }
+}
+
+/// How an old row compares with the two models' rows of its aggregate, as the old clients
+/// read them (`old`: the old row as the models would show it, every value as Cutover adopts
+/// it): one difference of the `key` field when either model lacks the aggregate; otherwise
+/// each field of the models' answer whose old value is not both models'.
+pub fn differences<M: serde::Serialize>(
+    id: &str,
+    key: &str,
+    old: &impl serde::Serialize,
+    legacy: Option<&M>,
+    new: Option<&M>,
+) -> Vec<Difference> {
+    let (Some(legacy), Some(new)) = (legacy, new) else {
+        let held = |m: Option<&M>| m.map_or(Json::Null, |_| Json::from(id));
+        return vec![Difference {
+            id: id.to_owned(),
+            field: key.to_owned(),
+            old: Json::from(id),
+            legacy: held(legacy),
+            new: held(new),
+        }];
+    };
+    let json = |value: serde_json::Result<Json>| value.unwrap_or_default();
+    let (old, legacy, new) = (
+        json(serde_json::to_value(old)),
+        json(serde_json::to_value(legacy)),
+        json(serde_json::to_value(new)),
+    );
+    let Json::Object(fields) = &legacy else {
+        return Vec::new();
+    };
+    fields
+        .iter()
+        .filter_map(|(field, l)| {
+            let (o, n) = (&old[field], &new[field]);
+            (o != l || o != n).then(|| Difference {
+                id: id.to_owned(),
+                field: field.clone(),
+                old: o.clone(),
+                legacy: l.clone(),
+                new: n.clone(),
+            })
+        })
+        .collect()
 }
