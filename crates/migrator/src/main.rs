@@ -46,9 +46,8 @@ struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
 
-    /// The admin token the destructive commands (rebuild, retire, read-source, import-legacy,
-    /// seed) need when tokens are configured (CUTOVER_TOKENS / CUTOVER_TOKENS_FILE, as for
-    /// the server).
+    /// The admin token that every command changing Cutover's data or its read models needs
+    /// when tokens are configured (CUTOVER_TOKENS / CUTOVER_TOKENS_FILE, as for the server).
     #[arg(long, env = "CUTOVER_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 

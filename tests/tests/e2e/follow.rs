@@ -753,3 +753,109 @@ async fn following_batches_records_each_new_completion_once_then_hands_them_over
     let (_, b2) = batch("b2").await;
     assert_eq!(b2["batch"]["is_complete"], true, "{b2}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_goes_on_through_a_retirement_and_a_rebuild_and_repeats_nothing() {
+    let old = OldSystem::start("follow_rebuild").await;
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        old.exec(&format!(
+            "INSERT INTO collections (collection_id, project_id, collection_name)
+             VALUES ('{id}', '{project}', 'v0')"
+        ))
+        .await;
+    }
+    let mut follower = cli(
+        &app,
+        &[
+            "follow",
+            "--legacy-url",
+            &old.url,
+            "--batch",
+            "10",
+            "collections",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT changes_applied FROM follows WHERE domain = 'collections'",
+        )
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    };
+    // The copy first: renames during it would be taken by the copy, not as renames.
+    while applied().await < 50 {
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "the follower stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old application renames every collection 20 times, one transaction each, while the
+    // legacy projection is retired (the projections written inline change under the
+    // follower's batches) and rebuilt.
+    let writer = {
+        let (pool, ids) = (old.pool.clone(), ids.clone());
+        tokio::spawn(async move {
+            for round in 1..=20 {
+                for id in &ids {
+                    sqlx::query(&format!(
+                        "UPDATE collections SET collection_name = 'v{round}'
+                          WHERE collection_id = '{id}'"
+                    ))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                }
+            }
+        })
+    };
+    run_cli(&app, &["read-source", "collections", "new", "--force"]).await;
+    run_cli(&app, &["retire", "collections"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run_cli(&app, &["rebuild", "collections"]).await;
+    run_cli(&app, &["read-source", "collections", "legacy", "--force"]).await;
+    writer.await.unwrap();
+    let total: i64 = 50 + 20 * 50;
+    let mut done = 0;
+    for _ in 0..1_500 {
+        done = applied().await;
+        if done == total {
+            break;
+        }
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "the follower stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    follower.start_kill().unwrap();
+    let output = follower.wait_with_output().await.unwrap();
+    assert_eq!(
+        done,
+        total,
+        "every change applied; the follower said {}; refused {:?}",
+        String::from_utf8_lossy(&output.stderr),
+        sqlx::query_scalar::<_, String>("SELECT reason FROM follow_refusals LIMIT 3")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap()
+    );
+    let renames: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE event_type = 'CollectionUpdated')
+           FROM events WHERE aggregate_type = 'collection' GROUP BY aggregate_id",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(renames, vec![20; ids.len()], "every rename applied once");
+    let verified = run_cli(&app, &["verify", "collections"]).await;
+    assert!(verified.contains(" 0 differences"), "{verified}");
+    answers_match(&app, &old, &[]).await;
+}
