@@ -22,4 +22,23 @@ CREATE TABLE batch_state (
     updated_at            timestamptz DEFAULT now()
 );
 ALTER TABLE batch_state REPLICA IDENTITY FULL;
-CREATE PUBLICATION cutover_follow FOR TABLE collections, batch_state;
+-- The old document store's collections: attempts and reviews (followed), and the competency
+-- documents derived from the attempts (checked at the handover), each `(id, student_id, doc)`.
+CREATE TABLE attempts (
+    id         text PRIMARY KEY,
+    student_id bigint,
+    doc        jsonb
+);
+CREATE TABLE reviews (
+    id         text PRIMARY KEY,
+    student_id bigint,
+    doc        jsonb
+);
+CREATE TABLE competencies (
+    id         text PRIMARY KEY,
+    student_id bigint,
+    doc        jsonb
+);
+ALTER TABLE attempts REPLICA IDENTITY FULL;
+ALTER TABLE reviews REPLICA IDENTITY FULL;
+CREATE PUBLICATION cutover_follow FOR TABLE collections, batch_state, attempts, reviews;

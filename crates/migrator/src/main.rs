@@ -164,7 +164,8 @@ enum Command {
     /// logical replication from the old database (a publication of its tables, a replication
     /// slot this command makes). Runs until stopped (Ctrl-C), or with `--until-caught-up`
     /// until nothing more waits. Stopped at any moment, it resumes where it stood when run
-    /// again. The collections and the batches can be followed; the competencies not yet.
+    /// again. The collections, the batches and the competencies (attempts and reviews) can be
+    /// followed.
     Follow {
         /// The old database (another server, or another database on this one).
         #[arg(long, env = "CUTOVER_LEGACY_URL")]
@@ -183,7 +184,7 @@ enum Command {
         /// more WAL for it) and what Cutover recorded of it.
         #[arg(long, conflicts_with = "until_caught_up")]
         drop: bool,
-        /// The domains to follow (collections, batches).
+        /// The domains to follow (collections, batches, competencies).
         #[arg(default_value = "collections")]
         domains: Vec<String>,
     },
@@ -197,7 +198,7 @@ enum Command {
         /// The old database, as the role that owns the followed tables.
         #[arg(long, env = "CUTOVER_LEGACY_URL")]
         legacy_url: String,
-        /// The domains to hand over (collections, batches).
+        /// The domains to hand over (collections, batches, competencies).
         #[arg(default_value = "collections")]
         domains: Vec<String>,
     },

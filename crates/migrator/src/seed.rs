@@ -175,6 +175,7 @@ fn competency_history(rng: &mut Rng, student_base: i64, n: u64) -> anyhow::Resul
                     "feedback": {"text": phrase(rng, 6)},
                 }),
                 score,
+                at: None,
             });
         } else {
             let score = f64::from(u32::try_from(rng.below(101)).unwrap_or(0)) / 10.0;
@@ -188,6 +189,7 @@ fn competency_history(rng: &mut Rng, student_base: i64, n: u64) -> anyhow::Resul
                 feedback: phrase(rng, 6),
                 max_score: MAX_SCORE,
                 competency: Competency::derive(attempts, sum),
+                at: None,
             });
         }
     }

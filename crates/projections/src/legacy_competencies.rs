@@ -80,9 +80,11 @@ SELECT id, student_id, doc, last_sequence FROM legacy_competencies
  ORDER BY id
  LIMIT $2 OFFSET $3";
 
-const SELECT_ATTEMPT: &str = "SELECT id, student_id, doc FROM legacy_attempts WHERE id = $1";
+const SELECT_ATTEMPTS: &str =
+    "SELECT id, student_id, doc FROM legacy_attempts WHERE id = ANY($1) ORDER BY id";
 
-const SELECT_REVIEW: &str = "SELECT id, student_id, doc FROM legacy_reviews WHERE id = $1";
+const SELECT_REVIEWS: &str =
+    "SELECT id, student_id, doc FROM legacy_reviews WHERE id = ANY($1) ORDER BY id";
 
 /// Projector of the legacy competency documents.
 pub struct LegacyCompetencies;
@@ -99,7 +101,9 @@ impl Fold for LegacyCompetencies {
         event: &StoredEvent,
         decoded: CompetencyEvent,
     ) -> Result<Vec<Change>, ProjectionError> {
-        let timestamp = legacy_timestamp(event.recorded_at);
+        // The old system's time of a change followed from it, or when the event was recorded.
+        let timestamp =
+            |at: Option<DateTime<Utc>>| legacy_timestamp(at.unwrap_or(event.recorded_at));
         Ok(match decoded {
             CompetencyEvent::AttemptRecorded {
                 key,
@@ -108,8 +112,10 @@ impl Fold for LegacyCompetencies {
                 analysis,
                 feedback,
                 competency,
+                at,
                 ..
             } => {
+                let timestamp = timestamp(at);
                 let (attempt, competency_doc) = legacy_documents(
                     &key,
                     (score, analysis.as_str(), feedback.as_str()),
@@ -136,8 +142,10 @@ impl Fold for LegacyCompetencies {
                 problem_id,
                 full_review,
                 score,
+                at,
             } => {
-                let review = review_document(&key, &problem_id, &full_review, score, &timestamp);
+                let review =
+                    review_document(&key, &problem_id, &full_review, score, &timestamp(at));
                 vec![Change::insert(
                     &REVIEWS,
                     json!({"id": review_id.to_string(), "student_id": key.student_id, "doc": review}),
@@ -167,20 +175,20 @@ pub enum Collection {
     Reviews,
 }
 
-/// The document `id` of `collection`.
+/// The documents of `collection` among `ids`, by id.
 ///
 /// # Errors
 /// A database error.
 pub async fn find<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     collection: Collection,
-    id: &str,
-) -> Result<Option<LegacyDocument>, sqlx::Error> {
+    ids: &[String],
+) -> Result<Vec<LegacyDocument>, sqlx::Error> {
     let sql = match collection {
-        Collection::Attempts => SELECT_ATTEMPT,
-        Collection::Reviews => SELECT_REVIEW,
+        Collection::Attempts => SELECT_ATTEMPTS,
+        Collection::Reviews => SELECT_REVIEWS,
     };
-    sqlx::query_as(sql).bind(id).fetch_optional(executor).await
+    sqlx::query_as(sql).bind(ids).fetch_all(executor).await
 }
 
 /// The competency document of subskill `key`, found by its old-store id.
@@ -449,9 +457,37 @@ pub async fn document_answer(
     collection: Collection,
     id: Uuid,
 ) -> Result<Option<LegacyDocument>, sqlx::Error> {
-    Ok(match (source, collection) {
-        (ReadSource::Legacy, _) => find(conn, collection, &id.to_string()).await?,
-        (ReadSource::New, Collection::Attempts) => typed::attempt(conn, id).await?.map(Into::into),
-        (ReadSource::New, Collection::Reviews) => typed::review(conn, id).await?.map(Into::into),
-    })
+    Ok(documents_answer(conn, source, collection, &[id])
+        .await?
+        .pop())
+}
+
+/// The attempt or review documents among `ids` as the old clients read them, from `source`,
+/// by id.
+///
+/// # Errors
+/// A database error.
+pub async fn documents_answer(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    collection: Collection,
+    ids: &[Uuid],
+) -> Result<Vec<LegacyDocument>, sqlx::Error> {
+    let documents: Vec<LegacyDocument> = match (source, collection) {
+        (ReadSource::Legacy, _) => {
+            let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+            return find(conn, collection, &ids).await;
+        }
+        (ReadSource::New, Collection::Attempts) => typed::attempts(conn, ids)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        (ReadSource::New, Collection::Reviews) => typed::reviews(conn, ids)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    };
+    Ok(documents)
 }

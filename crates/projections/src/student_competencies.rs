@@ -116,7 +116,8 @@ impl Fold for StudentCompetencies {
         event: &StoredEvent,
         decoded: CompetencyEvent,
     ) -> Result<Vec<Change>, ProjectionError> {
-        let at = timestamp(event.recorded_at);
+        // The old system's time of a change followed from it, or when the event was recorded.
+        let at = |old: Option<DateTime<Utc>>| timestamp(old.unwrap_or(event.recorded_at));
         Ok(match decoded {
             CompetencyEvent::AttemptRecorded {
                 key,
@@ -125,52 +126,57 @@ impl Fold for StudentCompetencies {
                 analysis,
                 feedback,
                 competency,
+                at: old_at,
                 ..
-            } => vec![
-                Change::insert(
-                    &ATTEMPTS,
-                    json!({
-                        "attempt_id": attempt_id, "student_id": key.student_id,
-                        "subject": key.subject, "skill_id": key.skill_id,
-                        "subskill_id": key.subskill_id, "score": score, "analysis": analysis,
-                        "feedback": feedback, "attempted_at": at,
-                    }),
-                ),
-                Change::upsert(
-                    &COMPETENCIES,
-                    json!({
-                        "student_id": key.student_id, "subject": key.subject,
-                        "skill_id": key.skill_id, "subskill_id": key.subskill_id,
-                        "current_score": competency.current_score,
-                        "credibility": competency.credibility,
-                        "total_attempts": competency.total_attempts, "last_updated": at,
-                        "last_sequence": event.sequence,
-                    }),
-                ),
-                // A student's first attempt at the subskill adds a student.
-                Change::upsert(
-                    &ANALYTICS,
-                    json!({
-                        "subject": key.subject, "skill_id": key.skill_id,
-                        "subskill_id": key.subskill_id, "attempts": 1,
-                        "students": i64::from(competency.total_attempts == 1),
-                        "score_sum": numeric(score), "last_updated": at,
-                    }),
-                ),
-            ],
+            } => {
+                let at = at(old_at);
+                vec![
+                    Change::insert(
+                        &ATTEMPTS,
+                        json!({
+                            "attempt_id": attempt_id, "student_id": key.student_id,
+                            "subject": key.subject, "skill_id": key.skill_id,
+                            "subskill_id": key.subskill_id, "score": score, "analysis": analysis,
+                            "feedback": feedback, "attempted_at": at,
+                        }),
+                    ),
+                    Change::upsert(
+                        &COMPETENCIES,
+                        json!({
+                            "student_id": key.student_id, "subject": key.subject,
+                            "skill_id": key.skill_id, "subskill_id": key.subskill_id,
+                            "current_score": competency.current_score,
+                            "credibility": competency.credibility,
+                            "total_attempts": competency.total_attempts, "last_updated": at,
+                            "last_sequence": event.sequence,
+                        }),
+                    ),
+                    // A student's first attempt at the subskill adds a student.
+                    Change::upsert(
+                        &ANALYTICS,
+                        json!({
+                            "subject": key.subject, "skill_id": key.skill_id,
+                            "subskill_id": key.subskill_id, "attempts": 1,
+                            "students": i64::from(competency.total_attempts == 1),
+                            "score_sum": numeric(score), "last_updated": at,
+                        }),
+                    ),
+                ]
+            }
             CompetencyEvent::ReviewRecorded {
                 key,
                 review_id,
                 problem_id,
                 full_review,
                 score,
+                at: old_at,
             } => vec![Change::insert(
                 &REVIEWS,
                 json!({
                     "review_id": review_id, "student_id": key.student_id,
                     "subject": key.subject, "skill_id": key.skill_id,
                     "subskill_id": key.subskill_id, "problem_id": problem_id,
-                    "full_review": full_review, "score": score, "reviewed_at": at,
+                    "full_review": full_review, "score": score, "reviewed_at": at(old_at),
                 }),
             )],
         })
@@ -291,31 +297,31 @@ pub async fn student_competencies<'e>(
     .await
 }
 
-/// The attempt `attempt_id`.
+/// The attempts among `ids`, by id.
 ///
 /// # Errors
 /// A database error.
-pub async fn attempt<'e>(
+pub async fn attempts<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    attempt_id: Uuid,
-) -> Result<Option<StudentAttempt>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM student_attempts WHERE attempt_id = $1")
-        .bind(attempt_id)
-        .fetch_optional(executor)
+    ids: &[Uuid],
+) -> Result<Vec<StudentAttempt>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM student_attempts WHERE attempt_id = ANY($1) ORDER BY attempt_id")
+        .bind(ids)
+        .fetch_all(executor)
         .await
 }
 
-/// The review `review_id`.
+/// The reviews among `ids`, by id.
 ///
 /// # Errors
 /// A database error.
-pub async fn review<'e>(
+pub async fn reviews<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    review_id: Uuid,
-) -> Result<Option<StudentReview>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM student_reviews WHERE review_id = $1")
-        .bind(review_id)
-        .fetch_optional(executor)
+    ids: &[Uuid],
+) -> Result<Vec<StudentReview>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM student_reviews WHERE review_id = ANY($1) ORDER BY review_id")
+        .bind(ids)
+        .fetch_all(executor)
         .await
 }
 

@@ -859,3 +859,246 @@ async fn following_goes_on_through_a_retirement_and_a_rebuild_and_repeats_nothin
     assert!(verified.contains(" 0 differences"), "{verified}");
     answers_match(&app, &old, &[]).await;
 }
+
+/// The old application of the competencies: it writes each attempt and the subskill's
+/// competency document in one transaction, as the old document store did.
+struct OldCompetencies<'a> {
+    old: &'a OldSystem,
+    /// Per subskill: attempts and the sum of their scores.
+    subskills: std::collections::HashMap<String, (u32, f64)>,
+}
+
+impl OldCompetencies<'_> {
+    fn key(student: i64, subskill: &str) -> Value {
+        serde_json::json!({
+            "student_id": student, "subject": "math", "skill_id": "fractions",
+            "subskill_id": subskill,
+        })
+    }
+
+    /// Writes an attempt at `at` (seconds into 2031); its id.
+    async fn attempt(&mut self, student: i64, subskill: &str, score: f64, at: u32) -> Uuid {
+        let id = Uuid::new_v4();
+        let timestamp = format!("2031-01-01T00:{:02}:{:02}.000001Z", at / 60, at % 60);
+        let mut doc = Self::key(student, subskill);
+        doc["score"] = score.into();
+        doc["analysis"] = "naïve – \"quoted\" 'and' 完成".into();
+        doc["feedback"] = format!("attempt at {at}").into();
+        doc["timestamp"] = timestamp.clone().into();
+        let legacy_id = format!("{student}_math_fractions_{subskill}");
+        let (n, sum) = self.subskills.entry(legacy_id.clone()).or_default();
+        *n += 1;
+        *sum += score;
+        let credibility = (f64::from(*n) / 15.0).sqrt().min(1.0);
+        let mut competency = Self::key(student, subskill);
+        competency["current_score"] =
+            (credibility * (*sum / f64::from(*n)) + (1.0 - credibility) * 5.0).into();
+        competency["credibility"] = credibility.into();
+        competency["total_attempts"] = (*n).into();
+        competency["last_updated"] = timestamp.into();
+        let mut tx = self.old.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO attempts (id, student_id, doc) VALUES ($1, $2, $3)")
+            .bind(id.to_string())
+            .bind(student)
+            .bind(&doc)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO competencies (id, student_id, doc) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(&legacy_id)
+        .bind(student)
+        .bind(&competency)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
+    /// Writes a review; its id and document.
+    async fn review(&self, student: i64, subskill: &str, score: f64) -> (Uuid, Value) {
+        let id = Uuid::new_v4();
+        let mut doc = Self::key(student, subskill);
+        doc["problem_id"] = "p-1".into();
+        doc["full_review"] = serde_json::json!({
+            "observation": {"text": "saw it"}, "analysis": {"steps": [1, 2.5]},
+            "evaluation": {"score": score}, "feedback": {}});
+        doc["score"] = score.into();
+        doc["timestamp"] = "2031-02-01T00:00:00.000000Z".into();
+        sqlx::query("INSERT INTO reviews (id, student_id, doc) VALUES ($1, $2, $3)")
+            .bind(id.to_string())
+            .bind(student)
+            .bind(&doc)
+            .execute(&self.old.pool)
+            .await
+            .unwrap();
+        (id, doc)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_competencies_records_each_attempt_and_review_once_then_hands_them_over() {
+    let old = OldSystem::start("follow_competencies").await;
+    let app = TestApp::spawn().await;
+    let mut docs = OldCompetencies {
+        old: &old,
+        subskills: std::collections::HashMap::new(),
+    };
+    let follow = [
+        "follow",
+        "--legacy-url",
+        &old.url,
+        "--until-caught-up",
+        "competencies",
+    ];
+    // Written before the follower starts: the copy takes them, in the order they were written.
+    docs.attempt(42, "adding", 7.0, 3).await;
+    docs.attempt(42, "adding", 9.5, 1).await;
+    let (kept_review, kept_doc) = docs.review(42, "adding", 4.0).await;
+    let copied = run_cli(&app, &follow).await;
+    assert!(copied.contains("copied 3 rows"), "{copied}");
+    // Then streamed: more attempts, one transaction of a hundred, a review; and what the domain
+    // refuses: a score out of range, a field Cutover's documents lack, an id that is not a
+    // uuid, an attempt changed, a review deleted.
+    let changed = docs.attempt(42, "adding", 2.0, 5).await;
+    for i in 0..100 {
+        docs.attempt(7, "halving", f64::from(i % 11), 10 + i).await;
+    }
+    docs.review(7, "halving", 10.0).await;
+    old.exec(&format!(
+        "INSERT INTO attempts (id, student_id, doc) VALUES
+           ('{}', 42, '{{\"student_id\": 42, \"subject\": \"math\", \"skill_id\": \"fractions\",
+             \"subskill_id\": \"adding\", \"score\": 11, \"analysis\": \"\", \"feedback\": \"\",
+             \"timestamp\": \"2031-01-01T01:00:00Z\"}}'),
+           ('{}', 42, '{{\"student_id\": 42, \"subject\": \"math\", \"skill_id\": \"fractions\",
+             \"subskill_id\": \"adding\", \"score\": 1, \"analysis\": \"\", \"feedback\": \"\",
+             \"hint\": \"x\", \"timestamp\": \"2031-01-01T01:00:00Z\"}}'),
+           ('attempt-1', 42, (SELECT doc FROM attempts WHERE id = '{changed}'));
+         UPDATE attempts SET doc = jsonb_set(doc, '{{score}}', '3') WHERE id = '{changed}';
+         DELETE FROM reviews WHERE id = '{kept_review}';",
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    ))
+    .await;
+    let streamed = run_cli(&app, &follow).await;
+    assert!(streamed.contains("refused 5"), "{streamed}");
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM follow_refusals ORDER BY id")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    for (reason, expected) in reasons.iter().zip([
+        "score must be a number from 0 to 10",
+        "a field \"hint\"",
+        "is not a uuid",
+        "Cutover keeps an attempt as it was first recorded",
+        "the review was deleted in the old table",
+    ]) {
+        assert!(reason.contains(expected), "{reasons:?}");
+    }
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'student_subskill'"
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap(),
+        3 + 1 + 100 + 1,
+        "each attempt and review recorded once"
+    );
+    // The old times are served: the competency's is its latest attempt's.
+    let competency = |student: i64, subskill: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .get(&format!(
+                    "/students/{student}/competencies/math/fractions/{subskill}"
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()["competency"].clone()
+        }
+    };
+    let adding = competency(42, "adding").await;
+    assert_eq!(adding["id"], "42_math_fractions_adding", "{adding}");
+    assert_eq!(adding["doc"]["total_attempts"], 3, "{adding}");
+    assert_eq!(
+        adding["doc"]["last_updated"], "2031-01-01T00:00:05.000001Z",
+        "{adding}"
+    );
+    // One writer: Cutover's own commands for the domain are refused while it is followed.
+    let attempt = serde_json::json!({
+        "subject": "math", "skill_id": "fractions", "subskill_id": "adding", "score": 6.0,
+    });
+    let refused = app
+        .post("/students/42/attempts")
+        .json(&attempt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+
+    // The handover compares every attempt, review and competency document: the refused rows,
+    // the changed attempt, the deleted review and a competency the old system got wrong are
+    // differences, and the old tables take writes again.
+    old.exec(
+        "UPDATE competencies SET doc = jsonb_set(doc, '{current_score}', '9.99')
+          WHERE id = '7_math_fractions_halving'",
+    )
+    .await;
+    let handover = ["handover", "--legacy-url", &old.url, "competencies"];
+    let refused = cli(&app, &handover).output().await.unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("competencies is not handed over"), "{said}");
+    assert!(
+        said.contains("7_math_fractions_halving: current_score is 9.99"),
+        "{said}"
+    );
+    assert!(said.contains(&format!("{changed}: score is 3.0")), "{said}");
+    assert!(
+        said.contains(&format!("{kept_review}: id is null")),
+        "{said}"
+    );
+    // Mended in the old tables: the refused rows removed, the attempt and the competency as
+    // they were, the review back.
+    old.exec(&format!(
+        "DELETE FROM attempts WHERE doc ->> 'score' = '11' OR doc ? 'hint' OR id = 'attempt-1';
+         UPDATE attempts SET doc = jsonb_set(doc, '{{score}}', '2.0') WHERE id = '{changed}';"
+    ))
+    .await;
+    docs.attempt(7, "halving", 4.0, 200).await;
+    sqlx::query("INSERT INTO reviews (id, student_id, doc) VALUES ($1, 42, $2)")
+        .bind(kept_review.to_string())
+        .bind(&kept_doc)
+        .execute(&old.pool)
+        .await
+        .unwrap();
+    let said = run_cli(&app, &handover).await;
+    assert!(said.contains("competencies is handed over"), "{said}");
+    assert!(said.contains(" 0 differences"), "{said}");
+    let error = old_write_error(&old, "DELETE FROM attempts").await;
+    assert!(
+        error.contains("public.attempts is written by Cutover since its handover"),
+        "{error}"
+    );
+    old_write_error(&old, "DELETE FROM reviews").await;
+    // Cutover's commands continue the same subskills.
+    let recorded = app
+        .post("/students/42/attempts")
+        .json(&attempt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recorded.status(), StatusCode::CREATED);
+    let recorded: Value = recorded.json().await.unwrap();
+    assert_eq!(
+        recorded["competency"]["doc"]["total_attempts"], 4,
+        "{recorded}"
+    );
+    assert_eq!(competency(7, "halving").await["doc"]["total_attempts"], 101);
+}

@@ -441,11 +441,7 @@ async fn execute(
     idempotency: Option<Idempotency>,
     respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError> {
-    let name = match &command {
-        CompetencyCommand::RecordAttempt { .. } => "RecordAttempt",
-        CompetencyCommand::RecordReview { .. } => "RecordReview",
-    };
-    let metadata = json!({ "command": name });
+    let metadata = json!({ "command": command.name() });
     let aggregate_id = key.aggregate_id();
     let request = Request::<StudentSubskill> {
         aggregate_id: &aggregate_id,

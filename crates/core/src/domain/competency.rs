@@ -6,6 +6,7 @@
 //! The derived values are part of the `AttemptRecorded` event, so every read model (and every
 //! rebuild) shows the numbers the domain computed. Reviews do not change the competency.
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -153,6 +154,7 @@ pub struct Attempt {
     score: Score,
     analysis: String,
     feedback: String,
+    at: Option<DateTime<Utc>>,
 }
 
 impl Attempt {
@@ -169,7 +171,18 @@ impl Attempt {
             score: Score::parse("score", score)?,
             analysis: text("analysis", analysis)?,
             feedback: text("feedback", feedback)?,
+            at: None,
         })
+    }
+
+    /// The attempt as the old system recorded it at `at` (its event then carries that time;
+    /// otherwise the read models show when it was recorded).
+    #[must_use]
+    pub fn at(self, at: DateTime<Utc>) -> Self {
+        Self {
+            at: Some(at),
+            ..self
+        }
     }
 }
 
@@ -191,6 +204,7 @@ pub struct Review {
     problem_id: String,
     full_review: Value,
     score: Score,
+    at: Option<DateTime<Utc>>,
 }
 
 impl Review {
@@ -230,7 +244,22 @@ impl Review {
             problem_id: key_part("problem_id", problem_id)?,
             full_review: Value::Object(review),
             score: Score::parse("score", score)?,
+            at: None,
         })
+    }
+
+    /// The full review as recorded: its four parts, each a JSON object.
+    pub fn full_review(&self) -> &Value {
+        &self.full_review
+    }
+
+    /// As [`Attempt::at`].
+    #[must_use]
+    pub fn at(self, at: DateTime<Utc>) -> Self {
+        Self {
+            at: Some(at),
+            ..self
+        }
     }
 }
 
@@ -250,6 +279,16 @@ pub struct FullReview {
 pub enum CompetencyCommand {
     RecordAttempt { key: SubskillKey, attempt: Attempt },
     RecordReview { key: SubskillKey, review: Review },
+}
+
+impl CompetencyCommand {
+    /// The command's name, as events' metadata records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RecordAttempt { .. } => "RecordAttempt",
+            Self::RecordReview { .. } => "RecordReview",
+        }
+    }
 }
 
 /// The competency after an attempt.
@@ -295,6 +334,11 @@ pub enum CompetencyEvent {
         max_score: f64,
         /// The competency this attempt led to.
         competency: Competency,
+        /// The old system's time of the attempt, for one followed from it; absent otherwise
+        /// (and in every payload written before it existed): the read models then show the
+        /// time the event was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<DateTime<Utc>>,
     },
     ReviewRecorded {
         key: SubskillKey,
@@ -302,6 +346,9 @@ pub enum CompetencyEvent {
         problem_id: String,
         full_review: Value,
         score: f64,
+        /// As `AttemptRecorded`'s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<DateTime<Utc>>,
     },
 }
 
@@ -387,6 +434,7 @@ impl Aggregate for StudentSubskill {
                     feedback: attempt.feedback,
                     max_score: MAX_SCORE,
                     competency: Competency::derive(self.attempts + 1, self.score_sum + score),
+                    at: attempt.at,
                 }
             }
             CompetencyCommand::RecordReview { key, review } => {
@@ -397,6 +445,7 @@ impl Aggregate for StudentSubskill {
                     problem_id: review.problem_id,
                     full_review: review.full_review,
                     score: review.score.value(),
+                    at: review.at,
                 }
             }
         };
@@ -437,6 +486,30 @@ mod tests {
             feedback: String::new(),
             max_score: MAX_SCORE,
             competency,
+            at: None,
+        }
+    }
+
+    #[test]
+    fn payloads_without_the_old_time_read_and_are_written_as_before() {
+        let key = json!({"student_id": 7, "subject": "math", "skill_id": "fractions",
+                         "subskill_id": "adding"});
+        let attempt = json!({"AttemptRecorded": {
+            "key": key, "attempt_id": Uuid::from_u128(1), "score": 4.0, "analysis": "",
+            "feedback": "", "max_score": 10.0,
+            "competency": {"total_attempts": 1, "credibility": 0.25, "current_score": 4.75}}});
+        let review = json!({"ReviewRecorded": {
+            "key": key, "review_id": Uuid::from_u128(2), "problem_id": "p", "full_review": {},
+            "score": 3.0}});
+        for stored in [attempt, review] {
+            let event: CompetencyEvent =
+                serde_json::from_value(stored.clone()).expect("an old payload");
+            assert!(matches!(
+                event,
+                CompetencyEvent::AttemptRecorded { at: None, .. }
+                    | CompetencyEvent::ReviewRecorded { at: None, .. }
+            ));
+            assert_eq!(serde_json::to_value(&event).unwrap(), stored);
         }
     }
 

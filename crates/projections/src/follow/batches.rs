@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 
 use super::handover::Difference;
 use super::pgoutput::{text_array, Value};
-use super::source::{self, Change, Columns, Source};
+use super::source::{self, Change, Columns, OldTable, Source};
 use crate::batch_state::BatchState;
 use crate::batches;
 
@@ -42,24 +42,33 @@ impl Source for Batches {
     /// The batch aggregate says all a change is compared with.
     type Shown = ();
     const DOMAIN: Domain = Domain::Batches;
-    const TABLE: &'static str = "batch_state";
+    /// Cutover deletes no batch: each must still be in the old table.
+    const TABLES: &'static [OldTable] = &[OldTable {
+        name: "batch_state",
+        model_table: "batch_state",
+        must_be_old: "true",
+    }];
     const KEY: &'static str = "batch_id";
     const KEY_TYPE: &'static str = "text";
-    /// Cutover deletes no batch: each must still be in the old table.
-    const MODEL_TABLE: &'static str = "batch_state";
-    const MUST_BE_OLD: &'static str = "true";
     const COLUMNS: &'static str = "batch_id, expected_players, completed_players, \
                                    predictions_by_player, total_predictions, is_complete, updated_at";
 
-    fn id(row: &Self::Row) -> String {
+    fn key(row: &Self::Row) -> String {
         row.batch_id.clone()
+    }
+
+    fn aggregate_id(row: &Self::Row) -> Result<String, String> {
+        Ok(Self::key(row))
     }
 
     fn command_name(command: &BatchCommand) -> &'static str {
         command.name()
     }
 
-    fn read(columns: &HashMap<&str, &Value>) -> Result<(Self::Row, Vec<&'static str>), String> {
+    fn read(
+        _table: &'static str,
+        columns: &HashMap<&str, &Value>,
+    ) -> Result<(Self::Row, Vec<&'static str>), String> {
         let mut columns = Columns::new(columns);
         let players = |name: &str, value: Option<String>| -> Result<_, String> {
             value

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::handover::Difference;
 use super::pgoutput::Value;
-use super::source::{self, Change, Columns, Source};
+use super::source::{self, Change, Columns, OldTable, Source};
 use crate::collections::{self, LegacyCollection};
 
 /// The collections domain, followed from the old `collections` table.
@@ -24,23 +24,32 @@ impl Source for Collections {
     type Row = OldCollectionRow;
     type Shown = Shown;
     const DOMAIN: Domain = Domain::Collections;
-    const TABLE: &'static str = "collections";
+    const TABLES: &'static [OldTable] = &[OldTable {
+        name: "collections",
+        model_table: "collections",
+        must_be_old: "is_active",
+    }];
     const KEY: &'static str = "collection_id";
     const KEY_TYPE: &'static str = "uuid";
-    const MODEL_TABLE: &'static str = "collections";
-    const MUST_BE_OLD: &'static str = "is_active";
     const COLUMNS: &'static str =
         "collection_id, project_id, collection_name, description, is_active, created_at, updated_at";
 
-    fn id(row: &Self::Row) -> String {
+    fn key(row: &Self::Row) -> String {
         row.collection_id.to_string()
+    }
+
+    fn aggregate_id(row: &Self::Row) -> Result<String, String> {
+        Ok(Self::key(row))
     }
 
     fn command_name(command: &CollectionCommand) -> &'static str {
         command.name()
     }
 
-    fn read(columns: &HashMap<&str, &Value>) -> Result<(Self::Row, Vec<&'static str>), String> {
+    fn read(
+        _table: &'static str,
+        columns: &HashMap<&str, &Value>,
+    ) -> Result<(Self::Row, Vec<&'static str>), String> {
         read_row(columns)
     }
 

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cutover_core::store::EventStore;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::source::Source;
+use super::source::{OldTable, Source};
 use super::{legacy, DomainFollower, FollowError, Progress};
 
 /// Most differences listed in a handover's report (all are counted).
@@ -96,14 +96,14 @@ pub(super) async fn handover<S: Source>(
 where
     <S::Aggregate as Aggregate>::Error: Send + Sync,
 {
-    let table = follower.follow.legacy_table.clone();
-    refuse_writes(&follower.old, &table).await?;
+    let tables: Vec<&str> = S::TABLES.iter().map(|table| table.name).collect();
+    refuse_writes(&follower.old, &tables).await?;
     let outcome = drain_and_compare(follower).await;
     let report = match outcome {
         Ok(report) if report.difference_count == 0 => report,
         other => {
             // Not handed over: the old application writes again, and is followed.
-            allow_writes(&follower.old, &table).await?;
+            allow_writes(&follower.old, &tables).await?;
             return other;
         }
     };
@@ -134,21 +134,16 @@ where
     <S::Aggregate as Aggregate>::Error: Send + Sync,
 {
     let Progress { applied, .. } = follower.catch_up().await?;
-    let mut report = compare::<S>(
-        &follower.store,
-        &follower.old,
-        &follower.follow.legacy_table,
-    )
-    .await?;
+    let mut report = compare::<S>(&follower.store, &follower.old).await?;
     report.drained = applied;
     Ok(report)
 }
 
-/// The old `table` refuses every write from now on, with an error that says where writes go;
+/// The old `tables` refuse every write from now on, with an error that says where writes go;
 /// waits (up to [`LOCK_TIMEOUT`]) for the writes in flight.
-async fn refuse_writes(old: &PgPool, table: &str) -> Result<(), FollowError> {
+async fn refuse_writes(old: &PgPool, tables: &[&str]) -> Result<(), FollowError> {
     let mut tx = old.begin().await.map_err(legacy)?;
-    let statements = [
+    let mut statements = vec![
         format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"),
         "CREATE OR REPLACE FUNCTION public.cutover_handed_over() RETURNS trigger
              LANGUAGE plpgsql AS $$
@@ -160,13 +155,18 @@ async fn refuse_writes(old: &PgPool, table: &str) -> Result<(), FollowError> {
                                   TG_TABLE_NAME);
          END $$"
             .to_owned(),
-        format!("DROP TRIGGER IF EXISTS cutover_handed_over ON {table}"),
-        format!(
-            "CREATE TRIGGER cutover_handed_over
-                 BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
-                 FOR EACH STATEMENT EXECUTE FUNCTION public.cutover_handed_over()"
-        ),
     ];
+    for table in tables {
+        statements.push(format!(
+            "DROP TRIGGER IF EXISTS cutover_handed_over ON public.{table}"
+        ));
+        statements.push(format!(
+            "CREATE TRIGGER cutover_handed_over
+                 BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.{table}
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.cutover_handed_over()"
+        ));
+    }
+    let table = tables.join(", ");
     for statement in &statements {
         if let Err(e) = sqlx::query(statement).execute(&mut *tx).await {
             return Err(match e {
@@ -191,50 +191,68 @@ async fn refuse_writes(old: &PgPool, table: &str) -> Result<(), FollowError> {
     tx.commit().await.map_err(legacy)
 }
 
-/// The old `table` takes writes again (a handover that did not go through).
-async fn allow_writes(old: &PgPool, table: &str) -> Result<(), FollowError> {
-    sqlx::query(&format!(
-        "DROP TRIGGER IF EXISTS cutover_handed_over ON {table}"
-    ))
-    .execute(old)
-    .await
-    .map_err(legacy)?;
+/// The old `tables` take writes again (a handover that did not go through).
+async fn allow_writes(old: &PgPool, tables: &[&str]) -> Result<(), FollowError> {
+    for table in tables {
+        sqlx::query(&format!(
+            "DROP TRIGGER IF EXISTS cutover_handed_over ON public.{table}"
+        ))
+        .execute(old)
+        .await
+        .map_err(legacy)?;
+    }
     Ok(())
 }
 
-/// Compares every row of the old table with both of Cutover's models, field by field as the
-/// old clients read them; then looks for aggregates Cutover holds that the old table does not.
-async fn compare<S: Source>(
-    store: &EventStore,
-    old: &PgPool,
-    table: &str,
-) -> Result<Handover, FollowError> {
+/// Compares every row of the old tables with both of Cutover's models, field by field as the
+/// old clients read them; then looks for rows Cutover holds that the old tables do not; then
+/// checks what the domain derives from them.
+async fn compare<S: Source>(store: &EventStore, old: &PgPool) -> Result<Handover, FollowError> {
     let mut report = Handover::default();
     let mut conn = store.pool().acquire().await?;
-    let mut after: Option<String> = None;
-    loop {
-        let rows: Vec<S::Row> = sqlx::query_as(&format!(
-            "SELECT {columns} FROM {table}
-              WHERE $1::text IS NULL OR {key} > $1::{key_type}
-              ORDER BY {key} LIMIT $2",
-            columns = S::COLUMNS,
-            key = S::KEY,
-            key_type = S::KEY_TYPE,
-        ))
-        .bind(&after)
-        .bind(PAGE)
-        .fetch_all(old)
-        .await
-        .map_err(legacy)?;
-        let Some(last) = rows.last() else { break };
-        after = Some(S::id(last));
-        report.rows_compared += rows.len() as u64;
-        for difference in S::compare(&mut conn, &rows).await? {
-            report.add(difference);
+    for table in S::TABLES {
+        let mut after: Option<String> = None;
+        loop {
+            let rows: Vec<S::Row> = sqlx::query_as(&format!(
+                "SELECT $3::text AS old_table, {columns} FROM public.{table}
+                  WHERE $1::text IS NULL OR {key} > $1::{key_type}
+                  ORDER BY {key} LIMIT $2",
+                columns = S::COLUMNS,
+                table = table.name,
+                key = S::KEY,
+                key_type = S::KEY_TYPE,
+            ))
+            .bind(&after)
+            .bind(PAGE)
+            .bind(table.name)
+            .fetch_all(old)
+            .await
+            .map_err(legacy)?;
+            let Some(last) = rows.last() else { break };
+            after = Some(S::key(last));
+            report.rows_compared += rows.len() as u64;
+            for difference in S::compare(&mut conn, &rows).await? {
+                report.add(difference);
+            }
         }
+        held_but_absent::<S>(&mut conn, old, table, &mut report).await?;
     }
-    // Aggregates Cutover holds that the old table does not: deleted outright there (kept as
-    // deleted here), or never there.
+    let (checked, differences) = S::check(&mut conn, old).await?;
+    report.rows_compared += checked;
+    for difference in differences {
+        report.add(difference);
+    }
+    Ok(report)
+}
+
+/// Rows Cutover holds that the old `table` does not: deleted outright there (kept as deleted
+/// here), or never there.
+async fn held_but_absent<S: Source>(
+    conn: &mut PgConnection,
+    old: &PgPool,
+    table: &OldTable,
+    report: &mut Handover,
+) -> Result<(), FollowError> {
     let mut after: Option<String> = None;
     loop {
         let held: Vec<(String, bool)> = sqlx::query_as(&format!(
@@ -243,8 +261,8 @@ async fn compare<S: Source>(
               ORDER BY {key} LIMIT $2",
             key = S::KEY,
             key_type = S::KEY_TYPE,
-            live = S::MUST_BE_OLD,
-            model = S::MODEL_TABLE,
+            live = table.must_be_old,
+            model = table.model_table,
         ))
         .bind(&after)
         .bind(PAGE)
@@ -254,9 +272,10 @@ async fn compare<S: Source>(
         after = Some(last.clone());
         let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
         let present: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT {key}::text FROM {table} WHERE {key} = ANY($1::{key_type}[])",
+            "SELECT {key}::text FROM public.{table} WHERE {key} = ANY($1::{key_type}[])",
             key = S::KEY,
             key_type = S::KEY_TYPE,
+            table = table.name,
         ))
         .bind(&ids)
         .fetch_all(old)
@@ -279,5 +298,5 @@ async fn compare<S: Source>(
             }
         }
     }
-    Ok(report)
+    Ok(())
 }

@@ -14,11 +14,12 @@
 //! applying none twice.
 //!
 //! What is particular to a domain (its old table, how a row becomes its commands) is a
-//! [`source::Source`]; the collections and the batches are followed; the competency documents
-//! are not yet.
+//! [`source::Source`]: the collections, the batches and the competency documents (attempts and
+//! reviews) are followed.
 
 mod batches;
 mod collections;
+mod competencies;
 pub mod handover;
 pub mod pgoutput;
 mod source;
@@ -31,6 +32,7 @@ use std::marker::PhantomData;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cutover_core::store::{Batch, CommandError, EventStore, APPEND_LOCK};
+use futures_util::TryStreamExt as _;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -39,7 +41,7 @@ use pgoutput::{Lsn, Message, Relation, Value};
 use source::{Change, Source};
 
 /// The domains that can be followed.
-pub const FOLLOWED: &[&str] = &["collections", "batches"];
+pub const FOLLOWED: &[&str] = &["collections", "batches", "competencies"];
 
 /// Default of `--batch`: most changes applied in one transaction here (a larger old
 /// transaction is applied in several, each recording how many of its changes it reached; the
@@ -334,6 +336,7 @@ pub const LAG_BUCKETS: [f64; 14] = [
 pub enum Follower {
     Collections(DomainFollower<collections::Collections>),
     Batches(DomainFollower<batches::Batches>),
+    Competencies(DomainFollower<competencies::Competencies>),
 }
 
 /// The same code for every domain a [`Follower`] may follow.
@@ -342,6 +345,7 @@ macro_rules! each {
         match $follower {
             Follower::Collections($f) => $body,
             Follower::Batches($f) => $body,
+            Follower::Competencies($f) => $body,
         }
     };
 }
@@ -367,9 +371,9 @@ impl Follower {
         match domain {
             "collections" => Ok(Self::Collections(start.follow().await?)),
             "batches" => Ok(Self::Batches(start.follow().await?)),
+            "competencies" => Ok(Self::Competencies(start.follow().await?)),
             _ => Err(FollowError::Setup(format!(
-                "{domain} cannot be followed: only {} can (the competency documents are not \
-                 followed yet)",
+                "{domain} cannot be followed: only {} can",
                 FOLLOWED.join(", ")
             ))),
         }
@@ -417,6 +421,12 @@ impl From<DomainFollower<batches::Batches>> for Follower {
     }
 }
 
+impl From<DomainFollower<competencies::Competencies>> for Follower {
+    fn from(f: DomainFollower<competencies::Competencies>) -> Self {
+        Self::Competencies(f)
+    }
+}
+
 /// What starting a follower needs.
 struct Start<'a> {
     store: EventStore,
@@ -431,7 +441,8 @@ impl Start<'_> {
             old,
             publication,
         } = self;
-        let (domain, table, aggregate_type) = (S::DOMAIN.as_str(), S::TABLE, S::Aggregate::TYPE);
+        let (domain, aggregate_type) = (S::DOMAIN.as_str(), S::Aggregate::TYPE);
+        let tables: Vec<&str> = S::TABLES.iter().map(|table| table.name).collect();
         let existing: Option<Follow> =
             sqlx::query_as(&format!("{SELECT_FOLLOW} WHERE domain = $1"))
                 .bind(domain)
@@ -440,7 +451,7 @@ impl Start<'_> {
         let follow = match existing {
             Some(follow) => follow,
             None => {
-                create_slot(&old, domain, table, publication).await?;
+                create_slot(&old, domain, &tables, publication).await?;
                 // Under the append lock, which every command holds shared from its BEGIN:
                 // commands begun before end first, and those begun after are refused.
                 let mut tx = store.pool().begin().await?;
@@ -457,7 +468,13 @@ impl Start<'_> {
                 .bind(domain)
                 .bind(slot_name(domain))
                 .bind(publication)
-                .bind(format!("public.{table}"))
+                .bind(
+                    tables
+                        .iter()
+                        .map(|table| format!("public.{table}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
                 .bind(aggregate_type)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -520,37 +537,38 @@ where
             .fetch_one(&mut *old)
             .await
             .map_err(legacy)?;
-        let mut after: Option<String> = None;
-        loop {
-            let rows: Vec<S::Row> = sqlx::query_as(&format!(
-                "SELECT {columns} FROM {table}
-                  WHERE $1::text IS NULL OR {key} > $1::{key_type}
-                  ORDER BY {key} LIMIT $2",
+        for table in S::TABLES {
+            let sql = format!(
+                "SELECT $1::text AS old_table, {columns} FROM public.{table} ORDER BY {order}",
                 columns = S::COLUMNS,
-                table = self.follow.legacy_table,
-                key = S::KEY,
-                key_type = S::KEY_TYPE,
-            ))
-            .bind(&after)
-            .bind(i64::try_from(self.batch).unwrap_or(i64::MAX))
-            .fetch_all(&mut *old)
-            .await
-            .map_err(legacy)?;
-            let Some(last) = rows.last() else { break };
-            after = Some(S::id(last));
-            progress.copied += rows.len() as u64;
-            let items: Vec<Item<S::Row>> = rows
-                .into_iter()
-                .map(|row| Item {
+                table = table.name,
+                order = S::ORDER,
+            );
+            let mut rows = sqlx::query_as::<_, S::Row>(&sql)
+                .bind(table.name)
+                .fetch(&mut *old);
+            let mut items = Vec::with_capacity(self.batch);
+            loop {
+                let row = rows.try_next().await.map_err(legacy)?;
+                let ended = row.is_none();
+                items.extend(row.map(|row| Item {
                     legacy: None,
+                    table: table.name,
                     kind: Kind::Row(Change {
                         row,
                         unchanged: Vec::new(),
                         deleted: false,
                     }),
-                })
-                .collect();
-            self.apply(&items, progress).await?;
+                }));
+                if items.len() >= self.batch || (ended && !items.is_empty()) {
+                    progress.copied += items.len() as u64;
+                    self.apply(&items, progress).await?;
+                    items.clear();
+                }
+                if ended {
+                    break;
+                }
+            }
         }
         old.commit().await.map_err(legacy)?;
         sqlx::query("UPDATE follows SET snapshot = $2, updated_at = now() WHERE domain = $1")
@@ -627,6 +645,7 @@ where
                     if let Some(legacy) = next_change(tx.as_mut()) {
                         items.push(Item {
                             legacy: Some(legacy),
+                            table: "",
                             kind: Kind::Unreadable {
                                 shown: json!({}),
                                 reason: "the old table was truncated: Cutover deletes nothing \
@@ -713,20 +732,24 @@ where
         let relation = relations.get(&relation).ok_or_else(|| {
             pgoutput::DecodeError::new(format!("a row of relation {relation}, not described"))
         })?;
-        if format!("{}.{}", relation.schema, relation.table) != self.follow.legacy_table {
+        let Some(table) = S::TABLES
+            .iter()
+            .find(|table| relation.schema == "public" && relation.table == table.name)
+        else {
             // Another table of the publication: not this domain's.
             return Ok(Some(Item {
                 legacy: Some(legacy),
+                table: "",
                 kind: Kind::OtherTable,
             }));
-        }
+        };
         let columns: HashMap<&str, &Value> = relation
             .columns
             .iter()
             .map(String::as_str)
             .zip(values)
             .collect();
-        let kind = match S::read(&columns) {
+        let kind = match S::read(table.name, &columns) {
             Ok((row, unchanged)) => Kind::Row(Change {
                 row,
                 unchanged,
@@ -739,6 +762,7 @@ where
         };
         Ok(Some(Item {
             legacy: Some(legacy),
+            table: table.name,
             kind,
         }))
     }
@@ -769,13 +793,14 @@ where
 
     /// [`DomainFollower::apply`], once: how many changes were applied and refused.
     async fn apply_once(&self, items: &[Item<S::Row>]) -> Result<(u64, u64), FollowError> {
-        let ids: Vec<String> = items
-            .iter()
-            .filter_map(|item| match &item.kind {
-                Kind::Row(change) => Some(S::id(&change.row)),
+        let rows = || {
+            items.iter().filter_map(|item| match &item.kind {
+                Kind::Row(change) => Some(&change.row),
                 _ => None,
             })
-            .collect();
+        };
+        let ids: Vec<String> = rows().filter_map(|row| S::aggregate_id(row).ok()).collect();
+        let keys: Vec<String> = rows().map(S::key).collect();
         let mut batch = self
             .store
             .batch::<S::Aggregate>(&ids)
@@ -785,7 +810,7 @@ where
             .read_sources()
             .of(S::DOMAIN)
             .map_err(|e| FollowError::Setup(e.to_string()))?;
-        let mut current = S::shown(batch.conn(), source, &ids).await?;
+        let mut current = S::shown(batch.conn(), source, &keys).await?;
         let mut refusals = Refusals::default();
         let mut applied = 0_u64;
         for item in items {
@@ -793,12 +818,15 @@ where
                 Kind::OtherTable => {}
                 Kind::Unreadable { shown, reason } => refusals.push(item, shown.clone(), reason),
                 Kind::Row(change) => {
-                    let id = S::id(&change.row);
-                    match self.run(&mut batch, item, change, current.get(&id)).await? {
+                    let key = S::key(&change.row);
+                    match self
+                        .run(&mut batch, item, change, current.get(&key))
+                        .await?
+                    {
                         Ok(now) => {
                             applied += 1;
                             if let Some(now) = now {
-                                current.insert(id, now);
+                                current.insert(key, now);
                             }
                         }
                         Err(reason) => {
@@ -818,8 +846,9 @@ where
         sqlx::query(
             "WITH refused AS (
                  INSERT INTO follow_refusals (domain, lsn, legacy_table, legacy_row, reason)
-                 SELECT $1, r.lsn::pg_lsn, $2, r.legacy_row, r.reason
-                   FROM unnest($3::text[], $4::jsonb[], $5::text[]) AS r (lsn, legacy_row, reason)
+                 SELECT $1, r.lsn::pg_lsn, r.legacy_table, r.legacy_row, r.reason
+                   FROM unnest($3::text[], $4::jsonb[], $5::text[], $2::text[])
+                        AS r (lsn, legacy_row, reason, legacy_table)
              )
              UPDATE follows
                 SET lsn = coalesce($6::pg_lsn, lsn),
@@ -835,7 +864,16 @@ where
               WHERE domain = $1",
         )
         .bind(&self.follow.domain)
-        .bind(&self.follow.legacy_table)
+        .bind(
+            refusals
+                .tables
+                .iter()
+                .map(|table| match *table {
+                    "" => self.follow.legacy_table.clone(),
+                    table => format!("public.{table}"),
+                })
+                .collect::<Vec<_>>(),
+        )
         .bind(&refusals.lsns)
         .bind(&refusals.rows)
         .bind(&refusals.reasons)
@@ -865,7 +903,10 @@ where
         let deleted_at = item
             .legacy
             .and_then(|legacy| postgres_time(legacy.commit_time));
-        let id = S::id(&change.row);
+        let id = match S::aggregate_id(&change.row) {
+            Ok(id) => id,
+            Err(reason) => return Ok(Err(reason)),
+        };
         let Some(aggregate) = batch.aggregate(&id) else {
             return Err(FollowError::Setup(format!(
                 "a batch of changes did not hold {id}, which it was begun on"
@@ -877,7 +918,7 @@ where
         };
         let metadata = json!({
             "source": "follow",
-            "legacy_table": self.follow.legacy_table,
+            "legacy_table": format!("public.{}", item.table),
             "legacy_lsn": item.legacy.map(|legacy| legacy.lsn.to_string()),
             "legacy_xid": item.legacy.map(|legacy| legacy.xid),
             "legacy_committed_at": item.legacy.and_then(|legacy| postgres_time(legacy.commit_time)),
@@ -952,6 +993,8 @@ fn next_change(tx: Option<&mut Tx>) -> Option<Legacy> {
 /// A change to apply: a row of the copy (no position) or of the stream.
 struct Item<R> {
     legacy: Option<Legacy>,
+    /// The old table changed (empty for a change of no table of the domain's).
+    table: &'static str,
     kind: Kind<R>,
 }
 
@@ -973,12 +1016,15 @@ struct Refusals {
     lsns: Vec<Option<String>>,
     rows: Vec<serde_json::Value>,
     reasons: Vec<String>,
+    /// The old tables changed (empty where no one table: a truncate).
+    tables: Vec<&'static str>,
 }
 
 impl Refusals {
     fn push<R>(&mut self, item: &Item<R>, row: serde_json::Value, reason: &str) {
         self.lsns
             .push(item.legacy.map(|legacy| legacy.lsn.to_string()));
+        self.tables.push(item.table);
         self.rows.push(row);
         self.reasons.push(reason.to_owned());
     }
@@ -1040,7 +1086,7 @@ fn postgres_time(micros: i64) -> Option<DateTime<Utc>> {
 async fn create_slot(
     old: &PgPool,
     domain: &str,
-    table: &str,
+    tables: &[&str],
     publication: &str,
 ) -> Result<(), FollowError> {
     let wal_level: String = sqlx::query_scalar("SHOW wal_level")
@@ -1053,22 +1099,24 @@ async fn create_slot(
              (ALTER SYSTEM SET wal_level = logical) and restart it"
         )));
     }
-    let published: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
-                         WHERE pubname = $1 AND schemaname = 'public' AND tablename = $2)",
-    )
-    .bind(publication)
-    .bind(table)
-    .fetch_one(old)
-    .await
-    .map_err(legacy)?;
-    if !published {
-        return Err(FollowError::Setup(format!(
-            "the old database has no publication {publication} of table {table}: run there \
-             `CREATE PUBLICATION {publication} FOR TABLE {table};` (or `ALTER PUBLICATION \
-             {publication} ADD TABLE {table};`), and `ALTER TABLE {table} REPLICA IDENTITY FULL;` \
-             so that a deleted row says its project"
-        )));
+    for table in tables {
+        let published: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                             WHERE pubname = $1 AND schemaname = 'public' AND tablename = $2)",
+        )
+        .bind(publication)
+        .bind(table)
+        .fetch_one(old)
+        .await
+        .map_err(legacy)?;
+        if !published {
+            return Err(FollowError::Setup(format!(
+                "the old database has no publication {publication} of table {table}: run there \
+                 `CREATE PUBLICATION {publication} FOR TABLE {table};` (or `ALTER PUBLICATION \
+                 {publication} ADD TABLE {table};`), and `ALTER TABLE {table} REPLICA IDENTITY \
+                 FULL;` so that a deleted row says all its columns"
+            )));
+        }
     }
     let slot = slot_name(domain);
     let made = sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")

@@ -7,62 +7,79 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cutover_core::read_source::{Domain, ReadSource};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use serde_json::Value as Json;
 
 use super::handover::Difference;
 use super::pgoutput::Value;
-use super::timestamp;
+use super::{timestamp, FollowError};
 
-/// One domain as followed from one old table (schema `public`). (Its async functions' futures
-/// are awaited where they are made, never sent elsewhere, so they need not be `Send`.)
+/// One of the old tables a domain is followed from (schema `public`).
+pub struct OldTable {
+    pub name: &'static str,
+    /// Cutover's legacy model table keyed as the old table, and, in SQL over its row, whether
+    /// the old table must still hold the row (a deleted one may have been deleted outright
+    /// there).
+    pub model_table: &'static str,
+    pub must_be_old: &'static str,
+}
+
+/// One domain as followed from its old tables. (Its async functions' futures are awaited
+/// where they are made, never sent elsewhere, so they need not be `Send`.)
 #[allow(async_fn_in_trait)]
 pub trait Source: Send + Sync + 'static {
     type Aggregate: Aggregate<Services = ()> + 'static;
-    /// A row of the old table as it is there (a column may be NULL where the old table allows
-    /// it); kept as JSON with a refusal.
+    /// A row of an old table as it is there (a column may be NULL where the old table allows
+    /// it); kept as JSON with a refusal. The copy selects [`Self::COLUMNS`] and the old
+    /// table's name as `old_table`.
     type Row: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
         + serde::Serialize
         + Clone
         + Send
         + Unpin;
-    /// What Cutover shows of an aggregate that a change is compared with, beyond the
-    /// aggregate itself.
+    /// What Cutover shows of a row's aggregate, or of the row itself, that a change is
+    /// compared with, beyond the aggregate.
     type Shown: Clone + Send;
     const DOMAIN: Domain;
-    /// The old table.
-    const TABLE: &'static str;
-    /// Its key column (the aggregate's id), and the key's type.
+    /// The old tables, each with the same key column and columns.
+    const TABLES: &'static [OldTable];
+    /// The tables' key column, and the key's type.
     const KEY: &'static str;
     const KEY_TYPE: &'static str;
     /// The columns of [`Self::Row`], as the copy selects them.
     const COLUMNS: &'static str;
-    /// Cutover's legacy model table of the domain (keyed as the old table), and, in SQL over
-    /// its row, whether the old table must still hold the aggregate (a deleted one may have
-    /// been deleted outright there).
-    const MODEL_TABLE: &'static str;
-    const MUST_BE_OLD: &'static str;
+    /// In SQL over an old row, the order the copy applies the rows in.
+    const ORDER: &'static str = Self::KEY;
 
-    /// The aggregate id of an old row.
-    fn id(row: &Self::Row) -> String;
+    /// An old row's key in its table.
+    fn key(row: &Self::Row) -> String;
+
+    /// The id of the aggregate an old row is of, or why the row names none.
+    ///
+    /// # Errors
+    /// The row does not say its aggregate, said in words.
+    fn aggregate_id(row: &Self::Row) -> Result<String, String>;
 
     /// A command's name, as events' metadata records it.
     fn command_name(command: &<Self::Aggregate as Aggregate>::Command) -> &'static str;
 
-    /// The old row of the stream's `columns` (by name) and the columns an update left unchanged
-    /// (large values the stream does not send again); or why it cannot be read.
+    /// The row of old `table` in the stream's `columns` (by name) and the columns an update
+    /// left unchanged (large values the stream does not send again); or why it cannot be read.
     ///
     /// # Errors
     /// A column missing or a value the row cannot hold, said in words.
-    fn read(columns: &HashMap<&str, &Value>) -> Result<(Self::Row, Vec<&'static str>), String>;
+    fn read(
+        table: &'static str,
+        columns: &HashMap<&str, &Value>,
+    ) -> Result<(Self::Row, Vec<&'static str>), String>;
 
-    /// What Cutover's read source shows of the aggregates `ids`, by id (those it does not show
-    /// are left out).
+    /// What Cutover's read source shows for the old rows `keys`, by key (those it shows
+    /// nothing for are left out).
     async fn shown(
         conn: &mut PgConnection,
         source: ReadSource,
-        ids: &[String],
+        keys: &[String],
     ) -> Result<HashMap<String, Self::Shown>, sqlx::Error>;
 
     /// The commands that take `aggregate` (as `shown`, if Cutover shows it) to the state of
@@ -91,9 +108,22 @@ pub trait Source: Send + Sync + 'static {
         conn: &mut PgConnection,
         rows: &[Self::Row],
     ) -> Result<Vec<Difference>, sqlx::Error>;
+
+    /// What a handover checks beyond the followed rows (old documents derived from them):
+    /// how many old rows it compared, and the differences.
+    ///
+    /// # Errors
+    /// A database error.
+    async fn check(
+        _conn: &mut PgConnection,
+        _old: &PgPool,
+    ) -> Result<(u64, Vec<Difference>), FollowError> {
+        Ok((0, Vec::new()))
+    }
 }
 
 /// One old row as it now is.
+#[derive(Clone)]
 pub struct Change<R> {
     pub row: R,
     /// Columns the update left unchanged and the stream does not send again (large values).
