@@ -236,12 +236,6 @@ async fn main() -> ExitCode {
 }
 
 /// Warnings, and where the private cluster is (with the psql command that opens it).
-/// How often `cutover follow` looks for new changes once caught up.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
-
-/// The longest `cutover follow` waits before trying again while a database is out of reach.
-const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(10);
-
 const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error,cutover_core::local_postgres=info";
 
 const AFTER_HELP: &str = "\
@@ -643,7 +637,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             domains,
         } => {
             let store = EventStore::new(follow::writer_pool(pool).await?, projectors, 5);
-            let old = follow::connect_legacy(&legacy_url).await?;
+            let old = follow::connect_legacy(&legacy_url)?;
             if drop {
                 for domain in &domains {
                     if follow::drop_follow(&store, &old, domain).await? {
@@ -662,56 +656,32 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                         .with_batch(usize::from(batch)),
                 );
             }
-            let mut stop = std::pin::pin!(cutover_core::signals::stop_requested());
-            // After a failure that waiting can mend (either database out of reach, restarting):
-            // how long until the next try, doubling up to FOLLOW_RETRY_MAX.
-            let mut retry = FOLLOW_POLL;
-            loop {
-                let mut pause = FOLLOW_POLL;
-                for follower in &mut followers {
-                    let progress = match follower.catch_up().await {
-                        Ok(progress) => progress,
-                        Err(e) if !until_caught_up && e.is_transient() => {
-                            tracing::warn!(
-                                domain = %follower.follow().domain,
-                                error = %anyhow::Error::from(e),
-                                "following paused: a database is out of reach; trying again in {retry:?}"
-                            );
-                            pause = retry;
-                            retry = (retry * 2).min(FOLLOW_RETRY_MAX);
-                            continue;
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    if pause == FOLLOW_POLL {
-                        retry = FOLLOW_POLL;
-                    }
-                    if progress != follow::Progress::default() {
-                        out!(
-                            "{}: copied {} rows, applied {} changes, refused {}; at {}",
-                            follower.follow().domain,
-                            progress.copied,
-                            progress.applied,
-                            progress.refused,
-                            follower.follow().lsn
-                        )?;
-                    }
-                }
-                if until_caught_up {
-                    break;
-                }
-                tokio::select! {
-                    () = &mut stop => break,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
+            follow::keep_following(
+                &store,
+                &old,
+                follow::Domains::These(followers),
+                until_caught_up,
+                cutover_core::signals::stop_requested(),
+                |follow, progress| -> anyhow::Result<()> {
+                    out!(
+                        "{}: copied {} rows, applied {} changes, refused {}; at {}",
+                        follow.domain,
+                        progress.copied,
+                        progress.applied,
+                        progress.refused,
+                        follow.lsn
+                    )?;
+                    Ok(())
+                },
+            )
+            .await?;
         }
         Command::Handover {
             legacy_url,
             domains,
         } => {
             let store = EventStore::new(follow::writer_pool(pool).await?, projectors, 5);
-            let old = follow::connect_legacy(&legacy_url).await?;
+            let old = follow::connect_legacy(&legacy_url)?;
             let followed = follow::follows(pool).await?;
             let mut refused = false;
             for domain in &domains {

@@ -755,7 +755,7 @@ async fn following_batches_records_each_new_completion_once_then_hands_them_over
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn following_goes_on_through_a_retirement_and_a_rebuild_and_repeats_nothing() {
+async fn two_followers_take_turns_through_a_retirement_and_a_rebuild_and_repeat_nothing() {
     let old = OldSystem::start("follow_rebuild").await;
     let app = TestApp::spawn().await;
     let project = Uuid::new_v4();
@@ -797,9 +797,24 @@ async fn following_goes_on_through_a_retirement_and_a_rebuild_and_repeats_nothin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A second follower of the same domain (a server's, or a second `cutover follow`): the
+    // two take turns, a round each, and neither applies what the other did.
+    let mut second = cli(
+        &app,
+        &[
+            "follow",
+            "--legacy-url",
+            &old.url,
+            "--batch",
+            "7",
+            "collections",
+        ],
+    )
+    .spawn()
+    .unwrap();
     // The old application renames every collection 20 times, one transaction each, while the
     // legacy projection is retired (the projections written inline change under the
-    // follower's batches) and rebuilt.
+    // followers' batches) and rebuilt.
     let writer = {
         let (pool, ids) = (old.pool.clone(), ids.clone());
         tokio::spawn(async move {
@@ -835,6 +850,8 @@ async fn following_goes_on_through_a_retirement_and_a_rebuild_and_repeats_nothin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
     follower.start_kill().unwrap();
     let output = follower.wait_with_output().await.unwrap();
     assert_eq!(

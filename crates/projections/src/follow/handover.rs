@@ -133,7 +133,7 @@ async fn drain_and_compare<S: Source>(
 where
     <S::Aggregate as Aggregate>::Error: Send + Sync,
 {
-    let Progress { applied, .. } = follower.catch_up().await?;
+    let Progress { applied, .. } = follower.apply_all().await?;
     let mut report = compare::<S>(&follower.store, &follower.old).await?;
     report.drained = applied;
     Ok(report)

@@ -27,7 +27,9 @@ mod source;
 use std::collections::HashMap;
 use std::str::FromStr as _;
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -35,7 +37,7 @@ use cutover_core::store::{Batch, CommandError, EventStore, APPEND_LOCK};
 use futures_util::TryStreamExt as _;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 use pgoutput::{Lsn, Message, Relation, Value};
 use source::{Change, Source};
@@ -78,6 +80,9 @@ pub enum FollowError {
     /// projection was retired): nothing of it was written, and it runs again.
     #[error("the projections maintained inline changed while a batch of changes ran")]
     InlineChanged,
+    /// The domain's following ended while this follower waited (handed over, or dropped).
+    #[error("{0} is not followed any more: it was handed over, or its following was dropped")]
+    NotFollowed(String),
 }
 
 /// A batch that failed at `what`.
@@ -112,20 +117,35 @@ fn legacy(e: sqlx::Error) -> FollowError {
 }
 
 /// A pool on the old database at `url`, whose sessions write values as the follower reads them
-/// (ISO dates, UTC).
+/// (ISO dates, UTC). It connects when first used: an old database out of reach is an error
+/// then.
 ///
 /// # Errors
-/// A URL that does not parse, or a server that cannot be reached.
-pub async fn connect_legacy(url: &str) -> Result<PgPool, FollowError> {
+/// A URL that does not parse.
+pub fn connect_legacy(url: &str) -> Result<PgPool, FollowError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(legacy)?
         .application_name("cutover follow")
         .options([("datestyle", "ISO"), ("timezone", "UTC")]);
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(options)
+        .connect_lazy_with(options))
+}
+
+/// The class of the advisory lock (with the domain's `hashtext`) a follower holds while it
+/// applies, hands over or drops a domain: one at a time per domain, whatever process runs it
+/// (a `cutover follow`, a server, a handover).
+const FOLLOW_LOCK_CLASS: i32 = 0x4355_5446;
+
+/// Takes the follower lock of `domain` on `conn` (a connection of its own: closing it releases
+/// the lock), waiting for the follower that holds it to finish its round.
+async fn lock_domain(conn: &mut PgConnection, domain: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
+        .bind(FOLLOW_LOCK_CLASS)
+        .bind(domain)
+        .execute(conn)
         .await
-        .map_err(legacy)
+        .map(drop)
 }
 
 /// A pool like `pool` whose sessions write as the follower (`cutover.writer = follow`): the
@@ -332,6 +352,121 @@ pub const LAG_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// How often a follower looks for new changes once caught up.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// The longest a follower waits before trying again while a database is out of reach.
+pub const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Which domains [`keep_following`] follows.
+pub enum Domains {
+    /// These followers, started by the caller: a failure that waiting cannot mend ends
+    /// following.
+    These(Vec<Follower>),
+    /// Every domain `follows` lists, looked up again each round, with the publication it was
+    /// started with, applying at most `batch` changes a transaction (a server's followers): a
+    /// failure is logged, and the domain tried again after a pause.
+    Listed { batch: usize },
+}
+
+/// Follows `domains` from `old`: a round applies what each domain's slot holds, then the next
+/// starts [`POLL`] later, until `stop` (or after one round, `until_caught_up`). `report` is
+/// told what a round applied to a domain, when it applied anything. A failure that waiting may
+/// mend (either database out of reach) is logged and tried again, after 0.2 s and then twice
+/// as long each time up to [`RETRY_MAX`].
+///
+/// # Errors
+/// With `Domains::These`, a failure that waiting cannot mend (or, `until_caught_up`, any), or
+/// what `report` returns.
+pub async fn keep_following<E: From<FollowError>>(
+    store: &EventStore,
+    old: &PgPool,
+    domains: Domains,
+    until_caught_up: bool,
+    stop: impl Future<Output = ()>,
+    mut report: impl FnMut(&Follow, Progress) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut followers, listed) = match domains {
+        Domains::These(followers) => (followers, None),
+        Domains::Listed { batch } => (Vec::new(), Some(batch)),
+    };
+    let mut stop = std::pin::pin!(stop);
+    let mut retry = POLL;
+    loop {
+        let mut failed = false;
+        if let Some(batch) = listed {
+            if let Err(e) = follow_listed(store, old, &mut followers, batch).await {
+                tracing::warn!(error = %e, "starting the followed domains failed; trying again in {retry:?}");
+                failed = true;
+            }
+        }
+        let mut ended = Vec::new();
+        for (i, follower) in followers.iter_mut().enumerate() {
+            let progress = match follower.catch_up().await {
+                Ok(progress) => progress,
+                Err(FollowError::NotFollowed(_)) if listed.is_some() => {
+                    ended.push(i);
+                    continue;
+                }
+                Err(e) if (listed.is_some() || e.is_transient()) && !until_caught_up => {
+                    tracing::warn!(
+                        domain = %follower.follow().domain,
+                        error = %e,
+                        "following paused; trying again in {retry:?}"
+                    );
+                    failed = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if progress != Progress::default() {
+                report(follower.follow(), progress)?;
+            }
+        }
+        for i in ended.into_iter().rev() {
+            followers.remove(i);
+        }
+        let pause = if failed { retry } else { POLL };
+        retry = if failed {
+            (retry * 2).min(RETRY_MAX)
+        } else {
+            POLL
+        };
+        if until_caught_up {
+            return Ok(());
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Starts a follower for each domain `follows` lists that `followers` lacks.
+async fn follow_listed(
+    store: &EventStore,
+    old: &PgPool,
+    followers: &mut Vec<Follower>,
+    batch: usize,
+) -> Result<(), FollowError> {
+    for follow in follows(store.pool()).await? {
+        if followers.iter().any(|f| f.follow().domain == follow.domain) {
+            continue;
+        }
+        followers.push(
+            Follower::start(
+                store.clone(),
+                old.clone(),
+                &follow.domain,
+                &follow.publication,
+            )
+            .await?
+            .with_batch(batch),
+        );
+    }
+    Ok(())
+}
+
 /// One domain followed from the old database.
 pub enum Follower {
     Collections(DomainFollower<collections::Collections>),
@@ -400,12 +535,18 @@ impl Follower {
         each!(self, f => f.catch_up().await)
     }
 
-    /// Hands the domain's writes over to Cutover (see [`handover`]).
+    /// Hands the domain's writes over to Cutover (see [`handover`]), holding the domain's
+    /// follower lock.
     ///
     /// # Errors
     /// See [`handover::handover`].
     pub async fn handover(&mut self) -> Result<handover::Handover, FollowError> {
-        each!(self, f => handover::handover(f).await)
+        each!(self, f => {
+            f.lock().await?;
+            let report = handover::handover(f).await;
+            f.unlock().await;
+            report
+        })
     }
 }
 
@@ -487,6 +628,7 @@ impl Start<'_> {
             old,
             follow,
             batch: DEFAULT_BATCH.into(),
+            lock: None,
             source: PhantomData,
         })
     }
@@ -499,6 +641,9 @@ pub struct DomainFollower<S> {
     follow: Follow,
     /// Most changes applied in one transaction here.
     batch: usize,
+    /// The connection that holds the domain's follower lock during a round (dropped, it
+    /// closes, and the lock is released).
+    lock: Option<PgConnection>,
     source: PhantomData<S>,
 }
 
@@ -506,7 +651,62 @@ impl<S: Source> DomainFollower<S>
 where
     <S::Aggregate as Aggregate>::Error: Send + Sync,
 {
+    /// [`Self::apply_all`] holding the domain's follower lock.
     async fn catch_up(&mut self) -> Result<Progress, FollowError> {
+        self.lock().await?;
+        let applied = self.apply_all().await;
+        self.unlock().await;
+        applied
+    }
+
+    /// Takes the domain's follower lock, waiting for another follower's round to end, and
+    /// reads where following stands (another follower may have applied meanwhile).
+    ///
+    /// # Errors
+    /// `NotFollowed` when the following ended meanwhile, or a database error.
+    async fn lock(&mut self) -> Result<(), FollowError> {
+        let conn = match &mut self.lock {
+            Some(conn) => conn,
+            None => self
+                .lock
+                .insert(self.store.pool().acquire().await?.detach()),
+        };
+        if let Err(e) = lock_domain(conn, &self.follow.domain).await {
+            self.lock = None;
+            return Err(e.into());
+        }
+        let now: Option<Follow> = sqlx::query_as(&format!("{SELECT_FOLLOW} WHERE domain = $1"))
+            .bind(&self.follow.domain)
+            .fetch_optional(self.store.pool())
+            .await?;
+        match now {
+            Some(follow) => {
+                self.follow = follow;
+                Ok(())
+            }
+            None => {
+                self.unlock().await;
+                Err(FollowError::NotFollowed(self.follow.domain.clone()))
+            }
+        }
+    }
+
+    /// Releases the domain's follower lock (closing the connection if that fails).
+    async fn unlock(&mut self) {
+        if let Some(conn) = &mut self.lock {
+            if sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(conn)
+                .await
+                .is_err()
+            {
+                self.lock = None;
+            }
+        }
+    }
+
+    /// Copies the existing rows if that is not done, then applies what the slot holds until it
+    /// holds nothing more (the caller holds the follower lock).
+    async fn apply_all(&mut self) -> Result<Progress, FollowError> {
         let mut progress = Progress::default();
         if !self.follow.snapshot.taken() {
             self.copy(&mut progress).await?;
@@ -1137,7 +1337,7 @@ async fn create_slot(
 }
 
 /// Stops following `domain`: removes its slot from the old database (which then keeps no WAL
-/// for it) and its row here, with its refusals.
+/// for it) and its row here, with its refusals; waits for a follower's round to end first.
 ///
 /// # Errors
 /// A database error.
@@ -1146,12 +1346,16 @@ pub async fn drop_follow(
     old: &PgPool,
     domain: &str,
 ) -> Result<bool, FollowError> {
+    let mut lock = store.pool().acquire().await?.detach();
+    lock_domain(&mut lock, domain).await?;
     let dropped = drop_slot(old, &slot_name(domain)).await?;
     let deleted = sqlx::query("DELETE FROM follows WHERE domain = $1")
         .bind(domain)
         .execute(store.pool())
         .await?
         .rows_affected();
+    // Closing the connection releases the lock.
+    lock.close().await?;
     Ok(dropped || deleted > 0)
 }
 
