@@ -337,7 +337,7 @@ test("shadow reads can be stopped, and the latest mismatches show both answers, 
   }
 });
 
-test("a followed domain shows its progress and a stopped follower, and a handover shows", async () => {
+test("a followed domain shows its progress, a stopped follower and its actions, and a handover shows", async () => {
   const following = page.locator("#following");
   await following.getByText("No domain is followed from an old system.").waitFor();
   // As `cutover follow` leaves a domain whose follower stopped two minutes ago, and as
@@ -361,6 +361,15 @@ test("a followed domain shows its progress and a stopped follower, and a handove
     assert.match(await following.locator('li[data-handed-over="yes"]').innerText(),
       /collections was handed over from the old public\.collections at .*: 5,000 old rows compared, no difference/);
     await shot("following");
+    // A domain neither followed nor handed over can be followed; this server follows no old
+    // database (no --legacy-url), which a handover from the console says, changing nothing.
+    await page.getByRole("button", { name: "Follow batches", exact: true }).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Follow collections", exact: true }).count(), 0);
+    await act("Hand competencies over");
+    const message = page.getByRole("alert");
+    await message.getByText("409").waitFor();
+    assert.match(await message.innerText(), /this server follows no old database/);
+    await followed.waitFor();
   } finally {
     sql("DELETE FROM follows WHERE domain = 'competencies'; DELETE FROM handovers");
   }

@@ -346,6 +346,8 @@ pub struct AppOptions {
     pub tokens: Option<&'static str>,
     /// `--read-database-url`, `--replica-max-lag-ms` and `--replica-wait-ms`.
     pub reads: cutover_api::reads::ReadArgs,
+    /// `--legacy-url`: the old system's database the server follows.
+    pub legacy_url: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -358,6 +360,7 @@ impl Default for AppOptions {
                 replica_max_lag_ms: 5_000,
                 replica_wait_ms: 1_000,
             },
+            legacy_url: None,
         }
     }
 }
@@ -427,7 +430,12 @@ impl TestApp {
             stopping.clone(),
         )
         .expect("the replicas' URLs");
-        let mut state = AppState::new(store, db.pool.clone(), reads, stopping);
+        let mut state = AppState::new(store, db.pool.clone(), reads, stopping.clone());
+        if let Some(url) = &options.legacy_url {
+            state
+                .follow_old_system(url, stopping)
+                .expect("a valid --legacy-url");
+        }
         state.tokens = cutover_core::auth::Tokens::load(options.tokens, None)
             .expect("valid test tokens")
             .map(std::sync::Arc::new);

@@ -45,6 +45,13 @@ pub struct Config {
     #[arg(long, env = "CUTOVER_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
 
+    /// The old system's database to follow (see docs/adopting-while-the-old-system-writes.md):
+    /// the server then applies the changes of every domain followed (`POST
+    /// /admin/follows/{domain}` or `cutover follow` starts one), taking turns with any other
+    /// follower of the domain.
+    #[arg(long, env = "CUTOVER_LEGACY_URL", hide_env_values = true)]
+    pub legacy_url: Option<String>,
+
     /// Log line format; logs go to stderr, one line per request with its `x-request-id`.
     #[arg(long, env = "CUTOVER_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

@@ -10,6 +10,7 @@ use axum::middleware;
 use axum::Router;
 use cutover_core::auth::Tokens;
 use cutover_core::store::EventStore;
+use cutover_projections::follow;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// How a rebuild's swap treats the readers that hold it up.
     pub swap: cutover_projections::rebuild::SwapArgs,
+    /// The old system's database this server follows (`--legacy-url`), if any.
+    pub old_system: Option<follow::OldSystem>,
 }
 
 /// Default of [`AppState::idempotency_ttl`]: 24 hours.
@@ -71,9 +74,50 @@ impl AppState {
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tokens: None,
             swap: cutover_projections::rebuild::SwapArgs::default(),
+            old_system: None,
         };
         tokio::spawn(metrics::sample(state.clone(), shutdown));
         state
+    }
+
+    /// Follows the old system's database at `url` from this server: every domain `follows`
+    /// lists, in turns with any other follower of it, until `stopping` turns true.
+    ///
+    /// # Errors
+    /// A URL that does not parse.
+    pub fn follow_old_system(
+        &mut self,
+        url: &str,
+        mut stopping: watch::Receiver<bool>,
+    ) -> Result<(), follow::FollowError> {
+        let old_system = follow::OldSystem::open(&self.session, url)?;
+        let follow::OldSystem { store, old } = old_system.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                // A closed channel is a server gone: stop too.
+                let _ = stopping.wait_for(|stopped| *stopped).await;
+            };
+            let domains = follow::Domains::Listed {
+                batch: follow::DEFAULT_BATCH.into(),
+            };
+            let report = |followed: &follow::Follow, progress: follow::Progress| {
+                tracing::debug!(
+                    domain = %followed.domain,
+                    copied = progress.copied,
+                    applied = progress.applied,
+                    refused = progress.refused,
+                    lsn = %followed.lsn,
+                    "followed the old system"
+                );
+                Ok::<_, follow::FollowError>(())
+            };
+            if let Err(e) = follow::keep_following(&store, &old, domains, false, stop, report).await
+            {
+                tracing::error!(error = %e, "following the old system stopped");
+            }
+        });
+        self.old_system = Some(old_system);
+        Ok(())
     }
 }
 

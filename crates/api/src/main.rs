@@ -57,6 +57,11 @@ async fn main() -> anyhow::Result<()> {
     state.idempotency_ttl = Duration::from_secs(config.idempotency_ttl_secs);
     state.tokens = tokens.map(Arc::new);
     state.swap = config.swap;
+    if let Some(url) = &config.legacy_url {
+        state
+            .follow_old_system(url, stopping.clone())
+            .context("--legacy-url")?;
+    }
     tokio::spawn(forget_expired_keys(database.session.clone(), stopping));
     let metrics = state.metrics.clone();
     serve(

@@ -381,6 +381,7 @@ impl Modify for BearerAuth {
         events::page, events::live,
         admin::list, admin::status, admin::start_rebuild, admin::retire, admin::repair_aggregates, admin::job, admin::cancel_job,
         admin::read_sources, admin::set_read_source, admin::switch_gate, admin::shadow_windows, admin::follows,
+        admin::start_follow, admin::stop_follow, admin::hand_over,
         admin::start_shadow, admin::stop_shadow, admin::consistency,
         admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
     ),

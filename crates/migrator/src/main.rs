@@ -636,8 +636,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             drop,
             domains,
         } => {
-            let store = EventStore::new(follow::writer_pool(pool).await?, projectors, 5);
-            let old = follow::connect_legacy(&legacy_url)?;
+            let follow::OldSystem { store, old } = follow::OldSystem::open(pool, &legacy_url)?;
             if drop {
                 for domain in &domains {
                     if follow::drop_follow(&store, &old, domain).await? {
@@ -680,8 +679,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
             legacy_url,
             domains,
         } => {
-            let store = EventStore::new(follow::writer_pool(pool).await?, projectors, 5);
-            let old = follow::connect_legacy(&legacy_url)?;
+            let follow::OldSystem { store, old } = follow::OldSystem::open(pool, &legacy_url)?;
             let followed = follow::follows(pool).await?;
             let mut refused = false;
             for domain in &domains {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use cutover_core::local_postgres::LocalPostgres;
-use cutover_tests::{OwnCluster, TestApp};
+use cutover_tests::{AppOptions, OwnCluster, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
@@ -1118,4 +1118,124 @@ async fn following_competencies_records_each_attempt_and_review_once_then_hands_
         "{recorded}"
     );
     assert_eq!(competency(7, "halving").await["doc"]["total_attempts"], 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_follows_stops_and_hands_over_a_domain_from_the_admin_api() {
+    let old = OldSystem::start("follow_admin").await;
+    let app = TestApp::spawn_with(AppOptions {
+        legacy_url: Some(old.url.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let answer = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap_or_default())
+    };
+    // Bad requests change nothing: an unknown domain, a domain not followed, and a server
+    // that follows no old database.
+    for (request, expected) in [
+        (app.post("/admin/follows/students"), StatusCode::NOT_FOUND),
+        (
+            app.delete("/admin/follows/collections"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.post("/admin/follows/collections/handover"),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, body) = answer(request).await;
+        assert_eq!(status, expected, "{body}");
+    }
+    let without = TestApp::spawn().await;
+    let (status, body) = answer(without.post("/admin/follows/collections")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("--legacy-url"),
+        "{body}"
+    );
+    assert!(following(&app).await["follows"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let project = Uuid::new_v4();
+    let (a, b, empty) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    old.exec(&format!(
+        "INSERT INTO collections (collection_id, project_id, collection_name) VALUES
+           ('{a}', '{project}', 'A'), ('{b}', '{project}', 'B'), ('{empty}', '{project}', '')"
+    ))
+    .await;
+    let (status, body) = answer(app.post("/admin/follows/collections")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["domain"], "collections", "{body}");
+    // The server's follower copies the rows, then applies what the old application writes.
+    let shown = |applied: i64| {
+        let app = &app;
+        async move {
+            let mut shown = Value::Null;
+            for _ in 0..500 {
+                shown = following(app).await["follows"][0].clone();
+                if shown["changes_applied"] == applied {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            shown
+        }
+    };
+    assert_eq!(shown(2).await["changes_applied"], 2);
+    old.exec(&format!(
+        "UPDATE collections SET collection_name = 'B2' WHERE collection_id = '{b}'"
+    ))
+    .await;
+    let shown = shown(3).await;
+    assert_eq!(shown["changes_applied"], 3, "{shown}");
+    assert_eq!(shown["changes_refused"], 1, "{shown}");
+    assert_eq!(create(&app, project).await, StatusCode::CONFLICT);
+
+    // The refused row is a difference: 409 with the report, and the old table takes writes.
+    let (status, report) = answer(app.post("/admin/follows/collections/handover")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{report}");
+    assert_eq!(report["handed_over"], false, "{report}");
+    assert_eq!(
+        report["differences"][0]["id"],
+        empty.to_string(),
+        "{report}"
+    );
+    old.exec(&format!(
+        "UPDATE collections SET collection_name = 'C' WHERE collection_id = '{empty}'"
+    ))
+    .await;
+    let (status, report) = answer(app.post("/admin/follows/collections/handover")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["handed_over"], true, "{report}");
+    assert_eq!(report["rows_compared"], 3, "{report}");
+    let error = old_write_error(&old, "DELETE FROM collections").await;
+    assert!(error.contains("written by Cutover"), "{error}");
+    assert_eq!(create(&app, project).await, StatusCode::CREATED);
+    // A domain handed over is not followed again.
+    let (status, body) = answer(app.post("/admin/follows/collections")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("was handed over"),
+        "{body}"
+    );
+
+    // Another domain followed, then no longer: its slot leaves the old database.
+    let (status, _) = answer(app.post("/admin/follows/batches")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = answer(app.delete("/admin/follows/batches")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(following(&app).await["follows"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots")
+        .fetch_one(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(slots, 0);
 }

@@ -96,6 +96,8 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
         "/admin/shadow",
         "/admin/shadow/{domain}",
         "/admin/follows",
+        "/admin/follows/{domain}",
+        "/admin/follows/{domain}/handover",
         "/v2/projects/{project_id}/collections",
         "/v2/projects/{project_id}/collections/{collection_id}",
         "/v2/batches/{batch_id}",
@@ -112,7 +114,7 @@ async fn the_openapi_description_covers_every_route_and_needs_no_token() {
             "{route} is not described"
         );
     }
-    assert_eq!(paths.len(), 37);
+    assert_eq!(paths.len(), 39);
     let create = &spec["paths"]["/projects/{project_id}/collections"]["post"];
     assert!(create["responses"]["422"]["content"]["application/problem+json"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());

@@ -537,6 +537,27 @@ function renderShadow(windows) {
   if (items.length !== list.children.length || items.some((item, i) => list.children[i] !== item)) list.replaceChildren(...items);
 }
 
+const startFollow = (domain) =>
+  act(
+    `Follow ${domain} from the old system's database? Cutover's own commands on ${domain} are refused from then on: the old application is its writer until the handover.`,
+    "POST", `/admin/follows/${encodeURIComponent(domain)}`, null,
+    (followed) => `${followed.domain} is followed from the old ${followed.legacy_table}.`,
+  );
+
+const stopFollow = (domain) =>
+  act(
+    `Stop following ${domain}? Its slot is removed from the old database, and Cutover's commands on ${domain} are accepted again: if the old application still writes it, there are two writers.`,
+    "DELETE", `/admin/follows/${encodeURIComponent(domain)}`, null,
+    () => `${domain} is no longer followed.`,
+  );
+
+const handOver = (domain) =>
+  act(
+    `Hand ${domain} over to Cutover? The old tables refuse writes, everything they committed is applied, and every old row is compared with both models; only with no difference does Cutover write ${domain} from then on.`,
+    "POST", `/admin/follows/${encodeURIComponent(domain)}/handover`, null,
+    (report) => report.detail,
+  );
+
 /** One followed domain: where its old log stands, what it applied and refused, how far behind. */
 function followItem(f) {
   const lag = f.lag_p99_seconds === null
@@ -556,7 +577,10 @@ function followItem(f) {
         `No follower has looked at the old database since ${when(f.updated_at)}: it keeps WAL for slot ${f.slot} meanwhile. Run `,
         el("code", { class: "command" }, "cutover follow"), " again, or stop following with ",
         el("code", { class: "command" }, `cutover follow --drop ${f.domain}`), ".")
-      : null);
+      : null,
+    el("p", { class: "actions" },
+      el("button", { type: "button", onclick: () => handOver(f.domain) }, `Hand ${f.domain} over`),
+      el("button", { type: "button", class: "danger", onclick: () => stopFollow(f.domain) }, `Stop following ${f.domain}`)));
 }
 
 function renderFollowing(following) {
@@ -568,6 +592,12 @@ function renderFollowing(following) {
   document.getElementById("following").replaceChildren(...(items.length
     ? items
     : [el("li", { class: "muted" }, "No domain is followed from an old system.")]));
+  // The domains neither followed nor handed over can be followed (by a server started with
+  // --legacy-url).
+  const taken = new Set([...following.follows, ...following.handovers].map((f) => f.domain));
+  document.getElementById("follow-start").replaceChildren(...following.followable
+    .filter((domain) => !taken.has(domain))
+    .map((domain) => el("button", { type: "button", onclick: () => startFollow(domain) }, `Follow ${domain}`)));
 }
 
 // A report taken before the last rebuild, repair or retirement of a domain's projections says

@@ -10,6 +10,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use cutover_core::projection::ProjectionError;
 use cutover_core::read_source::ReadSource;
+use cutover_projections::follow::{self, FollowError};
 use cutover_projections::rebuild::{self, Purpose};
 use cutover_projections::registry::{self, AdminError, Job, Status};
 use cutover_projections::repair;
@@ -39,6 +40,11 @@ pub fn router() -> Router<AppState> {
             put(start_shadow).delete(stop_shadow),
         )
         .route("/admin/follows", get(follows))
+        .route(
+            "/admin/follows/{domain}",
+            post(start_follow).delete(stop_follow),
+        )
+        .route("/admin/follows/{domain}/handover", post(hand_over))
         .route("/admin/consistency", get(consistency))
         .route("/admin/consistency/latest", get(latest_consistency))
 }
@@ -401,7 +407,8 @@ fn default_min_reads() -> i64 {
                    its old log stands, the changes applied and refused, how far behind it is \
                    (WAL bytes, and within how long 99% of the streamed changes were applied), \
                    and whether its follower stopped; and each domain handed over to Cutover \
-                   (`cutover handover`). Following and the handover run in the CLI.",
+                   (`cutover handover`). A server started with `--legacy-url` applies the changes \
+                   of every followed domain, in turns with any other follower of it.",
     params(crate::openapi::ReadHeaders),
     responses(
         (status = 200, description = "the followed and handed-over domains", body = cutover_projections::follow::Following),
@@ -415,6 +422,191 @@ async fn follows(
     Ok(axum::Json(
         cutover_projections::follow::following(&state.session).await?,
     ))
+}
+
+impl From<FollowError> for ApiError {
+    fn from(e: FollowError) -> Self {
+        match e {
+            FollowError::Setup(reason) => Self::Conflict(reason),
+            FollowError::NotFollowed(_) => Self::NotFound(e.to_string()),
+            FollowError::Database(db) => db.into(),
+            e if e.is_transient() => Self::Unavailable,
+            e => Self::Internal(e.into()),
+        }
+    }
+}
+
+/// The old system this server follows, or why it follows none.
+fn old_system(state: &AppState) -> Result<&follow::OldSystem, ApiError> {
+    state.old_system.as_ref().ok_or_else(|| {
+        ApiError::Conflict(
+            "this server follows no old database: start it with --legacy-url \
+             (CUTOVER_LEGACY_URL), or run `cutover follow`"
+                .to_owned(),
+        )
+    })
+}
+
+/// A domain that can be followed, or 404.
+fn followable(domain: &str) -> Result<(), ApiError> {
+    if follow::FOLLOWED.contains(&domain) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "no followable domain {domain:?}: the domains are {}",
+            follow::FOLLOWED.join(", ")
+        )))
+    }
+}
+
+/// The followed `domain` as `GET /admin/follows` shows it, or 404.
+async fn followed(state: &AppState, domain: &str) -> Result<follow::FollowState, ApiError> {
+    follow::following(&state.session)
+        .await?
+        .follows
+        .into_iter()
+        .find(|f| f.follow.domain == domain)
+        .ok_or_else(|| ApiError::NotFound(format!("{domain} is not followed")))
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/follows/{domain}",
+    operation_id = "startFollow",
+    summary = "Follow a domain from the old system",
+    tag = "admin",
+    description = "Starts following a domain (`collections`, `batches`, `competencies`) from the \
+                   old system's database this server was started with (`--legacy-url`), through \
+                   the publication `cutover_follow`: its replication slot is made on the old \
+                   database, Cutover's own commands on the domain are refused from then on, and \
+                   the server's followers copy the old rows, then apply every change. Taking up \
+                   a domain already followed changes nothing. 409 when this server follows no \
+                   old database, the old database is not ready (said with what to do), or the \
+                   domain was handed over.",
+    params(("domain" = String, Path, description = "the domain")),
+    responses(
+        (status = 202, description = "followed: the domain as `GET /admin/follows` shows it; the copy and the stream run in the background", body = follow::FollowState),
+        crate::openapi::Errors, crate::openapi::CommandErrors
+    )
+)]
+async fn start_follow(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Response, ApiError> {
+    followable(&domain)?;
+    let old_system = old_system(&state)?;
+    follow::Follower::start(
+        old_system.store.clone(),
+        old_system.old.clone(),
+        &domain,
+        follow::DEFAULT_PUBLICATION,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(followed(&state, &domain).await?),
+    )
+        .into_response())
+}
+
+/// The end of a domain's following.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Unfollowed {
+    domain: String,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/follows/{domain}",
+    operation_id = "stopFollow",
+    summary = "Stop following a domain",
+    tag = "admin",
+    description = "Stops following a domain (as `cutover follow --drop`): once a follower's round \
+                   ends, the slot is removed from the old database, which keeps no more WAL for \
+                   it, and Cutover's commands on the domain are accepted again. 404 when it is \
+                   not followed.",
+    params(("domain" = String, Path, description = "the domain")),
+    responses(
+        (status = 200, description = "no longer followed", body = Unfollowed),
+        crate::openapi::Errors, crate::openapi::CommandErrors
+    )
+)]
+async fn stop_follow(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<axum::Json<Unfollowed>, ApiError> {
+    followable(&domain)?;
+    followed(&state, &domain).await?;
+    let old_system = old_system(&state)?;
+    follow::drop_follow(&old_system.store, &old_system.old, &domain).await?;
+    Ok(axum::Json(Unfollowed { domain }))
+}
+
+/// What a handover found and did, said in a sentence too.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HandoverAnswer {
+    /// What happened, in words.
+    detail: String,
+    #[serde(flatten)]
+    report: follow::handover::Handover,
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/follows/{domain}/handover",
+    operation_id = "handOver",
+    summary = "Hand a followed domain over to Cutover",
+    tag = "admin",
+    description = "Moves a followed domain's writes from the old system to Cutover (as `cutover \
+                   handover`): the old tables refuse writes (the old database's role of \
+                   `--legacy-url` must own them), everything the old database committed is \
+                   applied, and every old row is compared with both of Cutover's models. With \
+                   no difference, 200: Cutover's commands write the domain from then on. With \
+                   differences, 409 with the same report (the first 100 listed): the old tables \
+                   take writes again and following goes on. The answer comes when it is done \
+                   (waiting up to a minute for the old application's writes in flight).",
+    params(("domain" = String, Path, description = "the domain")),
+    responses(
+        (status = 200, description = "handed over", body = HandoverAnswer),
+        (status = 409, description = "not handed over: the differences (or, as a problem, why it could not start)", body = HandoverAnswer),
+        crate::openapi::Errors
+    )
+)]
+async fn hand_over(
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Response, ApiError> {
+    followable(&domain)?;
+    let followed = followed(&state, &domain).await?;
+    let old_system = old_system(&state)?;
+    let report = follow::Follower::start(
+        old_system.store.clone(),
+        old_system.old.clone(),
+        &domain,
+        &followed.follow.publication,
+    )
+    .await?
+    .handover()
+    .await?;
+    let (status, detail) = if report.handed_over {
+        (
+            StatusCode::OK,
+            format!(
+                "{domain} is handed over: {} old rows compared, no difference; Cutover writes it",
+                report.rows_compared
+            ),
+        )
+    } else {
+        (
+            StatusCode::CONFLICT,
+            format!(
+                "{domain} is not handed over: {} differences in {} old rows compared; the old \
+                 tables take writes again and following goes on",
+                report.difference_count, report.rows_compared
+            ),
+        )
+    };
+    Ok((status, axum::Json(HandoverAnswer { detail, report })).into_response())
 }
 
 #[utoipa::path(

@@ -26,9 +26,9 @@ const PAGE: i64 = 2_000;
 const LOCK_TIMEOUT: &str = "60s";
 
 /// A field an old row and Cutover's models disagree on.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Difference {
-    /// The row's key (the aggregate's id).
+    /// The old row's key (for a collection or a batch, the aggregate's id).
     pub id: String,
     pub field: String,
     /// The old row's value (`null`: no row).
@@ -39,7 +39,7 @@ pub struct Difference {
 }
 
 /// What a handover found and did.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Handover {
     /// Changes applied while draining the stream.
     pub drained: u64,

@@ -116,13 +116,34 @@ fn legacy(e: sqlx::Error) -> FollowError {
     FollowError::Legacy(e)
 }
 
+/// The old database followed, and the store its followers write Cutover's events through.
+#[derive(Clone)]
+pub struct OldSystem {
+    pub store: EventStore,
+    pub old: PgPool,
+}
+
+impl OldSystem {
+    /// The old database at `url`, followed into Cutover's database of `pool` (a direct
+    /// connection: its sessions are marked as the follower's). Nothing connects until used.
+    ///
+    /// # Errors
+    /// A URL that does not parse.
+    pub fn open(pool: &PgPool, url: &str) -> Result<Self, FollowError> {
+        Ok(Self {
+            store: EventStore::new(writer_pool(pool), crate::inline_projectors(), 5),
+            old: connect_legacy(url)?,
+        })
+    }
+}
+
 /// A pool on the old database at `url`, whose sessions write values as the follower reads them
 /// (ISO dates, UTC). It connects when first used: an old database out of reach is an error
 /// then.
 ///
 /// # Errors
 /// A URL that does not parse.
-pub fn connect_legacy(url: &str) -> Result<PgPool, FollowError> {
+fn connect_legacy(url: &str) -> Result<PgPool, FollowError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(legacy)?
         .application_name("cutover follow")
@@ -149,18 +170,14 @@ async fn lock_domain(conn: &mut PgConnection, domain: &str) -> Result<(), sqlx::
 }
 
 /// A pool like `pool` whose sessions write as the follower (`cutover.writer = follow`): the
-/// only sessions whose commands a followed domain accepts.
-///
-/// # Errors
-/// The database cannot be reached.
-pub async fn writer_pool(pool: &PgPool) -> Result<PgPool, sqlx::Error> {
+/// only sessions whose commands a followed domain accepts. It connects when first used.
+fn writer_pool(pool: &PgPool) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("cutover.writer", "follow")]);
     PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(options)
-        .await
+        .connect_lazy_with(options)
 }
 
 /// A followed domain's row.
@@ -257,6 +274,8 @@ pub struct FollowState {
 pub struct Following {
     pub follows: Vec<FollowState>,
     pub handovers: Vec<handover::HandedOver>,
+    /// The domains that can be followed.
+    pub followable: Vec<String>,
 }
 
 /// Every followed domain as the admin API shows it, and every handover.
@@ -283,6 +302,7 @@ pub async fn following(pool: &PgPool) -> Result<Following, sqlx::Error> {
     Ok(Following {
         follows,
         handovers: handover::handovers(pool).await?,
+        followable: FOLLOWED.iter().map(|d| (*d).to_owned()).collect(),
     })
 }
 
@@ -592,6 +612,19 @@ impl Start<'_> {
         let follow = match existing {
             Some(follow) => follow,
             None => {
+                let handed_over: Option<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT handed_over_at FROM handovers WHERE domain = $1
+                      ORDER BY handed_over_at DESC LIMIT 1",
+                )
+                .bind(domain)
+                .fetch_optional(store.pool())
+                .await?;
+                if let Some(at) = handed_over {
+                    return Err(FollowError::Setup(format!(
+                        "{domain} was handed over to Cutover at {at}: Cutover writes it, and \
+                         following the old system again would make two writers"
+                    )));
+                }
                 create_slot(&old, domain, &tables, publication).await?;
                 // Under the append lock, which every command holds shared from its BEGIN:
                 // commands begun before end first, and those begun after are refused.
