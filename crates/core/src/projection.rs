@@ -84,6 +84,13 @@ pub trait Projector: Send + Sync + 'static {
     /// # Errors
     /// The event cannot be decoded, or does not fit the projection.
     fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError>;
+
+    /// What a repair runs after replaying some aggregates' events, with `$1` their ids
+    /// (`text[]`): statements that recompute the rows of its tables that sum over many
+    /// aggregates (those whose [`Table::aggregate`] is `None`).
+    fn settle(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The names of `projector`'s tables.

@@ -34,6 +34,10 @@ pub struct Table {
     pub address: &'static [&'static str],
     /// Secondary indexes, by name.
     pub indexes: &'static [&'static str],
+    /// Which aggregate a row is of, in SQL over the row (as `text`, compared with aggregate
+    /// ids): a repair clears an aggregate's rows by it. `None` for a table whose rows sum over
+    /// many aggregates: its projector's settle statements recompute them instead.
+    pub aggregate: Option<&'static str>,
 }
 
 /// A column of a read-model table.
@@ -618,6 +622,7 @@ mod tests {
     use serde_json::json;
 
     static T: Table = Table {
+        aggregate: None,
         name: "t",
         columns: &[
             Column {

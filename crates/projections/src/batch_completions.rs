@@ -19,6 +19,7 @@ pub const NAME: &str = "batch_completions";
 /// The new `batch_completions` table: one row per completed player.
 pub static COMPLETIONS: Table = Table {
     name: "batch_completions",
+    aggregate: Some("batch_id"),
     columns: &[
         column!("batch_id", "text", Keep),
         column!("player_lookup", "text", Keep),
@@ -34,6 +35,7 @@ pub static COMPLETIONS: Table = Table {
 /// The new `batch_counters` table: one row per batch.
 pub static COUNTERS: Table = Table {
     name: "batch_counters",
+    aggregate: Some("batch_id"),
     columns: &[
         column!("batch_id", "text", Keep),
         column!("expected_count", "integer", Keep),

@@ -18,6 +18,7 @@ pub const NAME: &str = "batch_state";
 /// The legacy `batch_state` table: one row per batch.
 pub static TABLE: Table = Table {
     name: "batch_state",
+    aggregate: Some("batch_id"),
     columns: &[
         column!("batch_id", "text", Keep),
         column!("expected_players", "text[]", Keep),

@@ -21,6 +21,7 @@ pub const NAME: &str = "collections";
 /// The legacy `collections` table.
 pub static TABLE: Table = Table {
     name: "collections",
+    aggregate: Some("collection_id::text"),
     columns: &[
         column!("collection_id", "uuid", Keep),
         column!("project_id", "uuid", Keep),

@@ -23,11 +23,17 @@ use crate::{column, Fold};
 /// The projection's name.
 pub const NAME: &str = "legacy_competencies";
 
+/// A document's subskill (its aggregate), in SQL (the migration `switch_gate_and_repair`
+/// defines the function).
+const DOCUMENT_SUBSKILL: &str = "public.cutover_subskill_id(student_id, doc ->> 'subject', \
+                                 doc ->> 'skill_id', doc ->> 'subskill_id')";
+
 /// A legacy document table (`legacy_attempts`, `legacy_reviews`): written once, by id.
 macro_rules! documents {
     ($name:literal) => {
         Table {
             name: $name,
+            aggregate: Some(DOCUMENT_SUBSKILL),
             columns: &[
                 column!("id", "text", Keep),
                 column!("student_id", "bigint", Keep),
@@ -52,6 +58,7 @@ pub static REVIEWS: Table = documents!("legacy_reviews");
 /// SQLSTATE `CUT01` naming both (the migration `legacy_contracts` defines it).
 pub static COMPETENCIES: Table = Table {
     name: "legacy_competencies",
+    aggregate: Some(DOCUMENT_SUBSKILL),
     columns: &[
         column!("id", "text", Keep),
         column!("student_id", "bigint", Keep),

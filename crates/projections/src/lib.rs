@@ -58,6 +58,11 @@ trait Fold: Send + Sync + 'static {
         event: &StoredEvent,
         decoded: <Self::Aggregate as Aggregate>::Event,
     ) -> Result<Vec<Change>, ProjectionError>;
+
+    /// See [`Projector::settle`].
+    fn settle() -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Runs a [`Fold`] as a [`Projector`].
@@ -78,6 +83,10 @@ impl<F: Fold> Projector for Folded<F> {
 
     fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError> {
         F::project(event, decode(F::NAME, event)?)
+    }
+
+    fn settle(&self) -> &'static [&'static str] {
+        F::settle()
     }
 }
 

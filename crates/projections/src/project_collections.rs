@@ -21,6 +21,7 @@ pub const NAME: &str = "project_collections";
 /// The new `project_collections` table.
 pub static TABLE: Table = Table {
     name: "project_collections",
+    aggregate: Some("collection_id::text"),
     columns: &[
         column!("project_id", "uuid", Keep),
         column!("collection_id", "uuid", Keep),

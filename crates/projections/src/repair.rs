@@ -3,8 +3,9 @@
 //!
 //! In one transaction that holds the locks of those aggregates (so their commands wait, and
 //! commands on every other aggregate go on), it deletes the projection's rows of the
-//! aggregates, replays their events through the projector's own code, and settles the rows
-//! that sum over many aggregates (`skill_analytics`) from the rows they sum. It then marks the
+//! aggregates (each table declares which aggregate a row is of: `Table::aggregate`), replays
+//! their events through the projector's own code, and settles the rows that sum over many
+//! aggregates (`skill_analytics`) with the projector's settle statements. It then marks the
 //! projection changed, which closes the domain's switch gate until the next verify.
 
 use std::sync::Arc;
@@ -19,108 +20,6 @@ use crate::registry::{projections, AdminError, ProjectionState};
 
 /// Most aggregates one repair takes.
 pub const MAX_AGGREGATES: usize = 1_000;
-
-/// How a repair scopes a projection's rows to aggregates: statements with `$1` the aggregate
-/// ids (`text[]`), run before the replay (`clear`: delete the aggregates' rows, one per table)
-/// and after it (`settle`: recompute rows that sum over aggregates).
-struct Plan {
-    projection: &'static str,
-    clear: &'static [&'static str],
-    settle: &'static [&'static str],
-}
-
-/// A subskill row's aggregate, in SQL (the migration `switch_gate_and_repair` defines it).
-macro_rules! subskill_of {
-    ($row:literal) => {
-        concat!(
-            "public.cutover_subskill_id(",
-            $row,
-            ".student_id, ",
-            $row,
-            ".subject, ",
-            $row,
-            ".skill_id, ",
-            $row,
-            ".subskill_id) = ANY($1)"
-        )
-    };
-}
-
-/// A legacy document's subskill, in SQL.
-macro_rules! document_of {
-    ($table:literal) => {
-        concat!(
-            "DELETE FROM ",
-            $table,
-            " WHERE public.cutover_subskill_id(student_id, doc ->> 'subject', doc ->> 'skill_id', \
-             doc ->> 'subskill_id') = ANY($1)"
-        )
-    };
-}
-
-const PLANS: &[Plan] = &[
-    Plan {
-        projection: crate::collections::NAME,
-        clear: &["DELETE FROM collections WHERE collection_id::text = ANY($1)"],
-        settle: &[],
-    },
-    Plan {
-        projection: crate::project_collections::NAME,
-        clear: &["DELETE FROM project_collections WHERE collection_id::text = ANY($1)"],
-        settle: &[],
-    },
-    Plan {
-        projection: crate::batch_state::NAME,
-        clear: &["DELETE FROM batch_state WHERE batch_id = ANY($1)"],
-        settle: &[],
-    },
-    Plan {
-        projection: crate::batch_completions::NAME,
-        clear: &[
-            "DELETE FROM batch_completions WHERE batch_id = ANY($1)",
-            "DELETE FROM batch_counters WHERE batch_id = ANY($1)",
-        ],
-        settle: &[],
-    },
-    Plan {
-        projection: crate::legacy_competencies::NAME,
-        clear: &[
-            document_of!("legacy_attempts"),
-            document_of!("legacy_reviews"),
-            document_of!("legacy_competencies"),
-        ],
-        settle: &[],
-    },
-    Plan {
-        projection: crate::student_competencies::NAME,
-        clear: &[
-            concat!("DELETE FROM student_attempts AS t WHERE ", subskill_of!("t")),
-            concat!("DELETE FROM student_reviews AS t WHERE ", subskill_of!("t")),
-            concat!("DELETE FROM student_competencies AS t WHERE ", subskill_of!("t")),
-        ],
-        // The replay counted the aggregates' attempts into `skill_analytics` again: each
-        // subskill they touch is recomputed from every student's attempts, as the projector
-        // would have summed them (a single attempt's mean is its score).
-        settle: &[concat!(
-            "WITH touched AS (
-                 SELECT DISTINCT subject, skill_id, subskill_id FROM student_attempts AS t
-                  WHERE ",
-            subskill_of!("t"),
-            "), fresh AS (
-                 SELECT a.subject, a.skill_id, a.subskill_id, count(*) AS attempts,
-                        count(DISTINCT a.student_id) AS students, sum(a.score::numeric) AS score_sum,
-                        max(a.attempted_at) AS last_updated
-                   FROM student_attempts AS a JOIN touched USING (subject, skill_id, subskill_id)
-                  GROUP BY a.subject, a.skill_id, a.subskill_id)
-             INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students,
-                                               score_sum, last_updated)
-             SELECT * FROM fresh
-             ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
-                SET attempts = EXCLUDED.attempts, students = EXCLUDED.students,
-                    score_sum = EXCLUDED.score_sum, last_updated = EXCLUDED.last_updated"
-        )],
-    },
-];
 
 /// What a repair did.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -159,20 +58,17 @@ pub async fn repair(
     }
     let mut chosen = Vec::with_capacity(names.len());
     for name in names {
-        let projector = projectors
-            .iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| AdminError::UnknownProjection(name.clone()))?;
-        let plan = PLANS
-            .iter()
-            .find(|plan| plan.projection == name)
-            .ok_or_else(|| AdminError::UnknownProjection(name.clone()))?;
-        chosen.push((projector, plan));
+        chosen.push(
+            projectors
+                .iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| AdminError::UnknownProjection(name.clone()))?,
+        );
     }
-    let aggregate_type = chosen[0].0.aggregate_types()[0];
+    let aggregate_type = chosen[0].aggregate_types()[0];
     if chosen
         .iter()
-        .any(|(p, _)| p.aggregate_types() != [aggregate_type])
+        .any(|p| p.aggregate_types() != [aggregate_type])
     {
         return Err(AdminError::Invalid(
             "the projections of one repair must read the same aggregate type".to_owned(),
@@ -197,7 +93,7 @@ pub async fn repair(
             .await?;
     }
     let registry = projections(&mut *tx).await?;
-    for (projector, _) in &chosen {
+    for projector in &chosen {
         let live = registry.iter().any(|r| {
             r.name == projector.name() && r.inline_active && r.state == ProjectionState::Live
         });
@@ -217,18 +113,18 @@ pub async fn repair(
             "no events of {aggregate_type} {missing:?}"
         )));
     }
-    for (projector, plan) in &chosen {
-        for statement in plan.clear {
-            sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
+    for projector in &chosen {
+        for statement in clear(projector.as_ref()) {
+            sqlx::query(&statement).bind(&ids).execute(&mut *tx).await?;
         }
         project_all(std::slice::from_ref(*projector), &events)?
             .write(&mut tx)
             .await?;
-        for statement in plan.settle {
+        for statement in projector.settle() {
             sqlx::query(statement).bind(&ids).execute(&mut *tx).await?;
         }
     }
-    let repaired: Vec<String> = chosen.iter().map(|(p, _)| p.name().to_owned()).collect();
+    let repaired: Vec<String> = chosen.iter().map(|p| p.name().to_owned()).collect();
     sqlx::query("UPDATE projections SET changed_at = now() WHERE name = ANY($1)")
         .bind(&repaired)
         .execute(&mut *tx)
@@ -240,6 +136,22 @@ pub async fn repair(
         aggregates: ids,
         events_replayed: events.len(),
     })
+}
+
+/// The statements that delete `projector`'s rows of the aggregates `$1` (`text[]`): one per
+/// table whose rows are each of one aggregate.
+fn clear(projector: &dyn Projector) -> Vec<String> {
+    projector
+        .tables()
+        .iter()
+        .filter_map(|table| {
+            let aggregate = table.aggregate?;
+            Some(format!(
+                "DELETE FROM {} WHERE {aggregate} = ANY($1)",
+                table.name
+            ))
+        })
+        .collect()
 }
 
 /// The aggregate a read-model row (or a difference's key) belongs to, where one does: a
@@ -276,19 +188,15 @@ mod tests {
     use cutover_core::projection::table_names;
 
     #[test]
-    fn every_inline_projector_has_a_plan_that_clears_each_of_its_tables() {
+    fn a_repair_clears_or_settles_each_table_of_every_inline_projector() {
         for projector in crate::inline_projectors() {
-            let plan = PLANS
-                .iter()
-                .find(|plan| plan.projection == projector.name())
-                .unwrap_or_else(|| panic!("no repair plan for {}", projector.name()));
+            let clear = clear(projector.as_ref());
             for table in table_names(projector.as_ref()) {
-                let cleared = plan
-                    .clear
+                let cleared = clear
                     .iter()
                     .any(|s| s.starts_with(&format!("DELETE FROM {table} ")))
-                    || plan
-                        .settle
+                    || projector
+                        .settle()
                         .iter()
                         .any(|s| s.contains(&format!("INSERT INTO {table} ")));
                 assert!(cleared, "{}: {table} is not repaired", projector.name());

@@ -21,9 +21,14 @@ pub const NAME: &str = "student_competencies";
 /// it twice; a student is counted at their first attempt on the subskill. Every update is
 /// independent of the order attempts of different students are applied in, so a rebuild gives
 /// the rows live projection gave.
+/// A typed row's subskill (its aggregate), in SQL (the migration `switch_gate_and_repair`
+/// defines the function).
+const SUBSKILL: &str = "public.cutover_subskill_id(student_id, subject, skill_id, subskill_id)";
+
 /// The new `student_attempts` table: one row per attempt.
 pub static ATTEMPTS: Table = Table {
     name: "student_attempts",
+    aggregate: Some(SUBSKILL),
     columns: &[
         column!("attempt_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -43,6 +48,7 @@ pub static ATTEMPTS: Table = Table {
 /// The new `student_reviews` table: one row per review.
 pub static REVIEWS: Table = Table {
     name: "student_reviews",
+    aggregate: Some(SUBSKILL),
     columns: &[
         column!("review_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -62,6 +68,7 @@ pub static REVIEWS: Table = Table {
 /// The new `student_competencies` table: one row per student's subskill.
 pub static COMPETENCIES: Table = Table {
     name: "student_competencies",
+    aggregate: Some(SUBSKILL),
     columns: &[
         column!("student_id", "bigint", Keep),
         column!("subject", "text", Keep),
@@ -81,6 +88,7 @@ pub static COMPETENCIES: Table = Table {
 /// The new `skill_analytics` table: one row per subskill, summed over every student.
 pub static ANALYTICS: Table = Table {
     name: "skill_analytics",
+    aggregate: None,
     columns: &[
         column!("subject", "text", Keep),
         column!("skill_id", "text", Keep),
@@ -110,6 +118,28 @@ impl Fold for StudentCompetencies {
 
     fn tables() -> &'static [&'static Table] {
         &TABLES
+    }
+
+    /// A repair's replay counted the aggregates' attempts into `skill_analytics` again: each
+    /// subskill they touch is recomputed from every student's attempts, as the projector would
+    /// have summed them (a single attempt's mean is its score).
+    fn settle() -> &'static [&'static str] {
+        &["WITH touched AS (
+               SELECT DISTINCT subject, skill_id, subskill_id FROM student_attempts
+                WHERE public.cutover_subskill_id(student_id, subject, skill_id, subskill_id)
+                      = ANY($1)),
+           fresh AS (
+               SELECT a.subject, a.skill_id, a.subskill_id, count(*) AS attempts,
+                      count(DISTINCT a.student_id) AS students, sum(a.score::numeric) AS score_sum,
+                      max(a.attempted_at) AS last_updated
+                 FROM student_attempts AS a JOIN touched USING (subject, skill_id, subskill_id)
+                GROUP BY a.subject, a.skill_id, a.subskill_id)
+           INSERT INTO skill_analytics AS s (subject, skill_id, subskill_id, attempts, students,
+                                             score_sum, last_updated)
+           SELECT * FROM fresh
+           ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
+              SET attempts = EXCLUDED.attempts, students = EXCLUDED.students,
+                  score_sum = EXCLUDED.score_sum, last_updated = EXCLUDED.last_updated"]
     }
 
     fn project(
