@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
         config.command_retries,
     )
     .on_route(database.route);
+    cutover_projections::declarations::check(&database.session, store.projectors())
+        .await
+        .context("checking the read models' tables")?;
     let listener = cutover_api::serve::bind(config.bind)
         .with_context(|| format!("binding {}", config.bind))?;
     tracing::info!(address = %config.bind, "listening");

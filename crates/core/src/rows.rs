@@ -32,7 +32,8 @@ pub struct Table {
     /// The columns by which updates and deletes find a row: the key, or a unique part of it
     /// when events name only that part.
     pub address: &'static [&'static str],
-    /// Secondary indexes, by name.
+    /// Secondary indexes, by the names the migration gives them (a rebuild's copies have the
+    /// same indexes under names Postgres chooses: their number is what is checked).
     pub indexes: &'static [&'static str],
     /// Which aggregate a row is of, in SQL over the row (as `text`, compared with aggregate
     /// ids): a repair clears an aggregate's rows by it. `None` for a table whose rows sum over

@@ -327,7 +327,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let database = Database::open(&cli.database)
         .await
         .context("opening the database")?;
-    let result = command(&database, cli.command).await;
+    let result =
+        match cutover_projections::declarations::check(&database.session, &inline_projectors())
+            .await
+        {
+            Ok(()) => command(&database, cli.command).await,
+            Err(e) => Err(anyhow::Error::from(e).context("checking the read models' tables")),
+        };
     database.close().await.context("closing the database")?;
     result
 }

@@ -17,6 +17,7 @@ pub mod batch_completions;
 pub mod batch_state;
 pub mod batches;
 pub mod collections;
+pub mod declarations;
 pub mod follow;
 pub mod legacy_competencies;
 pub mod project_collections;
