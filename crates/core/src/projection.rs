@@ -79,6 +79,10 @@ pub trait Projector: Send + Sync + 'static {
     /// The aggregate types whose events this projector reads; others are never passed to it.
     fn aggregate_types(&self) -> &'static [&'static str];
 
+    /// The domain whose read model it is, and the shape of its tables.
+    fn domain(&self) -> crate::read_source::Domain;
+    fn shape(&self) -> crate::read_source::ReadSource;
+
     /// What `event` (one of this projector's aggregate types) does to the rows.
     ///
     /// # Errors

@@ -5,6 +5,7 @@
 
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
 use cutover_core::projection::ProjectionError;
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde_json::json;
@@ -78,6 +79,8 @@ pub struct BatchCompletions;
 
 impl Fold for BatchCompletions {
     const NAME: &'static str = NAME;
+    const DOMAIN: Domain = Domain::Batches;
+    const SHAPE: ReadSource = ReadSource::New;
     type Aggregate = PredictionBatch;
 
     fn tables() -> &'static [&'static Table] {

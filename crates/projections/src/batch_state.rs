@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
 use cutover_core::projection::ProjectionError;
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
@@ -58,6 +59,8 @@ pub struct LegacyBatchState;
 
 impl Fold for LegacyBatchState {
     const NAME: &'static str = NAME;
+    const DOMAIN: Domain = Domain::Batches;
+    const SHAPE: ReadSource = ReadSource::Legacy;
     type Aggregate = PredictionBatch;
 
     fn tables() -> &'static [&'static Table] {

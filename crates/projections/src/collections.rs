@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::projection::ProjectionError;
-use cutover_core::read_source::ReadSource;
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
@@ -133,6 +133,8 @@ pub struct LegacyCollections;
 
 impl Fold for LegacyCollections {
     const NAME: &'static str = NAME;
+    const DOMAIN: Domain = Domain::Collections;
+    const SHAPE: ReadSource = ReadSource::Legacy;
     type Aggregate = Collection;
 
     fn tables() -> &'static [&'static Table] {

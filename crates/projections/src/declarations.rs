@@ -24,17 +24,64 @@ pub enum CheckError {
     Database(#[from] sqlx::Error),
 }
 
-/// Checks that the database is as the projectors declare it.
+/// Makes what the projectors' declarations imply beyond the migrations' tables (see
+/// [`register`]), then checks that the database is as the projectors declare it.
 ///
 /// # Errors
 /// `Differ`, naming each difference, or a database error.
 pub async fn check(pool: &PgPool, projectors: &[Arc<dyn Projector>]) -> Result<(), CheckError> {
+    register(pool, projectors).await?;
     let found = differences(pool, projectors).await?;
     if found.is_empty() {
         Ok(())
     } else {
         Err(CheckError::Differ(found))
     }
+}
+
+/// Makes what a projector's declaration implies and its migration need not write: the
+/// registry row of a projection new to the database (retired: nothing maintains it until a
+/// rebuild fills it from the log and makes it live), and each table's rebuild template (an
+/// empty copy of the live table, with its indexes). Servers starting together take turns.
+///
+/// # Errors
+/// A database error.
+pub async fn register(pool: &PgPool, projectors: &[Arc<dyn Projector>]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cutover:declarations', 0))")
+        .execute(&mut *tx)
+        .await?;
+    for projector in projectors {
+        let tables: Vec<&str> = table_names(projector.as_ref()).collect();
+        sqlx::query(
+            "INSERT INTO projections (name, domain, shape, tables, state, inline_active)
+             VALUES ($1, $2, $3, $4, 'retired', false)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(projector.name())
+        .bind(projector.domain().as_str())
+        .bind(projector.shape())
+        .bind(&tables)
+        .execute(&mut *tx)
+        .await?;
+        for table in tables {
+            let missing: bool = sqlx::query_scalar(
+                "SELECT to_regclass('cutover_templates.' || $1) IS NULL
+                    AND to_regclass('public.' || $1) IS NOT NULL",
+            )
+            .bind(table)
+            .fetch_one(&mut *tx)
+            .await?;
+            if missing {
+                sqlx::query(&format!(
+                    "CREATE TABLE cutover_templates.{table} (LIKE public.{table} INCLUDING ALL)"
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await
 }
 
 /// Where the database differs from the projectors' declarations, one sentence each (none when
@@ -62,6 +109,16 @@ pub async fn differences(
             found.push(format!(
                 "the registry lists the tables {:?} for projection {name}, which declares {declared:?}",
                 row.tables
+            ));
+        }
+        let (domain, shape) = (projector.domain().as_str(), projector.shape());
+        if row.domain != domain || row.shape != shape {
+            found.push(format!(
+                "the registry has projection {name} as the {} model of {}, which declares the \
+                 {} model of {domain}",
+                row.shape.as_str(),
+                row.domain,
+                shape.as_str()
             ));
         }
         for table in projector.tables() {

@@ -9,7 +9,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
 use cutover_core::projection::ProjectionError;
-use cutover_core::read_source::ReadSource;
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{Change, Merge, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
@@ -98,6 +98,8 @@ pub struct LegacyCompetencies;
 
 impl Fold for LegacyCompetencies {
     const NAME: &'static str = NAME;
+    const DOMAIN: Domain = Domain::Competencies;
+    const SHAPE: ReadSource = ReadSource::Legacy;
     type Aggregate = StudentSubskill;
 
     fn tables() -> &'static [&'static Table] {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use cqrs_es::Aggregate;
 use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{Change, Table};
 use cutover_core::store::StoredEvent;
 
@@ -45,6 +46,9 @@ pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
 trait Fold: Send + Sync + 'static {
     /// The projection's name.
     const NAME: &'static str;
+    /// The domain whose read model it is, and the shape of its tables.
+    const DOMAIN: Domain;
+    const SHAPE: ReadSource;
     /// The aggregate whose events it reads.
     type Aggregate: Aggregate;
 
@@ -80,6 +84,14 @@ impl<F: Fold> Projector for Folded<F> {
 
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[<F::Aggregate as Aggregate>::TYPE]
+    }
+
+    fn domain(&self) -> Domain {
+        F::DOMAIN
+    }
+
+    fn shape(&self) -> ReadSource {
+        F::SHAPE
     }
 
     fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError> {

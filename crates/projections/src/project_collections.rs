@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::projection::ProjectionError;
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
@@ -65,6 +66,8 @@ pub struct ProjectCollections;
 
 impl Fold for ProjectCollections {
     const NAME: &'static str = NAME;
+    const DOMAIN: Domain = Domain::Collections;
+    const SHAPE: ReadSource = ReadSource::New;
     type Aggregate = Collection;
 
     fn tables() -> &'static [&'static Table] {

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use cutover_core::domain::competency::{CompetencyEvent, StudentSubskill, SubskillKey};
 use cutover_core::projection::ProjectionError;
+use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::rows::{numeric, timestamp, Change, Table};
 use cutover_core::store::StoredEvent;
 use serde::Serialize;
@@ -114,6 +115,8 @@ pub struct StudentCompetencies;
 
 impl Fold for StudentCompetencies {
     const NAME: &'static str = NAME;
+    const DOMAIN: Domain = Domain::Competencies;
+    const SHAPE: ReadSource = ReadSource::New;
     type Aggregate = StudentSubskill;
 
     fn tables() -> &'static [&'static Table] {

@@ -4,14 +4,23 @@
 //! check at start), or this fails. Likewise the states the registry stores
 //! (Rust enums) and the CHECK constraints of their columns.
 
-use cutover_core::read_source::ReadSource;
-use cutover_projections::rebuild::Purpose;
+use std::sync::Arc;
+
+use cutover_core::domain::collection::CollectionEvent;
+use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::read_source::{Domain, ReadSource};
+use cutover_core::rows::{timestamp, Change, Column, Merge, Table};
+use cutover_core::store::StoredEvent;
+use cutover_projections::rebuild::{self, Purpose};
 use cutover_projections::registry::{JobStatus, ProjectionState};
 use cutover_projections::{declarations, inline_projectors};
 use cutover_tests::{TestApp, TestDb};
-
-use crate::resume::{cli, run_cli};
+use serde_json::{json, Value};
 use sqlx::Postgres;
+use uuid::Uuid;
+
+use crate::collections::{collection_path, create};
+use crate::resume::{cli, run_cli};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_table_and_registry_row_matches_its_projectors_declaration_before_and_after_a_rebuild(
@@ -137,4 +146,162 @@ async fn every_stored_state_is_an_enum_that_mirrors_its_check_constraint() {
     let purposes = [Purpose::Rebuild, Purpose::Verify];
     mirrors(&db, "rebuild_jobs_purpose_check", &purposes).await;
     db.pool.close().await;
+}
+
+/// The read model `docs/adding-a-read-model.md` adds, declared as its guide declares it: one row
+/// per collection with its name and how often it was renamed.
+struct CollectionNames;
+
+static COLLECTION_NAMES: Table = Table {
+    name: "collection_names",
+    columns: &[
+        Column {
+            name: "collection_id",
+            sql_type: "uuid",
+            merge: Merge::Keep,
+        },
+        Column {
+            name: "name",
+            sql_type: "text",
+            merge: Merge::Set,
+        },
+        Column {
+            name: "renames",
+            sql_type: "bigint",
+            merge: Merge::Add,
+        },
+        Column {
+            name: "renamed_at",
+            sql_type: "timestamp with time zone",
+            merge: Merge::Greatest,
+        },
+    ],
+    key: &["collection_id"],
+    address: &["collection_id"],
+    indexes: &[],
+    aggregate: Some("collection_id::text"),
+};
+
+static COLLECTION_NAMES_TABLES: [&Table; 1] = [&COLLECTION_NAMES];
+
+impl Projector for CollectionNames {
+    fn name(&self) -> &'static str {
+        "collection_names"
+    }
+
+    fn tables(&self) -> &'static [&'static Table] {
+        &COLLECTION_NAMES_TABLES
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["collection"]
+    }
+
+    fn domain(&self) -> Domain {
+        Domain::Collections
+    }
+
+    fn shape(&self) -> ReadSource {
+        ReadSource::New
+    }
+
+    fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError> {
+        let at = timestamp(event.recorded_at);
+        let id = &event.aggregate_id;
+        Ok(match event.decode::<CollectionEvent>() {
+            Ok(CollectionEvent::CollectionCreated {
+                collection_name, ..
+            }) => vec![Change::insert(
+                &COLLECTION_NAMES,
+                json!({"collection_id": id, "name": collection_name, "renames": 0, "renamed_at": at}),
+            )],
+            Ok(CollectionEvent::CollectionUpdated {
+                collection_name, ..
+            }) => vec![Change::update(
+                &COLLECTION_NAMES,
+                json!({"collection_id": id, "name": collection_name, "renames": 1, "renamed_at": at}),
+            )],
+            _ => Vec::new(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_added_as_the_guide_says_is_registered_at_start_and_filled_by_a_rebuild() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    let kept = create(&app, project, "Kept").await;
+    let renamed = create(&app, project, "Before").await;
+    let path = collection_path(project, &renamed);
+    let response = app
+        .put(&path)
+        .json(&json!({"collection_name": "After"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    // The guide's migration, as it is written there.
+    let guide = include_str!("../../../docs/adding-a-read-model.md");
+    let migration = guide
+        .split("```sql\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the guide's migration");
+    sqlx::raw_sql(migration)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let mut projectors = inline_projectors();
+    projectors.push(Arc::new(CollectionNames));
+    // At start: the registry row and the template are made, and all is as declared.
+    declarations::check(&app.db.pool, &projectors)
+        .await
+        .unwrap();
+    let (state, shape, inline): (String, String, bool) = sqlx::query_as(
+        "SELECT state, shape, inline_active FROM projections WHERE name = 'collection_names'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), shape.as_str(), inline),
+        ("retired", "new", false)
+    );
+    // The rebuild fills it from the whole log and makes it live.
+    let selected = rebuild::select(&projectors, &["collection_names".to_owned()]).unwrap();
+    rebuild::Job::start(&app.db.pool, selected, Purpose::Rebuild)
+        .await
+        .unwrap()
+        .run(rebuild::SwapArgs::default(), |_| {})
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT collection_id::text, name, renames FROM collection_names ORDER BY name",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let id = |created: &Value| {
+        created["collection"]["collection_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        rows,
+        vec![
+            (id(&renamed), "After".to_owned(), 1),
+            (id(&kept), "Kept".to_owned(), 0)
+        ]
+    );
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM projections WHERE name = 'collection_names'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "live");
+    let found = declarations::differences(&app.db.pool, &projectors)
+        .await
+        .unwrap();
+    assert_eq!(found, Vec::<String>::new());
 }
