@@ -344,10 +344,11 @@ test("a followed domain shows its progress, a stopped follower and its actions, 
   // `cutover handover` records one (the follower is the CLI's: the console shows its rows).
   sql(`INSERT INTO follows (domain, slot, publication, legacy_table, aggregate_type, snapshot, lsn,
                             applied, changes_applied, changes_refused, lag_bytes, lag_histogram,
-                            updated_at)
+                            updated_at, last_error, last_error_at)
        VALUES ('competencies', 'cutover_follow_competencies', 'cutover_follow', 'public.attempts',
                'student_subskill', '1:1:', '0/16B3748', 1, 1234, 2, 4096,
-               '{0,0,0,0,990,10,0,0,0,0,0,0,0,0,0}', now() - interval '2 minutes');
+               '{0,0,0,0,990,10,0,0,0,0,0,0,0,0,0}', now() - interval '2 minutes',
+               'the old database: connection refused', now() - interval '2 minutes');
        INSERT INTO handovers (domain, legacy_table, lsn, rows_compared)
        VALUES ('collections', 'public.collections', '0/16B3748', 5000)`);
   try {
@@ -357,6 +358,7 @@ test("a followed domain shows its progress, a stopped follower and its actions, 
     assert.match(text, /competencies follows the old public\.attempts \(slot cutover_follow_competencies\): 1,234 changes applied, 2 refused; 4,096 bytes of WAL behind; 99% of the streamed changes applied within 100 ms/);
     assert.match(text, /SELECT \* FROM follow_refusals WHERE domain = 'competencies'/);
     assert.match(text, /No follower has looked at the old database since/);
+    assert.match(text, /The follower failed at .* and tries again: the old database: connection refused/);
     assert.equal(await followed.getAttribute("data-stopped"), "yes");
     assert.match(await following.locator('li[data-handed-over="yes"]').innerText(),
       /collections was handed over from the old public\.collections at .*: 5,000 old rows compared, no difference/);

@@ -427,6 +427,9 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                 if followed.changes_refused > 0 {
                     out!("  the refused changes, with why: SELECT * FROM follow_refusals WHERE domain = '{}'", followed.domain)?;
                 }
+                if let (Some(error), Some(at)) = (&followed.last_error, followed.last_error_at) {
+                    out!("  the follower failed at {at} (it tries again): {error}")?;
+                }
                 if followed.stopped(chrono::Utc::now()) {
                     out!(
                         "  warning: no follower has run since {}: the old database keeps its WAL \

@@ -595,6 +595,15 @@ async fn a_running_follower_waits_out_an_old_server_restart_and_goes_on() {
     // looks fail), and comes back.
     tokio::task::block_in_place(|| old.cluster.cluster.stop()).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Why it waits is on the domain's row, for status and the console.
+    let error = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT last_error FROM follows")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+    let said = error().await.unwrap_or_default();
+    assert!(said.starts_with("the old database: "), "{said}");
     let requested = old.cluster.cluster.location().requested.clone();
     let cluster =
         tokio::task::block_in_place(|| LocalPostgres::ensure_running(&requested)).unwrap();
@@ -613,6 +622,7 @@ async fn a_running_follower_waits_out_an_old_server_restart_and_goes_on() {
     };
     old.exec(&insert(70)).await;
     applied(120).await;
+    assert_eq!(error().await, None, "cleared by the next good look");
     assert!(
         follower.try_wait().unwrap().is_none(),
         "the follower is still running"

@@ -572,6 +572,10 @@ function followItem(f) {
       ? el("p", { class: "muted" }, "The refused changes are kept with why: ",
         el("code", {}, `SELECT * FROM follow_refusals WHERE domain = '${f.domain}'`))
       : null,
+    f.last_error
+      ? el("p", { class: "gate closed", role: "status" },
+        `The follower failed at ${when(f.last_error_at)} and tries again: ${f.last_error}`)
+      : null,
     f.stopped
       ? el("p", { class: "gate closed", role: "status" },
         `No follower has looked at the old database since ${when(f.updated_at)}: it keeps WAL for slot ${f.slot} meanwhile. Run `,

@@ -206,6 +206,9 @@ pub struct Follow {
     pub lag_histogram: Vec<i64>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the follower last failed, and when (it tries again); null since its next good look.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 /// How long a followed domain's row may go unrefreshed before it counts as stopped: a running
@@ -241,7 +244,7 @@ impl Follow {
 const SELECT_FOLLOW: &str = "\
 SELECT domain, slot, publication, legacy_table, snapshot, lsn::text AS lsn, applied,
        changes_applied, changes_refused, lag_bytes, waiting_since, lag_histogram, started_at,
-       updated_at
+       updated_at, last_error, last_error_at
   FROM follows";
 
 /// Every followed domain.
@@ -429,15 +432,17 @@ pub async fn keep_following<E: From<FollowError>>(
                     continue;
                 }
                 Err(e) if (listed.is_some() || e.is_transient()) && !until_caught_up => {
-                    tracing::warn!(
-                        domain = %follower.follow().domain,
-                        error = %e,
-                        "following paused; trying again in {retry:?}"
-                    );
+                    let domain = &follower.follow().domain;
+                    let error = chain(&e);
+                    tracing::warn!(%domain, %error, "following paused; trying again in {retry:?}");
+                    record_error(store, domain, &error).await;
                     failed = true;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    record_error(store, &follower.follow().domain, &chain(&e)).await;
+                    return Err(e.into());
+                }
             };
             if progress != Progress::default() {
                 report(follower.follow(), progress)?;
@@ -459,6 +464,34 @@ pub async fn keep_following<E: From<FollowError>>(
             () = &mut stop => return Ok(()),
             () = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// `e` and its causes, in one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut said = e.to_string();
+    let mut cause = e.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !said.contains(&more) {
+            said = format!("{said}: {more}");
+        }
+        cause = e.source();
+    }
+    said
+}
+
+/// Records on `domain`'s row why its follower failed, where status and the console read it;
+/// a database out of reach keeps nothing, which the follower's warning says too.
+async fn record_error(store: &EventStore, domain: &str, error: &str) {
+    let recorded =
+        sqlx::query("UPDATE follows SET last_error = $2, last_error_at = now() WHERE domain = $1")
+            .bind(domain)
+            .bind(error)
+            .execute(store.pool())
+            .await;
+    if let Err(e) = recorded {
+        tracing::debug!(%domain, error = %e, "the follower's error is not recorded");
     }
 }
 
@@ -938,7 +971,8 @@ where
         .flatten();
         let waiting_since = waiting_commit.and_then(postgres_time);
         sqlx::query(
-            "UPDATE follows SET lag_bytes = $2, waiting_since = $3, updated_at = now()
+            "UPDATE follows SET lag_bytes = $2, waiting_since = $3, updated_at = now(),
+                    last_error = NULL, last_error_at = NULL
               WHERE domain = $1",
         )
         .bind(&self.follow.domain)
