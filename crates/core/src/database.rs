@@ -10,13 +10,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::local_postgres::{ClusterLocation, LocalPostgres, LocalPostgresError};
+use crate::local_postgres::{ClusterLocation, LocalPostgres, LocalPostgresError, LOCAL_DATABASE};
 
 /// The schema: every table, embedded from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
-
-/// Name of the database used in the private cluster.
-pub const LOCAL_DATABASE: &str = "cutover";
 
 /// Where the data lives; shared by every binary.
 #[derive(Debug, Clone, clap::Args)]

@@ -21,6 +21,9 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Name of the database used in the private cluster.
+pub const LOCAL_DATABASE: &str = "cutover";
+
 use sha2::{Digest as _, Sha256};
 
 /// Where the cluster goes when this process is root and the `postgres` user cannot reach the
@@ -240,7 +243,7 @@ impl LocalPostgres {
             } else {
                 "already running"
             },
-            cluster.url(crate::database::LOCAL_DATABASE)
+            cluster.url(LOCAL_DATABASE)
         );
         Ok(Self {
             started_here: started,

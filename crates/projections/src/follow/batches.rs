@@ -14,9 +14,8 @@ use cutover_core::read_source::{Domain, ReadSource};
 use serde_json::Value as Json;
 use sqlx::PgConnection;
 
-use super::handover::Difference;
 use super::pgoutput::{text_array, Value};
-use super::source::{self, Change, Columns, OldTable, Source};
+use super::source::{self, Change, Columns, Difference, OldTable, Source};
 use crate::batch_state::BatchState;
 use crate::batches;
 

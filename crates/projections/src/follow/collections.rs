@@ -11,9 +11,8 @@ use cutover_core::read_source::{Domain, ReadSource};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::handover::Difference;
 use super::pgoutput::Value;
-use super::source::{self, Change, Columns, OldTable, Source};
+use super::source::{self, Change, Columns, Difference, OldTable, Source};
 use crate::collections::{self, LegacyCollection};
 
 /// The collections domain, followed from the old `collections` table.

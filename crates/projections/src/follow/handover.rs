@@ -13,7 +13,7 @@ use cutover_core::store::EventStore;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
-use super::source::{OldTable, Source};
+use super::source::{Difference, OldTable, Source};
 use super::{legacy, DomainFollower, FollowError, Progress};
 
 /// Most differences listed in a handover's report (all are counted).
@@ -24,19 +24,6 @@ const PAGE: i64 = 2_000;
 
 /// How long making the old table refuse writes waits for the old writes in flight.
 const LOCK_TIMEOUT: &str = "60s";
-
-/// A field an old row and Cutover's models disagree on.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-pub struct Difference {
-    /// The old row's key (for a collection or a batch, the aggregate's id).
-    pub id: String,
-    pub field: String,
-    /// The old row's value (`null`: no row).
-    pub old: Value,
-    /// The legacy model's and the new model's (`null`: no row).
-    pub legacy: Value,
-    pub new: Value,
-}
 
 /// What a handover found and did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]

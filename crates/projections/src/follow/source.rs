@@ -11,7 +11,6 @@ use sqlx::{PgConnection, PgPool};
 
 use serde_json::Value as Json;
 
-use super::handover::Difference;
 use super::pgoutput::Value;
 use super::{timestamp, FollowError};
 
@@ -120,6 +119,19 @@ pub trait Source: Send + Sync + 'static {
     ) -> Result<(u64, Vec<Difference>), FollowError> {
         Ok((0, Vec::new()))
     }
+}
+
+/// A field an old row and Cutover's models disagree on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Difference {
+    /// The old row's key (for a collection or a batch, the aggregate's id).
+    pub id: String,
+    pub field: String,
+    /// The old row's value (`null`: no row).
+    pub old: Json,
+    /// The legacy model's and the new model's (`null`: no row).
+    pub legacy: Json,
+    pub new: Json,
 }
 
 /// One old row as it now is.
