@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod database;
 pub mod domain;
+pub mod event;
 pub mod import;
 pub mod local_postgres;
 pub mod log;

@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row as _};
 
-use crate::store::StoredEvent;
+use crate::event::StoredEvent;
 use crate::upcast;
 
 /// A place in the log order: after the event with this transaction id and position.

@@ -2,66 +2,8 @@
 //! to their rows. The command path writes those changes inline, in the statement that appends
 //! the events; a rebuild writes the same changes over the whole log.
 
-use crate::rows::{Change, Changes, Table};
-use crate::store::StoredEvent;
-
-/// A projector failed; the transaction it ran in must not commit.
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
-    #[error("projector {projector} could not write its read model: {source}")]
-    Database {
-        projector: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The legacy shape's document id of a subskill is already another subskill's (the old
-    /// store's id format maps both to it); `detail` names both.
-    #[error("projector {projector} refused to merge two subskills: {detail}")]
-    LegacyIdTaken {
-        projector: &'static str,
-        detail: String,
-    },
-    #[error("projector {projector}: event at position {position} has a malformed aggregate id")]
-    BadAggregateId {
-        projector: &'static str,
-        position: i64,
-    },
-    /// A change that does not fit its table's declaration: a bug of the projector.
-    #[error("projector {projector} made a change that does not fit its table: {detail}")]
-    Shape {
-        projector: &'static str,
-        detail: String,
-    },
-    #[error("projector {projector} could not read event at position {position}")]
-    Decode {
-        projector: &'static str,
-        position: i64,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// SQLSTATE of `public.cutover_legacy_id_taken`: a legacy document id already belongs to
-/// another subskill.
-const LEGACY_ID_TAKEN: &str = "CUT01";
-
-/// Whether `e` is Postgres refusing to give one legacy id to two subskills.
-pub fn is_legacy_id_taken(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LEGACY_ID_TAKEN))
-}
-
-impl ProjectionError {
-    /// A database error met while writing `projector`'s rows.
-    pub fn of(projector: &'static str, source: sqlx::Error) -> Self {
-        match &source {
-            sqlx::Error::Database(e) if is_legacy_id_taken(&source) => Self::LegacyIdTaken {
-                projector,
-                detail: e.message().to_owned(),
-            },
-            _ => Self::Database { projector, source },
-        }
-    }
-}
+use crate::event::StoredEvent;
+use crate::rows::{Change, Changes, ProjectionError, Table};
 
 /// Builds read-model rows from events: a pure fold, with no IO.
 ///

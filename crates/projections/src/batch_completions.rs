@@ -4,10 +4,10 @@
 //! sequence, which orders the completed players as the old array did.
 
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
-use cutover_core::projection::ProjectionError;
+use cutover_core::event::StoredEvent;
 use cutover_core::read_source::{Domain, ReadSource};
+use cutover_core::rows::ProjectionError;
 use cutover_core::rows::{timestamp, Change, Table};
-use cutover_core::store::StoredEvent;
 use serde_json::json;
 
 use crate::batches::{BatchSummary, CompletionRow, OldAnswerQueries};

@@ -8,10 +8,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
-use cutover_core::projection::ProjectionError;
+use cutover_core::event::StoredEvent;
 use cutover_core::read_source::{Domain, ReadSource};
+use cutover_core::rows::ProjectionError;
 use cutover_core::rows::{Change, Merge, Table};
-use cutover_core::store::StoredEvent;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgConnection;

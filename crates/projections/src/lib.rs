@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use cqrs_es::Aggregate;
-use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::event::StoredEvent;
+use cutover_core::projection::Projector;
 use cutover_core::read_source::{Domain, ReadSource};
+use cutover_core::rows::ProjectionError;
 use cutover_core::rows::{Change, Table};
-use cutover_core::store::StoredEvent;
 
 pub mod batch_completions;
 pub mod batch_state;

@@ -6,10 +6,10 @@
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
-use cutover_core::projection::ProjectionError;
+use cutover_core::event::StoredEvent;
 use cutover_core::read_source::{Domain, ReadSource};
+use cutover_core::rows::ProjectionError;
 use cutover_core::rows::{timestamp, Change, Table};
-use cutover_core::store::StoredEvent;
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;

@@ -34,7 +34,7 @@ pub enum AdminError {
     #[error("rebuild of {projections} failed: {reason}")]
     RebuildFailed { projections: String, reason: String },
     #[error(transparent)]
-    Projection(#[from] cutover_core::projection::ProjectionError),
+    Projection(#[from] cutover_core::rows::ProjectionError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// A bug, not a fault of the request: a task of the job ended without its result.

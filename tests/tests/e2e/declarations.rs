@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use cutover_core::domain::collection::CollectionEvent;
-use cutover_core::projection::{ProjectionError, Projector};
+use cutover_core::event::StoredEvent;
+use cutover_core::projection::Projector;
 use cutover_core::read_source::{Domain, ReadSource};
+use cutover_core::rows::ProjectionError;
 use cutover_core::rows::{timestamp, Change, Column, Merge, Table};
-use cutover_core::store::StoredEvent;
 use cutover_projections::rebuild::{self, Purpose};
 use cutover_projections::registry::{JobStatus, ProjectionState};
 use cutover_projections::{declarations, inline_projectors};

@@ -20,19 +20,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use prometheus_client::metrics::counter::Counter;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::database::Route;
-use crate::projection::{ProjectionError, Projector};
+use crate::event::StoredEvent;
+use crate::projection::Projector;
 use crate::read_source::ReadSources;
+use crate::rows::ProjectionError;
 
 mod batch;
 mod cache;
@@ -49,34 +49,6 @@ use group::{Group, Lanes, Member};
 use idempotency::claim_key;
 use shared::{Seats, Shared, SharedMember};
 use stream::{append, read_sources, to_store, AppendError};
-
-/// One event as the log holds it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredEvent {
-    /// Global position: unique, handed out at insert time (not commit time).
-    pub position: i64,
-    /// Id of the transaction that appended the event (`xid8`, as a number).
-    pub transaction_id: i64,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    /// The aggregate's version after this event; starts at 1.
-    pub sequence: i64,
-    pub event_type: String,
-    pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
-    pub recorded_at: DateTime<Utc>,
-}
-
-impl StoredEvent {
-    /// Decodes the payload into the aggregate's event type.
-    ///
-    /// # Errors
-    /// The payload does not match the event type's shape.
-    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        E::deserialize(&self.payload)
-    }
-}
 
 /// How a command ended when it did not commit.
 #[derive(Debug, thiserror::Error)]
