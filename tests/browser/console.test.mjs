@@ -171,7 +171,9 @@ test("a rebuild shows a live progress bar that reaches 100%", async () => {
   // Running: the bar moves with events done of total, the rate and an ETA.
   await page.waitForFunction(() => [...document.querySelectorAll('progress[data-status="running"]')]
     .some((bar) => bar.value > 0 && bar.value < bar.max));
-  assert.match(await page.locator(".progress-text").first().innerText(), /of [\d,]+ events \(\d+%\), [\d,]+ events\/s, ETA \d/);
+  // (Of a bar that has moved: the first one shown may not have yet.)
+  await page.waitForFunction(() => [...document.querySelectorAll(".progress-text")]
+    .some((text) => /of [\d,]+ events \(\d+%\), [\d,]+ events\/s, ETA \d/.test(text.innerText)));
   // While its new projection is rebuilt, a domain is back at the backfill, with nothing to run.
   assert.match(await expectStage("collections", "backfill", null), /A rebuild of project_collections is running: wait for it to finish/);
   await shot("rebuild-running");
