@@ -773,7 +773,8 @@ pub async fn rebuild_with(
     names: &[&str],
     swap: cutover_projections::rebuild::SwapArgs,
 ) -> Result<cutover_projections::rebuild::Outcome, cutover_projections::registry::AdminError> {
-    use cutover_projections::rebuild::{select, Job, Purpose};
+    use cutover_projections::rebuild::{select, Job};
+    use cutover_projections::registry::Purpose;
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let selected = select(&cutover_projections::inline_projectors(), &names)?;
     Job::start(pool, selected, Purpose::Rebuild)

@@ -14,8 +14,9 @@ use cutover_core::database::{self, Database, DatabaseArgs};
 use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
-use cutover_projections::rebuild::{self, Progress, Purpose, SwapArgs};
+use cutover_projections::rebuild::{self, Progress, SwapArgs};
 use cutover_projections::registry::JobState;
+use cutover_projections::registry::Purpose;
 use cutover_projections::{follow, inline_projectors, registry, repair, shadow, verify};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -34,7 +34,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::registry::{
-    job_lock_key, rebuild_lock_key, runner_alive, AdminError, JobStatus, ProjectionState,
+    job_lock_key, rebuild_lock_key, runner_alive, AdminError, JobStatus, ProjectionState, Purpose,
+    Session, Signal, StoppedSession,
 };
 
 /// Events replayed per batch transaction.
@@ -51,17 +52,6 @@ const DEFAULT_SWAP_WAIT_SECS: u64 = 10;
 const STOPPED_QUERY_CHARS: i32 = 200;
 /// How often a rebuild that waits for the horizon looks again.
 const HORIZON_WAIT: Duration = Duration::from_secs(1);
-
-/// Why a job builds tables (`rebuild_jobs.purpose`, and its CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
-pub enum Purpose {
-    /// Replace the live tables.
-    Rebuild,
-    /// Build a scratch copy to compare with the live tables (verify); never swapped in.
-    Verify,
-}
 
 /// What a swap does once readers of the live tables have held it up for
 /// [`SwapArgs::swap_wait_secs`].
@@ -104,41 +94,6 @@ impl SwapArgs {
     fn wait(&self) -> Duration {
         Duration::from_secs(self.swap_wait_secs)
     }
-}
-
-/// How a swap stopped a session that held it up.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Signal {
-    /// Its running query was cancelled (`pg_cancel_backend`): the query gets an error.
-    Cancel,
-    /// The session was ended (`pg_terminate_backend`): it sat idle in a transaction.
-    Terminate,
-}
-
-/// A session that holds a lock on a live table, as `pg_stat_activity` shows it.
-#[derive(
-    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema,
-)]
-pub struct Session {
-    pub pid: i32,
-    pub user: Option<String>,
-    pub application: Option<String>,
-    pub query_start: Option<chrono::DateTime<chrono::Utc>>,
-    pub state: Option<String>,
-    /// Its query, cut to its first 200 characters.
-    pub query: Option<String>,
-}
-
-/// A session that held a swap up, and what the swap did to it (`rebuild_jobs.swap_stopped`,
-/// the job's `swap_stopped`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct StoppedSession {
-    #[serde(flatten)]
-    pub session: Session,
-    pub signal: Signal,
 }
 
 /// How far a job is.

@@ -12,8 +12,6 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::rebuild::{Purpose, StoppedSession};
-
 /// An admin action could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -40,6 +38,52 @@ pub enum AdminError {
     /// A bug, not a fault of the request: a task of the job ended without its result.
     #[error("{0}")]
     Broken(String),
+}
+
+/// Why a job builds tables (`rebuild_jobs.purpose`, and its CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Purpose {
+    /// Replace the live tables.
+    Rebuild,
+    /// Build a scratch copy to compare with the live tables (verify); never swapped in.
+    Verify,
+}
+
+/// How a swap stopped a session that held it up.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Its running query was cancelled (`pg_cancel_backend`): the query gets an error.
+    Cancel,
+    /// The session was ended (`pg_terminate_backend`): it sat idle in a transaction.
+    Terminate,
+}
+
+/// A session that holds a lock on a live table, as `pg_stat_activity` shows it.
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema,
+)]
+pub struct Session {
+    pub pid: i32,
+    pub user: Option<String>,
+    pub application: Option<String>,
+    pub query_start: Option<chrono::DateTime<chrono::Utc>>,
+    pub state: Option<String>,
+    /// Its query, cut to its first 200 characters.
+    pub query: Option<String>,
+}
+
+/// A session that held a swap up, and what the swap did to it (`rebuild_jobs.swap_stopped`,
+/// the job's `swap_stopped`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StoppedSession {
+    #[serde(flatten)]
+    pub session: Session,
+    pub signal: Signal,
 }
 
 /// A projection's state (`projections.state`, and its CHECK constraint).

@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::rebuild::{Job, Purpose};
+use crate::rebuild::Job;
+use crate::registry::Purpose;
 use crate::registry::{projections, AdminError};
 use crate::repair;
 

@@ -4,8 +4,9 @@ use cutover_projections::inline_projectors;
 use std::time::{Duration, Instant};
 
 use cutover_core::store::{aggregate_lock_key, APPEND_LOCK};
-use cutover_projections::rebuild::{self, Job, Purpose, SwapArgs, SwapBlocked};
+use cutover_projections::rebuild::{self, Job, SwapArgs, SwapBlocked};
 use cutover_projections::registry::AdminError;
+use cutover_projections::registry::Purpose;
 use cutover_tests::{json_with_status, rebuild_with, AppOptions, TestApp, TestDb};
 use reqwest::StatusCode;
 use serde_json::json;

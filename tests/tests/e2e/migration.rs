@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cutover_core::import::import_collections;
 use cutover_projections::inline_projectors;
-use cutover_projections::rebuild::{self, Job, Purpose, SwapArgs};
+use cutover_projections::rebuild::{self, Job, SwapArgs};
+use cutover_projections::registry::Purpose;
 use cutover_projections::verify::{verify, Report};
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;

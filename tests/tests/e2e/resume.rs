@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cutover_projections::inline_projectors;
-use cutover_projections::rebuild::{Job, Purpose};
+use cutover_projections::rebuild::Job;
+use cutover_projections::registry::Purpose;
 use cutover_projections::registry::{self, JobState, JobStatus};
 use cutover_projections::verify::verify;
 use cutover_tests::{binary, json_with_status, OwnCluster, TestApp};
