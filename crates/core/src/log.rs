@@ -16,7 +16,6 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row as _};
 
 use crate::event::StoredEvent;
-use crate::upcast;
 
 /// A place in the log order: after the event with this transaction id and position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -259,7 +258,7 @@ fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     let (event_version, payload) = if stored_payload.is_null() {
         (stored_version, stored_payload)
     } else {
-        upcast::current(&event_type, &stored_version, stored_payload)
+        crate::domain::current(&event_type, &stored_version, stored_payload)
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
     };
     Ok(StoredEvent {

@@ -1,16 +1,15 @@
 //! Event versions. Stored events outlive the code that wrote them: when an event's payload
 //! changes shape, the event gets a new `event_version` and an upcaster that turns the payload
 //! of the version before into the new one. Every reader of the log (loading an aggregate,
-//! projecting inline and in rebuilds, verify, the feed) reads events through [`current`], so
-//! the rest of the code knows only the current shape, and payloads of every older version stay
-//! readable for ever.
+//! projecting inline and in rebuilds, verify, the feed) reads events through
+//! [`crate::domain::current`] (every domain's upcasters, applied by [`apply`]), so the rest of
+//! the code knows only the current shape, and payloads of every older version stay readable for
+//! ever.
 //!
 //! A payload is the serialized event enum, `{"<EventType>": {<fields>}}`; an upcaster changes
 //! the fields.
 
 use serde_json::{Map, Value};
-
-use crate::domain;
 
 /// Turns one version of an event type's payload into the next.
 pub struct Upcaster {
@@ -30,26 +29,22 @@ pub struct UpcastError {
     pub reason: String,
 }
 
-/// Every upcaster of every domain.
-fn upcasters() -> impl Iterator<Item = &'static Upcaster> {
-    domain::collection::UPCASTERS
-        .iter()
-        .chain(domain::batch::UPCASTERS)
-        .chain(domain::competency::UPCASTERS)
-}
-
-/// The current version and payload of an event stored as `version`: each upcaster from that
-/// version on is applied in turn. A payload already current comes back as it is.
+/// The current version and payload of an event stored as `version`: each of `upcasters` from
+/// that version on is applied in turn. A payload already current comes back as it is.
 ///
 /// # Errors
 /// The payload is not `{"<event_type>": {…}}`, or an upcaster refused it.
-pub fn current(
+pub fn apply(
+    upcasters: &[&[Upcaster]],
     event_type: &str,
     version: &str,
     mut payload: Value,
 ) -> Result<(String, Value), UpcastError> {
     let mut version = version.to_owned();
-    while let Some(upcaster) = upcasters().find(|u| u.event_type == event_type && u.from == version)
+    while let Some(upcaster) = upcasters
+        .iter()
+        .flat_map(|list| list.iter())
+        .find(|u| u.event_type == event_type && u.from == version)
     {
         let error = |reason: String| UpcastError {
             event_type: event_type.to_owned(),
@@ -76,38 +71,4 @@ pub fn rename(fields: &mut Map<String, Value>, from: &str, to: &str) -> Result<(
         .ok_or_else(|| format!("no field {from:?}"))?;
     fields.insert(to.to_owned(), value);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_upcaster_chain_ends_at_one_current_version_without_a_loop() {
-        for start in upcasters() {
-            let mut version = start.from;
-            let mut steps = 0;
-            while let Some(next) =
-                upcasters().find(|u| u.event_type == start.event_type && u.from == version)
-            {
-                version = next.to;
-                steps += 1;
-                assert!(steps < 100, "{} loops at {version}", start.event_type);
-            }
-            assert_ne!(version, start.from);
-        }
-    }
-
-    #[test]
-    fn a_payload_that_lacks_what_its_upcaster_needs_is_named_in_the_error() {
-        let error = current(
-            "CollectionCreated",
-            "1.0",
-            serde_json::json!({"CollectionCreated": {"project_id": "x"}}),
-        )
-        .expect_err("no name to rename");
-
-        assert_eq!(error.event_type, "CollectionCreated");
-        assert!(error.reason.contains("name"), "{error}");
-    }
 }

@@ -5,6 +5,30 @@ pub mod batch;
 pub mod collection;
 pub mod competency;
 
+use serde_json::Value;
+
+use crate::upcast::{self, UpcastError, Upcaster};
+
+/// Every upcaster of every domain.
+const UPCASTERS: &[&[Upcaster]] = &[
+    collection::UPCASTERS,
+    batch::UPCASTERS,
+    competency::UPCASTERS,
+];
+
+/// The current version and payload of an event of any domain stored as `version` (see
+/// [`crate::upcast`]).
+///
+/// # Errors
+/// The payload is not `{"<event_type>": {…}}`, or an upcaster refused it.
+pub fn current(
+    event_type: &str,
+    version: &str,
+    payload: Value,
+) -> Result<(String, Value), UpcastError> {
+    upcast::apply(UPCASTERS, event_type, version, payload)
+}
+
 /// `raw` without surrounding white space, or `None` when nothing visible is left: a text made
 /// only of white space, control characters and characters drawn as nothing (zero-width spaces
 /// and joiners, direction marks, U+FEFF, variation selectors, fillers) is empty. Every text
@@ -48,7 +72,40 @@ fn is_default_ignorable(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::trimmed_visible;
+    use super::{current, trimmed_visible, Upcaster, UPCASTERS};
+
+    fn upcasters() -> impl Iterator<Item = &'static Upcaster> {
+        UPCASTERS.iter().flat_map(|list| list.iter())
+    }
+
+    #[test]
+    fn every_upcaster_chain_ends_at_one_current_version_without_a_loop() {
+        for start in upcasters() {
+            let mut version = start.from;
+            let mut steps = 0;
+            while let Some(next) =
+                upcasters().find(|u| u.event_type == start.event_type && u.from == version)
+            {
+                version = next.to;
+                steps += 1;
+                assert!(steps < 100, "{} loops at {version}", start.event_type);
+            }
+            assert_ne!(version, start.from);
+        }
+    }
+
+    #[test]
+    fn a_payload_that_lacks_what_its_upcaster_needs_is_named_in_the_error() {
+        let error = current(
+            "CollectionCreated",
+            "1.0",
+            serde_json::json!({"CollectionCreated": {"project_id": "x"}}),
+        )
+        .expect_err("no name to rename");
+
+        assert_eq!(error.event_type, "CollectionCreated");
+        assert!(error.reason.contains("name"), "{error}");
+    }
 
     #[test]
     fn text_of_only_invisible_characters_is_empty() {

@@ -191,7 +191,7 @@ impl<A: Aggregate> Loaded<A> {
             };
             self.version = sequence;
             self.position = row.try_get("position")?;
-            let (_, payload) = crate::upcast::current(
+            let (_, payload) = crate::domain::current(
                 row.try_get("event_type")?,
                 row.try_get("event_version")?,
                 row.try_get("payload")?,
