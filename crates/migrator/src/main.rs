@@ -698,13 +698,8 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     refused = true;
                     continue;
                 };
-                let mut follower = follow::Follower::start(
-                    store.clone(),
-                    old.clone(),
-                    domain,
-                    &follow.publication,
-                )
-                .await?;
+                let mut follower =
+                    follow::Follower::take_up(store.clone(), old.clone(), domain).await?;
                 let report = follower.handover().await?;
                 for d in &report.differences {
                     out!(

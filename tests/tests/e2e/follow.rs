@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use cutover_core::local_postgres::LocalPostgres;
+use cutover_projections::follow;
 use cutover_tests::{AppOptions, OwnCluster, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -1252,6 +1253,15 @@ async fn a_server_follows_stops_and_hands_over_a_domain_from_the_admin_api() {
         .as_array()
         .unwrap()
         .is_empty());
+    // A server's follower that listed it before the drop takes it up no more, and makes no
+    // slot again.
+    let system = follow::OldSystem::open(&app.db.pool, &old.url).unwrap();
+    let taken = follow::Follower::take_up(system.store, system.old, "batches").await;
+    assert!(
+        matches!(taken, Err(follow::FollowError::NotFollowed(_))),
+        "{:?}",
+        taken.err()
+    );
     let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots")
         .fetch_one(&old.pool)
         .await

@@ -578,17 +578,13 @@ async fn hand_over(
     Path(domain): Path<String>,
 ) -> Result<Response, ApiError> {
     followable(&domain)?;
-    let followed = followed(&state, &domain).await?;
+    followed(&state, &domain).await?;
     let old_system = old_system(&state)?;
-    let report = follow::Follower::start(
-        old_system.store.clone(),
-        old_system.old.clone(),
-        &domain,
-        &followed.follow.publication,
-    )
-    .await?
-    .handover()
-    .await?;
+    let report =
+        follow::Follower::take_up(old_system.store.clone(), old_system.old.clone(), &domain)
+            .await?
+            .handover()
+            .await?;
     let (status, detail) = if report.handed_over {
         (
             StatusCode::OK,

@@ -506,16 +506,12 @@ async fn follow_listed(
         if followers.iter().any(|f| f.follow().domain == follow.domain) {
             continue;
         }
-        followers.push(
-            Follower::start(
-                store.clone(),
-                old.clone(),
-                &follow.domain,
-                &follow.publication,
-            )
-            .await?
-            .with_batch(batch),
-        );
+        match Follower::take_up(store.clone(), old.clone(), &follow.domain).await {
+            Ok(follower) => followers.push(follower.with_batch(batch)),
+            // Dropped or handed over since it was listed.
+            Err(FollowError::NotFollowed(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -551,22 +547,54 @@ impl Follower {
         domain: &str,
         publication: &str,
     ) -> Result<Self, FollowError> {
-        let start = Start {
+        Start {
             store,
             old,
             publication,
-        };
+            create: true,
+        }
+        .of(domain)
+        .await
+    }
+
+    /// Takes up following `domain` where an earlier follower stopped, never starting it (a
+    /// handover, a server's follower: a domain dropped meanwhile stays dropped).
+    ///
+    /// # Errors
+    /// `NotFollowed` when it is not followed, or as [`Follower::start`].
+    pub async fn take_up(
+        store: EventStore,
+        old: PgPool,
+        domain: &str,
+    ) -> Result<Self, FollowError> {
+        Start {
+            store,
+            old,
+            publication: DEFAULT_PUBLICATION,
+            create: false,
+        }
+        .of(domain)
+        .await
+    }
+}
+
+impl Start<'_> {
+    /// The follower of `domain`.
+    async fn of(self, domain: &str) -> Result<Follower, FollowError> {
+        let start = self;
         match domain {
-            "collections" => Ok(Self::Collections(start.follow().await?)),
-            "batches" => Ok(Self::Batches(start.follow().await?)),
-            "competencies" => Ok(Self::Competencies(start.follow().await?)),
+            "collections" => Ok(Follower::Collections(start.follow().await?)),
+            "batches" => Ok(Follower::Batches(start.follow().await?)),
+            "competencies" => Ok(Follower::Competencies(start.follow().await?)),
             _ => Err(FollowError::Setup(format!(
                 "{domain} cannot be followed: only {} can",
                 FOLLOWED.join(", ")
             ))),
         }
     }
+}
 
+impl Follower {
     /// The follower applying at most `batch` changes in one transaction here (at least one).
     #[must_use]
     pub fn with_batch(self, batch: usize) -> Self {
@@ -625,7 +653,10 @@ impl From<DomainFollower<competencies::Competencies>> for Follower {
 struct Start<'a> {
     store: EventStore,
     old: PgPool,
+    /// Used when the domain is started here.
     publication: &'a str,
+    /// Whether to start following a domain not followed yet.
+    create: bool,
 }
 
 impl Start<'_> {
@@ -634,6 +665,7 @@ impl Start<'_> {
             store,
             old,
             publication,
+            create,
         } = self;
         let (domain, aggregate_type) = (S::DOMAIN.as_str(), S::Aggregate::TYPE);
         let tables: Vec<&str> = S::TABLES.iter().map(|table| table.name).collect();
@@ -644,6 +676,7 @@ impl Start<'_> {
                 .await?;
         let follow = match existing {
             Some(follow) => follow,
+            None if !create => return Err(FollowError::NotFollowed(domain.to_owned())),
             None => {
                 let handed_over: Option<DateTime<Utc>> = sqlx::query_scalar(
                     "SELECT handed_over_at FROM handovers WHERE domain = $1
