@@ -266,10 +266,6 @@ impl Source for Competencies {
         conn: &mut PgConnection,
         rows: &[Self::Row],
     ) -> Result<Vec<Difference>, sqlx::Error> {
-        let ids: Vec<Uuid> = rows
-            .iter()
-            .filter_map(|row| Uuid::parse_str(&row.id).ok())
-            .collect();
         let mut differences = Vec::new();
         for (table, collection) in [
             (ATTEMPTS, Collection::Attempts),
@@ -280,6 +276,10 @@ impl Source for Competencies {
             if of_table.is_empty() {
                 continue;
             }
+            let ids: Vec<Uuid> = of_table
+                .iter()
+                .filter_map(|row| Uuid::parse_str(&row.id).ok())
+                .collect();
             let legacy =
                 documents::documents_answer(conn, ReadSource::Legacy, collection, &ids).await?;
             let new = documents::documents_answer(conn, ReadSource::New, collection, &ids).await?;
@@ -448,16 +448,6 @@ fn compare_competency(
     legacy: Option<&LegacyDocument>,
     new: Option<&LegacyDocument>,
 ) -> Vec<Difference> {
-    let (Some(legacy), Some(new)) = (legacy, new) else {
-        let held = |m: Option<&LegacyDocument>| m.map_or(Json::Null, |d| json!(d.id));
-        return vec![Difference {
-            id: id.to_owned(),
-            field: "id".into(),
-            old: json!(id),
-            legacy: held(legacy),
-            new: held(new),
-        }];
-    };
     let same = |a: &Json, b: &Json| match (a, b) {
         (Json::Number(a), Json::Number(b)) => a
             .as_f64()
@@ -473,29 +463,25 @@ fn compare_competency(
         (a, b) => a == b,
     };
     let mut differences = Vec::new();
-    if legacy.id != id || new.id != id {
-        differences.push(Difference {
-            id: id.to_owned(),
-            field: "id".into(),
-            old: json!(id),
-            legacy: json!(legacy.id),
-            new: json!(new.id),
-        });
-    }
-    let Json::Object(fields) = &legacy.doc else {
-        return differences;
-    };
-    for (field, l) in fields {
-        let (o, n) = (&old[field], &new.doc[field]);
-        if !same(o, l) || !same(o, n) {
+    if let (Some(legacy), Some(new)) = (legacy, new) {
+        if legacy.id != id || new.id != id {
             differences.push(Difference {
                 id: id.to_owned(),
-                field: field.clone(),
-                old: o.clone(),
-                legacy: l.clone(),
-                new: n.clone(),
+                field: "id".into(),
+                old: json!(id),
+                legacy: json!(legacy.id),
+                new: json!(new.id),
             });
         }
     }
+    let doc = |d: Option<&LegacyDocument>| d.map(|d| d.doc.clone());
+    differences.extend(source::differences_by(
+        id,
+        "id",
+        old,
+        doc(legacy).as_ref(),
+        doc(new).as_ref(),
+        same,
+    ));
     differences
 }

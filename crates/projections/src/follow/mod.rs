@@ -811,16 +811,7 @@ where
             self.copy(&mut progress).await?;
         }
         while self.step(&mut progress).await? {}
-        self.reload().await?;
         Ok(progress)
-    }
-
-    async fn reload(&mut self) -> Result<(), FollowError> {
-        self.follow = sqlx::query_as(&format!("{SELECT_FOLLOW} WHERE domain = $1"))
-            .bind(&self.follow.domain)
-            .fetch_one(self.store.pool())
-            .await?;
-        Ok(())
     }
 
     /// The initial copy: every existing row, under one snapshot of the old database, whose

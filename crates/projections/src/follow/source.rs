@@ -209,6 +209,18 @@ pub fn differences<M: serde::Serialize>(
     legacy: Option<&M>,
     new: Option<&M>,
 ) -> Vec<Difference> {
+    differences_by(id, key, old, legacy, new, |a, b| a == b)
+}
+
+/// [`differences`], with `same` saying whether two values of a field agree.
+pub fn differences_by<M: serde::Serialize>(
+    id: &str,
+    key: &str,
+    old: &impl serde::Serialize,
+    legacy: Option<&M>,
+    new: Option<&M>,
+    same: impl Fn(&Json, &Json) -> bool,
+) -> Vec<Difference> {
     let (Some(legacy), Some(new)) = (legacy, new) else {
         let held = |m: Option<&M>| m.map_or(Json::Null, |_| Json::from(id));
         return vec![Difference {
@@ -232,7 +244,7 @@ pub fn differences<M: serde::Serialize>(
         .iter()
         .filter_map(|(field, l)| {
             let (o, n) = (&old[field], &new[field]);
-            (o != l || o != n).then(|| Difference {
+            (!same(o, l) || !same(o, n)).then(|| Difference {
                 id: id.to_owned(),
                 field: field.clone(),
                 old: o.clone(),
