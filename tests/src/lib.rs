@@ -755,13 +755,8 @@ pub const SWAP_HOLD_BOUND: std::time::Duration = std::time::Duration::from_milli
 pub async fn rebuild(
     pool: &PgPool,
     names: &[&str],
-) -> Result<cutover_projections::rebuild::Outcome, cutover_projections::registry::AdminError> {
-    rebuild_with(
-        pool,
-        names,
-        cutover_projections::rebuild::SwapArgs::default(),
-    )
-    .await
+) -> Result<cutover_engine::rebuild::Outcome, cutover_engine::registry::AdminError> {
+    rebuild_with(pool, names, cutover_engine::rebuild::SwapArgs::default()).await
 }
 
 /// [`rebuild`], with `swap` as `--swap-wait-secs` and `--swap-blocked`.
@@ -771,10 +766,10 @@ pub async fn rebuild(
 pub async fn rebuild_with(
     pool: &PgPool,
     names: &[&str],
-    swap: cutover_projections::rebuild::SwapArgs,
-) -> Result<cutover_projections::rebuild::Outcome, cutover_projections::registry::AdminError> {
-    use cutover_projections::rebuild::{select, Job};
-    use cutover_projections::registry::Purpose;
+    swap: cutover_engine::rebuild::SwapArgs,
+) -> Result<cutover_engine::rebuild::Outcome, cutover_engine::registry::AdminError> {
+    use cutover_engine::rebuild::{select, Job};
+    use cutover_engine::registry::Purpose;
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let selected = select(&cutover_projections::inline_projectors(), &names)?;
     Job::start(pool, selected, Purpose::Rebuild)

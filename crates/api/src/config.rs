@@ -21,7 +21,7 @@ pub struct Config {
     pub reads: crate::reads::ReadArgs,
 
     #[command(flatten)]
-    pub swap: cutover_projections::rebuild::SwapArgs,
+    pub swap: cutover_engine::rebuild::SwapArgs,
 
     #[command(flatten)]
     pub connections: crate::serve::ConnectionArgs,

@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use cutover_core::domain::batch::{BatchError, InvalidBatchInput};
 use cutover_core::domain::collection::{CollectionError, InvalidCollectionInput};
 use cutover_core::domain::competency::{CompetencyError, InvalidCompetencyInput};
-use cutover_core::read_source::ReadSourceError;
-use cutover_core::rows::ProjectionError;
 use cutover_core::store::{CommandError, CommitError, GroupFailure};
+use cutover_engine::read_source::ReadSourceError;
+use cutover_engine::rows::ProjectionError;
 use serde::Serialize;
 
 /// Why a request failed, by the status it answers with.

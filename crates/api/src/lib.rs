@@ -46,7 +46,7 @@ pub struct AppState {
     pub tokens: Option<Arc<Tokens>>,
     pub metrics: metrics::Metrics,
     /// How a rebuild's swap treats the readers that hold it up.
-    pub swap: cutover_projections::rebuild::SwapArgs,
+    pub swap: cutover_engine::rebuild::SwapArgs,
     /// The old system's database this server follows (`--legacy-url`), if any.
     pub old_system: Option<follow::OldSystem>,
 }
@@ -73,7 +73,7 @@ impl AppState {
             feed,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             tokens: None,
-            swap: cutover_projections::rebuild::SwapArgs::default(),
+            swap: cutover_engine::rebuild::SwapArgs::default(),
             old_system: None,
         };
         tokio::spawn(metrics::sample(state.clone(), shutdown));

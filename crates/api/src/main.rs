@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
         config.command_retries,
     )
     .on_route(database.route);
-    cutover_projections::declarations::check(&database.session, store.projectors())
+    cutover_engine::declarations::check(&database.session, store.projectors())
         .await
         .context("checking the read models' tables")?;
     let listener = cutover_api::serve::bind(config.bind)

@@ -11,15 +11,15 @@ use axum::response::IntoResponse as _;
 use axum::routing::get;
 use axum::Router;
 use cutover_core::domain::{self, batch, collection, competency};
-use cutover_core::read_source::{Domain, ReadSource};
+use cutover_engine::read_source::{Domain, ReadSource};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
+use cutover_projections::batch_completions::{BatchSummary, CompletionRow};
 use cutover_projections::batch_state::BatchState;
-use cutover_projections::batches::{BatchSummary, CompletionRow};
 use cutover_projections::collections::LegacyCollection;
 use cutover_projections::legacy_competencies::{AttemptDoc, CompetencyDoc, ReviewDoc};
 use cutover_projections::project_collections::ProjectCollection;
@@ -584,7 +584,7 @@ fn rules() -> Vec<(At, Value)> {
         ),
         (
             Schema("RepairBody/properties/aggregates"),
-            json!({"minItems": 1, "maxItems": cutover_projections::repair::MAX_AGGREGATES}),
+            json!({"minItems": 1, "maxItems": cutover_engine::repair::MAX_AGGREGATES}),
         ),
         (
             Schema("RepairBody/properties/aggregates/items"),

@@ -27,7 +27,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use cutover_core::database::{self, Route};
-use cutover_core::read_source::{self, Domain, ReadSource};
+use cutover_engine::read_source::{self, Domain, ReadSource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

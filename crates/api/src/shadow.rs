@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::StoredResponse;
-use cutover_projections::shadow::{self, Counted, Seen};
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::shadow::{self, Counted, Seen};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

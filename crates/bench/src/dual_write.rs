@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use cutover_core::domain::batch::{BatchId, Completion, ExpectedPlayers};
 use cutover_core::domain::collection::{CollectionName, Description};
 use cutover_core::domain::competency::{Attempt, Competency, SubskillKey};
-use cutover_projections::batches::BatchSummary;
+use cutover_projections::batch_completions::BatchSummary;
 use cutover_projections::collections::LegacyCollection;
 use cutover_projections::student_competencies::StudentCompetency;
 use serde_json::{json, Value};

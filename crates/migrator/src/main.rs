@@ -11,13 +11,14 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::auth::{Scope, Tokens};
 use cutover_core::database::{self, Database, DatabaseArgs};
-use cutover_core::read_source::ReadSource;
 use cutover_core::store::EventStore;
 use cutover_core::telemetry::{self, LogFormat};
-use cutover_projections::rebuild::{self, Progress, SwapArgs};
-use cutover_projections::registry::JobState;
-use cutover_projections::registry::Purpose;
-use cutover_projections::{follow, inline_projectors, registry, repair, shadow, verify};
+use cutover_engine::read_source::ReadSource;
+use cutover_engine::rebuild::{self, Progress, SwapArgs};
+use cutover_engine::registry::JobState;
+use cutover_engine::registry::Purpose;
+use cutover_engine::{registry, repair, shadow, verify};
+use cutover_projections::{follow, inline_projectors};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// `println!`, but a reader that has gone away (`cutover status | head -1`) is no error: what
@@ -329,9 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .await
         .context("opening the database")?;
     let result =
-        match cutover_projections::declarations::check(&database.session, &inline_projectors())
-            .await
-        {
+        match cutover_engine::declarations::check(&database.session, &inline_projectors()).await {
             Ok(()) => command(&database, cli.command).await,
             Err(e) => Err(anyhow::Error::from(e).context("checking the read models' tables")),
         };
@@ -457,7 +456,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                     job.projections.join(" ")
                 )?;
             }
-            if let Some(b) = cutover_core::log::horizon_blocker(pool).await? {
+            if let Some(b) = cutover_engine::log::horizon_blocker(pool).await? {
                 out!(
                     "the log's horizon is held back by pid {} (application {:?}, its transaction open {:.0} s): {}",
                     b.pid, b.application, b.age_seconds, b.query

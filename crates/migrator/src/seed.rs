@@ -13,8 +13,8 @@ use cutover_core::domain::collection::{Collection, CollectionEvent};
 use cutover_core::domain::competency::{
     Competency, CompetencyEvent, StudentSubskill, SubskillKey, MAX_SCORE,
 };
-use cutover_core::projection::Projector;
-use cutover_core::store::APPEND_LOCK;
+use cutover_engine::locks::APPEND_LOCK;
+use cutover_engine::projection::Projector;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::sync::Arc;

@@ -3,14 +3,16 @@
 //! also hold what the old answers show: the expected players, and each completion's event
 //! sequence, which orders the completed players as the old array did.
 
+use chrono::{DateTime, Utc};
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
-use cutover_core::event::StoredEvent;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{timestamp, Change, Table};
+use cutover_engine::compare::Comparison;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{timestamp, Change, Table};
 use serde_json::json;
 
-use crate::batches::{BatchSummary, CompletionRow, OldAnswerQueries};
+use crate::batch_state::OldAnswerQueries;
 use crate::{column, Fold};
 use sqlx::PgConnection;
 
@@ -54,6 +56,103 @@ pub static COUNTERS: Table = Table {
 
 static TABLES: [&Table; 2] = [&COMPLETIONS, &COUNTERS];
 
+/// What the old answers show, in both models: a batch, and each of its completions.
+static COMPARED: [Comparison; 2] = [
+    Comparison {
+        legacy: &crate::batch_state::TABLE,
+        legacy_rows: None,
+        new: &COUNTERS,
+        key: &[("batch_id", "(l).batch_id", "(n).batch_id")],
+        joined: 1,
+        fields: &[
+            (
+                "expected_players",
+                "(l).expected_players",
+                "(n).expected_players",
+            ),
+            (
+                "expected_count",
+                "cardinality((l).expected_players)",
+                "(n).expected_count",
+            ),
+            (
+                "completed_players",
+                "(l).completed_players",
+                "ARRAY(SELECT p.player_lookup FROM batch_completions AS p
+                        WHERE p.batch_id = (n).batch_id ORDER BY p.sequence)",
+            ),
+            (
+                "completed_count",
+                "cardinality((l).completed_players)",
+                "(n).completed_count",
+            ),
+            (
+                "predictions_by_player",
+                "(l).predictions_by_player",
+                "(SELECT coalesce(jsonb_object_agg(p.player_lookup, p.predictions_count), '{}')
+                    FROM batch_completions AS p WHERE p.batch_id = (n).batch_id)",
+            ),
+            (
+                "total_predictions",
+                "(l).total_predictions",
+                "(n).total_predictions",
+            ),
+            ("is_complete", "(l).is_complete", "(n).is_complete"),
+            (
+                "updated_at/last_updated",
+                "(l).updated_at",
+                "(n).last_updated",
+            ),
+            ("last_sequence", "(l).last_sequence", "(n).last_sequence"),
+        ],
+    },
+    Comparison {
+        legacy: &crate::batch_state::TABLE,
+        legacy_rows: Some(
+            "(SELECT b.batch_id, p AS player_lookup,
+                     (b.predictions_by_player ->> p)::int AS predictions_count
+                FROM batch_state AS b, unnest(b.completed_players) AS p)",
+        ),
+        new: &COMPLETIONS,
+        key: &[
+            ("batch_id", "(l).batch_id", "(n).batch_id"),
+            ("player_lookup", "(l).player_lookup", "(n).player_lookup"),
+        ],
+        joined: 2,
+        fields: &[(
+            "predictions_count",
+            "(l).predictions_count",
+            "(n).predictions_count",
+        )],
+    },
+];
+
+/// A completion: the old clients read its player and count, the new shape also when it was
+/// recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct CompletionRow {
+    pub player_lookup: String,
+    pub predictions_count: i32,
+    /// When the completion was recorded; the old answers do not show it.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A batch in the new shape: its counters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct BatchSummary {
+    pub batch_id: String,
+    pub expected_count: i32,
+    pub completed_count: i32,
+    pub total_predictions: i64,
+    pub is_complete: bool,
+    pub last_updated: DateTime<Utc>,
+    /// The batch's event sequence the row reflects: its version.
+    #[serde(skip)]
+    pub last_sequence: i64,
+}
+
 /// The old answers, read from these tables: the completed players in the order they completed,
 /// their counts as the old map.
 pub(crate) static OLD_ANSWER: OldAnswerQueries = OldAnswerQueries {
@@ -85,6 +184,10 @@ impl Fold for BatchCompletions {
 
     fn tables() -> &'static [&'static Table] {
         &TABLES
+    }
+
+    fn compared() -> &'static [Comparison] {
+        &COMPARED
     }
 
     fn project(event: &StoredEvent, decoded: BatchEvent) -> Result<Vec<Change>, ProjectionError> {

@@ -3,14 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
-use cutover_core::event::StoredEvent;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{timestamp, Change, Table};
+use cutover_engine::event::StoredEvent;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{timestamp, Change, Table};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::batches::OldAnswerQueries;
 use crate::{column, Fold};
 
 /// The projection's name.
@@ -36,6 +35,16 @@ pub static TABLE: Table = Table {
 };
 
 static TABLES: [&Table; 1] = [&TABLE];
+
+/// The queries of one model that read what the old clients see: the batch (`$1`) as a
+/// [`BatchState`]; the completions of the players `$2` (an array) in batch `$1`, by player; and
+/// a page of completions (`$1`, after `$2`, at most `$3`, by player). Completions are
+/// [`crate::batch_completions::CompletionRow`]s without their time.
+pub struct OldAnswerQueries {
+    pub batch: &'static str,
+    pub completions_of: &'static str,
+    pub completions: &'static str,
+}
 
 /// The old answers, read from this table.
 pub(crate) static OLD_ANSWER: OldAnswerQueries = OldAnswerQueries {

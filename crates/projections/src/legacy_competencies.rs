@@ -8,10 +8,11 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
-use cutover_core::event::StoredEvent;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{Change, Merge, Table};
+use cutover_engine::compare::Comparison;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{Change, Merge, Table};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -62,7 +63,7 @@ pub static COMPETENCIES: Table = Table {
     columns: &[
         column!("id", "text", Keep),
         column!("student_id", "bigint", Keep),
-        cutover_core::rows::Column {
+        cutover_engine::rows::Column {
             name: "doc",
             sql_type: "jsonb",
             merge: Merge::SameDocument(&["subject", "skill_id", "subskill_id"]),
@@ -75,6 +76,134 @@ pub static COMPETENCIES: Table = Table {
 };
 
 static TABLES: [&Table; 3] = [&ATTEMPTS, &REVIEWS, &COMPETENCIES];
+
+/// A document's time as the old store writes it: RFC 3339 UTC with microseconds.
+macro_rules! document_time {
+    ($column:literal) => {
+        concat!(
+            "to_char((n).",
+            $column,
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )
+    };
+}
+
+/// The comparison of a legacy document table with its typed table: `$id` is the typed row's id
+/// column, `$time` its time column, then the document's own fields as `(name, typed column)`,
+/// after its subskill's four.
+macro_rules! documents_compared {
+    ($legacy:expr, $new:expr, $id:literal, $time:literal, [$(($field:literal, $typed:literal)),*]) => {
+        Comparison {
+            legacy: &$legacy,
+            legacy_rows: None,
+            new: &$new,
+            key: &[
+                ($id, "(l).id", concat!("(n).", $id, "::text")),
+                ("student_id", "((l).doc ->> 'student_id')::bigint", "(n).student_id"),
+                ("subject", "(l).doc ->> 'subject'", "(n).subject"),
+                ("skill_id", "(l).doc ->> 'skill_id'", "(n).skill_id"),
+                ("subskill_id", "(l).doc ->> 'subskill_id'", "(n).subskill_id"),
+            ],
+            joined: 1,
+            fields: &[
+                ("student_id", "(l).doc -> 'student_id'", "(n).student_id"),
+                ("subject", "(l).doc -> 'subject'", "(n).subject"),
+                ("skill_id", "(l).doc -> 'skill_id'", "(n).skill_id"),
+                ("subskill_id", "(l).doc -> 'subskill_id'", "(n).subskill_id"),
+                $(($field, concat!("(l).doc -> '", $field, "'"), concat!("(n).", $typed)),)*
+                ("timestamp", "(l).doc -> 'timestamp'", document_time!($time)),
+                ("partition_key", "(l).student_id", "(n).student_id"),
+                (
+                    "document_fields",
+                    "ARRAY(SELECT jsonb_object_keys((l).doc) ORDER BY 1)",
+                    concat!(
+                        "ARRAY(SELECT unnest(ARRAY['skill_id', 'student_id', 'subject', ",
+                        "'subskill_id', 'timestamp'",
+                        $(", '", $field, "'",)*
+                        "]) ORDER BY 1)"
+                    ),
+                ),
+            ],
+        }
+    };
+}
+
+/// What the old answers show, in both models: each competency document, attempt and review.
+static COMPARED: [Comparison; 3] = [
+    Comparison {
+        legacy: &COMPETENCIES,
+        legacy_rows: None,
+        new: &typed::COMPETENCIES,
+        key: &[
+            (
+                "student_id",
+                "((l).doc ->> 'student_id')::bigint",
+                "(n).student_id",
+            ),
+            ("subject", "(l).doc ->> 'subject'", "(n).subject"),
+            ("skill_id", "(l).doc ->> 'skill_id'", "(n).skill_id"),
+            (
+                "subskill_id",
+                "(l).doc ->> 'subskill_id'",
+                "(n).subskill_id",
+            ),
+        ],
+        joined: 4,
+        fields: &[
+            (
+                "id",
+                "(l).id",
+                "concat_ws('_', (n).student_id, (n).subject, (n).skill_id, (n).subskill_id)",
+            ),
+            ("partition_key", "(l).student_id", "(n).student_id"),
+            (
+                "current_score",
+                "(l).doc -> 'current_score'",
+                "(n).current_score",
+            ),
+            ("credibility", "(l).doc -> 'credibility'", "(n).credibility"),
+            (
+                "total_attempts",
+                "(l).doc -> 'total_attempts'",
+                "(n).total_attempts",
+            ),
+            (
+                "last_updated",
+                "(l).doc -> 'last_updated'",
+                document_time!("last_updated"),
+            ),
+            ("last_sequence", "(l).last_sequence", "(n).last_sequence"),
+            (
+                "document_fields",
+                "ARRAY(SELECT jsonb_object_keys((l).doc) ORDER BY 1)",
+                "ARRAY['credibility', 'current_score', 'last_updated', 'skill_id', 'student_id',
+                       'subject', 'subskill_id', 'total_attempts']",
+            ),
+        ],
+    },
+    documents_compared!(
+        ATTEMPTS,
+        typed::ATTEMPTS,
+        "attempt_id",
+        "attempted_at",
+        [
+            ("score", "score"),
+            ("analysis", "analysis"),
+            ("feedback", "feedback")
+        ]
+    ),
+    documents_compared!(
+        REVIEWS,
+        typed::REVIEWS,
+        "review_id",
+        "reviewed_at",
+        [
+            ("problem_id", "problem_id"),
+            ("full_review", "full_review"),
+            ("score", "score")
+        ]
+    ),
+];
 
 const SELECT_COMPETENCY: &str = "\
 SELECT id, student_id, doc, last_sequence FROM legacy_competencies
@@ -104,6 +233,10 @@ impl Fold for LegacyCompetencies {
 
     fn tables() -> &'static [&'static Table] {
         &TABLES
+    }
+
+    fn compared() -> &'static [Comparison] {
+        &COMPARED
     }
 
     fn project(

@@ -1,34 +1,29 @@
 //! The projectors: each owns its read-model tables and builds them from stored events, inline
 //! in the command's transaction and, with the same code, when a projection is rebuilt.
 //!
-//! Each module declares its tables once (`cutover_core::rows::Table`) and maps events to row
-//! changes, with no IO; the one writer in `cutover_core::rows` turns them into SQL with
+//! Each module declares its tables once (`cutover_engine::rows::Table`) and maps events to row
+//! changes, with no IO; the one writer in `cutover_engine::rows` turns them into SQL with
 //! unqualified table names, so the connection's `search_path` decides which schema (live or
 //! shadow) receives the rows. The queries that read the rows live beside the declarations.
 
 use std::sync::Arc;
 
 use cqrs_es::Aggregate;
-use cutover_core::event::StoredEvent;
-use cutover_core::projection::Projector;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{Change, Table};
+use cutover_engine::compare::Comparison;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::projection::Projector;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{Change, Table};
 
 pub mod batch_completions;
 pub mod batch_state;
 pub mod batches;
 pub mod collections;
-pub mod declarations;
 pub mod follow;
 pub mod legacy_competencies;
 pub mod project_collections;
-pub mod rebuild;
-pub mod registry;
-pub mod repair;
-pub mod shadow;
 pub mod student_competencies;
-pub mod verify;
 
 /// Every inline projector, in the order they run inside a command's transaction.
 pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
@@ -69,6 +64,11 @@ trait Fold: Send + Sync + 'static {
     fn settle() -> &'static [&'static str] {
         &[]
     }
+
+    /// See [`Projector::compared`].
+    fn compared() -> &'static [Comparison] {
+        &[]
+    }
 }
 
 /// Runs a [`Fold`] as a [`Projector`].
@@ -96,21 +96,25 @@ impl<F: Fold> Projector for Folded<F> {
     }
 
     fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError> {
-        F::project(event, decode(F::NAME, event)?)
+        F::project(event, cutover_core::domain::decode(F::NAME, event)?)
     }
 
     fn settle(&self) -> &'static [&'static str] {
         F::settle()
+    }
+
+    fn compared(&self) -> &'static [Comparison] {
+        F::compared()
     }
 }
 
 /// A column of a table declaration: name, type (as `format_type` spells it), merge.
 macro_rules! column {
     ($name:literal, $type:literal, $merge:ident) => {
-        cutover_core::rows::Column {
+        cutover_engine::rows::Column {
             name: $name,
             sql_type: $type,
-            merge: cutover_core::rows::Merge::$merge,
+            merge: cutover_engine::rows::Merge::$merge,
         }
     };
 }
@@ -128,18 +132,6 @@ fn collection_id(
             projector,
             position: event.position,
         })
-}
-
-/// Decodes a collection event for `projector`.
-fn decode<E: serde::de::DeserializeOwned>(
-    projector: &'static str,
-    event: &StoredEvent,
-) -> Result<E, ProjectionError> {
-    event.decode().map_err(|source| ProjectionError::Decode {
-        projector,
-        position: event.position,
-        source,
-    })
 }
 
 /// The two queries that read rows of one collection table: one collection, by `$1` project id
@@ -191,4 +183,27 @@ where
         .bind(limit)
         .fetch_all(executor)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repair_clears_or_settles_each_table_of_every_inline_projector() {
+        for projector in inline_projectors() {
+            for table in projector.tables() {
+                let settled = projector
+                    .settle()
+                    .iter()
+                    .any(|s| s.contains(&format!("INSERT INTO {} ", table.name)));
+                assert!(
+                    table.aggregate.is_some() || settled,
+                    "{}: {} is not repaired",
+                    projector.name(),
+                    table.name
+                );
+            }
+        }
+    }
 }

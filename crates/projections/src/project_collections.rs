@@ -6,10 +6,11 @@
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
-use cutover_core::event::StoredEvent;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{timestamp, Change, Table};
+use cutover_engine::compare::Comparison;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{timestamp, Change, Table};
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -45,6 +46,34 @@ pub static TABLE: Table = Table {
 
 static TABLES: [&Table; 1] = [&TABLE];
 
+/// What the old answers show, in both models.
+static COMPARED: [Comparison; 1] = [Comparison {
+    legacy: &crate::collections::TABLE,
+    legacy_rows: None,
+    new: &TABLE,
+    key: &[("collection_id", "(l).collection_id", "(n).collection_id")],
+    joined: 1,
+    fields: &[
+        ("project_id", "(l).project_id", "(n).project_id"),
+        (
+            "collection_name",
+            "(l).collection_name",
+            "(n).collection_name",
+        ),
+        ("description", "(l).description", "(n).description"),
+        // an imported NULL description is an empty research context
+        (
+            "description/research_context",
+            "coalesce((l).description, '')",
+            "(n).research_context",
+        ),
+        ("is_active", "(l).is_active", "(n).is_active"),
+        ("created_at", "(l).created_at", "(n).created_at"),
+        ("updated_at", "(l).updated_at", "(n).updated_at"),
+        ("last_sequence", "(l).last_sequence", "(n).last_sequence"),
+    ],
+}];
+
 /// The new shape's queries: active collections only.
 pub static NEW_SHAPE: CollectionQueries = CollectionQueries {
     one: "\
@@ -72,6 +101,10 @@ impl Fold for ProjectCollections {
 
     fn tables() -> &'static [&'static Table] {
         &TABLES
+    }
+
+    fn compared() -> &'static [Comparison] {
+        &COMPARED
     }
 
     fn project(

@@ -4,10 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::competency::{CompetencyEvent, StudentSubskill, SubskillKey};
-use cutover_core::event::StoredEvent;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{numeric, timestamp, Change, Table};
+use cutover_engine::event::StoredEvent;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{numeric, timestamp, Change, Table};
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;

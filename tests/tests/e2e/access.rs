@@ -3,10 +3,10 @@
 use cutover_projections::inline_projectors;
 use std::time::{Duration, Instant};
 
-use cutover_core::store::{aggregate_lock_key, APPEND_LOCK};
-use cutover_projections::rebuild::{self, Job, SwapArgs, SwapBlocked};
-use cutover_projections::registry::AdminError;
-use cutover_projections::registry::Purpose;
+use cutover_engine::locks::{aggregate_lock_key, APPEND_LOCK};
+use cutover_engine::rebuild::{self, Job, SwapArgs, SwapBlocked};
+use cutover_engine::registry::AdminError;
+use cutover_engine::registry::Purpose;
 use cutover_tests::{json_with_status, rebuild_with, AppOptions, TestApp, TestDb};
 use reqwest::StatusCode;
 use serde_json::json;

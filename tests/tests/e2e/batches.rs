@@ -15,7 +15,12 @@ pub async fn start(app: &TestApp, batch_id: &str, players: &[&str]) -> Value {
     json_with_status(response, StatusCode::CREATED).await
 }
 
-async fn complete(app: &TestApp, batch_id: &str, player: &str, count: i64) -> reqwest::Response {
+pub async fn complete(
+    app: &TestApp,
+    batch_id: &str,
+    player: &str,
+    count: i64,
+) -> reqwest::Response {
     app.post(&format!("/batches/{batch_id}/completions"))
         .json(&json!({"player_lookup": player, "predictions_count": count}))
         .send()

@@ -4,7 +4,7 @@ use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-async fn attempt(app: &TestApp, student: i64, subskill: &str, score: f64) -> Value {
+pub async fn attempt(app: &TestApp, student: i64, subskill: &str, score: f64) -> Value {
     let response = app
         .post(&format!("/students/{student}/attempts"))
         .json(&json!({
@@ -17,7 +17,7 @@ async fn attempt(app: &TestApp, student: i64, subskill: &str, score: f64) -> Val
     json_with_status(response, StatusCode::CREATED).await
 }
 
-fn review_body(score: f64) -> Value {
+pub fn review_body(score: f64) -> Value {
     json!({
         "subject": "math", "skill_id": "fractions", "subskill_id": "adding",
         "problem_id": "p-17",

@@ -1,4 +1,4 @@
-//! Every read-model table is declared once, in its projector (`cutover_core::rows::Table`):
+//! Every read-model table is declared once, in its projector (`cutover_engine::rows::Table`):
 //! the migrations' tables, their rebuild templates and the registry's rows must agree with the
 //! declarations, column by column (`declarations::differences`, which the servers and the CLI
 //! check at start), or this fails. Likewise the states the registry stores
@@ -6,16 +6,18 @@
 
 use std::sync::Arc;
 
+use cutover_core::domain;
 use cutover_core::domain::collection::CollectionEvent;
-use cutover_core::event::StoredEvent;
-use cutover_core::projection::Projector;
-use cutover_core::read_source::{Domain, ReadSource};
-use cutover_core::rows::ProjectionError;
-use cutover_core::rows::{timestamp, Change, Column, Merge, Table};
-use cutover_projections::rebuild;
-use cutover_projections::registry::Purpose;
-use cutover_projections::registry::{JobStatus, ProjectionState};
-use cutover_projections::{declarations, inline_projectors};
+use cutover_engine::declarations;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::projection::Projector;
+use cutover_engine::read_source::{Domain, ReadSource};
+use cutover_engine::rebuild;
+use cutover_engine::registry::Purpose;
+use cutover_engine::registry::{JobStatus, ProjectionState};
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{timestamp, Change, Column, Merge, Table};
+use cutover_projections::inline_projectors;
 use cutover_tests::{TestApp, TestDb};
 use serde_json::{json, Value};
 use sqlx::Postgres;
@@ -210,16 +212,16 @@ impl Projector for CollectionNames {
     fn project(&self, event: &StoredEvent) -> Result<Vec<Change>, ProjectionError> {
         let at = timestamp(event.recorded_at);
         let id = &event.aggregate_id;
-        Ok(match event.decode::<CollectionEvent>() {
-            Ok(CollectionEvent::CollectionCreated {
+        Ok(match domain::decode(self.name(), event)? {
+            CollectionEvent::CollectionCreated {
                 collection_name, ..
-            }) => vec![Change::insert(
+            } => vec![Change::insert(
                 &COLLECTION_NAMES,
                 json!({"collection_id": id, "name": collection_name, "renames": 0, "renamed_at": at}),
             )],
-            Ok(CollectionEvent::CollectionUpdated {
+            CollectionEvent::CollectionUpdated {
                 collection_name, ..
-            }) => vec![Change::update(
+            } => vec![Change::update(
                 &COLLECTION_NAMES,
                 json!({"collection_id": id, "name": collection_name, "renames": 1, "renamed_at": at}),
             )],

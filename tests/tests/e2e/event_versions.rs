@@ -1,8 +1,8 @@
 //! Stored events outlive the code: version-1 payloads, as an older release wrote them, load,
 //! project, rebuild, verify and appear in the feed in the current shape.
 
+use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_projections::verify::verify;
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_projections::verify::verify;
 use cutover_tests::{binary, OwnCluster};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;

@@ -2,8 +2,8 @@
 //! as the old tables held them.
 
 use cutover_core::import::import_collections;
+use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_projections::verify::verify;
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

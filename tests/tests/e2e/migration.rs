@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::import::import_collections;
+use cutover_engine::rebuild::{self, Job, SwapArgs};
+use cutover_engine::registry::Purpose;
+use cutover_engine::verify::{verify, Report};
 use cutover_projections::inline_projectors;
-use cutover_projections::rebuild::{self, Job, SwapArgs};
-use cutover_projections::registry::Purpose;
-use cutover_projections::verify::{verify, Report};
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -359,6 +359,82 @@ async fn verify_names_a_tampered_row_and_a_rebuild_repairs_it() {
 }
 
 /// The reloptions of every table of `schema` that the collections projections declare.
+/// Each table a domain's new model shares with its legacy one, tampered on the legacy side in
+/// one field: verification names the pair, the field and the aggregate to repair, for all six.
+#[tokio::test]
+async fn verify_compares_every_declared_pair_of_tables_and_names_the_aggregate_to_repair() {
+    let app = TestApp::spawn().await;
+    some_history(&app).await;
+    crate::batches::start(&app, "vb", &["p1", "p2"]).await;
+    let completed = crate::batches::complete(&app, "vb", "p1", 3).await;
+    assert_eq!(completed.status(), StatusCode::CREATED);
+    crate::competencies::attempt(&app, 7, "adding", 8.0).await;
+    let reviewed = app
+        .post("/students/7/reviews")
+        .json(&crate::competencies::review_body(4.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reviewed.status(), StatusCode::CREATED);
+    let clean = verify_all(&app).await;
+    assert!(clean.consistent(), "{:?}", clean.differences);
+    assert!(clean.rows_compared > 0);
+    let collection: String = sqlx::query_scalar("SELECT min(collection_id::text) FROM collections")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+
+    for tamper in [
+        "UPDATE collections SET collection_name = 'tampered'
+          WHERE collection_id = (SELECT min(collection_id::text)::uuid FROM collections)",
+        "UPDATE batch_state SET total_predictions = 9,
+                predictions_by_player = jsonb_set(predictions_by_player, '{p1}', '9')
+          WHERE batch_id = 'vb'",
+        "UPDATE legacy_competencies SET doc = jsonb_set(doc, '{total_attempts}', '5') WHERE student_id = 7",
+        "UPDATE legacy_attempts SET doc = jsonb_set(doc, '{feedback}', '\"tampered\"') WHERE student_id = 7",
+        "UPDATE legacy_reviews SET doc = jsonb_set(doc, '{problem_id}', '\"p-0\"') WHERE student_id = 7",
+    ] {
+        sqlx::query(tamper).execute(&app.db.pool).await.unwrap();
+    }
+    let report = verify_all(&app).await;
+
+    let subskill = "7_math_fractions_adding";
+    let expected = [
+        (
+            "collections/project_collections",
+            "collection_name",
+            collection.as_str(),
+        ),
+        ("batch_state/batch_counters", "total_predictions", "vb"),
+        ("batch_state/batch_counters", "predictions_by_player", "vb"),
+        ("batch_state/batch_completions", "predictions_count", "vb"),
+        (
+            "legacy_competencies/student_competencies",
+            "total_attempts",
+            subskill,
+        ),
+        ("legacy_attempts/student_attempts", "feedback", subskill),
+        ("legacy_reviews/student_reviews", "problem_id", subskill),
+    ];
+    let found: Vec<_> = report
+        .differences
+        .iter()
+        .filter(|d| d.check == "legacy_vs_new")
+        .collect();
+    for (pair, field, aggregate) in expected {
+        let difference = found
+            .iter()
+            .find(|d| d.projection == pair && d.field == field)
+            .unwrap_or_else(|| panic!("{pair} {field} not found in {found:?}"));
+        let repair = difference.repair.as_deref().unwrap_or_default();
+        assert!(
+            repair.ends_with(&format!("--aggregate '{aggregate}'")),
+            "{pair}: {repair}"
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{found:?}");
+}
+
 async fn reloptions(app: &TestApp, schema: &str) -> Vec<Option<Vec<String>>> {
     sqlx::query_scalar(
         "SELECT c.reloptions::text[] FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cutover_core::store::aggregate_lock_key;
+use cutover_engine::locks::aggregate_lock_key;
+use cutover_engine::verify::{verify, Report};
 use cutover_projections::inline_projectors;
-use cutover_projections::verify::{verify, Report};
 use cutover_tests::{json_with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -7,8 +7,8 @@ use cutover_core::domain::collection::{
 };
 use cutover_core::domain::competency::{Attempt, CompetencyCommand, StudentSubskill, SubskillKey};
 use cutover_core::store::{CommandError, EventStore};
+use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_projections::verify::verify;
 use cutover_tests::TestDb;
 use proptest::prelude::*;
 use serde_json::json;

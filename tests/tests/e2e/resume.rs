@@ -5,11 +5,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use cutover_engine::rebuild::Job;
+use cutover_engine::registry::Purpose;
+use cutover_engine::registry::{self, JobState, JobStatus};
+use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_projections::rebuild::Job;
-use cutover_projections::registry::Purpose;
-use cutover_projections::registry::{self, JobState, JobStatus};
-use cutover_projections::verify::verify;
 use cutover_tests::{binary, json_with_status, OwnCluster, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;

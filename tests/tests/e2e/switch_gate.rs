@@ -2,8 +2,8 @@
 //! consistency report of its domain taken after the last rebuild of its projections, and enough
 //! shadow reads since then with no mismatch, unless forced (recorded).
 
+use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_projections::verify::verify;
 use cutover_tests::{json_with_status, AppOptions, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

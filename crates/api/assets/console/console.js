@@ -6,7 +6,7 @@ const POLL_MS = 2000;
 const EVENTS_KEPT = 25;
 const TOKEN_KEY = "cutover-console-token";
 // The reads the switch gate wants of a domain taken out of shadow after some were counted
-// (cutover_projections::shadow::DEFAULT_MIN_READS), and the defaults of a new shadow.
+// (cutover_engine::shadow::DEFAULT_MIN_READS), and the defaults of a new shadow.
 const DEFAULT_MIN_READS = 1000;
 const DEFAULT_FRACTION = 1.0;
 
@@ -342,7 +342,7 @@ function reportState(domain, latest, projections) {
 
 /**
  * What the shadow window of a domain lacks for the switch gate, as the server decides it
- * (`cutover_projections::shadow::closes_gate`): nothing (`ok`), shadow reads (`not in shadow`,
+ * (`cutover_engine::shadow::closes_gate`): nothing (`ok`), shadow reads (`not in shadow`,
  * none counted), `mismatches`, or reads (`too few`); with the reads wanted.
  */
 function shadowState(shadowWindow) {

@@ -10,10 +10,11 @@ use cutover_core::domain::batch::{
     BatchCommand, BatchId, Completion, ExpectedPlayers, InvalidBatchInput, PredictionBatch,
     MAX_PLAYERS,
 };
-use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
+use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_projections::batch_completions as new_model;
-use cutover_projections::batches::{answer, completions_answer, completions_of, CompletionRow};
+use cutover_projections::batch_completions::CompletionRow;
+use cutover_projections::batches::{answer, completions_answer, completions_of};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;

@@ -10,8 +10,8 @@ use axum::Router;
 use cutover_core::domain::collection::{
     Collection, CollectionCommand, CollectionName, Description, ResearchLinks,
 };
-use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
+use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_projections::collections::{answer, answer_page, LegacyCollection};
 use cutover_projections::project_collections::{self as new_model, ProjectCollection};
 use cutover_projections::{find, list as list_page};

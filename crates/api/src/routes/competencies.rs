@@ -9,8 +9,8 @@ use axum::Router;
 use cutover_core::domain::competency::{
     Attempt, CompetencyCommand, FullReview, Review, StudentSubskill, SubskillKey,
 };
-use cutover_core::read_source::{Domain, ReadSource};
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
+use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_projections::legacy_competencies::{self as legacy, Collection};
 use cutover_projections::student_competencies as typed;
 use serde::{Deserialize, Serialize};

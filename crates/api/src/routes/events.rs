@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use cutover_core::event::StoredEvent;
-use cutover_core::log::{self, LogCursor};
+use cutover_core::domain;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::log::{self, LogCursor};
+use cutover_engine::upcast::UpcastError;
 use futures_util::stream::{self, Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -77,19 +79,23 @@ pub struct FeedEvent {
     recorded_at: DateTime<Utc>,
 }
 
-impl From<StoredEvent> for FeedEvent {
-    fn from(e: StoredEvent) -> Self {
-        Self {
+impl TryFrom<StoredEvent> for FeedEvent {
+    type Error = UpcastError;
+
+    /// The event in the current shape of its type (the log holds it as stored).
+    fn try_from(e: StoredEvent) -> Result<Self, UpcastError> {
+        let (event_version, payload) = domain::current(&e.event_type, &e.event_version, e.payload)?;
+        Ok(Self {
             position: e.position,
             aggregate_type: e.aggregate_type,
             aggregate_id: e.aggregate_id,
             sequence: e.sequence,
             event_type: e.event_type,
-            event_version: e.event_version,
-            payload: e.payload,
+            event_version,
+            payload,
             metadata: e.metadata,
             recorded_at: e.recorded_at,
-        }
+        })
     }
 }
 
@@ -140,8 +146,11 @@ async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Respon
     };
     let read = log::read_safe(&mut *snapshot, cursor, limit, types.as_deref()).await?;
     let next = read.scanned_to.map_or(after, |c| c.position);
+    let events = read.events.into_iter().map(FeedEvent::try_from);
     Ok(IntoResponse::into_response(axum::Json(FeedPage {
-        events: read.events.into_iter().map(FeedEvent::from).collect(),
+        events: events
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApiError::Internal(e.into()))?,
         next,
     })))
 }
@@ -304,8 +313,10 @@ impl Tail {
 
 fn sse_event(event: StoredEvent) -> Event {
     let id = event.position.to_string();
-    let data = serde_json::to_string(&FeedEvent::from(event))
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let data = FeedEvent::try_from(event)
+        .map_err(|e| e.to_string())
+        .and_then(|e| serde_json::to_string(&e).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e }).to_string());
     Event::default().id(id).data(data)
 }
 

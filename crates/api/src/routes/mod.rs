@@ -14,8 +14,8 @@ pub mod pages;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cqrs_es::Aggregate;
-use cutover_core::read_source::ReadSource;
 use cutover_core::store::{Begun, CommitError, Committed, Idempotency, Request, StoredResponse};
+use cutover_engine::read_source::ReadSource;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 

@@ -12,7 +12,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::upcast::{rename, Upcaster};
+use cutover_engine::upcast::{rename, Upcaster};
 
 /// Longest batch id and player lookup, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -223,7 +223,7 @@ impl DomainEvent for BatchEvent {
     }
 }
 
-/// The upcasters of batch events (see [`crate::upcast`]).
+/// The upcasters of batch events (see [`cutover_engine::upcast`]).
 pub const UPCASTERS: &[Upcaster] = &[Upcaster {
     event_type: "BatchStarted",
     from: "1.0",

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::trimmed_visible;
-use crate::upcast::{rename, Upcaster};
+use cutover_engine::upcast::{rename, Upcaster};
 
 /// Longest collection name, in characters, after trimming.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -274,7 +274,7 @@ impl DomainEvent for CollectionEvent {
     }
 }
 
-/// The upcasters of collection events (see [`crate::upcast`]).
+/// The upcasters of collection events (see [`cutover_engine::upcast`]).
 pub const UPCASTERS: &[Upcaster] = &[
     Upcaster {
         event_type: "CollectionCreated",

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::upcast::Upcaster;
+use cutover_engine::upcast::Upcaster;
 
 /// Longest subject, skill id, subskill id and problem id, in characters.
 pub const MAX_KEY_CHARS: usize = 100;
@@ -370,7 +370,7 @@ impl DomainEvent for CompetencyEvent {
     }
 }
 
-/// The upcasters of competency events (see [`crate::upcast`]).
+/// The upcasters of competency events (see [`cutover_engine::upcast`]).
 pub const UPCASTERS: &[Upcaster] = &[Upcaster {
     event_type: "AttemptRecorded",
     from: "1.0",

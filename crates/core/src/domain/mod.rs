@@ -5,9 +5,13 @@ pub mod batch;
 pub mod collection;
 pub mod competency;
 
-use serde_json::Value;
+use std::borrow::Cow;
 
-use crate::upcast::{self, UpcastError, Upcaster};
+use cutover_engine::event::StoredEvent;
+use cutover_engine::rows::ProjectionError;
+use cutover_engine::upcast::{self, UpcastError, Upcaster};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// Every upcaster of every domain.
 const UPCASTERS: &[&[Upcaster]] = &[
@@ -17,7 +21,7 @@ const UPCASTERS: &[&[Upcaster]] = &[
 ];
 
 /// The current version and payload of an event of any domain stored as `version` (see
-/// [`crate::upcast`]).
+/// [`cutover_engine::upcast`]).
 ///
 /// # Errors
 /// The payload is not `{"<event_type>": {…}}`, or an upcaster refused it.
@@ -27,6 +31,38 @@ pub fn current(
     payload: Value,
 ) -> Result<(String, Value), UpcastError> {
     upcast::apply(UPCASTERS, event_type, version, payload)
+}
+
+/// The event `event` holds, decoded for `projector` in the current shape of its type: as stored
+/// when it was stored in it, upcast first (see [`current`]) when it was stored in an older one.
+///
+/// # Errors
+/// An upcaster refused the payload, or it does not match the event type's shape.
+pub fn decode<E: DeserializeOwned>(
+    projector: &'static str,
+    event: &StoredEvent,
+) -> Result<E, ProjectionError> {
+    let position = event.position;
+    let payload = if upcast::is_current(UPCASTERS, &event.event_type, &event.event_version) {
+        Cow::Borrowed(&event.payload)
+    } else {
+        let (_, payload) = current(
+            &event.event_type,
+            &event.event_version,
+            event.payload.clone(),
+        )
+        .map_err(|source| ProjectionError::Upcast {
+            projector,
+            position,
+            source,
+        })?;
+        Cow::Owned(payload)
+    };
+    E::deserialize(payload.as_ref()).map_err(|source| ProjectionError::Decode {
+        projector,
+        position,
+        source,
+    })
 }
 
 /// `raw` without surrounding white space, or `None` when nothing visible is left: a text made

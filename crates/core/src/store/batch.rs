@@ -16,8 +16,9 @@ use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::stream::{append, fetch, to_store, AppendError, Loaded};
-use super::{aggregate_lock_key, begin_locked, CommandError, EventStore, StoredEvent};
-use crate::read_source::ReadSources;
+use super::{begin_locked, CommandError, EventStore, StoredEvent};
+use cutover_engine::locks::aggregate_lock_key;
+use cutover_engine::read_source::ReadSources;
 
 /// Commands on aggregates of type `A` decided in memory, not yet appended.
 pub struct Batch<A: Aggregate + 'static> {

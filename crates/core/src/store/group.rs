@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::stream::load;
 use super::{CommandError, CommitError, EventStore, GroupFailure, MAX_GROUP};
-use crate::read_source::ReadSources;
+use cutover_engine::read_source::ReadSources;
 
 /// The commands of this process on one aggregate, queued: one holds the turn at a time.
 #[derive(Default)]

@@ -24,15 +24,15 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::database::Route;
-use crate::event::StoredEvent;
-use crate::projection::Projector;
-use crate::read_source::ReadSources;
-use crate::rows::ProjectionError;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::locks::{aggregate_lock_key, APPEND_LOCK};
+use cutover_engine::projection::Projector;
+use cutover_engine::read_source::ReadSources;
+use cutover_engine::rows::ProjectionError;
 
 mod batch;
 mod cache;
@@ -90,7 +90,7 @@ pub enum CommandError<E: std::error::Error + 'static> {
     Commit(#[from] CommitError),
     /// A stored event of an older version that no upcaster turns into the current shape.
     #[error(transparent)]
-    Upcast(#[from] crate::upcast::UpcastError),
+    Upcast(#[from] cutover_engine::upcast::UpcastError),
     /// The projections maintained inline changed (a rebuild swapped, a projection was retired)
     /// after a [`Batch`] began: nothing of it was written, and it is to run again. (A single
     /// command re-runs by itself.)
@@ -190,11 +190,6 @@ pub struct StoreMetrics {
     pub shared_rollbacks: Counter,
 }
 
-/// The append lock, in SQL: every writer of the log holds it shared for its transaction; a
-/// rebuild's swap (and a retirement) holds it exclusively, so that no append is in flight
-/// while tables are swapped and the set of inline projections changes.
-pub const APPEND_LOCK: &str = "hashtextextended('cutover:appends', 0)";
-
 /// Begins a command's transaction and takes, in the same round trip, the append lock (shared)
 /// and the aggregates' locks (`locks`, from [`aggregate_lock_key`], in ascending order when
 /// there are several). The aggregate lock serialises the commands of one aggregate across every
@@ -238,19 +233,6 @@ pub fn followed_refusal(e: &sqlx::Error) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// The advisory-lock key of an aggregate: the first 8 bytes of SHA-256 of `type/id`. Every
-/// command on the aggregate holds it for its transaction (and so does a repair of it).
-pub fn aggregate_lock_key(aggregate_type: &str, aggregate_id: &str) -> i64 {
-    let digest = Sha256::new()
-        .chain_update(aggregate_type.as_bytes())
-        .chain_update(b"/")
-        .chain_update(aggregate_id.as_bytes())
-        .finalize();
-    let mut key = [0_u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(key)
 }
 
 impl EventStore {

@@ -24,11 +24,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::group::{Lanes, Turn};
 use super::stream::{append, conflict_names, fetch, to_store, AppendError, Loaded};
-use super::{
-    aggregate_lock_key, begin_locked, CommitError, Committed, EventStore, GroupFailure, Request,
-    StoredEvent,
-};
-use crate::read_source::ReadSources;
+use super::{begin_locked, CommitError, Committed, EventStore, GroupFailure, Request, StoredEvent};
+use cutover_engine::locks::aggregate_lock_key;
+use cutover_engine::read_source::ReadSources;
 
 /// Most shared transactions in flight at once; commands arriving meanwhile wait for the next.
 /// A second one starts only for at least [`MIN_SECOND`] waiting commands: a transaction of one

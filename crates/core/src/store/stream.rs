@@ -11,10 +11,10 @@ use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::{PgConnection, Row};
 
 use super::{CommandError, StoredEvent};
-use crate::projection::{project_all, Projector};
-use crate::read_source::ReadSources;
-use crate::rows::Parameters;
-use crate::rows::ProjectionError;
+use cutover_engine::projection::{project_all, Projector};
+use cutover_engine::read_source::ReadSources;
+use cutover_engine::rows::Parameters;
+use cutover_engine::rows::ProjectionError;
 
 /// The events of streams after a version each (`$1` types, `$2` ids, `$3` versions; `stream` is
 /// a stream's place in them, from 1), and the read sources (read after the append lock, so a
@@ -332,7 +332,7 @@ pub(super) async fn append(
         query = query.bind(&statement.rows);
     }
     let rows = query.fetch_all(&mut *conn).await.map_err(|e| {
-        let refused = crate::rows::is_legacy_id_taken(&e);
+        let refused = cutover_engine::rows::is_legacy_id_taken(&e);
         match fused
             .iter()
             .find(|s| refused && s.sql.contains("cutover_legacy_id_taken"))

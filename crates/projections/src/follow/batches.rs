@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use cutover_core::domain::batch::{
     BatchCommand, BatchId, Completion, ExpectedPlayers, PredictionBatch,
 };
-use cutover_core::read_source::{Domain, ReadSource};
+use cutover_engine::read_source::{Domain, ReadSource};
 use serde_json::Value as Json;
 use sqlx::PgConnection;
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionCommand};
 use cutover_core::import::{adopt, OldCollectionRow};
-use cutover_core::read_source::{Domain, ReadSource};
+use cutover_engine::read_source::{Domain, ReadSource};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

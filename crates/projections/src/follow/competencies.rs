@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use cutover_core::domain::competency::{
     Attempt, CompetencyCommand, FullReview, Review, StudentSubskill, SubskillKey,
 };
-use cutover_core::read_source::{Domain, ReadSource};
+use cutover_engine::read_source::{Domain, ReadSource};
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use sqlx::{PgConnection, PgPool};

@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use cutover_core::store::{Batch, CommandError, EventStore, APPEND_LOCK};
+use cutover_core::store::{Batch, CommandError, EventStore};
+use cutover_engine::locks::APPEND_LOCK;
 use futures_util::TryStreamExt as _;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use cutover_core::read_source::{Domain, ReadSource};
+use cutover_engine::read_source::{Domain, ReadSource};
 use sqlx::{PgConnection, PgPool};
 
 use serde_json::Value as Json;

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::locks::APPEND_LOCK;
+use crate::read_source::ReadSource;
 use chrono::{DateTime, Utc};
-use cutover_core::read_source::ReadSource;
-use cutover_core::store::APPEND_LOCK;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -32,7 +32,7 @@ pub enum AdminError {
     #[error("rebuild of {projections} failed: {reason}")]
     RebuildFailed { projections: String, reason: String },
     #[error(transparent)]
-    Projection(#[from] cutover_core::rows::ProjectionError),
+    Projection(#[from] crate::rows::ProjectionError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// A bug, not a fault of the request: a task of the job ended without its result.
@@ -433,7 +433,7 @@ pub(crate) async fn runner_alive<'e>(
 /// `UnknownProjection`, or a database error.
 pub async fn status(
     pool: &PgPool,
-    projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
+    projectors: &[std::sync::Arc<dyn crate::projection::Projector>],
     name: &str,
 ) -> Result<Status, AdminError> {
     status_of(pool, projectors, name, true).await
@@ -446,7 +446,7 @@ pub async fn status(
 /// `UnknownProjection`, or a database error.
 pub async fn progress(
     pool: &PgPool,
-    projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
+    projectors: &[std::sync::Arc<dyn crate::projection::Projector>],
     name: &str,
 ) -> Result<Status, AdminError> {
     status_of(pool, projectors, name, false).await
@@ -454,7 +454,7 @@ pub async fn progress(
 
 async fn status_of(
     pool: &PgPool,
-    projectors: &[std::sync::Arc<dyn cutover_core::projection::Projector>],
+    projectors: &[std::sync::Arc<dyn crate::projection::Projector>],
     name: &str,
     count_rows: bool,
 ) -> Result<Status, AdminError> {

@@ -1,10 +1,10 @@
 //! Event versions. Stored events outlive the code that wrote them: when an event's payload
 //! changes shape, the event gets a new `event_version` and an upcaster that turns the payload
-//! of the version before into the new one. Every reader of the log (loading an aggregate,
-//! projecting inline and in rebuilds, verify, the feed) reads events through
-//! [`crate::domain::current`] (every domain's upcasters, applied by [`apply`]), so the rest of
-//! the code knows only the current shape, and payloads of every older version stay readable for
-//! ever.
+//! of the version before into the new one. The log is read as stored; every reader that decodes
+//! a payload (loading an aggregate, projecting inline and in rebuilds, repair, verify, the
+//! feed) brings it to the current shape first, through the domains' list of upcasters (the core
+//! crate's `domain::current`, applied by [`apply`]), so the rest of the code knows only the
+//! current shape, and payloads of every older version stay readable for ever.
 //!
 //! A payload is the serialized event enum, `{"<EventType>": {<fields>}}`; an upcaster changes
 //! the fields.
@@ -27,6 +27,15 @@ pub struct UpcastError {
     pub event_type: String,
     pub version: String,
     pub reason: String,
+}
+
+/// Whether an event stored as `version` is already in its current shape: no upcaster of
+/// `upcasters` starts from it.
+pub fn is_current(upcasters: &[&[Upcaster]], event_type: &str, version: &str) -> bool {
+    !upcasters
+        .iter()
+        .flat_map(|list| list.iter())
+        .any(|u| u.event_type == event_type && u.from == version)
 }
 
 /// The current version and payload of an event stored as `version`: each of `upcasters` from

@@ -2,6 +2,7 @@
 //! to their rows. The command path writes those changes inline, in the statement that appends
 //! the events; a rebuild writes the same changes over the whole log.
 
+use crate::compare::Comparison;
 use crate::event::StoredEvent;
 use crate::rows::{Change, Changes, ProjectionError, Table};
 
@@ -35,6 +36,12 @@ pub trait Projector: Send + Sync + 'static {
     /// (`text[]`): statements that recompute the rows of its tables that sum over many
     /// aggregates (those whose [`Table::aggregate`] is `None`).
     fn settle(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// What its tables share with its domain's other shape: verification compares each (see
+    /// [`crate::compare`]). One projector of a domain declares each comparison.
+    fn compared(&self) -> &'static [Comparison] {
         &[]
     }
 }

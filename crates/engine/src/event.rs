@@ -2,7 +2,6 @@
 //! and readers of the log read.
 
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// One event as the log holds it.
@@ -21,14 +20,4 @@ pub struct StoredEvent {
     pub payload: Value,
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
-}
-
-impl StoredEvent {
-    /// Decodes the payload into the aggregate's event type.
-    ///
-    /// # Errors
-    /// The payload does not match the event type's shape.
-    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        E::deserialize(&self.payload)
-    }
 }

@@ -249,27 +249,19 @@ pub async fn held_back_count<'e>(executor: impl PgExecutor<'e>) -> Result<i64, s
     .await
 }
 
-/// An event as its row holds it, upcast to the current shape of its type (see
-/// [`crate::upcast`]); a payload left out by the query (another aggregate type) stays `null`.
+/// An event as its row holds it, in the shape it was stored in (its readers bring it to the
+/// current shape: see [`crate::upcast`]); a payload left out by the query (another aggregate
+/// type) is `null`.
 fn stored_event(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
-    let event_type: String = row.try_get("event_type")?;
-    let stored_version: String = row.try_get("event_version")?;
-    let stored_payload: Value = row.try_get("payload")?;
-    let (event_version, payload) = if stored_payload.is_null() {
-        (stored_version, stored_payload)
-    } else {
-        crate::domain::current(&event_type, &stored_version, stored_payload)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
-    };
     Ok(StoredEvent {
         position: row.try_get("position")?,
         transaction_id: row.try_get("transaction_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
-        event_type,
-        event_version,
-        payload,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
         metadata: row.try_get::<Value, _>("metadata")?,
         recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
     })

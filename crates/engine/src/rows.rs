@@ -106,6 +106,13 @@ pub enum ProjectionError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("projector {projector} could not read event at position {position}")]
+    Upcast {
+        projector: &'static str,
+        position: i64,
+        #[source]
+        source: crate::upcast::UpcastError,
+    },
 }
 
 /// SQLSTATE of `public.cutover_legacy_id_taken`: a legacy document id already belongs to

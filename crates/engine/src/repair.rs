@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
-use cutover_core::log;
-use cutover_core::projection::{project_all, Projector};
-use cutover_core::store::{aggregate_lock_key, APPEND_LOCK};
+use crate::locks::{aggregate_lock_key, APPEND_LOCK};
+use crate::log;
+use crate::projection::{project_all, Projector};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -154,25 +154,6 @@ fn clear(projector: &dyn Projector) -> Vec<String> {
         .collect()
 }
 
-/// The aggregate a read-model row (or a difference's key) belongs to, where one does: a
-/// collection, a batch, or a subskill (its four parts, in the row or in a legacy document).
-pub fn aggregate_of(row: &serde_json::Value) -> Option<String> {
-    use cutover_core::domain::competency::SubskillKey;
-    let text = |v: &serde_json::Value, field: &str| v.get(field)?.as_str().map(str::to_owned);
-    if let Some(id) = text(row, "collection_id").or_else(|| text(row, "batch_id")) {
-        return Some(id);
-    }
-    let parts = row.get("doc").unwrap_or(row);
-    let key = SubskillKey::parse(
-        parts.get("student_id")?.as_i64()?,
-        &text(parts, "subject")?,
-        &text(parts, "skill_id")?,
-        &text(parts, "subskill_id")?,
-    )
-    .ok()?;
-    Some(key.aggregate_id())
-}
-
 /// The command that repairs `aggregate` in `projections`.
 pub fn command(projections: &[&str], aggregate: &str) -> String {
     format!(
@@ -185,39 +166,9 @@ pub fn command(projections: &[&str], aggregate: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_core::projection::table_names;
 
     #[test]
-    fn a_repair_clears_or_settles_each_table_of_every_inline_projector() {
-        for projector in crate::inline_projectors() {
-            let clear = clear(projector.as_ref());
-            for table in table_names(projector.as_ref()) {
-                let cleared = clear
-                    .iter()
-                    .any(|s| s.starts_with(&format!("DELETE FROM {table} ")))
-                    || projector
-                        .settle()
-                        .iter()
-                        .any(|s| s.contains(&format!("INSERT INTO {table} ")));
-                assert!(cleared, "{}: {table} is not repaired", projector.name());
-            }
-        }
-    }
-
-    #[test]
-    fn rows_and_keys_name_their_aggregate() {
-        let subskill = serde_json::json!({"student_id": 7, "subject": "m_a", "skill_id": "s",
-                                          "subskill_id": "t%"});
-        assert_eq!(aggregate_of(&subskill).as_deref(), Some("7_m%5Fa_s_t%25"));
-        assert_eq!(
-            aggregate_of(&serde_json::json!({"id": "x", "doc": subskill})).as_deref(),
-            Some("7_m%5Fa_s_t%25")
-        );
-        assert_eq!(
-            aggregate_of(&serde_json::json!({"batch_id": "w"})).as_deref(),
-            Some("w")
-        );
-        assert_eq!(aggregate_of(&serde_json::json!({"subject": "m"})), None);
+    fn a_repair_command_quotes_its_aggregate() {
         assert_eq!(
             command(&["a", "b"], "it's"),
             "cutover repair a b --aggregate 'it'\\''s'"

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use cutover_core::projection::{table_names, Projector};
-use cutover_core::rows::{Merge, Table};
+use crate::projection::{table_names, Projector};
+use crate::rows::{Merge, Table};
 use sqlx::PgPool;
 
 use crate::registry::{projections, ProjectionState};

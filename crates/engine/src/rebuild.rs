@@ -26,10 +26,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_core::log::{self, Horizon, LogCursor, Read, Rows};
-use cutover_core::projection::{project_all, table_names, Projector};
-use cutover_core::rows::Prepared;
-use cutover_core::store::APPEND_LOCK;
+use crate::locks::APPEND_LOCK;
+use crate::log::{self, Horizon, LogCursor, Read, Rows};
+use crate::projection::{project_all, table_names, Projector};
+use crate::rows::Prepared;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
