@@ -755,7 +755,7 @@ pub const SWAP_HOLD_BOUND: std::time::Duration = std::time::Duration::from_milli
 pub async fn rebuild(
     pool: &PgPool,
     names: &[&str],
-) -> Result<cutover_engine::rebuild::Outcome, cutover_engine::registry::AdminError> {
+) -> Result<cutover_engine::rebuild::Outcome, cutover_engine::admin::AdminError> {
     rebuild_with(pool, names, cutover_engine::rebuild::SwapArgs::default()).await
 }
 
@@ -767,7 +767,7 @@ pub async fn rebuild_with(
     pool: &PgPool,
     names: &[&str],
     swap: cutover_engine::rebuild::SwapArgs,
-) -> Result<cutover_engine::rebuild::Outcome, cutover_engine::registry::AdminError> {
+) -> Result<cutover_engine::rebuild::Outcome, cutover_engine::admin::AdminError> {
     use cutover_engine::rebuild::{select, Job};
     use cutover_engine::registry::Purpose;
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();

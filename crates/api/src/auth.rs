@@ -8,7 +8,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use cutover_core::auth::Scope;
-use cutover_engine::registry::Actor;
+use cutover_engine::admin::Actor;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;

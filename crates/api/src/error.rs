@@ -33,7 +33,7 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 408: the request body did not all arrive within `--body-read-timeout-ms`.
     #[error("{0}")]
-    RequestTimeout(crate::serve::BodyTimedOut),
+    RequestTimeout(BodyTimedOut),
     /// 409
     #[error("{0}")]
     Conflict(String),
@@ -65,6 +65,11 @@ pub enum ApiError {
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
+
+/// A request body that has not all arrived in time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the request body did not arrive within {} ms of its header", .0.as_millis())]
+pub struct BodyTimedOut(pub(crate) std::time::Duration);
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -225,9 +230,9 @@ impl From<JsonRejection> for ApiError {
 }
 
 /// The body deadline that `rejection` (a body that could not be read) met, if that was why.
-fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> Option<crate::serve::BodyTimedOut> {
+fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> {
     std::iter::successors(Some(rejection), |e| e.source())
-        .find_map(|e| e.downcast_ref::<crate::serve::BodyTimedOut>())
+        .find_map(|e| e.downcast_ref::<BodyTimedOut>())
         .cloned()
 }
 

@@ -14,6 +14,7 @@ use cutover_projections::follow;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+mod answer;
 mod auth;
 mod conditional;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reads;
 mod routes;
+pub mod schemas;
 pub mod serve;
 pub mod shadow;
 

@@ -519,7 +519,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
             (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
             (String = "text/plain; version=0.0.4; charset=utf-8"),
         )),
-        crate::openapi::Errors
+        crate::schemas::Errors
     )
 )]
 async fn scrape(
@@ -653,7 +653,7 @@ pub struct Activity {
                    rebuilds' event rate, a point every two seconds, and the log's head.",
     responses(
         (status = 200, description = "the history", body = Activity),
-        crate::openapi::Errors
+        crate::schemas::Errors
     )
 )]
 async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>, ApiError> {

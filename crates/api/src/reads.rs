@@ -36,8 +36,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
 use tokio::sync::watch;
 
+use crate::answer::{Answer, Respond};
 use crate::error::ApiError;
-use crate::routes::{Answer, Respond};
 use crate::shadow::{Sampling, Shadow};
 use crate::AppState;
 

@@ -22,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
+use crate::error::BodyTimedOut;
 use crate::metrics::Metrics;
 
 /// Default of `--header-read-timeout-ms`.
@@ -186,11 +187,6 @@ fn with_body_deadline(request: Request, timeout: Duration) -> Request {
         })
     })
 }
-
-/// A request body that has not all arrived in time.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the request body did not arrive within {} ms of its header", .0.as_millis())]
-pub struct BodyTimedOut(Duration);
 
 /// The size of the pieces [`DeadlineBody`] passes its data on in (the last may be shorter).
 const BODY_PIECE: usize = 16 * 1024;

@@ -11,6 +11,7 @@
 //! It knows no domain: the projectors (`cutover-projections`) declare their tables and how
 //! events change them, and the event store (`cutover-core`) runs them inline.
 
+pub mod admin;
 pub mod compare;
 pub mod declarations;
 pub mod event;

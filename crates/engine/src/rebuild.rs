@@ -33,9 +33,10 @@ use crate::rows::Prepared;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::admin::AdminError;
 use crate::registry::{
-    job_lock_key, rebuild_lock_key, runner_alive, AdminError, JobStatus, ProjectionState, Purpose,
-    Session, Signal, StoppedSession,
+    job_lock_key, rebuild_lock_key, runner_alive, JobStatus, ProjectionState, Purpose, Session,
+    Signal, StoppedSession,
 };
 
 /// Events replayed per batch transaction.

@@ -5,40 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::admin::{Actor, AdminError};
 use crate::locks::APPEND_LOCK;
 use crate::read_source::ReadSource;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
-
-/// An admin action could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("no projection named {0:?}")]
-    UnknownProjection(String),
-    #[error("no domain named {0:?}; the domains are collections, batches and competencies")]
-    UnknownDomain(String),
-    #[error("{0}")]
-    Refused(String),
-    /// The request names something that does not exist (an aggregate with no events).
-    #[error("{0}")]
-    NotFound(String),
-    /// The request breaks a rule of the action.
-    #[error("{0}")]
-    Invalid(String),
-    #[error("rebuild job {0} was cancelled")]
-    Cancelled(Uuid),
-    #[error("rebuild of {projections} failed: {reason}")]
-    RebuildFailed { projections: String, reason: String },
-    #[error(transparent)]
-    Projection(#[from] crate::rows::ProjectionError),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    /// A bug, not a fault of the request: a task of the job ended without its result.
-    #[error("{0}")]
-    Broken(String),
-}
 
 /// Why a job builds tables (`rebuild_jobs.purpose`, and its CHECK constraint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type, utoipa::ToSchema)]
@@ -628,10 +601,6 @@ pub async fn gate(conn: &mut PgConnection, domain: &str) -> Result<Gate, sqlx::E
         ),
     })
 }
-
-/// Who asks for an action, as the activity history records it.
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
 
 /// Switches what `domain`'s GET routes read. Refused when that shape's projection is retired
 /// (its tables do not exist), and while the domain's [`gate`] is closed unless `force`. Every

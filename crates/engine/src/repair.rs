@@ -16,7 +16,8 @@ use crate::projection::{project_all, Projector};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::registry::{projections, AdminError, ProjectionState};
+use crate::admin::AdminError;
+use crate::registry::{projections, ProjectionState};
 
 /// Most aggregates one repair takes.
 pub const MAX_AGGREGATES: usize = 1_000;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::registry::{Actor, AdminError};
+use crate::admin::{Actor, AdminError};
 
 /// Default share of GETs compared while a domain is in shadow: all of them.
 pub const DEFAULT_FRACTION: f64 = 1.0;

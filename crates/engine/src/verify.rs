@@ -18,9 +18,10 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
+use crate::admin::AdminError;
 use crate::rebuild::Job;
+use crate::registry::projections;
 use crate::registry::Purpose;
-use crate::registry::{projections, AdminError};
 use crate::repair;
 
 /// Most differences listed in one report (all are counted).

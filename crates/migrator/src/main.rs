@@ -281,9 +281,9 @@ fn check_token(cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// Who runs this command, as the activity history records it.
-fn cli_actor() -> registry::Actor {
+fn cli_actor() -> cutover_engine::admin::Actor {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
-    registry::Actor(format!("cli:{user}"))
+    cutover_engine::admin::Actor(format!("cli:{user}"))
 }
 
 /// A domain's shadow window, as `status` prints it.

@@ -13,7 +13,7 @@ use cutover_engine::rows::{timestamp, Change, Table};
 use serde_json::json;
 
 use crate::batch_state::OldAnswerQueries;
-use crate::{column, Fold};
+use crate::fold::{column, Fold};
 use sqlx::PgConnection;
 
 /// The projection's name.

@@ -10,7 +10,7 @@ use cutover_engine::rows::{timestamp, Change, Table};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{column, Fold};
+use crate::fold::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "batch_state";

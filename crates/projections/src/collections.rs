@@ -13,7 +13,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{collection_id, column, CollectionQueries, Fold};
+use crate::fold::{collection_id, column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "collections";
@@ -111,7 +111,7 @@ pub async fn answer(
     project_id: Uuid,
     collection_id: Uuid,
 ) -> Result<Option<LegacyCollection>, sqlx::Error> {
-    crate::find(conn, queries(source), project_id, collection_id).await
+    find(conn, queries(source), project_id, collection_id).await
 }
 
 /// A page of the project's active collections as the old clients read it, from `source`.
@@ -125,7 +125,7 @@ pub async fn answer_page(
     after: Uuid,
     limit: i64,
 ) -> Result<Vec<LegacyCollection>, sqlx::Error> {
-    crate::list(conn, queries(source), project_id, after, limit).await
+    list(conn, queries(source), project_id, after, limit).await
 }
 
 /// Projector of the legacy `collections` table.
@@ -219,4 +219,55 @@ pub struct LegacyCollection {
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
     pub last_sequence: i64,
+}
+
+/// The two queries that read rows of one collection table: one collection, by `$1` project id
+/// and `$2` collection id; and a page of up to `$3` listed collections of project `$1` with ids
+/// after `$2`, by id.
+pub struct CollectionQueries {
+    pub one: &'static str,
+    pub page: &'static str,
+}
+
+/// The row of collection `collection_id` in project `project_id` that `queries` read, if any.
+///
+/// # Errors
+/// A database error.
+pub async fn find<'e, T>(
+    executor: impl sqlx::PgExecutor<'e>,
+    queries: &CollectionQueries,
+    project_id: uuid::Uuid,
+    collection_id: uuid::Uuid,
+) -> Result<Option<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(queries.one)
+        .bind(project_id)
+        .bind(collection_id)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Up to `limit` listed collections of `project_id` with ids after `after` that `queries` read,
+/// by id.
+///
+/// # Errors
+/// A database error.
+pub async fn list<'e, T>(
+    executor: impl sqlx::PgExecutor<'e>,
+    queries: &CollectionQueries,
+    project_id: uuid::Uuid,
+    after: uuid::Uuid,
+    limit: i64,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(queries.page)
+        .bind(project_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(executor)
+        .await
 }

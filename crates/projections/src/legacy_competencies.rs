@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::fold::{column, Fold};
 use crate::student_competencies as typed;
-use crate::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "legacy_competencies";

@@ -15,7 +15,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{collection_id, column, CollectionQueries, Fold};
+use crate::collections::CollectionQueries;
+use crate::fold::{collection_id, column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "project_collections";

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{column, Fold};
+use crate::fold::{column, Fold};
 
 /// The projection's name.
 pub const NAME: &str = "student_competencies";

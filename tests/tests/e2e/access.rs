@@ -3,9 +3,9 @@
 use cutover_projections::inline_projectors;
 use std::time::{Duration, Instant};
 
+use cutover_engine::admin::AdminError;
 use cutover_engine::locks::{aggregate_lock_key, APPEND_LOCK};
 use cutover_engine::rebuild::{self, Job, SwapArgs, SwapBlocked};
-use cutover_engine::registry::AdminError;
 use cutover_engine::registry::Purpose;
 use cutover_tests::{json_with_status, rebuild_with, AppOptions, TestApp, TestDb};
 use reqwest::StatusCode;

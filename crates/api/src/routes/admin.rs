@@ -8,10 +8,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
+use cutover_engine::admin::{Actor, AdminError};
 use cutover_engine::read_source::ReadSource;
 use cutover_engine::rebuild;
 use cutover_engine::registry::Purpose;
-use cutover_engine::registry::{self, AdminError, Job, Status};
+use cutover_engine::registry::{self, Job, Status};
 use cutover_engine::repair;
 use cutover_engine::rows::ProjectionError;
 use cutover_engine::shadow;
@@ -78,11 +79,11 @@ impl From<AdminError> for ApiError {
     summary = "List the projections",
     tag = "admin",
     description = "Every projection with its status, as `GET /admin/projections/{name}` gives it.",
-    params(crate::openapi::ReadHeaders),
+    params(crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the projections", body = Vec<Status>),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, ApiError> {
@@ -104,11 +105,11 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
                    `shape`: `legacy` or `new`), its row counts, `last_position`, `lag`, \
                    `rebuild_running` (its latest rebuild job is `running`) and `latest_job`, its \
                    latest rebuild job as `GET /admin/jobs/{id}` gives it.",
-    params(("name" = String, Path, description = "the projection"), crate::openapi::ReadHeaders),
+    params(("name" = String, Path, description = "the projection"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the projection", body = Status),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn status(
@@ -144,7 +145,7 @@ struct Started {
         (status = 202, description = "started: `job_id`, `projections` and `job`, the job's path", body = Started, headers(
             ("Location" = String, description = "the projection's path")
         )),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn start_rebuild(
@@ -191,7 +192,7 @@ async fn start_rebuild(
     params(("name" = String, Path, description = "the projection")),
     responses(
         (status = 200, description = "retired", body = registry::Projection),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn retire(
@@ -226,7 +227,7 @@ struct RepairBody {
     responses(
         (status = 200, description = "repaired: the projection, the aggregates and the events \
                                       replayed", body = repair::Repaired),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn repair_aggregates(
@@ -256,11 +257,11 @@ async fn repair_aggregates(
                    `pid`, `user`, `application`, `query_start`, `state`, `query` (its first \
                    200 characters) and `signal` (`cancel`: its query was cancelled; \
                    `terminate`: the session, idle in a transaction, was ended); empty when none.",
-    params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::openapi::ReadHeaders),
+    params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the job", body = Job),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn job(
@@ -282,7 +283,7 @@ async fn job(
     params(("id" = Uuid, Path, description = "the job: a rebuild's `job_id`")),
     responses(
         (status = 200, description = "cancelled: the job as it is now", body = Job),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn cancel_job(
@@ -296,7 +297,7 @@ async fn cancel_job(
 
 /// Each domain's read source, by domain.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(value_type = BTreeMap<String, crate::openapi::ReadSourceName>)]
+#[schema(value_type = BTreeMap<String, crate::schemas::ReadSourceName>)]
 struct ReadSources(BTreeMap<String, ReadSource>);
 
 #[utoipa::path(
@@ -306,11 +307,11 @@ struct ReadSources(BTreeMap<String, ReadSource>);
     summary = "List the read sources",
     tag = "admin",
     description = "Each domain's read source.",
-    params(crate::openapi::ReadHeaders),
+    params(crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the read sources", body = ReadSources),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn read_sources(State(state): State<AppState>) -> Result<axum::Json<ReadSources>, ApiError> {
@@ -322,7 +323,7 @@ async fn read_sources(State(state): State<AppState>) -> Result<axum::Json<ReadSo
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Switched {
     domain: String,
-    #[schema(value_type = crate::openapi::ReadSourceName)]
+    #[schema(value_type = crate::schemas::ReadSourceName)]
     source: ReadSource,
     /// Whether the switch went through a closed gate (`force`).
     forced: bool,
@@ -355,13 +356,13 @@ struct ReadSourceBody {
     request_body = ReadSourceBody,
     responses(
         (status = 200, description = "switched", body = Switched),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn set_read_source(
     State(state): State<AppState>,
     Path(domain): Path<String>,
-    Extension(actor): Extension<registry::Actor>,
+    Extension(actor): Extension<Actor>,
     Json(body): Json<ReadSourceBody>,
 ) -> Result<axum::Json<Switched>, ApiError> {
     let pool = &state.session;
@@ -410,11 +411,11 @@ fn default_min_reads() -> i64 {
                    and whether its follower stopped; and each domain handed over to Cutover \
                    (`cutover handover`). A server started with `--legacy-url` applies the changes \
                    of every followed domain, in turns with any other follower of it.",
-    params(crate::openapi::ReadHeaders),
+    params(crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the followed and handed-over domains", body = cutover_projections::follow::Following),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn follows(
@@ -487,7 +488,7 @@ async fn followed(state: &AppState, domain: &str) -> Result<follow::FollowState,
     params(("domain" = String, Path, description = "the domain")),
     responses(
         (status = 202, description = "followed: the domain as `GET /admin/follows` shows it; the copy and the stream run in the background", body = follow::FollowState),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn start_follow(
@@ -529,7 +530,7 @@ struct Unfollowed {
     params(("domain" = String, Path, description = "the domain")),
     responses(
         (status = 200, description = "no longer followed", body = Unfollowed),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn stop_follow(
@@ -570,7 +571,7 @@ struct HandoverAnswer {
     responses(
         (status = 200, description = "handed over", body = HandoverAnswer),
         (status = 409, description = "not handed over: the differences (or, as a problem, why it could not start)", body = HandoverAnswer),
-        crate::openapi::Errors
+        crate::schemas::Errors
     )
 )]
 async fn hand_over(
@@ -616,11 +617,11 @@ async fn hand_over(
                    its switch gate wants), the reads and mismatches counted since the last \
                    rebuild, repair or retirement of its projections, and the latest mismatches \
                    with both answers.",
-    params(crate::openapi::ReadHeaders),
+    params(crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the domains' shadow windows", body = Vec<shadow::Window>),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn shadow_windows(
@@ -642,13 +643,13 @@ async fn shadow_windows(
     request_body = ShadowBody,
     responses(
         (status = 200, description = "in shadow", body = InShadow),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn start_shadow(
     State(state): State<AppState>,
     Path(domain): Path<String>,
-    Extension(actor): Extension<registry::Actor>,
+    Extension(actor): Extension<Actor>,
     Json(body): Json<ShadowBody>,
 ) -> Result<axum::Json<InShadow>, ApiError> {
     let settings = shadow::start(
@@ -676,13 +677,13 @@ async fn start_shadow(
     params(("domain" = String, Path, description = "the domain")),
     responses(
         (status = 200, description = "out of shadow", body = InShadow),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn stop_shadow(
     State(state): State<AppState>,
     Path(domain): Path<String>,
-    Extension(actor): Extension<registry::Actor>,
+    Extension(actor): Extension<Actor>,
 ) -> Result<axum::Json<InShadow>, ApiError> {
     shadow::stop(&state.session, &domain, &actor).await?;
     Ok(axum::Json(InShadow {
@@ -702,7 +703,7 @@ struct InShadow {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SwitchGate {
     domain: String,
-    #[schema(value_type = crate::openapi::ReadSourceName)]
+    #[schema(value_type = crate::schemas::ReadSourceName)]
     source: ReadSource,
     gate: registry::Gate,
     /// The domain's last switch of read source (who, when, whether forced), if any.
@@ -719,11 +720,11 @@ struct SwitchGate {
                    consistency report of the domain taken since the last rebuild, repair or \
                    retirement of its projections, and enough shadow reads since then with no \
                    mismatch; with the domain's last switch (who, when, whether it was forced).",
-    params(("domain" = String, Path, description = "the domain"), crate::openapi::ReadHeaders),
+    params(("domain" = String, Path, description = "the domain"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the gate", body = SwitchGate),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn switch_gate(
@@ -769,11 +770,11 @@ struct Consistency {
     summary = "Verify consistency",
     tag = "admin",
     description = "Verifies legacy against new and live against a fresh rebuild (an admin token).",
-    params(("domain" = Option<String>, Query, nullable = false, description = "only this domain (all of them by default)"), crate::openapi::ReadHeaders),
+    params(("domain" = Option<String>, Query, nullable = false, description = "only this domain (all of them by default)"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the report", body = Consistency),
-        crate::openapi::NotModified,
-        crate::openapi::Errors,
+        crate::schemas::NotModified,
+        crate::schemas::Errors,
         (status = 409, description = "the fresh rebuild could not replay the log: two subskills \
                                       share an old store id, which the legacy shape cannot hold",
          body = crate::error::Problem, content_type = "application/problem+json")
@@ -802,11 +803,11 @@ async fn consistency(
     summary = "Get the latest consistency report",
     tag = "admin",
     description = "The newest consistency report (from the CLI or the API), without running one; 404 before the first.",
-    params(crate::openapi::ReadHeaders),
+    params(crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the report and when it was made", body = verify::Recorded),
-        crate::openapi::NotModified,
-        crate::openapi::Errors
+        crate::schemas::NotModified,
+        crate::schemas::Errors
     )
 )]
 async fn latest_consistency(

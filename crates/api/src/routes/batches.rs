@@ -100,14 +100,14 @@ struct CompletionPage {
     summary = "Start a batch",
     tag = "batches",
     description = "Starts a batch for its expected players.",
-    params(crate::openapi::CommandHeaders),
+    params(crate::schemas::CommandHeaders),
     request_body = StartBody,
     responses(
-        (status = 201, description = "started", body = crate::openapi::BatchDocument, headers(
+        (status = 201, description = "started", body = crate::schemas::BatchDocument, headers(
             ("ETag" = String, description = "the batch's version, `\"1\"`"),
             ("Location" = String, description = "the batch's path")
         )),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn start(
@@ -152,12 +152,12 @@ async fn start(
     summary = "Record a completion",
     tag = "batches",
     description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::CommandHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::CommandHeaders),
     request_body = CompletionBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        (status = 200, description = "already recorded", body = crate::openapi::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        (status = 201, description = "recorded", body = crate::schemas::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        (status = 200, description = "already recorded", body = crate::schemas::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn record(
@@ -198,12 +198,12 @@ async fn record(
     summary = "Record many completions",
     tag = "batches",
     description = "Records many completions, all or nothing: each as recordCompletion would, a player at most once with one count.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::CommandHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::CommandHeaders),
     request_body = BulkBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        (status = 200, description = "all already recorded", body = crate::openapi::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        (status = 201, description = "recorded", body = crate::schemas::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        (status = 200, description = "all already recorded", body = crate::schemas::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn record_bulk(
@@ -261,13 +261,13 @@ async fn record_bulk(
     summary = "Get a batch",
     tag = "batches",
     description = "The batch, from the domain's read source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "the batch", body = crate::openapi::BatchDocument, headers(
+        (status = 200, description = "the batch", body = crate::schemas::BatchDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition
     )
 )]
 async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
@@ -296,11 +296,11 @@ async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Respons
     summary = "List a batch's completions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::CompletionPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition
+        (status = 200, description = "a page", body = crate::schemas::CompletionPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition
     )
 )]
 async fn list_completions(
@@ -332,13 +332,13 @@ async fn list_completions(
     tag = "batches",
     description = "The batch in the new shape (its counters), from the new model whatever the read \
                    source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "the batch", body = crate::openapi::BatchNewDocument, headers(
+        (status = 200, description = "the batch", body = crate::schemas::BatchNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Response, ApiError> {
@@ -358,11 +358,11 @@ async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Res
     tag = "batches",
     description = "A page of the batch's completions in the new shape (with when each was \
                    recorded), by player lookup, from the new model whatever the read source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::CompletionPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        (status = 200, description = "a page", body = crate::schemas::CompletionPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn list_completions_new(

@@ -13,8 +13,8 @@ use cutover_core::domain::collection::{
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_projections::collections::{answer, answer_page, LegacyCollection};
+use cutover_projections::collections::{find, list as list_page};
 use cutover_projections::project_collections::{self as new_model, ProjectCollection};
-use cutover_projections::{find, list as list_page};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -107,14 +107,14 @@ struct CollectionPage<T> {
     summary = "Create a collection",
     tag = "collections",
     description = "Creates a collection; the answer is read back from the read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), crate::openapi::CommandHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), crate::schemas::CommandHeaders),
     request_body = CollectionBody,
     responses(
-        (status = 201, description = "created", body = crate::openapi::CollectionDocument, headers(
+        (status = 201, description = "created", body = crate::schemas::CollectionDocument, headers(
             ("ETag" = String, description = "the collection's version, `\"1\"`: send it as If-Match"),
             ("Location" = String, description = "the collection's path")
         )),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn create(
@@ -159,11 +159,11 @@ async fn create(
     summary = "Rename a collection",
     tag = "collections",
     description = "Renames a collection and sets its description.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::schemas::CommandHeaders),
     request_body = CollectionBody,
     responses(
-        (status = 200, description = "updated", body = crate::openapi::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        (status = 200, description = "updated", body = crate::schemas::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn update(
@@ -200,11 +200,11 @@ async fn update(
     summary = "Set a collection's research links",
     tag = "collections",
     description = "Replaces the collection's tags, question ids and hypothesis ids.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::schemas::CommandHeaders),
     request_body = LinksBody,
     responses(
-        (status = 200, description = "linked", body = crate::openapi::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        (status = 200, description = "linked", body = crate::schemas::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn set_links(
@@ -235,10 +235,10 @@ async fn set_links(
     summary = "Delete a collection",
     tag = "collections",
     description = "Deletes a collection (a soft delete in the legacy shape); reading it afterwards is a 410.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::CommandHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::schemas::CommandHeaders),
     responses(
-        (status = 200, description = "deleted", body = crate::openapi::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        (status = 200, description = "deleted", body = crate::schemas::CollectionDocument, headers(("ETag" = String, description = "the collection's version, `\"<version>\"`: send it as If-Match"))),
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn delete(
@@ -270,13 +270,13 @@ async fn delete(
     summary = "Get a collection",
     tag = "collections",
     description = "The collection, from the domain's read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "the collection", body = crate::openapi::CollectionDocument, headers(
+        (status = 200, description = "the collection", body = crate::schemas::CollectionDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-Match takes it as that version, If-None-Match as this answer")
         )),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Deleted
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Deleted
     )
 )]
 async fn fetch(
@@ -311,11 +311,11 @@ async fn fetch(
     summary = "List a project's collections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::CollectionPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition
+        (status = 200, description = "a page", body = crate::schemas::CollectionPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition
     )
 )]
 async fn list(
@@ -348,13 +348,13 @@ async fn list(
     tag = "collections",
     description = "The collection in the new shape (its research context and links), from the new \
                    model whatever the read source; a deleted collection is a 404.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("collection_id" = Uuid, Path, description = "the collection"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "the collection", body = crate::openapi::CollectionNewDocument, headers(
+        (status = 200, description = "the collection", body = crate::schemas::CollectionNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn fetch_new(
@@ -385,11 +385,11 @@ async fn fetch_new(
     tag = "collections",
     description = "A page of the project's live collections in the new shape, by id, from the new \
                    model whatever the read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::CollectionNewPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        (status = 200, description = "a page", body = crate::schemas::CollectionNewPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn list_new(

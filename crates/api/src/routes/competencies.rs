@@ -76,7 +76,7 @@ struct ReviewBody {
     skill_id: String,
     subskill_id: String,
     problem_id: String,
-    #[schema(value_type = crate::openapi::FullReview)]
+    #[schema(value_type = crate::schemas::FullReview)]
     full_review: FullReview,
     /// A number, decimals allowed.
     score: f64,
@@ -111,14 +111,14 @@ struct Page<T> {
     summary = "Record an attempt",
     tag = "competencies",
     description = "Records an attempt; the answer carries the attempt and the competency it led to.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::openapi::CommandHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::schemas::CommandHeaders),
     request_body = AttemptBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::AttemptDocument, headers(
+        (status = 201, description = "recorded", body = crate::schemas::AttemptDocument, headers(
             ("ETag" = String, description = "the subskill's version, `\"<version>\"`"),
             ("Location" = String, description = "the competency's path")
         )),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn record_attempt(
@@ -169,14 +169,14 @@ async fn record_attempt(
     summary = "Record a review",
     tag = "competencies",
     description = "Records a problem review.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::openapi::CommandHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::schemas::CommandHeaders),
     request_body = ReviewBody,
     responses(
-        (status = 201, description = "recorded", body = crate::openapi::ReviewDocument, headers(
+        (status = 201, description = "recorded", body = crate::schemas::ReviewDocument, headers(
             ("ETag" = String, description = "the subskill's version, `\"<version>\"`"),
             ("Location" = String, description = "the competency's path")
         )),
-        crate::openapi::Errors, crate::openapi::CommandErrors
+        crate::schemas::Errors, crate::schemas::CommandErrors
     )
 )]
 async fn record_review(
@@ -228,13 +228,13 @@ async fn record_review(
     summary = "Get a competency",
     tag = "competencies",
     description = "One competency: 404 until the subskill has an attempt.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "the competency", body = crate::openapi::CompetencyDocument, headers(
+        (status = 200, description = "the competency", body = crate::schemas::CompetencyDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition
     )
 )]
 async fn fetch(
@@ -267,11 +267,11 @@ async fn fetch(
     summary = "List a student's competencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::CompetencyPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition
+        (status = 200, description = "a page", body = crate::schemas::CompetencyPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition
     )
 )]
 async fn list(
@@ -303,13 +303,13 @@ async fn list(
     tag = "competencies",
     description = "One competency in the new shape (typed, flat), from the new model whatever the \
                    read source: 404 until the subskill has an attempt.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "the competency", body = crate::openapi::CompetencyNewDocument, headers(
+        (status = 200, description = "the competency", body = crate::schemas::CompetencyNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
         )),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn fetch_new(
@@ -335,11 +335,11 @@ async fn fetch_new(
     tag = "competencies",
     description = "A page of the student's competencies in the new shape, by subject, skill and \
                    subskill, from the new model whatever the read source.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::CompetencyNewPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        (status = 200, description = "a page", body = crate::schemas::CompetencyNewPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn list_new(
@@ -371,11 +371,11 @@ async fn list_new(
     summary = "Get skill analytics",
     tag = "competencies",
     description = "Attempts, students and mean score per subskill (kept by the new shape's projection: a 409 while it is retired).",
-    params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
-        (status = 200, description = "a page", body = crate::openapi::AnalyticsPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition, crate::openapi::Retired
+        (status = 200, description = "a page", body = crate::schemas::AnalyticsPage),
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition, crate::schemas::Retired
     )
 )]
 async fn analytics(

@@ -116,11 +116,11 @@ pub struct FeedPage {
     summary = "List events",
     tag = "events",
     description = "A page of the event log in gap-free order.",
-    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::openapi::ReadHeaders, crate::openapi::PositionHeaders),
+    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "events and next", body = FeedPage),
-        crate::openapi::NotModified,
-        crate::openapi::Errors, crate::openapi::UnknownPosition
+        crate::schemas::NotModified,
+        crate::schemas::Errors, crate::schemas::UnknownPosition
     )
 )]
 async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Response, ApiError> {
@@ -174,8 +174,8 @@ struct StreamQuery {
     description = "The event feed as Server-Sent Events: every event after `after`, then each new one as it commits; the stream does not end.",
     params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log, the default) or a position the feed gave (another is a 404)"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "what a reconnecting browser sends: the last event's position, which then takes the place of `after`")),
     responses(
-        (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::openapi::StreamEvent),
-        crate::openapi::Errors
+        (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::schemas::StreamEvent),
+        crate::schemas::Errors
     )
 )]
 async fn live(

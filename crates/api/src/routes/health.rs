@@ -47,10 +47,10 @@ enum DatabaseStatus {
     tag = "health",
     security(()),
     description = "200 when Postgres answers, 503 when not.",
-    params(crate::openapi::ReadHeaders),
+    params(crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "Postgres answers", body = Health),
-        crate::openapi::NotModified,
+        crate::schemas::NotModified,
         (status = 503, description = "Postgres does not answer", body = Health)
     )
 )]

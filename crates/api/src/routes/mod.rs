@@ -11,14 +11,14 @@ pub mod events;
 pub mod health;
 pub mod pages;
 
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cqrs_es::Aggregate;
 use cutover_core::store::{Begun, CommitError, Committed, Idempotency, Request, StoredResponse};
 use cutover_engine::read_source::ReadSource;
-use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
+use crate::answer::{Answer, Respond};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -90,29 +90,6 @@ pub fn page(body: serde_json::Value) -> StoredResponse {
         body,
     }
 }
-
-/// A stored (or fresh) answer as an HTTP response.
-pub struct Answer(pub StoredResponse);
-
-impl IntoResponse for Answer {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::OK);
-        let mut response = (status, axum::Json(self.0.body)).into_response();
-        for (name, value) in self.0.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                response.headers_mut().insert(name, value);
-            }
-        }
-        response
-    }
-}
-
-/// An answer being read: a command's, back inside its transaction before the commit, or a GET's
-/// from one read source (see [`crate::reads::Reading::answer`]).
-pub type Respond<'c> = BoxFuture<'c, Result<StoredResponse, ApiError>>;
 
 /// Runs `request` (with its idempotency key, if any); builds the answer with `respond` in the
 /// command's transaction, commits both together, and sends it. A repeat of a request already

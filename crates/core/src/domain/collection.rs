@@ -11,7 +11,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::trimmed_visible;
+use crate::domain::text::trimmed_visible;
 use cutover_engine::upcast::{rename, Upcaster};
 
 /// Longest collection name, in characters, after trimming.
