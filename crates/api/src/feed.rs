@@ -74,8 +74,7 @@ async fn notify_others(
             stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
         }
         committed.borrow_and_update();
-        let told = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
+        let told = sqlx::query!("SELECT pg_notify($1, '')", CHANNEL)
             .execute(&pool)
             .await;
         if let Err(e) = told {

@@ -89,9 +89,9 @@ async fn forget_expired_keys(pool: sqlx::PgPool, mut stopping: tokio::sync::watc
             () = tokio::time::sleep(Duration::from_secs(300)) => {}
             _ = stopping.changed() => return,
         }
-        let deleted = sqlx::query(
+        let deleted = sqlx::query!(
             "DELETE FROM idempotency_keys WHERE key IN (
-                 SELECT key FROM idempotency_keys WHERE expires_at < now() LIMIT 10000)",
+                 SELECT key FROM idempotency_keys WHERE expires_at < now() LIMIT 10000)"
         )
         .execute(&pool)
         .await;

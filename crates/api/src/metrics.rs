@@ -657,9 +657,10 @@ pub struct Activity {
     )
 )]
 async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>, ApiError> {
-    let log_head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-        .fetch_one(&state.session)
-        .await?;
+    let log_head: i64 =
+        sqlx::query_scalar!(r#"SELECT coalesce(max(position), 0) AS "head!" FROM events"#)
+            .fetch_one(&state.session)
+            .await?;
     let horizon_blocker = log::horizon_blocker(&state.session).await?;
     let samples = state
         .metrics

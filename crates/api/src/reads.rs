@@ -522,39 +522,36 @@ impl Snapshot {
         deadline: Option<Instant>,
     ) -> Result<Option<Self>, sqlx::Error> {
         loop {
-            let row = sqlx::query(
-                "SELECT (SELECT source FROM read_sources WHERE domain = $1) AS source,
-                        (SELECT fraction FROM shadow_settings WHERE domain = $1) AS fraction,
-                        (SELECT coalesce(max(changed_at), '-infinity') FROM projections
-                          WHERE domain = $1) AS since,
-                        coalesce((SELECT max(position) FROM events), 0) AS position,
-                        $2::bigint IS NULL
-                            OR EXISTS (SELECT 1 FROM events WHERE position = $2) AS shows",
+            let row = sqlx::query!(
+                r#"SELECT (SELECT source FROM read_sources WHERE domain = $1) AS source,
+                          (SELECT fraction FROM shadow_settings WHERE domain = $1) AS fraction,
+                          (SELECT max(changed_at) FROM projections WHERE domain = $1) AS since,
+                          coalesce((SELECT max(position) FROM events), 0) AS "position!",
+                          $2::bigint IS NULL
+                              OR EXISTS (SELECT 1 FROM events WHERE position = $2) AS "shows!""#,
+                domain.map(Domain::as_str),
+                min_position
             )
-            .bind(domain.map(Domain::as_str))
-            .bind(min_position)
             .fetch_one(&mut *conn)
             .await?;
-            if row.try_get("shows")? {
+            if row.shows {
                 let source = match domain {
                     Some(domain) => Some(
-                        read_source::parse(domain, row.try_get("source")?)
+                        read_source::parse(domain, row.source.as_deref())
                             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                     ),
                     None => None,
                 };
-                let sampling = match row.try_get::<Option<f64>, _>("fraction")? {
-                    Some(fraction) => Some(Sampling {
-                        fraction,
-                        since: row.try_get("since")?,
-                    }),
-                    None => None,
+                // A domain in shadow has projections, so a time they last changed.
+                let sampling = match (row.fraction, row.since) {
+                    (Some(fraction), Some(since)) => Some(Sampling { fraction, since }),
+                    _ => None,
                 };
                 return Ok(Some(Self {
                     conn,
                     source,
                     sampling,
-                    position: row.try_get("position")?,
+                    position: row.position,
                     on_replica: deadline.is_some(),
                 }));
             }

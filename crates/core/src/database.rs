@@ -257,12 +257,13 @@ async fn ensure_database(local: &LocalPostgres, name: &str) -> Result<(), Databa
         .connect(&local.url("postgres"))
         .await
         .map_err(DatabaseError::Connect)?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&admin)
-            .await
-            .map_err(DatabaseError::Connect)?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&admin)
+    .await
+    .map_err(DatabaseError::Connect)?;
     if !exists {
         let created = sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&admin)

@@ -48,28 +48,28 @@ pub async fn check(pool: &PgPool, projectors: &[Arc<dyn Projector>]) -> Result<(
 /// A database error.
 pub async fn register(pool: &PgPool, projectors: &[Arc<dyn Projector>]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('cutover:declarations', 0))")
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('cutover:declarations', 0))")
         .execute(&mut *tx)
         .await?;
     for projector in projectors {
         let tables: Vec<&str> = table_names(projector.as_ref()).collect();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO projections (name, domain, shape, tables, state, inline_active)
              VALUES ($1, $2, $3, $4, 'retired', false)
              ON CONFLICT (name) DO NOTHING",
+            projector.name(),
+            projector.domain().as_str(),
+            projector.shape() as _,
+            &tables as _
         )
-        .bind(projector.name())
-        .bind(projector.domain().as_str())
-        .bind(projector.shape())
-        .bind(&tables)
         .execute(&mut *tx)
         .await?;
         for table in tables {
-            let missing: bool = sqlx::query_scalar(
+            let missing: bool = sqlx::query_scalar!(
                 "SELECT to_regclass('cutover_templates.' || $1) IS NULL
-                    AND to_regclass('public.' || $1) IS NOT NULL",
+                    AND to_regclass('public.' || $1) IS NOT NULL AS \"missing!\"",
+                table
             )
-            .bind(table)
             .fetch_one(&mut *tx)
             .await?;
             if missing {
@@ -142,10 +142,12 @@ async fn table_differences(
     table: &Table,
 ) -> Result<Vec<String>, sqlx::Error> {
     let qualified = format!("{schema}.{}", table.name);
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&qualified)
-        .fetch_one(pool)
-        .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT to_regclass($1) IS NOT NULL AS "exists!""#,
+        qualified
+    )
+    .fetch_one(pool)
+    .await?;
     if !exists {
         return Ok(vec![format!(
             "{qualified} does not exist: a migration creates it"

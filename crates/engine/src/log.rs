@@ -51,11 +51,12 @@ pub async fn cursor_at<'e>(
     if position == 0 {
         return Ok(Some(LogCursor::START));
     }
-    let transaction_id: Option<i64> =
-        sqlx::query_scalar("SELECT transaction_id::text::bigint FROM events WHERE position = $1")
-            .bind(position)
-            .fetch_optional(executor)
-            .await?;
+    let transaction_id: Option<i64> = sqlx::query_scalar!(
+        r#"SELECT transaction_id::text::bigint AS "transaction_id!" FROM events WHERE position = $1"#,
+        position
+    )
+    .fetch_optional(executor)
+    .await?;
     Ok(transaction_id.map(|transaction_id| LogCursor {
         transaction_id,
         position,
@@ -224,13 +225,14 @@ pub async fn held_back<'e>(
     executor: impl PgExecutor<'e>,
     after: LogCursor,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events
-                         WHERE (transaction_id, position) > ($1::text::xid8, $2)
-                           AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM events
+                           WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2)
+                             AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))
+                  AS "held_back!""#,
+        after.transaction_id,
+        after.position
     )
-    .bind(after.transaction_id)
-    .bind(after.position)
     .fetch_one(executor)
     .await
 }
@@ -241,9 +243,9 @@ pub async fn held_back<'e>(
 /// # Errors
 /// A database error.
 pub async fn held_back_count<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM events
-          WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "held_back!" FROM events
+            WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())"#
     )
     .fetch_one(executor)
     .await

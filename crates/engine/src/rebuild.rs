@@ -186,11 +186,12 @@ impl Job {
             // Detached from the pool, as in `claim`.
             Purpose::Verify => pool.acquire().await?.detach(),
         };
-        let events_total: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
-                .bind(&types)
-                .fetch_one(pool)
-                .await?;
+        let events_total: i64 = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM events WHERE aggregate_type = ANY($1)"#,
+            &types
+        )
+        .fetch_one(pool)
+        .await?;
         if purpose == Purpose::Rebuild {
             sweep_leftovers(pool).await?;
             // Holding the locks, no job of these projections still marked running is running.
@@ -210,39 +211,39 @@ impl Job {
         let schema = format!("cutover_job_{}", id.simple());
         let mut tx = pool.begin().await?;
         if purpose == Purpose::Rebuild {
-            let interrupted: Vec<Uuid> = sqlx::query_scalar(
+            let interrupted: Vec<Uuid> = sqlx::query_scalar!(
                 "UPDATE rebuild_jobs
                     SET status = $2, error = 'interrupted', finished_at = now()
                   WHERE status = $3 AND purpose = $4 AND projections && $1
               RETURNING id",
+                &names,
+                JobStatus::Failed as _,
+                JobStatus::Running as _,
+                Purpose::Rebuild as _
             )
-            .bind(&names)
-            .bind(JobStatus::Failed)
-            .bind(JobStatus::Running)
-            .bind(Purpose::Rebuild)
             .fetch_all(&mut *tx)
             .await?;
             for old in interrupted {
                 drop_schemas(&mut tx, old).await?;
             }
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE projections SET state = $2, changed_at = now()
                   WHERE name = ANY($1)",
+                &names,
+                ProjectionState::Rebuilding as _
             )
-            .bind(&names)
-            .bind(ProjectionState::Rebuilding)
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO rebuild_jobs (id, projections, purpose, status, events_total)
              VALUES ($1, $2, $3, $4, $5)",
+            id,
+            &names,
+            purpose as _,
+            JobStatus::Running as _,
+            events_total
         )
-        .bind(id)
-        .bind(&names)
-        .bind(purpose)
-        .bind(JobStatus::Running)
-        .bind(events_total)
         .execute(&mut *tx)
         .await?;
         sqlx::query(&format!("CREATE SCHEMA {schema}"))
@@ -311,21 +312,22 @@ impl Job {
             .iter()
             .flat_map(|p| table_names(p.as_ref()).map(|t| format!("{schema}.{t}")))
             .collect();
-        let intact: bool = sqlx::query_scalar(
-            "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) AS t",
+        let intact: bool = sqlx::query_scalar!(
+            r#"SELECT coalesce(bool_and(to_regclass(t) IS NOT NULL), true) AS "intact!"
+                 FROM unnest($1::text[]) AS t"#,
+            &tables
         )
-        .bind(&tables)
         .fetch_one(pool)
         .await?;
         let Some(cursor) = log::cursor_at(pool, position).await?.filter(|_| intact) else {
             return Ok(None);
         };
-        sqlx::query(
+        sqlx::query!(
             "UPDATE rebuild_jobs SET events_total = greatest($2, events_done), updated_at = now()
               WHERE id = $1",
+            id,
+            events_total
         )
-        .bind(id)
-        .bind(events_total)
         .execute(pool)
         .await?;
         tracing::info!(job = %id, position, "resuming an interrupted rebuild from its checkpoint");
@@ -414,7 +416,7 @@ impl Job {
                 .execute(&mut *conn)
                 .await?;
             batch.statements.write(conn).await?;
-            sqlx::query("SET LOCAL search_path TO DEFAULT")
+            sqlx::query!("SET LOCAL search_path TO DEFAULT")
                 .execute(&mut *conn)
                 .await?;
         }
@@ -489,7 +491,7 @@ impl Job {
     /// noticed).
     async fn release(&mut self) {
         if let Some(mut conn) = self.locks.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock_all()")
+            let unlocked = sqlx::query!("SELECT pg_advisory_unlock_all()")
                 .execute(&mut conn)
                 .await;
             if let Err(e) = unlocked {
@@ -597,15 +599,15 @@ impl Job {
             }
             // (A new table has no grants: the read-only role reads it again.)
             sqlx::Executor::execute(&mut *tx, moves.as_str()).await?;
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE projections
                     SET state = $3, inline_active = true, version = version + 1,
                         rebuilt_to = $2, unprojected = 0, changed_at = now()
                   WHERE name = ANY($1)",
+                &self.names,
+                self.progress.position,
+                ProjectionState::Live as _
             )
-            .bind(&self.names)
-            .bind(self.progress.position)
-            .bind(ProjectionState::Live)
             .execute(&mut *tx)
             .await?;
             self.record(&mut tx, JobStatus::Succeeded).await?;
@@ -619,11 +621,13 @@ impl Job {
         }
         tx.commit().await?;
         let hold = held_from.elapsed();
-        sqlx::query("UPDATE rebuild_jobs SET swap_hold_ms = $2 WHERE id = $1")
-            .bind(self.id)
-            .bind(hold.as_secs_f64() * 1000.0)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "UPDATE rebuild_jobs SET swap_hold_ms = $2 WHERE id = $1",
+            self.id,
+            hold.as_secs_f64() * 1000.0
+        )
+        .execute(&self.pool)
+        .await?;
         drop_schemas(&mut *self.pool.acquire().await?, self.id).await?;
         Ok(hold)
     }
@@ -639,7 +643,7 @@ impl Job {
     /// `Refused` when this role may not signal one of them (a superuser's session, or no
     /// `pg_signal_backend`); a database error.
     async fn stop_readers(&self, swap: &mut PgConnection) -> Result<(), AdminError> {
-        let own: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        let own: i32 = sqlx::query_scalar!(r#"SELECT pg_backend_pid() AS "pid!""#)
             .fetch_one(&mut *swap)
             .await?;
         let tables: Vec<&str> = self
@@ -711,12 +715,12 @@ impl Job {
             });
         }
         if !stopped.is_empty() {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE rebuild_jobs SET swap_stopped = swap_stopped || $2, updated_at = now()
                   WHERE id = $1",
+                self.id,
+                sqlx::types::Json(&stopped) as _
             )
-            .bind(self.id)
-            .bind(sqlx::types::Json(&stopped))
             .execute(&self.pool)
             .await?;
         }
@@ -729,18 +733,18 @@ impl Job {
     /// # Errors
     /// `Cancelled` when the job was cancelled meanwhile; a database error.
     async fn record(&self, conn: &mut PgConnection, status: JobStatus) -> Result<(), AdminError> {
-        let recorded = sqlx::query(
+        let recorded = sqlx::query!(
             "UPDATE public.rebuild_jobs
                 SET status = $4, events_done = $2, position = $3,
                     events_total = greatest(events_total, $2), updated_at = now(),
                     finished_at = CASE WHEN $4 = $5 THEN NULL ELSE now() END
               WHERE id = $1 AND status = $5",
+            self.id,
+            self.progress.events_done,
+            self.progress.position,
+            status as _,
+            JobStatus::Running as _
         )
-        .bind(self.id)
-        .bind(self.progress.events_done)
-        .bind(self.progress.position)
-        .bind(status)
-        .bind(JobStatus::Running)
         .execute(conn)
         .await?;
         if recorded.rows_affected() == 0 {
@@ -754,15 +758,15 @@ impl Job {
     async fn fail(&self, reason: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // A cancelled job stays cancelled.
-        sqlx::query(
+        sqlx::query!(
             "UPDATE rebuild_jobs SET status = $3, error = $2, finished_at = now(),
                     updated_at = now()
               WHERE id = $1 AND status = $4",
+            self.id,
+            reason,
+            JobStatus::Failed as _,
+            JobStatus::Running as _
         )
-        .bind(self.id)
-        .bind(reason)
-        .bind(JobStatus::Failed)
-        .bind(JobStatus::Running)
         .execute(&mut *tx)
         .await?;
         if self.purpose == Purpose::Rebuild {
@@ -805,25 +809,27 @@ impl Job {
 /// `NotFound` for an unknown job, `Refused` for one that is not running, a database error.
 pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Vec<String>, AdminError> {
     let mut tx = pool.begin().await?;
-    let cancelled: Option<Vec<String>> = sqlx::query_scalar(
+    let cancelled: Option<Vec<String>> = sqlx::query_scalar!(
         "UPDATE rebuild_jobs
             SET status = $2, error = 'cancelled', finished_at = now(), updated_at = now()
           WHERE id = $1 AND purpose = $3 AND status = $4
       RETURNING projections",
+        id,
+        JobStatus::Cancelled as _,
+        Purpose::Rebuild as _,
+        JobStatus::Running as _
     )
-    .bind(id)
-    .bind(JobStatus::Cancelled)
-    .bind(Purpose::Rebuild)
-    .bind(JobStatus::Running)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(names) = cancelled else {
-        let status: Option<JobStatus> =
-            sqlx::query_scalar("SELECT status FROM rebuild_jobs WHERE id = $1 AND purpose = $2")
-                .bind(id)
-                .bind(Purpose::Rebuild)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let status: Option<JobStatus> = sqlx::query_scalar!(
+            r#"SELECT status AS "status: JobStatus" FROM rebuild_jobs
+                WHERE id = $1 AND purpose = $2"#,
+            id,
+            Purpose::Rebuild as _
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         return Err(match status {
             None => AdminError::NotFound(format!("no rebuild job {id}")),
             Some(status) => {
@@ -843,15 +849,15 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Vec<String>, AdminError> 
 /// Gives projections `names` that a rebuild left `rebuilding` their state back: live when
 /// commands still maintain them, retired otherwise.
 async fn give_back(conn: &mut PgConnection, names: &[String]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE projections SET state = CASE WHEN inline_active THEN $2 ELSE $3 END,
                 changed_at = now()
           WHERE name = ANY($1) AND state = $4",
+        names,
+        ProjectionState::Live as _,
+        ProjectionState::Retired as _,
+        ProjectionState::Rebuilding as _
     )
-    .bind(names)
-    .bind(ProjectionState::Live)
-    .bind(ProjectionState::Retired)
-    .bind(ProjectionState::Rebuilding)
     .execute(conn)
     .await?;
     Ok(())
@@ -860,24 +866,26 @@ async fn give_back(conn: &mut PgConnection, names: &[String]) -> Result<(), sqlx
 /// Takes the session lock of job `id` on `conn`, the connection its runner keeps until the
 /// job ends (see [`crate::registry::JobState`]).
 async fn hold(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
-        .bind(job_lock_key(id))
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+        job_lock_key(id)
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// Drops the schemas of jobs that no longer run (tables swapped out by a rebuild whose process
 /// died between its commit and their drop, or schemas of jobs that ended otherwise).
 async fn sweep_leftovers(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let leftovers: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace AS n
+    let leftovers: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT nspname::text AS "nspname!" FROM pg_namespace AS n
           WHERE nspname ~ '^cutover_job_[0-9a-f]{32}(_old)?$'
             AND NOT EXISTS (SELECT 1 FROM rebuild_jobs AS j
                              WHERE j.status = $1
-                               AND substr(n.nspname, 13, 32) = replace(j.id::text, '-', ''))",
+                               AND substr(n.nspname, 13, 32) = replace(j.id::text, '-', ''))"#,
+        JobStatus::Running as _
     )
-    .bind(JobStatus::Running)
     .fetch_all(pool)
     .await?;
     for schema in leftovers {
@@ -905,16 +913,20 @@ async fn claim(pool: &PgPool, names: &[String]) -> Result<PgConnection, AdminErr
     let mut conn = pool.acquire().await?.detach();
     let mut taken: Vec<&String> = Vec::new();
     for name in names {
-        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(rebuild_lock_key(name))
-            .fetch_one(&mut conn)
-            .await?;
+        let free: bool = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS "free!""#,
+            rebuild_lock_key(name)
+        )
+        .fetch_one(&mut conn)
+        .await?;
         if !free {
             for held in taken {
-                sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-                    .bind(rebuild_lock_key(held))
-                    .execute(&mut conn)
-                    .await?;
+                sqlx::query!(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                    rebuild_lock_key(held)
+                )
+                .fetch_one(&mut conn)
+                .await?;
             }
             return Err(AdminError::Refused(format!(
                 "a rebuild of {name} is already running"
@@ -957,18 +969,21 @@ pub async fn dry_run(
         .iter()
         .flat_map(|p| p.aggregate_types().iter().copied())
         .collect();
-    let events: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
-            .bind(&types)
-            .fetch_one(pool)
-            .await?;
+    let events: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM events WHERE aggregate_type = ANY($1)"#,
+        &types as _
+    )
+    .fetch_one(pool)
+    .await?;
     let mut tables = Vec::new();
     for table in projectors.iter().flat_map(|p| table_names(p.as_ref())) {
         // A retired projection has no live table: nothing to count.
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('public.' || $1) IS NOT NULL")
-            .bind(table)
-            .fetch_one(pool)
-            .await?;
+        let exists: bool = sqlx::query_scalar!(
+            r#"SELECT to_regclass('public.' || $1) IS NOT NULL AS "exists!""#,
+            table
+        )
+        .fetch_one(pool)
+        .await?;
         let rows: i64 = if exists {
             sqlx::query_scalar(&format!("SELECT count(*) FROM public.{table}"))
                 .fetch_one(pool)
@@ -978,14 +993,10 @@ pub async fn dry_run(
         };
         tables.push((table.to_owned(), rows));
     }
-    let recent_rate: Option<f64> = sqlx::query_scalar(
-        "SELECT avg(events_done / greatest(extract(epoch FROM finished_at - started_at), 0.001))::float8
+    let recent_rate: Option<f64> = sqlx::query_scalar!("SELECT avg(events_done / greatest(extract(epoch FROM finished_at - started_at), 0.001))::float8
            FROM (SELECT events_done, started_at, finished_at FROM rebuild_jobs
                   WHERE purpose = $1 AND status = $2 AND events_done > 0
-                  ORDER BY finished_at DESC LIMIT 5) AS recent",
-    )
-    .bind(Purpose::Rebuild)
-    .bind(JobStatus::Succeeded)
+                  ORDER BY finished_at DESC LIMIT 5) AS recent", Purpose::Rebuild as _, JobStatus::Succeeded as _)
     .fetch_one(pool)
     .await?;
     Ok(DryRun {

@@ -353,14 +353,14 @@ pub async fn unfinished_jobs(pool: &PgPool) -> Result<Vec<Job>, sqlx::Error> {
 /// # Errors
 /// A database error.
 pub async fn running_job_of(pool: &PgPool, names: &[String]) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT id FROM rebuild_jobs
           WHERE status = $2 AND purpose = $3 AND projections && $1
           ORDER BY started_at DESC LIMIT 1",
+        names,
+        JobStatus::Running as _,
+        Purpose::Rebuild as _
     )
-    .bind(names)
-    .bind(JobStatus::Running)
-    .bind(Purpose::Rebuild)
     .fetch_optional(pool)
     .await
 }
@@ -387,15 +387,15 @@ pub(crate) async fn runner_alive<'e>(
     id: Uuid,
 ) -> Result<bool, sqlx::Error> {
     // A bigint advisory key shows as its high and low 32 bits in classid and objid.
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT EXISTS (
              SELECT 1 FROM pg_locks, (SELECT hashtextextended($1, 0) AS k) AS key
               WHERE locktype = 'advisory' AND granted AND objsubid = 1
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND classid::bigint = (key.k >> 32) & 4294967295
-                AND objid::bigint = key.k & 4294967295)",
+                AND objid::bigint = key.k & 4294967295) AS \"held!\"",
+        job_lock_key(id)
     )
-    .bind(job_lock_key(id))
     .fetch_one(executor)
     .await
 }
@@ -452,27 +452,28 @@ async fn status_of(
                 .collect()
         })
         .unwrap_or_default();
-    let head: Option<i64> =
-        sqlx::query_scalar("SELECT max(position) FROM events WHERE aggregate_type = ANY($1)")
-            .bind(&types)
-            .fetch_one(&mut *conn)
-            .await?;
+    let head: Option<i64> = sqlx::query_scalar!(
+        "SELECT max(position) FROM events WHERE aggregate_type = ANY($1)",
+        &types
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     let (last_position, lag) = if projection.inline_active {
         // Commands update it as they append; what it lacks is what reached the log without
         // passing through it (`cutover seed`), until a rebuild.
         let unprojected: i64 =
-            sqlx::query_scalar("SELECT unprojected FROM projections WHERE name = $1")
-                .bind(name)
+            sqlx::query_scalar!("SELECT unprojected FROM projections WHERE name = $1", name)
                 .fetch_one(&mut *conn)
                 .await?;
         let reflects_head = unprojected == 0;
         (reflects_head.then(|| head.unwrap_or(0)), Some(unprojected))
     } else {
-        let total: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
-                .bind(&types)
-                .fetch_one(&mut *conn)
-                .await?;
+        let total: i64 = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM events WHERE aggregate_type = ANY($1)"#,
+            &types
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         (None, Some(total))
     };
     let latest_job: Option<Job> = sqlx::query_as(&format!(
@@ -641,19 +642,21 @@ pub async fn set_read_source(
             gate.reason
         )));
     }
-    sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")
-        .bind(domain)
-        .bind(source)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1",
+        domain,
+        source as _
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
         "INSERT INTO admin_actions (action, domain, actor, forced, detail)
          VALUES ('read_source', $1, $2, $3, $4)",
+        domain,
+        actor.0,
+        !gate.open,
+        serde_json::json!({ "source": source, "gate": gate })
     )
-    .bind(domain)
-    .bind(&actor.0)
-    .bind(!gate.open)
-    .bind(serde_json::json!({ "source": source, "gate": gate }))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -697,17 +700,18 @@ pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError>
     let mut tx = pool.begin().await?;
     // The rebuild's lock, for this transaction only: no rebuild starts meanwhile, and it is
     // released with the transaction however the request ends.
-    let free: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(rebuild_lock_key(name))
-            .fetch_one(&mut *tx)
-            .await?;
+    let free: bool = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS "free!""#,
+        rebuild_lock_key(name)
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if !free {
         return Err(AdminError::Refused(format!(
             "a rebuild of {name} is running; retire it once the rebuild ends"
         )));
     }
-    sqlx::query("SET LOCAL lock_timeout = '5s'")
+    sqlx::query!("SET LOCAL lock_timeout = '5s'")
         .execute(&mut *tx)
         .await?;
     sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
@@ -716,19 +720,22 @@ pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError>
     // The registry row first, as a read-source switch takes it (FOR SHARE) before it writes
     // `read_sources`: a switch to this projection that is under way finishes before the check
     // below reads the read source, and one that starts later sees the projection retired.
-    sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "SELECT name FROM projections WHERE name = $1 FOR UPDATE",
+        name
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let projection = projection(&mut tx, name).await?;
     if projection.state == ProjectionState::Retired {
         return Err(AdminError::Refused(format!("{name} is already retired")));
     }
-    let read_source: Option<ReadSource> =
-        sqlx::query_scalar("SELECT source FROM read_sources WHERE domain = $1")
-            .bind(&projection.domain)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let read_source: Option<ReadSource> = sqlx::query_scalar!(
+        r#"SELECT source AS "source: ReadSource" FROM read_sources WHERE domain = $1"#,
+        projection.domain
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     if read_source == Some(projection.shape) {
         return Err(AdminError::Refused(format!(
             "{name} is the read source of {}: switch the read source first",

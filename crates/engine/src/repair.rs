@@ -88,10 +88,12 @@ pub async fn repair(
     .execute(&mut *tx)
     .await?;
     for id in &ids {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(aggregate_lock_key(aggregate_type, id))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock($1)",
+            aggregate_lock_key(aggregate_type, id)
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     let registry = projections(&mut *tx).await?;
     for projector in &chosen {
@@ -126,10 +128,12 @@ pub async fn repair(
         }
     }
     let repaired: Vec<String> = chosen.iter().map(|p| p.name().to_owned()).collect();
-    sqlx::query("UPDATE projections SET changed_at = now() WHERE name = ANY($1)")
-        .bind(&repaired)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE projections SET changed_at = now() WHERE name = ANY($1)",
+        &repaired
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Repaired {
         projections: repaired,

@@ -81,14 +81,15 @@ pub async fn start(
     }
     let mut tx = pool.begin().await?;
     known(&mut tx, domain).await?;
-    let settings: Settings = sqlx::query_as(
+    let settings = sqlx::query_as!(
+        Settings,
         "INSERT INTO shadow_settings (domain, fraction, min_reads) VALUES ($1, $2, $3)
          ON CONFLICT (domain) DO UPDATE SET fraction = $2, min_reads = $3
          RETURNING fraction, min_reads, started_at",
+        domain,
+        fraction,
+        min_reads
     )
-    .bind(domain)
-    .bind(fraction)
-    .bind(min_reads)
     .fetch_one(&mut *tx)
     .await?;
     record(&mut tx, domain, actor, serde_json::json!(settings)).await?;
@@ -103,8 +104,7 @@ pub async fn start(
 pub async fn stop(pool: &PgPool, domain: &str, actor: &Actor) -> Result<(), AdminError> {
     let mut tx = pool.begin().await?;
     known(&mut tx, domain).await?;
-    sqlx::query("DELETE FROM shadow_settings WHERE domain = $1")
-        .bind(domain)
+    sqlx::query!("DELETE FROM shadow_settings WHERE domain = $1", domain)
         .execute(&mut *tx)
         .await?;
     record(&mut tx, domain, actor, serde_json::json!(null)).await?;
@@ -113,11 +113,12 @@ pub async fn stop(pool: &PgPool, domain: &str, actor: &Actor) -> Result<(), Admi
 }
 
 async fn known(conn: &mut PgConnection, domain: &str) -> Result<(), AdminError> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM read_sources WHERE domain = $1)")
-            .bind(domain)
-            .fetch_one(&mut *conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM read_sources WHERE domain = $1) AS "exists!""#,
+        domain
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     match exists {
         true => Ok(()),
         false => Err(AdminError::UnknownDomain(domain.to_owned())),
@@ -130,13 +131,13 @@ async fn record(
     actor: &Actor,
     shadow: Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO admin_actions (action, domain, actor, forced, detail)
          VALUES ('shadow', $1, $2, false, $3)",
+        domain,
+        &actor.0,
+        serde_json::json!({ "shadow": shadow })
     )
-    .bind(domain)
-    .bind(&actor.0)
-    .bind(serde_json::json!({ "shadow": shadow }))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -148,7 +149,7 @@ async fn record(
 /// A database error.
 pub async fn windows(pool: &PgPool) -> Result<Vec<Window>, sqlx::Error> {
     let domains: Vec<String> =
-        sqlx::query_scalar("SELECT domain FROM read_sources ORDER BY domain")
+        sqlx::query_scalar!("SELECT domain FROM read_sources ORDER BY domain")
             .fetch_all(pool)
             .await?;
     let mut all = Vec::with_capacity(domains.len());
@@ -163,40 +164,44 @@ pub async fn windows(pool: &PgPool) -> Result<Vec<Window>, sqlx::Error> {
 /// # Errors
 /// A database error.
 pub async fn window(conn: &mut PgConnection, domain: &str) -> Result<Window, sqlx::Error> {
-    let since: DateTime<Utc> = sqlx::query_scalar(
-        "SELECT coalesce(max(changed_at), '-infinity') FROM projections WHERE domain = $1",
+    let since = sqlx::query_scalar!(
+        r#"SELECT coalesce(max(changed_at), '-infinity') AS "since!" FROM projections
+            WHERE domain = $1"#,
+        domain
     )
-    .bind(domain)
     .fetch_one(&mut *conn)
     .await?;
-    let shadow: Option<Settings> = sqlx::query_as(
+    let shadow = sqlx::query_as!(
+        Settings,
         "SELECT fraction, min_reads, started_at FROM shadow_settings WHERE domain = $1",
+        domain
     )
-    .bind(domain)
     .fetch_optional(&mut *conn)
     .await?;
-    let (reads, mismatches): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(reads), 0)::bigint, coalesce(sum(mismatches), 0)::bigint
-           FROM shadow_windows WHERE domain = $1 AND since = $2",
+    let counted = sqlx::query!(
+        r#"SELECT coalesce(sum(reads), 0)::bigint AS "reads!",
+                  coalesce(sum(mismatches), 0)::bigint AS "mismatches!"
+             FROM shadow_windows WHERE domain = $1 AND since = $2"#,
+        domain,
+        since
     )
-    .bind(domain)
-    .bind(since)
     .fetch_one(&mut *conn)
     .await?;
-    let recent: Vec<Mismatch> = sqlx::query_as(
+    let recent = sqlx::query_as!(
+        Mismatch,
         "SELECT route, path, seen_at, served_source, served, other FROM shadow_mismatches
           WHERE domain = $1 AND since = $2 ORDER BY id DESC LIMIT 10",
+        domain,
+        since
     )
-    .bind(domain)
-    .bind(since)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Window {
         domain: domain.to_owned(),
         shadow,
         since,
-        reads,
-        mismatches,
+        reads: counted.reads,
+        mismatches: counted.mismatches,
         recent,
     })
 }
@@ -269,46 +274,46 @@ pub struct Seen {
 pub async fn add(pool: &PgPool, counted: &[Counted], seen: &[Seen]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     for c in counted {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO shadow_windows (domain, since, route, reads, mismatches, last_read_at)
              VALUES ($1, $2, $3, $4, $5, now())
              ON CONFLICT (domain, since, route) DO UPDATE
                 SET reads = shadow_windows.reads + $4,
                     mismatches = shadow_windows.mismatches + $5, last_read_at = now()",
+            c.domain,
+            c.since,
+            c.route,
+            c.reads,
+            c.mismatches
         )
-        .bind(c.domain)
-        .bind(c.since)
-        .bind(c.route)
-        .bind(c.reads)
-        .bind(c.mismatches)
         .execute(&mut *tx)
         .await?;
     }
     for s in seen {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO shadow_mismatches
                  (domain, since, route, path, seen_at, served_source, served, other)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            s.domain,
+            s.since,
+            s.route,
+            &s.path,
+            s.seen_at,
+            s.served_source,
+            kept(&s.served),
+            kept(&s.other)
         )
-        .bind(s.domain)
-        .bind(s.since)
-        .bind(s.route)
-        .bind(&s.path)
-        .bind(s.seen_at)
-        .bind(s.served_source)
-        .bind(kept(&s.served))
-        .bind(kept(&s.other))
         .execute(&mut *tx)
         .await?;
     }
     if !seen.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM shadow_mismatches AS m
               WHERE m.id < (SELECT min(id) FROM (
                                SELECT id FROM shadow_mismatches AS k WHERE k.domain = m.domain
                                 ORDER BY id DESC LIMIT $1) AS newest)",
+            KEPT_MISMATCHES
         )
-        .bind(KEPT_MISMATCHES)
         .execute(&mut *tx)
         .await?;
     }

@@ -164,16 +164,18 @@ const REPORTS_KEPT: i64 = 100;
 /// Keeps `report` as the latest, and forgets all but the newest [`REPORTS_KEPT`].
 async fn record(pool: &PgPool, report: &Report) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO consistency_reports (consistent, report) VALUES ($1, $2)")
-        .bind(report.consistent())
-        .bind(sqlx::types::Json(report))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "INSERT INTO consistency_reports (consistent, report) VALUES ($1, $2)",
+        report.consistent(),
+        sqlx::types::Json(report) as _
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
         "DELETE FROM consistency_reports
           WHERE id <= (SELECT max(id) FROM consistency_reports) - $1",
+        REPORTS_KEPT
     )
-    .bind(REPORTS_KEPT)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -194,8 +196,10 @@ pub struct Recorded {
 /// # Errors
 /// A database error.
 pub async fn latest(pool: &PgPool) -> Result<Option<Recorded>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT checked_at, consistent, report FROM consistency_reports ORDER BY id DESC LIMIT 1",
+    sqlx::query_as!(
+        Recorded,
+        r#"SELECT checked_at, consistent, report AS "report: sqlx::types::Json<Value>"
+             FROM consistency_reports ORDER BY id DESC LIMIT 1"#
     )
     .fetch_optional(pool)
     .await
@@ -213,14 +217,16 @@ async fn compare_all(
     // connections are taken first, so that commands queued behind the lock (holding pooled
     // connections) cannot starve the snapshot of one.
     let mut snapshot = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *snapshot)
         .await?;
     let mut gate = pool.begin().await?;
     sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
         .execute(&mut *gate)
         .await?;
-    sqlx::query("SELECT 1").execute(&mut *snapshot).await?;
+    sqlx::query_scalar!("SELECT 1 AS one")
+        .fetch_one(&mut *snapshot)
+        .await?;
     gate.commit().await?;
 
     job.finish_in(&mut snapshot).await?;
@@ -297,14 +303,14 @@ async fn live_vs_rebuilt(
     report: &mut Report,
 ) -> Result<(), AdminError> {
     let (aggregate, table) = (table.aggregate.unwrap_or("NULL"), table.name);
-    let key_columns: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text
+    let key_columns: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT a.attname::text AS "name!"
            FROM pg_index AS i
            JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
           WHERE i.indrelid = ('cutover_templates.' || $1)::regclass AND i.indisprimary
-          ORDER BY array_position(i.indkey::int2[], a.attnum)",
+          ORDER BY array_position(i.indkey::int2[], a.attnum)"#,
+        table
     )
-    .bind(table)
     .fetch_all(&mut *conn)
     .await?;
     let key = key_columns

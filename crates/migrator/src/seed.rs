@@ -271,29 +271,29 @@ async fn insert(
     ))
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata)
          SELECT t, i, s, e, v, p, '{\"command\": \"Seed\"}'
            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[])
              AS r(t, i, s, e, v, p)",
+        &types as _,
+        &ids,
+        &sequences,
+        &event_types,
+        &event_versions,
+        &payloads
     )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&sequences)
-    .bind(&event_types)
-    .bind(&event_versions)
-    .bind(&payloads)
     .execute(&mut *tx)
     .await
     .context("inserting seed events")?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE projections SET unprojected = unprojected + u.n
            FROM unnest($1::text[], $2::bigint[]) AS u(name, n)
           WHERE projections.name = u.name AND u.n > 0",
+        &names as _,
+        &unseen
     )
-    .bind(&names)
-    .bind(&unseen)
     .execute(&mut *tx)
     .await
     .context("counting the events the read models have not seen")?;

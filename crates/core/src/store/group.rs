@@ -165,7 +165,7 @@ impl Member {
         let store = self.store.clone();
         if undo {
             if self.joined {
-                let undone = sqlx::query("ROLLBACK TO SAVEPOINT member")
+                let undone = sqlx::query!("ROLLBACK TO SAVEPOINT member")
                     .execute(&mut *group.tx)
                     .await;
                 if let Err(e) = undone {

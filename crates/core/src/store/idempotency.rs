@@ -38,7 +38,7 @@ pub(super) async fn claim_key<E: std::error::Error + 'static>(
     key: &Idempotency,
 ) -> Result<Option<StoredResponse>, CommandError<E>> {
     let ttl_secs = key.ttl.as_secs_f64();
-    let claimed: Option<bool> = sqlx::query_scalar(
+    let claimed = sqlx::query_scalar!(
         "INSERT INTO idempotency_keys (key, fingerprint, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))
          ON CONFLICT (key) DO UPDATE
@@ -46,24 +46,26 @@ pub(super) async fn claim_key<E: std::error::Error + 'static>(
                 response = NULL, created_at = now()
           WHERE idempotency_keys.expires_at <= now()
          RETURNING true",
+        key.key,
+        key.fingerprint,
+        ttl_secs
     )
-    .bind(&key.key)
-    .bind(&key.fingerprint)
-    .bind(ttl_secs)
     .fetch_optional(&mut *conn)
     .await?;
     if claimed.is_some() {
         return Ok(None);
     }
-    let (fingerprint, response): (String, Option<sqlx::types::Json<StoredResponse>>) =
-        sqlx::query_as("SELECT fingerprint, response FROM idempotency_keys WHERE key = $1")
-            .bind(&key.key)
-            .fetch_one(&mut *conn)
-            .await?;
-    if fingerprint != key.fingerprint {
+    let taken = sqlx::query!(
+        r#"SELECT fingerprint, response AS "response: sqlx::types::Json<StoredResponse>"
+             FROM idempotency_keys WHERE key = $1"#,
+        key.key
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if taken.fingerprint != key.fingerprint {
         return Err(CommandError::KeyReused);
     }
-    match response {
+    match taken.response {
         Some(stored) => Ok(Some(stored.0)),
         // Taken by a command that committed no response: cannot happen through this store,
         // whose key rows and responses commit together.

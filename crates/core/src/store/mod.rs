@@ -423,7 +423,7 @@ impl EventStore {
                 }
             };
             if member.joined {
-                let savepoint = sqlx::query("SAVEPOINT member")
+                let savepoint = sqlx::query!("SAVEPOINT member")
                     .execute(&mut *member.group_mut().tx)
                     .await;
                 if let Err(e) = savepoint {
@@ -761,11 +761,13 @@ impl<A: Aggregate + 'static> Pending<A> {
         response: Option<&StoredResponse>,
     ) -> Result<Committed, CommitError> {
         if let (Some(key), Some(response)) = (&self.key, response) {
-            let stored = sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
-                .bind(key)
-                .bind(sqlx::types::Json(response))
-                .execute(self.run.conn())
-                .await;
+            let stored = sqlx::query!(
+                "UPDATE idempotency_keys SET response = $2 WHERE key = $1",
+                key,
+                sqlx::types::Json(response) as _
+            )
+            .execute(self.run.conn())
+            .await;
             if let Err(e) = stored {
                 if let Run::Alone(member) = self.run {
                     if let Err(left) = member.leave(true).await {
