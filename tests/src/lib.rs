@@ -785,3 +785,139 @@ pub fn sample_in(text: &str, sample: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
         .map(|value| value.trim().parse().expect("a metric's value"))
 }
+
+/// A pg_auto_failover formation of one test's own (`scripts/ha-demo`): a monitor and two nodes
+/// with synchronous replication on loopback ports, in `CUTOVER_TEST_PG_DIR` + `-<name>`, with
+/// the monitor's short health-check timeouts. Stopped and removed when dropped.
+pub struct Formation {
+    dir: PathBuf,
+    ports: [u16; 3],
+    /// When the monitor started: it fails nothing over in its first 10 seconds.
+    pub started: std::time::Instant,
+}
+
+impl Formation {
+    /// Starts the formation (installing pg_auto_failover when missing) and waits until it has
+    /// a primary and a synchronous secondary.
+    pub async fn start(name: &str) -> Self {
+        let dir = PathBuf::from(format!("{}-{name}", test_pg_base().display()));
+        let ports = [free_port(), free_port(), free_port()];
+        let formation = Self {
+            dir,
+            ports,
+            started: std::time::Instant::now(),
+        };
+        // What a killed earlier run left there.
+        formation.run_blocking(&["down"]);
+        let up = formation.run(&["up", "--fast"]).await;
+        assert!(up.status.success(), "scripts/ha-demo up: {}", up.stderr);
+        formation
+    }
+
+    /// The libpq multi-host URL of the formation's `cutover` database.
+    pub async fn url(&self) -> String {
+        self.expect(&["url"]).await
+    }
+
+    /// The node the monitor names primary now (`node1` or `node2`).
+    pub async fn primary(&self) -> String {
+        self.expect(&["primary"]).await
+    }
+
+    /// Runs `scripts/ha-demo <args>` on this formation; its stdout, trimmed.
+    ///
+    /// # Panics
+    /// When the command fails.
+    pub async fn expect(&self, args: &[&str]) -> String {
+        let ran = self.run(args).await;
+        assert!(
+            ran.status.success(),
+            "scripts/ha-demo {}: {}",
+            args.join(" "),
+            ran.stderr
+        );
+        ran.stdout.trim().to_owned()
+    }
+
+    /// Runs `scripts/ha-demo <args>` on this formation.
+    pub async fn run(&self, args: &[&str]) -> Ran {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let command = self.command(&args);
+        tokio::task::spawn_blocking(move || ran(command))
+            .await
+            .expect("running scripts/ha-demo")
+    }
+
+    fn run_blocking(&self, args: &[&str]) -> Ran {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        ran(self.command(&args))
+    }
+
+    fn command(&self, args: &[String]) -> std::process::Command {
+        let mut command = std::process::Command::new(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/ha-demo"),
+        );
+        command
+            .args(args)
+            .env("HA_DIR", &self.dir)
+            .env("HA_MONITOR_PORT", self.ports[0].to_string())
+            .env("HA_NODE1_PORT", self.ports[1].to_string())
+            .env("HA_NODE2_PORT", self.ports[2].to_string());
+        command
+    }
+}
+
+impl Drop for Formation {
+    fn drop(&mut self) {
+        let down = self.run_blocking(&["down"]);
+        if !down.status.success() {
+            eprintln!("stopping the formation: {}", down.stderr);
+        }
+    }
+}
+
+/// What a command printed, and how it ended.
+pub struct Ran {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn ran(mut command: std::process::Command) -> Ran {
+    let output = command.output().expect("starting scripts/ha-demo");
+    Ran {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+impl TestDb {
+    /// The database a URL of several servers names, through a pool that follows the primary
+    /// among them (as a server's does), migrated.
+    pub async fn following(url: &str) -> Self {
+        let pool = database::pool(url, database::Route::Direct, &database_args())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        MIGRATOR.run(&pool).await.expect("migrating");
+        let options = (*pool.connect_options()).clone();
+        let name = options
+            .get_database()
+            .expect("a URL that names its database")
+            .to_owned();
+        Self {
+            pool,
+            options,
+            name,
+            shared: false,
+        }
+    }
+}

@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::local_postgres::{ClusterLocation, LocalPostgres, LocalPostgresError, LOCAL_DATABASE};
+use crate::servers;
 
 /// The schema: every table, embedded from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -75,6 +76,11 @@ pub enum DatabaseError {
     BadUrl(#[source] sqlx::Error),
     #[error("cannot connect to Postgres")]
     Connect(#[source] sqlx::Error),
+    #[error(
+        "none of the {servers} servers of the URL {}",
+        if *read_write { "takes writes (target_session_attrs=read-write)" } else { "answers" }
+    )]
+    NoServer { servers: usize, read_write: bool },
     #[error("cannot apply the schema migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the private Postgres start was interrupted")]
@@ -192,18 +198,60 @@ impl DatabaseArgs {
     }
 }
 
-/// Opens a pool on `url`, reached by `route`, with the bounded timeouts of `args`.
+/// Opens a pool on `url`, reached by `route`, with the bounded timeouts of `args`. A URL of
+/// several servers (libpq's multi-host form) opens it on the first usable one, and the pool
+/// follows the primary from then on (see [`crate::servers`]).
 ///
 /// # Errors
-/// A malformed URL or a failed first connection.
+/// A malformed URL, a failed first connection, or no usable server among several.
 pub async fn pool(url: &str, route: Route, args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
-    pool_options(
+    let options = pool_options(
         args.max_connections,
         Duration::from_secs(args.acquire_timeout_secs),
-    )
-    .connect_with(connect_options(url, route, args.statement_timeout_secs)?)
-    .await
-    .map_err(DatabaseError::Connect)
+    );
+    let servers = servers::parse(url)
+        .map_err(|e| DatabaseError::BadUrl(sqlx::Error::Configuration(e.into())))?;
+    if !servers.need_following() {
+        return options
+            .connect_with(connect_options(url, route, args.statement_timeout_secs)?)
+            .await
+            .map_err(DatabaseError::Connect);
+    }
+    let candidates = servers
+        .urls
+        .iter()
+        .map(|url| connect_options(url, route, args.statement_timeout_secs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let read_write = servers.read_write;
+    let first = servers::find(&candidates, read_write)
+        .await
+        .ok_or(DatabaseError::NoServer {
+            servers: candidates.len(),
+            read_write,
+        })?;
+    let options = if read_write {
+        // A connection opened while a failover demotes its server is refused, and the pool
+        // opens another (on the server `follow` has moved it to by then).
+        options.after_connect(|conn, _| {
+            Box::pin(async move {
+                match servers::takes_writes(conn).await? {
+                    true => Ok(()),
+                    false => Err(sqlx::Error::Protocol(
+                        "the database server is read-only (a standby, or a primary not yet                          writable)"
+                            .into(),
+                    )),
+                }
+            })
+        })
+    } else {
+        options
+    };
+    let pool = options
+        .connect_with(candidates[first].clone())
+        .await
+        .map_err(DatabaseError::Connect)?;
+    servers::follow(pool.clone(), candidates, read_write, first);
+    Ok(pool)
 }
 
 /// The connection options of `url` on `route`. A transaction pooler refuses the startup
@@ -290,9 +338,10 @@ pub fn is_unreachable(e: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
-        // Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up.
+        // Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up;
+        // 25006: a server that no longer takes writes (a primary demoted by a failover).
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "25006")
         }),
         _ => false,
     }

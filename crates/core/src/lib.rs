@@ -11,6 +11,7 @@ pub mod database;
 pub mod domain;
 pub mod import;
 pub mod local_postgres;
+pub mod servers;
 pub mod signals;
 pub mod store;
 pub mod telemetry;

@@ -12,6 +12,7 @@ mod competencies;
 mod declarations;
 mod event_log;
 mod event_versions;
+mod failover;
 mod faults;
 mod feed;
 mod follow;

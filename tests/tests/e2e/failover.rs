@@ -1,0 +1,212 @@
+//! Losing the primary: Cutover's server on a pg_auto_failover formation (a monitor and two
+//! nodes with synchronous replication, `scripts/ha-demo`), reached by a libpq multi-host URL
+//! with `target_session_attrs=read-write`, while commands with idempotency keys keep coming.
+//! The primary's postmaster is killed with -9 (its keeper restarts it, or the monitor fails
+//! over: either may happen), then the primary is switched over by hand. Commands resume
+//! without restarting the server, every acknowledged command is on the primary exactly once,
+//! in every read model, and the feed read across both has no gap and no duplicate.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover_tests::{AppOptions, Formation, TestApp, TestDb};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// One acknowledged command: its idempotency key, the collection it created, and when its
+/// answer came.
+struct Acknowledged {
+    key: String,
+    collection_id: String,
+    answered: Instant,
+}
+
+/// Creates collections until `stop`, each under a key of its own, sending a command again
+/// (same key) after a 503 or a broken connection, as a client should.
+async fn writer(app: Arc<TestApp>, project: Uuid, stop: Arc<AtomicBool>) -> Vec<Acknowledged> {
+    let mut acknowledged = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let key = Uuid::new_v4().to_string();
+        let sent = Instant::now();
+        loop {
+            let response = app
+                .post(&format!("/projects/{project}/collections"))
+                .header("Idempotency-Key", &key)
+                .timeout(Duration::from_secs(30))
+                .json(&json!({"collection_name": format!("c-{key}")}))
+                .send()
+                .await;
+            match response {
+                Ok(r) if r.status() == StatusCode::CREATED => {
+                    let body: Value = r.json().await.expect("a JSON answer");
+                    let collection_id = body["collection"]["collection_id"]
+                        .as_str()
+                        .expect("the created collection's id")
+                        .to_owned();
+                    acknowledged.push(Acknowledged {
+                        key,
+                        collection_id,
+                        answered: Instant::now(),
+                    });
+                    break;
+                }
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {}
+                Ok(r) => panic!("unexpected answer {}: {:?}", r.status(), r.text().await),
+                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(90),
+                "a command was not acknowledged within 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acknowledged
+}
+
+/// Runs writers while `event` happens to the formation; the acknowledged commands, and the
+/// longest time without an acknowledged command from the moment the event began.
+async fn through(
+    app: &Arc<TestApp>,
+    formation: &Formation,
+    project: Uuid,
+    event: &[&str],
+) -> (Vec<Acknowledged>, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(writer(Arc::clone(app), project, Arc::clone(&stop))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let happened = Instant::now();
+    formation.expect(event).await;
+    let done = happened.elapsed();
+    // Writers go on until commands have been acknowledged again for a while.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let probe = app
+            .get("/health")
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if probe.is_ok_and(|r| r.status().is_success())
+            && happened.elapsed() > Duration::from_secs(8)
+        {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.expect("a writer"));
+    }
+    let mut answered: Vec<Instant> = acknowledged
+        .iter()
+        .map(|a| a.answered)
+        .filter(|at| *at >= happened)
+        .collect();
+    answered.sort();
+    assert!(
+        answered.iter().any(|at| at.duration_since(happened) > done),
+        "commands were acknowledged after the event"
+    );
+    let outage = std::iter::once(happened)
+        .chain(answered.iter().copied())
+        .zip(answered.iter().copied())
+        .map(|(before, after)| after.duration_since(before))
+        .max()
+        .unwrap_or_default();
+    (acknowledged, outage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_acknowledged_is_lost_when_the_primary_is_killed_or_switched_over() {
+    let formation = Formation::start("failover").await;
+    let url = formation.url().await;
+    let app =
+        Arc::new(TestApp::spawn_on(TestDb::following(&url).await, AppOptions::default()).await);
+    let project = Uuid::new_v4();
+    // The monitor fails nothing over in its first 10 seconds.
+    if let Some(grace) = Duration::from_secs(11).checked_sub(formation.started.elapsed()) {
+        tokio::time::sleep(grace).await;
+    }
+
+    let before = formation.primary().await;
+    let (mut acknowledged, killed_outage) =
+        through(&app, &formation, project, &["kill-postmaster"]).await;
+    formation.expect(&["wait-stable", "120"]).await;
+    let after_kill = formation.primary().await;
+    let (switched, switchover_outage) = through(&app, &formation, project, &["switchover"]).await;
+    acknowledged.extend(switched);
+    let after_switchover = formation.primary().await;
+    eprintln!(
+        "failover: primary {before}, after kill -9 of its postmaster {after_kill} (longest time \
+         without an acknowledged command: {killed_outage:?}), after the switchover \
+         {after_switchover} ({switchover_outage:?}); {} commands acknowledged, none lost",
+        acknowledged.len()
+    );
+    assert_ne!(
+        after_kill, after_switchover,
+        "the switchover moved the primary"
+    );
+
+    // Every acknowledged command once in the log and in both read models, on the primary now.
+    let pool = &app.db.pool;
+    let ids: Vec<String> = acknowledged
+        .iter()
+        .map(|a| a.collection_id.clone())
+        .collect();
+    let keys: HashSet<&str> = acknowledged.iter().map(|a| a.key.as_str()).collect();
+    assert_eq!(keys.len(), acknowledged.len());
+    let (created, legacy, new): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events
+                  WHERE event_type = 'CollectionCreated' AND aggregate_id = ANY($1)),
+                (SELECT count(*) FROM collections WHERE collection_id::text = ANY($1)),
+                (SELECT count(*) FROM project_collections WHERE collection_id::text = ANY($1))",
+    )
+    .bind(&ids)
+    .fetch_one(pool)
+    .await
+    .expect("counting what was acknowledged");
+    let expected = i64::try_from(ids.len()).expect("a count");
+    assert_eq!((created, legacy, new), (expected, expected, expected));
+
+    // The feed, read from the start across both events: every event once, in order.
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("counting events");
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Value = app
+            .get(&format!("/events?after={after}&limit=1000"))
+            .send()
+            .await
+            .expect("a feed page")
+            .json()
+            .await
+            .expect("a JSON page");
+        let events = page["events"].as_array().expect("events");
+        if events.is_empty() {
+            break;
+        }
+        seen.extend(
+            events
+                .iter()
+                .map(|e| e["position"].as_i64().expect("a position")),
+        );
+        after = page["next"].as_i64().expect("next");
+    }
+    let distinct: HashSet<i64> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), seen.len(), "no event twice in the feed");
+    assert_eq!(
+        i64::try_from(seen.len()).expect("a count"),
+        total,
+        "no event missing"
+    );
+}
