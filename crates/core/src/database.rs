@@ -19,8 +19,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 /// Where the data lives; shared by every binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection URL. When unset, a private cluster is started from the machine's
-    /// Postgres binaries in `--data-dir` and stopped again on exit.
+    /// Postgres connection URL. Several servers in libpq's multi-host form
+    /// (`postgres://u@h1:p1,h2:p2/db?target_session_attrs=read-write`) are followed to the
+    /// primary. When unset, a private cluster is started from the machine's Postgres binaries
+    /// in `--data-dir` and stopped again on exit.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 

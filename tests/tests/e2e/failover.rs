@@ -4,14 +4,16 @@
 //! The primary's postmaster is killed with -9 (its keeper restarts it, or the monitor fails
 //! over: either may happen), then the primary is switched over by hand. Commands resume
 //! without restarting the server, every acknowledged command is on the primary exactly once,
-//! in every read model, and the feed read across both has no gap and no duplicate.
+//! in every read model, and the feed read across both has no gap and no duplicate. Then a
+//! rebuild is running in the CLI when the primary's postmaster is killed again: it ends, and
+//! the same command run again finishes it, and verifies clean.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_tests::{AppOptions, Formation, TestApp, TestDb};
+use cutover_tests::{binary, AppOptions, Formation, TestApp, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -124,7 +126,7 @@ async fn through(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nothing_acknowledged_is_lost_when_the_primary_is_killed_or_switched_over() {
+async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebuild_in_flight() {
     let formation = Formation::start("failover").await;
     let url = formation.url().await;
     let app =
@@ -209,4 +211,78 @@ async fn nothing_acknowledged_is_lost_when_the_primary_is_killed_or_switched_ove
         total,
         "no event missing"
     );
+    // A rebuild in flight in the CLI when the primary dies.
+    formation.expect(&["wait-stable", "120"]).await;
+    cutover(&url, &["seed", "--events", "60000", "--no-rebuild"]).await;
+    let rebuilding = cli(&url, &["rebuild", "--all"])
+        .spawn()
+        .expect("starting the rebuild");
+    running_rebuild(pool, 10_000).await;
+    formation.expect(&["kill-postmaster"]).await;
+    let ended = rebuilding
+        .wait_with_output()
+        .await
+        .expect("the rebuild's end");
+    eprintln!(
+        "failover: the rebuild in flight ended ({}): {}",
+        ended.status,
+        String::from_utf8_lossy(&ended.stderr).trim()
+    );
+    formation.expect(&["wait-stable", "120"]).await;
+    let finished = cutover(&url, &["rebuild", "--all"]).await;
+    eprintln!("failover: the rebuild run again: {}", finished.trim());
+    assert!(finished.contains("rebuilt "), "{finished}");
+    let verified = cutover(&url, &["verify"]).await;
+    assert!(verified.contains(", 0 differences"), "{verified}");
+}
+
+/// The `cutover` CLI on the formation's `url`.
+fn cli(url: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary("cutover"));
+    command
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs the CLI on `url` until it succeeds (a command that meets a failover still under way
+/// fails, and is run again); its output.
+async fn cutover(url: &str, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let output = cli(url, args).output().await.expect("running cutover");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            return stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cutover {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until a rebuild job runs and has applied at least `done` events.
+async fn running_rebuild(pool: &sqlx::PgPool, done: i64) {
+    for _ in 0..3000 {
+        let running: Option<i64> = sqlx::query_scalar(
+            "SELECT events_done FROM rebuild_jobs
+              WHERE purpose = 'rebuild' AND status = 'running' AND events_done >= $1",
+        )
+        .bind(done)
+        .fetch_optional(pool)
+        .await
+        .expect("reading the jobs");
+        if running.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no rebuild got past {done} events");
 }
