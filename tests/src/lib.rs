@@ -819,6 +819,12 @@ impl Formation {
         self.expect(&["url"]).await
     }
 
+    /// Each node's URL of the `cutover` database, `node1` first.
+    pub fn node_urls(&self) -> [String; 2] {
+        [self.ports[1], self.ports[2]]
+            .map(|port| format!("postgres://postgres@127.0.0.1:{port}/cutover"))
+    }
+
     /// The node the monitor names primary now (`node1` or `node2`).
     pub async fn primary(&self) -> String {
         self.expect(&["primary"]).await

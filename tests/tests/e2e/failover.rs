@@ -4,7 +4,10 @@
 //! The primary's postmaster is killed with -9 (its keeper restarts it, or the monitor fails
 //! over: either may happen), then the primary is switched over by hand. Commands resume
 //! without restarting the server, every acknowledged command is on the primary exactly once,
-//! in every read model, and the feed read across both has no gap and no duplicate. Then a
+//! in every read model; a reader paging through the feed all along sees no gap and no
+//! duplicate; reads keep being answered, by the node that is a standby at the time (both nodes
+//! are in `--read-database-url`); an idempotency key answered before a failover gets the same
+//! answer after it. Then a
 //! rebuild is running in the CLI when the primary's postmaster is killed again: it ends, and
 //! the same command run again finishes it, and verifies clean.
 
@@ -13,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cutover_api::reads::ReadArgs;
 use cutover_tests::{binary, AppOptions, Formation, TestApp, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -70,14 +74,22 @@ async fn writer(app: Arc<TestApp>, project: Uuid, stop: Arc<AtomicBool>) -> Vec<
     acknowledged
 }
 
-/// Runs writers while `event` happens to the formation; the acknowledged commands, and the
-/// longest time without an acknowledged command from the moment the event began.
+/// What the writers saw of one event.
+struct Through {
+    acknowledged: Vec<Acknowledged>,
+    /// When the event began.
+    happened: Instant,
+    /// The longest time without an acknowledged command from then on.
+    outage: Duration,
+}
+
+/// Runs writers while `event` happens to the formation.
 async fn through(
     app: &Arc<TestApp>,
     formation: &Formation,
     project: Uuid,
     event: &[&str],
-) -> (Vec<Acknowledged>, Duration) {
+) -> Through {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|_| tokio::spawn(writer(Arc::clone(app), project, Arc::clone(&stop))))
@@ -122,34 +134,169 @@ async fn through(
         .map(|(before, after)| after.duration_since(before))
         .max()
         .unwrap_or_default();
-    (acknowledged, outage)
+    Through {
+        acknowledged,
+        happened,
+        outage,
+    }
+}
+
+/// Pages through the feed from the start until `stop` (a 503 or a broken connection is asked
+/// again), then to its end; every position it was given, in order.
+async fn feed_reader(app: Arc<TestApp>, stop: Arc<AtomicBool>) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let page = app
+            .get(&format!("/events?after={after}&limit=500"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        let page: Value = match page {
+            Ok(r) if r.status() == StatusCode::OK => r.json().await.expect("a JSON page"),
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Ok(r) => panic!("the feed answered {}: {:?}", r.status(), r.text().await),
+            Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let events = page["events"].as_array().expect("events");
+        seen.extend(
+            events
+                .iter()
+                .map(|e| e["position"].as_i64().expect("a position")),
+        );
+        after = page["next"].as_i64().expect("next");
+        if events.is_empty() {
+            if stopping {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Reads collection `path` until `stop`; how many reads were answered, which must be 200 or,
+/// while the database is unavailable, 503.
+async fn reader(app: Arc<TestApp>, path: String, stop: Arc<AtomicBool>) -> u64 {
+    let mut answered = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match app.get(&path).timeout(Duration::from_secs(30)).send().await {
+            Ok(r) if r.status() == StatusCode::OK => answered += 1,
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {}
+            Ok(r) => panic!("a read answered {}: {:?}", r.status(), r.text().await),
+            Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    answered
+}
+
+/// Sends the command of `acknowledged` again, with its key: the same collection, no new event.
+async fn resend(app: &TestApp, project: Uuid, acknowledged: &Acknowledged) {
+    let response = app
+        .post(&format!("/projects/{project}/collections"))
+        .header("Idempotency-Key", &acknowledged.key)
+        .json(&json!({"collection_name": format!("c-{}", acknowledged.key)}))
+        .send()
+        .await
+        .expect("sending a command again");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.expect("a JSON answer");
+    assert_eq!(
+        body["collection"]["collection_id"].as_str(),
+        Some(acknowledged.collection_id.as_str())
+    );
+}
+
+/// Waits until the server reads from the node that is a standby now (`replica` is its place in
+/// `--read-database-url`) and not from the other.
+async fn reading_from(app: &TestApp, replica: usize) {
+    let other = 1 - replica;
+    for _ in 0..300 {
+        let standby = app
+            .metric(&format!(
+                "cutover_replica_in_rotation{{replica=\"{replica}\"}}"
+            ))
+            .await;
+        let primary = app
+            .metric(&format!(
+                "cutover_replica_in_rotation{{replica=\"{other}\"}}"
+            ))
+            .await;
+        if (standby, primary) == (1.0, 0.0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replica {replica}, the standby now, is not the one in the rotation");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebuild_in_flight() {
     let formation = Formation::start("failover").await;
     let url = formation.url().await;
-    let app =
-        Arc::new(TestApp::spawn_on(TestDb::following(&url).await, AppOptions::default()).await);
+    let options = AppOptions {
+        reads: ReadArgs {
+            urls: formation.node_urls().to_vec(),
+            replica_max_lag_ms: 5_000,
+            replica_wait_ms: 1_000,
+        },
+        ..AppOptions::default()
+    };
+    let app = Arc::new(TestApp::spawn_on(TestDb::following(&url).await, options).await);
     let project = Uuid::new_v4();
+    let first = crate::collections::create(&app, project, "read all along").await;
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let feed = tokio::spawn(feed_reader(Arc::clone(&app), Arc::clone(&stop_reading)));
+    let reads = tokio::spawn(reader(
+        Arc::clone(&app),
+        crate::collections::collection_path(project, &first),
+        Arc::clone(&stop_reading),
+    ));
     // The monitor fails nothing over in its first 10 seconds.
     if let Some(grace) = Duration::from_secs(11).checked_sub(formation.started.elapsed()) {
         tokio::time::sleep(grace).await;
     }
 
     let before = formation.primary().await;
-    let (mut acknowledged, killed_outage) =
-        through(&app, &formation, project, &["kill-postmaster"]).await;
+    reading_from(&app, standby_place(&formation).await).await;
+    let killed = through(&app, &formation, project, &["kill-postmaster"]).await;
     formation.expect(&["wait-stable", "120"]).await;
     let after_kill = formation.primary().await;
-    let (switched, switchover_outage) = through(&app, &formation, project, &["switchover"]).await;
-    acknowledged.extend(switched);
+    reading_from(&app, standby_place(&formation).await).await;
+    // A key answered before the failover is honoured after it.
+    for answered in killed
+        .acknowledged
+        .iter()
+        .filter(|a| a.answered < killed.happened)
+        .take(10)
+    {
+        resend(&app, project, answered).await;
+    }
+    let switched = through(&app, &formation, project, &["switchover"]).await;
     let after_switchover = formation.primary().await;
+    reading_from(&app, standby_place(&formation).await).await;
+    stop_reading.store(true, Ordering::Relaxed);
+    let read = reads.await.expect("the reader");
+    let fed = feed.await.expect("the feed reader");
+    let (killed_outage, switchover_outage) = (killed.outage, switched.outage);
+    let mut acknowledged = killed.acknowledged;
+    acknowledged.extend(switched.acknowledged);
     eprintln!(
         "failover: primary {before}, after kill -9 of its postmaster {after_kill} (longest time \
          without an acknowledged command: {killed_outage:?}), after the switchover \
-         {after_switchover} ({switchover_outage:?}); {} commands acknowledged, none lost",
-        acknowledged.len()
+         {after_switchover} ({switchover_outage:?}); {} commands acknowledged, none lost; \
+         {read} reads answered, {} events read from the feed along the way",
+        acknowledged.len(),
+        fed.len()
     );
     assert_ne!(
         after_kill, after_switchover,
@@ -177,40 +324,24 @@ async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebui
     let expected = i64::try_from(ids.len()).expect("a count");
     assert_eq!((created, legacy, new), (expected, expected, expected));
 
-    // The feed, read from the start across both events: every event once, in order.
+    // The feed, read all along: every event once, in order.
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await
         .expect("counting events");
-    let mut seen = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: Value = app
-            .get(&format!("/events?after={after}&limit=1000"))
-            .send()
-            .await
-            .expect("a feed page")
-            .json()
-            .await
-            .expect("a JSON page");
-        let events = page["events"].as_array().expect("events");
-        if events.is_empty() {
-            break;
-        }
-        seen.extend(
-            events
-                .iter()
-                .map(|e| e["position"].as_i64().expect("a position")),
-        );
-        after = page["next"].as_i64().expect("next");
-    }
-    let distinct: HashSet<i64> = seen.iter().copied().collect();
-    assert_eq!(distinct.len(), seen.len(), "no event twice in the feed");
-    assert_eq!(
-        i64::try_from(seen.len()).expect("a count"),
-        total,
-        "no event missing"
+    assert!(
+        fed.windows(2).all(|pair| pair[0] != pair[1]),
+        "no event twice in a row in the feed"
     );
+    let distinct: HashSet<i64> = fed.iter().copied().collect();
+    assert_eq!(distinct.len(), fed.len(), "no event twice in the feed");
+    assert_eq!(
+        i64::try_from(fed.len()).expect("a count"),
+        total,
+        "no event missing from the feed"
+    );
+    assert!(read > 0, "reads were answered");
+
     // A rebuild in flight in the CLI when the primary dies.
     formation.expect(&["wait-stable", "120"]).await;
     cutover(&url, &["seed", "--events", "60000", "--no-rebuild"]).await;
@@ -234,6 +365,16 @@ async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebui
     assert!(finished.contains("rebuilt "), "{finished}");
     let verified = cutover(&url, &["verify"]).await;
     assert!(verified.contains(", 0 differences"), "{verified}");
+}
+
+/// The place in `--read-database-url` (the formation's nodes, in order) of the node that is
+/// the standby now.
+async fn standby_place(formation: &Formation) -> usize {
+    match formation.expect(&["secondary"]).await.as_str() {
+        "node1" => 0,
+        "node2" => 1,
+        other => panic!("no standby, or an unknown node: {other:?}"),
+    }
 }
 
 /// The `cutover` CLI on the formation's `url`.
