@@ -99,6 +99,53 @@ pub async fn read_safe<'e>(
     read(executor, after, limit, aggregate_types, Horizon::Safe).await
 }
 
+/// Whether everything the primary of `conn` shows now is also on a synchronous standby, waiting
+/// up to `timeout` for it: `true` at once on a server without synchronous standbys (or on a
+/// standby, or when the role may not see the standbys' positions: `pg_read_all_stats`).
+///
+/// A commit that waits for its standby is not visible; but a primary that crashes and restarts
+/// shows the commits that were waiting (they are in its WAL), and a failover right after may
+/// promote a standby that never received them. A reader of the log on the primary asks this
+/// after its read and before it hands the events out, so that it never hands out an event a
+/// failover can take back.
+///
+/// # Errors
+/// A database error.
+pub async fn on_standby(
+    conn: &mut sqlx::PgConnection,
+    timeout: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    // Every commit the read saw is before the primary's WAL position now.
+    let shown = sqlx::query_scalar!(
+        r#"SELECT CASE WHEN pg_is_in_recovery()
+                         OR current_setting('synchronous_standby_names') = '' THEN NULL
+                    ELSE pg_current_wal_insert_lsn()::text END AS shown"#
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(shown) = shown else {
+        return Ok(true);
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let standby = sqlx::query!(
+            r#"SELECT count(*) FILTER (WHERE flush_lsn IS NULL) AS "hidden!",
+                      coalesce(max(flush_lsn) >= $1::text::pg_lsn, false) AS "has_it!"
+                 FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')"#,
+            shown
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if standby.has_it || standby.hidden > 0 {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 /// Up to `limit` events after `after` in log order, up to `horizon`; of them, those of the
 /// given aggregate types.
 ///

@@ -34,6 +34,10 @@ pub(crate) const MAX_AGGREGATE_TYPES: usize = 20;
 pub(crate) const MAX_AGGREGATE_TYPE_CHARS: usize = 100;
 /// Events a live stream reads per query.
 const STREAM_BATCH: i64 = 500;
+
+/// Longest a read of the primary waits for its events to reach a synchronous standby before
+/// it gives none (a page answers 503; the stream looks again).
+const ON_STANDBY_WAIT: Duration = Duration::from_secs(1);
 /// How soon a stream looks again when committed events wait behind an older transaction.
 const HELD_BACK_RECHECK: Duration = Duration::from_millis(200);
 /// How soon a stream looks again when nothing woke it: appends by writers that do not notify
@@ -145,6 +149,9 @@ async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Respon
         resolved => (snapshot, resolved?),
     };
     let read = log::read_safe(&mut *snapshot, cursor, limit, types.as_deref()).await?;
+    if !snapshot.on_replica() && !log::on_standby(&mut snapshot, ON_STANDBY_WAIT).await? {
+        return Err(ApiError::Unavailable);
+    }
     let next = read.scanned_to.map_or(after, |c| c.position);
     let events = read.events.into_iter().map(FeedEvent::try_from);
     Ok(IntoResponse::into_response(axum::Json(FeedPage {
@@ -299,6 +306,9 @@ impl Tail {
         let read =
             log::read_safe(&mut *conn, self.cursor, STREAM_BATCH, self.types.as_deref()).await?;
         if read.scanned > 0 {
+            if !on_replica && !log::on_standby(&mut conn, ON_STANDBY_WAIT).await? {
+                return Ok(Look::HeldBack);
+            }
             return Ok(Look::Read(read));
         }
         Ok(
