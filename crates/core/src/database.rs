@@ -225,12 +225,22 @@ pub async fn pool(url: &str, route: Route, args: &DatabaseArgs) -> Result<PgPool
         .map(|url| connect_options(url, route, args.statement_timeout_secs))
         .collect::<Result<Vec<_>, _>>()?;
     let read_write = servers.read_write;
-    let first = servers::find(&candidates, read_write)
-        .await
-        .ok_or(DatabaseError::NoServer {
-            servers: candidates.len(),
-            read_write,
-        })?;
+    // A failover under way: ask again until the acquire timeout, as a single server would.
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.acquire_timeout_secs);
+    let first = loop {
+        match servers::find(&candidates, read_write).await {
+            Some(first) => break first,
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => {
+                return Err(DatabaseError::NoServer {
+                    servers: candidates.len(),
+                    read_write,
+                })
+            }
+        }
+    };
     let options = if read_write {
         // A connection opened while a failover demotes its server is refused, and the pool
         // opens another (on the server `follow` has moved it to by then).
@@ -239,7 +249,8 @@ pub async fn pool(url: &str, route: Route, args: &DatabaseArgs) -> Result<PgPool
                 match servers::takes_writes(conn).await? {
                     true => Ok(()),
                     false => Err(sqlx::Error::Protocol(
-                        "the database server is read-only (a standby, or a primary not yet                          writable)"
+                        "the database server is read-only (a standby, or a primary not yet \
+                         writable)"
                             .into(),
                     )),
                 }
@@ -342,11 +353,19 @@ pub fn is_unreachable(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         // Class 08: connection exceptions; 57P01-57P03: shutting down, crashed, starting up;
         // 25006: a server that no longer takes writes (a primary demoted by a failover).
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "25006")
-        }),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            }) || is_read_only(e)
+        }
         _ => false,
     }
+}
+
+/// Whether `e` is a server refusing a write because it is read-only (SQLSTATE 25006): a standby,
+/// or a primary a failover demoted.
+pub fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
 }
 
 #[cfg(test)]

@@ -52,6 +52,12 @@ pub fn parse(url: &str) -> Result<Servers, String> {
         Some((user, hosts)) => (format!("{user}@"), hosts),
         None => (String::new(), authority),
     };
+    // One server (an empty host too: a socket named by `?host=`) is the URL as it is.
+    let hosts: Vec<&str> = if hosts.contains(',') {
+        hosts.split(',').collect()
+    } else {
+        vec![hosts]
+    };
     let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
     let mut read_write = false;
     let mut kept = Vec::new();
@@ -73,11 +79,14 @@ pub fn parse(url: &str) -> Result<Servers, String> {
     } else {
         format!("?{}", kept.join("&"))
     };
+    let several = hosts.len() > 1;
     let urls = hosts
-        .split(',')
+        .iter()
         .map(|host| {
-            if host.is_empty() {
-                Err(format!("the URL's host list {hosts:?} has an empty host"))
+            if several && host.is_empty() {
+                Err(format!(
+                    "the URL's host list {authority:?} has an empty host"
+                ))
             } else {
                 Ok(format!("{scheme}://{user}{host}{path}{query}"))
             }
@@ -194,6 +203,8 @@ mod tests {
             })
         );
         assert!(!parse(url).is_ok_and(|s| s.need_following()));
+        let socket = "postgres:///cutover?host=/var/run/postgresql";
+        assert_eq!(parse(socket).map(|s| s.urls), Ok(vec![socket.to_owned()]));
     }
 
     #[test]

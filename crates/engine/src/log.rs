@@ -101,7 +101,8 @@ pub async fn read_safe<'e>(
 
 /// Whether everything the primary of `conn` shows now is also on a synchronous standby, waiting
 /// up to `timeout` for it: `true` at once on a server without synchronous standbys (or on a
-/// standby, or when the role may not see the standbys' positions: `pg_read_all_stats`).
+/// standby, or when the role may not see the standbys' positions: `pg_read_all_stats`). With
+/// several synchronous standbys one having it is enough: a failover promotes the most advanced.
 ///
 /// A commit that waits for its standby is not visible; but a primary that crashes and restarts
 /// shows the commits that were waiting (they are in its WAL), and a failover right after may
@@ -115,11 +116,12 @@ pub async fn on_standby(
     conn: &mut sqlx::PgConnection,
     timeout: std::time::Duration,
 ) -> Result<bool, sqlx::Error> {
-    // Every commit the read saw is before the primary's WAL position now.
+    // Every commit the read saw was flushed before now: a synchronous commit is flushed
+    // before it is visible, and a crash's recovery flushes what it replays.
     let shown = sqlx::query_scalar!(
         r#"SELECT CASE WHEN pg_is_in_recovery()
                          OR current_setting('synchronous_standby_names') = '' THEN NULL
-                    ELSE pg_current_wal_insert_lsn()::text END AS shown"#
+                    ELSE pg_current_wal_flush_lsn()::text END AS shown"#
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -128,10 +130,12 @@ pub async fn on_standby(
     };
     let deadline = std::time::Instant::now() + timeout;
     loop {
+        // A role without pg_read_all_stats sees every column but the pid as NULL.
         let standby = sqlx::query!(
             r#"SELECT count(*) FILTER (WHERE flush_lsn IS NULL) AS "hidden!",
-                      coalesce(max(flush_lsn) >= $1::text::pg_lsn, false) AS "has_it!"
-                 FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')"#,
+                      coalesce(max(flush_lsn) FILTER (WHERE sync_state IN ('sync', 'quorum'))
+                                   >= $1::text::pg_lsn, false) AS "has_it!"
+                 FROM pg_stat_replication"#,
             shown
         )
         .fetch_one(&mut *conn)

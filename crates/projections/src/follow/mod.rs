@@ -107,7 +107,12 @@ impl FollowError {
     /// stood.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Legacy(e) | Self::Database(e) => cutover_core::database::is_unreachable(e),
+            // The old database refusing a write is no outage to wait out.
+            Self::Legacy(e) => {
+                cutover_core::database::is_unreachable(e)
+                    && !cutover_core::database::is_read_only(e)
+            }
+            Self::Database(e) => cutover_core::database::is_unreachable(e),
             _ => false,
         }
     }
