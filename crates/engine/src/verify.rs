@@ -105,8 +105,12 @@ pub async fn verify(
     projectors: &[Arc<dyn Projector>],
     domain: Option<&str>,
 ) -> Result<Report, AdminError> {
-    let mut known: Vec<&str> = projectors.iter().map(|p| p.domain().as_str()).collect();
-    known.dedup();
+    let mut known: Vec<&str> = Vec::new();
+    for domain in projectors.iter().map(|p| p.domain().as_str()) {
+        if !known.contains(&domain) {
+            known.push(domain);
+        }
+    }
     let domains: Vec<&str> = match domain {
         Some(wanted) => {
             if !known.contains(&wanted) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cutover_engine::verify::verify;
 use cutover_projections::inline_projectors;
-use cutover_tests::{binary, OwnCluster};
+use cutover_tests::{binary, free_port, OwnCluster};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use tokio::process::{Child, Command};
@@ -39,13 +39,6 @@ pub(crate) async fn wait_healthy(client: &reqwest::Client, base: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the server did not become healthy");
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
 }
 
 #[derive(Default)]

@@ -18,7 +18,8 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::collections::create;
-use crate::faults::{free_port, start_server, wait_healthy};
+use crate::faults::{start_server, wait_healthy};
+use cutover_tests::free_port;
 
 /// The `cutover` CLI against the test's database.
 pub fn cli(app: &TestApp, args: &[&str]) -> Command {

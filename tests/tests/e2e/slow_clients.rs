@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::Child;
 
-use crate::faults::{free_port, start_server, wait_healthy};
+use crate::faults::{start_server, wait_healthy};
+use cutover_tests::free_port;
 
 /// `--header-read-timeout-ms` of these tests' servers.
 const HEADER_TIMEOUT: Duration = Duration::from_millis(1_000);
