@@ -12,7 +12,7 @@ use cutover_engine::admin::Actor;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// The scope a request needs; `None` for the public routes (health, the API description, the
 /// console and docs pages, which hold no data: they fetch it with the token typed into them).

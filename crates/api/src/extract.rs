@@ -12,7 +12,7 @@ use cutover_core::store::Idempotency;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// A JSON body, sent as `content-type: application/json`, optionally with `charset=utf-8`
 /// (names and values in any case); any other media type or parameter is refused with 415.

@@ -8,12 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::http::Method;
 use chrono::{DateTime, Utc};
 use cutover_core::store::EventStore;
 use cutover_engine::log;
@@ -30,7 +25,6 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::reads::Reads;
-use crate::AppState;
 use sqlx::PgPool;
 
 /// Label values come from closed sets, so no client can add series: the method is one the
@@ -353,6 +347,36 @@ impl Metrics {
 
     /// Reads what lives in the database into the gauges (on `session`, a direct connection),
     /// and the use of `store`'s pool.
+    /// The exposition a scrape answers with `accept`: its content type and text, the gauges
+    /// read from the database first. OpenMetrics, or the Prometheus text format (0.0.4) when
+    /// the client asks for `text/plain` and not for OpenMetrics.
+    pub async fn exposition(
+        &self,
+        session: &PgPool,
+        store: &EventStore,
+        accept: &str,
+    ) -> Result<(&'static str, String), ApiError> {
+        self.refresh(session, store).await?;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the metrics: {e}")))?;
+        Ok(if wants_prometheus_text(accept) {
+            (PROMETHEUS_TEXT, prometheus_text(&text))
+        } else {
+            (OPENMETRICS, text)
+        })
+    }
+
+    /// The console's history, oldest first.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     async fn refresh(&self, session: &PgPool, store: &EventStore) -> Result<(), ApiError> {
         let pool = session;
         self.lag.clear();
@@ -447,9 +471,10 @@ impl Metrics {
         Ok(())
     }
 
-    fn record(&self, method: &Method, route: &str, status: u16, took: Duration) {
+    /// Counts and times one request by the route it matched (`None`: it matched none).
+    pub fn record(&self, method: &Method, route: Option<&str>, status: u16, took: Duration) {
         let method = method_label(method);
-        let route = route.to_owned();
+        let route = route.unwrap_or(UNMATCHED).to_owned();
         if is_command(method, &route) {
             self.commands.inc();
         }
@@ -474,77 +499,8 @@ fn is_command(method: &str, route: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS") && !route.starts_with("/admin")
 }
 
-/// Counts and times every request by the route it matched.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str)
-        .to_owned();
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.record(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .route("/admin/activity", get(activity))
-}
-
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The metrics in the OpenMetrics text format, or in the Prometheus text format (0.0.4) when
-/// the client asks for `text/plain` and not for OpenMetrics.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "getMetrics",
-    summary = "Scrape metrics",
-    tag = "operations",
-    description = "Prometheus metrics: the OpenMetrics text format, or the Prometheus text \
-                   format 0.0.4 when `Accept` asks for `text/plain` (and not for \
-                   `application/openmetrics-text`). Needs a read token when tokens are \
-                   configured.",
-    responses(
-        (status = 200, description = "the metrics", content(
-            (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            (String = "text/plain; version=0.0.4; charset=utf-8"),
-        )),
-        crate::schemas::Errors
-    )
-)]
-async fn scrape(
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-) -> Result<Response, ApiError> {
-    state.metrics.refresh(&state.session, &state.store).await?;
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the metrics: {e}")))?;
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let (content_type, body) = if wants_prometheus_text(accept) {
-        (PROMETHEUS_TEXT, prometheus_text(&text))
-    } else {
-        (OPENMETRICS, text)
-    };
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response())
-}
 
 /// Whether an `Accept` header asks for the Prometheus text format rather than OpenMetrics.
 fn wants_prometheus_text(accept: &str) -> bool {
@@ -592,15 +548,15 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 const SAMPLES_KEPT: usize = 300;
 
 /// Takes a point of the command and rebuild rates every [`SAMPLE_EVERY`] until `stopping`.
-pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
-    let mut last = (Instant::now(), state.metrics.commands.get());
+pub async fn sample(metrics: Metrics, session: PgPool, mut stopping: watch::Receiver<bool>) {
+    let mut last = (Instant::now(), metrics.commands.get());
     loop {
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
             _ = stopping.changed() => return,
         }
         let rebuild: Result<f64, sqlx::Error> = async {
-            let jobs = registry::unfinished_jobs(&state.session).await?;
+            let jobs = registry::unfinished_jobs(&session).await?;
             Ok(jobs
                 .iter()
                 .filter(|job| job.status == JobState::RUNNING)
@@ -611,7 +567,7 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
             tracing::warn!(error = %e, "cannot read the running rebuilds");
             0.0
         });
-        let now = (Instant::now(), state.metrics.commands.get());
+        let now = (Instant::now(), metrics.commands.get());
         let seconds = now.0.duration_since(last.0).as_secs_f64();
         let point = Sample {
             at: Utc::now(),
@@ -619,8 +575,7 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
             rebuild_events_per_second,
         };
         last = now;
-        let mut history = state
-            .metrics
+        let mut history = metrics
             .history
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -629,52 +584,6 @@ pub async fn sample(state: AppState, mut stopping: watch::Receiver<bool>) {
         }
         history.push_back(point);
     }
-}
-
-/// The console's history, and where the log ends (to follow the feed from now on).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Activity {
-    /// The highest position in the log (0 when empty): pass it as `after` to the feed.
-    pub log_head: i64,
-    /// The transaction that holds the log's horizon back, if one does: `{pid, age_seconds,
-    /// application, query}` (the feed and rebuilds' catch-up wait for it).
-    pub horizon_blocker: Option<log::HorizonBlocker>,
-    /// Oldest first.
-    pub samples: Vec<Sample>,
-}
-
-#[utoipa::path(
-    get,
-    path = "/admin/activity",
-    operation_id = "getActivity",
-    summary = "Get recent activity",
-    tag = "admin",
-    description = "The last ten minutes of this server's command rate and the running \
-                   rebuilds' event rate, a point every two seconds, and the log's head.",
-    responses(
-        (status = 200, description = "the history", body = Activity),
-        crate::schemas::Errors
-    )
-)]
-async fn activity(State(state): State<AppState>) -> Result<axum::Json<Activity>, ApiError> {
-    let log_head: i64 =
-        sqlx::query_scalar!(r#"SELECT coalesce(max(position), 0) AS "head!" FROM events"#)
-            .fetch_one(&state.session)
-            .await?;
-    let horizon_blocker = log::horizon_blocker(&state.session).await?;
-    let samples = state
-        .metrics
-        .history
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .cloned()
-        .collect();
-    Ok(axum::Json(Activity {
-        log_head,
-        horizon_blocker,
-        samples,
-    }))
 }
 
 #[cfg(test)]

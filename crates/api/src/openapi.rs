@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ApiError, Problem};
 use crate::routes::{admin, batches, collections, competencies, events, health};
-use crate::AppState;
+use crate::state::AppState;
 
 struct BearerAuth;
 
@@ -64,7 +64,7 @@ impl Modify for BearerAuth {
         admin::read_sources, admin::set_read_source, admin::switch_gate, admin::shadow_windows, admin::follows,
         admin::start_follow, admin::stop_follow, admin::hand_over,
         admin::start_shadow, admin::stop_shadow, admin::consistency,
-        admin::latest_consistency, crate::metrics::activity, crate::metrics::scrape
+        admin::latest_consistency, crate::routes::metrics::activity, crate::routes::metrics::scrape
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

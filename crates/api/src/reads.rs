@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
 use axum::extract::Request;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
@@ -39,7 +39,6 @@ use tokio::sync::watch;
 use crate::answer::{Answer, Respond};
 use crate::error::ApiError;
 use crate::shadow::{Sampling, Shadow};
-use crate::AppState;
 
 /// The log position a command reached, or the highest one the server that answered a read
 /// shows.
@@ -596,13 +595,13 @@ pub struct Reading {
     path: String,
 }
 
-impl FromRequestParts<AppState> for Reading {
+impl<S: Send + Sync> FromRequestParts<S> for Reading
+where
+    Reads: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let min_position =
             match parts.headers.get(&MIN_POSITION) {
                 None => None,
@@ -617,7 +616,7 @@ impl FromRequestParts<AppState> for Reading {
                 )?),
             };
         Ok(Self {
-            reads: state.reads.clone(),
+            reads: Reads::from_ref(state),
             min_position,
             seen: parts.extensions.get::<Seen>().cloned(),
             path: parts

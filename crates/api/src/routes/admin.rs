@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

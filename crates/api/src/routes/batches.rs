@@ -26,7 +26,7 @@ use crate::routes::{
     document, from_new_model, from_new_model_one, page, run, with_location, with_status, Answer,
     Respond,
 };
-use crate::AppState;
+use crate::state::AppState;
 
 /// Default and largest page of `GET /batches/{batch_id}/completions`.
 pub(crate) const DEFAULT_PAGE: i64 = 100;

@@ -27,7 +27,7 @@ use crate::routes::{
     document, from_new_model, from_new_model_one, page as page_of, run, with_location, with_status,
     Respond,
 };
-use crate::AppState;
+use crate::state::AppState;
 
 /// Default and largest page of `GET /projects/{project_id}/collections`.
 pub(crate) const DEFAULT_PAGE: i64 = 50;

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::extract::Query;
 use crate::reads::{stream_connection, Reading, Reads};
-use crate::AppState;
+use crate::state::AppState;
 
 /// Default and largest page of `GET /events`.
 pub(crate) const DEFAULT_PAGE: i64 = 100;

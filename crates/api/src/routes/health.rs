@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// How long the health check waits for Postgres.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -9,6 +9,7 @@ pub mod collections;
 pub mod competencies;
 pub mod events;
 pub mod health;
+pub mod metrics;
 pub mod pages;
 
 use axum::http::{header, StatusCode};
@@ -20,7 +21,7 @@ use sqlx::PgConnection;
 
 use crate::answer::{Answer, Respond};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// The answer of every route that names one aggregate:
 /// `{"read_source", "version", "position"?, <key>: <read-model row or null>, ...}`, with the

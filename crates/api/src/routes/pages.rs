@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// One static file: its body and content type.
 struct Asset {

@@ -16,9 +16,9 @@ use serde_json::{json, Value as Json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::error::{legacy, FollowError};
 use super::pgoutput::Value;
 use super::source::{self, Change, Columns, Difference, OldTable, Source};
-use super::{legacy, FollowError};
 use crate::legacy_competencies::{
     self as documents, legacy_timestamp, AttemptDoc, Collection, LegacyDocument, ReviewDoc,
 };

@@ -13,8 +13,10 @@ use cutover_core::store::EventStore;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
+use super::error::{legacy, FollowError};
+use super::follower::{drop_slot, DomainFollower};
+use super::follows::Progress;
 use super::source::{Difference, OldTable, Source};
-use super::{legacy, DomainFollower, FollowError, Progress};
 
 /// Most differences listed in a handover's report (all are counted).
 pub const MAX_LISTED: usize = 100;
@@ -107,7 +109,7 @@ where
     .await?;
     tx.commit().await?;
     // Cutover's commands are open from here; the slot is not needed any more.
-    super::drop_slot(&follower.old, &follower.follow.slot).await?;
+    drop_slot(&follower.old, &follower.follow.slot).await?;
     Ok(Handover {
         handed_over: true,
         ..report

@@ -11,8 +11,8 @@ use sqlx::{PgConnection, PgPool};
 
 use serde_json::Value as Json;
 
+use super::error::FollowError;
 use super::pgoutput::Value;
-use super::{timestamp, FollowError};
 
 /// One of the old tables a domain is followed from (schema `public`).
 pub struct OldTable {
@@ -253,4 +253,12 @@ pub fn differences_by<M: serde::Serialize>(
             })
         })
         .collect()
+}
+
+/// A `timestamptz` as the old database writes it in ISO style in UTC
+/// (`2026-12-04 21:37:01.123456+00`).
+pub(crate) fn timestamp(name: &str, text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| format!("{name} is not a time Cutover can hold: {text:?}"))
 }
