@@ -11,6 +11,7 @@ use std::time::Duration;
 use cutover_core::store::Idempotency;
 use sha2::{Digest as _, Sha256};
 
+use crate::bounds::bounds;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -109,6 +110,18 @@ fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
 
 /// Longest `Idempotency-Key`, in characters.
 pub const MAX_KEY_CHARS: usize = 255;
+
+bounds! {
+    /// An `If-Match` header: a version (at most 18 digits, as a bigint), or a GET's tag.
+    pub IfMatchHeader = serde_json::json!({
+        "type": "string",
+        "pattern": r#"^(\*|(W/)?("[0-9]{1,18}(-.*)?"|[0-9]{1,18}(-.*)?))$"#,
+    });
+    /// An `Idempotency-Key` header.
+    pub IdempotencyKeyHeader = serde_json::json!({
+        "type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": "^[!-~]+$",
+    });
+}
 
 /// The `Idempotency-Key` header (1–255 visible ASCII characters), with what identifies the
 /// request it came with.

@@ -10,6 +10,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 mod answer;
 mod auth;
+mod bounds;
 mod conditional;
 pub mod config;
 pub mod error;

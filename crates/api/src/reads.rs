@@ -37,6 +37,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
 use tokio::sync::watch;
 
 use crate::answer::{Answer, Respond};
+use crate::bounds::bounds;
 use crate::error::ApiError;
 use crate::shadow::{Sampling, Shadow};
 
@@ -629,6 +630,14 @@ where
 
 /// Most digits of a `Cutover-Min-Position` (any such number is a bigint).
 pub const MIN_POSITION_DIGITS: usize = 18;
+
+bounds! {
+    /// A `Cutover-Min-Position` header.
+    pub MinPositionHeader = serde_json::json!({
+        "type": "string",
+        "pattern": format!("^[1-9][0-9]{{0,{}}}$", MIN_POSITION_DIGITS - 1),
+    });
+}
 
 /// A `Cutover-Min-Position`: digits only, not starting with 0, at most
 /// [`MIN_POSITION_DIGITS`] of them (the description's pattern says the same).

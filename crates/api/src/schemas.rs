@@ -16,11 +16,25 @@ use cutover_projections::student_competencies::{SkillAnalytics, StudentCompetenc
 
 use crate::error::Problem;
 
-/// The read model that answered: `legacy` or `new`. The route decides the shape of the rows,
-/// never the read source: the routes without `/v2` answer in the old API's shape from either
-/// model, the `/v2` routes in the new shape from the new model.
-#[derive(Serialize, ToSchema)]
+/// The read model that answered, as its schema describes it.
+#[derive(Serialize)]
 pub struct ReadSourceName(String);
+
+impl utoipa::PartialSchema for ReadSourceName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::bounds::component(serde_json::json!({
+            "type": "string",
+            "enum": crate::bounds::read_sources(),
+            "description": "The read model that answered: `legacy` or `new`. The route \
+                            decides the shape of the rows,\nnever the read source: the \
+                            routes without `/v2` answer in the old API's shape from \
+                            either\nmodel, the `/v2` routes in the new shape from the new \
+                            model.",
+        }))
+    }
+}
+
+impl ToSchema for ReadSourceName {}
 
 /// Declares the answer about one aggregate, one per route family:
 /// `{read_source, version, position?, <rows>}`. `version` is also sent as the `ETag`;
@@ -151,21 +165,36 @@ pub struct StreamEvent {
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FullReview {
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::bounds::FreeForm)]
     observation: Map<String, Value>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::bounds::FreeForm)]
     analysis: Map<String, Value>,
     evaluation: Evaluation,
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::bounds::FreeForm)]
     feedback: Map<String, Value>,
 }
 
 /// The reviewer's evaluation: its `score` and anything else the reviewer wrote.
-#[derive(Serialize, ToSchema)]
-pub struct Evaluation {
-    /// A number, decimals allowed.
-    score: f64,
+#[derive(Serialize)]
+pub struct Evaluation;
+
+impl utoipa::PartialSchema for Evaluation {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut score = crate::bounds::score();
+        score["description"] = "A number, decimals allowed.".into();
+        crate::bounds::component(serde_json::json!({
+            "type": "object",
+            "description": "The reviewer's evaluation: its `score` and anything else the \
+                            reviewer wrote.",
+            "properties": {"score": score},
+            "required": ["score"],
+            "propertyNames": {"pattern": crate::bounds::no_nul()},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        }))
+    }
 }
+
+impl ToSchema for Evaluation {}
 
 /// The errors every route may answer, as `application/problem+json`.
 #[derive(IntoResponses)]
@@ -305,7 +334,8 @@ pub struct PositionHeaders {
     #[param(
         rename = "Cutover-Min-Position",
         nullable = false,
-        pattern = r"^[1-9][0-9]{0,17}$"
+        value_type = Option<crate::reads::MinPositionHeader>,
+        inline
     )]
     pub cutover_min_position: Option<String>,
 }
@@ -317,11 +347,16 @@ pub struct CommandHeaders {
     /// Run only if the aggregate is at this version (412 otherwise): `"3"`, `3` or `W/"3"`,
     /// or a GET's tag of that version, `"3-<digest>"`; `*` demands nothing. A create demands
     /// version `"0"` (none yet) if any.
-    #[param(rename = "If-Match", nullable = false)]
+    #[param(rename = "If-Match", nullable = false, value_type = Option<crate::extract::IfMatchHeader>, inline)]
     pub if_match: Option<String>,
     /// Visible ASCII characters. A repeat of the same request (method, path and body) with
     /// the same key gets the first answer and runs nothing; the key names that one request,
     /// and reusing it with another is a 422. Remembered for a day by default.
-    #[param(rename = "Idempotency-Key", nullable = false)]
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        value_type = Option<crate::extract::IdempotencyKeyHeader>,
+        inline
+    )]
     pub idempotency_key: Option<String>,
 }

@@ -21,6 +21,7 @@ use cutover_projections::follow::{self, FollowError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::bounds;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -105,7 +106,7 @@ async fn list(State(state): State<AppState>) -> Result<axum::Json<Vec<Status>>, 
                    `shape`: `legacy` or `new`), its row counts, `last_position`, `lag`, \
                    `rebuild_running` (its latest rebuild job is `running`) and `latest_job`, its \
                    latest rebuild job as `GET /admin/jobs/{id}` gives it.",
-    params(("name" = String, Path, description = "the projection"), crate::schemas::ReadHeaders),
+    params(("name" = inline(bounds::Projection), Path, description = "the projection"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the projection", body = Status),
         crate::schemas::NotModified,
@@ -140,7 +141,7 @@ struct Started {
     summary = "Start a rebuild",
     tag = "admin",
     description = "Starts a rebuild of a projection, or of every one (`all`); 409 while one of them is being rebuilt.",
-    params(("name" = String, Path, description = "the projection, or `all`")),
+    params(("name" = inline(bounds::Rebuildable), Path, description = "the projection, or `all`")),
     responses(
         (status = 202, description = "started: `job_id`, `projections` and `job`, the job's path", body = Started, headers(
             ("Location" = String, description = "the projection's path")
@@ -189,7 +190,7 @@ async fn start_rebuild(
     summary = "Retire a projection",
     tag = "admin",
     description = "Retires a projection: commands stop updating it and its tables are dropped; 409 while it is its domain's read source or being rebuilt.",
-    params(("name" = String, Path, description = "the projection")),
+    params(("name" = inline(bounds::Projection), Path, description = "the projection")),
     responses(
         (status = 200, description = "retired", body = registry::Projection),
         crate::schemas::Errors, crate::schemas::CommandErrors
@@ -209,6 +210,7 @@ struct RepairBody {
     /// The aggregates whose rows to rebuild in place: collection uuids, batch ids, or subskill
     /// stream ids (`{student_id}_{subject}_{skill_id}_{subskill_id}`, `%`/`_` in a part as
     /// `%25`/`%5F`), as verify's repair commands name them.
+    #[schema(value_type = bounds::RepairAggregates)]
     aggregates: Vec<String>,
 }
 
@@ -222,7 +224,7 @@ struct RepairBody {
                    verify found a drift), in one transaction that holds off commands on those \
                    aggregates only; closes the domain's switch gate until the next verify. 404 \
                    for an aggregate without events, 409 for a projection that is not live.",
-    params(("name" = String, Path, description = "the projection")),
+    params(("name" = inline(bounds::Projection), Path, description = "the projection")),
     request_body = RepairBody,
     responses(
         (status = 200, description = "repaired: the projection, the aggregates and the events \
@@ -336,7 +338,7 @@ struct Switched {
 struct ReadSourceBody {
     /// The shape the domain's GET routes read from now on (409 if its projection is retired,
     /// or while the switch gate is closed).
-    #[schema(value_type = String)]
+    #[schema(value_type = bounds::ReadSourceChoice)]
     source: ReadSource,
     /// Switch even though the gate is closed: no clean consistency report of the domain since
     /// the last rebuild, repair or retirement of its projections, or too few shadow reads since
@@ -352,7 +354,7 @@ struct ReadSourceBody {
     summary = "Switch a domain's read source",
     tag = "admin",
     description = "Switches a domain's read source.",
-    params(("domain" = String, Path, description = "the domain")),
+    params(("domain" = inline(bounds::DomainName), Path, description = "the domain")),
     request_body = ReadSourceBody,
     responses(
         (status = 200, description = "switched", body = Switched),
@@ -720,7 +722,7 @@ struct SwitchGate {
                    consistency report of the domain taken since the last rebuild, repair or \
                    retirement of its projections, and enough shadow reads since then with no \
                    mismatch; with the domain's last switch (who, when, whether it was forced).",
-    params(("domain" = String, Path, description = "the domain"), crate::schemas::ReadHeaders),
+    params(("domain" = inline(bounds::DomainName), Path, description = "the domain"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the gate", body = SwitchGate),
         crate::schemas::NotModified,
@@ -770,7 +772,7 @@ struct Consistency {
     summary = "Verify consistency",
     tag = "admin",
     description = "Verifies legacy against new and live against a fresh rebuild (an admin token).",
-    params(("domain" = Option<String>, Query, nullable = false, description = "only this domain (all of them by default)"), crate::schemas::ReadHeaders),
+    params(("domain" = inline(Option<bounds::DomainName>), Query, nullable = false, description = "only this domain (all of them by default)"), crate::schemas::ReadHeaders),
     responses(
         (status = 200, description = "the report", body = Consistency),
         crate::schemas::NotModified,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
 
+use crate::bounds::{self, bounds, PageSize};
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
@@ -28,9 +29,24 @@ use crate::routes::{
 };
 use crate::state::AppState;
 
-/// Default and largest page of `GET /batches/{batch_id}/completions`.
-pub(crate) const DEFAULT_PAGE: i64 = 100;
-pub(crate) const MAX_PAGE: i64 = 1_000;
+/// The page size of `GET /batches/{batch_id}/completions`.
+const PAGE: PageSize = PageSize {
+    default: 100,
+    max: 1_000,
+};
+
+bounds! {
+    /// The page size of the completions.
+    Limit = PAGE.schema();
+    /// A bulk of completions.
+    Completions = json!({
+        "type": "array", "minItems": 1, "maxItems": MAX_PLAYERS,
+        "items": {"$ref": format!(
+            "#/components/schemas/{}",
+            <CompletionBody as utoipa::ToSchema>::name()
+        )},
+    });
+}
 
 /// The old API's routes of one batch and of its completions.
 const ONE: &str = "/batches/{batch_id}";
@@ -54,8 +70,10 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct StartBody {
     /// The batch's id: letters, digits, `_`, `.`, `:` and `-`.
+    #[schema(value_type = bounds::BatchId)]
     batch_id: String,
     /// The players the batch waits for, each listed once, kept exactly as given.
+    #[schema(value_type = bounds::ExpectedPlayers)]
     expected_players: Vec<String>,
 }
 
@@ -64,10 +82,12 @@ struct StartBody {
 #[serde(deny_unknown_fields)]
 struct CompletionBody {
     /// One of the batch's expected players (another is a 422).
+    #[schema(value_type = bounds::Player)]
     player_lookup: String,
     /// How many predictions the player completed, written as a JSON integer (`763`, not
     /// `763.0`); a recorded player's count cannot change
     /// (the same count again is a redelivery, another one a 409).
+    #[schema(value_type = bounds::PredictionsCount)]
     predictions_count: i64,
 }
 
@@ -75,6 +95,7 @@ struct CompletionBody {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
+    #[schema(value_type = Completions)]
     completions: Vec<CompletionBody>,
 }
 
@@ -152,7 +173,7 @@ async fn start(
     summary = "Record a completion",
     tag = "batches",
     description = "Records one player's completion: 201 when recorded, 200 when it repeats a recorded one.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::CommandHeaders),
+    params(("batch_id" = inline(bounds::BatchId), Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::CommandHeaders),
     request_body = CompletionBody,
     responses(
         (status = 201, description = "recorded", body = crate::schemas::CompletionDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
@@ -198,7 +219,7 @@ async fn record(
     summary = "Record many completions",
     tag = "batches",
     description = "Records many completions, all or nothing: each as recordCompletion would, a player at most once with one count.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::CommandHeaders),
+    params(("batch_id" = inline(bounds::BatchId), Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::CommandHeaders),
     request_body = BulkBody,
     responses(
         (status = 201, description = "recorded", body = crate::schemas::CompletionsDocument, headers(("ETag" = String, description = "the batch's version, `\"<version>\"`"))),
@@ -261,7 +282,7 @@ async fn record_bulk(
     summary = "Get a batch",
     tag = "batches",
     description = "The batch, from the domain's read source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("batch_id" = inline(bounds::BatchId), Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "the batch", body = crate::schemas::BatchDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
@@ -296,7 +317,7 @@ async fn fetch(reading: Reading, Path(batch_id): Path<String>) -> Result<Respons
     summary = "List a batch's completions",
     tag = "batches",
     description = "A page of the batch's completions, by player lookup.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("batch_id" = inline(bounds::BatchId), Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("after" = inline(Option<bounds::NoNul>), Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::CompletionPage),
         crate::schemas::NotModified,
@@ -332,7 +353,7 @@ async fn list_completions(
     tag = "batches",
     description = "The batch in the new shape (its counters), from the new model whatever the read \
                    source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("batch_id" = inline(bounds::BatchId), Path, description = "letters, digits, `_`, `.`, `:` and `-`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "the batch", body = crate::schemas::BatchNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
@@ -358,7 +379,7 @@ async fn fetch_new(reading: Reading, Path(batch_id): Path<String>) -> Result<Res
     tag = "batches",
     description = "A page of the batch's completions in the new shape (with when each was \
                    recorded), by player lookup, from the new model whatever the read source.",
-    params(("batch_id" = String, Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<String>, Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("batch_id" = inline(bounds::BatchId), Path, description = "letters, digits, `_`, `.`, `:` and `-`"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("after" = inline(Option<bounds::NoNul>), Query, nullable = false, description = "the page starts after this player lookup: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::CompletionPage),
         crate::schemas::NotModified,
@@ -383,12 +404,7 @@ async fn list_completions_new(
 
 /// A page's `after` and `limit`, checked.
 fn page_bounds(page: PageQuery) -> Result<(String, i64), ApiError> {
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = PAGE.of(page.limit)?;
     Ok((page.after.unwrap_or_default(), limit))
 }
 

@@ -20,6 +20,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::bounds::{self, bounds, PageSize};
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
@@ -29,9 +30,16 @@ use crate::routes::{
 };
 use crate::state::AppState;
 
-/// Default and largest page of `GET /projects/{project_id}/collections`.
-pub(crate) const DEFAULT_PAGE: i64 = 50;
-pub(crate) const MAX_PAGE: i64 = 200;
+/// The page size of `GET /projects/{project_id}/collections`.
+const PAGE: PageSize = PageSize {
+    default: 50,
+    max: 200,
+};
+
+bounds! {
+    /// The page size of the collections.
+    Limit = PAGE.schema();
+}
 
 /// The old API's routes of the project's collections and of one collection.
 const LIST: &str = "/projects/{project_id}/collections";
@@ -62,9 +70,11 @@ struct CollectionBody {
     /// variation selectors, tag characters) do not count. The old API's `name` is accepted in its place, as an
     /// alias: one or the other, not both.
     #[serde(alias = "name")]
+    #[schema(value_type = bounds::CollectionName)]
     collection_name: String,
     /// Free text; absent or `null` is an empty description.
     #[serde(default)]
+    #[schema(value_type = bounds::CollectionDescription)]
     description: Option<String>,
 }
 
@@ -76,12 +86,15 @@ struct LinksBody {
     /// remains, which must hold a visible character, as in a collection's name); a repeated
     /// tag is kept once.
     #[serde(default)]
+    #[schema(value_type = bounds::Tags)]
     tags: Vec<String>,
     /// The project's question ids; a repeated id is kept once.
     #[serde(default)]
+    #[schema(value_type = bounds::LinkedIds)]
     question_ids: Vec<Uuid>,
     /// The project's hypothesis ids; a repeated id is kept once.
     #[serde(default)]
+    #[schema(value_type = bounds::LinkedIds)]
     hypothesis_ids: Vec<Uuid>,
 }
 
@@ -311,7 +324,7 @@ async fn fetch(
     summary = "List a project's collections",
     tag = "collections",
     description = "A page of the project's live collections, by id.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::CollectionPage),
         crate::schemas::NotModified,
@@ -385,7 +398,7 @@ async fn fetch_new(
     tag = "collections",
     description = "A page of the project's live collections in the new shape, by id, from the new \
                    model whatever the read source.",
-    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("project_id" = Uuid, Path, description = "the project"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("after" = Option<Uuid>, Query, nullable = false, description = "the page starts after this collection id: a page's `next`"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::CollectionNewPage),
         crate::schemas::NotModified,
@@ -417,12 +430,7 @@ async fn list_new(
 
 /// A page's `after` and `limit`, checked.
 fn page_bounds(page: &PageQuery) -> Result<(Uuid, i64), ApiError> {
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = PAGE.of(page.limit)?;
     Ok((page.after.unwrap_or(Uuid::nil()), limit))
 }
 

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::bounds::{self, bounds, PageSize};
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, IfMatch, Json, Path, Query};
 use crate::reads::Reading;
@@ -27,11 +28,22 @@ use crate::routes::{
 };
 use crate::state::AppState;
 
-/// Default and largest page of the list routes.
-pub(crate) const DEFAULT_PAGE: i64 = 100;
-pub(crate) const MAX_PAGE: i64 = 1_000;
+/// The page size of the list routes.
+const PAGE: PageSize = PageSize {
+    default: 100,
+    max: 1_000,
+};
 /// Largest offset of the list routes.
-pub(crate) const MAX_OFFSET: i64 = 1_000_000;
+const MAX_OFFSET: i64 = 1_000_000;
+
+bounds! {
+    /// The page size of the lists.
+    Limit = PAGE.schema();
+    /// Rows a list skips.
+    Offset = serde_json::json!({
+        "type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_OFFSET, "default": 0,
+    });
+}
 
 /// The old API's routes of a student's competencies and of one competency.
 const LIST: &str = "/students/{student_id}/competencies";
@@ -55,16 +67,22 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AttemptBody {
+    #[schema(value_type = bounds::KeyPart)]
     subject: String,
+    #[schema(value_type = bounds::KeyPart)]
     skill_id: String,
+    #[schema(value_type = bounds::KeyPart)]
     subskill_id: String,
     /// A number, decimals allowed.
+    #[schema(value_type = bounds::Score)]
     score: f64,
     /// Absent is empty.
     #[serde(default)]
+    #[schema(value_type = bounds::Text)]
     analysis: String,
     /// Absent is empty.
     #[serde(default)]
+    #[schema(value_type = bounds::Text)]
     feedback: String,
 }
 
@@ -72,13 +90,18 @@ struct AttemptBody {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReviewBody {
+    #[schema(value_type = bounds::KeyPart)]
     subject: String,
+    #[schema(value_type = bounds::KeyPart)]
     skill_id: String,
+    #[schema(value_type = bounds::KeyPart)]
     subskill_id: String,
+    #[schema(value_type = bounds::KeyPart)]
     problem_id: String,
     #[schema(value_type = crate::schemas::FullReview)]
     full_review: FullReview,
     /// A number, decimals allowed.
+    #[schema(value_type = bounds::Score)]
     score: f64,
 }
 
@@ -111,7 +134,7 @@ struct Page<T> {
     summary = "Record an attempt",
     tag = "competencies",
     description = "Records an attempt; the answer carries the attempt and the competency it led to.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::schemas::CommandHeaders),
+    params(("student_id" = inline(bounds::StudentId), Path, description = "the student: a positive integer"), crate::schemas::CommandHeaders),
     request_body = AttemptBody,
     responses(
         (status = 201, description = "recorded", body = crate::schemas::AttemptDocument, headers(
@@ -169,7 +192,7 @@ async fn record_attempt(
     summary = "Record a review",
     tag = "competencies",
     description = "Records a problem review.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), crate::schemas::CommandHeaders),
+    params(("student_id" = inline(bounds::StudentId), Path, description = "the student: a positive integer"), crate::schemas::CommandHeaders),
     request_body = ReviewBody,
     responses(
         (status = 201, description = "recorded", body = crate::schemas::ReviewDocument, headers(
@@ -228,7 +251,7 @@ async fn record_review(
     summary = "Get a competency",
     tag = "competencies",
     description = "One competency: 404 until the subskill has an attempt.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("student_id" = inline(bounds::StudentId), Path, description = "the student: a positive integer"), ("subject" = inline(bounds::KeyPart), Path), ("skill_id" = inline(bounds::KeyPart), Path), ("subskill_id" = inline(bounds::KeyPart), Path), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "the competency", body = crate::schemas::CompetencyDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
@@ -267,7 +290,7 @@ async fn fetch(
     summary = "List a student's competencies",
     tag = "competencies",
     description = "A page of the student's competencies.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("student_id" = inline(bounds::StudentId), Path, description = "the student: a positive integer"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("offset" = inline(Option<Offset>), Query, nullable = false, description = "competencies to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::CompetencyPage),
         crate::schemas::NotModified,
@@ -303,7 +326,7 @@ async fn list(
     tag = "competencies",
     description = "One competency in the new shape (typed, flat), from the new model whatever the \
                    read source: 404 until the subskill has an attempt.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("subject" = String, Path), ("skill_id" = String, Path), ("subskill_id" = String, Path), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("student_id" = inline(bounds::StudentId), Path, description = "the student: a positive integer"), ("subject" = inline(bounds::KeyPart), Path), ("skill_id" = inline(bounds::KeyPart), Path), ("subskill_id" = inline(bounds::KeyPart), Path), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "the competency", body = crate::schemas::CompetencyNewDocument, headers(
             ("ETag" = String, description = "`\"<version>-<digest>\"`: If-None-Match takes it as this answer")
@@ -335,7 +358,7 @@ async fn fetch_new(
     tag = "competencies",
     description = "A page of the student's competencies in the new shape, by subject, skill and \
                    subskill, from the new model whatever the read source.",
-    params(("student_id" = i64, Path, description = "the student: a positive integer"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "competencies to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("student_id" = inline(bounds::StudentId), Path, description = "the student: a positive integer"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("offset" = inline(Option<Offset>), Query, nullable = false, description = "competencies to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::CompetencyNewPage),
         crate::schemas::NotModified,
@@ -371,7 +394,7 @@ async fn list_new(
     summary = "Get skill analytics",
     tag = "competencies",
     description = "Attempts, students and mean score per subskill (kept by the new shape's projection: a 409 while it is retired).",
-    params(("subject" = Option<String>, Query, nullable = false, description = "only this subject"), ("limit" = Option<i64>, Query, nullable = false, description = "the page's size"), ("offset" = Option<i64>, Query, nullable = false, description = "rows to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("subject" = inline(Option<bounds::NoNul>), Query, nullable = false, description = "only this subject"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the page's size"), ("offset" = inline(Option<Offset>), Query, nullable = false, description = "rows to skip"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "a page", body = crate::schemas::AnalyticsPage),
         crate::schemas::NotModified,
@@ -417,12 +440,7 @@ fn student_page(student_id: i64, page: &PageQuery) -> Result<(i64, i64), ApiErro
 }
 
 fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = PAGE.of(limit)?;
     let offset = offset.unwrap_or(0);
     if !(0..=MAX_OFFSET).contains(&offset) {
         return Err(ApiError::BadRequest(format!(

@@ -21,17 +21,35 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use tokio::sync::watch;
 
+use crate::bounds::{self, bounds, PageSize};
 use crate::error::ApiError;
 use crate::extract::Query;
 use crate::reads::{stream_connection, Reading, Reads};
 use crate::state::AppState;
 
-/// Default and largest page of `GET /events`.
-pub(crate) const DEFAULT_PAGE: i64 = 100;
-pub(crate) const MAX_PAGE: i64 = 1_000;
+/// The page size of `GET /events`.
+const PAGE: PageSize = PageSize {
+    default: 100,
+    max: 1_000,
+};
 /// Most aggregate types in an `aggregate_type` filter, and the longest one, in characters.
-pub(crate) const MAX_AGGREGATE_TYPES: usize = 20;
-pub(crate) const MAX_AGGREGATE_TYPE_CHARS: usize = 100;
+const MAX_AGGREGATE_TYPES: usize = 20;
+const MAX_AGGREGATE_TYPE_CHARS: usize = 100;
+
+bounds! {
+    /// The page size of the feed.
+    Limit = PAGE.schema();
+    /// Where the feed's page starts.
+    After = serde_json::json!({
+        "type": "integer", "format": "int64", "minimum": 0, "maximum": i64::MAX, "default": 0,
+    });
+    /// The feed's filter by aggregate type.
+    AggregateTypes = serde_json::json!({"type": "string", "pattern": format!(
+        "^[A-Za-z0-9_]{{1,{chars}}}(,[A-Za-z0-9_]{{1,{chars}}}){{0,{more}}}$",
+        chars = MAX_AGGREGATE_TYPE_CHARS,
+        more = MAX_AGGREGATE_TYPES - 1,
+    )});
+}
 /// Events a live stream reads per query.
 const STREAM_BATCH: i64 = 500;
 
@@ -120,7 +138,7 @@ pub struct FeedPage {
     summary = "List events",
     tag = "events",
     description = "A page of the event log in gap-free order.",
-    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = Option<i64>, Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
+    params(("after" = inline(Option<After>), Query, nullable = false, description = "0 (the start of the log) or a position the feed gave, as `next` or an event's `position` (another is a 404)"), ("limit" = inline(Option<Limit>), Query, nullable = false, description = "the most events in the page"), ("aggregate_type" = inline(Option<AggregateTypes>), Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), crate::schemas::ReadHeaders, crate::schemas::PositionHeaders),
     responses(
         (status = 200, description = "events and next", body = FeedPage),
         crate::schemas::NotModified,
@@ -128,12 +146,7 @@ pub struct FeedPage {
     )
 )]
 async fn page(reading: Reading, Query(query): Query<FeedQuery>) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = PAGE.of(query.limit)?;
     let after = query.after.unwrap_or(0);
     let types = aggregate_types(query.aggregate_type.as_deref())?;
     let mut snapshot = reading.open(None).await?;
@@ -179,7 +192,7 @@ struct StreamQuery {
     summary = "Stream events",
     tag = "events",
     description = "The event feed as Server-Sent Events: every event after `after`, then each new one as it commits; the stream does not end.",
-    params(("after" = Option<i64>, Query, nullable = false, description = "0 (the start of the log, the default) or a position the feed gave (another is a 404)"), ("aggregate_type" = Option<String>, Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "what a reconnecting browser sends: the last event's position, which then takes the place of `after`")),
+    params(("after" = inline(Option<bounds::Position>), Query, nullable = false, description = "0 (the start of the log, the default) or a position the feed gave (another is a 404)"), ("aggregate_type" = inline(Option<AggregateTypes>), Query, nullable = false, description = "only events of these aggregate types, comma-separated (letters, digits, `_`)"), ("Last-Event-ID" = inline(Option<bounds::Position>), Header, nullable = false, description = "what a reconnecting browser sends: the last event's position, which then takes the place of `after`")),
     responses(
         (status = 200, description = "a stream of events, each an event as JSON data", content_type = "text/event-stream", body = crate::schemas::StreamEvent),
         crate::schemas::Errors
