@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 
 use cutover_api::reads::Reads;
 use cutover_api::{app, AppState};
-use cutover_core::database::{self, DatabaseArgs, MIGRATOR};
-use cutover_core::local_postgres::LocalPostgres;
 use cutover_core::store::EventStore;
+use cutover_runtime::database::{self, DatabaseArgs, MIGRATOR};
+use cutover_runtime::local_postgres::LocalPostgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor as _, PgPool};
 
@@ -436,7 +436,7 @@ impl TestApp {
                 .follow_old_system(url, stopping)
                 .expect("a valid --legacy-url");
         }
-        state.tokens = cutover_core::auth::Tokens::load(options.tokens, None)
+        state.tokens = cutover_runtime::auth::Tokens::load(options.tokens, None)
             .expect("valid test tokens")
             .map(std::sync::Arc::new);
         let limits = cutover_api::serve::ConnectionArgs::default();

@@ -7,8 +7,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use cutover_core::auth::Scope;
 use cutover_engine::admin::Actor;
+use cutover_runtime::auth::Scope;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use cutover_core::database::DatabaseArgs;
-use cutover_core::telemetry::LogFormat;
+use cutover_runtime::database::DatabaseArgs;
+use cutover_runtime::telemetry::LogFormat;
 
 /// Cutover's HTTP API server.
 #[derive(Debug, Clone, Parser)]

@@ -166,7 +166,7 @@ fn refused_value(e: &sqlx::Error) -> bool {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if cutover_core::database::is_unreachable(&e) {
+        if cutover_runtime::database::is_unreachable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             return Self::Unavailable;
         }

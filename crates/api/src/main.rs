@@ -10,10 +10,10 @@ use cutover_api::config::Config;
 use cutover_api::reads::Reads;
 use cutover_api::serve::serve;
 use cutover_api::{app, AppState};
-use cutover_core::auth::Tokens;
-use cutover_core::database::Database;
 use cutover_core::store::EventStore;
-use cutover_core::telemetry;
+use cutover_runtime::auth::Tokens;
+use cutover_runtime::database::Database;
+use cutover_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -102,6 +102,6 @@ async fn forget_expired_keys(pool: sqlx::PgPool, mut stopping: tokio::sync::watc
 }
 
 async fn shutdown_signal() {
-    cutover_core::signals::stop_requested().await;
+    cutover_runtime::signals::stop_requested().await;
     tracing::info!("shutting down: finishing in-flight requests");
 }

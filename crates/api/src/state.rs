@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use cutover_core::auth::Tokens;
 use cutover_core::store::EventStore;
 use cutover_projections::follow;
+use cutover_runtime::auth::Tokens;
 use tokio::sync::watch;
 
 use crate::feed::FeedSignals;

@@ -112,7 +112,7 @@ ON CONFLICT (subject, skill_id, subskill_id) DO UPDATE
 /// # Errors
 /// The schema could not be applied.
 pub async fn router(pool: PgPool) -> anyhow::Result<Router> {
-    cutover_core::database::MIGRATOR
+    cutover_runtime::database::MIGRATOR
         .run(&pool)
         .await
         .context("applying the read-model schema")?;

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use axum::routing::get;
 use axum::Router;
 use clap::{Args, Parser, Subcommand};
-use cutover_core::telemetry::{self, LogFormat};
+use cutover_runtime::telemetry::{self, LogFormat};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 

@@ -3,21 +3,10 @@
 //!
 //! Everything that talks HTTP lives in `cutover-api`; the read-model engine (the writer the
 //! command path uses, rebuild, verify, repair) in `cutover-engine`, which knows no domain; the
-//! projectors in `cutover-projections`. The API and the projectors depend on this crate, never
+//! projectors in `cutover-projections`; reaching Postgres, tokens, signals and logs in
+//! `cutover-runtime`. The API and the projectors depend on this crate, never
 //! the other way round.
 
-pub mod auth;
-pub mod database;
 pub mod domain;
 pub mod import;
-pub mod local_postgres;
-pub mod servers;
-pub mod signals;
 pub mod store;
-pub mod telemetry;
-
-/// Every program of the workspace allocates with mimalloc: a rebuild's folds and a command's
-/// rows make and drop many small maps and strings, and glibc's allocator spent a quarter of a
-/// rebuild's CPU on them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use cutover_core::auth::{Scope, Tokens};
-use cutover_core::database::{self, Database, DatabaseArgs};
 use cutover_core::store::EventStore;
-use cutover_core::telemetry::{self, LogFormat};
 use cutover_engine::read_source::ReadSource;
 use cutover_engine::rebuild::{self, Progress, SwapArgs};
 use cutover_engine::registry::JobState;
 use cutover_engine::registry::Purpose;
 use cutover_engine::{registry, repair, shadow, verify};
 use cutover_projections::{follow, inline_projectors};
+use cutover_runtime::auth::{Scope, Tokens};
+use cutover_runtime::database::{self, Database, DatabaseArgs};
+use cutover_runtime::telemetry::{self, LogFormat};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// `println!`, but a reader that has gone away (`cutover status | head -1`) is no error: what
@@ -238,11 +238,11 @@ async fn main() -> ExitCode {
 }
 
 /// Warnings, and where the private cluster is (with the psql command that opens it).
-const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error,cutover_core::local_postgres=info";
+const DEFAULT_LOG_FILTER: &str = "warn,sqlx::query=error,cutover_runtime::local_postgres=info";
 
 const AFTER_HELP: &str = "\
 Environment:
-  RUST_LOG        Log filter (default: warn,sqlx::query=error,cutover_core::local_postgres=info),
+  RUST_LOG        Log filter (default: warn,sqlx::query=error,cutover_runtime::local_postgres=info),
                   e.g. RUST_LOG=info
   Every flag above can also be set by the environment variable shown beside it.
   Without DATABASE_URL the CLI uses the same private cluster as `cutover-api` (--data-dir),
@@ -347,7 +347,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
         // Answered by `run` without opening the database.
         Command::DatabaseUrl => {}
         Command::Migrate => {
-            let applied = cutover_core::database::MIGRATOR.iter().count();
+            let applied = cutover_runtime::database::MIGRATOR.iter().count();
             out!("schema is up to date ({applied} migrations)")?;
         }
         Command::Status => {
@@ -669,7 +669,7 @@ async fn command(database: &Database, command: Command) -> anyhow::Result<ExitCo
                 &old,
                 follow::Domains::These(followers),
                 until_caught_up,
-                cutover_core::signals::stop_requested(),
+                cutover_runtime::signals::stop_requested(),
                 |follow, progress| -> anyhow::Result<()> {
                     out!(
                         "{}: copied {} rows, applied {} changes, refused {}; at {}",

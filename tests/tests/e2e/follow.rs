@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use cutover_core::local_postgres::LocalPostgres;
 use cutover_projections::follow;
+use cutover_runtime::local_postgres::LocalPostgres;
 use cutover_tests::{AppOptions, OwnCluster, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -27,12 +27,12 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::database::Route;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::locks::{aggregate_lock_key, APPEND_LOCK};
 use cutover_engine::projection::Projector;
 use cutover_engine::read_source::ReadSources;
 use cutover_engine::rows::ProjectionError;
+use cutover_runtime::database::Route;
 
 mod batch;
 mod cache;
@@ -122,7 +122,7 @@ pub enum CommitError {
 pub struct GroupFailure {
     pub why: String,
     /// Whether the cause was the database being out of reach (see
-    /// [`crate::database::is_unreachable`]) rather than a fault of the server.
+    /// [`cutover_runtime::database::is_unreachable`]) rather than a fault of the server.
     pub unreachable: bool,
 }
 
@@ -130,7 +130,7 @@ impl GroupFailure {
     fn of(e: &sqlx::Error) -> Self {
         Self {
             why: e.to_string(),
-            unreachable: crate::database::is_unreachable(e),
+            unreachable: cutover_runtime::database::is_unreachable(e),
         }
     }
 

@@ -54,10 +54,10 @@ impl FollowError {
         match self {
             // The old database refusing a write is no outage to wait out.
             Self::Legacy(e) => {
-                cutover_core::database::is_unreachable(e)
-                    && !cutover_core::database::is_read_only(e)
+                cutover_runtime::database::is_unreachable(e)
+                    && !cutover_runtime::database::is_read_only(e)
             }
-            Self::Database(e) => cutover_core::database::is_unreachable(e),
+            Self::Database(e) => cutover_runtime::database::is_unreachable(e),
             _ => false,
         }
     }
