@@ -15,8 +15,10 @@ use cqrs_es::Aggregate;
 use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::stream::{append, fetch, to_store, AppendError, Loaded};
-use super::{begin_locked, CommandError, EventStore, StoredEvent};
+use super::error::CommandError;
+use super::event_store::EventStore;
+use super::stream::{append, begin_locked, fetch, to_store, AppendError, Loaded};
+use cutover_engine::event::StoredEvent;
 use cutover_engine::locks::aggregate_lock_key;
 use cutover_engine::read_source::ReadSources;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::CommandError;
+use super::error::CommandError;
 
 /// A client's `Idempotency-Key` and what identifies its request.
 #[derive(Debug, Clone, PartialEq, Eq)]

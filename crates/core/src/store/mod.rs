@@ -7,275 +7,58 @@
 //! none of it does. cqrs-es's own `CqrsFramework` is not used because it updates views only
 //! after its commit.
 //!
-//! - this file: the store, a command's run from its turn to its answer, and what it returns;
+//! - this file: a command's run from its turn to its answer;
+//! - `event_store`: the store (what a process keeps to run commands) and what a command is;
+//! - `error`: how a command ends when it does not commit, and what it reached when it does;
 //! - `batch`: many commands decided in memory and appended in one statement (the follower's);
 //! - `cache`: what the process remembers between commands (aggregates, inline projections);
-//! - `group`: the queue of commands per aggregate and the transactions they share;
+//! - `lanes`: the queue of commands per aggregate and the transaction consecutive ones share;
+//! - `group`: a command's place in that transaction, and its commit;
 //! - `idempotency`: idempotency keys and the answers kept under them;
-//! - `shared`: the transactions commands on different aggregates share (group commit);
-//! - `stream`: the SQL that reads an aggregate's stream and appends to it.
+//! - `seats` and `shared`: the transactions commands on different aggregates share (group
+//!   commit): who waits for one, and how it runs;
+//! - `stream`: the SQL that begins a command's transaction, reads an aggregate's stream and
+//!   appends to it.
+//!
+//! No file imports this one, and no two import each other, directly or through others.
 
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
-use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
+use sqlx::PgConnection;
 
-use cutover_engine::event::StoredEvent;
-use cutover_engine::locks::{aggregate_lock_key, APPEND_LOCK};
-use cutover_engine::projection::Projector;
-use cutover_engine::read_source::ReadSources;
-use cutover_engine::rows::ProjectionError;
-use cutover_runtime::database::Route;
+use cutover_engine::locks::aggregate_lock_key;
 
 mod batch;
 mod cache;
+mod error;
+mod event_store;
 mod group;
 mod idempotency;
+mod lanes;
+mod seats;
 mod shared;
 mod stream;
 
 pub use batch::Batch;
+pub use error::{
+    followed_refusal, CommandError, CommitError, Committed, GroupFailure, FOLLOWED_SQLSTATE,
+};
+pub use event_store::{EventStore, Request, StoreMetrics};
 pub use idempotency::{Idempotency, StoredResponse};
+pub use lanes::MAX_GROUP;
 
-use cache::{AggregateCache, InlineProjections};
-use group::{Group, Lanes, Member};
+use group::Member;
 use idempotency::claim_key;
-use shared::{Seats, Shared, SharedMember};
-use stream::{append, read_sources, to_store, AppendError};
-
-/// How a command ended when it did not commit.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError<E: std::error::Error + 'static> {
-    /// The aggregate refused the command.
-    #[error(transparent)]
-    Rejected(E),
-    /// The client demanded a version (`If-Match`) that is not the current one.
-    #[error("expected version {expected}, but the current version is {actual}")]
-    VersionMismatch { expected: i64, actual: i64 },
-    /// Other writers kept winning the race for the next sequence number.
-    #[error("gave up after {attempts} attempts: other writers kept appending to this aggregate")]
-    Conflict { attempts: u32 },
-    #[error(transparent)]
-    Projection(#[from] ProjectionError),
-    #[error(
-        "a stored event of {aggregate_type} {aggregate_id} at sequence {sequence} cannot be read"
-    )]
-    CorruptEvent {
-        aggregate_type: String,
-        aggregate_id: String,
-        sequence: i64,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The idempotency key was used before with another request.
-    #[error("this Idempotency-Key was used with a different request")]
-    KeyReused,
-    /// A bug of the server, not of the request: an event the domain made could not be
-    /// serialized.
-    #[error("an event could not be serialized")]
-    Serialize(#[source] serde_json::Error),
-    /// A bug of the server, not of the request: the store met a state its own rules exclude.
-    #[error("the event store broke one of its own rules: {0}")]
-    Broken(String),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-    /// A stored event of an older version that no upcaster turns into the current shape.
-    #[error(transparent)]
-    Upcast(#[from] cutover_engine::upcast::UpcastError),
-    /// The projections maintained inline changed (a rebuild swapped, a projection was retired)
-    /// after a [`Batch`] began: nothing of it was written, and it is to run again. (A single
-    /// command re-runs by itself.)
-    #[error("the projections maintained inline changed while the batch ran; nothing was written")]
-    InlineChanged,
-}
-
-/// A command's transaction did not commit.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    /// The transaction this command shared with other commands of its aggregate failed
-    /// elsewhere (its commit, or another command's undo); nothing of it was committed.
-    #[error(
-        "the transaction this command shared with other commands of its aggregate did not \
-         commit: {}", .0.why
-    )]
-    SharedTransaction(GroupFailure),
-    /// The transaction this command shared with commands of other aggregates was rolled back
-    /// before its commit (another command of it failed): nothing of it was committed, and the
-    /// command is to run again alone.
-    #[error("the transaction this command shared was rolled back before its commit")]
-    RunAgain,
-}
-
-/// Why a shared transaction did not commit, as its commands are told.
-#[derive(Debug, Clone)]
-pub struct GroupFailure {
-    pub why: String,
-    /// Whether the cause was the database being out of reach (see
-    /// [`cutover_runtime::database::is_unreachable`]) rather than a fault of the server.
-    pub unreachable: bool,
-}
-
-impl GroupFailure {
-    fn of(e: &sqlx::Error) -> Self {
-        Self {
-            why: e.to_string(),
-            unreachable: cutover_runtime::database::is_unreachable(e),
-        }
-    }
-
-    fn fault(why: &str) -> Self {
-        Self {
-            why: why.to_owned(),
-            unreachable: false,
-        }
-    }
-}
-
-/// What a committed (or accepted no-op) command reached.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Committed {
-    /// The aggregate's version (the sequence of its last event).
-    pub version: i64,
-    /// The global position of the aggregate's last event.
-    pub position: i64,
-    /// The events this command appended; empty when the command changed nothing.
-    pub events: Vec<StoredEvent>,
-    /// Every domain's read source, as read after the command's locks.
-    pub read_sources: ReadSources,
-}
-
-/// Appends events and runs the inline projectors in the same transaction.
-#[derive(Clone)]
-pub struct EventStore {
-    pool: PgPool,
-    route: Route,
-    projectors: Arc<[Arc<dyn Projector>]>,
-    max_retries: u32,
-    cache: Arc<AggregateCache>,
-    inline: Arc<InlineProjections>,
-    lanes: Arc<Lanes>,
-    seats: Arc<Seats>,
-    metrics: StoreMetrics,
-    appended: Arc<watch::Sender<u64>>,
-}
-
-/// What the command path counts, for whoever exposes it (the API's `/metrics`). Clones share
-/// the counts.
-#[derive(Debug, Clone, Default)]
-pub struct StoreMetrics {
-    /// Commands re-run after losing an append race.
-    pub retries: Counter,
-    /// Commands that lost every attempt (the client got a 409).
-    pub conflicts: Counter,
-    /// Commands answered from their idempotency key, without running.
-    pub replays: Counter,
-    /// Events committed.
-    pub events_appended: Counter,
-    /// Transactions shared by commands on different aggregates that committed.
-    pub shared_transactions: Counter,
-    /// Commands committed in them.
-    pub shared_commands: Counter,
-    /// Shared transactions rolled back before their commit (their commands ran again alone).
-    pub shared_rollbacks: Counter,
-}
-
-/// Begins a command's transaction and takes, in the same round trip, the append lock (shared)
-/// and the aggregates' locks (`locks`, from [`aggregate_lock_key`], in ascending order when
-/// there are several). The aggregate lock serialises the commands of one aggregate across every
-/// server instance sharing the database, so concurrent commands queue instead of failing the
-/// race for a sequence number. The statement holds only numbers, never client input.
-/// `route`'s settings follow the `BEGIN`.
-fn begin_locked(route: Route, locks: &[i64]) -> String {
-    let mut sql = format!(
-        "BEGIN{}; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})",
-        route.transaction_settings()
-    );
-    if locks.len() <= FEW_LOCKS {
-        for lock in locks {
-            sql.push_str(&format!(", pg_advisory_xact_lock({lock})"));
-        }
-    } else {
-        // Past a select list's length: one row per lock, taken in the order given.
-        let keys: Vec<String> = locks.iter().map(i64::to_string).collect();
-        sql.push_str(&format!(
-            "; SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) \
-             FROM unnest('{{{}}}'::bigint[]) WITH ORDINALITY AS l(k, n) ORDER BY n) AS locked",
-            keys.join(",")
-        ));
-    }
-    sql
-}
-
-/// Most aggregate locks [`begin_locked`] takes in its select list.
-const FEW_LOCKS: usize = 64;
-
-/// The SQLSTATE of an append refused because its events' domain is followed from the old
-/// system (`cutover follow`): its writer is the old application. The append statement checks,
-/// so nothing of the command is written.
-pub const FOLLOWED_SQLSTATE: &str = "CF409";
-
-/// The database's words when `e` refused a command because its domain is followed.
-pub fn followed_refusal(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some(FOLLOWED_SQLSTATE) => {
-            Some(db.message().to_owned())
-        }
-        _ => None,
-    }
-}
+use lanes::Group;
+use shared::{Shared, SharedMember};
+use stream::{append, begin_locked, read_sources, to_store, AppendError};
 
 impl EventStore {
-    /// `max_retries`: how many times a command is re-run after losing an append race.
-    pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, max_retries: u32) -> Self {
-        Self {
-            pool,
-            route: Route::Direct,
-            projectors: projectors.into(),
-            max_retries,
-            cache: Arc::default(),
-            inline: Arc::default(),
-            lanes: Arc::default(),
-            seats: Arc::default(),
-            metrics: StoreMetrics::default(),
-            appended: Arc::new(watch::channel(0).0),
-        }
-    }
-
-    /// The store on `self`'s pool reached by `route` (through a transaction pooler, each
-    /// transaction sets its statement timeout itself).
-    pub fn on_route(self, route: Route) -> Self {
-        Self { route, ..self }
-    }
-
-    /// Changes after every commit of this store that appended events (the feed's wake-up; no
-    /// trigger in the database notifies, so that commits are not serialised by `NOTIFY`).
-    pub fn appended(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
-    }
-
-    pub fn metrics(&self) -> &StoreMetrics {
-        &self.metrics
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    pub fn projectors(&self) -> &[Arc<dyn Projector>] {
-        &self.projectors
-    }
-
     /// Runs `command` against aggregate `aggregate_id` of type `A` and commits.
     ///
     /// With `expected_version`, the command runs only if the aggregate is at that version.
@@ -648,10 +431,6 @@ impl EventStore {
 /// Most times one command reads the registry's inline projections again.
 const MAX_INLINE_REFRESHES: u32 = 3;
 
-/// Most commands of one aggregate that share a transaction (each takes a savepoint, and
-/// Postgres keeps 64 subtransactions per transaction in shared memory).
-pub const MAX_GROUP: usize = 32;
-
 /// How a command of a group ran.
 enum Ran {
     Appended(Committed, Option<String>),
@@ -676,31 +455,6 @@ impl<E: std::error::Error + 'static> From<sqlx::Error> for Failed<E> {
 impl<E: std::error::Error + 'static> From<CommandError<E>> for Failed<E> {
     fn from(e: CommandError<E>) -> Self {
         Self::Error(e)
-    }
-}
-
-/// What a command is: the aggregate, the command, and what it is run with.
-pub struct Request<'a, A: Aggregate> {
-    pub aggregate_id: &'a str,
-    pub command: A::Command,
-    pub services: &'a A::Services,
-    /// Run only if the aggregate is at this version (`If-Match`).
-    pub expected_version: Option<i64>,
-    pub metadata: &'a Value,
-    /// The aggregate id was made for this command (a new collection's): its stream is empty,
-    /// so it is not read before the append.
-    pub new_aggregate: bool,
-}
-
-impl<A: Aggregate> Clone for Request<'_, A>
-where
-    A::Command: Clone,
-{
-    fn clone(&self) -> Self {
-        Self {
-            command: self.command.clone(),
-            ..*self
-        }
     }
 }
 

@@ -10,11 +10,14 @@ use serde_json::Value;
 use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::{PgConnection, Row};
 
-use super::{CommandError, StoredEvent};
+use super::error::CommandError;
+use cutover_engine::event::StoredEvent;
+use cutover_engine::locks::APPEND_LOCK;
 use cutover_engine::projection::{project_all, Projector};
 use cutover_engine::read_source::ReadSources;
 use cutover_engine::rows::Parameters;
 use cutover_engine::rows::ProjectionError;
+use cutover_runtime::database::Route;
 
 /// The events of streams after a version each (`$1` types, `$2` ids, `$3` versions; `stream` is
 /// a stream's place in them, from 1), and the read sources (read after the append lock, so a
@@ -395,3 +398,33 @@ pub(super) const INLINE_CHANGED: &str = "CUT02";
 /// SQLSTATE of a table that does not exist (a retired projection's, named by a statement
 /// built before the retirement was seen).
 pub(super) const UNDEFINED_TABLE: &str = "42P01";
+
+/// Begins a command's transaction and takes, in the same round trip, the append lock (shared)
+/// and the aggregates' locks (`locks`, from [`aggregate_lock_key`], in ascending order when
+/// there are several). The aggregate lock serialises the commands of one aggregate across every
+/// server instance sharing the database, so concurrent commands queue instead of failing the
+/// race for a sequence number. The statement holds only numbers, never client input.
+/// `route`'s settings follow the `BEGIN`.
+pub(super) fn begin_locked(route: Route, locks: &[i64]) -> String {
+    let mut sql = format!(
+        "BEGIN{}; SELECT pg_advisory_xact_lock_shared({APPEND_LOCK})",
+        route.transaction_settings()
+    );
+    if locks.len() <= FEW_LOCKS {
+        for lock in locks {
+            sql.push_str(&format!(", pg_advisory_xact_lock({lock})"));
+        }
+    } else {
+        // Past a select list's length: one row per lock, taken in the order given.
+        let keys: Vec<String> = locks.iter().map(i64::to_string).collect();
+        sql.push_str(&format!(
+            "; SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) \
+             FROM unnest('{{{}}}'::bigint[]) WITH ORDINALITY AS l(k, n) ORDER BY n) AS locked",
+            keys.join(",")
+        ));
+    }
+    sql
+}
+
+/// Most aggregate locks [`begin_locked`] takes in its select list.
+const FEW_LOCKS: usize = 64;
