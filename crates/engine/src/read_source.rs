@@ -8,7 +8,17 @@ use serde::{Deserialize, Serialize};
 /// A domain's read source: one of its two shapes, which is also what a projection's `shape`
 /// names (`projections.shape`, `read_sources.source`: the CHECK constraints of both).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -34,8 +44,9 @@ impl ReadSource {
     }
 }
 
-/// The domains that have two read-model shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The domains that have two read-model shapes (ordered as declared: collections, batches,
+/// competencies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Domain {
     Collections,
     Batches,

@@ -13,6 +13,10 @@ use cutover_engine::rows::{timestamp, Change, Table};
 use serde_json::json;
 
 use crate::batch_state::OldAnswerQueries;
+use std::sync::Arc;
+
+use cutover_engine::projection::Projector;
+
 use crate::fold::{column, Fold};
 use sqlx::PgConnection;
 
@@ -175,6 +179,12 @@ pub(crate) static OLD_ANSWER: OldAnswerQueries = OldAnswerQueries {
 
 /// Projector of the new `batch_completions` and `batch_counters` tables.
 pub struct BatchCompletions;
+
+/// This read model's projector, maintained inline: the crate's build script finds it by this
+/// function and lists it in [`crate::inline_projectors`].
+pub fn projector() -> Arc<dyn Projector> {
+    crate::fold::inline(BatchCompletions)
+}
 
 impl Fold for BatchCompletions {
     const NAME: &'static str = NAME;

@@ -10,6 +10,10 @@ use cutover_engine::rows::{timestamp, Change, Table};
 use serde::Serialize;
 use serde_json::json;
 
+use std::sync::Arc;
+
+use cutover_engine::projection::Projector;
+
 use crate::fold::{column, Fold};
 
 /// The projection's name.
@@ -65,6 +69,12 @@ pub(crate) static OLD_ANSWER: OldAnswerQueries = OldAnswerQueries {
 
 /// Projector of the legacy `batch_state` table.
 pub struct LegacyBatchState;
+
+/// This read model's projector, maintained inline: the crate's build script finds it by this
+/// function and lists it in [`crate::inline_projectors`].
+pub fn projector() -> Arc<dyn Projector> {
+    crate::fold::inline(LegacyBatchState)
+}
 
 impl Fold for LegacyBatchState {
     const NAME: &'static str = NAME;

@@ -13,6 +13,10 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use cutover_engine::projection::Projector;
+
 use crate::fold::{collection_id, column, Fold};
 
 /// The projection's name.
@@ -130,6 +134,12 @@ pub async fn answer_page(
 
 /// Projector of the legacy `collections` table.
 pub struct LegacyCollections;
+
+/// This read model's projector, maintained inline: the crate's build script finds it by this
+/// function and lists it in [`crate::inline_projectors`].
+pub fn projector() -> Arc<dyn Projector> {
+    crate::fold::inline(LegacyCollections)
+}
 
 impl Fold for LegacyCollections {
     const NAME: &'static str = NAME;

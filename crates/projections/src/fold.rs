@@ -1,6 +1,8 @@
 //! The projectors' common form: a pure fold over one aggregate type's events ([`Fold`]), run
 //! as an engine [`Projector`] by [`Folded`], and the helpers their declarations share.
 
+use std::sync::Arc;
+
 use cqrs_es::Aggregate;
 use cutover_engine::compare::Comparison;
 use cutover_engine::event::StoredEvent;
@@ -44,6 +46,11 @@ pub(crate) trait Fold: Send + Sync + 'static {
 
 /// Runs a [`Fold`] as a [`Projector`].
 pub(crate) struct Folded<F>(pub(crate) F);
+
+/// `fold` as the projector the command path and the engine run.
+pub(crate) fn inline<F: Fold>(fold: F) -> Arc<dyn Projector> {
+    Arc::new(Folded(fold))
+}
 
 impl<F: Fold> Projector for Folded<F> {
     fn name(&self) -> &'static str {

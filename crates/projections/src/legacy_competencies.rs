@@ -18,6 +18,10 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use cutover_engine::projection::Projector;
+
 use crate::fold::{column, Fold};
 use crate::student_competencies as typed;
 
@@ -224,6 +228,12 @@ const SELECT_REVIEWS: &str =
 
 /// Projector of the legacy competency documents.
 pub struct LegacyCompetencies;
+
+/// This read model's projector, maintained inline: the crate's build script finds it by this
+/// function and lists it in [`crate::inline_projectors`].
+pub fn projector() -> Arc<dyn Projector> {
+    crate::fold::inline(LegacyCompetencies)
+}
 
 impl Fold for LegacyCompetencies {
     const NAME: &'static str = NAME;

@@ -10,33 +10,42 @@ use std::sync::Arc;
 
 use cutover_engine::projection::Projector;
 
-use fold::Folded;
-
-pub mod batch_completions;
-pub mod batch_state;
 pub mod batches;
-pub mod collections;
 mod fold;
 pub mod follow;
-pub mod legacy_competencies;
-pub mod project_collections;
-pub mod student_competencies;
 
-/// Every inline projector, in the order they run inside a command's transaction.
+// The projector modules (`collections`, `project_collections`, `batch_state`,
+// `batch_completions`, `legacy_competencies`, `student_competencies`, and any other file of
+// `src/` with a `projector()`), declared by the build script (`build.rs`).
+include!(concat!(env!("OUT_DIR"), "/projectors.rs"));
+
+/// Every inline projector: by domain, the legacy shape's before the new one's, then by name
+/// (the order of the registry's listings and of a `rebuild --all`).
 pub fn inline_projectors() -> Vec<Arc<dyn Projector>> {
-    vec![
-        Arc::new(Folded(collections::LegacyCollections)),
-        Arc::new(Folded(project_collections::ProjectCollections)),
-        Arc::new(Folded(batch_state::LegacyBatchState)),
-        Arc::new(Folded(batch_completions::BatchCompletions)),
-        Arc::new(Folded(legacy_competencies::LegacyCompetencies)),
-        Arc::new(Folded(student_competencies::StudentCompetencies)),
-    ]
+    let mut all = found();
+    all.sort_by_key(|p| (p.domain(), p.shape(), p.name()));
+    all
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_projector_file_is_found_and_the_projectors_come_by_domain_and_shape() {
+        let names: Vec<&str> = inline_projectors().iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "collections",
+                "project_collections",
+                "batch_state",
+                "batch_completions",
+                "legacy_competencies",
+                "student_competencies"
+            ]
+        );
+    }
 
     #[test]
     fn a_repair_clears_or_settles_each_table_of_every_inline_projector() {

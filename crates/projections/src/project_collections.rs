@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::collections::CollectionQueries;
+use std::sync::Arc;
+
+use cutover_engine::projection::Projector;
+
 use crate::fold::{collection_id, column, Fold};
 
 /// The projection's name.
@@ -93,6 +97,12 @@ SELECT project_id, collection_id, research_context, tags, linked_project_questio
 
 /// Projector of the new `project_collections` table.
 pub struct ProjectCollections;
+
+/// This read model's projector, maintained inline: the crate's build script finds it by this
+/// function and lists it in [`crate::inline_projectors`].
+pub fn projector() -> Arc<dyn Projector> {
+    crate::fold::inline(ProjectCollections)
+}
 
 impl Fold for ProjectCollections {
     const NAME: &'static str = NAME;

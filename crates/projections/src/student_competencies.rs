@@ -12,6 +12,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use cutover_engine::projection::Projector;
+
 use crate::fold::{column, Fold};
 
 /// The projection's name.
@@ -112,6 +116,12 @@ const COMPETENCY_COLUMNS: &str = "student_id, subject, skill_id, subskill_id, cu
 
 /// Projector of the typed competency tables and the skill analytics.
 pub struct StudentCompetencies;
+
+/// This read model's projector, maintained inline: the crate's build script finds it by this
+/// function and lists it in [`crate::inline_projectors`].
+pub fn projector() -> Arc<dyn Projector> {
+    crate::fold::inline(StudentCompetencies)
+}
 
 impl Fold for StudentCompetencies {
     const NAME: &'static str = NAME;
