@@ -372,7 +372,8 @@ impl Changes {
                     Parameters::From(first) => first + statements.len(),
                 };
                 let single = group.rows.len() == 1;
-                let sql = sql_of(&group, parameter, single);
+                let (text, sql) = sql_of(&group, parameter, single);
+                let refuses = group.refuses();
                 let rows = match group.rows.pop() {
                     Some(row) if single => row,
                     Some(row) => {
@@ -384,6 +385,8 @@ impl Changes {
                 statements.push(Statement {
                     projection: group.projection,
                     sql,
+                    text,
+                    refuses,
                     rows,
                 });
             }
@@ -472,6 +475,11 @@ pub struct Statement {
     pub projection: &'static str,
     /// One SQL statement (usable as a part of a `WITH`).
     pub sql: Arc<str>,
+    /// The number of its text: statements of the same text have the same one.
+    pub text: usize,
+    /// Whether it may refuse a row whose legacy document id belongs to another one
+    /// ([`Merge::SameDocument`], SQLSTATE `CUT01`).
+    pub refuses: bool,
     /// Its rows: a JSON object (column name to value), or an array of them.
     pub rows: Value,
 }
@@ -487,9 +495,13 @@ struct Group {
 /// What a statement's text depends on: table, kind, columns, parameter, one row or many.
 type SqlKey = (&'static str, Kind, Vec<&'static str>, usize, bool);
 
-/// The text of `group`'s statement, made once per shape and kept (there are a few dozen).
-fn sql_of(group: &Group, parameter: usize, single: bool) -> Arc<str> {
-    static MADE: OnceLock<Mutex<HashMap<SqlKey, Arc<str>>>> = OnceLock::new();
+/// A statement's text with its number.
+type Numbered = (usize, Arc<str>);
+
+/// The text of `group`'s statement and its number, made once per shape and kept (there are a
+/// few dozen).
+fn sql_of(group: &Group, parameter: usize, single: bool) -> (usize, Arc<str>) {
+    static MADE: OnceLock<Mutex<HashMap<SqlKey, Numbered>>> = OnceLock::new();
     let key = (
         group.table.name,
         group.kind,
@@ -499,13 +511,25 @@ fn sql_of(group: &Group, parameter: usize, single: bool) -> Arc<str> {
     );
     let made = MADE.get_or_init(Mutex::default);
     let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
-    Arc::clone(
-        made.entry(key)
-            .or_insert_with(|| group.sql(parameter, single).into()),
-    )
+    let next = made.len();
+    let (number, text) = made
+        .entry(key)
+        .or_insert_with(|| (next, group.sql(parameter, single).into()));
+    (*number, Arc::clone(text))
 }
 
 impl Group {
+    /// Whether its statement merges a [`Merge::SameDocument`] column, which refuses another
+    /// document under the same id.
+    fn refuses(&self) -> bool {
+        matches!(self.kind, Kind::Upsert | Kind::Update)
+            && self.columns.iter().any(|name| {
+                self.table
+                    .column(name)
+                    .is_some_and(|c| matches!(c.merge, Merge::SameDocument(_)))
+            })
+    }
+
     fn sql(&self, parameter: usize, single: bool) -> String {
         let table = self.table.name;
         let source = if single {

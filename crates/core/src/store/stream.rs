@@ -15,8 +15,8 @@ use cutover_engine::event::StoredEvent;
 use cutover_engine::locks::APPEND_LOCK;
 use cutover_engine::projection::{project_all, Projector};
 use cutover_engine::read_source::ReadSources;
-use cutover_engine::rows::Parameters;
 use cutover_engine::rows::ProjectionError;
+use cutover_engine::rows::{Parameters, Statement};
 use cutover_runtime::database::Route;
 
 /// The events of streams after a version each (`$1` types, `$2` ids, `$3` versions; `stream` is
@@ -50,10 +50,9 @@ SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source),
 /// is followed from the old system (SQLSTATE [`super::FOLLOWED_SQLSTATE`] otherwise), and reads
 /// the read sources, after `WITH` parts of its own (each inline projection's row changes, from
 /// `$10` on).
-pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
+pub(super) fn append_statement(parts: &[Statement]) -> Arc<str> {
     static MADE: OnceLock<Mutex<HashMap<Vec<usize>, Arc<str>>>> = OnceLock::new();
-    // The parts are kept for good by `rows`, so their addresses name them.
-    let key: Vec<usize> = parts.iter().map(|p| p.as_ptr() as usize).collect();
+    let key: Vec<usize> = parts.iter().map(|p| p.text).collect();
     let made = MADE.get_or_init(Mutex::default);
     let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
     Arc::clone(made.entry(key).or_insert_with(|| {
@@ -85,7 +84,7 @@ pub(super) fn append_statement(parts: &[Arc<str>]) -> Arc<str> {
 )",
     );
     for (i, part) in parts.iter().enumerate() {
-        sql.push_str(&format!(", projected_{i} AS ({part})"));
+        sql.push_str(&format!(", projected_{i} AS ({})", part.sql));
     }
     sql.push_str(
         "
@@ -318,8 +317,7 @@ pub(super) async fn append(
     } else {
         (Vec::new(), Some(changes))
     };
-    let parts: Vec<Arc<str>> = fused.iter().map(|s| Arc::clone(&s.sql)).collect();
-    let sql = append_statement(&parts);
+    let sql = append_statement(&fused);
     let column = |f: fn(&StoredEvent) -> &str| events.iter().map(f).collect::<Vec<_>>();
     let mut query = sqlx::query(sql.as_ref())
         .bind(column(|e| &e.aggregate_type))
@@ -336,10 +334,7 @@ pub(super) async fn append(
     }
     let rows = query.fetch_all(&mut *conn).await.map_err(|e| {
         let refused = cutover_engine::rows::is_legacy_id_taken(&e);
-        match fused
-            .iter()
-            .find(|s| refused && s.sql.contains("cutover_legacy_id_taken"))
-        {
+        match fused.iter().find(|s| refused && s.refuses) {
             Some(statement) => {
                 AppendError::Projection(ProjectionError::of(statement.projection, e))
             }
