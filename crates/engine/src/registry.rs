@@ -511,9 +511,12 @@ async fn status_of(
 /// # Errors
 /// A database error.
 pub async fn read_sources(pool: &PgPool) -> Result<Vec<(String, ReadSource)>, sqlx::Error> {
-    sqlx::query_as("SELECT domain, source FROM read_sources ORDER BY domain")
-        .fetch_all(pool)
-        .await
+    let rows = sqlx::query!(
+        r#"SELECT domain, source AS "source: ReadSource" FROM read_sources ORDER BY domain"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.domain, r.source)).collect())
 }
 
 /// Whether `domain`'s read source may be switched: only after a clean consistency report of the

@@ -209,23 +209,6 @@ static COMPARED: [Comparison; 3] = [
     ),
 ];
 
-const SELECT_COMPETENCY: &str = "\
-SELECT id, student_id, doc, last_sequence FROM legacy_competencies
- WHERE id = $1 AND doc ->> 'subject' = $2 AND doc ->> 'skill_id' = $3
-   AND doc ->> 'subskill_id' = $4";
-
-const SELECT_STUDENT_COMPETENCIES: &str = "\
-SELECT id, student_id, doc, last_sequence FROM legacy_competencies
- WHERE student_id = $1
- ORDER BY id
- LIMIT $2 OFFSET $3";
-
-const SELECT_ATTEMPTS: &str =
-    "SELECT id, student_id, doc FROM legacy_attempts WHERE id = ANY($1) ORDER BY id";
-
-const SELECT_REVIEWS: &str =
-    "SELECT id, student_id, doc FROM legacy_reviews WHERE id = ANY($1) ORDER BY id";
-
 /// Projector of the legacy competency documents.
 pub struct LegacyCompetencies;
 
@@ -336,11 +319,28 @@ pub async fn find<'e>(
     collection: Collection,
     ids: &[String],
 ) -> Result<Vec<LegacyDocument>, sqlx::Error> {
-    let sql = match collection {
-        Collection::Attempts => SELECT_ATTEMPTS,
-        Collection::Reviews => SELECT_REVIEWS,
-    };
-    sqlx::query_as(sql).bind(ids).fetch_all(executor).await
+    match collection {
+        Collection::Attempts => {
+            sqlx::query_as!(
+                LegacyDocument,
+                r#"SELECT id, student_id, doc, 0::bigint AS "last_sequence!"
+                     FROM legacy_attempts WHERE id = ANY($1) ORDER BY id"#,
+                ids
+            )
+            .fetch_all(executor)
+            .await
+        }
+        Collection::Reviews => {
+            sqlx::query_as!(
+                LegacyDocument,
+                r#"SELECT id, student_id, doc, 0::bigint AS "last_sequence!"
+                     FROM legacy_reviews WHERE id = ANY($1) ORDER BY id"#,
+                ids
+            )
+            .fetch_all(executor)
+            .await
+        }
+    }
 }
 
 /// The competency document of subskill `key`, found by its old-store id.
@@ -351,13 +351,18 @@ pub async fn competency<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     key: &SubskillKey,
 ) -> Result<Option<LegacyDocument>, sqlx::Error> {
-    sqlx::query_as(SELECT_COMPETENCY)
-        .bind(key.legacy_id())
-        .bind(&key.subject)
-        .bind(&key.skill_id)
-        .bind(&key.subskill_id)
-        .fetch_optional(executor)
-        .await
+    sqlx::query_as!(
+        LegacyDocument,
+        "SELECT id, student_id, doc, last_sequence FROM legacy_competencies
+          WHERE id = $1 AND doc ->> 'subject' = $2 AND doc ->> 'skill_id' = $3
+            AND doc ->> 'subskill_id' = $4",
+        key.legacy_id(),
+        key.subject,
+        key.skill_id,
+        key.subskill_id
+    )
+    .fetch_optional(executor)
+    .await
 }
 
 /// A page of a student's competency documents, by id.
@@ -370,12 +375,16 @@ pub async fn student_competencies<'e>(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<LegacyDocument>, sqlx::Error> {
-    sqlx::query_as(SELECT_STUDENT_COMPETENCIES)
-        .bind(student_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(executor)
-        .await
+    sqlx::query_as!(
+        LegacyDocument,
+        "SELECT id, student_id, doc, last_sequence FROM legacy_competencies
+          WHERE student_id = $1 ORDER BY id LIMIT $2 OFFSET $3",
+        student_id,
+        limit,
+        offset
+    )
+    .fetch_all(executor)
+    .await
 }
 
 /// An attempt's documents in the legacy store's shape: the attempt, and the competency it led

@@ -348,10 +348,15 @@ pub async fn attempts<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     ids: &[Uuid],
 ) -> Result<Vec<StudentAttempt>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM student_attempts WHERE attempt_id = ANY($1) ORDER BY attempt_id")
-        .bind(ids)
-        .fetch_all(executor)
-        .await
+    sqlx::query_as!(
+        StudentAttempt,
+        "SELECT attempt_id, student_id, subject, skill_id, subskill_id, score, analysis, feedback,
+                attempted_at
+           FROM student_attempts WHERE attempt_id = ANY($1) ORDER BY attempt_id",
+        ids
+    )
+    .fetch_all(executor)
+    .await
 }
 
 /// The reviews among `ids`, by id.
@@ -362,10 +367,15 @@ pub async fn reviews<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     ids: &[Uuid],
 ) -> Result<Vec<StudentReview>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM student_reviews WHERE review_id = ANY($1) ORDER BY review_id")
-        .bind(ids)
-        .fetch_all(executor)
-        .await
+    sqlx::query_as!(
+        StudentReview,
+        "SELECT review_id, student_id, subject, skill_id, subskill_id, problem_id, full_review,
+                score, reviewed_at
+           FROM student_reviews WHERE review_id = ANY($1) ORDER BY review_id",
+        ids
+    )
+    .fetch_all(executor)
+    .await
 }
 
 /// A page of the skill analytics, by subject, skill and subskill, optionally of one subject.

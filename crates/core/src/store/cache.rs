@@ -93,7 +93,12 @@ impl InlineProjections {
         {
             return Ok(names);
         }
-        let names: Vec<String> = sqlx::query_scalar(INLINE).fetch_one(conn).await?;
+        let names: Vec<String> = sqlx::query_scalar!(
+            r#"SELECT coalesce(array_agg(name ORDER BY name), '{}') AS "names!"
+                 FROM projections WHERE inline_active"#
+        )
+        .fetch_one(conn)
+        .await?;
         let names: Arc<[String]> = names.into();
         *self.names.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&names));
         Ok(names)
@@ -151,7 +156,3 @@ impl AggregateCache {
         );
     }
 }
-
-/// The names of the projections maintained inline, in name order.
-pub(super) const INLINE: &str =
-    "SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM projections WHERE inline_active";

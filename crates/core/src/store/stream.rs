@@ -38,11 +38,6 @@ SELECT sources.domains, sources.sources, wanted.stream, e.sequence, e.position, 
    AND e.sequence > wanted.after
  ORDER BY wanted.stream, e.sequence";
 
-/// The read sources alone, for a command that appended nothing and read no stream.
-pub(super) const READ_SOURCES: &str = "\
-SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
-  FROM read_sources";
-
 /// Appends events of one stream or several (`$1`–`$7` each event's aggregate type and id,
 /// sequence, type, version, payload and metadata, in the order they take positions; `$8` the
 /// recording time), checks that the projections maintained inline are `$9` (those whose rows the
@@ -120,10 +115,18 @@ pub(super) fn sources_of(row: &sqlx::postgres::PgRow) -> Result<ReadSources, sql
     })
 }
 
-/// Every domain's read source.
+/// Every domain's read source, for a command that appended nothing and read no stream.
 pub(super) async fn read_sources(conn: &mut PgConnection) -> Result<ReadSources, sqlx::Error> {
-    let row = sqlx::query(READ_SOURCES).fetch_one(conn).await?;
-    sources_of(&row)
+    let read = sqlx::query!(
+        r#"SELECT coalesce(array_agg(domain), '{}') AS "domains!",
+                  coalesce(array_agg(source), '{}') AS "sources!"
+             FROM read_sources"#
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(ReadSources {
+        stored: read.domains.into_iter().zip(read.sources).collect(),
+    })
 }
 
 /// The new events of each of `streams` (type, id, version), in order, and the read sources.

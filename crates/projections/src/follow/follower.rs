@@ -81,7 +81,7 @@ where
     /// Releases the domain's follower lock (closing the connection if that fails).
     pub(super) async fn unlock(&mut self) {
         if let Some(conn) = &mut self.lock {
-            if sqlx::query("SELECT pg_advisory_unlock_all()")
+            if sqlx::query!("SELECT pg_advisory_unlock_all()")
                 .execute(conn)
                 .await
                 .is_err()
@@ -149,11 +149,13 @@ where
             }
         }
         old.commit().await.map_err(legacy)?;
-        sqlx::query("UPDATE follows SET snapshot = $2, updated_at = now() WHERE domain = $1")
-            .bind(&self.follow.domain)
-            .bind(&snapshot)
-            .execute(self.store.pool())
-            .await?;
+        sqlx::query!(
+            "UPDATE follows SET snapshot = $2, updated_at = now() WHERE domain = $1",
+            self.follow.domain,
+            snapshot
+        )
+        .execute(self.store.pool())
+        .await?;
         self.follow.snapshot = Snapshot::parse(&snapshot)?;
         Ok(())
     }
@@ -720,8 +722,7 @@ pub async fn drop_follow(
     let mut lock = store.pool().acquire().await?.detach();
     lock_domain(&mut lock, domain).await?;
     let dropped = drop_slot(old, &slot_name(domain)).await?;
-    let deleted = sqlx::query("DELETE FROM follows WHERE domain = $1")
-        .bind(domain)
+    let deleted = sqlx::query!("DELETE FROM follows WHERE domain = $1", domain)
         .execute(store.pool())
         .await?
         .rows_affected();

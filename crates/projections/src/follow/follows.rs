@@ -20,12 +20,14 @@ pub(super) const FOLLOW_LOCK_CLASS: i32 = 0x4355_5446;
 /// Takes the follower lock of `domain` on `conn` (a connection of its own: closing it releases
 /// the lock), waiting for the follower that holds it to finish its round.
 pub(super) async fn lock_domain(conn: &mut PgConnection, domain: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
-        .bind(FOLLOW_LOCK_CLASS)
-        .bind(domain)
-        .execute(conn)
-        .await
-        .map(drop)
+    sqlx::query!(
+        "SELECT pg_advisory_lock($1, hashtext($2))",
+        FOLLOW_LOCK_CLASS,
+        domain
+    )
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// A followed domain's row.

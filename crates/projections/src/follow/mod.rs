@@ -269,12 +269,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Records on `domain`'s row why its follower failed, where status and the console read it;
 /// a database out of reach keeps nothing, which the follower's warning says too.
 async fn record_error(store: &EventStore, domain: &str, error: &str) {
-    let recorded =
-        sqlx::query("UPDATE follows SET last_error = $2, last_error_at = now() WHERE domain = $1")
-            .bind(domain)
-            .bind(error)
-            .execute(store.pool())
-            .await;
+    let recorded = sqlx::query!(
+        "UPDATE follows SET last_error = $2, last_error_at = now() WHERE domain = $1",
+        domain,
+        error
+    )
+    .execute(store.pool())
+    .await;
     if let Err(e) = recorded {
         tracing::debug!(%domain, error = %e, "the follower's error is not recorded");
     }
