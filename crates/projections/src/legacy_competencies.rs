@@ -319,28 +319,21 @@ pub async fn find<'e>(
     collection: Collection,
     ids: &[String],
 ) -> Result<Vec<LegacyDocument>, sqlx::Error> {
-    match collection {
-        Collection::Attempts => {
-            sqlx::query_as!(
-                LegacyDocument,
-                r#"SELECT id, student_id, doc, 0::bigint AS "last_sequence!"
-                     FROM legacy_attempts WHERE id = ANY($1) ORDER BY id"#,
-                ids
-            )
-            .fetch_all(executor)
-            .await
-        }
-        Collection::Reviews => {
-            sqlx::query_as!(
-                LegacyDocument,
-                r#"SELECT id, student_id, doc, 0::bigint AS "last_sequence!"
-                     FROM legacy_reviews WHERE id = ANY($1) ORDER BY id"#,
-                ids
-            )
-            .fetch_all(executor)
-            .await
-        }
-    }
+    let attempts = matches!(collection, Collection::Attempts);
+    sqlx::query_as!(
+        LegacyDocument,
+        r#"SELECT id AS "id!", student_id AS "student_id!", doc AS "doc!",
+                  0::bigint AS "last_sequence!"
+             FROM (SELECT id, student_id, doc FROM legacy_attempts WHERE $2 AND id = ANY($1)
+                   UNION ALL
+                   SELECT id, student_id, doc FROM legacy_reviews WHERE NOT $2 AND id = ANY($1))
+                  AS documents
+            ORDER BY id"#,
+        ids,
+        attempts
+    )
+    .fetch_all(executor)
+    .await
 }
 
 /// The competency document of subskill `key`, found by its old-store id.
