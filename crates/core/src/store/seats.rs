@@ -4,11 +4,11 @@
 use std::mem;
 use std::sync::Mutex;
 
-use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{oneshot, watch};
 
 use super::error::GroupFailure;
+use super::stream::StreamRow;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::ReadSources;
 
@@ -64,7 +64,7 @@ pub(super) enum Wants {
 pub(super) enum Locked {
     /// The events of its stream: decide, and answer.
     Decide {
-        rows: Vec<PgRow>,
+        rows: Vec<StreamRow>,
         decided: oneshot::Sender<Decided>,
     },
     /// The transaction failed: run alone.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
-use sqlx::postgres::{PgDatabaseError, PgRow};
+use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Row};
 
 use super::error::CommandError;
@@ -18,25 +18,6 @@ use cutover_engine::read_source::ReadSources;
 use cutover_engine::rows::ProjectionError;
 use cutover_engine::rows::{Parameters, Statement};
 use cutover_runtime::database::Route;
-
-/// The events of streams after a version each (`$1` types, `$2` ids, `$3` versions; `stream` is
-/// a stream's place in them, from 1), and the read sources (read after the append lock, so a
-/// swap or retirement that committed is seen). Every stream has a row even when it has no new
-/// events, with no event in it.
-pub(super) const LOAD: &str = "\
-WITH sources AS (
-    SELECT coalesce(array_agg(domain), '{}') AS domains, coalesce(array_agg(source), '{}') AS sources
-      FROM read_sources
-)
-SELECT sources.domains, sources.sources, wanted.stream, e.sequence, e.position, e.event_type,
-       e.event_version, e.payload
-  FROM sources
- CROSS JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
-       AS wanted(aggregate_type, aggregate_id, after, stream)
-  LEFT JOIN events AS e
-    ON e.aggregate_type = wanted.aggregate_type AND e.aggregate_id = wanted.aggregate_id
-   AND e.sequence > wanted.after
- ORDER BY wanted.stream, e.sequence";
 
 /// Appends events of one stream or several (`$1`–`$7` each event's aggregate type and id,
 /// sequence, type, version, payload and metadata, in the order they take positions; `$8` the
@@ -129,25 +110,66 @@ pub(super) async fn read_sources(conn: &mut PgConnection) -> Result<ReadSources,
     })
 }
 
-/// The new events of each of `streams` (type, id, version), in order, and the read sources.
+/// A row of [`fetch`]: the read sources, the stream's place among those asked for (from 1),
+/// and one of its events (none in the one row of a stream with no new events).
+pub(super) struct StreamRow {
+    domains: Vec<String>,
+    sources: Vec<String>,
+    stream: i64,
+    sequence: Option<i64>,
+    position: Option<i64>,
+    event_type: Option<String>,
+    event_version: Option<String>,
+    payload: Option<Value>,
+}
+
+/// The new events of each of `streams` (type, id, version), in order, and the read sources
+/// (read after the append lock, so a swap or retirement that committed is seen).
 pub(super) async fn fetch(
     conn: &mut PgConnection,
     streams: &[(&str, &str, i64)],
-) -> Result<(Vec<Vec<PgRow>>, ReadSources), sqlx::Error> {
-    let rows = sqlx::query(LOAD)
-        .bind(streams.iter().map(|s| s.0).collect::<Vec<_>>())
-        .bind(streams.iter().map(|s| s.1).collect::<Vec<_>>())
-        .bind(streams.iter().map(|s| s.2).collect::<Vec<_>>())
-        .fetch_all(conn)
-        .await?;
+) -> Result<(Vec<Vec<StreamRow>>, ReadSources), sqlx::Error> {
+    let types: Vec<&str> = streams.iter().map(|s| s.0).collect();
+    let ids: Vec<&str> = streams.iter().map(|s| s.1).collect();
+    let versions: Vec<i64> = streams.iter().map(|s| s.2).collect();
+    let rows = sqlx::query_as!(
+        StreamRow,
+        r#"WITH sources AS (
+               SELECT coalesce(array_agg(domain), '{}') AS domains,
+                      coalesce(array_agg(source), '{}') AS sources
+                 FROM read_sources
+           )
+           SELECT sources.domains AS "domains!", sources.sources AS "sources!",
+                  wanted.stream AS "stream!", e.sequence AS "sequence?", e.position AS "position?",
+                  e.event_type AS "event_type?", e.event_version AS "event_version?",
+                  e.payload AS "payload?"
+             FROM sources
+            CROSS JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
+                  AS wanted(aggregate_type, aggregate_id, after, stream)
+             LEFT JOIN events AS e
+               ON e.aggregate_type = wanted.aggregate_type
+              AND e.aggregate_id = wanted.aggregate_id AND e.sequence > wanted.after
+            ORDER BY wanted.stream, e.sequence"#,
+        &types as _,
+        &ids as _,
+        &versions
+    )
+    .fetch_all(conn)
+    .await?;
     let read_sources = match rows.first() {
-        Some(row) => sources_of(row)?,
+        Some(row) => ReadSources {
+            stored: row
+                .domains
+                .iter()
+                .cloned()
+                .zip(row.sources.iter().cloned())
+                .collect(),
+        },
         None => ReadSources::default(),
     };
-    let mut each: Vec<Vec<PgRow>> = streams.iter().map(|_| Vec::new()).collect();
+    let mut each: Vec<Vec<StreamRow>> = streams.iter().map(|_| Vec::new()).collect();
     for row in rows {
-        let stream: i64 = row.try_get("stream")?;
-        let place = usize::try_from(stream - 1)
+        let place = usize::try_from(row.stream - 1)
             .ok()
             .and_then(|i| each.get_mut(i))
             .ok_or(sqlx::Error::RowNotFound)?;
@@ -184,23 +206,26 @@ impl<A: Aggregate> Loaded<A> {
     pub(super) fn apply(
         &mut self,
         aggregate_id: &str,
-        rows: Vec<PgRow>,
+        rows: Vec<StreamRow>,
     ) -> Result<(), CommandError<A::Error>>
     where
         A::Error: 'static,
     {
         for row in rows {
             // The one row of a stream with no new events carries no event.
-            let Some(sequence) = row.try_get::<Option<i64>, _>("sequence")? else {
+            let Some(sequence) = row.sequence else {
                 continue;
             };
+            let (Some(position), Some(event_type), Some(event_version), Some(payload)) =
+                (row.position, row.event_type, row.event_version, row.payload)
+            else {
+                return Err(CommandError::Broken(format!(
+                    "event {sequence} of {aggregate_id} was read without its columns"
+                )));
+            };
             self.version = sequence;
-            self.position = row.try_get("position")?;
-            let (_, payload) = crate::domain::current(
-                row.try_get("event_type")?,
-                row.try_get("event_version")?,
-                row.try_get("payload")?,
-            )?;
+            self.position = position;
+            let (_, payload) = crate::domain::current(&event_type, &event_version, payload)?;
             let event = serde_json::from_value::<A::Event>(payload).map_err(|source| {
                 CommandError::CorruptEvent {
                     aggregate_type: A::TYPE.to_owned(),
