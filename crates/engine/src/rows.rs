@@ -39,6 +39,10 @@ pub struct Table {
     /// ids): a repair clears an aggregate's rows by it. `None` for a table whose rows sum over
     /// many aggregates: its projector's settle statements recompute them instead.
     pub aggregate: Option<&'static str>,
+    /// Whether a command's statement returns the rows it writes here, as written (to answer
+    /// from them without a read of their own); off for tables whose rows no answer takes
+    /// whole, as returning costs the statement a JSON copy of each row.
+    pub returned: bool,
 }
 
 /// A column of a read-model table.
@@ -372,8 +376,10 @@ impl Changes {
                     Parameters::From(first) => first + statements.len(),
                 };
                 let single = group.rows.len() == 1;
-                let (text, sql) = sql_of(&group, parameter, single);
+                let returning = matches!(parameters, Parameters::From(_));
+                let (text, sql) = sql_of(&group, parameter, single, returning);
                 let refuses = group.refuses();
+                let returns = returning && group.returns();
                 let rows = match group.rows.pop() {
                     Some(row) if single => row,
                     Some(row) => {
@@ -387,6 +393,7 @@ impl Changes {
                     sql,
                     text,
                     refuses,
+                    returns,
                     rows,
                 });
             }
@@ -480,6 +487,10 @@ pub struct Statement {
     /// Whether it may refuse a row whose legacy document id belongs to another one
     /// ([`Merge::SameDocument`], SQLSTATE `CUT01`).
     pub refuses: bool,
+    /// Whether, as a part of one statement, it returns each row it wrote as it is after the
+    /// write (`written_table`, `written_row`: the table's name and the row as JSON); deletes
+    /// and inserts of rows already there return none.
+    pub returns: bool,
     /// Its rows: a JSON object (column name to value), or an array of them.
     pub rows: Value,
 }
@@ -492,15 +503,16 @@ struct Group {
     rows: Vec<Value>,
 }
 
-/// What a statement's text depends on: table, kind, columns, parameter, one row or many.
-type SqlKey = (&'static str, Kind, Vec<&'static str>, usize, bool);
+/// What a statement's text depends on: table, kind, columns, parameter, one row or many, and
+/// whether it returns the rows it wrote.
+type SqlKey = (&'static str, Kind, Vec<&'static str>, usize, bool, bool);
 
 /// A statement's text with its number.
 type Numbered = (usize, Arc<str>);
 
 /// The text of `group`'s statement and its number, made once per shape and kept (there are a
 /// few dozen).
-fn sql_of(group: &Group, parameter: usize, single: bool) -> (usize, Arc<str>) {
+fn sql_of(group: &Group, parameter: usize, single: bool, returning: bool) -> (usize, Arc<str>) {
     static MADE: OnceLock<Mutex<HashMap<SqlKey, Numbered>>> = OnceLock::new();
     let key = (
         group.table.name,
@@ -508,17 +520,29 @@ fn sql_of(group: &Group, parameter: usize, single: bool) -> (usize, Arc<str>) {
         group.columns.clone(),
         parameter,
         single,
+        returning,
     );
     let made = MADE.get_or_init(Mutex::default);
     let mut made = made.lock().unwrap_or_else(PoisonError::into_inner);
     let next = made.len();
     let (number, text) = made
         .entry(key)
-        .or_insert_with(|| (next, group.sql(parameter, single).into()));
+        .or_insert_with(|| (next, group.sql(parameter, single, returning).into()));
     (*number, Arc::clone(text))
 }
 
 impl Group {
+    /// Whether its statement returns the rows it writes: those of a table declared
+    /// [`Table::returned`] (deletes, and updates that change nothing, write none).
+    fn returns(&self) -> bool {
+        self.table.returned
+            && match self.kind {
+                Kind::Insert | Kind::Upsert => true,
+                Kind::Update => !self.merged().is_empty(),
+                Kind::Delete => false,
+            }
+    }
+
     /// Whether its statement merges a [`Merge::SameDocument`] column, which refuses another
     /// document under the same id.
     fn refuses(&self) -> bool {
@@ -530,17 +554,9 @@ impl Group {
             })
     }
 
-    fn sql(&self, parameter: usize, single: bool) -> String {
-        let table = self.table.name;
-        let source = if single {
-            format!("jsonb_populate_record(NULL::{table}, ${parameter}::jsonb)")
-        } else {
-            format!("jsonb_populate_recordset(NULL::{table}, ${parameter}::jsonb)")
-        };
-        let columns = self.columns.join(", ");
-        let key = self.table.key.join(", ");
-        let merged: Vec<String> = self
-            .columns
+    /// The `SET` clauses of the columns a write merges (neither key nor address).
+    fn merged(&self) -> Vec<String> {
+        self.columns
             .iter()
             .filter_map(|name| {
                 let column = self.table.column(name)?;
@@ -549,7 +565,25 @@ impl Group {
                 }
                 merge_sql(self.table, column).map(|expr| format!("{name} = {expr}"))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Its statement; `returning`, as a part of one statement that returns the rows written.
+    fn sql(&self, parameter: usize, single: bool, returning: bool) -> String {
+        let table = self.table.name;
+        let source = if single {
+            format!("jsonb_populate_record(NULL::{table}, ${parameter}::jsonb)")
+        } else {
+            format!("jsonb_populate_recordset(NULL::{table}, ${parameter}::jsonb)")
+        };
+        let columns = self.columns.join(", ");
+        let key = self.table.key.join(", ");
+        let merged = self.merged();
+        let returned = if returning && self.returns() {
+            format!(" RETURNING '{table}'::text AS written_table, to_jsonb(live) AS written_row")
+        } else {
+            String::new()
+        };
         let matches = self
             .table
             .address
@@ -566,7 +600,7 @@ impl Group {
                 };
                 format!(
                     "INSERT INTO {table} AS live ({columns}) SELECT {columns} FROM {source} \
-                     ON CONFLICT ({key}) {on_conflict}"
+                     ON CONFLICT ({key}) {on_conflict}{returned}"
                 )
             }
             // Only the address: nothing to change.
@@ -575,7 +609,7 @@ impl Group {
             }
             Kind::Update => format!(
                 "UPDATE {table} AS live SET {} FROM {source} AS excluded \
-                 WHERE {matches}",
+                 WHERE {matches}{returned}",
                 merged.join(", ")
             ),
             Kind::Delete => {
@@ -707,6 +741,7 @@ mod tests {
 
     static T: Table = Table {
         aggregate: None,
+        returned: false,
         name: "t",
         columns: &[
             Column {

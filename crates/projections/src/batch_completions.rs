@@ -27,6 +27,7 @@ pub const NAME: &str = "batch_completions";
 pub static COMPLETIONS: Table = Table {
     name: "batch_completions",
     aggregate: Some("batch_id"),
+    returned: false,
     columns: &[
         column!("batch_id", "text", Keep),
         column!("player_lookup", "text", Keep),
@@ -43,6 +44,7 @@ pub static COMPLETIONS: Table = Table {
 pub static COUNTERS: Table = Table {
     name: "batch_counters",
     aggregate: Some("batch_id"),
+    returned: false,
     columns: &[
         column!("batch_id", "text", Keep),
         column!("expected_count", "integer", Keep),

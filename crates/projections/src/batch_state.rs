@@ -23,6 +23,7 @@ pub const NAME: &str = "batch_state";
 pub static TABLE: Table = Table {
     name: "batch_state",
     aggregate: Some("batch_id"),
+    returned: false,
     columns: &[
         column!("batch_id", "text", Keep),
         column!("expected_players", "text[]", Keep),

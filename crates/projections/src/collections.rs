@@ -4,11 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use cutover_core::domain::collection::{Collection, CollectionEvent};
+use cutover_core::store::Written;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
 use cutover_engine::rows::{timestamp, Change, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -26,6 +27,7 @@ pub const NAME: &str = "collections";
 pub static TABLE: Table = Table {
     name: "collections",
     aggregate: Some("collection_id::text"),
+    returned: true,
     columns: &[
         column!("collection_id", "uuid", Keep),
         column!("project_id", "uuid", Keep),
@@ -116,6 +118,32 @@ pub async fn answer(
     collection_id: Uuid,
 ) -> Result<Option<LegacyCollection>, sqlx::Error> {
     find(conn, queries(source), project_id, collection_id).await
+}
+
+/// The same after a command: its row as the command's statement wrote it to `source`'s table
+/// (`written`), or, when it wrote none there, read in the command's transaction.
+///
+/// # Errors
+/// A database error.
+pub async fn answer_after(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    project_id: Uuid,
+    collection_id: Uuid,
+    written: Option<&Written>,
+) -> Result<Option<LegacyCollection>, sqlx::Error> {
+    let table = match source {
+        ReadSource::Legacy => TABLE.name,
+        ReadSource::New => crate::project_collections::TABLE.name,
+    };
+    let key = [
+        ("collection_id", json!(collection_id)),
+        ("project_id", json!(project_id)),
+    ];
+    match written.and_then(|w| w.find(table, &key)) {
+        Some(row) => Ok(Some(row)),
+        None => answer(conn, source, project_id, collection_id).await,
+    }
 }
 
 /// A page of the project's active collections as the old clients read it, from `source`.
@@ -216,7 +244,7 @@ impl Fold for LegacyCollections {
 }
 
 /// A row of the legacy `collections` table.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LegacyCollection {
     pub collection_id: Uuid,
     pub project_id: Uuid,
@@ -227,7 +255,7 @@ pub struct LegacyCollection {
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    #[serde(skip)]
+    #[serde(skip_serializing)]
     pub last_sequence: i64,
 }
 

@@ -39,6 +39,7 @@ macro_rules! documents {
         Table {
             name: $name,
             aggregate: Some(DOCUMENT_SUBSKILL),
+            returned: false,
             columns: &[
                 column!("id", "text", Keep),
                 column!("student_id", "bigint", Keep),
@@ -64,6 +65,7 @@ pub static REVIEWS: Table = documents!("legacy_reviews");
 pub static COMPETENCIES: Table = Table {
     name: "legacy_competencies",
     aggregate: Some(DOCUMENT_SUBSKILL),
+    returned: false,
     columns: &[
         column!("id", "text", Keep),
         column!("student_id", "bigint", Keep),

@@ -29,6 +29,7 @@ pub const NAME: &str = "project_collections";
 pub static TABLE: Table = Table {
     name: "project_collections",
     aggregate: Some("collection_id::text"),
+    returned: true,
     columns: &[
         column!("project_id", "uuid", Keep),
         column!("collection_id", "uuid", Keep),

@@ -34,6 +34,7 @@ const SUBSKILL: &str = "public.cutover_subskill_id(student_id, subject, skill_id
 pub static ATTEMPTS: Table = Table {
     name: "student_attempts",
     aggregate: Some(SUBSKILL),
+    returned: false,
     columns: &[
         column!("attempt_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -54,6 +55,7 @@ pub static ATTEMPTS: Table = Table {
 pub static REVIEWS: Table = Table {
     name: "student_reviews",
     aggregate: Some(SUBSKILL),
+    returned: false,
     columns: &[
         column!("review_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -74,6 +76,7 @@ pub static REVIEWS: Table = Table {
 pub static COMPETENCIES: Table = Table {
     name: "student_competencies",
     aggregate: Some(SUBSKILL),
+    returned: false,
     columns: &[
         column!("student_id", "bigint", Keep),
         column!("subject", "text", Keep),
@@ -94,6 +97,7 @@ pub static COMPETENCIES: Table = Table {
 pub static ANALYTICS: Table = Table {
     name: "skill_analytics",
     aggregate: None,
+    returned: false,
     columns: &[
         column!("subject", "text", Keep),
         column!("skill_id", "text", Keep),

@@ -184,6 +184,7 @@ static COLLECTION_NAMES: Table = Table {
     address: &["collection_id"],
     indexes: &[],
     aggregate: Some("collection_id::text"),
+    returned: false,
 };
 
 static COLLECTION_NAMES_TABLES: [&Table; 1] = [&COLLECTION_NAMES];

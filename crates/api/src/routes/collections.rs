@@ -12,7 +12,7 @@ use cutover_core::domain::collection::{
 };
 use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_engine::read_source::{Domain, ReadSource};
-use cutover_projections::collections::{answer, answer_page, LegacyCollection};
+use cutover_projections::collections::{answer, answer_after, answer_page, LegacyCollection};
 use cutover_projections::collections::{find, list as list_page};
 use cutover_projections::project_collections::{self as new_model, ProjectCollection};
 use serde::{Deserialize, Serialize};
@@ -494,7 +494,14 @@ async fn respond(
     committed: &Committed,
 ) -> Result<StoredResponse, ApiError> {
     let source = committed.read_sources.of(Domain::Collections)?;
-    let row = answer(conn, source, project_id, collection_id).await?;
+    let row = answer_after(
+        conn,
+        source,
+        project_id,
+        collection_id,
+        committed.written.as_ref(),
+    )
+    .await?;
     Ok(document(
         source,
         committed.version,

@@ -159,7 +159,7 @@ where
         let inline = self.store.inline.current(&mut self.tx).await?;
         let appended = append(&mut self.tx, &self.store.projectors, &inline, new).await;
         match appended {
-            Ok(sources) => {
+            Ok((sources, _)) => {
                 self.read_sources = sources;
                 let count = new.len();
                 self.appended = self.staged.len();

@@ -1,5 +1,9 @@
 //! How a command ends when it does not commit, and what it reached when it does.
 
+use std::sync::Arc;
+
+use serde_json::Value;
+
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::ReadSources;
 use cutover_engine::rows::ProjectionError;
@@ -107,6 +111,62 @@ pub struct Committed {
     pub events: Vec<StoredEvent>,
     /// Every domain's read source, as read after the command's locks.
     pub read_sources: ReadSources,
+    /// The read-model rows the command's statement wrote, as they are after it: what its
+    /// answer is read from. `None` when they are not all known (a projection wrote in more
+    /// than one statement, or the command appended nothing): the answer is then read back.
+    pub written: Option<Written>,
+}
+
+/// Read-model rows a statement wrote (inserted or changed), as they are after it, by table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Written(Arc<[(String, Value)]>);
+
+impl Written {
+    /// The rows of `table`, in no order.
+    pub fn rows<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.0
+            .iter()
+            .filter(move |(of, _)| of == table)
+            .map(|(_, row)| row)
+    }
+
+    /// The row of `table` whose columns have the values of `key`, decoded as `T`: `None` when
+    /// the statement wrote no such row (or, a bug, one `T` cannot hold: the answer is then read
+    /// back, and this logged).
+    pub fn find<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        key: &[(&str, Value)],
+    ) -> Option<T> {
+        let row = self.rows(table).find(|row| {
+            key.iter()
+                .all(|(column, value)| row.get(column) == Some(value))
+        })?;
+        serde_json::from_value(row.clone())
+            .map_err(|e| tracing::warn!(%table, error = %e, "a written row does not decode"))
+            .ok()
+    }
+
+    /// The rows of a statement's `written` column: `[[table, row], …]`.
+    pub(super) fn from_json(written: Value) -> Option<Self> {
+        let Value::Array(pairs) = written else {
+            return None;
+        };
+        pairs
+            .into_iter()
+            .map(|pair| match pair {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let row = pair.pop()?;
+                    match pair.pop()? {
+                        Value::String(table) => Some((table, row)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|rows| Self(rows.into()))
+    }
 }
 
 /// The SQLSTATE of an append refused because its events' domain is followed from the old

@@ -46,7 +46,8 @@ mod stream;
 
 pub use batch::Batch;
 pub use error::{
-    followed_refusal, CommandError, CommitError, Committed, GroupFailure, FOLLOWED_SQLSTATE,
+    followed_refusal, CommandError, CommitError, Committed, GroupFailure, Written,
+    FOLLOWED_SQLSTATE,
 };
 pub use event_store::{EventStore, Request, StoreMetrics};
 pub use idempotency::{Idempotency, StoredResponse};
@@ -379,11 +380,11 @@ impl EventStore {
                 }
             }
         };
-        let stored = if new_events.is_empty() {
+        let (stored, written) = if new_events.is_empty() {
             if group.read_sources.stored.is_empty() {
                 group.read_sources = read_sources(&mut group.tx).await?;
             }
-            Vec::new()
+            (Vec::new(), None)
         } else {
             let mut stored =
                 to_store::<A>(aggregate_id, group.version, &new_events, request.metadata)
@@ -391,9 +392,9 @@ impl EventStore {
             let inline = self.inline.current(&mut group.tx).await?;
             let appended = append(&mut group.tx, &self.projectors, &inline, &mut stored).await;
             match appended {
-                Ok(sources) => {
+                Ok((sources, written)) => {
                     group.read_sources = sources;
-                    stored
+                    (stored, written)
                 }
                 Err(AppendError::Conflict(_)) => return Err(Failed::Retry),
                 Err(AppendError::InlineChanged) => {
@@ -423,6 +424,7 @@ impl EventStore {
             position: group.position,
             events: stored,
             read_sources: group.read_sources.clone(),
+            written,
         };
         Ok(Ran::Appended(committed, idempotency.map(|k| k.key.clone())))
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{oneshot, watch};
 
-use super::error::GroupFailure;
+use super::error::{GroupFailure, Written};
 use super::stream::StreamRow;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::ReadSources;
@@ -97,6 +97,8 @@ pub(super) struct Share {
     pub(super) tx: Transaction<'static, Postgres>,
     pub(super) events: Vec<StoredEvent>,
     pub(super) read_sources: ReadSources,
+    /// The rows the shared statement wrote (every command's).
+    pub(super) written: Option<Written>,
     pub(super) back: oneshot::Sender<Transaction<'static, Postgres>>,
     pub(super) outcome: watch::Receiver<Option<Outcome>>,
 }

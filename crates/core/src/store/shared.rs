@@ -125,8 +125,8 @@ impl EventStore {
             Ok(inline) => append(&mut tx, &self.projectors, &inline, &mut events).await,
             Err(e) => Err(AppendError::Database(e)),
         };
-        let read_sources = match appended {
-            Ok(read_sources) => read_sources,
+        let (read_sources, written) = match appended {
+            Ok(appended) => appended,
             Err(AppendError::Conflict(Some(detail))) => {
                 self.metrics.shared_rollbacks.inc();
                 let mut from = 0;
@@ -160,6 +160,7 @@ impl EventStore {
                 tx,
                 events: events.by_ref().take(count).collect(),
                 read_sources: read_sources.clone(),
+                written: written.clone(),
                 back,
                 outcome: outcome.subscribe(),
             };
@@ -465,6 +466,7 @@ impl EventStore {
             tx,
             events,
             read_sources,
+            written,
             back,
             outcome,
         } = *share;
@@ -486,6 +488,7 @@ impl EventStore {
             position,
             events,
             read_sources,
+            written,
         };
         Shared::Ran(Box::new((member, committed)))
     }

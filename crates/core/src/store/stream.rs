@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{PgConnection, Row};
 
-use super::error::CommandError;
+use super::error::{CommandError, Written};
 use cutover_engine::event::StoredEvent;
 use cutover_engine::locks::APPEND_LOCK;
 use cutover_engine::projection::{project_all, Projector};
@@ -62,11 +62,30 @@ pub(super) fn append_statement(parts: &[Statement]) -> Arc<str> {
     for (i, part) in parts.iter().enumerate() {
         sql.push_str(&format!(", projected_{i} AS ({})", part.sql));
     }
+    let returned: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .filter(|(_, part)| part.returns)
+        .map(|(i, _)| format!("SELECT written_table, written_row FROM projected_{i}"))
+        .collect();
+    if returned.is_empty() {
+        sql.push_str(", written AS (SELECT '[]'::jsonb AS rows)");
+    } else {
+        sql.push_str(&format!(
+            ", written AS (
+    SELECT coalesce(jsonb_agg(jsonb_build_array(w.written_table, w.written_row)), '[]') AS rows
+      FROM ({}) AS w
+)",
+            returned.join(" UNION ALL ")
+        ));
+    }
     sql.push_str(
         "
 SELECT appended.position, appended.transaction_id, appended.aggregate_type, appended.aggregate_id,
-       appended.sequence, sources.domains, sources.sources, inline.current
-  FROM appended CROSS JOIN sources CROSS JOIN inline CROSS JOIN writable",
+       appended.sequence, sources.domains, sources.sources, inline.current,
+       CASE WHEN appended.position = (SELECT min(position) FROM appended) THEN written.rows END
+           AS written
+  FROM appended CROSS JOIN sources CROSS JOIN inline CROSS JOIN writable CROSS JOIN written",
     );
         sql.into()
     }))
@@ -312,13 +331,13 @@ pub(super) fn to_store<A: Aggregate>(
 /// [`to_store`]) and writes every inline projection's rows for them, in one statement (a
 /// projection whose changes need more than one round writes its later rounds with statements
 /// of their own, after it). Fills in the events' positions, transaction id and recording time;
-/// returns the read sources.
+/// returns the read sources, and the rows written when the one statement wrote them all.
 pub(super) async fn append(
     conn: &mut PgConnection,
     projectors: &[Arc<dyn Projector>],
     inline: &[String],
     events: &mut [StoredEvent],
-) -> Result<ReadSources, AppendError> {
+) -> Result<(ReadSources, Option<Written>), AppendError> {
     let recorded_at = recording_time();
     for event in events.iter_mut() {
         event.recorded_at = recorded_at;
@@ -370,6 +389,7 @@ pub(super) async fn append(
         }
     })?;
     let mut read_sources = ReadSources::default();
+    let mut written = None;
     for (i, row) in rows.iter().enumerate() {
         let (aggregate_type, aggregate_id, sequence): (&str, &str, i64) = (
             row.try_get("aggregate_type")?,
@@ -392,14 +412,20 @@ pub(super) async fn append(
         event.position = row.try_get("position")?;
         event.transaction_id = row.try_get("transaction_id")?;
         read_sources = sources_of(row)?;
+        if let Some(rows) = row.try_get::<Option<Value>, _>("written")? {
+            written = Written::from_json(rows);
+        }
     }
     if events.iter().any(|e| e.position == 0) {
         return Err(AppendError::Database(sqlx::Error::RowNotFound));
     }
-    if let Some(changes) = later {
-        changes.write(conn).await.map_err(AppendError::Projection)?;
+    match later {
+        Some(changes) => {
+            changes.write(conn).await.map_err(AppendError::Projection)?;
+            Ok((read_sources, None))
+        }
+        None => Ok((read_sources, written)),
     }
-    Ok(read_sources)
 }
 
 /// Whether a conflict's `detail` names one of `events` as the key another writer took.
