@@ -26,7 +26,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::locks::APPEND_LOCK;
 use crate::log::{self, Horizon, LogCursor, Read, Rows};
 use crate::projection::{project_all, table_names, Projector};
 use crate::rows::Prepared;
@@ -577,9 +576,7 @@ impl Job {
             .await?;
         let held_from = Instant::now();
         let swapped = async {
-            sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::Executor::execute(&mut *tx, crate::locks::HOLD_APPENDS).await?;
             if stop_readers {
                 self.stop_readers(&mut tx).await?;
             }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::admin::{Actor, AdminError};
-use crate::locks::APPEND_LOCK;
 use crate::read_source::ReadSource;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -717,9 +716,7 @@ pub async fn retire(pool: &PgPool, name: &str) -> Result<Projection, AdminError>
     sqlx::query!("SET LOCAL lock_timeout = '5s'")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::Executor::execute(&mut *tx, crate::locks::HOLD_APPENDS).await?;
     // The registry row first, as a read-source switch takes it (FOR SHARE) before it writes
     // `read_sources`: a switch to this projection that is under way finishes before the check
     // below reads the read source, and one that starts later sees the projection retired.

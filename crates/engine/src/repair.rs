@@ -95,6 +95,8 @@ pub async fn repair(
         .execute(&mut *tx)
         .await?;
     }
+    // Commands alone in one statement take neither lock: they wait for the repair at `events`.
+    sqlx::Executor::execute(&mut *tx, crate::locks::LOCK_EVENTS).await?;
     let registry = projections(&mut *tx).await?;
     for projector in &chosen {
         let live = registry.iter().any(|r| {

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use crate::compare::Comparison;
-use crate::locks::APPEND_LOCK;
 use crate::projection::Projector;
 use crate::rows::Table;
 use serde::Serialize;
@@ -225,9 +224,7 @@ async fn compare_all(
         .execute(&mut *snapshot)
         .await?;
     let mut gate = pool.begin().await?;
-    sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
-        .execute(&mut *gate)
-        .await?;
+    sqlx::Executor::execute(&mut *gate, crate::locks::HOLD_APPENDS).await?;
     sqlx::query_scalar!("SELECT 1 AS one")
         .fetch_one(&mut *snapshot)
         .await?;

@@ -22,6 +22,59 @@ async fn break_new_read_model(app: &TestApp) {
     }
 }
 
+/// A command on a quiet server (a collection's create: alone in one statement, outside a
+/// transaction) takes its first lock on the log's table: while something holds the appends
+/// back (a rebuild's swap, a retirement, a verification's snapshot, the start of a follow), it
+/// waits holding no lock on a read-model table, so it can neither deadlock with the swap's
+/// moves of those tables nor write the tables the swap moves aside; once the log is let go it
+/// commits, answered with what it wrote.
+#[tokio::test]
+async fn atomic_commands_a_command_waits_for_held_appends_before_it_locks_a_read_model() {
+    let app = TestApp::spawn().await;
+    let project = Uuid::new_v4();
+    // The first command makes the caches (the registry's inline names, the statement).
+    create(&app, project, "first").await;
+    let mut holder = app.db.pool.begin().await.unwrap();
+    sqlx::Executor::execute(&mut *holder, cutover_engine::locks::HOLD_APPENDS)
+        .await
+        .unwrap();
+    let request = app
+        .post(&format!("/projects/{project}/collections"))
+        .json(&json!({"collection_name": "second"}))
+        .send();
+    let sent = tokio::spawn(request);
+    let mut waiting = None;
+    for _ in 0..100 {
+        waiting = sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid() LIMIT 1",
+        )
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap();
+        if waiting.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = waiting.expect("the command waits for the held appends");
+    let read_models: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
+          WHERE l.pid = $1 AND c.relname IN ('collections', 'project_collections')",
+    )
+    .bind(waiting)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(read_models, Vec::<String>::new(), "locked before the log");
+    assert_eq!(app.db.event_count().await, 1);
+
+    holder.commit().await.unwrap();
+    let response = sent.await.unwrap().unwrap();
+    let answer = json_with_status(response, StatusCode::CREATED).await;
+    assert_eq!(answer["collection"]["collection_name"], "second");
+    assert_eq!(app.db.event_count().await, 2);
+}
+
 #[tokio::test]
 async fn atomic_commands_a_failing_read_model_leaves_no_event_and_no_legacy_row() {
     let app = TestApp::spawn().await;

@@ -453,6 +453,7 @@ async fn execute(
         expected_version,
         metadata: &metadata,
         new_aggregate: false,
+        answered_from_rows: false,
     };
     run(state, request, idempotency, respond).await
 }

@@ -482,6 +482,8 @@ async fn execute(
         expected_version,
         metadata: &metadata,
         new_aggregate,
+        // Its answer is its collection's row, which every command that appends writes.
+        answered_from_rows: true,
     };
     run(state, request, idempotency, respond).await
 }

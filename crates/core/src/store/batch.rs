@@ -157,7 +157,7 @@ where
             return Ok(0);
         }
         let inline = self.store.inline.current(&mut self.tx).await?;
-        let appended = append(&mut self.tx, &self.store.projectors, &inline, new).await;
+        let appended = append(&mut self.tx, &self.store.projectors, &inline, new, false).await;
         match appended {
             Ok((sources, _)) => {
                 self.read_sources = sources;
@@ -181,6 +181,9 @@ where
             }
             Err(AppendError::Projection(e)) => Err(e.into()),
             Err(AppendError::Database(e)) => Err(CommandError::Database(e)),
+            Err(AppendError::NeedsTransaction) => Err(CommandError::Broken(
+                "a batch's append in a transaction was refused as needing one".to_owned(),
+            )),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The event store: what a process keeps to run commands (its pools, projectors, caches and
 //! queues) and what a command is.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use cqrs_es::Aggregate;
@@ -27,6 +28,8 @@ pub struct EventStore {
     pub(super) inline: Arc<InlineProjections>,
     pub(super) lanes: Arc<Lanes>,
     pub(super) seats: Arc<Seats>,
+    /// Whether a command runs alone in one statement (see `single`): one at a time.
+    pub(super) single: Arc<AtomicBool>,
     pub(super) metrics: StoreMetrics,
     pub(super) appended: Arc<watch::Sender<u64>>,
 }
@@ -63,6 +66,7 @@ impl EventStore {
             inline: Arc::default(),
             lanes: Arc::default(),
             seats: Arc::default(),
+            single: Arc::default(),
             metrics: StoreMetrics::default(),
             appended: Arc::new(watch::channel(0).0),
         }
@@ -104,6 +108,10 @@ pub struct Request<'a, A: Aggregate> {
     /// The aggregate id was made for this command (a new collection's): its stream is empty,
     /// so it is not read before the append.
     pub new_aggregate: bool,
+    /// The command's answer is read from the rows its statement writes
+    /// ([`super::Committed::written`]), never from others: it may then run alone in one
+    /// statement, outside a transaction.
+    pub answered_from_rows: bool,
 }
 
 impl<A: Aggregate> Clone for Request<'_, A>

@@ -42,6 +42,7 @@ mod idempotency;
 mod lanes;
 mod seats;
 mod shared;
+mod single;
 mod stream;
 
 pub use batch::Batch;
@@ -57,6 +58,7 @@ use group::Member;
 use idempotency::claim_key;
 use lanes::Group;
 use shared::{Shared, SharedMember};
+use single::{Done, Single};
 use stream::{append, begin_locked, read_sources, to_store, AppendError};
 
 impl EventStore {
@@ -86,6 +88,7 @@ impl EventStore {
             expected_version,
             metadata,
             new_aggregate: false,
+            answered_from_rows: false,
         };
         let mut may_share = true;
         loop {
@@ -139,13 +142,39 @@ impl EventStore {
         let (mut attempt, mut refreshes) = (1, 0);
         while attempt <= attempts {
             let mut turn = self.lanes.enter(A::TYPE, request.aggregate_id).await;
-            if may_share
-                && attempt == 1
+            let quiet = attempt == 1
                 && idempotency.is_none()
                 && turn.open.is_none()
                 && turn.lane.waiting.load(Ordering::SeqCst) == 0
-                && !turn.lane.contended.load(Ordering::Relaxed)
-            {
+                && !turn.lane.contended.load(Ordering::Relaxed);
+            if quiet && request.answered_from_rows {
+                // Boxed: its state would otherwise grow every command's future.
+                match Box::pin(self.run_single(&request, turn)).await? {
+                    Single::Ran(ran) => {
+                        let (done, committed) = *ran;
+                        return Ok(Begun::Open(Box::new(Pending {
+                            run: Run::Single(done),
+                            key: None,
+                            committed,
+                            _aggregate: PhantomData,
+                        })));
+                    }
+                    Single::Usual {
+                        turn: usual,
+                        lost_race,
+                    } => {
+                        if lost_race {
+                            may_share = false;
+                            self.lanes.leave(usual);
+                            self.lost_race(attempt, attempts).await;
+                            attempt += 1;
+                            continue;
+                        }
+                        turn = usual;
+                    }
+                }
+            }
+            if may_share && quiet {
                 match self.run_shared(&request, turn).await {
                     Shared::Ran(ran) => {
                         let (member, committed) = *ran;
@@ -390,7 +419,8 @@ impl EventStore {
                 to_store::<A>(aggregate_id, group.version, &new_events, request.metadata)
                     .map_err(CommandError::Serialize)?;
             let inline = self.inline.current(&mut group.tx).await?;
-            let appended = append(&mut group.tx, &self.projectors, &inline, &mut stored).await;
+            let appended =
+                append(&mut group.tx, &self.projectors, &inline, &mut stored, false).await;
             match appended {
                 Ok((sources, written)) => {
                     group.read_sources = sources;
@@ -409,6 +439,11 @@ impl EventStore {
                     ))));
                 }
                 Err(AppendError::Projection(e)) => return Err(Failed::Error(e.into())),
+                Err(AppendError::NeedsTransaction) => {
+                    return Err(Failed::Error(CommandError::Broken(
+                        "an append in a transaction was refused as needing one".to_owned(),
+                    )))
+                }
                 Err(AppendError::Database(e)) => {
                     return Err(Failed::Error(CommandError::Database(e)))
                 }
@@ -484,6 +519,8 @@ enum Run {
     Alone(Member),
     /// In a transaction shared with commands of other aggregates.
     Shared(SharedMember),
+    /// Alone in one statement, already committed.
+    Single(Done),
 }
 
 impl Run {
@@ -491,6 +528,7 @@ impl Run {
         match self {
             Run::Alone(member) => &mut member.group_mut().tx,
             Run::Shared(member) => member.conn(),
+            Run::Single(done) => done.conn(),
         }
     }
 }
@@ -539,6 +577,7 @@ impl<A: Aggregate + 'static> Pending<A> {
                 member.leave(false).await?;
             }
             Run::Shared(member) => member.leave().await?,
+            Run::Single(done) => done.leave(),
         }
         Ok(self.committed)
     }

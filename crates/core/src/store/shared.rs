@@ -31,6 +31,16 @@ use cutover_engine::locks::aggregate_lock_key;
 use cutover_engine::read_source::ReadSources;
 
 impl EventStore {
+    /// Whether no command waits for a shared transaction and none is in flight.
+    pub(super) fn seats_idle(&self) -> bool {
+        let queue = self
+            .seats
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.waiting.is_empty() && queue.in_flight == 0
+    }
+
     /// Queues `seat` for the next shared transaction, and starts one when none is in flight,
     /// or when fewer than [`MAX_IN_FLIGHT`] are and [`MIN_SECOND`] commands wait.
     pub(super) fn take_seat(&self, seat: Seat) {
@@ -122,7 +132,7 @@ impl EventStore {
             return;
         }
         let appended = match self.inline.current(&mut tx).await {
-            Ok(inline) => append(&mut tx, &self.projectors, &inline, &mut events).await,
+            Ok(inline) => append(&mut tx, &self.projectors, &inline, &mut events, false).await,
             Err(e) => Err(AppendError::Database(e)),
         };
         let (read_sources, written) = match appended {
@@ -287,7 +297,7 @@ impl EventStore {
     /// events, ready to append; `None` when it is refused, changes nothing or expects another
     /// version (the command then runs alone, where it meets the same and answers it). An
     /// aggregate the decision left untouched goes back into the cache.
-    async fn decide<A>(
+    pub(super) async fn decide<A>(
         &self,
         request: &Request<'_, A>,
         key: &(&'static str, String),

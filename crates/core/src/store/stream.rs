@@ -266,6 +266,8 @@ pub(super) enum AppendError {
     InlineChanged,
     /// The registry maintains a projection inline that this server has no projector for.
     UnknownProjection(String),
+    /// A projection's rows need more than one statement, and one was asked for.
+    NeedsTransaction,
     Projection(ProjectionError),
     Database(sqlx::Error),
 }
@@ -330,13 +332,16 @@ pub(super) fn to_store<A: Aggregate>(
 /// Appends `events` (of one stream or several, each stream's in sequence order, from
 /// [`to_store`]) and writes every inline projection's rows for them, in one statement (a
 /// projection whose changes need more than one round writes its later rounds with statements
-/// of their own, after it). Fills in the events' positions, transaction id and recording time;
-/// returns the read sources, and the rows written when the one statement wrote them all.
+/// of their own, after it; with `one_statement`, such a projection is refused instead, before
+/// anything is sent: outside a transaction, the statements would not commit together). Fills in
+/// the events' positions, transaction id and recording time; returns the read sources, and the
+/// rows written when the one statement wrote them all.
 pub(super) async fn append(
     conn: &mut PgConnection,
     projectors: &[Arc<dyn Projector>],
     inline: &[String],
     events: &mut [StoredEvent],
+    one_statement: bool,
 ) -> Result<(ReadSources, Option<Written>), AppendError> {
     let recorded_at = recording_time();
     for event in events.iter_mut() {
@@ -361,6 +366,8 @@ pub(super) async fn append(
             changes.into_statements(Parameters::From(FIRST_ROWS_PARAMETER)),
             None,
         )
+    } else if one_statement {
+        return Err(AppendError::NeedsTransaction);
     } else {
         (Vec::new(), Some(changes))
     };

@@ -40,7 +40,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cutover_core::store::EventStore;
-use cutover_engine::locks::APPEND_LOCK;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -478,12 +477,10 @@ impl Start<'_> {
                     )));
                 }
                 create_slot(&old, domain, &tables, publication).await?;
-                // Under the append lock, which every command holds shared from its BEGIN:
-                // commands begun before end first, and those begun after are refused.
+                // With appends held back: commands under way end first, and those sent after
+                // are refused.
                 let mut tx = store.pool().begin().await?;
-                sqlx::query(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK})"))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::Executor::execute(&mut *tx, cutover_engine::locks::HOLD_APPENDS).await?;
                 let made = sqlx::query_as(&format!(
                     "WITH made AS (INSERT INTO follows
                                        (domain, slot, publication, legacy_table, aggregate_type)
