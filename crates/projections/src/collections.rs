@@ -58,6 +58,7 @@ macro_rules! old_answer_select {
 macro_rules! old_answer_queries {
     ($table:literal) => {
         CollectionQueries {
+            table: $table,
             one: concat!(
                 old_answer_select!(),
                 $table,
@@ -132,10 +133,7 @@ pub async fn answer_after(
     collection_id: Uuid,
     written: Option<&Written>,
 ) -> Result<Option<LegacyCollection>, sqlx::Error> {
-    let table = match source {
-        ReadSource::Legacy => TABLE.name,
-        ReadSource::New => crate::project_collections::TABLE.name,
-    };
+    let table = queries(source).table;
     let key = [
         ("collection_id", json!(collection_id)),
         ("project_id", json!(project_id)),
@@ -263,6 +261,8 @@ pub struct LegacyCollection {
 /// and `$2` collection id; and a page of up to `$3` listed collections of project `$1` with ids
 /// after `$2`, by id.
 pub struct CollectionQueries {
+    /// The table they read.
+    pub table: &'static str,
     pub one: &'static str,
     pub page: &'static str,
 }

@@ -82,6 +82,7 @@ static COMPARED: [Comparison; 1] = [Comparison {
 
 /// The new shape's queries: active collections only.
 pub static NEW_SHAPE: CollectionQueries = CollectionQueries {
+    table: TABLE.name,
     one: "\
 SELECT project_id, collection_id, research_context, tags, linked_project_question_ids,
        linked_project_hypothesis_ids, created_at, updated_at, last_sequence

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use cqrs_es::Aggregate;
 use tokio::sync::watch;
 
-use super::error::{CommandError, GroupFailure};
+use super::error::{CommandError, Committed, GroupFailure};
 use super::stream::load;
 use cutover_engine::read_source::ReadSources;
 
@@ -156,3 +156,12 @@ impl Group {
 /// Most commands of one aggregate that share a transaction (each takes a savepoint, and
 /// Postgres keeps 64 subtransactions per transaction in shared memory).
 pub const MAX_GROUP: usize = 32;
+
+/// How a command's try at a quicker way than its aggregate's own transaction went.
+pub(super) enum Tried<M> {
+    /// It appended that way (`M` holds what it runs in): read its answer, then leave.
+    Ran(Box<(M, Committed)>),
+    /// It runs the usual way, on the turn it holds; `lost_race` when its append lost the race
+    /// for a sequence number, which counts as an attempt.
+    Usual { turn: Turn, lost_race: bool },
+}

@@ -56,9 +56,9 @@ pub use lanes::MAX_GROUP;
 
 use group::Member;
 use idempotency::claim_key;
-use lanes::Group;
-use shared::{Shared, SharedMember};
-use single::{Done, Single};
+use lanes::{Group, Tried, Turn};
+use shared::SharedMember;
+use single::Done;
 use stream::{append, begin_locked, read_sources, to_store, AppendError};
 
 impl EventStore {
@@ -150,52 +150,32 @@ impl EventStore {
             if quiet && request.answered_from_rows {
                 // Boxed: its state would otherwise grow every command's future.
                 match Box::pin(self.run_single(&request, turn)).await? {
-                    Single::Ran(ran) => {
-                        let (done, committed) = *ran;
-                        return Ok(Begun::Open(Box::new(Pending {
-                            run: Run::Single(done),
-                            key: None,
-                            committed,
-                            _aggregate: PhantomData,
-                        })));
-                    }
-                    Single::Usual {
+                    Tried::Ran(ran) => return Ok(Pending::opened(Run::Single, *ran)),
+                    Tried::Usual {
                         turn: usual,
                         lost_race,
                     } => {
-                        if lost_race {
+                        let next = self.usual(usual, lost_race, &mut attempt, attempts).await;
+                        let Some(usual) = next else {
                             may_share = false;
-                            self.lanes.leave(usual);
-                            self.lost_race(attempt, attempts).await;
-                            attempt += 1;
                             continue;
-                        }
+                        };
                         turn = usual;
                     }
                 }
             }
             if may_share && quiet {
                 match self.run_shared(&request, turn).await {
-                    Shared::Ran(ran) => {
-                        let (member, committed) = *ran;
-                        return Ok(Begun::Open(Box::new(Pending {
-                            run: Run::Shared(member),
-                            key: None,
-                            committed,
-                            _aggregate: PhantomData,
-                        })));
-                    }
-                    Shared::Alone {
+                    Tried::Ran(ran) => return Ok(Pending::opened(Run::Shared, *ran)),
+                    Tried::Usual {
                         turn: alone,
                         lost_race,
                     } => {
                         may_share = false;
-                        if lost_race {
-                            self.lanes.leave(alone);
-                            self.lost_race(attempt, attempts).await;
-                            attempt += 1;
+                        let next = self.usual(alone, lost_race, &mut attempt, attempts).await;
+                        let Some(alone) = next else {
                             continue;
-                        }
+                        };
                         turn = alone;
                     }
                 }
@@ -299,6 +279,24 @@ impl EventStore {
 
     /// After attempt `attempt` of `attempts` lost the race for a sequence number: counts the
     /// retry, if one is left, and waits a little before it.
+    /// After a quicker way gave the command back: the turn to go on with, or, when it lost
+    /// the race for a sequence number, none (the turn left, the loss counted and waited out).
+    async fn usual(
+        &self,
+        turn: Turn,
+        lost_race: bool,
+        attempt: &mut u32,
+        attempts: u32,
+    ) -> Option<Turn> {
+        if !lost_race {
+            return Some(turn);
+        }
+        self.lanes.leave(turn);
+        self.lost_race(*attempt, attempts).await;
+        *attempt += 1;
+        None
+    }
+
     async fn lost_race(&self, attempt: u32, attempts: u32) {
         tracing::debug!(attempt, "append conflict; retrying");
         if attempt < attempts {
@@ -534,6 +532,16 @@ impl Run {
 }
 
 impl<A: Aggregate + 'static> Pending<A> {
+    /// A command that ran in `run` (made by `how`) and reached `committed`, with no key.
+    fn opened<M>(how: fn(M) -> Run, (run, committed): (M, Committed)) -> Begun<A> {
+        Begun::Open(Box::new(Self {
+            run: how(run),
+            key: None,
+            committed,
+            _aggregate: PhantomData,
+        }))
+    }
+
     /// What the command reached (its events are not committed yet).
     pub fn committed(&self) -> &Committed {
         &self.committed

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::error::{CommitError, Committed, GroupFailure};
 use super::event_store::{EventStore, Request};
-use super::lanes::{Lanes, Turn};
+use super::lanes::{Lanes, Tried, Turn};
 use super::seats::{Decided, Lent, Locked, Outcome, Seat, Share, Wants};
 use super::stream::begin_locked;
 use super::stream::{append, conflict_names, fetch, to_store, AppendError, Loaded};
@@ -357,20 +357,15 @@ impl Drop for Held<'_> {
     }
 }
 
-/// How a command's try at a shared transaction went.
-pub(super) enum Shared {
-    /// It appended in one: read its answer back, then leave.
-    Ran(Box<(SharedMember, Committed)>),
-    /// It runs alone, on the turn it holds; `lost_race` when its append lost the race for a
-    /// sequence number, which counts as an attempt.
-    Alone { turn: Turn, lost_race: bool },
-}
-
 impl EventStore {
     /// Runs `request` in a shared transaction, up to its read-back. Whatever keeps it from
     /// appending there (it is refused or changes nothing, a version to check, the transaction
     /// failed) has it run alone instead, where it meets the same again and answers it.
-    pub(super) async fn run_shared<A>(&self, request: &Request<'_, A>, turn: Turn) -> Shared
+    pub(super) async fn run_shared<A>(
+        &self,
+        request: &Request<'_, A>,
+        turn: Turn,
+    ) -> Tried<SharedMember>
     where
         A: Aggregate + 'static,
         A::Command: Clone,
@@ -395,7 +390,7 @@ impl EventStore {
                     .decide(request, &key, aggregate, version, position)
                     .await
                 else {
-                    return Shared::Alone {
+                    return Tried::Usual {
                         turn: held.take(),
                         lost_race: false,
                     };
@@ -416,7 +411,7 @@ impl EventStore {
                     },
                 });
                 let Ok(Locked::Decide { rows, decided }) = locked.await else {
-                    return Shared::Alone {
+                    return Tried::Usual {
                         turn: held.take(),
                         lost_race: false,
                     };
@@ -443,13 +438,13 @@ impl EventStore {
                 };
                 let Some(((aggregate, events), version, position)) = decision else {
                     let _ = decided.send(Decided::Abstain);
-                    return Shared::Alone {
+                    return Tried::Usual {
                         turn: held.take(),
                         lost_race: false,
                     };
                 };
                 if decided.send(Decided::Append { events, lent }).is_err() {
-                    return Shared::Alone {
+                    return Tried::Usual {
                         turn: held.take(),
                         lost_race: false,
                     };
@@ -460,13 +455,13 @@ impl EventStore {
         let share = match lending.await {
             Ok(Lent::Yours(share)) => share,
             Ok(Lent::Alone { lost_race }) => {
-                return Shared::Alone {
+                return Tried::Usual {
                     turn: held.take(),
                     lost_race,
                 }
             }
             Err(_) => {
-                return Shared::Alone {
+                return Tried::Usual {
                     turn: held.take(),
                     lost_race: false,
                 }
@@ -500,6 +495,6 @@ impl EventStore {
             read_sources,
             written,
         };
-        Shared::Ran(Box::new((member, committed)))
+        Tried::Ran(Box::new((member, committed)))
     }
 }

@@ -29,7 +29,7 @@ use sqlx::{PgConnection, Postgres};
 use super::cache::Kept;
 use super::error::{CommandError, Committed};
 use super::event_store::{EventStore, Request};
-use super::lanes::Turn;
+use super::lanes::{Tried, Turn};
 use super::stream::{append, AppendError};
 use cutover_runtime::database::Route;
 
@@ -45,17 +45,6 @@ pub(super) struct Done {
     state: Option<Box<dyn Kept>>,
     version: i64,
     position: i64,
-}
-
-/// How a command's try at one statement went.
-pub(super) enum Single {
-    Ran(Box<(Done, Committed)>),
-    /// It runs the usual way, on the turn it holds; `lost_race` when another writer took its
-    /// sequence number (an attempt).
-    Usual {
-        turn: Turn,
-        lost_race: bool,
-    },
 }
 
 /// The store's one command alone in one statement; given up when dropped.
@@ -86,14 +75,14 @@ impl EventStore {
         &self,
         request: &Request<'_, A>,
         turn: Turn,
-    ) -> Result<Single, CommandError<A::Error>>
+    ) -> Result<Tried<Done>, CommandError<A::Error>>
     where
         A: Aggregate + 'static,
         A::Command: Clone,
         A::Error: 'static,
     {
         let Some(alone) = self.alone(request) else {
-            return Ok(Single::Usual {
+            return Ok(Tried::Usual {
                 turn,
                 lost_race: false,
             });
@@ -105,7 +94,7 @@ impl EventStore {
             .take::<A>(id)
             .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));
         let Some((aggregate, version, position)) = start else {
-            return Ok(Single::Usual {
+            return Ok(Tried::Usual {
                 turn,
                 lost_race: false,
             });
@@ -114,7 +103,7 @@ impl EventStore {
             .decide(request, &key, aggregate, version, position)
             .await
         else {
-            return Ok(Single::Usual {
+            return Ok(Tried::Usual {
                 turn,
                 lost_race: false,
             });
@@ -144,24 +133,24 @@ impl EventStore {
                     read_sources,
                     written,
                 };
-                Ok(Single::Ran(Box::new((done, committed))))
+                Ok(Tried::Ran(Box::new((done, committed))))
             }
-            Err(AppendError::Conflict(_)) => Ok(Single::Usual {
+            Err(AppendError::Conflict(_)) => Ok(Tried::Usual {
                 turn,
                 lost_race: true,
             }),
             Err(AppendError::InlineChanged | AppendError::UnknownProjection(_)) => {
                 self.inline.forget();
-                Ok(Single::Usual {
+                Ok(Tried::Usual {
                     turn,
                     lost_race: false,
                 })
             }
-            Err(AppendError::NeedsTransaction) => Ok(Single::Usual {
+            Err(AppendError::NeedsTransaction) => Ok(Tried::Usual {
                 turn,
                 lost_race: false,
             }),
-            Err(AppendError::Database(e)) if is_contention(&e) => Ok(Single::Usual {
+            Err(AppendError::Database(e)) if is_contention(&e) => Ok(Tried::Usual {
                 turn,
                 lost_race: true,
             }),
