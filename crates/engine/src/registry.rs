@@ -270,10 +270,8 @@ pub struct Status {
     pub latest_job: Option<Job>,
 }
 
-const SELECT_PROJECTIONS: &str = "\
-SELECT name, domain, shape, tables, version, state, inline_active, rebuilt_to, changed_at
-  FROM projections";
-
+/// A job's row. Runtime SQL: `Job`'s recorded status becomes a state and its JSON column a
+/// list, which `query_as!` cannot do.
 const SELECT_JOB: &str = "\
 SELECT id, projections, purpose, status, events_done, events_total, position, swap_hold_ms,
        swap_stopped, error, started_at, updated_at, finished_at
@@ -286,9 +284,23 @@ SELECT id, projections, purpose, status, events_done, events_total, position, sw
 pub async fn projections<'e>(
     executor: impl sqlx::PgExecutor<'e>,
 ) -> Result<Vec<Projection>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{SELECT_PROJECTIONS} ORDER BY domain, shape, name"
-    ))
+    projections_named(executor, None).await
+}
+
+/// The projections, or the one named `name`, by domain and shape.
+async fn projections_named<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    name: Option<&str>,
+) -> Result<Vec<Projection>, sqlx::Error> {
+    sqlx::query_as!(
+        Projection,
+        r#"SELECT name, domain, shape AS "shape: ReadSource", tables, version,
+                  state AS "state: ProjectionState", inline_active, rebuilt_to, changed_at
+             FROM projections
+            WHERE $1::text IS NULL OR name = $1
+            ORDER BY domain, shape, name"#,
+        name
+    )
     .fetch_all(executor)
     .await
 }
@@ -298,10 +310,9 @@ pub async fn projections<'e>(
 /// # Errors
 /// `UnknownProjection`, or a database error.
 pub async fn projection(conn: &mut PgConnection, name: &str) -> Result<Projection, AdminError> {
-    sqlx::query_as(&format!("{SELECT_PROJECTIONS} WHERE name = $1"))
-        .bind(name)
-        .fetch_optional(conn)
+    projections_named(conn, Some(name))
         .await?
+        .pop()
         .ok_or_else(|| AdminError::UnknownProjection(name.to_owned()))
 }
 
