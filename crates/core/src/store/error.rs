@@ -142,7 +142,7 @@ impl Written {
             key.iter()
                 .all(|(column, value)| row.get(column) == Some(value))
         })?;
-        serde_json::from_value(row.clone())
+        T::deserialize(row)
             .map_err(|e| tracing::warn!(%table, error = %e, "a written row does not decode"))
             .ok()
     }

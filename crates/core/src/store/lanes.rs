@@ -157,6 +157,36 @@ impl Group {
 /// Postgres keeps 64 subtransactions per transaction in shared memory).
 pub const MAX_GROUP: usize = 32;
 
+/// A lane's turn, left when dropped unless taken.
+pub(super) struct Held<'a> {
+    pub(super) lanes: &'a Lanes,
+    pub(super) turn: Option<Turn>,
+}
+
+impl Held<'_> {
+    pub(super) fn take(&mut self) -> Turn {
+        self.turn
+            .take()
+            .unwrap_or_else(|| unreachable!("a held turn is taken once, as the command moves on"))
+    }
+
+    /// The command goes the usual way, on the turn held (`lost_race`: see [`Tried::Usual`]).
+    pub(super) fn usual<M>(&mut self, lost_race: bool) -> Tried<M> {
+        Tried::Usual {
+            turn: self.take(),
+            lost_race,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            self.lanes.leave(turn);
+        }
+    }
+}
+
 /// How a command's try at a quicker way than its aggregate's own transaction went.
 pub(super) enum Tried<M> {
     /// It appended that way (`M` holds what it runs in): read its answer, then leave.

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::error::{CommitError, Committed, GroupFailure};
 use super::event_store::{EventStore, Request};
-use super::lanes::{Lanes, Tried, Turn};
+use super::lanes::{Held, Tried, Turn};
 use super::seats::{Decided, Lent, Locked, Outcome, Seat, Share, Wants};
 use super::stream::begin_locked;
 use super::stream::{append, conflict_names, fetch, to_store, AppendError, Loaded};
@@ -335,28 +335,6 @@ impl EventStore {
     }
 }
 
-/// A lane's turn, left when dropped unless taken.
-struct Held<'a> {
-    lanes: &'a Lanes,
-    turn: Option<Turn>,
-}
-
-impl Held<'_> {
-    fn take(&mut self) -> Turn {
-        self.turn
-            .take()
-            .unwrap_or_else(|| unreachable!("a held turn is taken once, as the command moves on"))
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        if let Some(turn) = self.turn.take() {
-            self.lanes.leave(turn);
-        }
-    }
-}
-
 impl EventStore {
     /// Runs `request` in a shared transaction, up to its read-back. Whatever keeps it from
     /// appending there (it is refused or changes nothing, a version to check, the transaction
@@ -390,10 +368,7 @@ impl EventStore {
                     .decide(request, &key, aggregate, version, position)
                     .await
                 else {
-                    return Tried::Usual {
-                        turn: held.take(),
-                        lost_race: false,
-                    };
+                    return held.usual(false);
                 };
                 self.take_seat(Seat {
                     lock,
@@ -411,10 +386,7 @@ impl EventStore {
                     },
                 });
                 let Ok(Locked::Decide { rows, decided }) = locked.await else {
-                    return Tried::Usual {
-                        turn: held.take(),
-                        lost_race: false,
-                    };
+                    return held.usual(false);
                 };
                 let mut loaded = Loaded {
                     aggregate: A::default(),
@@ -438,34 +410,18 @@ impl EventStore {
                 };
                 let Some(((aggregate, events), version, position)) = decision else {
                     let _ = decided.send(Decided::Abstain);
-                    return Tried::Usual {
-                        turn: held.take(),
-                        lost_race: false,
-                    };
+                    return held.usual(false);
                 };
                 if decided.send(Decided::Append { events, lent }).is_err() {
-                    return Tried::Usual {
-                        turn: held.take(),
-                        lost_race: false,
-                    };
+                    return held.usual(false);
                 }
                 (aggregate, version, position)
             }
         };
         let share = match lending.await {
             Ok(Lent::Yours(share)) => share,
-            Ok(Lent::Alone { lost_race }) => {
-                return Tried::Usual {
-                    turn: held.take(),
-                    lost_race,
-                }
-            }
-            Err(_) => {
-                return Tried::Usual {
-                    turn: held.take(),
-                    lost_race: false,
-                }
-            }
+            Ok(Lent::Alone { lost_race }) => return held.usual(lost_race),
+            Err(_) => return held.usual(false),
         };
         let Share {
             tx,

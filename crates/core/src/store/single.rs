@@ -29,7 +29,7 @@ use sqlx::{PgConnection, Postgres};
 use super::cache::Kept;
 use super::error::{CommandError, Committed};
 use super::event_store::{EventStore, Request};
-use super::lanes::{Tried, Turn};
+use super::lanes::{Held, Tried, Turn};
 use super::stream::{append, AppendError};
 use cutover_runtime::database::Route;
 
@@ -81,32 +81,28 @@ impl EventStore {
         A::Command: Clone,
         A::Error: 'static,
     {
-        let Some(alone) = self.alone(request) else {
-            return Ok(Tried::Usual {
-                turn,
-                lost_race: false,
-            });
-        };
         let id = request.aggregate_id;
         let key = turn.key.clone();
+        // Left if this command fails or is cancelled before it is done (its client hung up).
+        let mut held = Held {
+            lanes: &self.lanes,
+            turn: Some(turn),
+        };
+        let Some(alone) = self.alone(request) else {
+            return Ok(held.usual(false));
+        };
         let start = self
             .cache
             .take::<A>(id)
             .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));
         let Some((aggregate, version, position)) = start else {
-            return Ok(Tried::Usual {
-                turn,
-                lost_race: false,
-            });
+            return Ok(held.usual(false));
         };
         let Some((aggregate, mut events)) = self
             .decide(request, &key, aggregate, version, position)
             .await
         else {
-            return Ok(Tried::Usual {
-                turn,
-                lost_race: false,
-            });
+            return Ok(held.usual(false));
         };
         let mut conn = self.pool.acquire().await?;
         let inline = self.inline.current(&mut conn).await?;
@@ -118,7 +114,7 @@ impl EventStore {
                 let done = Done {
                     store: self.clone(),
                     _alone: alone,
-                    turn: Some(turn),
+                    turn: Some(held.take()),
                     conn,
                     state: Some(Box::new(aggregate)),
                     version,
@@ -135,25 +131,13 @@ impl EventStore {
                 };
                 Ok(Tried::Ran(Box::new((done, committed))))
             }
-            Err(AppendError::Conflict(_)) => Ok(Tried::Usual {
-                turn,
-                lost_race: true,
-            }),
+            Err(AppendError::Conflict(_)) => Ok(held.usual(true)),
             Err(AppendError::InlineChanged | AppendError::UnknownProjection(_)) => {
                 self.inline.forget();
-                Ok(Tried::Usual {
-                    turn,
-                    lost_race: false,
-                })
+                Ok(held.usual(false))
             }
-            Err(AppendError::NeedsTransaction) => Ok(Tried::Usual {
-                turn,
-                lost_race: false,
-            }),
-            Err(AppendError::Database(e)) if is_contention(&e) => Ok(Tried::Usual {
-                turn,
-                lost_race: true,
-            }),
+            Err(AppendError::NeedsTransaction) => Ok(held.usual(false)),
+            Err(AppendError::Database(e)) if is_contention(&e) => Ok(held.usual(true)),
             Err(AppendError::Projection(e)) => Err(e.into()),
             Err(AppendError::Database(e)) => Err(e.into()),
         }

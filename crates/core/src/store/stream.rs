@@ -106,13 +106,16 @@ pub(super) struct Loaded<A> {
     pub(super) read_sources: ReadSources,
 }
 
-/// The read sources from a row's `domains` and `sources` arrays.
-pub(super) fn sources_of(row: &sqlx::postgres::PgRow) -> Result<ReadSources, sqlx::Error> {
-    let domains: Vec<String> = row.try_get("domains")?;
-    let sources: Vec<String> = row.try_get("sources")?;
-    Ok(ReadSources {
+/// The read sources from the `domains` and `sources` arrays a statement read.
+fn sources(domains: Vec<String>, sources: Vec<String>) -> ReadSources {
+    ReadSources {
         stored: domains.into_iter().zip(sources).collect(),
-    })
+    }
+}
+
+/// The read sources from a row's `domains` and `sources` columns.
+pub(super) fn sources_of(row: &sqlx::postgres::PgRow) -> Result<ReadSources, sqlx::Error> {
+    Ok(sources(row.try_get("domains")?, row.try_get("sources")?))
 }
 
 /// Every domain's read source, for a command that appended nothing and read no stream.
@@ -124,9 +127,7 @@ pub(super) async fn read_sources(conn: &mut PgConnection) -> Result<ReadSources,
     )
     .fetch_one(conn)
     .await?;
-    Ok(ReadSources {
-        stored: read.domains.into_iter().zip(read.sources).collect(),
-    })
+    Ok(sources(read.domains, read.sources))
 }
 
 /// A row of [`fetch`]: the read sources, the stream's place among those asked for (from 1),
@@ -176,14 +177,7 @@ pub(super) async fn fetch(
     .fetch_all(conn)
     .await?;
     let read_sources = match rows.first() {
-        Some(row) => ReadSources {
-            stored: row
-                .domains
-                .iter()
-                .cloned()
-                .zip(row.sources.iter().cloned())
-                .collect(),
-        },
+        Some(row) => sources(row.domains.clone(), row.sources.clone()),
         None => ReadSources::default(),
     };
     let mut each: Vec<Vec<StreamRow>> = streams.iter().map(|_| Vec::new()).collect();
