@@ -132,15 +132,8 @@ fn writer(
 /// Runs three writers (collections, completions of one hot batch, attempts) until `stop`.
 async fn write_until(app: &TestApp, stop: Arc<AtomicBool>) -> Acknowledged {
     let players: Vec<String> = (0..5_000).map(|i| format!("p{i}")).collect();
-    json_with_status(
-        app.post("/batches")
-            .json(&json!({"batch_id": "hot", "expected_players": players}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let players: Vec<&str> = players.iter().map(String::as_str).collect();
+    crate::batches::start(app, "hot", &players).await;
     let project = Uuid::new_v4();
     let collections = writer(
         app,
@@ -597,6 +590,67 @@ async fn retire_then_rebuild_restores_identical_rows() {
     let status = projection_status(&app, "project_collections").await;
     assert_eq!(status["state"], "live");
     assert_eq!(status["inline_active"], true);
+}
+
+/// A rebuild sends rows in another form than a command (columns of text, not JSON): every
+/// value must come out as the command wrote it, text that an array literal must escape
+/// included.
+#[tokio::test]
+async fn a_rebuild_writes_every_row_as_the_commands_wrote_it() {
+    let app = TestApp::spawn().await;
+    let project = some_history(&app).await;
+    let awkward = [
+        r#"quote " inside"#,
+        r"back\slash",
+        "{braces,comma}",
+        "NULL",
+        "null",
+        "sp ace",
+        "ünïcødé ✓",
+        "'single'",
+    ];
+    let created = create(&app, project, r#"name "with" \ odd {chars}"#).await;
+    json_with_status(
+        app.put(&format!(
+            "{}/links",
+            crate::collections::collection_path(project, &created)
+        ))
+        .json(&json!({"tags": awkward, "question_ids": [Uuid::new_v4()]}))
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    crate::batches::start(&app, "odd", &awkward).await;
+    for (count, player) in (0..).zip(awkward.iter().take(3)) {
+        json_with_status(
+            crate::batches::complete(&app, "odd", player, count).await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let tables: Vec<&str> = inline_projectors()
+        .iter()
+        .flat_map(|p| p.tables().iter().map(|t| t.name))
+        .collect();
+    let mut before = Vec::new();
+    for table in &tables {
+        before.push(rows(&app, table).await);
+    }
+    assert!(
+        before
+            .iter()
+            .any(|rows| rows.to_string().contains(r#"back\\slash"#)),
+        "the awkward values were written"
+    );
+
+    rebuild(&app, &["all"]).await;
+
+    for (table, before) in tables.iter().zip(before) {
+        assert_eq!(rows(&app, table).await, before, "{table} rebuilt identical");
+    }
+    assert!(verify_all(&app).await.consistent());
 }
 
 /// The rows left in the staging table of `cutover import-legacy`, with why each was refused.

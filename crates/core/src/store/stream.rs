@@ -16,7 +16,7 @@ use cutover_engine::locks::APPEND_LOCK;
 use cutover_engine::projection::{project_all, Projector};
 use cutover_engine::read_source::ReadSources;
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{Parameters, Statement};
+use cutover_engine::rows::Statement;
 use cutover_runtime::database::Route;
 
 /// Appends events of one stream or several (`$1`–`$7` each event's aggregate type and id,
@@ -356,10 +356,7 @@ pub(super) async fn append(
         .map_err(AppendError::Projection)?
         .in_lock_order();
     let (fused, later) = if changes.single_round() {
-        (
-            changes.into_statements(Parameters::From(FIRST_ROWS_PARAMETER)),
-            None,
-        )
+        (changes.into_statements(FIRST_ROWS_PARAMETER), None)
     } else if one_statement {
         return Err(AppendError::NeedsTransaction);
     } else {
