@@ -993,15 +993,7 @@ def markdown(results):
                      f"{r['errors']} | {cpu(r['app_cpu_ms'])} | "
                      f"{'' if compared is None else f'{compared:.0f}'} | "
                      f"{'' if mismatches is None else f'{mismatches:.0f}'} |")
-    rb = results["rebuild"]
-    lines += ["", "## Rebuild", "", "| what | events | seconds | events/s | peak RSS MB |",
-              "| --- | ---: | ---: | ---: | ---: |"]
-    for stage in rb["stages"]:
-        lines.append(f"| `cutover rebuild --all` | {stage['events']} | {stage['seconds']} | "
-                     f"{stage['events_per_s']} | {stage['peak_rss_mb']} |")
-    fl = rb["floor"]
-    lines.append(f"| COPY floor (events out in log order + {fl['rows_written']} read-model rows in)"
-                 f" | {fl['events']} | {fl['read_s'] + fl['write_s']:.2f} | {fl['events_per_s']} | |")
+    lines += rebuild_markdown(results["rebuild"])
     fo = results["follow"]
     lines += ["", "## Following the old system", "",
               "`cutover follow` against a second cluster (`wal_level = logical`) playing the old "
@@ -1035,6 +1027,19 @@ def markdown(results):
                      f"{'met' if t['met'] else 'NOT MET'} | {t['detail']} |")
     lines += ["", "![throughput and p99 per scenario](chart.png)", ""]
     return "\n".join(lines)
+
+
+def rebuild_markdown(rb):
+    """The rebuild's table: each stage beside the COPY floor."""
+    lines = ["", "## Rebuild", "", "| what | events | seconds | events/s | peak RSS MB |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for stage in rb["stages"]:
+        lines.append(f"| `cutover rebuild --all` | {stage['events']} | {stage['seconds']} | "
+                     f"{stage['events_per_s']} | {stage['peak_rss_mb']} |")
+    fl = rb["floor"]
+    lines.append(f"| COPY floor (events out in log order + {fl['rows_written']} read-model rows in)"
+                 f" | {fl['events']} | {fl['read_s'] + fl['write_s']:.2f} | {fl['events_per_s']} | |")
+    return lines
 
 
 def chart(results, connections, path):
@@ -1087,6 +1092,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and 1 s runs (a check that everything works, for CI)")
+    parser.add_argument("--rebuild-only", action="store_true",
+                        help="only the rebuild against its COPY floor (a few minutes); writes "
+                             "rebuild.md and rebuild.json")
     args = parser.parse_args()
     profile = SMOKE if args.smoke else FULL
     bins = ROOT / "target" / ("release" if profile.cargo_profile == "release" else "debug")
@@ -1113,6 +1121,9 @@ def main():
             "RUST_LOG": "warn"}, port, logs)
         servers["cutover"].wait_healthy()
         log(f"Cutover is up on {servers['cutover'].base}; its cluster in {work / 'pg'}")
+        if args.rebuild_only:
+            results["rebuild"] = rebuild(cluster, profile, bins, work, logs)
+            return rebuild_only(results)
         results["pgbench"] = physical_limit(cluster, profile, logs)
         databases = {"cutover": "cutover"}
         for system, command in [("dual-write", "dual-write-server"), ("cqrs-es", "cqrs-server")]:
@@ -1160,6 +1171,24 @@ def main():
               for c, r in systems["cutover"].items() if r["ok_per_s"] == 0]
     if broken:
         sys.exit("Cutover answered no request successfully in: " + ", ".join(broken))
+
+
+def rebuild_only(results):
+    """Writes and prints the rebuild's figures alone, with the target's ratio."""
+    rb = results["rebuild"]
+    full = rb["stages"][-1]
+    r = ratio(full["events_per_s"], rb["floor"]["events_per_s"])
+    meta = results["meta"]
+    report = "\n".join([
+        "# Cutover benchmark: the rebuild alone", "",
+        f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores · {meta['postgres']} · "
+        f"commit {meta['commit']}",
+        *rebuild_markdown(rb), "",
+        f"rebuild --all / COPY floor: {r} ({full['events_per_s']} vs "
+        f"{rb['floor']['events_per_s']} events/s)", ""])
+    (OUT / "rebuild.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "rebuild.md").write_text(report)
+    print(report)
 
 
 if __name__ == "__main__":
