@@ -1095,6 +1095,9 @@ def main():
     parser.add_argument("--rebuild-only", action="store_true",
                         help="only the rebuild against its COPY floor (a few minutes); writes "
                              "rebuild.md and rebuild.json")
+    parser.add_argument("--statement-parts", action="store_true",
+                        help="only what each part of a create's statement costs Postgres, by "
+                             "pgbench at one client (a few minutes); writes statement-parts.md")
     args = parser.parse_args()
     profile = SMOKE if args.smoke else FULL
     bins = ROOT / "target" / ("release" if profile.cargo_profile == "release" else "debug")
@@ -1121,6 +1124,16 @@ def main():
             "RUST_LOG": "warn"}, port, logs)
         servers["cutover"].wait_healthy()
         log(f"Cutover is up on {servers['cutover'].base}; its cluster in {work / 'pg'}")
+        if args.statement_parts:
+            import parts
+            table = parts.statement_parts(sys.modules[__name__], cluster, servers["cutover"],
+                                          logs)
+            report = (f"# Cutover benchmark: a create's statement, part by part\n\n"
+                      f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores · "
+                      f"{meta['postgres']} · commit {meta['commit']}\n\n{table}\n")
+            (OUT / "statement-parts.md").write_text(report)
+            print(report)
+            return
         if args.rebuild_only:
             results["rebuild"] = rebuild(cluster, profile, bins, work, logs)
             return rebuild_only(results)
