@@ -90,10 +90,14 @@ struct PoolLabels {
 
 type Rate = Gauge<f64, AtomicU64>;
 
-/// Every metric of one server; clones share them.
+/// Every metric of one server; clones share them (one `Arc`: handlers clone it per request).
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram>,
     refused: Family<RefusalLabels, Counter>,
@@ -113,7 +117,7 @@ pub struct Metrics {
     blocker: Family<BlockerLabels, Rate>,
     pool: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
-    history: Arc<Mutex<VecDeque<Sample>>>,
+    history: Mutex<VecDeque<Sample>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -316,8 +320,8 @@ impl Metrics {
             "Shadow reads whose second read failed and was not compared, by domain and route",
             shadow.errors.clone(),
         );
-        Self {
-            registry: Arc::new(registry),
+        let inner = Inner {
+            registry,
             requests,
             durations,
             refused,
@@ -336,13 +340,19 @@ impl Metrics {
             blocker,
             pool,
             pool_max,
-            history: Arc::default(),
+            history: Mutex::default(),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     /// Counts a connection the HTTP layer ended before routing, for `reason`.
     pub fn refused_before_routing(&self, reason: &'static str) {
-        self.refused.get_or_create(&RefusalLabels { reason }).inc();
+        self.inner
+            .refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
     }
 
     /// Reads what lives in the database into the gauges (on `session`, a direct connection),
@@ -358,7 +368,7 @@ impl Metrics {
     ) -> Result<(&'static str, String), ApiError> {
         self.refresh(session, store).await?;
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the metrics: {e}")))?;
         Ok(if wants_prometheus_text(accept) {
             (PROMETHEUS_TEXT, prometheus_text(&text))
@@ -369,7 +379,8 @@ impl Metrics {
 
     /// The console's history, oldest first.
     pub fn samples(&self) -> Vec<Sample> {
-        self.history
+        self.inner
+            .history
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
@@ -379,48 +390,52 @@ impl Metrics {
 
     async fn refresh(&self, session: &PgPool, store: &EventStore) -> Result<(), ApiError> {
         let pool = session;
-        self.lag.clear();
-        self.rebuild_done.clear();
-        self.rebuild_total.clear();
-        self.rebuild_rate.clear();
-        self.rebuild_interrupted.clear();
+        self.inner.lag.clear();
+        self.inner.rebuild_done.clear();
+        self.inner.rebuild_total.clear();
+        self.inner.rebuild_rate.clear();
+        self.inner.rebuild_interrupted.clear();
         for projection in registry::projections(pool).await? {
             let status = registry::progress(pool, store.projectors(), &projection.name).await?;
             let labels = ProjectionLabels {
                 projection: projection.name,
             };
             if let Some(lag) = status.lag {
-                self.lag.get_or_create(&labels).set(lag);
+                self.inner.lag.get_or_create(&labels).set(lag);
             }
             let job = status.latest_job;
             let interrupted = job
                 .as_ref()
                 .is_some_and(|job| job.status == JobState::Interrupted);
-            self.rebuild_interrupted
+            self.inner
+                .rebuild_interrupted
                 .get_or_create(&labels)
                 .set(i64::from(interrupted));
             if let Some(job) = job.filter(|_| status.rebuild_running) {
-                self.rebuild_done
+                self.inner
+                    .rebuild_done
                     .get_or_create(&labels)
                     .set(job.events_done);
-                self.rebuild_total
+                self.inner
+                    .rebuild_total
                     .get_or_create(&labels)
                     .set(job.events_total);
-                self.rebuild_rate
+                self.inner
+                    .rebuild_rate
                     .get_or_create(&labels)
                     .set(job.events_per_second);
             }
         }
         let now = chrono::Utc::now();
         for family in [
-            &self.follow_applied,
-            &self.follow_refused,
-            &self.follow_lag_bytes,
-            &self.follow_stopped,
+            &self.inner.follow_applied,
+            &self.inner.follow_refused,
+            &self.inner.follow_lag_bytes,
+            &self.inner.follow_stopped,
         ] {
             family.clear();
         }
-        self.follow_lag.clear();
+        self.inner.follow_lag.clear();
         for followed in follow::follows(pool).await? {
             let mut within = 0;
             let bounds = follow::LAG_BUCKETS.iter().map(f64::to_string);
@@ -433,24 +448,25 @@ impl Metrics {
                     domain: followed.domain.clone(),
                     le,
                 };
-                self.follow_lag.get_or_create(&labels).set(within);
+                self.inner.follow_lag.get_or_create(&labels).set(within);
             }
             let labels = DomainLabels {
                 domain: followed.domain.clone(),
             };
             for (family, value) in [
-                (&self.follow_applied, followed.changes_applied),
-                (&self.follow_refused, followed.changes_refused),
-                (&self.follow_lag_bytes, followed.lag_bytes),
-                (&self.follow_stopped, i64::from(followed.stopped(now))),
+                (&self.inner.follow_applied, followed.changes_applied),
+                (&self.inner.follow_refused, followed.changes_refused),
+                (&self.inner.follow_lag_bytes, followed.lag_bytes),
+                (&self.inner.follow_stopped, i64::from(followed.stopped(now))),
             ] {
                 family.get_or_create(&labels).set(value);
             }
         }
-        self.held_back.set(log::held_back_count(pool).await?);
-        self.blocker.clear();
+        self.inner.held_back.set(log::held_back_count(pool).await?);
+        self.inner.blocker.clear();
         if let Some(b) = log::horizon_blocker(pool).await? {
-            self.blocker
+            self.inner
+                .blocker
                 .get_or_create(&BlockerLabels {
                     pid: b.pid,
                     application: b.application,
@@ -460,13 +476,16 @@ impl Metrics {
         let pool = store.pool();
         let size = i64::from(pool.size());
         let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
-        self.pool
+        self.inner
+            .pool
             .get_or_create(&PoolLabels { state: "idle" })
             .set(idle);
-        self.pool
+        self.inner
+            .pool
             .get_or_create(&PoolLabels { state: "in_use" })
             .set((size - idle).max(0));
-        self.pool_max
+        self.inner
+            .pool_max
             .set(i64::from(pool.options().get_max_connections()));
         Ok(())
     }
@@ -476,15 +495,17 @@ impl Metrics {
         let method = method_label(method);
         let route = route.unwrap_or(UNMATCHED).to_owned();
         if is_command(method, &route) {
-            self.commands.inc();
+            self.inner.commands.inc();
         }
-        self.durations
+        self.inner
+            .durations
             .get_or_create(&RouteLabels {
                 method,
                 route: route.clone(),
             })
             .observe(took.as_secs_f64());
-        self.requests
+        self.inner
+            .requests
             .get_or_create(&RequestLabels {
                 method,
                 route,
@@ -549,7 +570,7 @@ const SAMPLES_KEPT: usize = 300;
 
 /// Takes a point of the command and rebuild rates every [`SAMPLE_EVERY`] until `stopping`.
 pub async fn sample(metrics: Metrics, session: PgPool, mut stopping: watch::Receiver<bool>) {
-    let mut last = (Instant::now(), metrics.commands.get());
+    let mut last = (Instant::now(), metrics.inner.commands.get());
     loop {
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
@@ -567,7 +588,7 @@ pub async fn sample(metrics: Metrics, session: PgPool, mut stopping: watch::Rece
             tracing::warn!(error = %e, "cannot read the running rebuilds");
             0.0
         });
-        let now = (Instant::now(), metrics.commands.get());
+        let now = (Instant::now(), metrics.inner.commands.get());
         let seconds = now.0.duration_since(last.0).as_secs_f64();
         let point = Sample {
             at: Utc::now(),
@@ -576,6 +597,7 @@ pub async fn sample(metrics: Metrics, session: PgPool, mut stopping: watch::Rece
         };
         last = now;
         let mut history = metrics
+            .inner
             .history
             .lock()
             .unwrap_or_else(PoisonError::into_inner);

@@ -53,8 +53,9 @@ impl EventStore {
             .collect();
         locks.sort_unstable();
         let mut tx = self
+            .inner
             .pool
-            .begin_with(begin_locked(self.route, &locks))
+            .begin_with(begin_locked(self.inner.route, &locks))
             .await?;
         let streams: Vec<(&str, &str, i64)> = ids.iter().map(|id| (A::TYPE, *id, 0)).collect();
         let (rows, read_sources) = fetch(&mut tx, &streams).await?;
@@ -156,8 +157,15 @@ where
         if new.is_empty() {
             return Ok(0);
         }
-        let inline = self.store.inline.current(&mut self.tx).await?;
-        let appended = append(&mut self.tx, &self.store.projectors, &inline, new, false).await;
+        let inline = self.store.inner.inline.current(&mut self.tx).await?;
+        let appended = append(
+            &mut self.tx,
+            &self.store.inner.projectors,
+            &inline,
+            new,
+            false,
+        )
+        .await;
         match appended {
             Ok((sources, _)) => {
                 self.read_sources = sources;
@@ -169,11 +177,11 @@ where
             // could have taken a sequence number.
             Err(AppendError::Conflict(_)) => Err(CommandError::Conflict { attempts: 1 }),
             Err(AppendError::InlineChanged) => {
-                self.store.inline.forget();
+                self.store.inner.inline.forget();
                 Err(CommandError::InlineChanged)
             }
             Err(AppendError::UnknownProjection(name)) => {
-                self.store.inline.forget();
+                self.store.inner.inline.forget();
                 Err(CommandError::Broken(format!(
                     "projection {name} is maintained inline, but this program has no projector \
                      for it"
@@ -196,10 +204,14 @@ where
         self.tx.commit().await?;
         if !self.staged.is_empty() {
             self.store
+                .inner
                 .metrics
                 .events_appended
                 .inc_by(self.staged.len() as u64);
-            self.store.appended.send_modify(|n| *n = n.wrapping_add(1));
+            self.store
+                .inner
+                .appended
+                .send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(self.staged)
     }

@@ -17,9 +17,16 @@ use super::cache::{AggregateCache, InlineProjections};
 use super::lanes::Lanes;
 use super::seats::Seats;
 
-/// Appends events and runs the inline projectors in the same transaction.
+/// Appends events and runs the inline projectors in the same transaction. Clones share it
+/// (one `Arc`: handlers clone it per request).
 #[derive(Clone)]
 pub struct EventStore {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What an [`EventStore`]'s clones share.
+#[derive(Clone)]
+pub(super) struct Inner {
     pub(super) pool: PgPool,
     pub(super) route: Route,
     pub(super) projectors: Arc<[Arc<dyn Projector>]>,
@@ -57,7 +64,7 @@ pub struct StoreMetrics {
 impl EventStore {
     /// `max_retries`: how many times a command is re-run after losing an append race.
     pub fn new(pool: PgPool, projectors: Vec<Arc<dyn Projector>>, max_retries: u32) -> Self {
-        Self {
+        let inner = Inner {
             pool,
             route: Route::Direct,
             projectors: projectors.into(),
@@ -69,31 +76,40 @@ impl EventStore {
             single: Arc::default(),
             metrics: StoreMetrics::default(),
             appended: Arc::new(watch::channel(0).0),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     /// The store on `self`'s pool reached by `route` (through a transaction pooler, each
     /// transaction sets its statement timeout itself).
     pub fn on_route(self, route: Route) -> Self {
-        Self { route, ..self }
+        let inner = Inner {
+            route,
+            ..(*self.inner).clone()
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Changes after every commit of this store that appended events (the feed's wake-up; no
     /// trigger in the database notifies, so that commits are not serialised by `NOTIFY`).
     pub fn appended(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
+        self.inner.appended.subscribe()
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
-        &self.metrics
+        &self.inner.metrics
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.inner.pool
     }
 
     pub fn projectors(&self) -> &[Arc<dyn Projector>] {
-        &self.projectors
+        &self.inner.projectors
     }
 }
 

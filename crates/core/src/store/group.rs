@@ -52,7 +52,7 @@ impl Member {
                     .await;
                 if let Err(e) = undone {
                     group.fail(GroupFailure::of(&e));
-                    store.lanes.leave(turn);
+                    store.inner.lanes.leave(turn);
                     return Err(e.into());
                 }
                 (group.version, group.position) = self.before;
@@ -63,7 +63,7 @@ impl Member {
             } else {
                 // Nothing but this command in it: roll it all back.
                 group.fail(GroupFailure::fault("rolled back"));
-                store.lanes.leave(turn);
+                store.inner.lanes.leave(turn);
                 return Ok(());
             }
         } else {
@@ -72,7 +72,7 @@ impl Member {
         if group.members == 0 {
             // Only undone commands in it.
             group.fail(GroupFailure::fault("rolled back"));
-            store.lanes.leave(turn);
+            store.inner.lanes.leave(turn);
             return Ok(());
         }
         let has_waiters = turn.lane.waiting.load(Ordering::SeqCst) > 0;
@@ -81,7 +81,7 @@ impl Member {
             let watched = Arc::downgrade(&group.outcome);
             let (lane, key) = (Arc::clone(&turn.lane), turn.key.clone());
             turn.open = Some(group);
-            store.lanes.leave(turn);
+            store.inner.lanes.leave(turn);
             tokio::spawn(store.clone().adopt_if_orphaned(lane, key, watched));
             let outcome = outcome.wait_for(Option::is_some).await.map(|o| o.clone());
             return match outcome {
@@ -93,7 +93,7 @@ impl Member {
             };
         }
         let committed = store.commit_group(&turn.key, group).await;
-        store.lanes.leave(turn);
+        store.inner.lanes.leave(turn);
         Ok(committed?)
     }
 }
@@ -180,11 +180,11 @@ impl EventStore {
             Ok(()) => {
                 outcome.send_replace(Some(Ok(())));
                 if events > 0 {
-                    self.metrics.events_appended.inc_by(events);
-                    self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                    self.inner.metrics.events_appended.inc_by(events);
+                    self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 if let Some(state) = state {
-                    self.cache.put(key, state, version, position);
+                    self.inner.cache.put(key, state, version, position);
                 }
                 Ok(())
             }

@@ -138,10 +138,10 @@ impl EventStore {
         A::Command: Clone,
         A::Error: 'static,
     {
-        let attempts = self.max_retries + 1;
+        let attempts = self.inner.max_retries + 1;
         let (mut attempt, mut refreshes) = (1, 0);
         while attempt <= attempts {
-            let mut turn = self.lanes.enter(A::TYPE, request.aggregate_id).await;
+            let mut turn = self.inner.lanes.enter(A::TYPE, request.aggregate_id).await;
             let quiet = attempt == 1
                 && idempotency.is_none()
                 && turn.open.is_none()
@@ -193,9 +193,9 @@ impl EventStore {
                     // In a task of its own: a `BEGIN` cancelled while it waits for the locks
                     // (the client hung up) would leave sqlx believing the connection is not
                     // in a transaction, and return it to the pool holding the locks.
-                    let pool = self.pool.clone();
+                    let pool = self.inner.pool.clone();
                     let statement = begin_locked(
-                        self.route,
+                        self.inner.route,
                         &[aggregate_lock_key(A::TYPE, request.aggregate_id)],
                     );
                     let tx = tokio::spawn(async move { pool.begin_with(statement).await })
@@ -242,7 +242,7 @@ impl EventStore {
                     // Answered before; but an answer stored by an earlier command of this very
                     // group is true only once the group commits.
                     member.leave(false).await?;
-                    self.metrics.replays.inc();
+                    self.inner.metrics.replays.inc();
                     return Ok(Begun::Replayed(stored));
                 }
                 Err(Failed::Retry) => {
@@ -273,7 +273,7 @@ impl EventStore {
                 }
             }
         }
-        self.metrics.conflicts.inc();
+        self.inner.metrics.conflicts.inc();
         Err(CommandError::Conflict { attempts })
     }
 
@@ -291,7 +291,7 @@ impl EventStore {
         if !lost_race {
             return Some(turn);
         }
-        self.lanes.leave(turn);
+        self.inner.lanes.leave(turn);
         self.lost_race(*attempt, attempts).await;
         *attempt += 1;
         None
@@ -300,7 +300,7 @@ impl EventStore {
     async fn lost_race(&self, attempt: u32, attempts: u32) {
         tracing::debug!(attempt, "append conflict; retrying");
         if attempt < attempts {
-            self.metrics.retries.inc();
+            self.inner.metrics.retries.inc();
         }
         tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
     }
@@ -348,7 +348,7 @@ impl EventStore {
                 let cached = if joined {
                     None
                 } else {
-                    self.cache.take::<A>(aggregate_id)
+                    self.inner.cache.take::<A>(aggregate_id)
                 };
                 match cached {
                     Some((aggregate, version, position)) if attempt == 1 => {
@@ -416,9 +416,15 @@ impl EventStore {
             let mut stored =
                 to_store::<A>(aggregate_id, group.version, &new_events, request.metadata)
                     .map_err(CommandError::Serialize)?;
-            let inline = self.inline.current(&mut group.tx).await?;
-            let appended =
-                append(&mut group.tx, &self.projectors, &inline, &mut stored, false).await;
+            let inline = self.inner.inline.current(&mut group.tx).await?;
+            let appended = append(
+                &mut group.tx,
+                &self.inner.projectors,
+                &inline,
+                &mut stored,
+                false,
+            )
+            .await;
             match appended {
                 Ok((sources, written)) => {
                     group.read_sources = sources;
@@ -426,11 +432,11 @@ impl EventStore {
                 }
                 Err(AppendError::Conflict(_)) => return Err(Failed::Retry),
                 Err(AppendError::InlineChanged) => {
-                    self.inline.forget();
+                    self.inner.inline.forget();
                     return Err(Failed::InlineChanged);
                 }
                 Err(AppendError::UnknownProjection(name)) => {
-                    self.inline.forget();
+                    self.inner.inline.forget();
                     return Err(Failed::Error(CommandError::Broken(format!(
                         "projection {name} is maintained inline, but this server has no \
                          projector for it: deploy the server that has it to every instance"

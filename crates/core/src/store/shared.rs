@@ -34,6 +34,7 @@ impl EventStore {
     /// Whether no command waits for a shared transaction and none is in flight.
     pub(super) fn seats_idle(&self) -> bool {
         let queue = self
+            .inner
             .seats
             .queue
             .lock()
@@ -46,6 +47,7 @@ impl EventStore {
     pub(super) fn take_seat(&self, seat: Seat) {
         let start = {
             let mut queue = self
+                .inner
                 .seats
                 .queue
                 .lock()
@@ -63,6 +65,7 @@ impl EventStore {
         loop {
             self.share(seats).await;
             let mut queue = self
+                .inner
                 .seats
                 .queue
                 .lock()
@@ -86,7 +89,7 @@ impl EventStore {
         // the whole table instead.
         let begin = format!(
             "{}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
-            begin_locked(self.route, &locks)
+            begin_locked(self.inner.route, &locks)
         );
         let mut events = Vec::new();
         let mut members = Vec::new();
@@ -100,7 +103,7 @@ impl EventStore {
                 Wants::Read { stream, ready } => reads.push((stream, ready)),
             }
         }
-        let Ok(mut tx) = self.pool.begin_with(begin).await else {
+        let Ok(mut tx) = self.inner.pool.begin_with(begin).await else {
             // Each command meets the failure again alone, and answers it.
             alone(reads);
             return lend_none(members);
@@ -131,14 +134,16 @@ impl EventStore {
         if members.is_empty() {
             return;
         }
-        let appended = match self.inline.current(&mut tx).await {
-            Ok(inline) => append(&mut tx, &self.projectors, &inline, &mut events, false).await,
+        let appended = match self.inner.inline.current(&mut tx).await {
+            Ok(inline) => {
+                append(&mut tx, &self.inner.projectors, &inline, &mut events, false).await
+            }
             Err(e) => Err(AppendError::Database(e)),
         };
         let (read_sources, written) = match appended {
             Ok(appended) => appended,
             Err(AppendError::Conflict(Some(detail))) => {
-                self.metrics.shared_rollbacks.inc();
+                self.inner.metrics.shared_rollbacks.inc();
                 let mut from = 0;
                 for (count, lent) in members {
                     let mine = events.get(from..from + count).unwrap_or_default();
@@ -153,9 +158,9 @@ impl EventStore {
                     e,
                     AppendError::InlineChanged | AppendError::UnknownProjection(_)
                 ) {
-                    self.inline.forget();
+                    self.inner.inline.forget();
                 }
-                self.metrics.shared_rollbacks.inc();
+                self.inner.metrics.shared_rollbacks.inc();
                 return lend_none(members);
             }
         };
@@ -177,7 +182,7 @@ impl EventStore {
             if lent.send(Lent::Yours(Box::new(share))).is_err() {
                 // Its command is gone, its events with the others': none commits.
                 outcome.send_replace(Some(Outcome::Alone));
-                self.metrics.shared_rollbacks.inc();
+                self.inner.metrics.shared_rollbacks.inc();
                 return lend_none(members.collect());
             }
             match returned.await {
@@ -185,17 +190,17 @@ impl EventStore {
                 Err(_) => {
                     // A read-back failed or its client hung up.
                     outcome.send_replace(Some(Outcome::Alone));
-                    self.metrics.shared_rollbacks.inc();
+                    self.inner.metrics.shared_rollbacks.inc();
                     return lend_none(members.collect());
                 }
             }
         }
         match tx.commit().await {
             Ok(()) => {
-                self.metrics.events_appended.inc_by(appended);
-                self.metrics.shared_transactions.inc();
-                self.metrics.shared_commands.inc_by(commands);
-                self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                self.inner.metrics.events_appended.inc_by(appended);
+                self.inner.metrics.shared_transactions.inc();
+                self.inner.metrics.shared_commands.inc_by(commands);
+                self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
                 outcome.send_replace(Some(Outcome::Committed));
             }
             Err(e) => {
@@ -263,6 +268,7 @@ impl SharedMember {
             Some(Outcome::Committed) => {
                 if let (Some(turn), Some(state)) = (&turn, self.state.take()) {
                     self.store
+                        .inner
                         .cache
                         .put(&turn.key, state, self.version, self.position);
                 }
@@ -275,7 +281,7 @@ impl SharedMember {
             ))),
         };
         if let Some(turn) = turn {
-            self.store.lanes.leave(turn);
+            self.store.inner.lanes.leave(turn);
         }
         result
     }
@@ -287,7 +293,7 @@ impl Drop for SharedMember {
         self.back.take();
         self.tx.take();
         if let Some(turn) = self.turn.take() {
-            self.store.lanes.leave(turn);
+            self.store.inner.lanes.leave(turn);
         }
     }
 }
@@ -327,7 +333,9 @@ impl EventStore {
             _ => {
                 if new_events.is_empty() {
                     // Untouched: as the log has it at `version`.
-                    self.cache.put(key, Box::new(aggregate), version, position);
+                    self.inner
+                        .cache
+                        .put(key, Box::new(aggregate), version, position);
                 }
                 None
             }
@@ -353,11 +361,12 @@ impl EventStore {
         let key = turn.key.clone();
         // Left if this command is cancelled while it waits (its client hung up).
         let mut held = Held {
-            lanes: &self.lanes,
+            lanes: &self.inner.lanes,
             turn: Some(turn),
         };
         let lock = aggregate_lock_key(A::TYPE, id);
         let start = self
+            .inner
             .cache
             .take::<A>(id)
             .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));

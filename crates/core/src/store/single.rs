@@ -59,13 +59,15 @@ impl Drop for Alone {
 impl EventStore {
     /// Whether `request` may run alone in one statement now: see the module's comment.
     fn alone<A: Aggregate>(&self, request: &Request<'_, A>) -> Option<Alone> {
-        let quiet = request.answered_from_rows && self.route == Route::Direct && self.seats_idle();
+        let quiet =
+            request.answered_from_rows && self.inner.route == Route::Direct && self.seats_idle();
         (quiet
             && self
+                .inner
                 .single
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok())
-        .then(|| Alone(Arc::clone(&self.single)))
+        .then(|| Alone(Arc::clone(&self.inner.single)))
     }
 
     /// Runs `request` alone in one statement, if the store is quiet, its aggregate cached (or
@@ -85,13 +87,14 @@ impl EventStore {
         let key = turn.key.clone();
         // Left if this command fails or is cancelled before it is done (its client hung up).
         let mut held = Held {
-            lanes: &self.lanes,
+            lanes: &self.inner.lanes,
             turn: Some(turn),
         };
         let Some(alone) = self.alone(request) else {
             return Ok(held.usual(false));
         };
         let start = self
+            .inner
             .cache
             .take::<A>(id)
             .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));
@@ -104,9 +107,17 @@ impl EventStore {
         else {
             return Ok(held.usual(false));
         };
-        let mut conn = self.pool.acquire().await?;
-        let inline = self.inline.current(&mut conn).await?;
-        match append(&mut conn, &self.projectors, &inline, &mut events, true).await {
+        let mut conn = self.inner.pool.acquire().await?;
+        let inline = self.inner.inline.current(&mut conn).await?;
+        match append(
+            &mut conn,
+            &self.inner.projectors,
+            &inline,
+            &mut events,
+            true,
+        )
+        .await
+        {
             Ok((read_sources, written)) => {
                 let (version, position) = events
                     .last()
@@ -120,8 +131,11 @@ impl EventStore {
                     version,
                     position,
                 };
-                self.metrics.events_appended.inc_by(events.len() as u64);
-                self.appended.send_modify(|n| *n = n.wrapping_add(1));
+                self.inner
+                    .metrics
+                    .events_appended
+                    .inc_by(events.len() as u64);
+                self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
                 let committed = Committed {
                     version,
                     position,
@@ -133,7 +147,7 @@ impl EventStore {
             }
             Err(AppendError::Conflict(_)) => Ok(held.usual(true)),
             Err(AppendError::InlineChanged | AppendError::UnknownProjection(_)) => {
-                self.inline.forget();
+                self.inner.inline.forget();
                 Ok(held.usual(false))
             }
             Err(AppendError::NeedsTransaction) => Ok(held.usual(false)),
@@ -161,9 +175,10 @@ impl Done {
     pub(super) fn leave(mut self) {
         if let (Some(turn), Some(state)) = (self.turn.take(), self.state.take()) {
             self.store
+                .inner
                 .cache
                 .put(&turn.key, state, self.version, self.position);
-            self.store.lanes.leave(turn);
+            self.store.inner.lanes.leave(turn);
         }
     }
 }
@@ -172,7 +187,7 @@ impl Drop for Done {
     fn drop(&mut self) {
         // Committed all the same; the aggregate is read again next time.
         if let Some(turn) = self.turn.take() {
-            self.store.lanes.leave(turn);
+            self.store.inner.lanes.leave(turn);
         }
     }
 }
