@@ -1014,7 +1014,7 @@ def markdown(results):
     lines += ["", "## Memory", "", "| process | peak RSS MB |", "| --- | ---: |"]
     for name, memory in results["memory"].items():
         lines.append(f"| {name} server, after the load | {memory['peak_rss_mb']} |")
-    for stage in rb["stages"]:
+    for stage in results["rebuild"]["stages"]:
         lines.append(f"| `cutover rebuild --all`, {stage['events']} events | {stage['peak_rss_mb']} |")
     lines += ["", f"Stock cqrs-es view updates lost after their events committed: "
                   f"{results['cqrs_view_errors']}.", "",
