@@ -390,13 +390,10 @@ impl Changes {
                 };
                 let (text, sql) = sql_of(&group, source, true);
                 let (refuses, returns) = (group.refuses(), group.returns());
-                let mut rows: Vec<Value> = group.rows.into_iter().map(Value::Object).collect();
-                let rows = match (source, rows.pop()) {
-                    (Source::Object(_), Some(row)) => row,
-                    (_, last) => {
-                        rows.extend(last);
-                        Value::Array(rows)
-                    }
+                let rows: Vec<Value> = group.rows.into_iter().map(Value::Object).collect();
+                let rows = match <[Value; 1]>::try_from(rows) {
+                    Ok([row]) => row,
+                    Err(rows) => Value::Array(rows),
                 };
                 Statement {
                     projection: group.projection,
@@ -439,15 +436,14 @@ impl Changes {
                 .into_iter()
                 .map(|mut group| {
                     let (_, sql) = sql_of(&group, Source::Columns, false);
-                    let columns = group
-                        .columns
-                        .iter()
-                        .map(|name| {
-                            let sql_type = group.table.column(name).map_or("text", |c| c.sql_type);
+                    let typed: Vec<_> = group.typed_columns().collect();
+                    let columns = typed
+                        .into_iter()
+                        .map(|(name, sql_type)| {
                             group
                                 .rows
                                 .iter_mut()
-                                .map(|row| row.remove(*name).and_then(|v| as_text(sql_type, v)))
+                                .map(|row| row.remove(name).and_then(|v| as_text(sql_type, v)))
                                 .collect()
                         })
                         .collect();
@@ -614,6 +610,14 @@ fn sql_of(group: &Group, source: Source, returning: bool) -> (usize, Arc<str>) {
 }
 
 impl Group {
+    /// Its columns with their declared types (every one is its table's: see
+    /// [`Changes::groups`]).
+    fn typed_columns(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.columns
+            .iter()
+            .filter_map(|name| self.table.column(name).map(|c| (c.name, c.sql_type)))
+    }
+
     /// Whether its statement returns the rows it writes: those of a table declared
     /// [`Table::returned`] (deletes, and updates that change nothing, write none).
     fn returns(&self) -> bool {
@@ -659,12 +663,8 @@ impl Group {
             Source::Array(n) => format!("jsonb_populate_recordset(NULL::{table}, ${n}::jsonb)"),
             Source::Columns => {
                 let typed = self
-                    .columns
-                    .iter()
-                    .map(|name| {
-                        let sql_type = self.table.column(name).map_or("text", |c| c.sql_type);
-                        format!("{name}::{sql_type} AS {name}")
-                    })
+                    .typed_columns()
+                    .map(|(name, sql_type)| format!("{name}::{sql_type} AS {name}"))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let arrays = (1..=self.columns.len())

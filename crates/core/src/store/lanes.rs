@@ -163,7 +163,15 @@ pub(super) struct Held<'a> {
     pub(super) turn: Option<Turn>,
 }
 
-impl Held<'_> {
+impl<'a> Held<'a> {
+    /// Holds `turn` of `lanes` until it is taken or dropped.
+    pub(super) fn new(lanes: &'a Lanes, turn: Turn) -> Self {
+        Self {
+            lanes,
+            turn: Some(turn),
+        }
+    }
+
     pub(super) fn take(&mut self) -> Turn {
         self.turn
             .take()

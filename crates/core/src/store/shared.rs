@@ -360,10 +360,7 @@ impl EventStore {
         let id = request.aggregate_id;
         let key = turn.key.clone();
         // Left if this command is cancelled while it waits (its client hung up).
-        let mut held = Held {
-            lanes: &self.inner.lanes,
-            turn: Some(turn),
-        };
+        let mut held = Held::new(&self.inner.lanes, turn);
         let lock = aggregate_lock_key(A::TYPE, id);
         let start = self
             .inner

@@ -86,10 +86,7 @@ impl EventStore {
         let id = request.aggregate_id;
         let key = turn.key.clone();
         // Left if this command fails or is cancelled before it is done (its client hung up).
-        let mut held = Held {
-            lanes: &self.inner.lanes,
-            turn: Some(turn),
-        };
+        let mut held = Held::new(&self.inner.lanes, turn);
         let Some(alone) = self.alone(request) else {
             return Ok(held.usual(false));
         };
