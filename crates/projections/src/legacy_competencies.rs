@@ -8,12 +8,13 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use cutover_core::domain::competency::{Competency, CompetencyEvent, StudentSubskill, SubskillKey};
+use cutover_core::store::Written;
 use cutover_engine::compare::Comparison;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
 use cutover_engine::rows::{Change, Merge, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -39,7 +40,7 @@ macro_rules! documents {
         Table {
             name: $name,
             aggregate: Some(DOCUMENT_SUBSKILL),
-            returned: false,
+            returned: true,
             columns: &[
                 column!("id", "text", Keep),
                 column!("student_id", "bigint", Keep),
@@ -65,7 +66,7 @@ pub static REVIEWS: Table = documents!("legacy_reviews");
 pub static COMPETENCIES: Table = Table {
     name: "legacy_competencies",
     aggregate: Some(DOCUMENT_SUBSKILL),
-    returned: false,
+    returned: true,
     columns: &[
         column!("id", "text", Keep),
         column!("student_id", "bigint", Keep),
@@ -293,14 +294,14 @@ impl Fold for LegacyCompetencies {
 }
 
 /// A document of the legacy store: its id, its partition key, the document.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LegacyDocument {
     pub id: String,
     pub student_id: i64,
     /// An [`AttemptDoc`], a [`CompetencyDoc`] or a [`ReviewDoc`].
     pub doc: Value,
     /// The subskill's event sequence a competency document reflects (0 for other documents).
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     #[sqlx(default)]
     pub last_sequence: i64,
 }
@@ -578,6 +579,39 @@ pub async fn competency_answer(
     })
 }
 
+/// The same after a command: the document as the command's statement wrote it to `source`'s
+/// table (`written`), or, when it wrote none there, read on `conn`.
+///
+/// # Errors
+/// A database error.
+pub async fn competency_answer_after(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    key: &SubskillKey,
+    written: Option<&Written>,
+) -> Result<Option<LegacyDocument>, sqlx::Error> {
+    let found = written.and_then(|written| match source {
+        // The old store's id alone: a statement that wrote another subskill's document under
+        // it would have failed (`Merge::SameDocument`).
+        ReadSource::Legacy => written.find(COMPETENCIES.name, &[("id", json!(key.legacy_id()))]),
+        ReadSource::New => written
+            .find::<typed::StudentCompetency>(
+                typed::COMPETENCIES.name,
+                &[
+                    ("student_id", json!(key.student_id)),
+                    ("subject", json!(key.subject)),
+                    ("skill_id", json!(key.skill_id)),
+                    ("subskill_id", json!(key.subskill_id)),
+                ],
+            )
+            .map(Into::into),
+    });
+    match found {
+        Some(document) => Ok(Some(document)),
+        None => competency_answer(conn, source, key).await,
+    }
+}
+
 /// A page of a student's competency documents as the old clients read it (by the old store's
 /// id), from `source`.
 ///
@@ -616,6 +650,38 @@ pub async fn document_answer(
     Ok(documents_answer(conn, source, collection, &[id])
         .await?
         .pop())
+}
+
+/// The same after a command: the document as the command's statement wrote it to `source`'s
+/// table (`written`), or, when it wrote none there, read on `conn`.
+///
+/// # Errors
+/// A database error.
+pub async fn document_answer_after(
+    conn: &mut PgConnection,
+    source: ReadSource,
+    collection: Collection,
+    id: Uuid,
+    written: Option<&Written>,
+) -> Result<Option<LegacyDocument>, sqlx::Error> {
+    let found = written.and_then(|written| match (source, collection) {
+        (ReadSource::Legacy, Collection::Attempts) => {
+            written.find(ATTEMPTS.name, &[("id", json!(id.to_string()))])
+        }
+        (ReadSource::Legacy, Collection::Reviews) => {
+            written.find(REVIEWS.name, &[("id", json!(id.to_string()))])
+        }
+        (ReadSource::New, Collection::Attempts) => written
+            .find::<typed::StudentAttempt>(typed::ATTEMPTS.name, &[("attempt_id", json!(id))])
+            .map(Into::into),
+        (ReadSource::New, Collection::Reviews) => written
+            .find::<typed::StudentReview>(typed::REVIEWS.name, &[("review_id", json!(id))])
+            .map(Into::into),
+    });
+    match found {
+        Some(document) => Ok(Some(document)),
+        None => document_answer(conn, source, collection, id).await,
+    }
 }
 
 /// The attempt or review documents among `ids` as the old clients read them, from `source`,

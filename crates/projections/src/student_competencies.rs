@@ -8,7 +8,7 @@ use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
 use cutover_engine::rows::{numeric, timestamp, Change, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -34,7 +34,7 @@ const SUBSKILL: &str = "public.cutover_subskill_id(student_id, subject, skill_id
 pub static ATTEMPTS: Table = Table {
     name: "student_attempts",
     aggregate: Some(SUBSKILL),
-    returned: false,
+    returned: true,
     columns: &[
         column!("attempt_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -55,7 +55,7 @@ pub static ATTEMPTS: Table = Table {
 pub static REVIEWS: Table = Table {
     name: "student_reviews",
     aggregate: Some(SUBSKILL),
-    returned: false,
+    returned: true,
     columns: &[
         column!("review_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -76,7 +76,7 @@ pub static REVIEWS: Table = Table {
 pub static COMPETENCIES: Table = Table {
     name: "student_competencies",
     aggregate: Some(SUBSKILL),
-    returned: false,
+    returned: true,
     columns: &[
         column!("student_id", "bigint", Keep),
         column!("subject", "text", Keep),
@@ -231,7 +231,7 @@ impl Fold for StudentCompetencies {
 }
 
 /// A row of `student_competencies`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StudentCompetency {
     pub student_id: i64,
     pub subject: String,
@@ -242,12 +242,13 @@ pub struct StudentCompetency {
     pub total_attempts: i32,
     pub last_updated: DateTime<Utc>,
     /// The subskill's event sequence this row reflects: its version.
-    #[serde(skip)]
+    #[serde(skip_serializing)]
+    #[schema(ignore)]
     pub last_sequence: i64,
 }
 
 /// A row of `student_attempts`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct StudentAttempt {
     pub attempt_id: Uuid,
     pub student_id: i64,
@@ -261,7 +262,7 @@ pub struct StudentAttempt {
 }
 
 /// A row of `student_reviews`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct StudentReview {
     pub review_id: Uuid,
     pub student_id: i64,

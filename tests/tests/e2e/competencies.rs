@@ -342,3 +342,109 @@ async fn bad_input_a_nul_character_anywhere_is_422_and_appends_nothing() {
     }
     assert_eq!(app.db.event_count().await, 0);
 }
+
+/// The row of `table` (`legacy_attempts`, `legacy_reviews`) under `id`, as a document answer
+/// shows it.
+async fn document_row(app: &TestApp, table: &str, id: &str) -> Value {
+    sqlx::query_scalar(&format!(
+        "SELECT jsonb_build_object('id', id, 'student_id', student_id, 'doc', doc)
+           FROM {table} WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
+/// An attempt and a review answer with the rows their statement wrote, whichever model is the
+/// read source: the attempt's and the review's documents are the legacy tables' rows, and the
+/// competency is its GET's, to the last bit of every score (scores whose sums have no short
+/// decimal form).
+#[tokio::test]
+async fn an_attempt_and_a_review_answer_with_the_rows_they_wrote_from_either_source() {
+    let app = TestApp::spawn().await;
+    for (source, student) in [("legacy", 31), ("new", 32)] {
+        app.set_read_source("competencies", source).await;
+        for score in [7.3, 0.1, 9.7] {
+            let answer = attempt(&app, student, "adding", score).await;
+            assert_eq!(answer["read_source"], source);
+            let id = answer["attempt"]["id"].as_str().unwrap();
+            assert_eq!(
+                answer["attempt"],
+                document_row(&app, "legacy_attempts", id).await,
+                "{source}"
+            );
+            let read = json_with_status(
+                app.get(&format!(
+                    "/students/{student}/competencies/math/fractions/adding"
+                ))
+                .send()
+                .await
+                .unwrap(),
+                StatusCode::OK,
+            )
+            .await;
+            assert_eq!(answer["competency"], read["competency"], "{source}");
+            assert_eq!(answer["version"], read["version"], "{source}");
+        }
+        let response = app
+            .post(&format!("/students/{student}/reviews"))
+            .json(&review_body(6.7))
+            .send()
+            .await
+            .unwrap();
+        let answer = json_with_status(response, StatusCode::CREATED).await;
+        let id = answer["review"]["id"].as_str().unwrap();
+        assert_eq!(
+            answer["review"],
+            document_row(&app, "legacy_reviews", id).await,
+            "{source}"
+        );
+    }
+}
+
+/// An attempt on a quiet server is one statement outside any transaction, on a subskill the
+/// server has cached and on one it has never seen (whose stream it reads first): held back with
+/// the appends, it waits at the log's table, not at the append lock that a command's
+/// transaction takes first; let go, it answers what it wrote.
+#[tokio::test]
+async fn a_quiet_attempt_is_one_statement_that_waits_at_the_log() {
+    let app = TestApp::spawn().await;
+    // Makes the caches (the registry's inline names, the statement, the subskill).
+    attempt(&app, 7, "adding", 8.0).await;
+    for (subskill, version) in [("adding", 2), ("halving", 1)] {
+        let mut holder = app.db.pool.begin().await.unwrap();
+        sqlx::Executor::execute(&mut *holder, cutover_engine::locks::HOLD_APPENDS)
+            .await
+            .unwrap();
+        let request = app.post("/students/7/attempts").json(&json!({
+            "subject": "math", "skill_id": "fractions", "subskill_id": subskill,
+            "score": 5.0, "analysis": "steady", "feedback": "practise more"
+        }));
+        let sent = tokio::spawn(request.send());
+        let mut waiting = None;
+        for _ in 0..100 {
+            waiting = sqlx::query_as::<_, (String, String)>(
+                "SELECT l.locktype, coalesce(c.relname::text, '')
+                   FROM pg_locks AS l LEFT JOIN pg_class AS c ON c.oid = l.relation
+                  WHERE NOT l.granted AND l.pid <> pg_backend_pid() LIMIT 1",
+            )
+            .fetch_optional(&app.db.pool)
+            .await
+            .unwrap();
+            if waiting.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            waiting,
+            Some(("relation".to_owned(), "events".to_owned())),
+            "{subskill}: waits at the log, in no transaction of its own"
+        );
+        holder.commit().await.unwrap();
+        let answer = json_with_status(sent.await.unwrap().unwrap(), StatusCode::CREATED).await;
+        assert_eq!(answer["version"], version, "{subskill}");
+        assert_eq!(answer["attempt"]["doc"]["score"], 5.0, "{subskill}");
+    }
+}

@@ -170,10 +170,17 @@ async fn record_attempt(
             let subskill = subskill.clone();
             Box::pin(async move {
                 let source = committed.read_sources.of(Domain::Competencies)?;
-                let attempt =
-                    legacy::document_answer(&mut *conn, source, Collection::Attempts, attempt_id)
-                        .await?;
-                let competency = legacy::competency_answer(&mut *conn, source, &subskill).await?;
+                let written = committed.written.as_ref();
+                let attempt = legacy::document_answer_after(
+                    &mut *conn,
+                    source,
+                    Collection::Attempts,
+                    attempt_id,
+                    written,
+                )
+                .await?;
+                let competency =
+                    legacy::competency_answer_after(&mut *conn, source, &subskill, written).await?;
                 let rows = [
                     ("attempt", json!(attempt)),
                     ("competency", json!(competency)),
@@ -228,9 +235,14 @@ async fn record_review(
             let subskill = subskill.clone();
             Box::pin(async move {
                 let source = committed.read_sources.of(Domain::Competencies)?;
-                let review =
-                    legacy::document_answer(&mut *conn, source, Collection::Reviews, review_id)
-                        .await?;
+                let review = legacy::document_answer_after(
+                    &mut *conn,
+                    source,
+                    Collection::Reviews,
+                    review_id,
+                    committed.written.as_ref(),
+                )
+                .await?;
                 let review = json!(review);
                 Ok(created(
                     source,
@@ -450,7 +462,8 @@ fn bounds(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiErro
     Ok((limit, offset))
 }
 
-/// Runs a competency command; `respond` reads its answer back before the commit.
+/// Runs a competency command; `respond` makes its answer from the rows it wrote (or reads it
+/// back before the commit).
 async fn execute(
     state: &AppState,
     key: &SubskillKey,
@@ -468,7 +481,9 @@ async fn execute(
         expected_version,
         metadata: &metadata,
         new_aggregate: false,
-        answered_from_rows: false,
+        // Its answer is the attempt's or review's row, and the competency's, which the command
+        // writes.
+        answered_from_rows: true,
     };
     run(state, request, idempotency, respond).await
 }

@@ -1,9 +1,10 @@
 //! A command alone in one statement: on a quiet store (no other command alone in flight, none
 //! waiting for or in a shared transaction), a command whose answer is read from the rows its
-//! statement writes ([`Request::answered_from_rows`]) on an aggregate the cache holds (or a new
-//! one) is decided in memory and sent as one statement, outside any transaction: the append
-//! statement of [`super::stream`], which Postgres runs and commits as a whole. One round trip,
-//! no `BEGIN`, no advisory lock, no read-back, no `COMMIT`. Commands that arrive meanwhile
+//! statement writes ([`Request::answered_from_rows`]) is decided in memory on its aggregate as
+//! the cache holds it (a new one as it starts; one neither cached nor new is read first, outside
+//! any transaction) and sent as one statement, outside any transaction: the append statement of
+//! [`super::stream`], which Postgres runs and commits as a whole. One round trip (two for an
+//! aggregate read first), no `BEGIN`, no advisory lock, no read-back, no `COMMIT`. Commands that arrive meanwhile
 //! share transactions ([`super::shared`]): each command alone commits (and flushes the WAL) by
 //! itself, and under load that costs more than it saves (measured: half the throughput at 16
 //! and 64 connections).
@@ -30,7 +31,7 @@ use super::cache::Kept;
 use super::error::{CommandError, Committed};
 use super::event_store::{EventStore, Request};
 use super::lanes::{Held, Tried, Turn};
-use super::stream::{append, AppendError};
+use super::stream::{append, load, AppendError};
 use cutover_runtime::database::Route;
 
 /// A command that ran alone in one statement: committed, its answer still to be read from what
@@ -70,9 +71,9 @@ impl EventStore {
         .then(|| Alone(Arc::clone(&self.inner.single)))
     }
 
-    /// Runs `request` alone in one statement, if the store is quiet, its aggregate cached (or
-    /// new) and the command appends; else, or when the statement loses a race, it runs the
-    /// usual way.
+    /// Runs `request` alone in one statement, if the store is quiet and the command appends
+    /// (its aggregate as cached, new, or read first); else, or when the statement loses a
+    /// race, it runs the usual way.
     pub(super) async fn run_single<A>(
         &self,
         request: &Request<'_, A>,
@@ -90,21 +91,24 @@ impl EventStore {
         let Some(alone) = self.alone(request) else {
             return Ok(held.usual(false));
         };
-        let start = self
-            .inner
-            .cache
-            .take::<A>(id)
-            .or_else(|| request.new_aggregate.then(|| (A::default(), 0, 0)));
-        let Some((aggregate, version, position)) = start else {
-            return Ok(held.usual(false));
+        let mut conn = self.inner.pool.acquire().await?;
+        let start = match self.inner.cache.take::<A>(id) {
+            Some(cached) => cached,
+            None if request.new_aggregate => (A::default(), 0, 0),
+            // Read outside any transaction, as the cache would have kept it: should another
+            // writer append meanwhile, the append below loses the race at the events' key.
+            None => {
+                let loaded = load::<A>(&mut conn, id, None).await?;
+                (loaded.aggregate, loaded.version, loaded.position)
+            }
         };
+        let (aggregate, version, position) = start;
         let Some((aggregate, mut events)) = self
             .decide(request, &key, aggregate, version, position)
             .await
         else {
             return Ok(held.usual(false));
         };
-        let mut conn = self.inner.pool.acquire().await?;
         let inline = self.inner.inline.current(&mut conn).await?;
         match append(
             &mut conn,
