@@ -533,6 +533,39 @@ impl TestApp {
         panic!("the server did not count {reads} shadow reads of {domain}");
     }
 
+    /// Sends `request` while the appends are held back (as a rebuild's swap holds them) and
+    /// returns the first lock it waits for there: its type and, for a relation, the table's
+    /// name (a command alone in one statement waits at `events`; one in a transaction at the
+    /// append lock, `advisory`). Then lets the appends go and returns the answer.
+    pub async fn lock_awaited_by(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> (Option<(String, String)>, reqwest::Response) {
+        let mut holder = self.db.pool.begin().await.expect("a transaction");
+        sqlx::Executor::execute(&mut *holder, cutover_engine::locks::HOLD_APPENDS)
+            .await
+            .expect("holding the appends back");
+        let sent = tokio::spawn(request.send());
+        let mut waiting = None;
+        for _ in 0..100 {
+            waiting = sqlx::query_as::<_, (String, String)>(
+                "SELECT l.locktype, coalesce(c.relname::text, '')
+                   FROM pg_locks AS l LEFT JOIN pg_class AS c ON c.oid = l.relation
+                  WHERE NOT l.granted AND l.pid <> pg_backend_pid() LIMIT 1",
+            )
+            .fetch_optional(&self.db.pool)
+            .await
+            .expect("reading pg_locks");
+            if waiting.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        holder.commit().await.expect("letting the appends go");
+        let response = sent.await.expect("the request's task").expect("an answer");
+        (waiting, response)
+    }
+
     /// Switches a domain's read source directly in the database.
     pub async fn set_read_source(&self, domain: &str, source: &str) {
         sqlx::query("UPDATE read_sources SET source = $2, changed_at = now() WHERE domain = $1")

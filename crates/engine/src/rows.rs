@@ -42,10 +42,24 @@ pub struct Table {
     /// ids): a repair clears an aggregate's rows by it. `None` for a table whose rows sum over
     /// many aggregates: its projector's settle statements recompute them instead.
     pub aggregate: Option<&'static str>,
-    /// Whether a command's statement returns the rows it writes here, as written (to answer
-    /// from them without a read of their own); off for tables whose rows no answer takes
-    /// whole, as returning costs the statement a JSON copy of each row.
-    pub returned: bool,
+    /// What a command's statement hands back of the rows it writes here, so that an answer is
+    /// made from them without a read of its own.
+    pub returned: Returned,
+}
+
+/// What a command's statement hands back of each row it writes to a table (deletes, and
+/// updates that change nothing, write none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// Nothing: no answer is made from the table's rows (returning costs the statement a JSON
+    /// copy of each row written).
+    No,
+    /// The whole row, as it now stands.
+    Rows,
+    /// These columns, as they now stand, except that an update hands back a
+    /// [`Merge::Concat`] column as the part it added: for rows that grow with every write
+    /// (a batch's map of completions), whose answers take only that part.
+    Columns(&'static [&'static str]),
 }
 
 /// A column of a read-model table.
@@ -621,12 +635,33 @@ impl Group {
     /// Whether its statement returns the rows it writes: those of a table declared
     /// [`Table::returned`] (deletes, and updates that change nothing, write none).
     fn returns(&self) -> bool {
-        self.table.returned
+        self.table.returned != Returned::No
             && match self.kind {
                 Kind::Insert | Kind::Upsert => true,
                 Kind::Update => !self.merged().is_empty(),
                 Kind::Delete => false,
             }
+    }
+
+    /// What its statement hands back of each row it writes, in SQL (see [`Returned`]).
+    fn returned_row(&self) -> String {
+        let Returned::Columns(columns) = self.table.returned else {
+            return "to_jsonb(live)".to_owned();
+        };
+        let fields = columns
+            .iter()
+            .map(|name| {
+                let added = self.kind == Kind::Update
+                    && self
+                        .table
+                        .column(name)
+                        .is_some_and(|c| c.merge == Merge::Concat);
+                let row = if added { "excluded" } else { "live" };
+                format!("'{name}', {row}.{name}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("jsonb_build_object({fields})")
     }
 
     /// Whether its statement merges a [`Merge::SameDocument`] column, which refuses another
@@ -677,7 +712,10 @@ impl Group {
         let key = self.table.key.join(", ");
         let merged = self.merged();
         let returned = if returning && self.returns() {
-            format!(" RETURNING '{table}'::text AS written_table, to_jsonb(live) AS written_row")
+            format!(
+                " RETURNING '{table}'::text AS written_table, {} AS written_row",
+                self.returned_row()
+            )
         } else {
             String::new()
         };
@@ -838,7 +876,7 @@ mod tests {
 
     static T: Table = Table {
         aggregate: None,
-        returned: false,
+        returned: Returned::No,
         name: "t",
         columns: &[
             Column {

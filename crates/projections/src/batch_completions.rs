@@ -9,7 +9,7 @@ use cutover_engine::compare::Comparison;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{timestamp, Change, Table};
+use cutover_engine::rows::{timestamp, Change, Returned, Table};
 use serde_json::json;
 
 use crate::batch_state::OldAnswerQueries;
@@ -27,7 +27,7 @@ pub const NAME: &str = "batch_completions";
 pub static COMPLETIONS: Table = Table {
     name: "batch_completions",
     aggregate: Some("batch_id"),
-    returned: false,
+    returned: Returned::Rows,
     columns: &[
         column!("batch_id", "text", Keep),
         column!("player_lookup", "text", Keep),
@@ -44,7 +44,7 @@ pub static COMPLETIONS: Table = Table {
 pub static COUNTERS: Table = Table {
     name: "batch_counters",
     aggregate: Some("batch_id"),
-    returned: false,
+    returned: Returned::No,
     columns: &[
         column!("batch_id", "text", Keep),
         column!("expected_count", "integer", Keep),
@@ -135,7 +135,9 @@ static COMPARED: [Comparison; 2] = [
 
 /// A completion: the old clients read its player and count, the new shape also when it was
 /// recorded.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema,
+)]
 pub struct CompletionRow {
     pub player_lookup: String,
     pub predictions_count: i32,

@@ -6,7 +6,7 @@ use cutover_core::domain::batch::{BatchEvent, PredictionBatch};
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{timestamp, Change, Table};
+use cutover_engine::rows::{timestamp, Change, Returned, Table};
 use serde::Serialize;
 use serde_json::json;
 
@@ -23,7 +23,8 @@ pub const NAME: &str = "batch_state";
 pub static TABLE: Table = Table {
     name: "batch_state",
     aggregate: Some("batch_id"),
-    returned: false,
+    // A completion's answer: the players it completed, with their counts.
+    returned: Returned::Columns(&["batch_id", "predictions_by_player"]),
     columns: &[
         column!("batch_id", "text", Keep),
         column!("expected_players", "text[]", Keep),

@@ -8,7 +8,7 @@ use cutover_core::store::Written;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{timestamp, Change, Table};
+use cutover_engine::rows::{timestamp, Change, Returned, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -27,7 +27,7 @@ pub const NAME: &str = "collections";
 pub static TABLE: Table = Table {
     name: "collections",
     aggregate: Some("collection_id::text"),
-    returned: true,
+    returned: Returned::Rows,
     columns: &[
         column!("collection_id", "uuid", Keep),
         column!("project_id", "uuid", Keep),

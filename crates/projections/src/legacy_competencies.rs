@@ -13,7 +13,7 @@ use cutover_engine::compare::Comparison;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{Change, Merge, Table};
+use cutover_engine::rows::{Change, Merge, Returned, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -40,7 +40,7 @@ macro_rules! documents {
         Table {
             name: $name,
             aggregate: Some(DOCUMENT_SUBSKILL),
-            returned: true,
+            returned: Returned::Rows,
             columns: &[
                 column!("id", "text", Keep),
                 column!("student_id", "bigint", Keep),
@@ -66,7 +66,7 @@ pub static REVIEWS: Table = documents!("legacy_reviews");
 pub static COMPETENCIES: Table = Table {
     name: "legacy_competencies",
     aggregate: Some(DOCUMENT_SUBSKILL),
-    returned: true,
+    returned: Returned::Rows,
     columns: &[
         column!("id", "text", Keep),
         column!("student_id", "bigint", Keep),

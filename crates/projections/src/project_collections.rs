@@ -10,7 +10,7 @@ use cutover_engine::compare::Comparison;
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{timestamp, Change, Table};
+use cutover_engine::rows::{timestamp, Change, Returned, Table};
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -29,7 +29,7 @@ pub const NAME: &str = "project_collections";
 pub static TABLE: Table = Table {
     name: "project_collections",
     aggregate: Some("collection_id::text"),
-    returned: true,
+    returned: Returned::Rows,
     columns: &[
         column!("project_id", "uuid", Keep),
         column!("collection_id", "uuid", Keep),

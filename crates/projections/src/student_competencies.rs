@@ -7,7 +7,7 @@ use cutover_core::domain::competency::{CompetencyEvent, StudentSubskill, Subskil
 use cutover_engine::event::StoredEvent;
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{numeric, timestamp, Change, Table};
+use cutover_engine::rows::{numeric, timestamp, Change, Returned, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -34,7 +34,7 @@ const SUBSKILL: &str = "public.cutover_subskill_id(student_id, subject, skill_id
 pub static ATTEMPTS: Table = Table {
     name: "student_attempts",
     aggregate: Some(SUBSKILL),
-    returned: true,
+    returned: Returned::Rows,
     columns: &[
         column!("attempt_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -55,7 +55,7 @@ pub static ATTEMPTS: Table = Table {
 pub static REVIEWS: Table = Table {
     name: "student_reviews",
     aggregate: Some(SUBSKILL),
-    returned: true,
+    returned: Returned::Rows,
     columns: &[
         column!("review_id", "uuid", Keep),
         column!("student_id", "bigint", Keep),
@@ -76,7 +76,7 @@ pub static REVIEWS: Table = Table {
 pub static COMPETENCIES: Table = Table {
     name: "student_competencies",
     aggregate: Some(SUBSKILL),
-    returned: true,
+    returned: Returned::Rows,
     columns: &[
         column!("student_id", "bigint", Keep),
         column!("subject", "text", Keep),
@@ -97,7 +97,7 @@ pub static COMPETENCIES: Table = Table {
 pub static ANALYTICS: Table = Table {
     name: "skill_analytics",
     aggregate: None,
-    returned: false,
+    returned: Returned::No,
     columns: &[
         column!("subject", "text", Keep),
         column!("skill_id", "text", Keep),

@@ -426,3 +426,45 @@ async fn a_completion_appended_by_another_writer_is_seen_by_the_next_command() {
     let body = json_with_status(conflicting, StatusCode::CONFLICT).await;
     assert!(body["detail"].as_str().unwrap().contains("4 predictions"));
 }
+
+/// A completion answers with what its statement wrote, whichever model is the read source, and
+/// on a quiet server that statement is all it sends: held back with the appends, it waits at
+/// the log's table, not at the append lock a command's transaction takes first. A completion
+/// repeated (nothing written) answers 200 with the completion read back.
+#[tokio::test]
+async fn a_completion_is_one_statement_and_answers_what_it_wrote_from_either_source() {
+    let app = TestApp::spawn().await;
+    for (source, batch) in [("legacy", "one"), ("new", "two")] {
+        app.set_read_source("batches", source).await;
+        start(&app, batch, &["ann", "bob"]).await;
+        let request = app
+            .post(&format!("/batches/{batch}/completions"))
+            .json(&json!({"player_lookup": "ann", "predictions_count": 7}));
+        let (waiting, response) = app.lock_awaited_by(request).await;
+        assert_eq!(
+            waiting,
+            Some(("relation".to_owned(), "events".to_owned())),
+            "{source}: waits at the log, in no transaction of its own"
+        );
+        let answer = json_with_status(response, StatusCode::CREATED).await;
+        assert_eq!(answer["read_source"], source);
+        assert_eq!(answer["version"], 2, "{source}");
+        assert_eq!(
+            answer["completion"],
+            json!({"player_lookup": "ann", "predictions_count": 7}),
+            "{source}"
+        );
+        let listed = json_with_status(
+            app.get(&format!("/batches/{batch}/completions"))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(answer["completion"], listed["items"][0], "{source}");
+        let again = json_with_status(complete(&app, batch, "ann", 7).await, StatusCode::OK).await;
+        assert_eq!(again["completion"], answer["completion"], "{source}");
+        assert_eq!(again["version"], 2, "{source}");
+    }
+}

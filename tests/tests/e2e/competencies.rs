@@ -413,37 +413,17 @@ async fn a_quiet_attempt_is_one_statement_that_waits_at_the_log() {
     // Makes the caches (the registry's inline names, the statement, the subskill).
     attempt(&app, 7, "adding", 8.0).await;
     for (subskill, version) in [("adding", 2), ("halving", 1)] {
-        let mut holder = app.db.pool.begin().await.unwrap();
-        sqlx::Executor::execute(&mut *holder, cutover_engine::locks::HOLD_APPENDS)
-            .await
-            .unwrap();
         let request = app.post("/students/7/attempts").json(&json!({
             "subject": "math", "skill_id": "fractions", "subskill_id": subskill,
             "score": 5.0, "analysis": "steady", "feedback": "practise more"
         }));
-        let sent = tokio::spawn(request.send());
-        let mut waiting = None;
-        for _ in 0..100 {
-            waiting = sqlx::query_as::<_, (String, String)>(
-                "SELECT l.locktype, coalesce(c.relname::text, '')
-                   FROM pg_locks AS l LEFT JOIN pg_class AS c ON c.oid = l.relation
-                  WHERE NOT l.granted AND l.pid <> pg_backend_pid() LIMIT 1",
-            )
-            .fetch_optional(&app.db.pool)
-            .await
-            .unwrap();
-            if waiting.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let (waiting, response) = app.lock_awaited_by(request).await;
         assert_eq!(
             waiting,
             Some(("relation".to_owned(), "events".to_owned())),
             "{subskill}: waits at the log, in no transaction of its own"
         );
-        holder.commit().await.unwrap();
-        let answer = json_with_status(sent.await.unwrap().unwrap(), StatusCode::CREATED).await;
+        let answer = json_with_status(response, StatusCode::CREATED).await;
         assert_eq!(answer["version"], version, "{subskill}");
         assert_eq!(answer["attempt"]["doc"]["score"], 5.0, "{subskill}");
     }

@@ -16,7 +16,7 @@ use cutover_engine::rebuild;
 use cutover_engine::registry::Purpose;
 use cutover_engine::registry::{JobStatus, ProjectionState};
 use cutover_engine::rows::ProjectionError;
-use cutover_engine::rows::{timestamp, Change, Column, Merge, Table};
+use cutover_engine::rows::{timestamp, Change, Column, Merge, Returned, Table};
 use cutover_projections::inline_projectors;
 use cutover_tests::{TestApp, TestDb};
 use serde_json::{json, Value};
@@ -184,7 +184,7 @@ static COLLECTION_NAMES: Table = Table {
     address: &["collection_id"],
     indexes: &[],
     aggregate: Some("collection_id::text"),
-    returned: false,
+    returned: Returned::No,
 };
 
 static COLLECTION_NAMES_TABLES: [&Table; 1] = [&COLLECTION_NAMES];

@@ -14,7 +14,7 @@ use cutover_core::store::{Committed, Idempotency, Request, StoredResponse};
 use cutover_engine::read_source::{Domain, ReadSource};
 use cutover_projections::batch_completions as new_model;
 use cutover_projections::batch_completions::CompletionRow;
-use cutover_projections::batches::{answer, completions_answer, completions_of};
+use cutover_projections::batches::{answer, completion_after, completions_answer, completions_of};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -446,6 +446,9 @@ async fn execute(
     respond: impl for<'c> Fn(&'c mut PgConnection, Committed) -> Respond<'c>,
 ) -> Result<Response, ApiError> {
     let metadata = json!({ "command": command.name() });
+    // A completion's answer is its player's completion, which the command writes; a bulk's
+    // players are ordered as Postgres orders them, and a start's answer is the whole batch.
+    let answered_from_rows = matches!(command, BatchCommand::RecordCompletion(_));
     let request = Request::<PredictionBatch> {
         aggregate_id: batch_id.as_str(),
         command,
@@ -453,7 +456,7 @@ async fn execute(
         expected_version,
         metadata: &metadata,
         new_aggregate: false,
-        answered_from_rows: false,
+        answered_from_rows,
     };
     run(state, request, idempotency, respond).await
 }
@@ -476,8 +479,9 @@ async fn respond_batch(
 }
 
 /// Write-then-read: what a completion command wrote, the completions of `players` as
-/// `GET …/completions` lists them (`completion` for one, `completions` for a bulk), read back
-/// from the read source in the command's transaction. The batch's whole document is its GET's:
+/// `GET …/completions` lists them (`completion` for one, made from the rows the command wrote
+/// when it wrote them; `completions` for a bulk), read back from the read source in the
+/// command's transaction. The batch's whole document is its GET's:
 /// a batch of 10,000 players would send it with every completion.
 async fn respond_completions(
     conn: &mut PgConnection,
@@ -487,7 +491,13 @@ async fn respond_completions(
     bulk: bool,
 ) -> Result<StoredResponse, ApiError> {
     let source = committed.read_sources.of(Domain::Batches)?;
-    let rows = completions_of(conn, source, batch_id.as_str(), players).await?;
+    let written = committed.written.as_ref();
+    let rows = match players {
+        [player] if !bulk => {
+            completion_after(conn, source, batch_id.as_str(), player, written).await?
+        }
+        _ => completions_of(conn, source, batch_id.as_str(), players).await?,
+    };
     let row = match bulk {
         false => ("completion", json!(rows.first())),
         true => ("completions", json!(rows)),
