@@ -874,7 +874,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    static T: Table = Table {
+    static T: Table = TABLE;
+
+    const TABLE: Table = Table {
         aggregate: None,
         returned: Returned::No,
         name: "t",
@@ -942,6 +944,47 @@ mod tests {
         );
         assert!(statements[0].sql.starts_with("INSERT INTO t AS live"));
         assert!(statements[1].sql.contains("n = live.n + excluded.n"));
+    }
+
+    #[test]
+    fn a_table_returning_columns_hands_back_what_an_update_added_to_a_growing_column() {
+        static GROWS: Table = Table {
+            returned: Returned::Columns(&["id", "tags", "name"]),
+            ..TABLE
+        };
+        static WHOLE: Table = Table {
+            returned: Returned::Rows,
+            ..TABLE
+        };
+        let statement = |change| {
+            let mut changes = Changes::default();
+            changes.push("p", change);
+            changes.into_statements(1).remove(0).sql
+        };
+        let update = statement(Change::update(
+            &GROWS,
+            json!({"id": "a", "tags": ["y"], "name": "two"}),
+        ));
+        assert!(
+            update.ends_with(
+                "RETURNING 't'::text AS written_table, \
+                 jsonb_build_object('id', live.id, 'tags', excluded.tags, 'name', live.name) \
+                 AS written_row"
+            ),
+            "{update}"
+        );
+        let insert = statement(Change::insert(
+            &GROWS,
+            json!({"id": "a", "tags": ["x"], "name": "one"}),
+        ));
+        assert!(
+            insert.contains(
+                "jsonb_build_object('id', live.id, 'tags', live.tags, 'name', live.name)"
+            ),
+            "{insert}"
+        );
+        let whole = statement(Change::insert(&WHOLE, json!({"id": "a"})));
+        assert!(whole.ends_with("to_jsonb(live) AS written_row"), "{whole}");
     }
 
     #[test]
