@@ -79,7 +79,9 @@ class Profile:
     follow_seconds: int  # of the old system writing 1,000 changes/s with the follower running
 
 
-FULL = Profile("full", 10, 2, [1, 16, 64], [1, 16], 2000, 50, 12, 100,
+# distinct: 4,000 batches of 50 players per server, enough for the 64-connection runs (2,000 ran
+# out there once Cutover passed 4,000 completions a second)
+FULL = Profile("full", 10, 2, [1, 16, 64], [1, 16], 4000, 50, 12, 100,
                [100_000, 1_000_000], "release", 50_000, 30)
 SMOKE = Profile("smoke", 1, 0, [1, 16], [1, 16], 100, 40, 2, 10, [2_000, 10_000], "dev",
                 2_000, 3)
