@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::projection::{table_names, Projector};
-use crate::rows::{Merge, Table};
+use crate::rows::{Merge, Returned, Table};
 use sqlx::PgPool;
 
 use crate::registry::{projections, ProjectionState};
@@ -188,6 +188,7 @@ async fn table_differences(
             }
         }
     }
+    found.extend(undeclared_returned(&qualified, table));
     for (name, sql_type, _) in &columns {
         if !table.columns.iter().any(|c| c.name == name) {
             found.push(format!(
@@ -243,4 +244,45 @@ async fn table_differences(
         ));
     }
     Ok(found)
+}
+
+/// The columns `table` declares returned (`Returned::Columns`) without declaring them.
+fn undeclared_returned(qualified: &str, table: &Table) -> Vec<String> {
+    let Returned::Columns(returned) = table.returned else {
+        return Vec::new();
+    };
+    returned
+        .iter()
+        .filter(|name| table.column(name).is_none())
+        .map(|name| {
+            format!("{qualified}'s statements would return a column {name} it does not declare")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::Column;
+
+    #[test]
+    fn a_column_returned_must_be_declared() {
+        static T: Table = Table {
+            name: "t",
+            columns: &[Column {
+                name: "id",
+                sql_type: "text",
+                merge: Merge::Keep,
+            }],
+            key: &["id"],
+            address: &["id"],
+            indexes: &[],
+            aggregate: None,
+            returned: Returned::Columns(&["id", "gone"]),
+        };
+        assert_eq!(
+            undeclared_returned("public.t", &T),
+            vec!["public.t's statements would return a column gone it does not declare"]
+        );
+    }
 }

@@ -159,7 +159,7 @@ impl ProjectionError {
 }
 
 impl Table {
-    fn column(&self, name: &str) -> Option<&Column> {
+    pub(crate) fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
 

@@ -4,10 +4,10 @@
 //! the cache holds it (a new one as it starts; one neither cached nor new is read first, outside
 //! any transaction) and sent as one statement, outside any transaction: the append statement of
 //! [`super::stream`], which Postgres runs and commits as a whole. One round trip (two for an
-//! aggregate read first), no `BEGIN`, no advisory lock, no read-back, no `COMMIT`. Commands that arrive meanwhile
-//! share transactions ([`super::shared`]): each command alone commits (and flushes the WAL) by
-//! itself, and under load that costs more than it saves (measured: half the throughput at 16
-//! and 64 connections).
+//! aggregate read first), no `BEGIN`, no advisory lock, no read-back, no `COMMIT`. Commands
+//! that arrive meanwhile share transactions ([`super::shared`]): each command alone commits
+//! (and flushes the WAL) by itself, and under load that costs more than it saves (measured:
+//! half the throughput at 16 and 64 connections).
 //!
 //! Without the advisory locks, the relation locks order it: the statement locks `events` (its
 //! first part) when it is bound, before its snapshot is taken, and what must see no append in
