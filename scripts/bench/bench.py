@@ -867,7 +867,8 @@ def ratio(a, b):
 
 
 def targets(results):
-    """The issue's targets, each a ratio (or a figure) from this run."""
+    """Issue 30's targets (and figures kept for reference), each a ratio or a figure from this
+    run."""
     http, pg, rb = results["http"], results["pgbench"], results["rebuild"]
     rows = []
 
@@ -878,21 +879,22 @@ def targets(results):
     def ok(scenario, system, connections=16):
         return http[scenario][system][connections]["ok_per_s"]
 
-    r = ratio(ok("create", "cutover"), ok("create", "dual-write"))
-    add("create collection @16: Cutover / dual-write", r, ">= 1.0", r is not None and r >= 1.0,
-        f"{ok('create', 'cutover')} vs {ok('create', 'dual-write')}/s")
+    for scenario in ("create", "distinct", "attempt"):
+        for connections, mine in http[scenario]["cutover"].items():
+            peer = http[scenario]["dual-write"][connections]
+            r = ratio(mine["ok_per_s"], peer["ok_per_s"])
+            add(f"{SCENARIO_TITLES[scenario]} @{connections}: Cutover / dual-write", r, ">= 1.0",
+                r is not None and r >= 1.0, f"{mine['ok_per_s']} vs {peer['ok_per_s']}/s")
+            add(f"{SCENARIO_TITLES[scenario]} @{connections}: p99, Cutover vs dual-write (ms)",
+                mine["p99_ms"], "<= dual-write's", mine["p99_ms"] <= peer["p99_ms"],
+                f"{mine['p99_ms']} vs {peer['p99_ms']} ms")
     r = ratio(ok("create", "cutover"), pg["create"][16]["tps"])
-    add("create collection @16: Cutover / pgbench", r, ">= 0.8", r is not None and r >= 0.8,
-        f"{ok('create', 'cutover')} vs {pg['create'][16]['tps']}/s")
-    p99 = http["create"]["cutover"][16]["p99_ms"]
-    peer_p99 = http["create"]["dual-write"][16]["p99_ms"]
-    add("create collection @16: p99, Cutover vs dual-write (ms)", p99, "<= dual-write's",
-        p99 <= peer_p99, f"{p99} vs {peer_p99} ms (aim: <= 10)")
-    for scenario in ("distinct", "attempt"):
-        r = ratio(ok(scenario, "cutover"), ok(scenario, "dual-write"))
-        add(f"{SCENARIO_TITLES[scenario]} @16: Cutover / dual-write", r, ">= 1.0",
-            r is not None and r >= 1.0,
-            f"{ok(scenario, 'cutover')} vs {ok(scenario, 'dual-write')}/s")
+    add("create collection @16: Cutover / pgbench (one statement against five)", r, ">= 1.0",
+        r is not None and r >= 1.0, f"{ok('create', 'cutover')} vs {pg['create'][16]['tps']}/s")
+    for scenario in ("create", "distinct", "attempt"):
+        counted = results["statements"].get(scenario, {}).get("cutover")
+        add(f"{SCENARIO_TITLES[scenario]}: SQL statements per command (Postgres log)", counted,
+            "1", counted == 1, "on an aggregate in use; the feed's notification counts by its share")
     hot_errors = sum(v["errors"] for v in http["hot"]["cutover"].values())
     r = ratio(ok("hot", "cutover"), pg["hot"][1]["tps"])
     add("hot batch @16: Cutover / pgbench @1 client, no errors", r,
@@ -905,7 +907,7 @@ def targets(results):
             lowest, "(for reference)", True, "")
     full, small = rb["stages"][-1], rb["stages"][0]
     r, detail = rebuild_ratio(rb)
-    add("rebuild --all / COPY floor", r, ">= 0.5", r is not None and r >= 0.5, detail)
+    add("rebuild --all / COPY floor", r, ">= 0.8", r is not None and r >= 0.8, detail)
     r = ratio(full["peak_rss_mb"], small["peak_rss_mb"])
     add(f"rebuild peak RSS at {full['events']} events (MB), and against {small['events']}",
         full["peak_rss_mb"], "<= 100, flat (<= 1.5x)",
