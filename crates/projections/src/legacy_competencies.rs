@@ -641,7 +641,7 @@ pub async fn student_competencies_answer(
 ///
 /// # Errors
 /// A database error.
-pub async fn document_answer(
+async fn document_answer(
     conn: &mut PgConnection,
     source: ReadSource,
     collection: Collection,
